@@ -1,0 +1,119 @@
+// Command wechatsim serves a simulated WeChat code2Session endpoint
+// (GET /sns/jscode2session) for local development and end-to-end tests.
+// See package wechatsim for its behaviour.
+//
+// Usage:
+//
+//	wechatsim [-listen 127.0.0.1:8931] [-app appid:secret[:unionid]]... \
+//	          [-busy-rate 0.0] [-latency 0s] [-seed 0]
+//
+// Without -app, a demo app wx1234567890abcdef with secret
+// demo-secret-0123456789abcdef is registered.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
+)
+
+var demoApp = wechatsim.App{AppID: "wx1234567890abcdef", Secret: "demo-secret-0123456789abcdef"}
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:8931", "`address` to listen on")
+	// -app values are parsed after flag.Parse: the flag package would echo an
+	// invalid value, secret included, in its error.
+	var appSpecs []string
+	flag.Func("app", "register a mini-game as `appid:secret[:unionid]` (repeatable); a literal third field \"unionid\" makes answers carry unionid", func(v string) error {
+		appSpecs = append(appSpecs, v)
+		return nil
+	})
+	busyRate := flag.Float64("busy-rate", 0, "probability (0..1) that a call fails with errcode -1")
+	latency := flag.Duration("latency", 0, "delay added before every answer")
+	seed := flag.Int64("seed", 0, "seed for busy failures and session keys (0 = random)")
+	flag.Parse()
+	log.SetPrefix("wechatsim: ")
+	log.SetFlags(0)
+
+	if flag.NArg() > 0 {
+		log.Fatalf("unexpected arguments: %q", flag.Args())
+	}
+	if !(*busyRate >= 0 && *busyRate <= 1) {
+		log.Fatalf("-busy-rate must be between 0 and 1")
+	}
+	if *latency < 0 {
+		log.Fatalf("-latency must not be negative")
+	}
+	apps, err := parseApps(appSpecs)
+	if err != nil {
+		log.Fatal(err)
+	}
+	desc := "demo app " + demoApp.AppID + " (no -app given)"
+	if len(apps) == 0 {
+		apps = []wechatsim.App{demoApp}
+	} else {
+		ids := make([]string, len(apps))
+		for i, a := range apps {
+			ids[i] = a.AppID
+		}
+		desc = "apps " + strings.Join(ids, ", ")
+	}
+
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		log.Fatal(err)
+	}
+	log.Printf("serving http://%s/sns/jscode2session for %s", ln.Addr(), desc)
+	sim := wechatsim.New(wechatsim.Options{Apps: apps, BusyRate: *busyRate, Latency: *latency, Seed: *seed})
+	// Allow for the latency so that answers already being delayed are delivered.
+	if err := serve(ln, sim, *latency+5*time.Second); err != nil {
+		log.Fatal(err)
+	}
+}
+
+// parseApps parses -app values. Errors name the appid but never the secret.
+func parseApps(specs []string) ([]wechatsim.App, error) {
+	apps := make([]wechatsim.App, 0, len(specs))
+	seen := make(map[string]bool)
+	for i, spec := range specs {
+		f := strings.Split(spec, ":")
+		if len(f) < 2 || len(f) > 3 || f[0] == "" || f[1] == "" || (len(f) == 3 && f[2] != "unionid") {
+			return nil, fmt.Errorf("-app #%d: want appid:secret or appid:secret:unionid", i+1)
+		}
+		if seen[f[0]] {
+			return nil, fmt.Errorf("-app %s given twice", f[0])
+		}
+		seen[f[0]] = true
+		apps = append(apps, wechatsim.App{AppID: f[0], Secret: f[1], UnionBound: len(f) == 3})
+	}
+	return apps, nil
+}
+
+// serve answers on ln with h until SIGINT or SIGTERM, then lets in-flight
+// requests finish for up to drain.
+func serve(ln net.Listener, h http.Handler, drain time.Duration) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), drain)
+	defer cancel()
+	return srv.Shutdown(shutdownCtx)
+}

@@ -1,0 +1,137 @@
+package wechatlogin
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+)
+
+// headerCode is the last place a login code is looked for.
+const headerCode = "X-Wx-Code"
+
+// maxCodeLen bounds a code: WeChat's are 32 characters; anything much longer
+// is not a code and is refused before it costs a WeChat call.
+const maxCodeLen = 128
+
+// maxLoginBody bounds how much of a login body is read to find the code when
+// the server sets no request_body limit of its own.
+const maxLoginBody = 1 << 20
+
+// loginCode finds the code of a login request in, in order: the query
+// parameter field, a JSON body's top-level field, a form body's field and the
+// X-WX-CODE header. A body that was read is put back so the upstream receives
+// it byte for byte.
+func loginCode(r *http.Request, field string) (string, *loginError) {
+	if values, ok := r.URL.Query()[field]; ok {
+		return checkCode(values[0])
+	}
+	code, found, lerr := bodyCode(r, field)
+	if lerr != nil {
+		return "", lerr
+	}
+	if found {
+		return checkCode(code)
+	}
+	if values, ok := r.Header[headerCode]; ok {
+		return checkCode(values[0])
+	}
+	return "", badRequest("no login code: send the code from wx.login as the " + field + " query parameter, JSON or form field, or the X-WX-CODE header")
+}
+
+// bodyCode looks for the code in a JSON or form body. Other bodies are left
+// unread.
+func bodyCode(r *http.Request, field string) (code string, found bool, lerr *loginError) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return "", false, nil
+	}
+	mediaType, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil {
+		return "", false, nil
+	}
+	isJSON := mediaType == "application/json" || (len(mediaType) > 5 && mediaType[len(mediaType)-5:] == "+json")
+	isForm := mediaType == "application/x-www-form-urlencoded"
+	if !isJSON && !isForm {
+		return "", false, nil
+	}
+
+	body, lerr := readBody(r)
+	if lerr != nil {
+		return "", false, lerr
+	}
+	if isJSON {
+		return jsonCode(body, field)
+	}
+	return formCode(body, field)
+}
+
+// readBody reads the whole body and replaces it with a replayable copy.
+func readBody(r *http.Request) ([]byte, *loginError) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxLoginBody+1))
+	_ = r.Body.Close()
+	if err != nil {
+		if maxErr := (*http.MaxBytesError)(nil); errors.As(err, &maxErr) {
+			return nil, bodyTooLarge()
+		}
+		return nil, badRequest("could not read the request body")
+	}
+	if len(body) > maxLoginBody {
+		return nil, bodyTooLarge()
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	r.ContentLength = int64(len(body))
+	return body, nil
+}
+
+func bodyTooLarge() *loginError {
+	return newLoginError(http.StatusRequestEntityTooLarge, errInvalidRequest, "request body too large")
+}
+
+func jsonCode(body []byte, field string) (string, bool, *loginError) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(body, &fields); err != nil {
+		return "", false, badRequest("malformed JSON body")
+	}
+	raw, ok := fields[field]
+	if !ok {
+		return "", false, nil
+	}
+	var code string
+	if err := json.Unmarshal(raw, &code); err != nil {
+		return "", false, badRequest("the " + field + " field must be a string")
+	}
+	return code, true, nil
+}
+
+func formCode(body []byte, field string) (string, bool, *loginError) {
+	values, err := url.ParseQuery(string(body))
+	if err != nil {
+		return "", false, badRequest("malformed form body")
+	}
+	codes, ok := values[field]
+	if !ok {
+		return "", false, nil
+	}
+	return codes[0], true, nil
+}
+
+// checkCode refuses what cannot be a WeChat code before it reaches WeChat.
+// The message never repeats the code.
+func checkCode(code string) (string, *loginError) {
+	if code == "" {
+		return "", badRequest("the login code is empty")
+	}
+	if len(code) > maxCodeLen {
+		return "", badRequest("the login code is too long")
+	}
+	for i := 0; i < len(code); i++ {
+		if c := code[i]; c < 0x20 || c > 0x7e {
+			return "", badRequest("the login code must be printable ASCII")
+		}
+	}
+	return code, nil
+}

@@ -1,0 +1,90 @@
+package wechatlogin
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// Error codes of the JSON error body, as listed in SPEC.md. They are part of
+// the contract: game clients switch on them.
+const (
+	errInvalidRequest      = "invalid_request"
+	errInvalidCode         = "invalid_code"
+	errCodeUsed            = "code_used"
+	errInvalidSession      = "invalid_session"
+	errUserBlocked         = "user_blocked"
+	errRateLimited         = "rate_limited"
+	errWechatMisconfigured = "wechat_misconfigured"
+	errWechatBadResponse   = "wechat_bad_response"
+	errWechatUnavailable   = "wechat_unavailable"
+	errWechatTimeout       = "wechat_timeout"
+)
+
+// loginError is a refusal the client sees as a JSON body. Its message is
+// written for humans and must never carry a code, a secret or a session_key.
+type loginError struct {
+	status     int
+	code       string
+	message    string
+	errcode    int  // WeChat's errcode, when hasErrcode
+	hasErrcode bool // errcode 0 is never a refusal, but -1 is, so a flag rather than a sentinel
+	retryAfter time.Duration
+}
+
+func (e *loginError) Error() string {
+	if e.hasErrcode {
+		return fmt.Sprintf("%s (%d): %s", e.code, e.errcode, e.message)
+	}
+	return e.code + ": " + e.message
+}
+
+func newLoginError(status int, code, message string) *loginError {
+	return &loginError{status: status, code: code, message: message}
+}
+
+func badRequest(message string) *loginError {
+	return newLoginError(http.StatusBadRequest, errInvalidRequest, message)
+}
+
+func rateLimited(message string, wait time.Duration) *loginError {
+	e := newLoginError(http.StatusTooManyRequests, errRateLimited, message)
+	e.retryAfter = wait
+	return e
+}
+
+// errorBody is the documented JSON shape of every refusal.
+type errorBody struct {
+	Error   string `json:"error"`
+	Message string `json:"message"`
+	Errcode *int   `json:"errcode,omitempty"`
+}
+
+// write sends the refusal. Nothing has been forwarded upstream when this runs.
+func (e *loginError) write(w http.ResponseWriter) {
+	body := errorBody{Error: e.code, Message: e.message}
+	if e.hasErrcode {
+		body.Errcode = &e.errcode
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	if e.retryAfter > 0 {
+		h.Set("Retry-After", retryAfterSeconds(e.retryAfter))
+	}
+	w.WriteHeader(e.status)
+	_ = json.NewEncoder(w).Encode(body)
+}
+
+// retryAfterSeconds renders a wait as Retry-After wants it: whole seconds,
+// rounded up, at least 1 (0 would invite an immediate retry storm).
+func retryAfterSeconds(d time.Duration) string {
+	s := int64(math.Ceil(d.Seconds()))
+	if s < 1 {
+		s = 1
+	}
+	return strconv.FormatInt(s, 10)
+}
