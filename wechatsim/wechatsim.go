@@ -87,6 +87,7 @@ type Server struct {
 	used     map[codeKey]bool
 	recent   map[string][]time.Time // openid → successful exchanges in the current window
 	callsFor map[string]int64       // openid → successful exchanges, all time
+	secrets  []string               // codes received and session_keys issued
 }
 
 // codeKey identifies a code: WeChat issues codes per app, so the same string
@@ -160,6 +161,20 @@ func (s *Server) ResetCalls() {
 	defer s.mu.Unlock()
 	s.calls.Store(0)
 	clear(s.callsFor)
+}
+
+// Sensitive returns everything the simulator has seen or made that a login
+// gateway must never log, show or label a metric with: every app secret,
+// every code received and every session_key issued. Tests scan their logs,
+// responses and metrics for these.
+func (s *Server) Sensitive() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]string, 0, len(s.apps)+len(s.secrets))
+	for _, a := range s.apps {
+		out = append(out, a.Secret)
+	}
+	return append(out, s.secrets...)
 }
 
 // OpenID is the stable 28-character openid the simulator gives player in
@@ -255,6 +270,7 @@ func (s *Server) exchange(r *http.Request) any {
 	case code == "":
 		return s.fail(41008, "missing code")
 	}
+	s.secrets = append(s.secrets, code)
 	app, ok := s.apps[appid]
 	switch {
 	case !ok:
@@ -299,6 +315,7 @@ func (s *Server) exchange(r *http.Request) any {
 	s.callsFor[openid]++
 
 	resp := session{SessionKey: s.sessionKey(), OpenID: openid}
+	s.secrets = append(s.secrets, resp.SessionKey)
 	if app.UnionBound {
 		resp.UnionID = UnionID(player)
 	}

@@ -534,3 +534,24 @@ func TestAddApp(t *testing.T) {
 	wantError(t, redeem(t, ts, appID, appSecret, "alice.2"), 40125, "invalid appsecret")
 	wantSession(t, redeem(t, ts, appID, "rotated", "alice.2"), appID, "alice", true)
 }
+
+func TestSensitiveListsSecretsCodesAndSessionKeys(t *testing.T) {
+	sim, ts := wechatsim.NewTestServer(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: "wxsens", Secret: "sens-secret"}}})
+	resp, err := http.Get(ts.URL + "/sns/jscode2session?appid=wxsens&secret=sens-secret&grant_type=authorization_code&js_code=carol.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body struct {
+		SessionKey string `json:"session_key"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	got := strings.Join(sim.Sensitive(), "\n")
+	for _, want := range []string{"sens-secret", "carol.1", body.SessionKey} {
+		if want == "" || !strings.Contains(got, want) {
+			t.Errorf("Sensitive() lacks %q: %q", want, got)
+		}
+	}
+}
