@@ -8,6 +8,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"strings"
 )
 
 // headerCode is the last place a login code is looked for.
@@ -117,6 +118,32 @@ func formCode(body []byte, field string) (string, bool, *loginError) {
 		return "", false, nil
 	}
 	return codes[0], true, nil
+}
+
+// dropCode removes the code from the query string and the X-WX-CODE header
+// before the request goes upstream: the upstream has no use for a spent code,
+// and Caddy's reverse_proxy logs the URI and headers it sends at debug level.
+// Other query parameters keep their order and encoding.
+func dropCode(r *http.Request, field string) {
+	r.Header.Del(headerCode)
+	if r.URL.RawQuery == "" {
+		return
+	}
+	kept := ""
+	rest := r.URL.RawQuery
+	for rest != "" {
+		var pair string
+		pair, rest, _ = strings.Cut(rest, "&")
+		key, _, _ := strings.Cut(pair, "=")
+		if name, err := url.QueryUnescape(key); err == nil && name == field {
+			continue
+		}
+		if kept != "" {
+			kept += "&"
+		}
+		kept += pair
+	}
+	r.URL.RawQuery = kept
 }
 
 // checkCode refuses what cannot be a WeChat code before it reaches WeChat.

@@ -384,6 +384,7 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, next caddyh
 		h.refuseLogin(w, lerr)
 		return nil
 	}
+	dropCode(r, h.CodeField)
 	h.attachIdentity(r, id)
 	h.metrics.login("ok")
 	if h.sessions == nil {

@@ -1,0 +1,166 @@
+// Package testkit runs the integration tests' Caddy and proves that nothing
+// secret reached its logs.
+package testkit
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+	"golang.org/x/sys/unix"
+
+	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
+)
+
+// HTTPPort and AdminPort are the ports of the test Caddy: 9080 and 2999
+// unless WXL_HTTP_PORT or WXL_ADMIN_PORT say otherwise (so that two suites
+// can run side by side).
+var (
+	HTTPPort  = envPort("WXL_HTTP_PORT", 9080)
+	AdminPort = envPort("WXL_ADMIN_PORT", 2999)
+)
+
+func envPort(name string, fallback int) int {
+	if p, err := strconv.Atoi(os.Getenv(name)); err == nil && p > 0 {
+		return p
+	}
+	return fallback
+}
+
+// GlobalOptions is the global block every test Caddyfile starts with: the
+// test ports, debug logging (so that every log line the module can write is
+// written and scanned), and no HTTPS.
+func GlobalOptions(extra string) string {
+	return fmt.Sprintf(`{
+	admin localhost:%d
+	http_port %d
+	https_port 9443
+	auto_https off
+	grace_period 1s
+	debug
+	%s
+}
+`, AdminPort, HTTPPort, extra)
+}
+
+// BaseURL is where the test Caddy serves.
+func BaseURL() string { return "http://localhost:" + strconv.Itoa(HTTPPort) }
+
+// StartCaddy loads caddyfile (which should start with GlobalOptions) into the
+// in-process test Caddy, starting it on first use.
+func StartCaddy(t testing.TB, caddyfile string) *caddytest.Tester {
+	t.Helper()
+	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: AdminPort})
+	tester.InitServer(caddyfile, "caddyfile")
+	if t.Failed() {
+		t.FailNow()
+	}
+	return tester
+}
+
+var (
+	forbiddenMu sync.Mutex
+	forbidden   []string
+	sims        []*wechatsim.Server
+)
+
+// Forbid adds strings that must appear in no log line: codes that never
+// reached a simulator, secrets of configs under test.
+func Forbid(s ...string) {
+	forbiddenMu.Lock()
+	defer forbiddenMu.Unlock()
+	forbidden = append(forbidden, s...)
+}
+
+// NewSim starts a simulator whose secrets, codes and session_keys are all
+// forbidden in the logs.
+func NewSim(t testing.TB, opts wechatsim.Options) (*wechatsim.Server, string) {
+	t.Helper()
+	sim, ts := wechatsim.NewTestServer(t, opts)
+	forbiddenMu.Lock()
+	sims = append(sims, sim)
+	forbiddenMu.Unlock()
+	return sim, ts.URL
+}
+
+// Forbidden is everything registered so far with Forbid or seen by a
+// simulator from NewSim.
+func Forbidden() []string {
+	forbiddenMu.Lock()
+	defer forbiddenMu.Unlock()
+	out := append([]string(nil), forbidden...)
+	for _, sim := range sims {
+		out = append(out, sim.Sensitive()...)
+	}
+	return out
+}
+
+// Leaks returns the forbidden strings that text contains.
+func Leaks(text string) []string {
+	var leaks []string
+	for _, s := range Forbidden() {
+		if s != "" && strings.Contains(text, s) {
+			leaks = append(leaks, s)
+		}
+	}
+	return leaks
+}
+
+// RunScanningLogs runs the tests with everything written to standard error
+// (where Caddy's logs go) captured, still echoed, then fails the run if any
+// forbidden string appears in it. Call it from TestMain.
+func RunScanningLogs(m *testing.M) int {
+	restore, err := captureStderr()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "testkit: capturing stderr:", err)
+		return 1
+	}
+	code := m.Run()
+	logs := restore()
+	if leaks := Leaks(logs); len(leaks) > 0 {
+		// Do not print the secrets themselves; say how many and where.
+		fmt.Fprintf(os.Stderr, "FAIL: %d secret(s), code(s) or session_key(s) appeared in the log output (%d bytes scanned)\n", len(leaks), len(logs))
+		return 1
+	}
+	if !strings.Contains(logs, "wechat exchange") {
+		fmt.Fprintln(os.Stderr, "FAIL: the log scan saw no exchange log line: is debug logging on?")
+		return 1
+	}
+	return code
+}
+
+// captureStderr points file descriptor 2 at a pipe, so that writers that
+// captured os.Stderr before TestMain (zap's default logger) are captured too.
+func captureStderr() (func() string, error) {
+	original, err := unix.Dup(2)
+	if err != nil {
+		return nil, err
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Dup3(int(w.Fd()), 2, 0); err != nil {
+		return nil, err
+	}
+	echo := os.NewFile(uintptr(original), "stderr")
+	var buf bytes.Buffer
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = io.Copy(io.MultiWriter(&buf, echo), r)
+	}()
+	restore := func() string {
+		_ = unix.Dup3(original, 2, 0)
+		_ = w.Close()
+		<-done
+		return buf.String()
+	}
+	return restore, nil
+}
