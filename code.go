@@ -143,7 +143,10 @@ func dropCode(r *http.Request, field string) {
 		}
 		kept += pair
 	}
-	r.URL.RawQuery = kept
+	if kept != r.URL.RawQuery {
+		r.URL.RawQuery = kept
+		r.RequestURI = r.URL.RequestURI()
+	}
 }
 
 // checkCode refuses what cannot be a WeChat code before it reaches WeChat.
