@@ -1,0 +1,174 @@
+package wechatlogin
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+func TestLoginCode(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		target      string
+		contentType string
+		body        string
+		header      string
+		want        string
+		wantStatus  int // 0 when a code is expected
+	}{
+		{name: "query", target: "/wx/login?code=alice.1", want: "alice.1"},
+		{name: "json", target: "/wx/login", contentType: "application/json", body: `{"code":"alice.2","level":3}`, want: "alice.2"},
+		{name: "json with charset", target: "/wx/login", contentType: "application/json; charset=utf-8", body: `{"code":"alice.2"}`, want: "alice.2"},
+		{name: "vendor json", target: "/wx/login", contentType: "application/vnd.game+json", body: `{"code":"alice.2"}`, want: "alice.2"},
+		{name: "form", target: "/wx/login", contentType: "application/x-www-form-urlencoded", body: "device=ios&code=alice.3", want: "alice.3"},
+		{name: "header", target: "/wx/login", header: "alice.4", want: "alice.4"},
+		{name: "query wins over body", target: "/wx/login?code=alice.5", contentType: "application/json", body: `{"code":"bob.5"}`, want: "alice.5"},
+		{name: "body wins over header", target: "/wx/login", contentType: "application/json", body: `{"code":"alice.6"}`, header: "bob.6", want: "alice.6"},
+		{name: "json without the field falls to the header", target: "/wx/login", contentType: "application/json", body: `{"other":1}`, header: "alice.7", want: "alice.7"},
+		{name: "nested field is not top-level", target: "/wx/login", contentType: "application/json", body: `{"data":{"code":"alice.8"}}`, wantStatus: 400},
+		{name: "other content type is not read", target: "/wx/login", contentType: "text/plain", body: `code=alice.9`, wantStatus: 400},
+		{name: "none", target: "/wx/login", wantStatus: 400},
+		{name: "empty query", target: "/wx/login?code=", wantStatus: 400},
+		{name: "too long", target: "/wx/login?code=" + strings.Repeat("a", 129), wantStatus: 400},
+		{name: "128 bytes is fine", target: "/wx/login?code=" + strings.Repeat("a", 128), want: strings.Repeat("a", 128)},
+		{name: "control character", target: "/wx/login?code=a%01b", wantStatus: 400},
+		{name: "not ascii", target: "/wx/login?code=%E4%BD%A0", wantStatus: 400},
+		{name: "malformed json", target: "/wx/login", contentType: "application/json", body: `{"code":`, wantStatus: 400},
+		{name: "json code not a string", target: "/wx/login", contentType: "application/json", body: `{"code":42}`, wantStatus: 400},
+		{name: "json array", target: "/wx/login", contentType: "application/json", body: `["alice"]`, wantStatus: 400},
+		{name: "malformed form", target: "/wx/login", contentType: "application/x-www-form-urlencoded", body: "code=%zz", wantStatus: 400},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := httptest.NewRequest(http.MethodPost, tc.target, strings.NewReader(tc.body))
+			if tc.body == "" {
+				r = httptest.NewRequest(http.MethodGet, tc.target, nil)
+			}
+			if tc.contentType != "" {
+				r.Header.Set("Content-Type", tc.contentType)
+			}
+			if tc.header != "" {
+				r.Header.Set("X-WX-CODE", tc.header)
+			}
+			code, lerr := loginCode(r, "code")
+			if tc.wantStatus != 0 {
+				if lerr == nil || lerr.status != tc.wantStatus || lerr.code != errInvalidRequest {
+					t.Fatalf("got %q, %v; want status %d", code, lerr, tc.wantStatus)
+				}
+				if strings.Contains(lerr.message, "alice") {
+					t.Errorf("the error message repeats the code: %q", lerr.message)
+				}
+				return
+			}
+			if lerr != nil || code != tc.want {
+				t.Fatalf("got %q, %v; want %q", code, lerr, tc.want)
+			}
+			if tc.body != "" {
+				forwarded, _ := io.ReadAll(r.Body)
+				if string(forwarded) != tc.body || r.ContentLength != int64(len(tc.body)) {
+					t.Errorf("the body is not forwarded byte for byte: %q (length %d)", forwarded, r.ContentLength)
+				}
+			}
+		})
+	}
+}
+
+func TestLoginCodeCustomField(t *testing.T) {
+	r := httptest.NewRequest(http.MethodPost, "/login?code=wrong", strings.NewReader(`{"wxcode":"alice.1"}`))
+	r.Header.Set("Content-Type", "application/json")
+	// code_field renames the query and body fields, not the header.
+	if code, lerr := loginCode(r, "wxcode"); lerr != nil || code != "alice.1" {
+		t.Fatalf("got %q, %v", code, lerr)
+	}
+}
+
+// errAfterReader fails like http.MaxBytesReader does past request_body's
+// max_size.
+type errAfterReader struct{ err error }
+
+func (r errAfterReader) Read([]byte) (int, error) { return 0, r.err }
+
+func TestLoginCodeBodyTooLarge(t *testing.T) {
+	for name, body := range map[string]io.Reader{
+		"request_body max_size": errAfterReader{&http.MaxBytesError{Limit: 64}},
+		"our own cap":           bytes.NewReader(bytes.Repeat([]byte(" "), maxLoginBody+1)),
+	} {
+		r := httptest.NewRequest(http.MethodPost, "/wx/login", body)
+		r.Header.Set("Content-Type", "application/json")
+		if _, lerr := loginCode(r, "code"); lerr == nil || lerr.status != http.StatusRequestEntityTooLarge {
+			t.Errorf("%s: got %v, want 413", name, lerr)
+		}
+	}
+	r := httptest.NewRequest(http.MethodPost, "/wx/login", errAfterReader{errors.New("connection reset")})
+	r.Header.Set("Content-Type", "application/json")
+	if _, lerr := loginCode(r, "code"); lerr == nil || lerr.status != http.StatusBadRequest {
+		t.Errorf("a failed read: got %v, want 400", lerr)
+	}
+}
+
+func TestDropCode(t *testing.T) {
+	for _, tc := range []struct{ query, want string }{
+		{"code=alice.1", ""},
+		{"a=1&code=alice.1&b=2%203", "a=1&b=2%203"},
+		{"c%6Fde=alice.1&z=1", "z=1"},
+		{"code=x&code=y&codex=1", "codex=1"},
+		{"z=1&a=2", "z=1&a=2"},
+	} {
+		r := httptest.NewRequest(http.MethodGet, "/wx/login?"+tc.query, nil)
+		r.Header.Set("X-WX-CODE", "alice.1")
+		dropCode(r, "code")
+		if r.URL.RawQuery != tc.want {
+			t.Errorf("%q: query became %q, want %q", tc.query, r.URL.RawQuery, tc.want)
+		}
+		if strings.Contains(r.RequestURI, "alice") {
+			t.Errorf("%q: RequestURI still holds the code: %q", tc.query, r.RequestURI)
+		}
+		if r.Header.Get("X-WX-CODE") != "" {
+			t.Error("X-WX-CODE is still there")
+		}
+	}
+}
+
+func FuzzLoginCode(f *testing.F) {
+	f.Add("code=alice.1", "application/json", `{"code":"alice.2"}`, "alice.3")
+	f.Add("", "application/x-www-form-urlencoded", "code=alice.2&x=%zz", "")
+	f.Add("code=%00", "text/plain", "", "\x7f")
+	f.Add("", "application/json", `{"code":"\u0001"}`, "")
+	f.Fuzz(func(t *testing.T, query, contentType, body, header string) {
+		r, err := http.NewRequest(http.MethodPost, "http://example.test/wx/login", strings.NewReader(body))
+		if err != nil {
+			t.Skip()
+		}
+		r.URL.RawQuery = query
+		r.Header.Set("Content-Type", contentType)
+		if header != "" {
+			r.Header["X-Wx-Code"] = []string{header}
+		}
+		code, lerr := loginCode(r, "code")
+		if lerr != nil {
+			if lerr.status != http.StatusBadRequest && lerr.status != http.StatusRequestEntityTooLarge {
+				t.Fatalf("unexpected status %d", lerr.status)
+			}
+			if code != "" && strings.Contains(lerr.message, code) {
+				t.Fatal("the error message repeats the code")
+			}
+			return
+		}
+		if code == "" || len(code) > maxCodeLen {
+			t.Fatalf("accepted a code of %d bytes", len(code))
+		}
+		for i := 0; i < len(code); i++ {
+			if code[i] < 0x20 || code[i] > 0x7e {
+				t.Fatalf("accepted a non-printable code %q", code)
+			}
+		}
+		if r.ContentLength >= 0 && r.Body != nil {
+			if rest, _ := io.ReadAll(r.Body); len(rest) != len(body) {
+				t.Fatalf("the body was not put back whole: %d of %d bytes", len(rest), len(body))
+			}
+		}
+	})
+}
