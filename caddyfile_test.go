@@ -1,0 +1,191 @@
+package wechatlogin
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddytest"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+var updateGolden = flag.Bool("update", false, "rewrite the golden adapt files from the current adapter output")
+
+func TestUnmarshalCaddyfile(t *testing.T) {
+	d := caddyfile.NewTestDispenser(`wechat_login {
+		app_id      wx1234567890abcdef
+		app_secret  {env.WECHAT_APP_SECRET}
+		login_path  /api/login
+		code_field  wxcode
+		endpoint    http://127.0.0.1:8931
+		timeout     2s
+		retry       4 50ms 2s
+		budget      30 1m
+		ip_budget   off
+		cache_ttl   0
+		cache_size  500
+		budget_size 1000
+		forward_session_key
+		session {
+			secret {env.NEW_KEY}
+			secret {env.OLD_KEY}
+			ttl 30m
+			optional
+			respond
+		}
+	}`)
+	var h Handler
+	if err := h.UnmarshalCaddyfile(d); err != nil {
+		t.Fatal(err)
+	}
+	zero := caddy.Duration(0)
+	want := Handler{
+		AppID: "wx1234567890abcdef", AppSecret: "{env.WECHAT_APP_SECRET}", LoginPath: "/api/login", CodeField: "wxcode",
+		Endpoint: "http://127.0.0.1:8931", Timeout: caddy.Duration(2 * time.Second),
+		Retry:    &RetryConfig{Attempts: 4, Base: caddy.Duration(50 * time.Millisecond), Max: caddy.Duration(2 * time.Second)},
+		Budget:   &Budget{Events: 30, Window: caddy.Duration(time.Minute)},
+		IPBudget: &Budget{Off: true}, CacheTTL: &zero, CacheSize: 500, BudgetSize: 1000, ForwardSessionKey: true,
+		Session: &SessionConfig{Secrets: []string{"{env.NEW_KEY}", "{env.OLD_KEY}"}, TTL: caddy.Duration(30 * time.Minute), Optional: true, Respond: true},
+	}
+	got, _ := json.Marshal(h)
+	wantJSON, _ := json.Marshal(want)
+	if string(got) != string(wantJSON) {
+		t.Errorf("got  %s\nwant %s", got, wantJSON)
+	}
+}
+
+func TestUnmarshalCaddyfileErrors(t *testing.T) {
+	for _, tc := range []struct{ body, want string }{
+		{"app_id", "app_id: missing value"},
+		{"app_id a b", "app_id: one value expected"},
+		{"app_id a\napp_id b", "app_id: given more than once"},
+		{"appid wx1", "unrecognized subdirective: appid"},
+		{"timeout soon", `timeout: bad duration "soon"`},
+		{"timeout 0s", "timeout: must be positive"},
+		{"retry", "retry: expected <attempts>"},
+		{"retry 0", `retry: "0" is not a positive whole number`},
+		{"retry 3 1s 100ms", "retry: max 100ms is below base 1s"},
+		{"retry 1 2 3 4", "retry: expected <attempts>"},
+		{"budget 60", "budget: expected <events> <window>"},
+		{"budget off", "budget: expected <events> <window>"},
+		{"budget 101 1m", "more than WeChat allows"},
+		{"budget 200 2m", "more than WeChat allows"},
+		{"budget 10 1s", "more than WeChat allows"},
+		{"budget 0 1m", "budget: \"0\" is not a positive whole number"},
+		{"budget 10 0s", "budget: window must be positive"},
+		{"ip_budget lots", "ip_budget: expected <events> <window> or off"},
+		{"cache_ttl -1s", "cache_ttl: must not be negative"},
+		{"cache_size 0", `cache_size: "0" is not a positive whole number`},
+		{"budget_size many", `budget_size: "many" is not a positive whole number`},
+		{"forward_session_key yes", "wrong argument count"},
+		{"session", "session: at least one secret is required"},
+		{"session {\n ttl 1h\n}", "session: at least one secret is required"},
+		{"session {\n secret x\n ttl 0s\n}", "session: ttl must be positive"},
+		{"session {\n secret x\n sticky\n}", "session: unrecognized subdirective: sticky"},
+		{"session {\n secret x\n ttl 1h\n ttl 2h\n}", "session: ttl given more than once"},
+	} {
+		d := caddyfile.NewTestDispenser("wechat_login {\n" + tc.body + "\n}")
+		var h Handler
+		err := h.UnmarshalCaddyfile(d)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: got %v, want an error containing %q", tc.body, err, tc.want)
+			continue
+		}
+		if !strings.Contains(err.Error(), "Testfile:") {
+			t.Errorf("%q: the error does not name the Caddyfile line: %v", tc.body, err)
+		}
+	}
+}
+
+// TestAdaptGolden adapts each testdata/adapt/*.caddyfile and compares the JSON
+// with the file's .json twin (go test -run TestAdaptGolden -update rewrites
+// them). The handler's JSON must also round-trip through the Handler type.
+func TestAdaptGolden(t *testing.T) {
+	files, _ := filepath.Glob("testdata/adapt/*.caddyfile")
+	if len(files) == 0 {
+		t.Fatal("no golden files")
+	}
+	for _, file := range files {
+		t.Run(filepath.Base(file), func(t *testing.T) {
+			input, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			goldenFile := strings.TrimSuffix(file, ".caddyfile") + ".json"
+			if *updateGolden {
+				adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt(input, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var pretty bytes.Buffer
+				_ = json.Indent(&pretty, adapted, "", "\t") // as CompareAdapt formats it
+				_ = os.WriteFile(goldenFile, pretty.Bytes(), 0o644)
+			}
+			golden, err := os.ReadFile(goldenFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !caddytest.CompareAdapt(t, file, string(input), "caddyfile", string(golden)) {
+				t.Fatalf("adapting %s does not give %s", file, goldenFile)
+			}
+			assertHandlersRoundTrip(t, golden)
+		})
+	}
+}
+
+// assertHandlersRoundTrip decodes every wechat_login handler in an adapted
+// config into Handler and encodes it again: nothing may be lost or renamed.
+func assertHandlersRoundTrip(t *testing.T, config []byte) {
+	t.Helper()
+	var found int
+	var walk func(any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			if v["handler"] == "wechat_login" {
+				found++
+				raw, _ := json.Marshal(v)
+				var h Handler
+				if err := json.Unmarshal(raw, &h); err != nil {
+					t.Fatal(err)
+				}
+				again, _ := json.Marshal(&h)
+				var a, b map[string]any
+				_ = json.Unmarshal(raw, &a)
+				_ = json.Unmarshal(again, &b)
+				b["handler"] = "wechat_login"
+				if ja, jb := mustJSON(a), mustJSON(b); ja != jb {
+					t.Errorf("the handler JSON does not round-trip:\n%s\n%s", ja, jb)
+				}
+			}
+			for _, child := range v {
+				walk(child)
+			}
+		case []any:
+			for _, child := range v {
+				walk(child)
+			}
+		}
+	}
+	var v any
+	if err := json.Unmarshal(config, &v); err != nil {
+		t.Fatal(err)
+	}
+	walk(v)
+	if found == 0 {
+		t.Fatal("no wechat_login handler in the adapted config")
+	}
+}
+
+func mustJSON(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
