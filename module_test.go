@@ -1,0 +1,354 @@
+package wechatlogin
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
+)
+
+const (
+	mtAppID  = "wxmoduletest"
+	mtSecret = "module-test-secret"
+)
+
+// mtSim starts a simulator knowing the test app.
+func mtSim(t *testing.T) (*wechatsim.Server, string) {
+	t.Helper()
+	sim, ts := wechatsim.NewTestServer(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: mtAppID, Secret: mtSecret, UnionBound: true}}})
+	return sim, ts.URL
+}
+
+// mtProvision provisions h as Caddy would and cleans it up after the test.
+func mtProvision(t testing.TB, h *Handler) error {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := h.Provision(ctx); err != nil {
+		return err
+	}
+	t.Cleanup(func() { _ = h.Cleanup() })
+	return h.Validate()
+}
+
+func mtHandler(t testing.TB, endpoint string, configure func(*Handler)) *Handler {
+	t.Helper()
+	h := &Handler{AppID: mtAppID, AppSecret: mtSecret, Endpoint: endpoint}
+	if configure != nil {
+		configure(h)
+	}
+	if err := mtProvision(t, h); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// mtRequest is a request as Caddy hands it to a handler: with a replacer and
+// the client IP in the context.
+func mtRequest(ctx context.Context, method, target string, body io.Reader) (*http.Request, *caddy.Replacer) {
+	r := httptest.NewRequestWithContext(ctx, method, target, body)
+	repl := caddy.NewReplacer()
+	ctx = context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl)
+	ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: "203.0.113.7"})
+	return r.WithContext(ctx), repl
+}
+
+// mtUpstream records what reached the next handler.
+type mtUpstream struct {
+	mu      sync.Mutex
+	headers []http.Header
+}
+
+func (u *mtUpstream) handler() caddyhttp.Handler {
+	return caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		u.mu.Lock()
+		u.headers = append(u.headers, r.Header.Clone())
+		u.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	})
+}
+
+func (u *mtUpstream) count() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.headers)
+}
+
+// mtCount reads a counter's value.
+func mtCount(c prometheus.Counter) float64 {
+	var m dto.Metric
+	_ = c.Write(&m)
+	return m.GetCounter().GetValue()
+}
+
+func TestProvisionRefusesBadConfig(t *testing.T) {
+	const secretValue = "s3cr3t-value-never-printed"
+	t.Setenv("WXL_TEST_SECRET", secretValue)
+	for _, tc := range []struct {
+		name      string
+		configure func(*Handler)
+		want      string
+	}{
+		{"no app_id", func(h *Handler) { h.AppID = "" }, "app_id is required"},
+		{"app_id with a slash", func(h *Handler) { h.AppID = "wx/1" }, "app_id"},
+		{"no app_secret", func(h *Handler) { h.AppSecret = "" }, "app_secret is required"},
+		{"unset environment variable", func(h *Handler) { h.AppSecret = "{env.WXL_TEST_SURELY_UNSET}" }, "app_secret is empty once its placeholders are resolved"},
+		{"endpoint not http", func(h *Handler) { h.Endpoint = "ftp://example.com" }, "endpoint must be an http or https base URL"},
+		{"endpoint with a query", func(h *Handler) { h.Endpoint = "https://example.com/?x=1" }, "endpoint"},
+		{"login_path relative", func(h *Handler) { h.LoginPath = "wx/login" }, "login_path must start with /"},
+		{"budget too high", func(h *Handler) { h.Budget = &Budget{Events: 200, Window: caddy.Duration(2 * time.Minute)} }, "more than WeChat allows"},
+		{"budget off", func(h *Handler) { h.Budget = &Budget{Off: true} }, "budget cannot be off"},
+		{"ip_budget empty", func(h *Handler) { h.IPBudget = &Budget{} }, "ip_budget needs a positive number"},
+		{"negative cache_ttl", func(h *Handler) { ttl := caddy.Duration(-1); h.CacheTTL = &ttl }, "cache_ttl must not be negative"},
+		{"retry max below base", func(h *Handler) { h.Retry = &RetryConfig{Attempts: 2, Base: 10, Max: 5} }, "retry"},
+		{"session without secret", func(h *Handler) { h.Session = &SessionConfig{} }, "session: at least one secret"},
+		{"session secret short", func(h *Handler) { h.Session = &SessionConfig{Secrets: []string{strings.Repeat("k", 31)}} }, "secret 1 is 31 bytes"},
+		{"session secret from env too short", func(h *Handler) {
+			h.Session = &SessionConfig{Secrets: []string{strings.Repeat("k", 40), "{env.WXL_TEST_SECRET}"}}
+		}, "secret 2 is 26 bytes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := &Handler{AppID: mtAppID, AppSecret: "{env.WXL_TEST_SECRET}", Endpoint: "http://127.0.0.1:1"}
+			tc.configure(h)
+			err := mtProvision(t, h)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), secretValue) {
+				t.Fatal("the error shows the secret")
+			}
+		})
+	}
+}
+
+func TestProvisionResolvesSecretPlaceholders(t *testing.T) {
+	sim, endpoint := mtSim(t)
+	secretFile := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secretFile, []byte(mtSecret), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("WXL_TEST_APP_SECRET", mtSecret)
+	for i, secret := range []string{"{env.WXL_TEST_APP_SECRET}", "{file." + secretFile + "}"} {
+		h := mtHandler(t, endpoint, func(h *Handler) { h.AppSecret = secret })
+		r, _ := mtRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.placeholder"+string(rune('a'+i)), nil)
+		w := httptest.NewRecorder()
+		up := &mtUpstream{}
+		if err := h.ServeHTTP(w, r, up.handler()); err != nil || up.count() != 1 {
+			t.Fatalf("%s: login failed: %v %d %s", secret, err, w.Code, w.Body)
+		}
+	}
+	if sim.Calls() != 2 {
+		t.Fatalf("simulator saw %d calls, want 2", sim.Calls())
+	}
+}
+
+func TestLoginSetsIdentityHeadersAndPlaceholders(t *testing.T) {
+	_, endpoint := mtSim(t)
+	h := mtHandler(t, endpoint, nil)
+	r, repl := mtRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.1&level=3", nil)
+	r.Header.Set("x-wx-openid", "spoofed")
+	up := &mtUpstream{}
+	w := httptest.NewRecorder()
+	if err := h.ServeHTTP(w, r, up.handler()); err != nil {
+		t.Fatal(err)
+	}
+	if up.count() != 1 {
+		t.Fatalf("not forwarded: %d %s", w.Code, w.Body)
+	}
+	got := up.headers[0]
+	wantOpenID := wechatsim.OpenID(mtAppID, "alice")
+	if got.Get("X-WX-OPENID") != wantOpenID || len(got.Values("X-WX-OPENID")) != 1 {
+		t.Errorf("X-WX-OPENID = %q, want only %q", got.Values("X-WX-OPENID"), wantOpenID)
+	}
+	if got.Get("X-WX-UNIONID") != wechatsim.UnionID("alice") || got.Get("X-WX-APPID") != mtAppID {
+		t.Errorf("unionid/appid headers wrong: %v", got)
+	}
+	if got.Get("X-WX-SESSION-KEY") != "" {
+		t.Error("session_key forwarded without forward_session_key")
+	}
+	for name, want := range map[string]string{"http.wechat.openid": wantOpenID, "http.wechat.unionid": wechatsim.UnionID("alice"), "http.wechat.appid": mtAppID} {
+		if v, _ := repl.GetString(name); v != want {
+			t.Errorf("{%s} = %q, want %q", name, v, want)
+		}
+	}
+	if r.URL.RawQuery != "level=3" {
+		t.Errorf("forwarded query %q, want the code removed and level kept", r.URL.RawQuery)
+	}
+}
+
+func TestRefusedLoginsForwardNothing(t *testing.T) {
+	sim, endpoint := mtSim(t)
+	h := mtHandler(t, endpoint, nil)
+	for _, target := range []string{"/wx/login", "/wx/login?code=", "/wx/login?code=invalid.1", "/wx/login?code=blocked.1"} {
+		r, _ := mtRequest(context.Background(), http.MethodGet, target, nil)
+		up := &mtUpstream{}
+		w := httptest.NewRecorder()
+		if err := h.ServeHTTP(w, r, up.handler()); err != nil {
+			t.Fatal(err)
+		}
+		if up.count() != 0 || w.Code < 400 {
+			t.Errorf("%s: status %d, forwarded %d", target, w.Code, up.count())
+		}
+		var body map[string]any
+		if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || body["error"] == nil || body["message"] == nil {
+			t.Errorf("%s: body is not the documented JSON: %s", target, w.Body)
+		}
+		if w.Header().Get("Content-Type") != "application/json" {
+			t.Errorf("%s: Content-Type %q", target, w.Header().Get("Content-Type"))
+		}
+	}
+	if sim.Calls() != 2 {
+		t.Errorf("only the two well-formed codes should reach WeChat; it saw %d calls", sim.Calls())
+	}
+}
+
+func TestNonLoginRequestsPassStrippedWithoutSessions(t *testing.T) {
+	h := mtHandler(t, "http://127.0.0.1:1", nil)
+	r, _ := mtRequest(context.Background(), http.MethodGet, "/game/state", nil)
+	r.Header["X_WX_OPENID"] = []string{"spoofed"}
+	r.Header.Set("X-WX-APPID", "spoofed")
+	up := &mtUpstream{}
+	if err := h.ServeHTTP(httptest.NewRecorder(), r, up.handler()); err != nil || up.count() != 1 {
+		t.Fatalf("not forwarded: %v", err)
+	}
+	for name := range up.headers[0] {
+		if isIdentityHeader(name) {
+			t.Errorf("%s reached the upstream", name)
+		}
+	}
+}
+
+// Concurrent logins with one code share one WeChat call, and the first
+// client leaving does not fail the others.
+func TestConcurrentLoginsShareOneCall(t *testing.T) {
+	sim, endpoint := mtSim(t)
+	sim.SetLatency(300 * time.Millisecond)
+	h := mtHandler(t, endpoint, nil)
+	coalescedBefore := mtCount(h.metrics.coalescedLogins)
+
+	const clients = 50
+	up := &mtUpstream{}
+	firstCtx, leave := context.WithCancel(context.Background())
+	defer leave()
+	var wg sync.WaitGroup
+	statuses := make([]int, clients)
+	for i := range clients {
+		ctx := context.Background()
+		if i == 0 {
+			ctx = firstCtx
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, _ := mtRequest(ctx, http.MethodGet, "/wx/login?code=alice.shared", nil)
+			w := httptest.NewRecorder()
+			_ = h.ServeHTTP(w, r, up.handler())
+			statuses[i] = w.Code
+		}()
+		if i == 0 {
+			for sim.Calls() == 0 { // the first client's call is in flight
+				time.Sleep(time.Millisecond)
+			}
+			leave()
+		}
+	}
+	wg.Wait()
+	if sim.Calls() != 1 {
+		t.Errorf("simulator saw %d calls for one code, want 1", sim.Calls())
+	}
+	if up.count() != clients-1 {
+		t.Errorf("%d logins forwarded, want the %d clients that stayed", up.count(), clients-1)
+	}
+	want := wechatsim.OpenID(mtAppID, "alice")
+	for _, hdr := range up.headers {
+		if hdr.Get("X-WX-OPENID") != want {
+			t.Fatalf("a client got identity %q, want %q", hdr.Get("X-WX-OPENID"), want)
+		}
+	}
+	if got := mtCount(h.metrics.coalescedLogins) - coalescedBefore; got < clients-2 {
+		t.Errorf("coalesced metric grew by %v, want at least %d", got, clients-2)
+	}
+
+	// Later logins with the same code are served from the cache.
+	r, _ := mtRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.shared", nil)
+	if err := h.ServeHTTP(httptest.NewRecorder(), r, up.handler()); err != nil || up.count() != clients || sim.Calls() != 1 {
+		t.Fatalf("repeat login: forwarded %d, calls %d, err %v", up.count(), sim.Calls(), err)
+	}
+}
+
+func TestCacheTTLExpiresOnTheClock(t *testing.T) {
+	_, endpoint := mtSim(t)
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	h := mtHandler(t, endpoint, func(h *Handler) { h.now = func() time.Time { return now } })
+	login := func() int {
+		r, _ := mtRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.ttl", nil)
+		w := httptest.NewRecorder()
+		_ = h.ServeHTTP(w, r, (&mtUpstream{}).handler())
+		return w.Code
+	}
+	if c := login(); c != http.StatusNoContent {
+		t.Fatalf("first login: %d", c)
+	}
+	now = now.Add(4 * time.Minute)
+	if c := login(); c != http.StatusNoContent {
+		t.Fatalf("within cache_ttl: %d", c)
+	}
+	now = now.Add(time.Minute)
+	if c := login(); c != http.StatusUnauthorized {
+		t.Fatalf("after cache_ttl the code is spent at WeChat: got %d, want 401", c)
+	}
+}
+
+func TestMisconfigurationIsCountedNotRetried(t *testing.T) {
+	sim, endpoint := mtSim(t)
+	h := mtHandler(t, endpoint, func(h *Handler) { h.AppSecret = "wrong-secret" })
+	before := mtCount(wechatMetrics.logins.WithLabelValues(mtAppID, errWechatMisconfigured))
+	r, _ := mtRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.m", nil)
+	w := httptest.NewRecorder()
+	_ = h.ServeHTTP(w, r, (&mtUpstream{}).handler())
+	if w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), `"errcode":40125`) {
+		t.Fatalf("got %d %s", w.Code, w.Body)
+	}
+	if sim.Calls() != 1 {
+		t.Errorf("a misconfiguration was retried: %d calls", sim.Calls())
+	}
+	if got := mtCount(wechatMetrics.logins.WithLabelValues(mtAppID, errWechatMisconfigured)) - before; got != 1 {
+		t.Errorf("logins_total{result=wechat_misconfigured} grew by %v, want 1", got)
+	}
+}
+
+// BenchmarkLoginCacheHit is the login path when the code's result is cached:
+// no WeChat call, only the budget check and the headers.
+func BenchmarkLoginCacheHit(b *testing.B) {
+	sim, ts := wechatsim.NewTestServer(b, wechatsim.Options{Apps: []wechatsim.App{{AppID: mtAppID, Secret: mtSecret}}})
+	h := mtHandler(b, ts.URL, func(h *Handler) { h.IPBudget = &Budget{Off: true} })
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+	r, _ := mtRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.bench", nil)
+	w := httptest.NewRecorder()
+	if err := h.ServeHTTP(w, r, next); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		r, _ := mtRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.bench", nil)
+		_ = h.ServeHTTP(w, r, next)
+	}
+	if sim.Calls() != 1 {
+		b.Fatalf("cache missed: %d calls", sim.Calls())
+	}
+}
