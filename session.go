@@ -119,10 +119,14 @@ func sessionToken(r *http.Request) (token string, fromAuthorization bool) {
 }
 
 // presentedSession returns the identity of a valid session on r, removing the
-// token so it never reaches the upstream. ok is false when r has no session
+// token so it does not reach the upstream. ok is false when r has no session
 // or an invalid one.
 func (s *sessions) presentedSession(r *http.Request) (id Identity, presented, ok bool) {
 	token, fromAuthorization := sessionToken(r)
+	// X-WX-SESSION is ours alone: it never goes upstream, valid or not. A
+	// bearer token that is not ours may be the backend's own, so it is only
+	// removed once verified.
+	r.Header.Del(headerSession)
 	if token == "" {
 		return Identity{}, false, false
 	}
@@ -130,7 +134,6 @@ func (s *sessions) presentedSession(r *http.Request) (id Identity, presented, ok
 	if err != nil {
 		return Identity{}, true, false
 	}
-	r.Header.Del(headerSession)
 	if fromAuthorization {
 		r.Header.Del("Authorization")
 	}

@@ -1,0 +1,321 @@
+package integration
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
+	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
+)
+
+// Session secrets: 32 bytes or more. TestMain forbids them in the logs.
+const (
+	sessionSecretA = "session-secret-A-0123456789abcdef"
+	sessionSecretB = "session-secret-B-0123456789abcdef"
+	sessionSecretC = "session-secret-C-0123456789abcdef"
+)
+
+// sessionBlock is a session subdirective block.
+func sessionBlock(lines ...string) string {
+	return "session {\n\t\t" + strings.Join(lines, "\n\t\t") + "\n\t}"
+}
+
+// tokenClaims decodes a token's payload without verifying it, as a client
+// can.
+func tokenClaims(t *testing.T, token string) map[string]any {
+	t.Helper()
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		t.Fatalf("session %q is not a JWT", token)
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		t.Fatalf("session payload is not base64url: %v", err)
+	}
+	var claims map[string]any
+	if err := json.Unmarshal(payload, &claims); err != nil {
+		t.Fatalf("session payload %s is not JSON: %v", payload, err)
+	}
+	return claims
+}
+
+// signToken signs claims with HS256 and key, as the gateway would.
+func signToken(t *testing.T, claims jwt.MapClaims, key string) string {
+	t.Helper()
+	token, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString([]byte(key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return token
+}
+
+// login makes the login request to path and returns the session it was given.
+func login(t *testing.T, path string) string {
+	t.Helper()
+	resp := get(t, path)
+	assertStatus(t, resp, http.StatusOK)
+	token := resp.Header.Get("X-WX-SESSION")
+	if token == "" {
+		t.Fatalf("login %s gave no X-WX-SESSION", resp.Request.URL.Path)
+	}
+	return token
+}
+
+// TestSessions: a login gives a session; the session gives every later
+// request the player's identity without a WeChat call; anything else that
+// looks like a session is refused.
+func TestSessions(t *testing.T) {
+	const secret = "sessions-secret"
+	sim, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{
+		{AppID: "wxsessions", Secret: secret},
+		{AppID: "wxsessionsunion", Secret: secret, UnionBound: true},
+		{AppID: "wxsessionsother", Secret: secret},
+	}})
+	backend := newBackend(t, nil)
+	route := func(prefix, appID string) string {
+		return handle(prefix, wechatLogin(appID, secret, simURL, loginUnder(prefix), sessionBlock("secret "+sessionSecretA)), proxyTo(backend))
+	}
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+site(
+		route("game", "wxsessions"),
+		route("union", "wxsessionsunion"),
+		route("other", "wxsessionsother"), // same session secret, another app
+	))
+	openID := wechatsim.OpenID("wxsessions", "alice")
+
+	token := login(t, "/game/wx/login?code=alice.1")
+	assertOnlyIdentity(t, backend.last(t).Header, "wxsessions", openID)
+
+	t.Run("token claims", func(t *testing.T) {
+		claims := tokenClaims(t, token)
+		if claims["sub"] != openID || claims["appid"] != "wxsessions" {
+			t.Errorf("claims %v: want sub %s and appid wxsessions", claims, openID)
+		}
+		iat, iatOK := claims["iat"].(float64)
+		exp, expOK := claims["exp"].(float64)
+		if !iatOK || !expOK || exp <= iat {
+			t.Errorf("claims %v: want numeric iat before exp", claims)
+		}
+		for name := range claims {
+			if name != "sub" && name != "appid" && name != "iat" && name != "exp" {
+				t.Errorf("claims %v carry %q; only sub, appid, iat and exp are expected without a unionid", claims, name)
+			}
+		}
+		if leaks := testkit.Leaks(token + fmt.Sprint(claims)); len(leaks) > 0 {
+			t.Errorf("the session carries %d secret(s) or session_key(s)", len(leaks))
+		}
+
+		unionToken := login(t, "/union/wx/login?code=alice.2")
+		if got := tokenClaims(t, unionToken)["unionid"]; got != wechatsim.UnionID("alice") {
+			t.Errorf("unionid claim %v, want %s", got, wechatsim.UnionID("alice"))
+		}
+	})
+
+	t.Run("presented on game requests", func(t *testing.T) {
+		calls := sim.Calls()
+		for _, presented := range []string{"Authorization: Bearer " + token, "X-WX-SESSION: " + token} {
+			for range 3 {
+				assertStatus(t, get(t, "/game/play", presented), http.StatusOK)
+				got := backend.last(t).Header
+				assertOnlyIdentity(t, got, "wxsessions", openID)
+				if got.Get("Authorization") != "" || got.Get("X-WX-SESSION") != "" {
+					t.Errorf("the backend saw the session token (Authorization %q, X-WX-SESSION %q)", got.Get("Authorization"), got.Get("X-WX-SESSION"))
+				}
+			}
+		}
+		if sim.Calls() != calls {
+			t.Errorf("game requests called WeChat %d times", sim.Calls()-calls)
+		}
+	})
+
+	now := time.Now()
+	valid := jwt.MapClaims{"sub": openID, "appid": "wxsessions", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
+	t.Run("a token signed as the gateway signs is accepted", func(t *testing.T) {
+		// The control for the refusals below: they differ from it in one way each.
+		assertStatus(t, get(t, "/game/play", "X-WX-SESSION: "+signToken(t, valid, sessionSecretA)), http.StatusOK)
+		assertOnlyIdentity(t, backend.last(t).Header, "wxsessions", openID)
+	})
+
+	edited := strings.Split(token, ".")
+	edited[1] = base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil, `{"sub":%q,"appid":"wxsessions","iat":%d,"exp":%d}`,
+		wechatsim.OpenID("wxsessions", "mallory"), now.Unix(), now.Add(time.Hour).Unix()))
+	expired := jwt.MapClaims{"sub": openID, "appid": "wxsessions", "iat": now.Add(-3 * time.Hour).Unix(), "exp": now.Add(-time.Hour).Unix()}
+	none, err := jwt.NewWithClaims(jwt.SigningMethodNone, valid).SignedString(jwt.UnsafeAllowNoneSignatureType)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, presented string }{
+		{"no session", ""},
+		{"empty bearer", "Authorization: Bearer "},
+		{"not a JWT", "X-WX-SESSION: not-a-token"},
+		{"edited payload", "X-WX-SESSION: " + strings.Join(edited, ".")},
+		{"another secret", "Authorization: Bearer " + signToken(t, valid, sessionSecretB)},
+		{"alg none", "X-WX-SESSION: " + none},
+		{"expired", "X-WX-SESSION: " + signToken(t, expired, sessionSecretA)},
+		{"another app_id on the same Caddy", "X-WX-SESSION: " + login(t, "/other/wx/login?code=alice.3")},
+	} {
+		t.Run("refused: "+tc.name, func(t *testing.T) {
+			forwarded := backend.count()
+			var headers []string
+			if tc.presented != "" {
+				headers = append(headers, tc.presented)
+			}
+			assertError(t, get(t, "/game/play", headers...), http.StatusUnauthorized, "invalid_session", noErrcode)
+			if backend.count() != forwarded {
+				t.Error("a request without a valid session reached the backend")
+			}
+		})
+	}
+}
+
+// TestOptionalSession lets requests without a session through, without
+// identity.
+func TestOptionalSession(t *testing.T) {
+	const appID, secret = "wxoptional", "optional-secret"
+	_, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
+	backend := newBackend(t, nil)
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+site(
+		wechatLogin(appID, secret, simURL, sessionBlock("secret "+sessionSecretA, "optional")), proxyTo(backend)))
+
+	assertStatus(t, get(t, "/lobby", spoofedIdentity...), http.StatusOK)
+	assertOnlyIdentity(t, backend.last(t).Header, "", "")
+
+	token := login(t, "/wx/login?code=alice.1")
+	assertStatus(t, get(t, "/lobby", "Authorization: Bearer "+token), http.StatusOK)
+	assertOnlyIdentity(t, backend.last(t).Header, appID, wechatsim.OpenID(appID, "alice"))
+}
+
+// TestSessionSecretRotation: a new secret put first signs; the old one,
+// kept second, still verifies until it is removed.
+func TestSessionSecretRotation(t *testing.T) {
+	const appID, secret = "wxrotation", "rotation-secret"
+	_, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
+	backend := newBackend(t, nil)
+	load := func(secrets ...string) {
+		t.Helper()
+		var lines []string
+		for _, s := range secrets {
+			lines = append(lines, "secret "+s)
+		}
+		testkit.StartCaddy(t, testkit.GlobalOptions("")+site(wechatLogin(appID, secret, simURL, sessionBlock(lines...)), proxyTo(backend)))
+	}
+	verifies := func(token, key string) bool {
+		_, err := jwt.Parse(token, func(*jwt.Token) (any, error) { return []byte(key), nil }, jwt.WithValidMethods([]string{"HS256"}))
+		return err == nil
+	}
+
+	load(sessionSecretA)
+	tokenA := login(t, "/wx/login?code=alice.1")
+
+	load(sessionSecretB, sessionSecretA)
+	assertStatus(t, get(t, "/play", "X-WX-SESSION: "+tokenA), http.StatusOK)
+	tokenB := login(t, "/wx/login?code=alice.2")
+	if !verifies(tokenB, sessionSecretB) {
+		t.Error("after rotation, new sessions are not signed with the secret listed first")
+	}
+
+	load(sessionSecretB, sessionSecretC)
+	assertError(t, get(t, "/play", "X-WX-SESSION: "+tokenA), http.StatusUnauthorized, "invalid_session", noErrcode)
+	assertStatus(t, get(t, "/play", "X-WX-SESSION: "+tokenB), http.StatusOK)
+	assertOnlyIdentity(t, backend.last(t).Header, appID, wechatsim.OpenID(appID, "alice"))
+}
+
+// TestRespondMode answers logins at the gateway for backends without a
+// login endpoint.
+func TestRespondMode(t *testing.T) {
+	const secret = "respond-secret"
+	_, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{
+		{AppID: "wxrespond", Secret: secret},
+		{AppID: "wxrespondunion", Secret: secret, UnionBound: true},
+	}})
+	backend := newBackend(t, http.NotFound) // no login endpoint
+	route := func(prefix, appID string) string {
+		return handle(prefix, wechatLogin(appID, secret, simURL, loginUnder(prefix), sessionBlock("secret "+sessionSecretA, "ttl 1h", "respond")), proxyTo(backend))
+	}
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+site(route("plain", "wxrespond"), route("union", "wxrespondunion")))
+
+	for _, tc := range []struct{ prefix, appID, unionID string }{
+		{"plain", "wxrespond", ""},
+		{"union", "wxrespondunion", wechatsim.UnionID("alice")},
+	} {
+		t.Run(tc.appID, func(t *testing.T) {
+			resp := get(t, "/"+tc.prefix+"/wx/login?code=alice.1")
+			assertStatus(t, resp, http.StatusOK)
+			assertNoLeaks(t, resp)
+			if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+				t.Errorf("Content-Type %q, want application/json", ct)
+			}
+			var body map[string]string
+			if err := json.Unmarshal(resp.body, &body); err != nil {
+				t.Fatalf("body %s: %v", resp.body, err)
+			}
+			want := map[string]string{"openid": wechatsim.OpenID(tc.appID, "alice"), "token": body["token"], "expires_at": body["expires_at"]}
+			if tc.unionID != "" {
+				want["unionid"] = tc.unionID
+			}
+			if fmt.Sprint(body) != fmt.Sprint(want) || body["token"] == "" {
+				t.Errorf("body %s, want exactly openid, token, expires_at (and unionid when bound)", resp.body)
+			}
+			expires, err := time.Parse(time.RFC3339, body["expires_at"])
+			if err != nil {
+				t.Errorf("expires_at %q is not RFC 3339", body["expires_at"])
+			} else if exp := tokenClaims(t, body["token"])["exp"]; exp != float64(expires.Unix()) {
+				t.Errorf("expires_at %s is not the token's exp %v", body["expires_at"], exp)
+			}
+			if backend.count() != 0 {
+				t.Error("a login in respond mode was forwarded")
+			}
+
+			// The token is a session like any other.
+			assertStatus(t, get(t, "/"+tc.prefix+"/play", "Authorization: Bearer "+body["token"]), http.StatusNotFound)
+			got := backend.last(t).Header
+			assertIdentity(t, got, "x-wx-openid", wechatsim.OpenID(tc.appID, "alice"))
+			assertIdentity(t, got, "x-wx-unionid", tc.unionID)
+			backend.reset()
+		})
+	}
+}
+
+// TestNoSessionForFailedLogin: the token is only added to a successful
+// upstream answer.
+func TestNoSessionForFailedLogin(t *testing.T) {
+	const appID, secret = "wxfailedlogin", "failed-login-secret"
+	_, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
+	backend := newBackend(t, func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "database down", http.StatusInternalServerError)
+	})
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+site(wechatLogin(appID, secret, simURL, sessionBlock("secret "+sessionSecretA)), proxyTo(backend)))
+
+	resp := get(t, "/wx/login?code=alice.1")
+	assertStatus(t, resp, http.StatusInternalServerError)
+	if token := resp.Header.Get("X-WX-SESSION"); token != "" {
+		t.Error("a login the backend failed was given a session")
+	}
+}
+
+// TestSessionChargesPlayerBudget: a player looping on logins is stopped by
+// the session it presents, before its code costs a WeChat call.
+func TestSessionChargesPlayerBudget(t *testing.T) {
+	const appID, secret = "wxloop", "loop-secret"
+	sim, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
+	backend := newBackend(t, nil)
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+site(
+		wechatLogin(appID, secret, simURL, "budget 2 1m", sessionBlock("secret "+sessionSecretA)), proxyTo(backend)))
+
+	token := login(t, "/wx/login?code=alice.1")
+	login(t, "/wx/login?code=alice.2") // the budget is spent
+
+	calls, forwarded := sim.Calls(), backend.count()
+	testkit.Forbid("alice.3") // never sent to WeChat
+	resp := get(t, "/wx/login?code=alice.3", "Authorization: Bearer "+token)
+	assertError(t, resp, http.StatusTooManyRequests, "rate_limited", noErrcode)
+	if sim.Calls() != calls || backend.count() != forwarded {
+		t.Error("an over-budget login with a session reached WeChat or the backend")
+	}
+}
