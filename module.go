@@ -228,8 +228,8 @@ func (h *Handler) setDefaults() {
 func (h *Handler) Validate() error {
 	var sessionSecrets [][]byte
 	if h.sessions != nil {
-		for _, k := range h.sessions.keys.Keys {
-			sessionSecrets = append(sessionSecrets, k.([]byte))
+		for _, k := range h.sessions.keys {
+			sessionSecrets = append(sessionSecrets, k.secret)
 		}
 	}
 	return h.validate(sessionSecrets)

@@ -1,10 +1,16 @@
 package wechatlogin
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
+	"hash"
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -52,22 +58,25 @@ type sessionClaims struct {
 type sessions struct {
 	appID   string
 	signKey []byte
-	keys    jwt.VerificationKeySet
+	keys    []sessionKey // the signing key first
 	ttl     time.Duration
-	parser  *jwt.Parser
+	now     func() time.Time
+}
+
+// sessionKey is one verifying key with a pool of HMACs keyed with it, so
+// that verifying a token neither allocates a hash nor takes a shared lock.
+type sessionKey struct {
+	secret []byte
+	macs   *sync.Pool
 }
 
 func newSessions(appID string, secrets [][]byte, ttl time.Duration, now func() time.Time) *sessions {
-	s := &sessions{appID: appID, signKey: secrets[0], ttl: ttl}
+	s := &sessions{appID: appID, signKey: secrets[0], ttl: ttl, now: now}
 	for _, secret := range secrets {
-		s.keys.Keys = append(s.keys.Keys, secret)
+		s.keys = append(s.keys, sessionKey{secret: secret, macs: &sync.Pool{
+			New: func() any { return hmac.New(sha256.New, secret) },
+		}})
 	}
-	s.parser = jwt.NewParser(
-		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}), // never "none", never RS/HS confusion
-		jwt.WithExpirationRequired(),
-		jwt.WithIssuedAt(),
-		jwt.WithTimeFunc(now),
-	)
 	return s
 }
 
@@ -87,22 +96,85 @@ func (s *sessions) issue(id Identity, now time.Time) (token string, expires time
 	return token, expires, err
 }
 
-var errForeignSession = errors.New("session was issued for another app")
+// hs256Header is the encoded JOSE header of every token issue makes. verify
+// accepts no other, which rules out "none", other algorithms and key
+// confusion before any parsing.
+var hs256Header = base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`))
 
-// verify checks a token's signature, algorithm, expiry and app_id.
+var (
+	errMalformedSession = errors.New("session token is malformed")
+	errSessionSignature = errors.New("session token signature is invalid")
+	errSessionExpired   = errors.New("session token has expired or is not valid yet")
+	errForeignSession   = errors.New("session was issued for another app")
+)
+
+// verifiedClaims are the claims verify reads, after the signature checked.
+type verifiedClaims struct {
+	Subject  string `json:"sub"`
+	AppID    string `json:"appid"`
+	UnionID  string `json:"unionid"`
+	IssuedAt int64  `json:"iat"`
+	Expires  int64  `json:"exp"`
+}
+
+// verify checks a token's header, signature, expiry and app_id. It runs on
+// every game request, so instead of a general JWT parser it checks exactly
+// the shape issue produces: the header by string comparison, the HMAC with
+// a pooled hash, then the claims.
 func (s *sessions) verify(token string) (Identity, error) {
-	var claims sessionClaims
-	_, err := s.parser.ParseWithClaims(token, &claims, func(*jwt.Token) (any, error) { return s.keys, nil })
+	header, rest, ok := strings.Cut(token, ".")
+	if !ok || header != hs256Header {
+		return Identity{}, errMalformedSession
+	}
+	payload, signature, ok := strings.Cut(rest, ".")
+	if !ok || len(signature) != base64.RawURLEncoding.EncodedLen(sha256.Size) {
+		return Identity{}, errMalformedSession
+	}
+	var mac, want [sha256.Size]byte
+	if n, err := base64.RawURLEncoding.Decode(mac[:], []byte(signature)); err != nil || n != sha256.Size {
+		return Identity{}, errMalformedSession
+	}
+	signed := token[:len(header)+1+len(payload)]
+	if !s.signedByAKey(signed, mac[:], want[:0]) {
+		return Identity{}, errSessionSignature
+	}
+
+	raw := make([]byte, base64.RawURLEncoding.DecodedLen(len(payload)))
+	n, err := base64.RawURLEncoding.Decode(raw, []byte(payload))
 	if err != nil {
-		return Identity{}, err
+		return Identity{}, errMalformedSession
+	}
+	var claims verifiedClaims
+	if err := json.Unmarshal(raw[:n], &claims); err != nil {
+		return Identity{}, errMalformedSession
+	}
+	now := s.now().Unix()
+	if claims.Expires == 0 || now >= claims.Expires || claims.IssuedAt > now {
+		return Identity{}, errSessionExpired
 	}
 	if claims.AppID != s.appID {
 		return Identity{}, errForeignSession
 	}
 	if claims.Subject == "" {
-		return Identity{}, jwt.ErrTokenInvalidSubject
+		return Identity{}, errMalformedSession
 	}
 	return Identity{OpenID: claims.Subject, UnionID: claims.UnionID}, nil
+}
+
+// signedByAKey reports whether mac is the HMAC of signed under one of the
+// keys, comparing in constant time.
+func (s *sessions) signedByAKey(signed string, mac, buf []byte) bool {
+	for _, key := range s.keys {
+		h := key.macs.Get().(hash.Hash)
+		h.Reset()
+		_, _ = io.WriteString(h, signed)
+		sum := h.Sum(buf)
+		key.macs.Put(h)
+		if hmac.Equal(sum, mac) {
+			return true
+		}
+	}
+	return false
 }
 
 // sessionToken finds the token a request presents, and whether it came as
