@@ -38,12 +38,14 @@ const maxWechatBody = 64 << 10
 
 // wechatClient calls jscode2session. It is safe for concurrent use.
 type wechatClient struct {
-	http    *http.Client
-	url     string // {endpoint}/sns/jscode2session
-	appID   string
-	secret  string
-	timeout time.Duration
-	retry   retryPolicy
+	http *http.Client
+	// requestURL is the jscode2session URL with every parameter but the
+	// code, which comes last: built once, as it holds the secret.
+	requestURL string
+	appID      string
+	secret     string
+	timeout    time.Duration
+	retry      retryPolicy
 	// sleep waits between attempts; tests swap it to avoid real waiting.
 	sleep func(context.Context, time.Duration) error
 }
@@ -76,6 +78,11 @@ func (c *wechatClient) worstCase() time.Duration {
 		total += min(c.retry.base<<(a-1), c.retry.max)
 	}
 	return total
+}
+
+func jscode2sessionURL(endpoint, appID, secret string) string {
+	query := url.Values{"appid": {appID}, "secret": {secret}, "grant_type": {"authorization_code"}}
+	return strings.TrimSuffix(endpoint, "/") + "/sns/jscode2session?" + query.Encode() + "&js_code="
 }
 
 func newHTTPClient(timeout time.Duration) *http.Client {
@@ -191,13 +198,7 @@ func (c *wechatClient) attempt(ctx context.Context, code string) (Identity, *att
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 
-	query := url.Values{
-		"appid":      {c.appID},
-		"secret":     {c.secret},
-		"js_code":    {code},
-		"grant_type": {"authorization_code"},
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url+"?"+query.Encode(), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.requestURL+url.QueryEscape(code), nil)
 	if err != nil {
 		return Identity{}, &attemptError{kind: kindBadResponse, detail: "could not build the wechat request"}
 	}

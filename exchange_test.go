@@ -20,12 +20,10 @@ const (
 func exClient(url string, attempts int, timeout time.Duration) (*wechatClient, *[]time.Duration) {
 	var slept []time.Duration
 	return &wechatClient{
-		http:    newHTTPClient(timeout),
-		url:     url + "/sns/jscode2session",
-		appID:   exTestAppID,
-		secret:  exTestSecret,
-		timeout: timeout,
-		retry:   retryPolicy{attempts: attempts, base: 100 * time.Millisecond, max: time.Second},
+		http:       newHTTPClient(timeout),
+		requestURL: jscode2sessionURL(url, exTestAppID, exTestSecret),
+		timeout:    timeout,
+		retry:      retryPolicy{attempts: attempts, base: 100 * time.Millisecond, max: time.Second},
 		sleep: func(ctx context.Context, d time.Duration) error {
 			slept = append(slept, d)
 			return ctx.Err()

@@ -146,13 +146,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 
 	h.client = &wechatClient{
-		http:    newHTTPClient(time.Duration(h.Timeout)),
-		url:     strings.TrimSuffix(h.Endpoint, "/") + "/sns/jscode2session",
-		appID:   h.AppID,
-		secret:  h.secret,
-		timeout: time.Duration(h.Timeout),
-		retry:   retryPolicy{attempts: h.Retry.Attempts, base: time.Duration(h.Retry.Base), max: time.Duration(h.Retry.Max)},
-		sleep:   sleepContext,
+		http:       newHTTPClient(time.Duration(h.Timeout)),
+		requestURL: jscode2sessionURL(h.Endpoint, h.AppID, h.secret),
+		timeout:    time.Duration(h.Timeout),
+		retry:      retryPolicy{attempts: h.Retry.Attempts, base: time.Duration(h.Retry.Base), max: time.Duration(h.Retry.Max)},
+		sleep:      sleepContext,
 	}
 	if h.Session != nil {
 		h.sessions = newSessions(h.AppID, sessionSecrets, time.Duration(h.Session.TTL), h.now)

@@ -1,0 +1,394 @@
+#!/usr/bin/env bash
+# The wechat_login benchmark, in one command:
+#
+#	bash bench/run.sh
+#
+# It builds Caddy (standard modules + wechat_login), the WeChat simulator and
+# the sample game backend, starts them on 127.0.0.1, and measures with wrk,
+# side by side in one Caddy:
+#   1 plain     reverse_proxy alone (the ceiling)
+#   1b plainauth  the same with the Authorization header that 3 sends, to
+#               tell the module's cost from that of the bigger request
+#   2 strip     wechat_login in front, a request that is neither a login nor
+#               carries a session: identity headers stripped, then forwarded
+#   3 session   a game request with a session token, verified
+#   4 login     logins with codes never seen before (one simulator call each)
+#   5 cached    logins with a handful of already redeemed codes (code cache)
+# then Caddy's memory as BENCH_PLAYERS distinct players log in. Raw outputs
+# and the table go to bench/out/.
+#
+# Environment (defaults in brackets):
+#   BENCH_THREADS [2]  BENCH_CONNS [32]  BENCH_DURATION [10s]   wrk settings
+#   BENCH_ROUNDS [3]        rounds; the order alternates, medians are quoted
+#   BENCH_WARMUP [3s]       unrecorded warm-up per scenario; 0 skips it
+#   BENCH_PLAYERS [1000000] players for the memory run; 0 skips it
+#   BENCH_PROFILE [auto]    auto: CPU-profile scenarios that miss their goal;
+#                           all: profile every wechat_login scenario; off
+#   BENCH_PORT_BASE [18180] ports base..base+3 (admin, sites), base+11, +12
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+THREADS=${BENCH_THREADS:-2}
+CONNS=${BENCH_CONNS:-32}
+DURATION=${BENCH_DURATION:-10s}
+ROUNDS=${BENCH_ROUNDS:-3}
+WARMUP=${BENCH_WARMUP:-3s}
+PLAYERS=${BENCH_PLAYERS:-1000000}
+PROFILE=${BENCH_PROFILE:-auto}
+PORT_BASE=${BENCH_PORT_BASE:-18180}
+
+OUT=bench/out
+SCENARIOS=(plain plainauth strip session login cached)
+declare -A GOAL=([strip]=0.95 [session]=0.95 [login]=0.50 [cached]=0.90)
+declare -A TITLE=(
+	[plain]="1 plain reverse_proxy (ceiling)"
+	[plainauth]="1b plain reverse_proxy, 3's request"
+	[strip]="2 wechat_login, no login, no session"
+	[session]="3 session-verified request"
+	[login]="4 login, distinct codes (WeChat call)"
+	[cached]="5 login, cached codes"
+)
+
+export BENCH_ADMIN_PORT=$PORT_BASE
+export BENCH_PLAIN_PORT=$((PORT_BASE + 1))
+export BENCH_STRIP_PORT=$((PORT_BASE + 2))
+export BENCH_GAME_PORT=$((PORT_BASE + 3))
+export BENCH_BACKEND_PORT=$((PORT_BASE + 11))
+export BENCH_SIM_PORT=$((PORT_BASE + 12))
+export BENCH_STRIP_APPID=wxbench0000strip
+export BENCH_GAME_APPID=wxbench00000game
+# Throwaway credentials that only the local simulator knows.
+export BENCH_APP_SECRET=bench-app-secret-0123456789
+export BENCH_SESSION_SECRET=bench-session-secret-0123456789abcdef
+# Caddy writes nothing outside bench/out.
+export XDG_CONFIG_HOME=$PWD/$OUT/home XDG_DATA_HOME=$PWD/$OUT/home
+
+ADMIN=http://127.0.0.1:$BENCH_ADMIN_PORT
+GAME=http://127.0.0.1:$BENCH_GAME_PORT
+
+mkdir -p "$OUT"
+rm -f "$OUT"/wrk-*.txt "$OUT"/profile-* "$OUT"/*.log "$OUT"/results.tsv "$OUT"/memory.tsv "$OUT"/results.md
+
+# --- processes -------------------------------------------------------------
+
+PIDS=()
+cleanup() {
+	local pid
+	for pid in "${PIDS[@]}"; do
+		kill "$pid" 2>/dev/null || true
+	done
+	for pid in "${PIDS[@]}"; do
+		wait "$pid" 2>/dev/null || true
+	done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME CMD...: runs CMD in the background, logging to bench/out/NAME.log.
+start() {
+	local name=$1
+	shift
+	"$@" >"$OUT/$name.log" 2>&1 &
+	PIDS+=($!)
+	LAST_PID=$!
+}
+
+# wait_up URL: waits until something answers at URL.
+wait_up() {
+	for _ in $(seq 100); do
+		if curl -s -o /dev/null "$1"; then
+			return
+		fi
+		sleep 0.1
+	done
+	echo "nothing answers at $1; see $OUT/*.log" >&2
+	exit 1
+}
+
+start_caddy() {
+	start caddy "$OUT/caddy" run --config bench/Caddyfile --adapter caddyfile
+	CADDY_PID=$LAST_PID
+	wait_up "$ADMIN/config/"
+	wait_up "http://127.0.0.1:$BENCH_PLAIN_PORT/"
+}
+
+stop_caddy() {
+	kill "$CADDY_PID"
+	wait "$CADDY_PID" 2>/dev/null || true
+	local pid kept=()
+	for pid in "${PIDS[@]}"; do
+		[ "$pid" = "$CADDY_PID" ] || kept+=("$pid")
+	done
+	PIDS=("${kept[@]}")
+}
+
+# login CODE: one login at the game site; prints the session token.
+login() {
+	local headers
+	headers=$(curl -s -D - -o /dev/null -w '%{http_code}' "$GAME/wx/login?code=$1")
+	if [ "${headers: -3}" != 200 ]; then
+		echo "a setup login failed with HTTP ${headers: -3}" >&2
+		exit 1
+	fi
+	awk 'tolower($1) == "x-wx-session:" { sub(/\r$/, "", $2); print $2 }' <<<"$headers"
+}
+
+# --- machine and build -----------------------------------------------------
+
+{
+	echo "date:    $(date -u '+%Y-%m-%d %H:%M UTC')"
+	echo "cpus:    $(nproc) x $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+	echo "memory:  $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+	echo "kernel:  $(uname -r)"
+	echo "go:      $(go version)"
+	echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min averages at the start; the machine may be shared)"
+} >"$OUT/machine.txt"
+
+if ! command -v wrk >/dev/null; then
+	echo "== installing wrk"
+	apt-get update >/dev/null && apt-get install -y wrk >/dev/null
+fi
+echo "wrk:     $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2)" >>"$OUT/machine.txt"
+cat "$OUT/machine.txt"
+
+echo "== building"
+go build -o "$OUT/caddy" ./cmd/caddy
+go build -o "$OUT/wechatsim" ./cmd/wechatsim
+go build -o "$OUT/gamebackend" ./cmd/gamebackend
+go build -o "$OUT/logindriver" ./bench/logindriver
+
+start gamebackend "$OUT/gamebackend" -listen "127.0.0.1:$BENCH_BACKEND_PORT"
+start wechatsim "$OUT/wechatsim" -listen "127.0.0.1:$BENCH_SIM_PORT" \
+	-app "$BENCH_STRIP_APPID:$BENCH_APP_SECRET" -app "$BENCH_GAME_APPID:$BENCH_APP_SECRET"
+wait_up "http://127.0.0.1:$BENCH_BACKEND_PORT/"
+wait_up "http://127.0.0.1:$BENCH_SIM_PORT/"
+start_caddy
+
+# --- throughput ------------------------------------------------------------
+
+export BENCH_TOKEN
+BENCH_TOKEN=$(login token-player)
+if [ -z "$BENCH_TOKEN" ]; then
+	echo "the setup login got no X-WX-SESSION header" >&2
+	exit 1
+fi
+
+# use_cached_codes TAG: redeems a handful of codes once, for the cached
+# scenario to replay. Right before it: the code cache is an LRU of 10000
+# entries, which the login scenario churns through.
+use_cached_codes() {
+	local codes=() i
+	for i in $(seq 8); do
+		codes+=("cached$1-$i.1")
+		login "cached$1-$i.1" >/dev/null
+	done
+	BENCH_CODES=$(IFS=,; echo "${codes[*]}")
+	export BENCH_CODES
+}
+
+url_of() {
+	case $1 in
+	plain | plainauth) echo "http://127.0.0.1:$BENCH_PLAIN_PORT/game/state" ;;
+	strip) echo "http://127.0.0.1:$BENCH_STRIP_PORT/game/state" ;;
+	session) echo "$GAME/game/state" ;;
+	*) echo "$GAME/wx/login" ;;
+	esac
+}
+
+# run_wrk SCENARIO TAG DURATION OUTFILE
+run_wrk() {
+	if [ "$1" = cached ]; then
+		use_cached_codes "$2"
+	fi
+	BENCH_SCENARIO=$1 BENCH_TAG=$2 wrk -t"$THREADS" -c"$CONNS" -d"$3" --latency \
+		-s bench/scenario.lua "$(url_of "$1")" >"$4" 2>&1
+}
+
+if [ "$WARMUP" != 0 ]; then
+	echo "== warm-up ($WARMUP per scenario)"
+	for s in "${SCENARIOS[@]}"; do
+		run_wrk "$s" w "$WARMUP" "$OUT/wrk-warmup-$s.txt"
+	done
+fi
+
+echo "== $ROUNDS rounds of wrk -t$THREADS -c$CONNS -d$DURATION"
+for round in $(seq "$ROUNDS"); do
+	order=("${SCENARIOS[@]}")
+	if ((round % 2 == 0)); then
+		order=()
+		for ((i = ${#SCENARIOS[@]} - 1; i >= 0; i--)); do order+=("${SCENARIOS[i]}"); done
+	fi
+	for s in "${order[@]}"; do
+		file=$OUT/wrk-round$round-$s.txt
+		run_wrk "$s" "$round" "$DURATION" "$file"
+		result=$(grep '^RESULT ' "$file" || true)
+		if [ -z "$result" ]; then
+			echo "wrk printed no result for $s; see $file" >&2
+			exit 1
+		fi
+		# RESULT requests= rps= p50_us= p99_us= non2xx= bad= socket_errors=
+		read -r rps p50 p99 non2xx bad sockerr < <(sed 's/[a-z0-9_]*=//g' <<<"${result#RESULT }" | cut -d' ' -f2-)
+		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$s" "$rps" "$p50" "$p99" "$non2xx" "$bad" "$sockerr" >>"$OUT/results.tsv"
+		awk -F'\t' '{ printf "   round %s  %-8s %9.0f req/s  p50 %6.2f ms  p99 %6.2f ms  non-2xx %s  bad %s  socket errors %s\n", $1, $2, $3, $4 / 1000, $5 / 1000, $6, $7, $8 }' \
+			<<<"$(tail -1 "$OUT/results.tsv")"
+	done
+done
+
+# --- the table ---------------------------------------------------------------
+
+median() {
+	sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# column SCENARIO N: the Nth column of results.tsv for SCENARIO, one per round.
+column() {
+	awk -F'\t' -v s="$1" -v c="$2" '$2 == s { print $c }' "$OUT/results.tsv"
+}
+
+# ratios SCENARIO [BASE]: its req/s over BASE's (plain), round by round.
+ratios() {
+	awk -F'\t' -v s="$1" -v base="${2:-plain}" '{ rps[$1 FS $2] = $3 } END {
+		for (r = 1; (r FS base) in rps; r++) if ((r FS s) in rps) print rps[r FS s] / rps[r FS base] }' "$OUT/results.tsv"
+}
+
+# per_round: the ratios on one line.
+per_round() {
+	awk '{ printf "%s%.2f", (NR > 1 ? " " : ""), $1 }'
+}
+
+MISSED=()
+{
+	echo "| scenario | req/s | p50 ms | p99 ms | req/s ÷ (1) | per round | goal | met | non-2xx | bad answers | socket errors |"
+	echo "|---|--:|--:|--:|--:|---|---|---|--:|--:|--:|"
+	for s in "${SCENARIOS[@]}"; do
+		rps=$(column "$s" 3 | median)
+		p50=$(column "$s" 4 | median)
+		p99=$(column "$s" 5 | median)
+		ratio=$(ratios "$s" | median)
+		per_round=$(ratios "$s" | per_round)
+		non2xx=$(column "$s" 6 | awk '{ n += $1 } END { print n + 0 }')
+		bad=$(column "$s" 7 | awk '{ n += $1 } END { print n + 0 }')
+		sockerr=$(column "$s" 8 | awk '{ n += $1 } END { print n + 0 }')
+		goal=${GOAL[$s]:-}
+		met="—"
+		if [ -n "$goal" ]; then
+			if awk -v r="$ratio" -v g="$goal" 'BEGIN { exit !(r >= g) }'; then
+				met=yes
+			else
+				met=NO
+				MISSED+=("$s")
+			fi
+		fi
+		if [ $((non2xx + bad + sockerr)) -gt 0 ]; then
+			met="$met, FLAGGED: errors"
+		fi
+		awk -v t="${TITLE[$s]}" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v ratio="$ratio" -v pr="$per_round" \
+			-v goal="${goal:+≥ $goal}" -v met="$met" -v n="$non2xx" -v b="$bad" -v e="$sockerr" \
+			'BEGIN { printf "| %s | %.0f | %.2f | %.2f | %.2f | %s | %s | %s | %d | %d | %d |\n", t, rps, p50 / 1000, p99 / 1000, ratio, pr, (goal == "" ? "—" : goal), met, n, b, e }'
+	done
+	echo
+	printf '3 over 1b (the same request bytes through plain reverse_proxy): %.2f (per round: %s)\n' \
+		"$(ratios session plainauth | median)" "$(ratios session plainauth | per_round)"
+} >"$OUT/table.md"
+
+# --- profiles ----------------------------------------------------------------
+
+# profile SCENARIO: a 10 s CPU profile of Caddy while wrk drives SCENARIO.
+profile() {
+	local s=$1 wrk_pid
+	run_wrk "$s" prof 13s "$OUT/wrk-profile-$s.txt" &
+	wrk_pid=$!
+	PIDS+=("$wrk_pid")
+	sleep 1
+	curl -s -o "$OUT/profile-$s.pprof" "$ADMIN/debug/pprof/profile?seconds=10"
+	wait "$wrk_pid"
+	go tool pprof -top -nodecount=30 "$OUT/caddy" "$OUT/profile-$s.pprof" >"$OUT/profile-$s-top.txt" 2>&1
+	# The module's own functions, by cumulative share.
+	go tool pprof -top -cum -nodecount=1000 "$OUT/caddy" "$OUT/profile-$s.pprof" 2>/dev/null |
+		grep -E 'Total|caddy-wechat-login' | head -25 >"$OUT/profile-$s-module.txt"
+}
+
+case $PROFILE in
+all) PROFILED=(strip session login cached) ;;
+auto) PROFILED=("${MISSED[@]}") ;;
+*) PROFILED=() ;;
+esac
+if [ "${#PROFILED[@]}" -gt 0 ]; then
+	echo "== CPU profiles of Caddy (10 s each): ${PROFILED[*]}"
+	for s in "${PROFILED[@]}"; do
+		profile "$s"
+		echo "-- $s: module functions by cumulative share ($OUT/profile-$s-module.txt)"
+		cat "$OUT/profile-$s-module.txt"
+	done
+fi
+
+# --- memory --------------------------------------------------------------------
+
+# sample PLAYERS: Caddy's resident memory and, after a forced GC, its heap in use.
+sample() {
+	local rss hwm heap
+	rss=$(awk '/^VmRSS/ { print $2 }' "/proc/$CADDY_PID/status")
+	hwm=$(awk '/^VmHWM/ { print $2 }' "/proc/$CADDY_PID/status")
+	heap=$(curl -s "$ADMIN/debug/pprof/heap?gc=1&debug=1" | awk '$2 == "HeapInuse" { print $4 }')
+	if [ -z "$heap" ]; then
+		echo "no heap statistics from $ADMIN/debug/pprof/heap" >&2
+		exit 1
+	fi
+	printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$rss" "$hwm" "$heap" "$2" >>"$OUT/memory.tsv"
+	awk -F'\t' '{ printf "   %8d players  VmRSS %6.1f MiB  VmHWM %6.1f MiB  heap in use %6.1f MiB  %s\n", $1, $2 / 1024, $3 / 1024, $4 / 1048576, $5 }' \
+		<<<"$(tail -1 "$OUT/memory.tsv")"
+}
+
+MEMORY_FAILED=0
+if [ "$PLAYERS" -gt 0 ]; then
+	echo "== memory: $PLAYERS distinct players log in (fresh Caddy, $CONNS connections)"
+	stop_caddy
+	start_caddy
+	sample 0 "(idle)"
+	from=0
+	for to in $((PLAYERS / 10)) $((PLAYERS / 2)) "$PLAYERS"; do
+		driven=$("$OUT/logindriver" -url "$GAME/wx/login" -prefix mem -from "$from" -to "$to" -conns "$CONNS" 2>>"$OUT/logindriver.log" | tee -a "$OUT/logindriver.log")
+		failed=$(sed -n 's/.* failed=\([0-9]*\).*/\1/p' <<<"$driven")
+		rate=$(sed -n 's/.* rate=\([0-9]*\).*/\1/p' <<<"$driven")
+		MEMORY_FAILED=$((MEMORY_FAILED + ${failed:-1}))
+		sample "$to" "${rate:-?} logins/s, ${failed:-?} failed"
+		from=$to
+	done
+fi
+
+# --- report --------------------------------------------------------------------
+
+{
+	echo "## Machine"
+	echo
+	echo '```'
+	cat "$OUT/machine.txt"
+	echo '```'
+	echo
+	echo "## Throughput (wrk -t$THREADS -c$CONNS -d$DURATION, medians of $ROUNDS alternating rounds)"
+	echo
+	cat "$OUT/table.md"
+	if [ -s "$OUT/memory.tsv" ]; then
+		echo
+		echo "## Caddy's memory as distinct players log in (budget_size 100000, cache_size 10000)"
+		echo
+		echo "| players | VmRSS MiB | VmHWM MiB | Go heap in use after GC, MiB | login run |"
+		echo "|--:|--:|--:|--:|---|"
+		awk -F'\t' '{ printf "| %d | %.1f | %.1f | %.1f | %s |\n", $1, $2 / 1024, $3 / 1024, $4 / 1048576, $5 }' "$OUT/memory.tsv"
+	fi
+	echo
+	echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
+	if [ "${#MISSED[@]}" -eq 0 ]; then
+		echo "All throughput goals met."
+	else
+		echo "Goals missed: ${MISSED[*]}."
+	fi
+	if [ "$MEMORY_FAILED" -gt 0 ]; then
+		echo "FLAGGED: $MEMORY_FAILED logins of the memory run failed (see $OUT/logindriver.log)."
+	fi
+} >"$OUT/results.md"
+
+echo
+cat "$OUT/results.md"
+echo
+echo "raw wrk outputs, profiles and logs: $OUT/"

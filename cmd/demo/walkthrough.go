@@ -1,0 +1,344 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/caddy-wechat-login/caddy-wechat-login/internal/gamebackend"
+	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
+)
+
+// step is one request of the walk-through: a person gets it as a curl
+// command; -check sends it and judges the answer with expect.
+type step struct {
+	title string // what the step shows, and what to look for
+	path  string // with the query
+	// header is sent as is; a spoofed identity goes here.
+	header [][2]string
+	// jsonBody makes the step a POST with this JSON body.
+	jsonBody string
+	// bearer sends the token saved by an earlier step.
+	bearer bool
+	// saveToken keeps the answer's X-WX-SESSION as $TOKEN.
+	saveToken bool
+	expect    func(a *answer) error
+}
+
+// answer is what -check received for a step.
+type answer struct {
+	status int
+	header http.Header
+	body   []byte
+	// wechatCalls is how many calls the simulator received meanwhile.
+	wechatCalls int64
+}
+
+// backend decodes the game backend's echo of what it received.
+func (a *answer) backend() (gamebackend.Answer, error) {
+	var got gamebackend.Answer
+	if a.status != http.StatusOK {
+		return got, fmt.Errorf("status %d, want 200 from the backend", a.status)
+	}
+	if err := json.Unmarshal(a.body, &got); err != nil {
+		return got, fmt.Errorf("not the backend's answer: %v", err)
+	}
+	return got, nil
+}
+
+type walkthrough struct {
+	baseURL string
+	sim     *wechatsim.Server
+	steps   []step
+	token   string // saved by a saveToken step, for -check
+}
+
+func newWalkthrough(baseURL string, sim *wechatsim.Server) *walkthrough {
+	alice := wechatsim.OpenID(demoApp.AppID, "alice")
+	bob := wechatsim.OpenID(demoApp.AppID, "bob")
+	carol := wechatsim.OpenID(demoApp.AppID, "carol")
+	const carolBody = `{"code":"carol.1"}`
+	w := &walkthrough{baseURL: baseURL, sim: sim}
+	w.steps = []step{
+		{
+			title:  "Log in as alice. The backend's JSON shows the X-WX-OPENID, X-WX-UNIONID and X-WX-APPID it received; the response carries a session token in X-WX-SESSION.",
+			path:   "/wx/login?code=alice.1",
+			expect: all(forwardedAs(alice, 1), hasUnionID(wechatsim.UnionID("alice")), issuesToken),
+		},
+		{
+			title:  "The same code again (a client retrying): the same identity, served from the cache, with no WeChat call.",
+			path:   "/wx/login?code=alice.1",
+			expect: forwardedAs(alice, 0),
+		},
+		{
+			title:  "A fresh code for alice: one more WeChat call, and the same openid (it is stable per player and app).",
+			path:   "/wx/login?code=alice.2",
+			expect: forwardedAs(alice, 1),
+		},
+		{
+			title:    "Log in as carol the way a mini-game does, with the code in a JSON body: the backend gets the body byte for byte.",
+			path:     "/wx/login",
+			jsonBody: carolBody,
+			expect:   all(forwardedAs(carol, 1), bodyBytes(len(carolBody))),
+		},
+		{
+			title:     "Log in as alice once more and keep her session token in $TOKEN.",
+			path:      "/wx/login?code=alice.3",
+			saveToken: true,
+			expect:    all(forwardedAs(alice, 1), issuesToken),
+		},
+		{
+			title:  "Play as alice with her token: the backend gets her identity, and WeChat is not called.",
+			path:   "/game/state",
+			bearer: true,
+			expect: forwardedAs(alice, 0),
+		},
+		{
+			title:  "Alice claims to be bob with a forged X-WX-OPENID: the header is stripped, and the backend still sees alice.",
+			path:   "/game/state",
+			header: [][2]string{{"X-WX-OPENID", bob}},
+			bearer: true,
+			expect: forwardedAs(alice, 0),
+		},
+		{
+			title:  "A forged X-WX-OPENID without a session token: refused with 401 invalid_session, nothing reaches the backend.",
+			path:   "/game/state",
+			header: [][2]string{{"X-WX-OPENID", bob}},
+			expect: refused(http.StatusUnauthorized, "invalid_session"),
+		},
+		{
+			title:  "A login without a code: 400 invalid_request.",
+			path:   "/wx/login",
+			expect: refused(http.StatusBadRequest, "invalid_request"),
+		},
+		{
+			title:  "A code WeChat does not know: 401 invalid_code.",
+			path:   "/wx/login?code=invalid.1",
+			expect: refused(http.StatusUnauthorized, "invalid_code"),
+		},
+		{
+			title:  "A player WeChat has blocked: 403 user_blocked.",
+			path:   "/wx/login?code=blocked.1",
+			expect: refused(http.StatusForbidden, "user_blocked"),
+		},
+		{
+			title:  "WeChat failing (errcode -1): retried, then 503 wechat_unavailable with Retry-After.",
+			path:   "/wx/login?code=busy.1",
+			expect: all(refused(http.StatusServiceUnavailable, "wechat_unavailable"), hasHeader("Retry-After")),
+		},
+	}
+	return w
+}
+
+// curl is the command a person runs for s.
+func (w *walkthrough) curl(s step) string {
+	args := []string{"curl"}
+	if s.saveToken {
+		args = append(args, "-s", "-o", "/dev/null", "-D", "-")
+	} else {
+		args = append(args, "-i")
+	}
+	for _, h := range s.header {
+		args = append(args, "-H", shellQuote(h[0]+": "+h[1]))
+	}
+	if s.bearer {
+		args = append(args, "-H", `"Authorization: Bearer $TOKEN"`)
+	}
+	if s.jsonBody != "" {
+		args = append(args, "-H", shellQuote("Content-Type: application/json"), "-d", shellQuote(s.jsonBody))
+	}
+	args = append(args, shellQuote(w.baseURL+s.path))
+	cmd := strings.Join(args, " ")
+	if s.saveToken {
+		return `TOKEN=$(` + cmd + ` | awk 'tolower($1) == "x-wx-session:" {print $2}' | tr -d '\r'); echo "$TOKEN"`
+	}
+	return cmd
+}
+
+// comment renders text as shell comment lines of about 78 columns at most.
+func comment(text string) string {
+	var b strings.Builder
+	line, prefix := "#", "#"
+	for _, word := range strings.Fields(text) {
+		if len(line)+1+len(word) > 78 && line != prefix {
+			b.WriteString(line + "\n")
+			line, prefix = "#   ", "#   "
+		}
+		line += " " + word
+	}
+	b.WriteString(line)
+	return b.String()
+}
+
+// shellQuote quotes s for sh; the walk-through's strings hold no single quote.
+func shellQuote(s string) string { return "'" + s + "'" }
+
+// printGuide tells a person what is running and what to try.
+func (w *walkthrough) printGuide(out io.Writer, backend, wechat string) {
+	fmt.Fprintf(out, `
+The wechat_login demo is running (Ctrl-C stops it):
+
+  %s   Caddy with wechat_login (cmd/demo/Caddyfile)
+  http://%s   the sample game backend: answers with the X-WX-* headers it got
+  http://%s   the WeChat simulator: a code is <player> or <player>.<anything>;
+                           the players invalid, blocked and busy fail
+
+Try these in another terminal (bash or zsh). This one shows each WeChat call,
+and Caddy's access log, in which no login code appears.
+`, w.baseURL, backend, wechat)
+	for i, s := range w.steps {
+		fmt.Fprintf(out, "\n%s\n%s\n", comment(fmt.Sprintf("%d. %s", i+1, s.title)), w.curl(s))
+	}
+	fmt.Fprintln(out)
+}
+
+// check runs every step against the demo, printing each answer, and reports
+// whether all of them were as expected.
+func (w *walkthrough) check(out io.Writer) bool {
+	client := &http.Client{Timeout: 30 * time.Second}
+	failed := 0
+	for i, s := range w.steps {
+		fmt.Fprintf(out, "\n== %d. %s\n$ %s\n", i+1, s.title, w.curl(s))
+		a, err := w.send(client, s)
+		if err == nil {
+			printAnswer(out, a)
+			err = s.expect(a)
+		}
+		if err == nil && s.saveToken {
+			w.token = a.header.Get("X-WX-SESSION")
+		}
+		if err != nil {
+			failed++
+			fmt.Fprintf(out, "FAIL: %v\n", err)
+			continue
+		}
+		fmt.Fprintln(out, "ok")
+	}
+	if failed > 0 {
+		fmt.Fprintf(out, "\ndemo check: %d of %d steps did not behave as documented\n", failed, len(w.steps))
+		return false
+	}
+	fmt.Fprintf(out, "\ndemo check: all %d steps behaved as documented\n", len(w.steps))
+	return true
+}
+
+func (w *walkthrough) send(client *http.Client, s step) (*answer, error) {
+	method, body := http.MethodGet, io.Reader(nil)
+	if s.jsonBody != "" {
+		method, body = http.MethodPost, strings.NewReader(s.jsonBody)
+	}
+	req, err := http.NewRequest(method, w.baseURL+s.path, body)
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range s.header {
+		req.Header.Set(h[0], h[1])
+	}
+	if s.bearer {
+		req.Header.Set("Authorization", "Bearer "+w.token)
+	}
+	if s.jsonBody != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	callsBefore := w.sim.Calls()
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	respBody, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	return &answer{status: resp.StatusCode, header: resp.Header, body: respBody, wechatCalls: w.sim.Calls() - callsBefore}, nil
+}
+
+func printAnswer(out io.Writer, a *answer) {
+	fmt.Fprintf(out, "HTTP %d %s   (WeChat calls: %d)\n", a.status, http.StatusText(a.status), a.wechatCalls)
+	for _, name := range []string{"X-WX-SESSION", "Retry-After"} {
+		if v := a.header.Get(name); v != "" {
+			fmt.Fprintf(out, "%s: %s\n", http.CanonicalHeaderKey(name), v)
+		}
+	}
+	fmt.Fprint(out, string(a.body))
+}
+
+// all passes when every check does, reporting the first failure.
+func all(checks ...func(*answer) error) func(*answer) error {
+	return func(a *answer) error {
+		for _, c := range checks {
+			if err := c(a); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// forwardedAs expects the backend to have received openid (and the demo
+// app's appid) after exactly wechatCalls calls to WeChat.
+func forwardedAs(openid string, wechatCalls int64) func(*answer) error {
+	return func(a *answer) error {
+		got, err := a.backend()
+		if err != nil {
+			return err
+		}
+		switch {
+		case got.OpenID != openid:
+			return fmt.Errorf("the backend saw X-WX-OPENID %q, want %q", got.OpenID, openid)
+		case got.AppID != demoApp.AppID:
+			return fmt.Errorf("the backend saw X-WX-APPID %q, want %q", got.AppID, demoApp.AppID)
+		case a.wechatCalls != wechatCalls:
+			return fmt.Errorf("%d WeChat calls, want %d", a.wechatCalls, wechatCalls)
+		}
+		return nil
+	}
+}
+
+func hasUnionID(unionid string) func(*answer) error {
+	return func(a *answer) error {
+		got, err := a.backend()
+		if err == nil && got.UnionID != unionid {
+			err = fmt.Errorf("the backend saw X-WX-UNIONID %q, want %q", got.UnionID, unionid)
+		}
+		return err
+	}
+}
+
+func bodyBytes(n int) func(*answer) error {
+	return func(a *answer) error {
+		got, err := a.backend()
+		if err == nil && got.BodyBytes != int64(n) {
+			err = fmt.Errorf("the backend received a %d-byte body, want %d", got.BodyBytes, n)
+		}
+		return err
+	}
+}
+
+var issuesToken = hasHeader("X-WX-SESSION")
+
+func hasHeader(name string) func(*answer) error {
+	return func(a *answer) error {
+		if a.header.Get(name) == "" {
+			return fmt.Errorf("no %s header in the response", name)
+		}
+		return nil
+	}
+}
+
+// refused expects the gateway's JSON error, with nothing forwarded.
+func refused(status int, code string) func(*answer) error {
+	return func(a *answer) error {
+		var body struct {
+			Error string `json:"error"`
+		}
+		_ = json.Unmarshal(a.body, &body) // a body that is not the JSON error leaves Error empty
+		if a.status != status || body.Error != code {
+			return fmt.Errorf("got %d %q, want %d %q", a.status, body.Error, status, code)
+		}
+		return nil
+	}
+}
