@@ -296,7 +296,7 @@ func isRidChar(c byte) bool {
 }
 
 // loginErrorFor maps a failed exchange to the documented response.
-func loginErrorFor(err *attemptError, retry retryPolicy) *loginError {
+func loginErrorFor(err *attemptError, retry retryPolicy, now time.Time) *loginError {
 	switch err.kind {
 	case kindTimeout:
 		return newLoginError(http.StatusGatewayTimeout, errWechatTimeout, "WeChat did not answer in time; call wx.login again and retry")
@@ -319,7 +319,7 @@ func loginErrorFor(err *attemptError, retry retryPolicy) *loginError {
 	case errcodeBlocked:
 		e = newLoginError(http.StatusForbidden, errUserBlocked, "WeChat refused this player as high risk")
 	case errcodeRateLimited:
-		e = rateLimited("WeChat's per-player login limit was reached; retry next minute", untilNextMinute(time.Now()))
+		e = rateLimited("WeChat's per-player login limit was reached; retry next minute", untilNextMinute(now))
 	default:
 		e = newLoginError(http.StatusBadGateway, errWechatMisconfigured, "the login service is misconfigured; the operator has been told")
 	}

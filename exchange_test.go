@@ -148,7 +148,7 @@ func TestExchangeErrorsAreRedacted(t *testing.T) {
 	if aerr == nil || aerr.kind != kindUnavailable {
 		t.Fatalf("got %v, want unavailable", aerr)
 	}
-	lerr := loginErrorFor(aerr, c.retry)
+	lerr := loginErrorFor(aerr, c.retry, time.Now())
 	for _, text := range []string{aerr.Error(), lerr.Error(), lerr.message} {
 		if strings.Contains(text, exTestSecret) || strings.Contains(text, "alice.secretcode") || strings.Contains(text, "js_code") {
 			t.Errorf("error text leaks the request: %q", text)
@@ -232,7 +232,7 @@ func FuzzDecodeSession(f *testing.F) {
 			if len(err.rid) > 64 {
 				t.Fatalf("rid not bounded: %d bytes", len(err.rid))
 			}
-			_ = loginErrorFor(err, retryPolicy{attempts: 1})
+			_ = loginErrorFor(err, retryPolicy{attempts: 1}, time.Now())
 		}
 	})
 }
@@ -289,7 +289,7 @@ func TestLoginErrorFor(t *testing.T) {
 		{attemptError{kind: kindUnavailable}, 503, errWechatUnavailable, false, true},
 		{attemptError{kind: kindTimeout}, 504, errWechatTimeout, false, false},
 	} {
-		e := loginErrorFor(&tc.err, retry)
+		e := loginErrorFor(&tc.err, retry, time.Date(2026, 11, 23, 10, 0, 50, 0, time.UTC))
 		if e.status != tc.status || e.code != tc.code || e.hasErrcode != tc.errcode || (e.retryAfter > 0) != tc.retryAfter {
 			t.Errorf("%+v: got %d %s errcode=%v retryAfter=%v", tc.err, e.status, e.code, e.hasErrcode, e.retryAfter)
 		}

@@ -473,7 +473,7 @@ func (h *Handler) exchange(reqCtx context.Context, key codeKey, code string) (an
 	h.metrics.exchanged(res.attempts, elapsed)
 
 	if err != nil {
-		lerr := loginErrorFor(err, h.client.retry)
+		lerr := loginErrorFor(err, h.client.retry, h.now())
 		h.logExchange(lerr.code, res, elapsed, err)
 		return nil, lerr
 	}
