@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
 	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
 )
 
@@ -29,8 +30,8 @@ const (
 // mtSim starts a simulator knowing the test app.
 func mtSim(t *testing.T) (*wechatsim.Server, string) {
 	t.Helper()
-	sim, ts := wechatsim.NewTestServer(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: mtAppID, Secret: mtSecret, UnionBound: true}}})
-	return sim, ts.URL
+	sim, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: mtAppID, Secret: mtSecret, UnionBound: true}}})
+	return sim, simURL
 }
 
 // mtProvision provisions h as Caddy would and cleans it up after the test.
@@ -335,8 +336,8 @@ func TestMisconfigurationIsCountedNotRetried(t *testing.T) {
 // BenchmarkLoginCacheHit is the login path when the code's result is cached:
 // no WeChat call, only the budget check and the headers.
 func BenchmarkLoginCacheHit(b *testing.B) {
-	sim, ts := wechatsim.NewTestServer(b, wechatsim.Options{Apps: []wechatsim.App{{AppID: mtAppID, Secret: mtSecret}}})
-	h := mtHandler(b, ts.URL, func(h *Handler) { h.IPBudget = &Budget{Off: true} })
+	sim, simURL := testkit.NewSim(b, wechatsim.Options{Apps: []wechatsim.App{{AppID: mtAppID, Secret: mtSecret}}})
+	h := mtHandler(b, simURL, func(h *Handler) { h.IPBudget = &Budget{Off: true} })
 	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
 	r, _ := mtRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.bench", nil)
 	w := httptest.NewRecorder()

@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
 	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
 )
 
@@ -227,8 +228,8 @@ func TestBudgetWithinWechatQuota(t *testing.T) {
 // rlSim starts a simulator knowing the test app.
 func rlSim(t testing.TB) (*wechatsim.Server, string) {
 	t.Helper()
-	sim, ts := wechatsim.NewTestServer(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: rlAppID, Secret: rlSecret}}})
-	return sim, ts.URL
+	sim, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: rlAppID, Secret: rlSecret}}})
+	return sim, simURL
 }
 
 // rlHandler provisions a handler for the test app on clock.

@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
 	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
 )
 
@@ -453,9 +454,9 @@ func TestSessionRequiredOrOptional(t *testing.T) {
 }
 
 func TestSessionRespondAnswersAtTheGateway(t *testing.T) {
-	sim, ts := wechatsim.NewTestServer(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: rlAppID, Secret: rlSecret, UnionBound: true}}})
+	sim, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: rlAppID, Secret: rlSecret, UnionBound: true}}})
 	clock := rlNewClock()
-	h := rlHandler(t, ts.URL, clock, sessConfigured(func(s *SessionConfig) { s.Respond = true }))
+	h := rlHandler(t, simURL, clock, sessConfigured(func(s *SessionConfig) { s.Respond = true }))
 
 	r, _ := mtRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.1", nil)
 	up := &mtUpstream{}

@@ -22,7 +22,7 @@ import (
 
 func TestMain(m *testing.M) {
 	testkit.Forbid(sessionSecretA, sessionSecretB, sessionSecretC)
-	os.Exit(testkit.RunScanningLogs(m))
+	os.Exit(testkit.RunScanningLogs(m, "wechat exchange"))
 }
 
 // site is a Caddyfile site block on the test port.

@@ -33,7 +33,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv("WXL_ADMIN_PORT") == "" {
 		testkit.AdminPort = 3099
 	}
-	os.Exit(testkit.RunScanningLogs(m))
+	os.Exit(testkit.RunScanningLogs(m, "wechat exchange"))
 }
 
 // site is a Caddyfile site block on the test port.
