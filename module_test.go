@@ -317,6 +317,7 @@ func TestCacheTTLExpiresOnTheClock(t *testing.T) {
 
 func TestMisconfigurationIsCountedNotRetried(t *testing.T) {
 	sim, endpoint := mtSim(t)
+	testkit.Forbid("wrong-secret")
 	h := mtHandler(t, endpoint, func(h *Handler) { h.AppSecret = "wrong-secret" })
 	before := mtCount(wechatMetrics.logins.WithLabelValues(mtAppID, errWechatMisconfigured))
 	r, _ := mtRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.m", nil)
