@@ -56,11 +56,10 @@ type sessionClaims struct {
 // sessions issues and verifies tokens for one app_id. Safe for concurrent
 // use: nothing in it changes after provision.
 type sessions struct {
-	appID   string
-	signKey []byte
-	keys    []sessionKey // the signing key first
-	ttl     time.Duration
-	now     func() time.Time
+	appID string
+	keys  []sessionKey // the first signs
+	ttl   time.Duration
+	now   func() time.Time
 }
 
 // sessionKey is one verifying key with a pool of HMACs keyed with it, so
@@ -71,7 +70,7 @@ type sessionKey struct {
 }
 
 func newSessions(appID string, secrets [][]byte, ttl time.Duration, now func() time.Time) *sessions {
-	s := &sessions{appID: appID, signKey: secrets[0], ttl: ttl, now: now}
+	s := &sessions{appID: appID, ttl: ttl, now: now}
 	for _, secret := range secrets {
 		s.keys = append(s.keys, sessionKey{secret: secret, macs: &sync.Pool{
 			New: func() any { return hmac.New(sha256.New, secret) },
@@ -92,8 +91,14 @@ func (s *sessions) issue(id Identity, now time.Time) (token string, expires time
 			ExpiresAt: jwt.NewNumericDate(expires),
 		},
 	}
-	token, err = jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(s.signKey)
-	return token, expires, err
+	signing, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SigningString()
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	// Signed here rather than by SignedString, which keys a new HMAC for
+	// every token; this is the same HS256 signature.
+	var mac [sha256.Size]byte
+	return signing + "." + base64.RawURLEncoding.EncodeToString(s.keys[0].sum(signing, mac[:0])), expires, nil
 }
 
 // hs256Header is the encoded JOSE header of every token issue makes. verify
@@ -130,8 +135,9 @@ func (s *sessions) verify(token string) (Identity, error) {
 	if !ok || len(signature) != base64.RawURLEncoding.EncodedLen(sha256.Size) {
 		return Identity{}, errMalformedSession
 	}
+	var encoded [43]byte // base64 of a SHA-256 sum, copied so that decoding it allocates nothing
 	var mac, want [sha256.Size]byte
-	if n, err := base64.RawURLEncoding.Decode(mac[:], []byte(signature)); err != nil || n != sha256.Size {
+	if n, err := base64.RawURLEncoding.Decode(mac[:], encoded[:copy(encoded[:], signature)]); err != nil || n != sha256.Size {
 		return Identity{}, errMalformedSession
 	}
 	signed := token[:len(header)+1+len(payload)]
@@ -165,16 +171,21 @@ func (s *sessions) verify(token string) (Identity, error) {
 // keys, comparing in constant time.
 func (s *sessions) signedByAKey(signed string, mac, buf []byte) bool {
 	for _, key := range s.keys {
-		h := key.macs.Get().(hash.Hash)
-		h.Reset()
-		_, _ = io.WriteString(h, signed)
-		sum := h.Sum(buf)
-		key.macs.Put(h)
-		if hmac.Equal(sum, mac) {
+		if hmac.Equal(key.sum(signed, buf), mac) {
 			return true
 		}
 	}
 	return false
+}
+
+// sum appends the HMAC-SHA256 of signed under k to buf.
+func (k sessionKey) sum(signed string, buf []byte) []byte {
+	h := k.macs.Get().(hash.Hash)
+	h.Reset()
+	_, _ = io.WriteString(h, signed)
+	sum := h.Sum(buf)
+	k.macs.Put(h)
+	return sum
 }
 
 // sessionToken finds the token a request presents, and whether it came as
