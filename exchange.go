@@ -42,8 +42,6 @@ type wechatClient struct {
 	// requestURL is the jscode2session URL with every parameter but the
 	// code, which comes last: built once, as it holds the secret.
 	requestURL string
-	appID      string
-	secret     string
 	timeout    time.Duration
 	retry      retryPolicy
 	// sleep waits between attempts; tests swap it to avoid real waiting.
