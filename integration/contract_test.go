@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,7 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -66,28 +66,25 @@ func TestErrorTable(t *testing.T) {
 	fakeURL := scriptedWechat(t)
 	const wrongSecret, fakeSecret = "not-the-secret", "fake-app-secret"
 	testkit.Forbid(wrongSecret, fakeSecret)
-	backend := newBackend(t, nil)
+	backend := testkit.NewBackend(t, nil)
 	errorLog := filepath.Join(t.TempDir(), "errors.log")
 
 	// Each route is a gateway with its own app_id (budgets are per app_id)
 	// and its own login path.
-	route := func(prefix, appID, secret, endpoint string, more ...string) string {
-		return handle(prefix, wechatLogin(appID, secret, endpoint, append(more, loginUnder(prefix))...), proxyTo(backend))
-	}
-	testkit.StartCaddy(t, testkit.GlobalOptions(fmt.Sprintf("log errors {\n\toutput file %s\n\tformat json\n\tlevel ERROR\n}", errorLog))+site(
-		route("sim", "wxerrors", simSecret, simURL, "retry 1", "cache_ttl 0"),
-		route("fake", "wxfake", fakeSecret, fakeURL, "retry 1", "timeout 200ms"),
-		route("badsecret", "wxbadsecret", wrongSecret, simURL),
-		route("unknownapp", "wxunknown", fakeSecret, simURL),
-		route("tinyip", "wxtinyip", simSecret, simURL, "ip_budget 2 1m"),
-		route("session", "wxerrsession", simSecret, simURL, sessionBlock("secret "+sessionSecretA)),
+	testkit.StartCaddy(t, testkit.GlobalOptions(fmt.Sprintf("log errors {\n\toutput file %s\n\tformat json\n\tlevel ERROR\n}", errorLog))+testkit.Site(
+		testkit.Route("sim", "wxerrors", simSecret, simURL, backend, "retry 1", "cache_ttl 0"),
+		testkit.Route("fake", "wxfake", fakeSecret, fakeURL, backend, "retry 1", "timeout 200ms"),
+		testkit.Route("badsecret", "wxbadsecret", wrongSecret, simURL, backend),
+		testkit.Route("unknownapp", "wxunknown", fakeSecret, simURL, backend),
+		testkit.Route("tinyip", "wxtinyip", simSecret, simURL, backend, "ip_budget 2 1m"),
+		testkit.Route("session", "wxerrsession", simSecret, simURL, backend, sessionBlock("secret "+sessionSecretA)),
 	))
 
 	// A spent code: with cache_ttl 0 nothing remembers its result.
-	assertStatus(t, get(t, "/sim/wx/login?code=alice.spent"), http.StatusOK)
+	assertStatus(t, testkit.Get(t, "/sim/wx/login?code=alice.spent"), http.StatusOK)
 	// Two logins use up the tiny per-IP budget.
-	assertStatus(t, get(t, "/tinyip/wx/login?code=alice.1"), http.StatusOK)
-	assertStatus(t, get(t, "/tinyip/wx/login?code=alice.2"), http.StatusOK)
+	assertStatus(t, testkit.Get(t, "/tinyip/wx/login?code=alice.1"), http.StatusOK)
+	assertStatus(t, testkit.Get(t, "/tinyip/wx/login?code=alice.2"), http.StatusOK)
 
 	tooLong := strings.Repeat("a", 129)
 	testkit.Forbid(tooLong)
@@ -127,14 +124,14 @@ func TestErrorTable(t *testing.T) {
 	}
 	for _, row := range rows {
 		t.Run(row.name, func(t *testing.T) {
-			forwarded, calls := backend.count(), sim.Calls()
+			forwarded, calls := backend.Count(), sim.Calls()
 			method := row.method
 			if method == "" {
 				method = http.MethodGet
 			}
-			resp := send(t, method, row.path, row.body, row.headers...)
+			resp := testkit.Send(t, method, row.path, strings.NewReader(row.body), row.headers...)
 			assertError(t, resp, row.status, row.code, row.errcode)
-			if got := backend.count(); got != forwarded {
+			if got := backend.Count(); got != forwarded {
 				t.Errorf("the refused request reached the backend")
 			}
 			if called := sim.Calls() != calls; called != row.callsSim {
@@ -194,11 +191,11 @@ func errorLines(t *testing.T, path string) []logLine {
 func TestCodeSources(t *testing.T) {
 	const appID, secret = "wxsources", "sources-secret"
 	sim, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
-	backend := newBackend(t, nil)
-	testkit.StartCaddy(t, testkit.GlobalOptions("")+site(
+	backend := testkit.NewBackend(t, nil)
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(
 		"request_body {\n\tmax_size 64\n}",
-		handle("custom", wechatLogin(appID, secret, simURL, "login_path /custom/enter", "code_field wxcode"), proxyTo(backend)),
-		handle("", wechatLogin(appID, secret, simURL), proxyTo(backend)),
+		testkit.Handle("custom", testkit.WechatLogin(appID, secret, simURL, "login_path /custom/enter", "code_field wxcode"), testkit.ProxyTo(backend)),
+		testkit.Handle("", testkit.WechatLogin(appID, secret, simURL), testkit.ProxyTo(backend)),
 	))
 	const jsonType, formType = "Content-Type: application/json", "Content-Type: application/x-www-form-urlencoded"
 
@@ -227,9 +224,9 @@ func TestCodeSources(t *testing.T) {
 			if method == "" {
 				method = http.MethodGet
 			}
-			resp := send(t, method, row.path, row.body, row.headers...)
+			resp := testkit.Send(t, method, row.path, strings.NewReader(row.body), row.headers...)
 			assertStatus(t, resp, http.StatusOK)
-			got := backend.last(t)
+			got := backend.Last(t)
 			assertIdentity(t, got.Header, "x-wx-openid", wechatsim.OpenID(appID, row.player))
 			if got.RawQuery != row.wantQuery {
 				t.Errorf("backend query %q, want %q", got.RawQuery, row.wantQuery)
@@ -244,27 +241,27 @@ func TestCodeSources(t *testing.T) {
 	}
 
 	t.Run("default login_path is not a login under a custom one", func(t *testing.T) {
-		resp := get(t, "/custom/wx/login?wxcode=custom.2")
+		resp := testkit.Get(t, "/custom/wx/login?wxcode=custom.2")
 		assertStatus(t, resp, http.StatusOK)
-		assertIdentity(t, backend.last(t).Header, "x-wx-openid", "")
+		assertIdentity(t, backend.Last(t).Header, "x-wx-openid", "")
 	})
 	t.Run("the default code_field is not read under a custom one", func(t *testing.T) {
-		assertError(t, get(t, "/custom/enter?code=custom.3"), http.StatusBadRequest, "invalid_request", noErrcode)
+		assertError(t, testkit.Get(t, "/custom/enter?code=custom.3"), http.StatusBadRequest, "invalid_request", noErrcode)
 	})
 	t.Run("body over request_body max_size", func(t *testing.T) {
 		body := `{"code":"big.1","padding":"` + strings.Repeat("x", 64) + `"}`
 		testkit.Forbid("big.1")
-		forwarded, calls := backend.count(), sim.Calls()
+		forwarded, calls := backend.Count(), sim.Calls()
 		// Sent chunked, the body is found too large while the handler
 		// reads it for the code, and refused in the documented JSON.
 		chunked := io.MultiReader(strings.NewReader(body))
-		resp := do(t, newRequest(t, http.MethodPost, "/wx/login", chunked, jsonType))
+		resp := testkit.Send(t, http.MethodPost, "/wx/login", chunked, jsonType)
 		assertError(t, resp, http.StatusRequestEntityTooLarge, "invalid_request", noErrcode)
 		// With a Content-Length over the limit, request_body itself refuses
 		// before wechat_login runs.
-		resp = send(t, http.MethodPost, "/wx/login", body, jsonType)
+		resp = testkit.Send(t, http.MethodPost, "/wx/login", strings.NewReader(body), jsonType)
 		assertStatus(t, resp, http.StatusRequestEntityTooLarge)
-		if backend.count() != forwarded || sim.Calls() != calls {
+		if backend.Count() != forwarded || sim.Calls() != calls {
 			t.Error("an oversized login reached the backend or WeChat")
 		}
 	})
@@ -278,14 +275,14 @@ func TestIdentityHeaders(t *testing.T) {
 		{AppID: "wxplain", Secret: secret},
 		{AppID: "wxunion", Secret: secret, UnionBound: true},
 	}})
-	backend := newBackend(t, nil)
-	placeholders := proxyTo(backend,
+	backend := testkit.NewBackend(t, nil)
+	placeholders := testkit.ProxyTo(backend,
 		"header_up X-Player {http.wechat.openid}",
 		"header_up X-Player-Union {http.wechat.unionid}",
 		"header_up X-Player-App {http.wechat.appid}")
-	testkit.StartCaddy(t, testkit.GlobalOptions("")+site(
-		handle("union", wechatLogin("wxunion", secret, simURL, loginUnder("union")), placeholders),
-		handle("", wechatLogin("wxplain", secret, simURL), placeholders),
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(
+		testkit.Handle("union", testkit.WechatLogin("wxunion", secret, simURL, testkit.LoginUnder("union")), placeholders),
+		testkit.Handle("", testkit.WechatLogin("wxplain", secret, simURL), placeholders),
 	))
 
 	for _, tc := range []struct {
@@ -296,8 +293,8 @@ func TestIdentityHeaders(t *testing.T) {
 		{name: "app bound to an Open Platform account", appID: "wxunion", path: "/union/wx/login?code=alice.1", unionID: wechatsim.UnionID("alice")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			assertStatus(t, get(t, tc.path), http.StatusOK)
-			got := backend.last(t).Header
+			assertStatus(t, testkit.Get(t, tc.path), http.StatusOK)
+			got := backend.Last(t).Header
 			openID := wechatsim.OpenID(tc.appID, "alice")
 			assertIdentity(t, got, "x-wx-openid", openID)
 			assertIdentity(t, got, "x-wx-appid", tc.appID)
@@ -325,13 +322,13 @@ func TestForwardSessionKey(t *testing.T) {
 	}
 	const appID, secret = "wxsessionkey", "session-key-secret"
 	sim, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
-	backend := newBackend(t, nil)
-	testkit.StartCaddy(t, quiet+site(wechatLogin(appID, secret, simURL, "forward_session_key"), proxyTo(backend)))
+	backend := testkit.NewBackend(t, nil)
+	testkit.StartCaddy(t, quiet+testkit.Site(testkit.WechatLogin(appID, secret, simURL, "forward_session_key"), testkit.ProxyTo(backend)))
 
-	resp := get(t, "/wx/login?code=alice.1")
+	resp := testkit.Get(t, "/wx/login?code=alice.1")
 	assertStatus(t, resp, http.StatusOK)
 	assertNoLeaks(t, resp)
-	got := backend.last(t).Header
+	got := backend.Last(t).Header
 	keys := identityValues(got, "x-wx-session-key")
 	if len(keys) != 1 || !slices.Contains(sim.Sensitive(), keys[0]) {
 		t.Fatalf("backend saw X-WX-SESSION-KEY %q, want the one session_key WeChat issued", keys)
@@ -339,8 +336,8 @@ func TestForwardSessionKey(t *testing.T) {
 	assertIdentity(t, got, "x-wx-openid", wechatsim.OpenID(appID, "alice"))
 
 	// A client cannot choose the session_key either.
-	assertStatus(t, get(t, "/game", "X-WX-SESSION-KEY: chosen"), http.StatusOK)
-	assertIdentity(t, backend.last(t).Header, "x-wx-session-key", "")
+	assertStatus(t, testkit.Get(t, "/game", "X-WX-SESSION-KEY: chosen"), http.StatusOK)
+	assertIdentity(t, backend.Last(t).Header, "x-wx-session-key", "")
 }
 
 // spoofedIdentity is every way a client might try to choose its identity
@@ -376,36 +373,35 @@ func TestSpoofedIdentityHeaders(t *testing.T) {
 		{AppID: "wxspoof", Secret: secret},
 		{AppID: "wxspoofsession", Secret: secret},
 	}})
-	backend := newBackend(t, nil)
-	withSession := handle("session", wechatLogin("wxspoofsession", secret, simURL,
-		loginUnder("session"), sessionBlock("secret "+sessionSecretA)), proxyTo(backend))
-	withoutSession := handle("", wechatLogin("wxspoof", secret, simURL), proxyTo(backend))
+	backend := testkit.NewBackend(t, nil)
+	withSession := testkit.Route("session", "wxspoofsession", secret, simURL, backend, sessionBlock("secret "+sessionSecretA))
+	withoutSession := testkit.Handle("", testkit.WechatLogin("wxspoof", secret, simURL), testkit.ProxyTo(backend))
 	mallory, malloryWithSession := wechatsim.OpenID("wxspoof", "mallory"), wechatsim.OpenID("wxspoofsession", "mallory")
 
 	t.Run("hyphenated, any case, repeated", func(t *testing.T) {
-		testkit.StartCaddy(t, testkit.GlobalOptions("")+site(withSession, withoutSession))
+		testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(withSession, withoutSession))
 
-		assertStatus(t, get(t, "/wx/login?code=mallory.1", spoofedIdentity...), http.StatusOK)
-		assertOnlyIdentity(t, backend.last(t).Header, "wxspoof", mallory)
+		assertStatus(t, testkit.Get(t, "/wx/login?code=mallory.1", spoofedIdentity...), http.StatusOK)
+		assertOnlyIdentity(t, backend.Last(t).Header, "wxspoof", mallory)
 
-		assertStatus(t, get(t, "/game", spoofedIdentity...), http.StatusOK)
-		assertOnlyIdentity(t, backend.last(t).Header, "", "")
+		assertStatus(t, testkit.Get(t, "/game", spoofedIdentity...), http.StatusOK)
+		assertOnlyIdentity(t, backend.Last(t).Header, "", "")
 
-		login := get(t, "/session/wx/login?code=mallory.2", spoofedIdentity...)
+		login := testkit.Get(t, "/session/wx/login?code=mallory.2", spoofedIdentity...)
 		assertStatus(t, login, http.StatusOK)
-		assertOnlyIdentity(t, backend.last(t).Header, "wxspoofsession", malloryWithSession)
+		assertOnlyIdentity(t, backend.Last(t).Header, "wxspoofsession", malloryWithSession)
 
 		session := "X-WX-SESSION: " + login.Header.Get("X-WX-SESSION")
-		assertStatus(t, get(t, "/session/game", append([]string{session}, spoofedIdentity...)...), http.StatusOK)
-		assertOnlyIdentity(t, backend.last(t).Header, "wxspoofsession", malloryWithSession)
+		assertStatus(t, testkit.Get(t, "/session/game", append([]string{session}, spoofedIdentity...)...), http.StatusOK)
+		assertOnlyIdentity(t, backend.Last(t).Header, "wxspoofsession", malloryWithSession)
 	})
 
 	t.Run("underscore and dot, allowed by the server", func(t *testing.T) {
 		testkit.StartCaddy(t, testkit.GlobalOptions(`servers {
 		expected_underscore_headers X_WX_OPENID X_WX_SESSION_KEY
 		expected_dot_headers X.WX.OPENID X.WX.APPID
-	}`)+site(
-			handle("control", proxyTo(backend)),
+	}`)+testkit.Site(
+			testkit.Handle("control", testkit.ProxyTo(backend)),
 			withSession, withoutSession))
 		spoofed := []string{
 			"X_WX_OPENID: spoofed-underscore",
@@ -415,25 +411,25 @@ func TestSpoofedIdentityHeaders(t *testing.T) {
 		}
 
 		// Control: without wechat_login these names do reach the backend.
-		assertStatus(t, get(t, "/control/game", spoofed...), http.StatusOK)
-		control := backend.last(t).Header
+		assertStatus(t, testkit.Get(t, "/control/game", spoofed...), http.StatusOK)
+		control := backend.Last(t).Header
 		for _, name := range []string{"x-wx-openid", "x-wx-session-key", "x-wx-appid"} {
 			if len(identityValues(control, name)) == 0 {
 				t.Fatalf("the server dropped every spelling of %s by itself; the test proves nothing (headers %v)", name, control)
 			}
 		}
 
-		assertStatus(t, get(t, "/wx/login?code=mallory.3", spoofed...), http.StatusOK)
-		assertOnlyIdentity(t, backend.last(t).Header, "wxspoof", mallory)
+		assertStatus(t, testkit.Get(t, "/wx/login?code=mallory.3", spoofed...), http.StatusOK)
+		assertOnlyIdentity(t, backend.Last(t).Header, "wxspoof", mallory)
 
-		assertStatus(t, get(t, "/game", spoofed...), http.StatusOK)
-		assertOnlyIdentity(t, backend.last(t).Header, "", "")
+		assertStatus(t, testkit.Get(t, "/game", spoofed...), http.StatusOK)
+		assertOnlyIdentity(t, backend.Last(t).Header, "", "")
 
-		login := get(t, "/session/wx/login?code=mallory.4", spoofed...)
+		login := testkit.Get(t, "/session/wx/login?code=mallory.4", spoofed...)
 		assertStatus(t, login, http.StatusOK)
 		session := "Authorization: Bearer " + login.Header.Get("X-WX-SESSION")
-		assertStatus(t, get(t, "/session/game", append([]string{session}, spoofed...)...), http.StatusOK)
-		assertOnlyIdentity(t, backend.last(t).Header, "wxspoofsession", malloryWithSession)
+		assertStatus(t, testkit.Get(t, "/session/game", append([]string{session}, spoofed...)...), http.StatusOK)
+		assertOnlyIdentity(t, backend.Last(t).Header, "wxspoofsession", malloryWithSession)
 	})
 }
 
@@ -442,15 +438,15 @@ func TestSpoofedIdentityHeaders(t *testing.T) {
 func TestCodeReuse(t *testing.T) {
 	const appID, secret = "wxreuse", "reuse-secret"
 	sim, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
-	backend := newBackend(t, nil)
-	testkit.StartCaddy(t, testkit.GlobalOptions("")+site(wechatLogin(appID, secret, simURL), proxyTo(backend)))
+	backend := testkit.NewBackend(t, nil)
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(testkit.WechatLogin(appID, secret, simURL), testkit.ProxyTo(backend)))
 	openID := wechatsim.OpenID(appID, "alice")
 
 	t.Run("repeated", func(t *testing.T) {
 		calls := sim.Calls()
 		for range 3 {
-			assertStatus(t, get(t, "/wx/login?code=alice.repeated"), http.StatusOK)
-			assertIdentity(t, backend.last(t).Header, "x-wx-openid", openID)
+			assertStatus(t, testkit.Get(t, "/wx/login?code=alice.repeated"), http.StatusOK)
+			assertIdentity(t, backend.Last(t).Header, "x-wx-openid", openID)
 		}
 		if made := sim.Calls() - calls; made != 1 {
 			t.Errorf("three logins with one code made %d WeChat calls, want 1", made)
@@ -461,23 +457,18 @@ func TestCodeReuse(t *testing.T) {
 		// Latency keeps the first call in flight while the others arrive.
 		sim.SetLatency(300 * time.Millisecond)
 		defer sim.SetLatency(0)
-		calls, forwarded := sim.Calls(), backend.count()
+		calls, forwarded := sim.Calls(), backend.Count()
 		const logins = 8
-		var wg sync.WaitGroup
 		statuses := make(chan int, logins)
-		for range logins {
-			wg.Go(func() {
-				// Not get: t.Fatal must not be called off the test goroutine.
-				resp, err := client.Get(testkit.BaseURL() + "/wx/login?code=alice.concurrent")
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				resp.Body.Close()
-				statuses <- resp.StatusCode
-			})
-		}
-		wg.Wait()
+		testkit.Parallel(logins, logins, func(int) {
+			// Not testkit.Get: t.Fatal must not be called off the test goroutine.
+			resp, err := testkit.Fetch(context.Background(), http.MethodGet, "/wx/login?code=alice.concurrent", nil)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			statuses <- resp.StatusCode
+		})
 		close(statuses)
 		for status := range statuses {
 			if status != http.StatusOK {
@@ -487,7 +478,7 @@ func TestCodeReuse(t *testing.T) {
 		if made := sim.Calls() - calls; made != 1 {
 			t.Errorf("%d concurrent logins with one code made %d WeChat calls, want 1", logins, made)
 		}
-		if got := backend.count() - forwarded; got != logins {
+		if got := backend.Count() - forwarded; got != logins {
 			t.Errorf("%d of %d logins reached the backend", got, logins)
 		}
 	})

@@ -15,12 +15,12 @@ import (
 // secret.
 func scrapeMetrics(t *testing.T) string {
 	t.Helper()
-	resp := get(t, "/metrics")
+	resp := testkit.Get(t, "/metrics")
 	assertStatus(t, resp, http.StatusOK)
-	if leaks := testkit.Leaks(string(resp.body)); len(leaks) > 0 {
+	if leaks := testkit.Leaks(string(resp.Body)); len(leaks) > 0 {
 		t.Errorf("the metrics carry %d secret(s), code(s) or session_key(s)", len(leaks))
 	}
-	return string(resp.body)
+	return string(resp.Body)
 }
 
 // metricValue is the value of the sample name{labels} in a Prometheus text
@@ -47,12 +47,12 @@ func metricValue(t *testing.T, exposition, name, labels string) float64 {
 func TestMetrics(t *testing.T) {
 	const appID, secret = "wxmetrics", "metrics-secret"
 	_, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
-	backend := newBackend(t, nil)
+	backend := testkit.NewBackend(t, nil)
 	load := func(budget string) {
 		t.Helper()
-		testkit.StartCaddy(t, testkit.GlobalOptions("metrics")+site(
+		testkit.StartCaddy(t, testkit.GlobalOptions("metrics")+testkit.Site(
 			"handle /metrics {\n\tmetrics\n}",
-			handle("", wechatLogin(appID, secret, simURL, "budget "+budget, "retry 1"), proxyTo(backend)),
+			testkit.Handle("", testkit.WechatLogin(appID, secret, simURL, "budget "+budget, "retry 1"), testkit.ProxyTo(backend)),
 		))
 	}
 	type sample struct{ name, labels string }
@@ -76,10 +76,10 @@ func TestMetrics(t *testing.T) {
 		t.Helper()
 		for range 2 {
 			code++
-			assertStatus(t, get(t, "/wx/login?code=alice."+strconv.Itoa(code)), http.StatusOK)
+			assertStatus(t, testkit.Get(t, "/wx/login?code=alice."+strconv.Itoa(code)), http.StatusOK)
 		}
-		assertStatus(t, get(t, "/wx/login?code=invalid."+strconv.Itoa(code)), http.StatusUnauthorized)
-		assertStatus(t, get(t, "/wx/login"), http.StatusBadRequest)
+		assertStatus(t, testkit.Get(t, "/wx/login?code=invalid."+strconv.Itoa(code)), http.StatusUnauthorized)
+		assertStatus(t, testkit.Get(t, "/wx/login"), http.StatusBadRequest)
 		want[ok] += 2
 		want[invalidCode]++
 		want[badRequest]++

@@ -59,7 +59,7 @@ func signToken(t *testing.T, claims jwt.MapClaims, key string) string {
 // login makes the login request to path and returns the session it was given.
 func login(t *testing.T, path string) string {
 	t.Helper()
-	resp := get(t, path)
+	resp := testkit.Get(t, path)
 	assertStatus(t, resp, http.StatusOK)
 	token := resp.Header.Get("X-WX-SESSION")
 	if token == "" {
@@ -78,11 +78,11 @@ func TestSessions(t *testing.T) {
 		{AppID: "wxsessionsunion", Secret: secret, UnionBound: true},
 		{AppID: "wxsessionsother", Secret: secret},
 	}})
-	backend := newBackend(t, nil)
+	backend := testkit.NewBackend(t, nil)
 	route := func(prefix, appID string) string {
-		return handle(prefix, wechatLogin(appID, secret, simURL, loginUnder(prefix), sessionBlock("secret "+sessionSecretA)), proxyTo(backend))
+		return testkit.Route(prefix, appID, secret, simURL, backend, sessionBlock("secret "+sessionSecretA))
 	}
-	testkit.StartCaddy(t, testkit.GlobalOptions("")+site(
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(
 		route("game", "wxsessions"),
 		route("union", "wxsessionsunion"),
 		route("other", "wxsessionsother"), // same session secret, another app
@@ -90,7 +90,7 @@ func TestSessions(t *testing.T) {
 	openID := wechatsim.OpenID("wxsessions", "alice")
 
 	token := login(t, "/game/wx/login?code=alice.1")
-	assertOnlyIdentity(t, backend.last(t).Header, "wxsessions", openID)
+	assertOnlyIdentity(t, backend.Last(t).Header, "wxsessions", openID)
 
 	t.Run("token claims", func(t *testing.T) {
 		claims := tokenClaims(t, token)
@@ -121,8 +121,8 @@ func TestSessions(t *testing.T) {
 		calls := sim.Calls()
 		for _, presented := range []string{"Authorization: Bearer " + token, "X-WX-SESSION: " + token} {
 			for range 3 {
-				assertStatus(t, get(t, "/game/play", presented), http.StatusOK)
-				got := backend.last(t).Header
+				assertStatus(t, testkit.Get(t, "/game/play", presented), http.StatusOK)
+				got := backend.Last(t).Header
 				assertOnlyIdentity(t, got, "wxsessions", openID)
 				if got.Get("Authorization") != "" || got.Get("X-WX-SESSION") != "" {
 					t.Errorf("the backend saw the session token (Authorization %q, X-WX-SESSION %q)", got.Get("Authorization"), got.Get("X-WX-SESSION"))
@@ -138,8 +138,8 @@ func TestSessions(t *testing.T) {
 	valid := jwt.MapClaims{"sub": openID, "appid": "wxsessions", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
 	t.Run("a token signed as the gateway signs is accepted", func(t *testing.T) {
 		// The control for the refusals below: they differ from it in one way each.
-		assertStatus(t, get(t, "/game/play", "X-WX-SESSION: "+signToken(t, valid, sessionSecretA)), http.StatusOK)
-		assertOnlyIdentity(t, backend.last(t).Header, "wxsessions", openID)
+		assertStatus(t, testkit.Get(t, "/game/play", "X-WX-SESSION: "+signToken(t, valid, sessionSecretA)), http.StatusOK)
+		assertOnlyIdentity(t, backend.Last(t).Header, "wxsessions", openID)
 	})
 
 	edited := strings.Split(token, ".")
@@ -161,13 +161,13 @@ func TestSessions(t *testing.T) {
 		{"another app_id on the same Caddy", "X-WX-SESSION: " + login(t, "/other/wx/login?code=alice.3")},
 	} {
 		t.Run("refused: "+tc.name, func(t *testing.T) {
-			forwarded := backend.count()
+			forwarded := backend.Count()
 			var headers []string
 			if tc.presented != "" {
 				headers = append(headers, tc.presented)
 			}
-			assertError(t, get(t, "/game/play", headers...), http.StatusUnauthorized, "invalid_session", noErrcode)
-			if backend.count() != forwarded {
+			assertError(t, testkit.Get(t, "/game/play", headers...), http.StatusUnauthorized, "invalid_session", noErrcode)
+			if backend.Count() != forwarded {
 				t.Error("a request without a valid session reached the backend")
 			}
 		})
@@ -179,16 +179,16 @@ func TestSessions(t *testing.T) {
 func TestOptionalSession(t *testing.T) {
 	const appID, secret = "wxoptional", "optional-secret"
 	_, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
-	backend := newBackend(t, nil)
-	testkit.StartCaddy(t, testkit.GlobalOptions("")+site(
-		wechatLogin(appID, secret, simURL, sessionBlock("secret "+sessionSecretA, "optional")), proxyTo(backend)))
+	backend := testkit.NewBackend(t, nil)
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(
+		testkit.WechatLogin(appID, secret, simURL, sessionBlock("secret "+sessionSecretA, "optional")), testkit.ProxyTo(backend)))
 
-	assertStatus(t, get(t, "/lobby", spoofedIdentity...), http.StatusOK)
-	assertOnlyIdentity(t, backend.last(t).Header, "", "")
+	assertStatus(t, testkit.Get(t, "/lobby", spoofedIdentity...), http.StatusOK)
+	assertOnlyIdentity(t, backend.Last(t).Header, "", "")
 
 	token := login(t, "/wx/login?code=alice.1")
-	assertStatus(t, get(t, "/lobby", "Authorization: Bearer "+token), http.StatusOK)
-	assertOnlyIdentity(t, backend.last(t).Header, appID, wechatsim.OpenID(appID, "alice"))
+	assertStatus(t, testkit.Get(t, "/lobby", "Authorization: Bearer "+token), http.StatusOK)
+	assertOnlyIdentity(t, backend.Last(t).Header, appID, wechatsim.OpenID(appID, "alice"))
 }
 
 // TestSessionSecretRotation: a new secret put first signs; the old one,
@@ -196,14 +196,14 @@ func TestOptionalSession(t *testing.T) {
 func TestSessionSecretRotation(t *testing.T) {
 	const appID, secret = "wxrotation", "rotation-secret"
 	_, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
-	backend := newBackend(t, nil)
+	backend := testkit.NewBackend(t, nil)
 	load := func(secrets ...string) {
 		t.Helper()
 		var lines []string
 		for _, s := range secrets {
 			lines = append(lines, "secret "+s)
 		}
-		testkit.StartCaddy(t, testkit.GlobalOptions("")+site(wechatLogin(appID, secret, simURL, sessionBlock(lines...)), proxyTo(backend)))
+		testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(testkit.WechatLogin(appID, secret, simURL, sessionBlock(lines...)), testkit.ProxyTo(backend)))
 	}
 	verifies := func(token, key string) bool {
 		_, err := jwt.Parse(token, func(*jwt.Token) (any, error) { return []byte(key), nil }, jwt.WithValidMethods([]string{"HS256"}))
@@ -214,16 +214,16 @@ func TestSessionSecretRotation(t *testing.T) {
 	tokenA := login(t, "/wx/login?code=alice.1")
 
 	load(sessionSecretB, sessionSecretA)
-	assertStatus(t, get(t, "/play", "X-WX-SESSION: "+tokenA), http.StatusOK)
+	assertStatus(t, testkit.Get(t, "/play", "X-WX-SESSION: "+tokenA), http.StatusOK)
 	tokenB := login(t, "/wx/login?code=alice.2")
 	if !verifies(tokenB, sessionSecretB) {
 		t.Error("after rotation, new sessions are not signed with the secret listed first")
 	}
 
 	load(sessionSecretB, sessionSecretC)
-	assertError(t, get(t, "/play", "X-WX-SESSION: "+tokenA), http.StatusUnauthorized, "invalid_session", noErrcode)
-	assertStatus(t, get(t, "/play", "X-WX-SESSION: "+tokenB), http.StatusOK)
-	assertOnlyIdentity(t, backend.last(t).Header, appID, wechatsim.OpenID(appID, "alice"))
+	assertError(t, testkit.Get(t, "/play", "X-WX-SESSION: "+tokenA), http.StatusUnauthorized, "invalid_session", noErrcode)
+	assertStatus(t, testkit.Get(t, "/play", "X-WX-SESSION: "+tokenB), http.StatusOK)
+	assertOnlyIdentity(t, backend.Last(t).Header, appID, wechatsim.OpenID(appID, "alice"))
 }
 
 // TestRespondMode answers logins at the gateway for backends without a
@@ -234,33 +234,33 @@ func TestRespondMode(t *testing.T) {
 		{AppID: "wxrespond", Secret: secret},
 		{AppID: "wxrespondunion", Secret: secret, UnionBound: true},
 	}})
-	backend := newBackend(t, http.NotFound) // no login endpoint
+	backend := testkit.NewBackend(t, http.NotFound) // no login endpoint
 	route := func(prefix, appID string) string {
-		return handle(prefix, wechatLogin(appID, secret, simURL, loginUnder(prefix), sessionBlock("secret "+sessionSecretA, "ttl 1h", "respond")), proxyTo(backend))
+		return testkit.Route(prefix, appID, secret, simURL, backend, sessionBlock("secret "+sessionSecretA, "ttl 1h", "respond"))
 	}
-	testkit.StartCaddy(t, testkit.GlobalOptions("")+site(route("plain", "wxrespond"), route("union", "wxrespondunion")))
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(route("plain", "wxrespond"), route("union", "wxrespondunion")))
 
 	for _, tc := range []struct{ prefix, appID, unionID string }{
 		{"plain", "wxrespond", ""},
 		{"union", "wxrespondunion", wechatsim.UnionID("alice")},
 	} {
 		t.Run(tc.appID, func(t *testing.T) {
-			resp := get(t, "/"+tc.prefix+"/wx/login?code=alice.1")
+			resp := testkit.Get(t, "/"+tc.prefix+"/wx/login?code=alice.1")
 			assertStatus(t, resp, http.StatusOK)
 			assertNoLeaks(t, resp)
 			if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
 				t.Errorf("Content-Type %q, want application/json", ct)
 			}
 			var body map[string]string
-			if err := json.Unmarshal(resp.body, &body); err != nil {
-				t.Fatalf("body %s: %v", resp.body, err)
+			if err := json.Unmarshal(resp.Body, &body); err != nil {
+				t.Fatalf("body %s: %v", resp.Body, err)
 			}
 			want := map[string]string{"openid": wechatsim.OpenID(tc.appID, "alice"), "token": body["token"], "expires_at": body["expires_at"]}
 			if tc.unionID != "" {
 				want["unionid"] = tc.unionID
 			}
 			if fmt.Sprint(body) != fmt.Sprint(want) || body["token"] == "" {
-				t.Errorf("body %s, want exactly openid, token, expires_at (and unionid when bound)", resp.body)
+				t.Errorf("body %s, want exactly openid, token, expires_at (and unionid when bound)", resp.Body)
 			}
 			expires, err := time.Parse(time.RFC3339, body["expires_at"])
 			if err != nil {
@@ -268,16 +268,16 @@ func TestRespondMode(t *testing.T) {
 			} else if exp := tokenClaims(t, body["token"])["exp"]; exp != float64(expires.Unix()) {
 				t.Errorf("expires_at %s is not the token's exp %v", body["expires_at"], exp)
 			}
-			if backend.count() != 0 {
+			if backend.Count() != 0 {
 				t.Error("a login in respond mode was forwarded")
 			}
 
 			// The token is a session like any other.
-			assertStatus(t, get(t, "/"+tc.prefix+"/play", "Authorization: Bearer "+body["token"]), http.StatusNotFound)
-			got := backend.last(t).Header
+			assertStatus(t, testkit.Get(t, "/"+tc.prefix+"/play", "Authorization: Bearer "+body["token"]), http.StatusNotFound)
+			got := backend.Last(t).Header
 			assertIdentity(t, got, "x-wx-openid", wechatsim.OpenID(tc.appID, "alice"))
 			assertIdentity(t, got, "x-wx-unionid", tc.unionID)
-			backend.reset()
+			backend.Reset()
 		})
 	}
 }
@@ -287,12 +287,12 @@ func TestRespondMode(t *testing.T) {
 func TestNoSessionForFailedLogin(t *testing.T) {
 	const appID, secret = "wxfailedlogin", "failed-login-secret"
 	_, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
-	backend := newBackend(t, func(w http.ResponseWriter, _ *http.Request) {
+	backend := testkit.NewBackend(t, func(w http.ResponseWriter, _ *http.Request) {
 		http.Error(w, "database down", http.StatusInternalServerError)
 	})
-	testkit.StartCaddy(t, testkit.GlobalOptions("")+site(wechatLogin(appID, secret, simURL, sessionBlock("secret "+sessionSecretA)), proxyTo(backend)))
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(testkit.WechatLogin(appID, secret, simURL, sessionBlock("secret "+sessionSecretA)), testkit.ProxyTo(backend)))
 
-	resp := get(t, "/wx/login?code=alice.1")
+	resp := testkit.Get(t, "/wx/login?code=alice.1")
 	assertStatus(t, resp, http.StatusInternalServerError)
 	if token := resp.Header.Get("X-WX-SESSION"); token != "" {
 		t.Error("a login the backend failed was given a session")
@@ -304,18 +304,18 @@ func TestNoSessionForFailedLogin(t *testing.T) {
 func TestSessionChargesPlayerBudget(t *testing.T) {
 	const appID, secret = "wxloop", "loop-secret"
 	sim, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
-	backend := newBackend(t, nil)
-	testkit.StartCaddy(t, testkit.GlobalOptions("")+site(
-		wechatLogin(appID, secret, simURL, "budget 2 1m", sessionBlock("secret "+sessionSecretA)), proxyTo(backend)))
+	backend := testkit.NewBackend(t, nil)
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(
+		testkit.WechatLogin(appID, secret, simURL, "budget 2 1m", sessionBlock("secret "+sessionSecretA)), testkit.ProxyTo(backend)))
 
 	token := login(t, "/wx/login?code=alice.1")
 	login(t, "/wx/login?code=alice.2") // the budget is spent
 
-	calls, forwarded := sim.Calls(), backend.count()
+	calls, forwarded := sim.Calls(), backend.Count()
 	testkit.Forbid("alice.3") // never sent to WeChat
-	resp := get(t, "/wx/login?code=alice.3", "Authorization: Bearer "+token)
+	resp := testkit.Get(t, "/wx/login?code=alice.3", "Authorization: Bearer "+token)
 	assertError(t, resp, http.StatusTooManyRequests, "rate_limited", noErrcode)
-	if sim.Calls() != calls || backend.count() != forwarded {
+	if sim.Calls() != calls || backend.Count() != forwarded {
 		t.Error("an over-budget login with a session reached WeChat or the backend")
 	}
 }

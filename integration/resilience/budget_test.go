@@ -1,9 +1,7 @@
 package resilience
 
 import (
-	"bytes"
 	"fmt"
-	"io"
 	"math"
 	"net/http"
 	"strconv"
@@ -37,27 +35,27 @@ func TestPlayerBudget(t *testing.T) {
 		logins        = 500
 	)
 	sim, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
-	backend := newBackend(t)
-	testkit.StartCaddy(t, testkit.GlobalOptions("")+site(route("game", appID, secret, simURL, backend,
+	backend := testkit.NewBackend(t, nil)
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(testkit.Route("game", appID, secret, simURL, backend,
 		fmt.Sprintf("budget %d %s", events, window),
 		"session {\n\t\t\tsecret "+budgetSessionSecret+"\n\t\t}")))
 	openID := wechatsim.OpenID(appID, "alice")
 
 	start := time.Now()
-	first := get(t, "/game/wx/login?code=alice.0")
-	token := first.header.Get("X-WX-SESSION")
-	if first.status != http.StatusOK || token == "" {
+	first := testkit.Get(t, "/game/wx/login?code=alice.0")
+	token := first.Header.Get("X-WX-SESSION")
+	if first.StatusCode != http.StatusOK || token == "" {
 		t.Fatalf("first login: %v, session %q", first, token)
 	}
 	passed := 1
 	for n := 1; n < logins; n++ {
 		code := "alice." + strconv.Itoa(n)
-		r := get(t, "/game/wx/login?code="+code, "X-WX-SESSION: "+token)
-		switch r.status {
+		r := testkit.Get(t, "/game/wx/login?code="+code, "X-WX-SESSION: "+token)
+		switch r.StatusCode {
 		case http.StatusOK:
 			passed++
 		case http.StatusTooManyRequests:
-			if err := refusal(r, http.StatusTooManyRequests, "rate_limited"); err != nil {
+			if err := testkit.CheckRefusal(r, http.StatusTooManyRequests, "rate_limited"); err != nil {
 				t.Errorf("login %d: %v", n, err)
 			}
 			if errcodeOf(r) == 45011 {
@@ -79,7 +77,7 @@ func TestPlayerBudget(t *testing.T) {
 	if passed < events || passed > bound {
 		t.Errorf("%d of %d logins passed; want the budget: from %d to %d", passed, logins, events, bound)
 	}
-	if forwarded := len(backend.received()); forwarded != passed {
+	if forwarded := backend.Count(); forwarded != passed {
 		t.Errorf("the backend received %d logins, but %d passed", forwarded, passed)
 	}
 	if int(sim.Calls()) != exchanges {
@@ -99,30 +97,30 @@ func TestIPBudget(t *testing.T) {
 		playerIP      = "198.51.100.7"
 	)
 	sim, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
-	backend := newBackend(t)
+	backend := testkit.NewBackend(t, nil)
 	// An hour's window refills nothing while the test runs, so the cut is exact.
-	testkit.StartCaddy(t, testkit.GlobalOptions(trustLoopbackProxies)+site(route("game", appID, secret, simURL, backend,
+	testkit.StartCaddy(t, testkit.GlobalOptions(trustLoopbackProxies)+testkit.Site(testkit.Route("game", appID, secret, simURL, backend,
 		fmt.Sprintf("ip_budget %d 1h", ipEvents))))
 	mallory, bob := wechatsim.OpenID(appID, "mallory"), wechatsim.OpenID(appID, "bob")
 
 	passed := 0
 	for n := range flood {
 		code := "mallory." + strconv.Itoa(n)
-		r := get(t, "/game/wx/login?code="+code, "X-Forwarded-For: "+floodIP)
+		r := testkit.Get(t, "/game/wx/login?code="+code, "X-Forwarded-For: "+floodIP)
 		if n < ipEvents {
-			if r.status != http.StatusOK {
+			if r.StatusCode != http.StatusOK {
 				t.Fatalf("flood login %d, within ip_budget: %v", n, r)
 			}
 			passed++
 		} else {
-			if err := refusal(r, http.StatusTooManyRequests, "rate_limited"); err != nil {
+			if err := testkit.CheckRefusal(r, http.StatusTooManyRequests, "rate_limited"); err != nil {
 				t.Fatalf("flood login %d, past ip_budget: %v", n, err)
 			}
 			testkit.Forbid(code)
 		}
 		if n%10 == 0 {
 			code := "bob." + strconv.Itoa(n)
-			if r := get(t, "/game/wx/login?code="+code, "X-Forwarded-For: "+playerIP); r.status != http.StatusOK {
+			if r := testkit.Get(t, "/game/wx/login?code="+code, "X-Forwarded-For: "+playerIP); r.StatusCode != http.StatusOK {
 				t.Fatalf("the other player, during flood login %d: %v", n, r)
 			}
 		}
@@ -141,20 +139,20 @@ func TestIPBudget(t *testing.T) {
 func TestBudgetConfig(t *testing.T) {
 	const appID, secret = "wxreload", "reload-secret"
 	_, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
-	backend := newBackend(t)
+	backend := testkit.NewBackend(t, nil)
 	config := func(more ...string) string {
-		return testkit.GlobalOptions("") + site(route("game", appID, secret, simURL, backend, append(more, "ip_budget 3 1h")...))
+		return testkit.GlobalOptions("") + testkit.Site(testkit.Route("game", appID, secret, simURL, backend, append(more, "ip_budget 3 1h")...))
 	}
 	testkit.StartCaddy(t, config())
 	for n := range 3 {
-		if r := get(t, "/game/wx/login?code=alice."+strconv.Itoa(n)); r.status != http.StatusOK {
+		if r := testkit.Get(t, "/game/wx/login?code=alice."+strconv.Itoa(n)); r.StatusCode != http.StatusOK {
 			t.Fatalf("login %d within ip_budget: %v", n, r)
 		}
 	}
 	testkit.Forbid("alice.spent")
 	stillLimited := func(t *testing.T) {
 		t.Helper()
-		if err := refusal(get(t, "/game/wx/login?code=alice.spent"), http.StatusTooManyRequests, "rate_limited"); err != nil {
+		if err := testkit.CheckRefusal(testkit.Get(t, "/game/wx/login?code=alice.spent"), http.StatusTooManyRequests, "rate_limited"); err != nil {
 			t.Error(err)
 		}
 	}
@@ -162,7 +160,7 @@ func TestBudgetConfig(t *testing.T) {
 
 	for _, budget := range []string{"101 1m", "200 2m", "10 1s"} {
 		t.Run("refused: budget "+budget, func(t *testing.T) {
-			status, message := loadConfig(t, config("budget "+budget))
+			status, message := testkit.LoadConfig(t, config("budget "+budget))
 			if status == http.StatusOK {
 				t.Fatalf("budget %s was loaded", budget)
 			}
@@ -178,21 +176,4 @@ func TestBudgetConfig(t *testing.T) {
 		testkit.StartCaddy(t, config("timeout 2s")) // a changed config: the handler is provisioned anew
 		stillLimited(t)
 	})
-}
-
-// loadConfig posts a Caddyfile to the test Caddy's admin API and returns the
-// status and body of the answer.
-func loadConfig(t *testing.T, caddyfile string) (int, string) {
-	t.Helper()
-	url := fmt.Sprintf("http://localhost:%d/load", testkit.AdminPort)
-	resp, err := http.Post(url, "text/caddyfile", bytes.NewBufferString(caddyfile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, string(body)
 }

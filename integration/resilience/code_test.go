@@ -22,10 +22,10 @@ func TestOneCallPerCode(t *testing.T) {
 		{AppID: "wxonecall", Secret: secret},
 		{AppID: "wxshortcache", Secret: secret},
 	}})
-	backend := newBackend(t)
-	testkit.StartCaddy(t, testkit.GlobalOptions("")+site(
-		route("game", "wxonecall", secret, simURL, backend),
-		route("short", "wxshortcache", secret, simURL, backend, "cache_ttl "+cacheTTL.String()),
+	backend := testkit.NewBackend(t, nil)
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(
+		testkit.Route("game", "wxonecall", secret, simURL, backend),
+		testkit.Route("short", "wxshortcache", secret, simURL, backend, "cache_ttl "+cacheTTL.String()),
 	))
 	openID := wechatsim.OpenID("wxonecall", "alice")
 
@@ -33,40 +33,40 @@ func TestOneCallPerCode(t *testing.T) {
 		// Latency keeps the first call in flight while the others arrive.
 		sim.SetLatency(200 * time.Millisecond)
 		defer sim.SetLatency(0)
-		calls, forwarded := sim.Calls(), len(backend.received())
+		calls, forwarded := sim.Calls(), backend.Count()
 		const logins = 100
-		parallel(logins, logins, func(int) {
-			r, err := fetch(context.Background(), "/game/wx/login?code=alice.together")
-			if err != nil || r.status != http.StatusOK {
+		testkit.Parallel(logins, logins, func(int) {
+			r, err := testkit.Fetch(context.Background(), http.MethodGet, "/game/wx/login?code=alice.together", nil)
+			if err != nil || r.StatusCode != http.StatusOK {
 				t.Errorf("login: %v %v", r, err)
 			}
 		})
 		if made := sim.Calls() - calls; made != 1 {
 			t.Errorf("%d concurrent logins with one code made %d WeChat calls, want 1", logins, made)
 		}
-		assertForwarded(t, backend.received()[forwarded:], logins, openID)
+		assertForwarded(t, backend.HeaderValues("X-WX-OPENID")[forwarded:], logins, openID)
 	})
 
 	t.Run("the same code later", func(t *testing.T) {
-		calls, forwarded := sim.Calls(), len(backend.received())
-		if r := get(t, "/game/wx/login?code=alice.together"); r.status != http.StatusOK {
+		calls, forwarded := sim.Calls(), backend.Count()
+		if r := testkit.Get(t, "/game/wx/login?code=alice.together"); r.StatusCode != http.StatusOK {
 			t.Fatalf("the same code again: %v", r)
 		}
 		if sim.Calls() != calls {
 			t.Error("the same code again called WeChat")
 		}
-		assertForwarded(t, backend.received()[forwarded:], 1, openID)
+		assertForwarded(t, backend.HeaderValues("X-WX-OPENID")[forwarded:], 1, openID)
 	})
 
 	t.Run("after cache_ttl", func(t *testing.T) {
 		for range 2 { // the second is answered from the cache
-			if r := get(t, "/short/wx/login?code=alice.short"); r.status != http.StatusOK {
+			if r := testkit.Get(t, "/short/wx/login?code=alice.short"); r.StatusCode != http.StatusOK {
 				t.Fatalf("login within cache_ttl: %v", r)
 			}
 		}
 		time.Sleep(cacheTTL + 200*time.Millisecond)
-		r := get(t, "/short/wx/login?code=alice.short")
-		if err := refusal(r, http.StatusUnauthorized, "code_used"); err != nil {
+		r := testkit.Get(t, "/short/wx/login?code=alice.short")
+		if err := testkit.CheckRefusal(r, http.StatusUnauthorized, "code_used"); err != nil {
 			t.Error(err)
 		}
 		if errcodeOf(r) != 40163 {
@@ -95,8 +95,8 @@ func assertForwarded(t *testing.T, received []string, want int, openID string) {
 func TestFirstClientLeaving(t *testing.T) {
 	const appID, secret = "wxleaving", "leaving-secret"
 	sim, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
-	backend := newBackend(t)
-	testkit.StartCaddy(t, testkit.GlobalOptions("")+site(route("game", appID, secret, simURL, backend)))
+	backend := testkit.NewBackend(t, nil)
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(testkit.Route("game", appID, secret, simURL, backend)))
 	openID := wechatsim.OpenID(appID, "alice")
 	const path = "/game/wx/login?code=alice.shared"
 	// The call lasts long enough for every client to be waiting on it when
@@ -106,7 +106,7 @@ func TestFirstClientLeaving(t *testing.T) {
 	ctx, leave := context.WithCancel(context.Background())
 	firstDone := make(chan error, 1)
 	go func() {
-		_, err := fetch(ctx, path)
+		_, err := testkit.Fetch(ctx, http.MethodGet, path, nil)
 		firstDone <- err
 	}()
 	waitFor(t, "the first login to call WeChat", func() bool { return sim.Calls() > 0 })
@@ -121,8 +121,8 @@ func TestFirstClientLeaving(t *testing.T) {
 			var once sync.Once
 			defer once.Do(sent.Done) // in case the request was never written
 			trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { once.Do(sent.Done) }}
-			r, err := fetch(httptrace.WithClientTrace(context.Background(), trace), path)
-			if err != nil || r.status != http.StatusOK {
+			r, err := testkit.Fetch(httptrace.WithClientTrace(context.Background(), trace), http.MethodGet, path, nil)
+			if err != nil || r.StatusCode != http.StatusOK {
 				t.Errorf("a client waiting on the call: %v %v", r, err)
 			}
 		}()
@@ -138,5 +138,5 @@ func TestFirstClientLeaving(t *testing.T) {
 	if calls := sim.Calls(); calls != 1 {
 		t.Errorf("WeChat was called %d times, want 1", calls)
 	}
-	assertForwarded(t, backend.received(), others, openID)
+	assertForwarded(t, backend.HeaderValues("X-WX-OPENID"), others, openID)
 }

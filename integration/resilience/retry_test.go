@@ -21,10 +21,10 @@ func TestRetriesRideOutBusyWechat(t *testing.T) {
 		{AppID: "wxbusyonce", Secret: secret},
 	}})
 	sim.SetBusyRate(0.2)
-	backend := newBackend(t)
-	testkit.StartCaddy(t, testkit.GlobalOptions("")+site(
-		route("default", "wxbusydefault", secret, simURL, backend, "ip_budget off"),
-		route("once", "wxbusyonce", secret, simURL, backend, "ip_budget off", "retry 1"),
+	backend := testkit.NewBackend(t, nil)
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(
+		testkit.Route("default", "wxbusydefault", secret, simURL, backend, "ip_budget off"),
+		testkit.Route("once", "wxbusyonce", secret, simURL, backend, "ip_budget off", "retry 1"),
 	))
 
 	// logins sends n logins of distinct players to prefix from 16 clients,
@@ -32,10 +32,10 @@ func TestRetriesRideOutBusyWechat(t *testing.T) {
 	// wechat_unavailable with errcode -1.
 	logins := func(t *testing.T, prefix string, n int) (succeeded int) {
 		var mu sync.Mutex
-		parallel(n, 16, func(i int) {
-			r, err := fetch(context.Background(), "/"+prefix+"/wx/login?code=p"+strconv.Itoa(i)+".1")
-			if err == nil && r.status != http.StatusOK {
-				err = refusal(r, http.StatusServiceUnavailable, "wechat_unavailable")
+		testkit.Parallel(n, 16, func(i int) {
+			r, err := testkit.Fetch(context.Background(), http.MethodGet, "/"+prefix+"/wx/login?code=p"+strconv.Itoa(i)+".1", nil)
+			if err == nil && r.StatusCode != http.StatusOK {
+				err = testkit.CheckRefusal(r, http.StatusServiceUnavailable, "wechat_unavailable")
 				if err == nil && errcodeOf(r) != -1 {
 					t.Errorf("login %d: %v, want errcode -1", i, r)
 				}
@@ -44,7 +44,7 @@ func TestRetriesRideOutBusyWechat(t *testing.T) {
 			defer mu.Unlock()
 			if err != nil {
 				t.Errorf("login %d: %v", i, err)
-			} else if r.status == http.StatusOK {
+			} else if r.StatusCode == http.StatusOK {
 				succeeded++
 			}
 		})

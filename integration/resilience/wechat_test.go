@@ -55,22 +55,22 @@ func silentWechat(t *testing.T) string {
 func TestSilentWechat(t *testing.T) {
 	const appID, secret = "wxsilent", "silent-secret"
 	testkit.Forbid(secret)
-	backend := newBackend(t)
-	testkit.StartCaddy(t, testkit.GlobalOptions("")+site(route("game", appID, secret, silentWechat(t), backend,
+	backend := testkit.NewBackend(t, nil)
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(testkit.Route("game", appID, secret, silentWechat(t), backend,
 		"timeout 200ms", "retry 2 10ms 20ms")))
 
-	login := func(code string) (reply, time.Duration, error) {
+	login := func(code string) (testkit.Response, time.Duration, error) {
 		testkit.Forbid(code)
 		start := time.Now()
-		r, err := fetch(context.Background(), "/game/wx/login?code="+code)
+		r, err := testkit.Fetch(context.Background(), http.MethodGet, "/game/wx/login?code="+code, nil)
 		if err == nil {
-			err = refusal(r, http.StatusGatewayTimeout, "wechat_timeout")
+			err = testkit.CheckRefusal(r, http.StatusGatewayTimeout, "wechat_timeout")
 		}
 		return r, time.Since(start), err
 	}
 	// Warm up what Caddy starts once and keeps (the proxy's connection to
 	// the backend, the WeChat client), then count what is running.
-	if r := get(t, "/game/lobby"); r.status != http.StatusOK {
+	if r := testkit.Get(t, "/game/lobby"); r.StatusCode != http.StatusOK {
 		t.Fatalf("warm-up: %v", r)
 	}
 	if _, _, err := login("warmup.1"); err != nil {
@@ -81,7 +81,7 @@ func TestSilentWechat(t *testing.T) {
 	const clients = 10
 	// timeout × attempts + backoff is 420ms at most; this only bounds a hang.
 	const hang = 3 * time.Second
-	parallel(clients, clients, func(i int) {
+	testkit.Parallel(clients, clients, func(i int) {
 		r, took, err := login("hang" + strconv.Itoa(i) + ".1")
 		if err != nil {
 			t.Errorf("client %d: %v", i, err)
@@ -90,7 +90,7 @@ func TestSilentWechat(t *testing.T) {
 			t.Errorf("client %d waited %s for %v", i, took.Round(time.Millisecond), r)
 		}
 	})
-	if got := len(backend.received()); got != 1 {
+	if got := backend.Count(); got != 1 {
 		t.Errorf("the backend received %d requests; only the warm-up should have reached it", got)
 	}
 
@@ -138,8 +138,8 @@ func TestWechatBadResponse(t *testing.T) {
 		io.WriteString(w, badBodies[player])
 	}))
 	t.Cleanup(fake.Close)
-	backend := newBackend(t)
-	testkit.StartCaddy(t, testkit.GlobalOptions("")+site(route("game", appID, secret, fake.URL, backend, "retry 1")))
+	backend := testkit.NewBackend(t, nil)
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(testkit.Route("game", appID, secret, fake.URL, backend, "retry 1")))
 
 	n := 0
 	for player := range badBodies {
@@ -147,17 +147,17 @@ func TestWechatBadResponse(t *testing.T) {
 			n++
 			code := player + "." + strconv.Itoa(n)
 			testkit.Forbid(code)
-			if err := refusal(get(t, "/game/wx/login?code="+code), http.StatusBadGateway, "wechat_bad_response"); err != nil {
+			if err := testkit.CheckRefusal(testkit.Get(t, "/game/wx/login?code="+code), http.StatusBadGateway, "wechat_bad_response"); err != nil {
 				t.Error(err)
 			}
 			code = "good." + strconv.Itoa(n)
 			testkit.Forbid(code)
-			if r := get(t, "/game/wx/login?code="+code); r.status != http.StatusOK {
+			if r := testkit.Get(t, "/game/wx/login?code="+code); r.StatusCode != http.StatusOK {
 				t.Errorf("the next login: %v", r)
 			}
 		})
 	}
-	assertForwarded(t, backend.received(), len(badBodies), "oGoodPlayer")
+	assertForwarded(t, backend.HeaderValues("X-WX-OPENID"), len(badBodies), "oGoodPlayer")
 }
 
 // TestCodeSpentByLostAttempt: when an attempt that timed out or failed had
@@ -191,8 +191,8 @@ func TestCodeSpentByLostAttempt(t *testing.T) {
 		}
 	}))
 	t.Cleanup(fake.Close)
-	backend := newBackend(t)
-	testkit.StartCaddy(t, testkit.GlobalOptions("")+site(route("game", appID, secret, fake.URL, backend,
+	backend := testkit.NewBackend(t, nil)
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(testkit.Route("game", appID, secret, fake.URL, backend,
 		"timeout 200ms", "retry 2 10ms 20ms")))
 
 	for _, tc := range []struct {
@@ -207,12 +207,12 @@ func TestCodeSpentByLostAttempt(t *testing.T) {
 		t.Run(tc.player, func(t *testing.T) {
 			code := tc.player + ".1"
 			testkit.Forbid(code)
-			if err := refusal(get(t, "/game/wx/login?code="+code), tc.status, tc.code); err != nil {
+			if err := testkit.CheckRefusal(testkit.Get(t, "/game/wx/login?code="+code), tc.status, tc.code); err != nil {
 				t.Error(err)
 			}
 		})
 	}
-	if got := len(backend.received()); got != 0 {
+	if got := backend.Count(); got != 0 {
 		t.Errorf("the backend received %d failed logins", got)
 	}
 }
