@@ -1,6 +1,9 @@
 package wechatlogin
 
-import "net/http"
+import (
+	"io"
+	"net/http"
+)
 
 // Identity headers set for the upstream. They are the names WeChat Cloud
 // Hosting uses, so backends written for it run unchanged.
@@ -28,6 +31,32 @@ func stripIdentityHeaders(h http.Header) {
 			delete(h, name)
 		}
 	}
+}
+
+// stripIdentityTrailers does for request trailers what stripIdentityHeaders
+// does for headers: a backend that merges trailers into headers must not
+// receive an identity from the client that way. Trailers arrive only after
+// the body, so the body is wrapped to remove them as it ends, before the
+// proxy copies them. Only a body that can carry trailers is wrapped.
+func stripIdentityTrailers(r *http.Request) {
+	if r.Trailer == nil && len(r.TransferEncoding) == 0 {
+		return
+	}
+	stripIdentityHeaders(r.Trailer)
+	r.Body = &trailerStrippingBody{ReadCloser: r.Body, r: r}
+}
+
+type trailerStrippingBody struct {
+	io.ReadCloser
+	r *http.Request
+}
+
+func (b *trailerStrippingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		stripIdentityHeaders(b.r.Trailer) // net/http has just filled them in
+	}
+	return n, err
 }
 
 func isIdentityHeader(name string) bool {

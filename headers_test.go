@@ -1,7 +1,10 @@
 package wechatlogin
 
 import (
+	"io"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 )
 
@@ -66,5 +69,53 @@ func BenchmarkStripIdentityHeaders(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		stripIdentityHeaders(h)
+	}
+}
+
+// trailerBody fills in the request's trailers as it ends, as net/http does.
+type trailerBody struct {
+	io.Reader
+	r       *http.Request
+	trailer http.Header
+}
+
+func (b *trailerBody) Read(p []byte) (int, error) {
+	n, err := b.Reader.Read(p)
+	if err == io.EOF {
+		b.r.Trailer = b.trailer
+	}
+	return n, err
+}
+
+func (*trailerBody) Close() error { return nil }
+
+func TestStripIdentityTrailers(t *testing.T) {
+	r := httptest.NewRequest(http.MethodPost, "/game", nil)
+	r.TransferEncoding = []string{"chunked"}
+	r.Trailer = http.Header{"X-Wx-Openid": nil} // declared up front
+	r.Body = &trailerBody{Reader: strings.NewReader("{}"), r: r, trailer: http.Header{
+		"X-Wx-Openid": {"victim"}, "X_wx_unionid": {"victim"}, "Content-Digest": {"sha-256=:x:"},
+	}}
+	stripIdentityTrailers(r)
+	if _, ok := r.Trailer["X-Wx-Openid"]; ok {
+		t.Error("a declared identity trailer survived")
+	}
+	if _, err := io.ReadAll(r.Body); err != nil {
+		t.Fatal(err)
+	}
+	for name := range r.Trailer {
+		if isIdentityHeader(name) {
+			t.Errorf("trailer %s survived the end of the body", name)
+		}
+	}
+	if r.Trailer.Get("Content-Digest") == "" {
+		t.Error("an ordinary trailer was removed")
+	}
+
+	plain := httptest.NewRequest(http.MethodPost, "/game", strings.NewReader("{}"))
+	body := plain.Body
+	stripIdentityTrailers(plain)
+	if plain.Body != body {
+		t.Error("a body that cannot carry trailers was wrapped")
 	}
 }

@@ -40,6 +40,9 @@ const (
 	defaultCacheSize  = 10000
 	defaultBudgetSize = 100000
 	defaultSessionTTL = 2 * time.Hour
+	// maxAttempts bounds retry: a login waits through every attempt, and
+	// past a few, WeChat is down rather than busy.
+	maxAttempts = 10
 )
 
 // Handler is the wechat_login HTTP handler. On a login (a request to
@@ -249,8 +252,8 @@ func (h *Handler) validate(sessionSecrets [][]byte) error {
 		return errors.New("code_field must not be empty")
 	case h.Timeout <= 0:
 		return errors.New("timeout must be positive")
-	case h.Retry.Attempts < 1:
-		return errors.New("retry: attempts must be at least 1")
+	case h.Retry.Attempts < 1 || h.Retry.Attempts > maxAttempts:
+		return fmt.Errorf("retry: attempts must be from 1 to %d", maxAttempts)
 	case h.Retry.Base < 0 || h.Retry.Max < h.Retry.Base:
 		return errors.New("retry: need 0 <= base <= max")
 	case h.CacheTTL != nil && *h.CacheTTL < 0:
@@ -325,6 +328,7 @@ func (h *Handler) Cleanup() error {
 // request on with the identity of its session, if any.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	stripIdentityHeaders(r.Header)
+	stripIdentityTrailers(r)
 	if r.URL.Path == h.LoginPath {
 		return h.serveLogin(w, r, next)
 	}

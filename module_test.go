@@ -117,6 +117,7 @@ func TestProvisionRefusesBadConfig(t *testing.T) {
 		{"ip_budget empty", func(h *Handler) { h.IPBudget = &Budget{} }, "ip_budget needs a positive number"},
 		{"negative cache_ttl", func(h *Handler) { ttl := caddy.Duration(-1); h.CacheTTL = &ttl }, "cache_ttl must not be negative"},
 		{"retry max below base", func(h *Handler) { h.Retry = &RetryConfig{Attempts: 2, Base: 10, Max: 5} }, "retry"},
+		{"retry too many attempts", func(h *Handler) { h.Retry = &RetryConfig{Attempts: 11} }, "retry: attempts must be from 1 to 10"},
 		{"session without secret", func(h *Handler) { h.Session = &SessionConfig{} }, "session: at least one secret"},
 		{"session secret short", func(h *Handler) { h.Session = &SessionConfig{Secrets: []string{strings.Repeat("k", 31)}} }, "secret 1 is 31 bytes"},
 		{"session secret from env too short", func(h *Handler) {

@@ -22,6 +22,11 @@ import (
 // and on later requests from it (as does Authorization: Bearer).
 const headerSession = "X-Wx-Session"
 
+// maxClockSkew is how far in the future a token's iat may be: gateways behind
+// one load balancer verify each other's tokens, and their clocks differ a
+// little.
+const maxClockSkew = 60 // seconds
+
 // minSessionSecret is the shortest HMAC key accepted: HS256 is only as strong
 // as its key, and 32 bytes matches the hash size.
 const minSessionSecret = 32
@@ -106,6 +111,10 @@ func (s *sessions) issue(id Identity, now time.Time) (token string, expires time
 // confusion before any parsing.
 var hs256Header = base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`))
 
+// strictRawURL refuses the spellings of a segment that differ only in unused
+// trailing bits, so that a token has exactly one valid form.
+var strictRawURL = base64.RawURLEncoding.Strict()
+
 var (
 	errMalformedSession = errors.New("session token is malformed")
 	errSessionSignature = errors.New("session token signature is invalid")
@@ -137,7 +146,7 @@ func (s *sessions) verify(token string) (Identity, error) {
 	}
 	var encoded [43]byte // base64 of a SHA-256 sum, copied so that decoding it allocates nothing
 	var mac, want [sha256.Size]byte
-	if n, err := base64.RawURLEncoding.Decode(mac[:], encoded[:copy(encoded[:], signature)]); err != nil || n != sha256.Size {
+	if n, err := strictRawURL.Decode(mac[:], encoded[:copy(encoded[:], signature)]); err != nil || n != sha256.Size {
 		return Identity{}, errMalformedSession
 	}
 	signed := token[:len(header)+1+len(payload)]
@@ -146,7 +155,7 @@ func (s *sessions) verify(token string) (Identity, error) {
 	}
 
 	raw := make([]byte, base64.RawURLEncoding.DecodedLen(len(payload)))
-	n, err := base64.RawURLEncoding.Decode(raw, []byte(payload))
+	n, err := strictRawURL.Decode(raw, []byte(payload))
 	if err != nil {
 		return Identity{}, errMalformedSession
 	}
@@ -155,7 +164,7 @@ func (s *sessions) verify(token string) (Identity, error) {
 		return Identity{}, errMalformedSession
 	}
 	now := s.now().Unix()
-	if claims.Expires == 0 || now >= claims.Expires || claims.IssuedAt > now {
+	if claims.Expires == 0 || now >= claims.Expires || claims.IssuedAt > now+maxClockSkew {
 		return Identity{}, errSessionExpired
 	}
 	if claims.AppID != s.appID {

@@ -157,12 +157,38 @@ func TestSessionVerifyRefuses(t *testing.T) {
 		{"dots", ".."},
 		{"empty", ""},
 		{"valid with a fourth segment", valid + "." + parts[2]},
+		{"signature spelled with other unused bits", parts[0] + "." + parts[1] + "." + sessRespell(parts[2])},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if id, err := s.verify(tc.token); err == nil {
 				t.Errorf("accepted as %+v", id)
 			}
 		})
+	}
+}
+
+// sessRespell changes the unused low bits of a segment's last character:
+// lenient base64 decodes it to the same bytes.
+func sessRespell(segment string) string {
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	last := strings.IndexByte(alphabet, segment[len(segment)-1])
+	return segment[:len(segment)-1] + string(alphabet[last^1])
+}
+
+// Gateways behind one load balancer verify each other's tokens: a clock a
+// little behind the issuer's must not refuse them.
+func TestSessionToleratesClockSkew(t *testing.T) {
+	clock := rlNewClock()
+	s := sessNew(clock, rlAppID, sessSecret)
+	ahead, _, err := s.issue(sessAlice, clock.now().Add(30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.verify(ahead); err != nil {
+		t.Errorf("refused a token from a gateway 30s ahead: %v", err)
+	}
+	if _, err := base64.RawURLEncoding.DecodeString(sessRespell(strings.Split(ahead, ".")[2])); err != nil {
+		t.Fatal("sessRespell no longer makes a lenient-valid spelling")
 	}
 }
 

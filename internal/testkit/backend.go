@@ -12,6 +12,7 @@ import (
 type ReceivedRequest struct {
 	Path, RawQuery string
 	Header         http.Header
+	Trailer        http.Header // complete once the body has been read
 	Body           []byte
 	ContentLength  int64
 }
@@ -36,7 +37,8 @@ func NewBackend(t testing.TB, respond http.HandlerFunc) *Backend {
 		body, _ := io.ReadAll(r.Body)
 		b.mu.Lock()
 		b.received = append(b.received, ReceivedRequest{
-			Path: r.URL.Path, RawQuery: r.URL.RawQuery, Header: r.Header.Clone(), Body: body, ContentLength: r.ContentLength,
+			Path: r.URL.Path, RawQuery: r.URL.RawQuery, Header: r.Header.Clone(), Trailer: r.Trailer.Clone(),
+			Body: body, ContentLength: r.ContentLength,
 		})
 		b.mu.Unlock()
 		respond(w, r)
