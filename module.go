@@ -165,9 +165,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	state := value.(*appState)
 	state.configure(h)
-	h.players = state.players
+	h.players = newBudgetView(state.players, *h.Budget)
 	if !h.IPBudget.Off {
-		h.ips = state.ips
+		h.ips = newBudgetView(state.ips, *h.IPBudget)
 	}
 	h.codes = noCodeCache{}
 	if *h.CacheTTL > 0 {

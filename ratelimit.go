@@ -2,7 +2,6 @@ package wechatlogin
 
 import (
 	"fmt"
-	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -48,61 +47,65 @@ type budgetStore interface {
 	check(key string, now time.Time) (wait time.Duration, ok bool)
 }
 
-// budgetTable is the in-memory budgetStore: a token bucket per key in an LRU
-// bounded by size, so memory stays flat however many players arrive.
-// Dropping the least recently used key can only forgive a client, never
-// punish one wrongly.
+// budgetTable is the in-memory store behind budgetStore: a token bucket per
+// key in an LRU bounded by size, so memory stays flat however many players
+// arrive. Dropping the least recently used key can only forgive a client,
+// never punish one wrongly. It is shared by every handler of an app_id
+// across reloads; each handler applies its own limits through a budgetView.
 type budgetTable struct {
 	buckets *lru.Cache[string, *rate.Limiter]
-	limits  atomic.Pointer[bucketLimits]
 }
 
+func newBudgetTable(size int) *budgetTable {
+	buckets, _ := lru.New[string, *rate.Limiter](size) // size > 0 is checked in Validate
+	return &budgetTable{buckets: buckets}
+}
+
+// bucketLimits is a Budget as a token bucket's parameters.
 type bucketLimits struct {
 	every rate.Limit
 	burst int
 }
 
-func newBudgetTable(b Budget, size int) *budgetTable {
-	buckets, _ := lru.New[string, *rate.Limiter](size) // size > 0 is checked in Validate
-	t := &budgetTable{buckets: buckets}
-	t.configure(b, size)
-	return t
+func (b Budget) limits() bucketLimits {
+	return bucketLimits{every: rate.Limit(float64(b.Events) / time.Duration(b.Window).Seconds()), burst: b.Events}
 }
 
-// configure applies a (re)loaded budget. Existing buckets keep their tokens
-// and adopt the new limits when next used, so a reload never refills a
-// looping client.
-func (t *budgetTable) configure(b Budget, size int) {
-	t.limits.Store(&bucketLimits{
-		every: rate.Limit(float64(b.Events) / time.Duration(b.Window).Seconds()),
-		burst: b.Events,
-	})
-	t.buckets.Resize(size)
+// budgetView is one handler's budget: the shared table under the handler's
+// own limits. Buckets keep their tokens and adopt the limits of whichever
+// handler uses them next, so a reload never refills a looping client, and a
+// reload that fails leaves the running handlers' limits alone.
+type budgetView struct {
+	*budgetTable
+	limits bucketLimits
 }
 
-func (t *budgetTable) bucket(key string, now time.Time) *rate.Limiter {
-	limits := t.limits.Load()
-	lim, ok := t.buckets.Get(key)
+func newBudgetView(t *budgetTable, b Budget) budgetView {
+	return budgetView{budgetTable: t, limits: b.limits()}
+}
+
+func (v budgetView) bucket(key string, now time.Time) *rate.Limiter {
+	lim, ok := v.buckets.Get(key)
 	if !ok {
-		lim = rate.NewLimiter(limits.every, limits.burst)
+		lim = rate.NewLimiter(v.limits.every, v.limits.burst)
 		// Two first requests for one key may race here; the loser's bucket
 		// is dropped, which at worst lets one extra login through.
-		if prev, found, _ := t.buckets.PeekOrAdd(key, lim); found {
+		if prev, found, _ := v.buckets.PeekOrAdd(key, lim); found {
 			lim = prev
 		}
 		return lim
 	}
-	if lim.Limit() != limits.every {
-		lim.SetLimitAt(now, limits.every)
+	if lim.Limit() != v.limits.every {
+		lim.SetLimitAt(now, v.limits.every)
 	}
-	if lim.Burst() != limits.burst {
-		lim.SetBurstAt(now, limits.burst)
+	if lim.Burst() != v.limits.burst {
+		lim.SetBurstAt(now, v.limits.burst)
 	}
 	return lim
 }
 
-func (t *budgetTable) take(key string, now time.Time) (time.Duration, bool) {
-	lim := t.bucket(key, now)
+func (v budgetView) take(key string, now time.Time) (time.Duration, bool) {
+	lim := v.bucket(key, now)
 	r := lim.ReserveN(now, 1)
 	if !r.OK() {
 		return time.Duration(0), false
@@ -115,8 +118,8 @@ func (t *budgetTable) take(key string, now time.Time) (time.Duration, bool) {
 	return wait, false
 }
 
-func (t *budgetTable) check(key string, now time.Time) (time.Duration, bool) {
-	lim := t.bucket(key, now)
+func (v budgetView) check(key string, now time.Time) (time.Duration, bool) {
+	lim := v.bucket(key, now)
 	tokens := lim.TokensAt(now)
 	if tokens >= 1 {
 		return 0, true

@@ -49,8 +49,15 @@ func (c *rlClock) advance(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-func rlTable(events int, window time.Duration, size int) *budgetTable {
-	return newBudgetTable(Budget{Events: events, Window: caddy.Duration(window)}, size)
+func rlTable(events int, window time.Duration, size int) budgetView {
+	return newBudgetView(newBudgetTable(size), Budget{Events: events, Window: caddy.Duration(window)})
+}
+
+// rlReload is what a reload does to a budget: the same buckets, resized,
+// under the new handler's limits.
+func rlReload(v budgetView, b Budget, size int) budgetView {
+	v.buckets.Resize(size)
+	return newBudgetView(v.budgetTable, b)
 }
 
 // rlSpend takes from key until refused (or far past any sane budget) and
@@ -171,7 +178,7 @@ func TestBudgetConfigureAppliesToExistingKeysWithoutRefill(t *testing.T) {
 	t.Run("raised", func(t *testing.T) {
 		table := rlTable(10, time.Minute, 10)
 		rlSpend(table, "oAlice", rlEpoch)
-		table.configure(Budget{Events: 20, Window: caddy.Duration(time.Minute)}, 10)
+		table = rlReload(table, Budget{Events: 20, Window: caddy.Duration(time.Minute)}, 10)
 		wait, ok := table.take("oAlice", rlEpoch)
 		if ok {
 			t.Fatal("the new budget refilled a spent key")
@@ -186,7 +193,7 @@ func TestBudgetConfigureAppliesToExistingKeysWithoutRefill(t *testing.T) {
 	t.Run("lowered", func(t *testing.T) {
 		table := rlTable(10, time.Minute, 10)
 		table.take("oAlice", rlEpoch)
-		table.configure(Budget{Events: 5, Window: caddy.Duration(time.Minute)}, 10)
+		table = rlReload(table, Budget{Events: 5, Window: caddy.Duration(time.Minute)}, 10)
 		if passed, _ := rlSpend(table, "oAlice", rlEpoch); passed != 5 {
 			t.Errorf("%d passed after lowering the budget to 5, want 5", passed)
 		}
@@ -196,7 +203,7 @@ func TestBudgetConfigureAppliesToExistingKeysWithoutRefill(t *testing.T) {
 		for i := range 10 {
 			table.take(strconv.Itoa(i), rlEpoch)
 		}
-		table.configure(Budget{Events: 10, Window: caddy.Duration(time.Minute)}, 3)
+		table = rlReload(table, Budget{Events: 10, Window: caddy.Duration(time.Minute)}, 3)
 		if n := table.buckets.Len(); n != 3 {
 			t.Errorf("%d keys tracked after budget_size 3, want 3", n)
 		}

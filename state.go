@@ -25,22 +25,18 @@ type appState struct {
 // Destruct satisfies caddy.Destructor; the state is garbage once unused.
 func (*appState) Destruct() error { return nil }
 
-// configure applies a handler's settings to the shared state. A handler
-// provisioned later (a reload) wins: budgets keep their buckets and adopt the
-// new limits; the cache keeps its entries unless its TTL changed.
+// configure prepares the shared state for a handler. A handler provisioned
+// later (a reload) resizes the tables; budgets keep their buckets (each
+// handler applies its own limits); the cache keeps its entries unless its
+// TTL changed, in which case later handlers get a new one.
 func (s *appState) configure(h *Handler) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.players == nil {
-		s.players = newBudgetTable(*h.Budget, h.BudgetSize)
-	} else {
-		s.players.configure(*h.Budget, h.BudgetSize)
-	}
-	if !h.IPBudget.Off {
-		if s.ips == nil {
-			s.ips = newBudgetTable(*h.IPBudget, h.BudgetSize)
+	for _, table := range []**budgetTable{&s.players, &s.ips} {
+		if *table == nil {
+			*table = newBudgetTable(h.BudgetSize)
 		} else {
-			s.ips.configure(*h.IPBudget, h.BudgetSize)
+			(*table).buckets.Resize(h.BudgetSize)
 		}
 	}
 	ttl := time.Duration(*h.CacheTTL)

@@ -108,3 +108,24 @@ func TestStateReloadKeepsCodeCacheUnlessTTLChanges(t *testing.T) {
 		t.Errorf("after a reload changing cache_ttl: %d with %d calls, want a new cache (401 code_used from WeChat)", w.Code, sim.Calls())
 	}
 }
+
+// A new config can provision fine and still be abandoned, when another
+// module of it fails: the running handlers must keep their own limits.
+func TestStateAbandonedReloadKeepsRunningLimits(t *testing.T) {
+	_, endpoint := rlSim(t)
+	clock := rlNewClock()
+	running := rlHandler(t, endpoint, clock, func(h *Handler) {
+		h.Budget = &Budget{Events: 1, Window: caddy.Duration(time.Hour)}
+	})
+	abandoned := rlHandler(t, endpoint, clock, func(h *Handler) {
+		h.Budget = &Budget{Events: 60, Window: caddy.Duration(time.Minute)}
+	})
+	if err := abandoned.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if w, forwarded := rlLogin(t, running, "alice.1", "198.51.100.1"); !forwarded {
+		t.Fatalf("first login: %d %s", w.Code, w.Body)
+	}
+	w, forwarded := rlLogin(t, running, "alice.2", "198.51.100.1")
+	rlWantRateLimited(t, w, forwarded, "3600")
+}
