@@ -335,16 +335,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if h.sessions == nil {
 		return next.ServeHTTP(w, r)
 	}
-	id, presented, ok := h.sessions.presentedSession(r)
-	if !ok {
+	id, err := h.sessions.presentedSession(r)
+	if err != nil {
 		if h.Session.Optional {
 			return next.ServeHTTP(w, r)
 		}
-		reason := "missing"
-		if presented {
-			reason = "invalid"
-		}
-		h.metrics.sessionRejected(reason)
+		h.metrics.sessionRejected(sessionRejection(err))
 		newLoginError(http.StatusUnauthorized, errInvalidSession, "a valid session is required: log in again").write(w)
 		return nil
 	}
@@ -369,7 +365,7 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, next caddyh
 	if h.sessions != nil {
 		// A returning player in a login loop is stopped here, before any
 		// WeChat call.
-		if id, _, ok := h.sessions.presentedSession(r); ok {
+		if id, err := h.sessions.presentedSession(r); err == nil {
 			if wait, ok := h.players.check(id.OpenID, now); !ok {
 				h.metrics.budgetRejected("player")
 				h.refuseLogin(w, playerRateLimited(wait))
@@ -444,18 +440,17 @@ func (h *Handler) redeem(ctx context.Context, code string) (Identity, *loginErro
 		if res.Err != nil {
 			return Identity{}, res.Err.(*loginError)
 		}
-		id := res.Val.(Identity)
-		if led {
-			return id, nil // the leader has already charged the budget
-		}
-		return h.admit(id)
+		// The exchange charged the player's budget once for everyone who
+		// asked for this code at the same time.
+		return res.Val.(Identity), nil
 	case <-ctx.Done():
 		return Identity{}, newLoginError(http.StatusRequestTimeout, errInvalidRequest, "the client went away")
 	}
 }
 
-// admit lets a reused result through only while the player has budget left;
-// reusing a result costs no WeChat call, so it spends nothing.
+// admit lets a cached result through only while the player has budget left;
+// reusing a result costs no WeChat call, so it spends nothing, but a client
+// replaying one code in a loop is stopped with the rest.
 func (h *Handler) admit(id Identity) (Identity, *loginError) {
 	if wait, ok := h.players.check(id.OpenID, h.now()); !ok {
 		h.metrics.budgetRejected("player")

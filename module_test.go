@@ -355,3 +355,30 @@ func BenchmarkLoginCacheHit(b *testing.B) {
 		b.Fatalf("cache missed: %d calls", sim.Calls())
 	}
 }
+
+// Logins that join a call in flight cost WeChat nothing: the exchange charged
+// the player once, so they are not refused even when that took the last token.
+func TestConcurrentLoginsOfOneCodeShareOneCharge(t *testing.T) {
+	sim, endpoint := mtSim(t)
+	sim.SetLatency(200 * time.Millisecond)
+	h := mtHandler(t, endpoint, func(h *Handler) { h.Budget = &Budget{Events: 1, Window: caddy.Duration(time.Minute)} })
+	up := &mtUpstream{}
+	var wg sync.WaitGroup
+	for range 5 {
+		wg.Go(func() {
+			r, _ := mtRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.together", nil)
+			_ = h.ServeHTTP(httptest.NewRecorder(), r, up.handler())
+		})
+	}
+	wg.Wait()
+	if up.count() != 5 || sim.Calls() != 1 {
+		t.Fatalf("%d of 5 logins forwarded with %d WeChat calls; want all 5 on one call", up.count(), sim.Calls())
+	}
+	// Replaying the code later is refused while the budget is spent.
+	r, _ := mtRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.together", nil)
+	w := httptest.NewRecorder()
+	_ = h.ServeHTTP(w, r, up.handler())
+	if w.Code != http.StatusTooManyRequests {
+		t.Errorf("a replayed cached code with the budget spent: %d, want 429", w.Code)
+	}
+}

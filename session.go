@@ -116,6 +116,7 @@ var hs256Header = base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"HS256","t
 var strictRawURL = base64.RawURLEncoding.Strict()
 
 var (
+	errNoSession        = errors.New("no session token")
 	errMalformedSession = errors.New("session token is malformed")
 	errSessionSignature = errors.New("session token signature is invalid")
 	errSessionExpired   = errors.New("session token has expired or is not valid yet")
@@ -211,25 +212,42 @@ func sessionToken(r *http.Request) (token string, fromAuthorization bool) {
 }
 
 // presentedSession returns the identity of a valid session on r, removing the
-// token so it does not reach the upstream. ok is false when r has no session
-// or an invalid one.
-func (s *sessions) presentedSession(r *http.Request) (id Identity, presented, ok bool) {
+// token so it does not reach the upstream. The error says why there is none:
+// errNoSession, or why the token presented was refused.
+func (s *sessions) presentedSession(r *http.Request) (Identity, error) {
 	token, fromAuthorization := sessionToken(r)
 	// X-WX-SESSION is ours alone: it never goes upstream, valid or not. A
 	// bearer token that is not ours may be the backend's own, so it is only
 	// removed once verified.
 	r.Header.Del(headerSession)
 	if token == "" {
-		return Identity{}, false, false
+		return Identity{}, errNoSession
 	}
 	id, err := s.verify(token)
 	if err != nil {
-		return Identity{}, true, false
+		return Identity{}, err
 	}
 	if fromAuthorization {
 		r.Header.Del("Authorization")
 	}
-	return id, true, true
+	return id, nil
+}
+
+// sessionRejection names why a request's session was refused, as the
+// sessions_rejected_total metric's reason label: a small fixed set.
+func sessionRejection(err error) string {
+	switch err {
+	case errNoSession:
+		return "missing"
+	case errSessionSignature:
+		return "bad_signature"
+	case errSessionExpired:
+		return "expired"
+	case errForeignSession:
+		return "other_app"
+	default:
+		return "malformed"
+	}
 }
 
 // sessionIssuingWriter adds the session token to a successful (2xx) upstream

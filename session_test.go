@@ -292,7 +292,8 @@ func TestSessionPresentedRemovesValidTokens(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			r := httptest.NewRequest(http.MethodGet, "/", nil)
 			r.Header = tc.header
-			id, presented, ok := s.presentedSession(r)
+			id, err := s.presentedSession(r)
+			presented, ok := err != errNoSession, err == nil
 			if presented != tc.presented || ok != tc.ok {
 				t.Fatalf("presented=%v ok=%v, want %v %v", presented, ok, tc.presented, tc.ok)
 			}
@@ -576,7 +577,8 @@ func FuzzSessionToken(f *testing.F) {
 		if token != "" && (!fromAuthorization || !strings.EqualFold(input[:7], "bearer ") || !strings.HasSuffix(strings.TrimSpace(input), token)) {
 			t.Fatalf("token %q read from Authorization %q", token, input)
 		}
-		id, presented, ok := verifier.presentedSession(r)
+		id, err := verifier.presentedSession(r)
+		presented, ok := err != errNoSession, err == nil
 		if presented != (token != "") {
 			t.Fatalf("presented=%v for token %q", presented, token)
 		}
@@ -625,4 +627,36 @@ func BenchmarkSessionlessRequest(b *testing.B) {
 	h := rlHandler(b, "http://127.0.0.1:1", clock, nil)
 	token, _, _ := sessNew(clock, rlAppID, sessSecret).issue(sessAlice, clock.now())
 	sessBenchmarkGameRequest(b, h, token)
+}
+
+// Operators see why sessions are refused, by a bounded reason label.
+func TestSessionRejectionReasonsAreCounted(t *testing.T) {
+	_, endpoint := rlSim(t)
+	clock := rlNewClock()
+	h := rlHandler(t, endpoint, clock, sessConfigured(nil))
+	expired, _, _ := h.sessions.issue(sessAlice, clock.now().Add(-3*time.Hour))
+	forged, _, _ := sessNew(clock, rlAppID, sessOtherSecret).issue(sessAlice, clock.now())
+	foreign, _, _ := sessNew(clock, "wxanotherapp", sessSecret).issue(sessAlice, clock.now())
+	for _, tc := range []struct{ reason, token string }{
+		{"missing", ""},
+		{"malformed", "garbage"},
+		{"bad_signature", forged},
+		{"expired", expired},
+		{"other_app", foreign},
+	} {
+		counter := wechatMetrics.sessionsRejected.WithLabelValues(rlAppID, tc.reason)
+		before := mtCount(counter)
+		r, _ := mtRequest(context.Background(), http.MethodGet, "/game/state", nil)
+		if tc.token != "" {
+			r.Header.Set("Authorization", "Bearer "+tc.token)
+		}
+		w := httptest.NewRecorder()
+		_ = h.ServeHTTP(w, r, (&mtUpstream{}).handler())
+		if w.Code != http.StatusUnauthorized {
+			t.Errorf("%s: status %d, want 401", tc.reason, w.Code)
+		}
+		if got := mtCount(counter) - before; got != 1 {
+			t.Errorf("sessions_rejected_total{reason=%q} grew by %v, want 1", tc.reason, got)
+		}
+	}
 }
