@@ -175,6 +175,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.flights = &state.flights
 
+	if h.ForwardSessionKey && h.logger.Core().Enabled(zapcore.DebugLevel) {
+		h.logger.Warn("forward_session_key with debug logging: reverse_proxy logs the headers it sends upstream at debug level, X-WX-SESSION-KEY included; turn debug off in production")
+	}
 	h.metrics, err = newAppMetrics(ctx.GetMetricsRegistry(), h.AppID)
 	return err
 }
