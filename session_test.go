@@ -660,3 +660,55 @@ func TestSessionRejectionReasonsAreCounted(t *testing.T) {
 		}
 	}
 }
+
+func TestSessionClaimsFastPathAgreesWithJSON(t *testing.T) {
+	for _, payload := range []string{
+		`{"appid":"wx1","unionid":"u1","sub":"o1","exp":1795470000,"iat":1795462800}`,
+		`{"appid":"wx1","sub":"o1","exp":1795470000,"iat":1795462800}`,
+		`{"sub":"o1","sub":"o2","exp":1}`,
+		`{}`,
+		`{"sub":"o1",}`,
+		`{"sub":"o1"`,
+		`{"sub":1}`,
+		`{"exp":"1"}`,
+		`{"exp":01}`,
+		`{"exp":1.5}`,
+		`{"exp":-1}`,
+		`{"SUB":"o1"}`,
+		`{"sub":"o\u0031"}`,
+		`{"sub" :"o1"}`,
+		`{"aud":["x"],"sub":"o1"}`,
+		`{"sub":null}`,
+	} {
+		var fast verifiedClaims
+		ok := fast.parseFlat([]byte(payload))
+		var slow verifiedClaims
+		err := json.Unmarshal([]byte(payload), &slow)
+		if ok && (err != nil || fast != slow) {
+			t.Errorf("%s: fast path read %+v, encoding/json %+v (%v)", payload, fast, slow, err)
+		}
+	}
+	// What issue writes always takes the fast path.
+	clock := rlNewClock()
+	token, _, _ := sessNew(clock, rlAppID, sessSecret).issue(sessAlice, clock.now())
+	var c verifiedClaims
+	if !c.parseFlat(sessDecode(t, strings.Split(token, ".")[1])) || c.Subject != sessAlice.OpenID || c.UnionID != sessAlice.UnionID || c.AppID != rlAppID {
+		t.Errorf("an issued token's claims missed the fast path: %+v", c)
+	}
+}
+
+func FuzzSessionClaimsFastPath(f *testing.F) {
+	f.Add([]byte(`{"appid":"wx1","unionid":"u1","sub":"o1","exp":1795470000,"iat":1795462800}`))
+	f.Add([]byte(`{"sub":"o1",}`))
+	f.Add([]byte(`{"exp":01}`))
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		var fast verifiedClaims
+		if !fast.parseFlat(payload) {
+			return
+		}
+		var slow verifiedClaims
+		if err := json.Unmarshal(payload, &slow); err != nil || fast != slow {
+			t.Fatalf("%q: fast path read %+v, encoding/json %+v (%v)", payload, fast, slow, err)
+		}
+	})
+}
