@@ -8,7 +8,6 @@ import (
 	"net/http/httptest"
 	"runtime"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -29,25 +28,8 @@ const (
 // is never hit by accident.
 var rlEpoch = time.Date(2026, 11, 23, 12, 0, 20, 0, time.UTC)
 
-// rlClock is a fake clock safe to read from the handler's goroutines.
-type rlClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func rlNewClock() *rlClock { return &rlClock{t: rlEpoch} }
-
-func (c *rlClock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *rlClock) advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
+// rlNewClock is a fake clock standing at rlEpoch.
+func rlNewClock() *testkit.Clock { return testkit.NewClock(rlEpoch) }
 
 func rlTable(events int, window time.Duration, size int) budgetView {
 	return newBudgetView(newBudgetTable(size), Budget{Events: events, Window: caddy.Duration(window)})
@@ -240,10 +222,10 @@ func rlSim(t testing.TB) (*wechatsim.Server, string) {
 }
 
 // rlHandler provisions a handler for the test app on clock.
-func rlHandler(t testing.TB, endpoint string, clock *rlClock, configure func(*Handler)) *Handler {
+func rlHandler(t testing.TB, endpoint string, clock *testkit.Clock, configure func(*Handler)) *Handler {
 	t.Helper()
 	return mtHandler(t, endpoint, func(h *Handler) {
-		h.AppID, h.AppSecret, h.now = rlAppID, rlSecret, clock.now
+		h.AppID, h.AppSecret, h.now = rlAppID, rlSecret, clock.Now
 		if configure != nil {
 			configure(h)
 		}
@@ -295,14 +277,14 @@ func TestBudgetIPIsChargedBeforeWechat(t *testing.T) {
 		t.Errorf("WeChat saw %d calls, want 2: an address over budget must cost no call", sim.Calls())
 	}
 
-	clock.advance(10 * time.Second)
+	clock.Advance(10 * time.Second)
 	w, forwarded = rlLogin(t, h, "carol.2", nat)
 	rlWantRateLimited(t, w, forwarded, "20")
 
 	if w, forwarded := rlLogin(t, h, "dave.1", "198.51.100.2"); !forwarded {
 		t.Errorf("another address was refused: %d %s", w.Code, w.Body)
 	}
-	clock.advance(20 * time.Second)
+	clock.Advance(20 * time.Second)
 	if w, forwarded := rlLogin(t, h, "carol.3", nat); !forwarded {
 		t.Errorf("refused once Retry-After had passed: %d %s", w.Code, w.Body)
 	}
@@ -324,7 +306,7 @@ func TestBudgetPlayerIsChargedPerOpenID(t *testing.T) {
 	if got := sim.CallsFor(wechatsim.OpenID(rlAppID, "alice")); got != 3 {
 		t.Errorf("WeChat exchanged %d codes for alice, want 3 (the openid is only known after the call)", got)
 	}
-	clock.advance(15 * time.Second)
+	clock.Advance(15 * time.Second)
 	w, forwarded = rlLogin(t, h, "alice.4", "198.51.100.2")
 	rlWantRateLimited(t, w, forwarded, "15")
 }
@@ -340,7 +322,7 @@ func TestBudgetWechatQuotaIsRateLimited(t *testing.T) {
 	}))
 	t.Cleanup(fake.Close)
 	clock := rlNewClock()
-	clock.advance(25 * time.Second) // 12:00:45, 15s before the next minute
+	clock.Advance(25 * time.Second) // 12:00:45, 15s before the next minute
 	h := rlHandler(t, fake.URL, clock, nil)
 
 	w, forwarded := rlLogin(t, h, "alice.1", "198.51.100.1")

@@ -33,12 +33,12 @@ var (
 )
 
 // sessNew makes the sessions of appID on clock; the first secret signs.
-func sessNew(clock *rlClock, appID string, secrets ...string) *sessions {
+func sessNew(clock *testkit.Clock, appID string, secrets ...string) *sessions {
 	keys := make([][]byte, len(secrets))
 	for i, s := range secrets {
 		keys[i] = []byte(s)
 	}
-	return newSessions(appID, keys, sessTTL, clock.now)
+	return newSessions(appID, keys, sessTTL, clock.Now)
 }
 
 // sessPayload decodes a token's claims without verifying it, as a client can.
@@ -67,7 +67,7 @@ func TestSessionRoundTrip(t *testing.T) {
 	clock := rlNewClock()
 	s := sessNew(clock, rlAppID, sessSecret)
 	for _, id := range []Identity{sessAlice, sessBob} {
-		token, expires, err := s.issue(id, clock.now())
+		token, expires, err := s.issue(id, clock.Now())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -113,7 +113,7 @@ func sessSign(t testing.TB, method jwt.SigningMethod, claims jwt.Claims, key str
 func TestSessionVerifyRefuses(t *testing.T) {
 	clock := rlNewClock()
 	s := sessNew(clock, rlAppID, sessSecret)
-	valid, _, err := s.issue(sessAlice, clock.now())
+	valid, _, err := s.issue(sessAlice, clock.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,8 +121,8 @@ func TestSessionVerifyRefuses(t *testing.T) {
 	claims := func(edit func(*sessionClaims)) sessionClaims {
 		c := sessionClaims{AppID: rlAppID, RegisteredClaims: jwt.RegisteredClaims{
 			Subject:   sessAlice.OpenID,
-			IssuedAt:  jwt.NewNumericDate(clock.now()),
-			ExpiresAt: jwt.NewNumericDate(clock.now().Add(time.Hour)),
+			IssuedAt:  jwt.NewNumericDate(clock.Now()),
+			ExpiresAt: jwt.NewNumericDate(clock.Now().Add(time.Hour)),
 		}}
 		edit(&c)
 		return c
@@ -142,16 +142,16 @@ func TestSessionVerifyRefuses(t *testing.T) {
 	}{
 		{"edited payload", parts[0] + "." + encode(strings.Replace(string(sessDecode(t, parts[1])), sessAlice.OpenID, sessBob.OpenID, 1)) + "." + parts[2]},
 		{"edited signature", parts[0] + "." + parts[1] + "." + encode("not the signature")},
-		{"other secret", issuedBy(sessNew(clock, rlAppID, sessOtherSecret), sessAlice, clock.now())},
+		{"other secret", issuedBy(sessNew(clock, rlAppID, sessOtherSecret), sessAlice, clock.Now())},
 		{"alg none without signature", encode(`{"alg":"none","typ":"JWT"}`) + "." + parts[1] + "."},
 		{"alg none with the valid signature", encode(`{"alg":"none","typ":"JWT"}`) + "." + parts[1] + "." + parts[2]},
 		{"HS384 with the same key", sessSign(t, jwt.SigningMethodHS384, claims(func(*sessionClaims) {}), sessSecret)},
 		{"HS512 with the same key", sessSign(t, jwt.SigningMethodHS512, claims(func(*sessionClaims) {}), sessSecret)},
 		{"no expiry", sessSign(t, jwt.SigningMethodHS256, claims(func(c *sessionClaims) { c.ExpiresAt = nil }), sessSecret)},
-		{"issued in the future", issuedBy(s, sessAlice, clock.now().Add(time.Hour))},
-		{"another app_id", issuedBy(sessNew(clock, "wxanotherapp", sessSecret), sessAlice, clock.now())},
+		{"issued in the future", issuedBy(s, sessAlice, clock.Now().Add(time.Hour))},
+		{"another app_id", issuedBy(sessNew(clock, "wxanotherapp", sessSecret), sessAlice, clock.Now())},
 		{"no app_id", sessSign(t, jwt.SigningMethodHS256, claims(func(c *sessionClaims) { c.AppID = "" }), sessSecret)},
-		{"empty subject", issuedBy(s, Identity{}, clock.now())},
+		{"empty subject", issuedBy(s, Identity{}, clock.Now())},
 		{"garbage", "garbage"},
 		{"three garbage segments", "a.b.c"},
 		{"dots", ".."},
@@ -180,7 +180,7 @@ func sessRespell(segment string) string {
 func TestSessionToleratesClockSkew(t *testing.T) {
 	clock := rlNewClock()
 	s := sessNew(clock, rlAppID, sessSecret)
-	ahead, _, err := s.issue(sessAlice, clock.now().Add(30*time.Second))
+	ahead, _, err := s.issue(sessAlice, clock.Now().Add(30*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,15 +204,15 @@ func sessDecode(t testing.TB, segment string) []byte {
 func TestSessionExpires(t *testing.T) {
 	clock := rlNewClock()
 	s := sessNew(clock, rlAppID, sessSecret)
-	token, _, err := s.issue(sessAlice, clock.now())
+	token, _, err := s.issue(sessAlice, clock.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	clock.advance(sessTTL - time.Second)
+	clock.Advance(sessTTL - time.Second)
 	if _, err := s.verify(token); err != nil {
 		t.Fatalf("refused a second before expiry: %v", err)
 	}
-	clock.advance(time.Second)
+	clock.Advance(time.Second)
 	if _, err := s.verify(token); err == nil {
 		t.Fatal("accepted at expiry")
 	}
@@ -225,11 +225,11 @@ func TestSessionSecretRotation(t *testing.T) {
 	rotating := sessNew(clock, rlAppID, sessSecret, sessOtherSecret)
 	after := sessNew(clock, rlAppID, sessSecret)
 
-	oldToken, _, _ := before.issue(sessAlice, clock.now())
+	oldToken, _, _ := before.issue(sessAlice, clock.Now())
 	if id, err := rotating.verify(oldToken); err != nil || id != sessPublic(sessAlice) {
 		t.Errorf("a token signed by the old secret was refused during rotation: %v", err)
 	}
-	newToken, _, _ := rotating.issue(sessBob, clock.now())
+	newToken, _, _ := rotating.issue(sessBob, clock.Now())
 	if _, err := after.verify(newToken); err != nil {
 		t.Errorf("the first secret did not sign: %v", err)
 	}
@@ -275,7 +275,7 @@ func TestSessionTokenFromHeaders(t *testing.T) {
 func TestSessionPresentedRemovesValidTokens(t *testing.T) {
 	clock := rlNewClock()
 	s := sessNew(clock, rlAppID, sessSecret)
-	valid, _, _ := s.issue(sessAlice, clock.now())
+	valid, _, _ := s.issue(sessAlice, clock.Now())
 	for _, tc := range []struct {
 		name      string
 		header    http.Header
@@ -417,8 +417,8 @@ func TestSessionRequiredOrOptional(t *testing.T) {
 	_, endpoint := rlSim(t)
 	clock := rlNewClock()
 	s := sessNew(clock, rlAppID, sessSecret)
-	valid, _, _ := s.issue(sessAlice, clock.now())
-	forged, _, _ := sessNew(clock, rlAppID, sessOtherSecret).issue(sessAlice, clock.now())
+	valid, _, _ := s.issue(sessAlice, clock.Now())
+	forged, _, _ := sessNew(clock, rlAppID, sessOtherSecret).issue(sessAlice, clock.Now())
 
 	for _, tc := range []struct {
 		name     string
@@ -543,7 +543,7 @@ func FuzzSessionToken(f *testing.F) {
 	issued := map[string]Identity{} // signed part (header.payload) → identity
 	for _, signer := range []*sessions{verifier, sessNew(clock, rlAppID, sessOtherSecret)} {
 		for _, id := range []Identity{sessAlice, sessBob} {
-			token, _, err := signer.issue(id, clock.now())
+			token, _, err := signer.issue(id, clock.Now())
 			if err != nil {
 				f.Fatal(err)
 			}
@@ -552,7 +552,7 @@ func FuzzSessionToken(f *testing.F) {
 			f.Add("Bearer " + token)
 		}
 	}
-	foreign, _, _ := sessNew(clock, "wxanotherapp", sessSecret).issue(sessAlice, clock.now())
+	foreign, _, _ := sessNew(clock, "wxanotherapp", sessSecret).issue(sessAlice, clock.Now())
 	f.Add(foreign)
 	f.Add("")
 	f.Add("bearer ")
@@ -614,7 +614,7 @@ func sessBenchmarkGameRequest(b *testing.B, h *Handler, token string) *http.Requ
 func BenchmarkSessionVerifiedRequest(b *testing.B) {
 	clock := rlNewClock()
 	h := rlHandler(b, "http://127.0.0.1:1", clock, sessConfigured(nil))
-	token, _, _ := h.sessions.issue(sessAlice, clock.now())
+	token, _, _ := h.sessions.issue(sessAlice, clock.Now())
 	if r := sessBenchmarkGameRequest(b, h, token); r.Header.Get(headerOpenID) != sessAlice.OpenID {
 		b.Fatal("the session was not verified")
 	}
@@ -625,7 +625,7 @@ func BenchmarkSessionVerifiedRequest(b *testing.B) {
 func BenchmarkSessionlessRequest(b *testing.B) {
 	clock := rlNewClock()
 	h := rlHandler(b, "http://127.0.0.1:1", clock, nil)
-	token, _, _ := sessNew(clock, rlAppID, sessSecret).issue(sessAlice, clock.now())
+	token, _, _ := sessNew(clock, rlAppID, sessSecret).issue(sessAlice, clock.Now())
 	sessBenchmarkGameRequest(b, h, token)
 }
 
@@ -634,9 +634,9 @@ func TestSessionRejectionReasonsAreCounted(t *testing.T) {
 	_, endpoint := rlSim(t)
 	clock := rlNewClock()
 	h := rlHandler(t, endpoint, clock, sessConfigured(nil))
-	expired, _, _ := h.sessions.issue(sessAlice, clock.now().Add(-3*time.Hour))
-	forged, _, _ := sessNew(clock, rlAppID, sessOtherSecret).issue(sessAlice, clock.now())
-	foreign, _, _ := sessNew(clock, "wxanotherapp", sessSecret).issue(sessAlice, clock.now())
+	expired, _, _ := h.sessions.issue(sessAlice, clock.Now().Add(-3*time.Hour))
+	forged, _, _ := sessNew(clock, rlAppID, sessOtherSecret).issue(sessAlice, clock.Now())
+	foreign, _, _ := sessNew(clock, "wxanotherapp", sessSecret).issue(sessAlice, clock.Now())
 	for _, tc := range []struct{ reason, token string }{
 		{"missing", ""},
 		{"malformed", "garbage"},
@@ -690,7 +690,7 @@ func TestSessionClaimsFastPathAgreesWithJSON(t *testing.T) {
 	}
 	// What issue writes always takes the fast path.
 	clock := rlNewClock()
-	token, _, _ := sessNew(clock, rlAppID, sessSecret).issue(sessAlice, clock.now())
+	token, _, _ := sessNew(clock, rlAppID, sessSecret).issue(sessAlice, clock.Now())
 	var c verifiedClaims
 	if !c.parseFlat(sessDecode(t, strings.Split(token, ".")[1])) || c.Subject != sessAlice.OpenID || c.UnionID != sessAlice.UnionID || c.AppID != rlAppID {
 		t.Errorf("an issued token's claims missed the fast path: %+v", c)

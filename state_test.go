@@ -70,7 +70,7 @@ func TestStateFailedProvisionTouchesNothing(t *testing.T) {
 	})
 	rlLogin(t, running, "alice.1", "198.51.100.1")
 
-	bad := &Handler{AppID: rlAppID, AppSecret: rlSecret, Endpoint: endpoint, now: clock.now,
+	bad := &Handler{AppID: rlAppID, AppSecret: rlSecret, Endpoint: endpoint, now: clock.Now,
 		Budget: &Budget{Events: 2, Window: caddy.Duration(time.Second)}} // over WeChat's quota
 	if err := mtProvision(t, bad); err == nil {
 		t.Fatal("a budget over WeChat's quota was accepted")

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
 	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
 )
 
@@ -125,24 +126,6 @@ func wantSession(t *testing.T, r result, appid, player string, unionBound bool) 
 		t.Errorf("session_key %q; want base64 of 16 bytes", key)
 	}
 	return key
-}
-
-// fakeClock is a settable clock for the per-minute quota.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = t
 }
 
 func TestRequestErrors(t *testing.T) {
@@ -350,7 +333,7 @@ func TestMinuteQuota(t *testing.T) {
 	// Start half-way through a minute so that a fixed per-calendar-minute
 	// window would give different answers from WeChat's sliding one.
 	t0 := time.Date(2024, 5, 1, 12, 0, 30, 0, time.UTC)
-	clock := &fakeClock{t: t0}
+	clock := testkit.NewClock(t0)
 	s, ts := wechatsim.NewTestServer(t, wechatsim.Options{Apps: testApps, Now: clock.Now})
 	code := 0
 	next := func(player string) string { code++; return fmt.Sprintf("%s.%d", player, code) }
