@@ -98,6 +98,7 @@ type Handler struct {
 	codes    codeCache
 	flights  *singleflight.Group
 	sessions *sessions // nil without a session block
+	state    *appState // shared with the app's other handlers, across reloads
 	metrics  *appMetrics
 	logger   *zap.Logger
 	// now is the clock; tests swap it.
@@ -159,21 +160,21 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.sessions = newSessions(h.AppID, sessionSecrets, time.Duration(h.Session.TTL), h.now)
 	}
 
-	value, _, err := appStates.LoadOrNew(h.AppID, func() (caddy.Destructor, error) { return new(appState), nil })
+	value, _, err := appStates.LoadOrNew(h.AppID, func() (caddy.Destructor, error) { return newAppState(), nil })
 	if err != nil {
 		return err
 	}
-	state := value.(*appState)
-	state.configure(h)
-	h.players = newBudgetView(state.players, *h.Budget)
+	h.state = value.(*appState)
+	players, ips, codes := h.state.attach(h)
+	h.players = newBudgetView(players, *h.Budget)
 	if !h.IPBudget.Off {
-		h.ips = newBudgetView(state.ips, *h.IPBudget)
+		h.ips = newBudgetView(ips, *h.IPBudget)
 	}
 	h.codes = noCodeCache{}
-	if *h.CacheTTL > 0 {
-		h.codes = state.codes.Load()
+	if codes != nil {
+		h.codes = codes
 	}
-	h.flights = &state.flights
+	h.flights = &h.state.flights
 
 	if h.ForwardSessionKey && h.logger.Core().Enabled(zapcore.DebugLevel) {
 		h.logger.Warn("forward_session_key with debug logging: reverse_proxy logs the headers it sends upstream at debug level, X-WX-SESSION-KEY included; turn debug off in production")
@@ -320,9 +321,10 @@ func (h *Handler) Cleanup() error {
 	if h.client != nil {
 		h.client.http.CloseIdleConnections()
 	}
-	if h.players == nil { // never attached (provision failed before)
+	if h.state == nil { // never attached (provision failed before)
 		return nil
 	}
+	h.state.detach(h)
 	_, err := appStates.Delete(h.AppID)
 	return err
 }

@@ -360,7 +360,7 @@ func BenchmarkLoginCacheHit(b *testing.B) {
 // the player once, so they are not refused even when that took the last token.
 func TestConcurrentLoginsOfOneCodeShareOneCharge(t *testing.T) {
 	sim, endpoint := mtSim(t)
-	sim.SetLatency(200 * time.Millisecond)
+	sim.SetLatency(time.Second) // long enough for all five to join the one call
 	h := mtHandler(t, endpoint, func(h *Handler) { h.Budget = &Budget{Events: 1, Window: caddy.Duration(time.Minute)} })
 	up := &mtUpstream{}
 	var wg sync.WaitGroup

@@ -110,22 +110,44 @@ func TestStateReloadKeepsCodeCacheUnlessTTLChanges(t *testing.T) {
 }
 
 // A new config can provision fine and still be abandoned, when another
-// module of it fails: the running handlers must keep their own limits.
-func TestStateAbandonedReloadKeepsRunningLimits(t *testing.T) {
-	_, endpoint := rlSim(t)
+// module of it fails: the running handlers must keep their own limits, the
+// size of their tables and their cached codes.
+func TestStateAbandonedReloadChangesNothing(t *testing.T) {
+	sim, endpoint := rlSim(t)
 	clock := rlNewClock()
 	running := rlHandler(t, endpoint, clock, func(h *Handler) {
-		h.Budget = &Budget{Events: 1, Window: caddy.Duration(time.Hour)}
+		h.Budget = &Budget{Events: 2, Window: caddy.Duration(time.Hour)}
 	})
+	if w, forwarded := rlLogin(t, running, "carol.1", "198.51.100.9"); !forwarded {
+		t.Fatalf("carol's login: %d %s", w.Code, w.Body)
+	}
 	abandoned := rlHandler(t, endpoint, clock, func(h *Handler) {
 		h.Budget = &Budget{Events: 60, Window: caddy.Duration(time.Minute)}
+		h.BudgetSize = 1
+		ttl := caddy.Duration(time.Minute)
+		h.CacheTTL = &ttl
 	})
 	if err := abandoned.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
-	if w, forwarded := rlLogin(t, running, "alice.1", "198.51.100.1"); !forwarded {
-		t.Fatalf("first login: %d %s", w.Code, w.Body)
+
+	for _, code := range []string{"alice.1", "alice.2"} {
+		if w, forwarded := rlLogin(t, running, code, "198.51.100.1"); !forwarded {
+			t.Fatalf("%s: %d %s", code, w.Code, w.Body)
+		}
 	}
-	w, forwarded := rlLogin(t, running, "alice.2", "198.51.100.1")
-	rlWantRateLimited(t, w, forwarded, "3600")
+	rlLogin(t, running, "bob.1", "198.51.100.1") // would push alice out of a 1-key table
+	w, forwarded := rlLogin(t, running, "alice.3", "198.51.100.1")
+	rlWantRateLimited(t, w, forwarded, "1800")
+
+	// The next good reload still has carol's code cached: her client's
+	// retry gets her identity, not 40163.
+	calls := sim.Calls()
+	next := rlHandler(t, endpoint, clock, nil)
+	if err := running.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if w, forwarded := rlLogin(t, next, "carol.1", "198.51.100.9"); !forwarded || sim.Calls() != calls {
+		t.Errorf("carol's code after the reload: %d, %d WeChat calls; want it served from the cache", w.Code, sim.Calls()-calls)
+	}
 }
