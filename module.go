@@ -367,19 +367,22 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, next caddyh
 		h.refuseLogin(w, lerr)
 		return nil
 	}
+	var prepaid string // the player whose budget this login has already spent
 	if h.sessions != nil {
 		// A returning player in a login loop is stopped here, before any
-		// WeChat call.
+		// WeChat call. Spending the event now, not after the exchange, is
+		// what stops concurrent loops of one player too.
 		if id, err := h.sessions.presentedSession(r); err == nil {
-			if wait, ok := h.players.check(id.OpenID, now); !ok {
+			if wait, ok := h.players.take(id.OpenID, now); !ok {
 				h.metrics.budgetRejected("player")
 				h.refuseLogin(w, playerRateLimited(wait))
 				return nil
 			}
+			prepaid = id.OpenID
 		}
 	}
 
-	id, lerr := h.redeem(r.Context(), code)
+	id, lerr := h.redeem(r.Context(), code, prepaid)
 	if lerr != nil {
 		if r.Context().Err() != nil {
 			return nil // the client has gone; nobody to answer
@@ -425,17 +428,20 @@ func respondLogin(w http.ResponseWriter, id Identity, token string, expires time
 
 // redeem turns a code into an identity: from the cache, by joining a call in
 // flight for the same code, or by calling WeChat.
-func (h *Handler) redeem(ctx context.Context, code string) (Identity, *loginError) {
+func (h *Handler) redeem(ctx context.Context, code, prepaid string) (Identity, *loginError) {
 	key := newCodeKey(h.AppID, code)
 	if id, ok := h.codes.get(key, h.now()); ok {
 		h.metrics.cacheHit()
+		if id.OpenID == prepaid {
+			return id, nil
+		}
 		return h.admit(id)
 	}
 
 	led := false
 	ch := h.flights.DoChan(string(key[:]), func() (any, error) {
 		led = true
-		return h.exchange(ctx, key, code)
+		return h.exchange(ctx, key, code, prepaid)
 	})
 	select {
 	case res := <-ch:
@@ -464,10 +470,12 @@ func (h *Handler) admit(id Identity) (Identity, *loginError) {
 	return id, nil
 }
 
-// exchange calls WeChat for a code on behalf of every login waiting for it.
-// It runs on its own deadline, bounded by the retry policy, so that the first
-// client hanging up does not fail the others.
-func (h *Handler) exchange(reqCtx context.Context, key codeKey, code string) (any, error) {
+// exchange calls WeChat for a code on behalf of every login waiting for it,
+// and charges the player's budget unless the login that started it had
+// already paid for that player (prepaid). It runs on its own deadline,
+// bounded by the retry policy, so that the first client hanging up does not
+// fail the others.
+func (h *Handler) exchange(reqCtx context.Context, key codeKey, code, prepaid string) (any, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(reqCtx), h.client.worstCase())
 	defer cancel()
 
@@ -483,6 +491,9 @@ func (h *Handler) exchange(reqCtx context.Context, key codeKey, code string) (an
 	}
 	h.logExchange("ok", res, elapsed, nil)
 	h.codes.add(key, id, h.now())
+	if id.OpenID == prepaid {
+		return id, nil
+	}
 	if wait, ok := h.players.take(id.OpenID, h.now()); !ok {
 		h.metrics.budgetRejected("player")
 		return nil, playerRateLimited(wait)

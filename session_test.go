@@ -4,12 +4,15 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"maps"
 	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -711,4 +714,35 @@ func FuzzSessionClaimsFastPath(f *testing.F) {
 			t.Fatalf("%q: fast path read %+v, encoding/json %+v (%v)", payload, fast, slow, err)
 		}
 	})
+}
+
+// Several login loops of one player running at once, each with the
+// player's session, reach WeChat no more often than the budget allows: the
+// event is spent before the exchange, not after it.
+func TestSessionConcurrentLoopsStayWithinBudget(t *testing.T) {
+	sim, endpoint := rlSim(t)
+	clock := rlNewClock()
+	h := rlHandler(t, endpoint, clock, func(h *Handler) {
+		sessConfigured(nil)(h)
+		h.Budget = &Budget{Events: 5, Window: caddy.Duration(time.Hour)}
+	})
+	sim.SetLatency(20 * time.Millisecond) // let the loops overlap
+	player := Identity{OpenID: wechatsim.OpenID(rlAppID, "alice")}
+	token, _, _ := h.sessions.issue(player, clock.Now())
+	var forwarded atomic.Int32
+	var wg sync.WaitGroup
+	for loop := range 8 {
+		wg.Go(func() {
+			for i := range 10 {
+				w := sessLogin(t, h, fmt.Sprintf("alice.%d-%d", loop, i), http.StatusNoContent, http.Header{"Authorization": {"Bearer " + token}})
+				if w.Code == http.StatusNoContent {
+					forwarded.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if calls := sim.CallsFor(player.OpenID); calls > 5 || forwarded.Load() != 5 {
+		t.Errorf("%d WeChat exchanges and %d logins forwarded for a budget of 5", calls, forwarded.Load())
+	}
 }
