@@ -16,14 +16,6 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	// Go runs test packages in parallel: keep clear of the integration
-	// package's Caddy on 9080/2999 unless the environment chose the ports.
-	if os.Getenv("WXL_HTTP_PORT") == "" {
-		testkit.HTTPPort = 9180
-	}
-	if os.Getenv("WXL_ADMIN_PORT") == "" {
-		testkit.AdminPort = 3099
-	}
 	os.Exit(testkit.RunScanningLogs(m, "wechat exchange"))
 }
 

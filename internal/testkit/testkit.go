@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -19,19 +20,25 @@ import (
 	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
 )
 
-// HTTPPort and AdminPort are the ports of the test Caddy: 9080 and 2999
-// unless WXL_HTTP_PORT or WXL_ADMIN_PORT say otherwise (so that two suites
-// can run side by side).
+// HTTPPort, HTTPSPort and AdminPort are the ports of the test Caddy, free
+// loopback ports chosen when the test binary starts, so that test packages
+// (which Go runs in parallel) and other suites on the machine never collide.
 var (
-	HTTPPort  = envPort("WXL_HTTP_PORT", 9080)
-	AdminPort = envPort("WXL_ADMIN_PORT", 2999)
+	HTTPPort  = FreePort()
+	HTTPSPort = FreePort()
+	AdminPort = FreePort()
 )
 
-func envPort(name string, fallback int) int {
-	if p, err := strconv.Atoi(os.Getenv(name)); err == nil && p > 0 {
-		return p
+// FreePort returns a TCP port that was free on the loopback interface a
+// moment ago. The kernel hands out ephemeral ports in turn, so it is not
+// handed out again soon.
+func FreePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic("testkit: no free port: " + err.Error())
 	}
-	return fallback
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
 
 // GlobalOptions is the global block every test Caddyfile starts with: the
@@ -41,13 +48,13 @@ func GlobalOptions(extra string) string {
 	return fmt.Sprintf(`{
 	admin localhost:%d
 	http_port %d
-	https_port 9443
+	https_port %d
 	auto_https off
 	grace_period 1s
 	debug
 	%s
 }
-`, AdminPort, HTTPPort, extra)
+`, AdminPort, HTTPPort, HTTPSPort, extra)
 }
 
 // BaseURL is where the test Caddy serves.
