@@ -1,10 +1,11 @@
 package wechatlogin
 
 import (
+	"context"
 	"crypto/sha256"
 	"time"
 
-	lru "github.com/hashicorp/golang-lru/v2"
+	"golang.org/x/sync/singleflight"
 )
 
 // codeKey names a code in the cache and among calls in flight: a hash of
@@ -21,53 +22,124 @@ func newCodeKey(appID, code string) codeKey {
 	return k
 }
 
-// codeCache remembers what a code proved, so a repeated login with the same
-// code (a client retry, a double tap) gets the same identity without spending
-// the code twice at WeChat. It is an interface so that several gateways can
-// later share it; implementations are safe for concurrent use.
-type codeCache interface {
-	get(key codeKey, now time.Time) (Identity, bool)
-	add(key codeKey, id Identity, now time.Time)
+// redeemOutcome says how a code was redeemed: for the metrics, and for the
+// budget, which charges a WeChat call but only checks a reused result.
+type redeemOutcome int
+
+const (
+	redeemedByCall    redeemOutcome = iota // this login ran the WeChat call
+	redeemedFromCache                      // a stored result
+	redeemedByJoining                      // waited for a call already in flight
+)
+
+// codeStore finds what a code proved, making at most one WeChat call per code
+// however many logins present it: double taps and client retries get the
+// identity instead of WeChat's 40163 (code already used). The in-memory store
+// is the default; with Redis, a fleet of gateways shares one. Implementations
+// are safe for concurrent use.
+type codeStore interface {
+	// redeem returns the identity for key: from the cache; else by waiting
+	// for a call in flight for key; else by running lead, whose identity is
+	// cached whenever it has one, even alongside a refusal (a player over
+	// budget keeps the code's result for a later retry). lead runs detached
+	// from ctx, so one client hanging up does not fail the others; redeem
+	// itself returns when ctx ends.
+	redeem(ctx context.Context, key codeKey, lead func() (Identity, *loginError)) (Identity, redeemOutcome, *loginError)
 }
 
-// memoryCodeCache is the in-memory codeCache: an LRU bounded by size whose
-// entries also expire after ttl. Expiry is checked on read rather than by a
-// sweeper goroutine (golang-lru's expirable LRU starts one it never stops,
-// which would leak one per config reload); an expired entry costs memory only
-// until the LRU pushes it out.
-type memoryCodeCache struct {
-	entries *lru.Cache[codeKey, cachedIdentity]
-	ttl     time.Duration
-}
+// codeTable holds one configuration's cached results, shared by its handlers
+// across reloads; each handler reads it under its own cache_ttl.
+type codeTable = leasedLRU[codeKey, cachedIdentity]
+
+func newCodeTable() *codeTable { return newLeasedLRU[codeKey, cachedIdentity]() }
 
 type cachedIdentity struct {
 	Identity
-	expires time.Time
+	cachedAt time.Time
 }
 
-func newMemoryCodeCache(size int, ttl time.Duration) *memoryCodeCache {
-	entries, _ := lru.New[codeKey, cachedIdentity](size) // size > 0 is checked in Validate
-	return &memoryCodeCache{entries: entries, ttl: ttl}
+// memoryCodes is one handler's codeStore in memory: the shared table under
+// the handler's cache_ttl (0: nothing is cached) and the shared calls in
+// flight. Expiry is checked on read rather than by a sweeper goroutine, which
+// would have to be stopped at every reload; an expired entry costs memory
+// only until the LRU pushes it out.
+type memoryCodes struct {
+	table   *codeTable
+	ttl     time.Duration
+	flights *singleflight.Group
+	now     func() time.Time
 }
 
-func (c *memoryCodeCache) get(key codeKey, now time.Time) (Identity, bool) {
-	entry, ok := c.entries.Get(key)
-	if !ok {
+// flightResult is what one WeChat call gave every login waiting on it.
+type flightResult struct {
+	id      Identity
+	outcome redeemOutcome
+	refusal *loginError
+}
+
+func (c memoryCodes) redeem(ctx context.Context, key codeKey, lead func() (Identity, *loginError)) (Identity, redeemOutcome, *loginError) {
+	if id, ok := c.cached(key); ok {
+		return id, redeemedFromCache, nil
+	}
+	ranLead := false
+	ch := c.flights.DoChan(string(key[:]), func() (any, error) {
+		// A flight for this code may have finished between the look above
+		// and this one: its result is in the cache, and WeChat would answer
+		// 40163.
+		if id, ok := c.cached(key); ok {
+			return flightResult{id: id, outcome: redeemedFromCache}, nil
+		}
+		ranLead = true
+		id, refusal := lead()
+		if id.OpenID != "" {
+			c.add(key, id)
+		} else if refusal != nil && refusal.code == errCodeUsed {
+			// Another gateway or an overlapping flight may have stored it.
+			if cached, ok := c.cached(key); ok {
+				return flightResult{id: cached, outcome: redeemedFromCache}, nil
+			}
+		}
+		return flightResult{id: id, outcome: redeemedByCall, refusal: refusal}, nil
+	})
+	select {
+	case res := <-ch:
+		r := res.Val.(flightResult)
+		if !ranLead && r.outcome == redeemedByCall {
+			r.outcome = redeemedByJoining
+		}
+		if r.refusal != nil {
+			return Identity{}, r.outcome, r.refusal
+		}
+		return r.id, r.outcome, nil
+	case <-ctx.Done():
+		return Identity{}, redeemedByJoining, clientGone()
+	}
+}
+
+func (c memoryCodes) cached(key codeKey) (Identity, bool) {
+	if c.ttl <= 0 {
 		return Identity{}, false
 	}
-	if !now.Before(entry.expires) {
-		c.entries.Remove(key)
+	entry, ok := c.table.Get(key)
+	if !ok || !c.now().Before(entry.cachedAt.Add(c.ttl)) {
 		return Identity{}, false
 	}
 	return entry.Identity, true
 }
 
-func (c *memoryCodeCache) add(key codeKey, id Identity, now time.Time) {
-	c.entries.Add(key, cachedIdentity{Identity: id, expires: now.Add(c.ttl)})
+func (c memoryCodes) add(key codeKey, id Identity) {
+	if c.ttl > 0 {
+		c.table.Add(key, cachedIdentity{Identity: id, cachedAt: c.now()})
+	}
 }
 
-// noCodeCache is the cache when cache_ttl is 0.
-type noCodeCache struct{}
+// clientGone is the refusal recorded when the client hung up before its
+// login was decided: 499, as reverse_proxy records it, so the access log
+// shows the disconnect. Nobody reads the body.
+func clientGone() *loginError {
+	return newLoginError(statusClientClosedRequest, errInvalidRequest, "the client went away")
+}
 
-func (noCodeCache) get(codeKey, time.Time) (Identity, bool) { return Identity{}, false }
-func (noCodeCache) add(codeKey, Identity, time.Time)        {}
+// statusClientClosedRequest is nginx's code for a client that hung up,
+// which Caddy's reverse_proxy records too.
+const statusClientClosedRequest = 499

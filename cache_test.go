@@ -2,8 +2,15 @@ package wechatlogin
 
 import (
 	"bytes"
+	"context"
+	"net/http"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
+	"golang.org/x/sync/singleflight"
 )
 
 func TestCodeKeyHidesTheCode(t *testing.T) {
@@ -19,37 +26,137 @@ func TestCodeKeyHidesTheCode(t *testing.T) {
 	}
 }
 
-func TestMemoryCodeCacheExpiresAndIsBounded(t *testing.T) {
-	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	c := newMemoryCodeCache(2, 5*time.Minute)
+// memoryCodesAt is a code store caching for ttl, at most size codes, on clock.
+func memoryCodesAt(clock *testkit.Clock, ttl time.Duration, size int) memoryCodes {
+	table := newCodeTable()
+	table.lease(size)
+	return memoryCodes{table: table, ttl: ttl, flights: new(singleflight.Group), now: clock.Now}
+}
+
+// redeemWith redeems key with a lead that returns id and counts its calls.
+func redeemWith(c codeStore, key codeKey, id Identity, calls *atomic.Int32) (Identity, redeemOutcome, *loginError) {
+	return c.redeem(context.Background(), key, func() (Identity, *loginError) {
+		calls.Add(1)
+		return id, nil
+	})
+}
+
+func TestCodeStoreCachesForTTLAndIsBounded(t *testing.T) {
+	clock := newTestClock()
+	c := memoryCodesAt(clock, 5*time.Minute, 2)
 	alice, bob, carol := newCodeKey("wx", "alice"), newCodeKey("wx", "bob"), newCodeKey("wx", "carol")
-	c.add(alice, Identity{OpenID: "oAlice"}, now)
-	if id, ok := c.get(alice, now.Add(5*time.Minute-time.Nanosecond)); !ok || id.OpenID != "oAlice" {
-		t.Fatalf("fresh entry missing: %+v %v", id, ok)
+	var calls atomic.Int32
+	if _, outcome, _ := redeemWith(c, alice, Identity{OpenID: "oAlice"}, &calls); outcome != redeemedByCall {
+		t.Fatalf("first redeem: outcome %v, want a call", outcome)
 	}
-	if _, ok := c.get(alice, now.Add(5*time.Minute)); ok {
+	clock.Advance(5*time.Minute - time.Nanosecond)
+	if id, outcome, _ := redeemWith(c, alice, Identity{OpenID: "other"}, &calls); outcome != redeemedFromCache || id.OpenID != "oAlice" {
+		t.Fatalf("within cache_ttl: %+v %v, want oAlice from the cache", id, outcome)
+	}
+	clock.Advance(time.Nanosecond)
+	if _, outcome, _ := redeemWith(c, alice, Identity{OpenID: "oAlice"}, &calls); outcome != redeemedByCall {
 		t.Fatal("an entry outlived cache_ttl")
 	}
-	if c.entries.Len() != 0 {
-		t.Fatal("an expired entry was kept after being read")
-	}
-	c.add(alice, Identity{OpenID: "oAlice"}, now)
-	c.add(bob, Identity{OpenID: "oBob"}, now)
-	c.get(alice, now) // alice is now the most recently used
-	c.add(carol, Identity{OpenID: "oCarol"}, now)
-	if _, ok := c.get(bob, now); ok {
-		t.Error("the least recently used entry was not dropped at cache_size")
-	}
-	if _, ok := c.get(alice, now); !ok {
+	redeemWith(c, bob, Identity{OpenID: "oBob"}, &calls)
+	redeemWith(c, alice, Identity{}, &calls) // alice is now the most recently used
+	redeemWith(c, carol, Identity{OpenID: "oCarol"}, &calls)
+	if _, outcome, _ := redeemWith(c, alice, Identity{}, &calls); outcome != redeemedFromCache {
 		t.Error("a recently used entry was dropped")
+	}
+	if _, outcome, _ := redeemWith(c, bob, Identity{OpenID: "oBob"}, &calls); outcome != redeemedByCall {
+		t.Error("the least recently used entry was not dropped at cache_size")
 	}
 }
 
-func TestNoCodeCacheRemembersNothing(t *testing.T) {
-	var c codeCache = noCodeCache{}
+func TestCodeStoreWithoutTTLRemembersNothing(t *testing.T) {
+	c := memoryCodesAt(newTestClock(), 0, 10)
+	var calls atomic.Int32
 	k := newCodeKey("wx", "alice")
-	c.add(k, Identity{OpenID: "o"}, time.Now())
-	if _, ok := c.get(k, time.Now()); ok {
-		t.Fatal("cache_ttl 0 cached a result")
+	redeemWith(c, k, Identity{OpenID: "o"}, &calls)
+	redeemWith(c, k, Identity{OpenID: "o"}, &calls)
+	if calls.Load() != 2 {
+		t.Fatalf("cache_ttl 0: %d calls for two redeems, want 2", calls.Load())
+	}
+}
+
+// A refusal that comes with an identity (the player is over budget) still
+// caches the identity: the code is spent at WeChat, and the client's retry
+// must not get 40163.
+func TestCodeStoreCachesTheIdentityOfARefusedLogin(t *testing.T) {
+	c := memoryCodesAt(newTestClock(), time.Minute, 10)
+	k := newCodeKey("wx", "alice")
+	_, _, refusal := c.redeem(context.Background(), k, func() (Identity, *loginError) {
+		return Identity{OpenID: "oAlice"}, playerRateLimited(time.Second)
+	})
+	if refusal == nil || refusal.code != errRateLimited {
+		t.Fatalf("refusal %v, want rate_limited", refusal)
+	}
+	var calls atomic.Int32
+	if id, outcome, _ := redeemWith(c, k, Identity{}, &calls); outcome != redeemedFromCache || id.OpenID != "oAlice" {
+		t.Errorf("retry: %+v %v, want oAlice from the cache", id, outcome)
+	}
+}
+
+// A lead that fails with code_used while another flight cached the code
+// (here: stored just before) is answered from the cache, not with 40163.
+func TestCodeStoreLooksAgainOnCodeUsed(t *testing.T) {
+	c := memoryCodesAt(newTestClock(), time.Minute, 10)
+	k := newCodeKey("wx", "alice")
+	id, outcome, refusal := c.redeem(context.Background(), k, func() (Identity, *loginError) {
+		c.add(k, Identity{OpenID: "oAlice"}) // another flight finished meanwhile
+		return Identity{}, newLoginError(http.StatusUnauthorized, errCodeUsed, "used")
+	})
+	if refusal != nil || id.OpenID != "oAlice" || outcome != redeemedFromCache {
+		t.Errorf("got %+v %v %v, want oAlice from the cache", id, outcome, refusal)
+	}
+}
+
+func TestCodeStoreJoinersShareOneCall(t *testing.T) {
+	c := memoryCodesAt(newTestClock(), time.Minute, 10)
+	k := newCodeKey("wx", "alice")
+	release := make(chan struct{})
+	var calls atomic.Int32
+	lead := func() (Identity, *loginError) {
+		calls.Add(1)
+		<-release
+		return Identity{OpenID: "oAlice"}, nil
+	}
+	outcomes := make(chan redeemOutcome, 8)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			id, outcome, _ := c.redeem(context.Background(), k, lead)
+			if id.OpenID == "oAlice" {
+				outcomes <- outcome
+			}
+		})
+	}
+	for deadline := time.Now().Add(10 * time.Second); calls.Load() == 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	wg.Wait()
+	close(outcomes)
+	count := map[redeemOutcome]int{}
+	for o := range outcomes {
+		count[o]++
+	}
+	if calls.Load() != 1 || count[redeemedByCall] != 1 || count[redeemedByCall]+count[redeemedByJoining]+count[redeemedFromCache] != 8 {
+		t.Errorf("%d calls, outcomes %v: want one call and every redeem answered", calls.Load(), count)
+	}
+}
+
+func TestCodeStoreReturnsWhenTheClientGoes(t *testing.T) {
+	c := memoryCodesAt(newTestClock(), time.Minute, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	release := make(chan struct{})
+	defer close(release)
+	cancel()
+	_, _, refusal := c.redeem(ctx, newCodeKey("wx", "alice"), func() (Identity, *loginError) {
+		<-release
+		return Identity{OpenID: "oAlice"}, nil
+	})
+	if refusal == nil || refusal.status != statusClientClosedRequest {
+		t.Errorf("refusal %v, want 499", refusal)
 	}
 }

@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-// Error codes of the JSON error body, as listed in SPEC.md. They are part of
+// Error codes of the JSON error body, as listed in the README. They are part of
 // the contract: game clients switch on them.
 const (
 	errInvalidRequest      = "invalid_request"
@@ -22,6 +22,7 @@ const (
 	errWechatBadResponse   = "wechat_bad_response"
 	errWechatUnavailable   = "wechat_unavailable"
 	errWechatTimeout       = "wechat_timeout"
+	errSessionUnavailable  = "session_unavailable"
 )
 
 // loginError is a refusal the client sees as a JSON body. Its message is
@@ -72,6 +73,10 @@ func (e *loginError) write(w http.ResponseWriter) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Cache-Control", "no-store")
+	if e.code == errInvalidSession {
+		// RFC 6750: a 401 names the scheme that would have been accepted.
+		h.Set("WWW-Authenticate", "Bearer")
+	}
 	if e.retryAfter > 0 {
 		h.Set("Retry-After", retryAfterSeconds(e.retryAfter))
 	}

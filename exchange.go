@@ -145,9 +145,9 @@ type exchangeResult struct {
 	last     *attemptError // nil on success
 }
 
-// exchange redeems code, retrying what WeChat documents as transient. It
+// redeemCode exchanges code at jscode2session, retrying what WeChat documents as transient. It
 // stops when ctx ends.
-func (c *wechatClient) exchange(ctx context.Context, code string) (Identity, exchangeResult, *attemptError) {
+func (c *wechatClient) redeemCode(ctx context.Context, code string) (Identity, exchangeResult, *attemptError) {
 	var res exchangeResult
 	for {
 		res.attempts++

@@ -80,7 +80,7 @@ func TestExchangeRetries(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			srv, calls := exScript(t, tc.bodies...)
 			c, slept := exClient(srv.URL, tc.attempts, 300*time.Millisecond)
-			id, res, err := c.exchange(context.Background(), "alice.1")
+			id, res, err := c.redeemCode(context.Background(), "alice.1")
 			if got := calls.Load(); got != tc.calls {
 				t.Errorf("WeChat saw %d calls, want %d", got, tc.calls)
 			}
@@ -106,7 +106,7 @@ func TestExchangeRetries(t *testing.T) {
 func TestExchangeTimeout(t *testing.T) {
 	srv, calls := exScript(t, "hang")
 	c, _ := exClient(srv.URL, 2, 100*time.Millisecond)
-	_, _, err := c.exchange(context.Background(), "alice.1")
+	_, _, err := c.redeemCode(context.Background(), "alice.1")
 	if err == nil || err.kind != kindTimeout {
 		t.Fatalf("got %v, want a timeout", err)
 	}
@@ -127,7 +127,7 @@ func TestExchangeStopsWhenContextEnds(t *testing.T) {
 		}
 		cancel()
 	}()
-	_, res, err := c.exchange(ctx, "alice.1")
+	_, res, err := c.redeemCode(ctx, "alice.1")
 	if err == nil || res.attempts != 1 {
 		t.Fatalf("got %d attempts, err %v; want 1 attempt and the busy error", res.attempts, err)
 	}
@@ -144,7 +144,7 @@ func TestExchangeErrorsAreRedacted(t *testing.T) {
 	ln.Close() // connection refused from now on
 
 	c, _ := exClient("http://"+addr, 1, time.Second)
-	_, _, aerr := c.exchange(context.Background(), "alice.secretcode")
+	_, _, aerr := c.redeemCode(context.Background(), "alice.secretcode")
 	if aerr == nil || aerr.kind != kindUnavailable {
 		t.Fatalf("got %v, want unavailable", aerr)
 	}
@@ -165,7 +165,7 @@ func TestExchangeDoesNotFollowRedirects(t *testing.T) {
 	}))
 	defer srv.Close()
 	c, _ := exClient(srv.URL, 1, time.Second)
-	if _, _, err := c.exchange(context.Background(), "alice.1"); err == nil || err.kind != kindBadResponse {
+	if _, _, err := c.redeemCode(context.Background(), "alice.1"); err == nil || err.kind != kindBadResponse {
 		t.Fatalf("got %v, want a bad response", err)
 	}
 	if leaked.Load() {
@@ -177,7 +177,7 @@ func TestExchangeCapsTheBody(t *testing.T) {
 	huge := `{"openid":"oAlice","session_key":"k","pad":"` + strings.Repeat("x", 10<<20) + `"}`
 	srv, _ := exScript(t, huge)
 	c, _ := exClient(srv.URL, 1, 5*time.Second)
-	if _, _, err := c.exchange(context.Background(), "alice.1"); err == nil || err.kind != kindBadResponse {
+	if _, _, err := c.redeemCode(context.Background(), "alice.1"); err == nil || err.kind != kindBadResponse {
 		t.Fatalf("got %v, want a bad response for a 10 MB body", err)
 	}
 }

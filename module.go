@@ -6,10 +6,7 @@
 package wechatlogin
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
-	"net"
 	"net/http"
 	"time"
 
@@ -17,7 +14,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-	"golang.org/x/sync/singleflight"
 )
 
 func init() {
@@ -73,11 +69,11 @@ type Handler struct {
 	secret   string // AppSecret, resolved
 	client   *wechatClient
 	players  budgetStore
-	ips      budgetStore // nil when ip_budget is off
-	codes    codeCache
-	flights  *singleflight.Group
+	ips      budgetStore // unlimited when ip_budget is off
+	codes    codeStore
 	sessions *sessions // nil without a session block
-	state    *appState // shared with the app's other handlers, across reloads
+	stateKey string    // this handler's entry in appStates
+	release  func()    // ends this handler's leases on the shared state
 	metrics  *appMetrics
 	logger   *zap.Logger
 	// now is the clock; tests swap it.
@@ -127,27 +123,34 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.sessions = newSessions(h.AppID, sessionSecrets, time.Duration(h.Session.TTL), h.now)
 	}
 
-	value, _, err := appStates.LoadOrNew(h.AppID, func() (caddy.Destructor, error) { return newAppState(), nil })
-	if err != nil {
-		return err
-	}
-	h.state = value.(*appState)
-	players, ips, codes := h.state.attach(h)
-	h.players = newBudgetView(players, *h.Budget)
-	if !h.IPBudget.Off {
-		h.ips = newBudgetView(ips, *h.IPBudget)
-	}
-	h.codes = noCodeCache{}
-	if codes != nil {
-		h.codes = codes
-	}
-	h.flights = &h.state.flights
-
+	h.attachState()
 	if h.ForwardSessionKey && h.logger.Core().Enabled(zapcore.DebugLevel) {
 		h.logger.Warn("forward_session_key with debug logging: reverse_proxy logs the headers it sends upstream at debug level, X-WX-SESSION-KEY included; turn debug off in production")
 	}
-	h.metrics, err = newAppMetrics(ctx.GetMetricsRegistry(), h.AppID)
+	metrics, err := newAppMetrics(ctx.GetMetricsRegistry(), h.AppID)
+	h.metrics = metrics
 	return err
+}
+
+// attachState reads and writes the configuration's shared state through
+// this handler's own limits, leasing the table sizes it wants until Cleanup.
+func (h *Handler) attachState() {
+	h.stateKey = stateKey(h.AppID, h.Endpoint, h.secret)
+	value, _, _ := appStates.LoadOrNew(h.stateKey, func() (caddy.Destructor, error) { return newAppState(), nil })
+	state := value.(*appState)
+	releases := []func(){state.players.lease(h.BudgetSize), state.codes.lease(h.CacheSize)}
+	h.players = newMemoryBudget(state.players, *h.Budget, h.now)
+	h.ips = unlimited{}
+	if !h.IPBudget.Off {
+		releases = append(releases, state.ips.lease(h.BudgetSize))
+		h.ips = newMemoryBudget(state.ips, *h.IPBudget, h.now)
+	}
+	h.codes = memoryCodes{table: state.codes, ttl: time.Duration(*h.CacheTTL), flights: &state.flights, now: h.now}
+	h.release = func() {
+		for _, release := range releases {
+			release()
+		}
+	}
 }
 
 // Cleanup releases the shared state and idle WeChat connections.
@@ -155,16 +158,17 @@ func (h *Handler) Cleanup() error {
 	if h.client != nil {
 		h.client.http.CloseIdleConnections()
 	}
-	if h.state == nil { // never attached (provision failed before)
+	if h.release == nil { // never attached (provision failed before)
 		return nil
 	}
-	h.state.detach(h)
-	_, err := appStates.Delete(h.AppID)
+	h.release()
+	_, err := appStates.Delete(h.stateKey)
 	return err
 }
 
 // ServeHTTP strips client-sent identity, then serves a login or passes the
-// request on with the identity of its session, if any.
+// request on with the identity of its session, if any. Every refusal is
+// written in one place, refuse.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	stripIdentityHeaders(r.Header)
 	stripIdentityTrailers(r)
@@ -180,7 +184,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return next.ServeHTTP(w, r)
 		}
 		h.metrics.sessionRejected(sessionRejection(err))
-		newLoginError(http.StatusUnauthorized, errInvalidSession, "a valid session is required: log in again").write(w)
+		h.refuse(w, newLoginError(http.StatusUnauthorized, errInvalidSession, "a valid session is required: log in again"))
 		return nil
 	}
 	h.attachIdentity(r, id)
@@ -188,40 +192,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 }
 
 func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	now := h.now()
-	if h.ips != nil {
-		if wait, ok := h.ips.take(clientIP(r), now); !ok {
-			h.metrics.budgetRejected("ip")
-			h.refuseLogin(w, rateLimited("too many logins from this address", wait))
-			return nil
-		}
-	}
-	code, lerr := loginCode(r, h.CodeField)
-	if lerr != nil {
-		h.refuseLogin(w, lerr)
-		return nil
-	}
-	var prepaid string // the player whose budget this login has already spent
-	if h.sessions != nil {
-		// A returning player in a login loop is stopped here, before any
-		// WeChat call. Spending the event now, not after the exchange, is
-		// what stops concurrent loops of one player too.
-		if id, err := h.sessions.presentedSession(r); err == nil {
-			if wait, ok := h.players.take(id.OpenID, now); !ok {
-				h.metrics.budgetRejected("player")
-				h.refuseLogin(w, playerRateLimited(wait))
-				return nil
-			}
-			prepaid = id.OpenID
-		}
-	}
-
-	id, lerr := h.redeem(r.Context(), code, prepaid)
-	if lerr != nil {
-		if r.Context().Err() != nil {
-			return nil // the client has gone; nobody to answer
-		}
-		h.refuseLogin(w, lerr)
+	id, refusal := h.authenticateLogin(r)
+	if refusal != nil {
+		h.metrics.login(refusal.code)
+		h.refuse(w, refusal)
 		return nil
 	}
 	dropCode(r, h.CodeField)
@@ -233,7 +207,8 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, next caddyh
 
 	token, expires, err := h.sessions.issue(id, h.now())
 	if err != nil {
-		return caddyhttp.Error(http.StatusInternalServerError, errors.New("signing the session failed"))
+		h.refuse(w, newLoginError(http.StatusInternalServerError, errSessionUnavailable, "the session could not be signed; log in again"))
+		return nil
 	}
 	h.metrics.sessionIssued()
 	if h.Session.Respond {
@@ -242,8 +217,15 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, next caddyh
 	return next.ServeHTTP(&sessionIssuingWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, token: token}, r)
 }
 
-func playerRateLimited(wait time.Duration) *loginError {
-	return rateLimited("too many logins for this player", wait)
+// refuse answers with the documented JSON error; nothing is forwarded. A
+// client that went away is recorded as 499, as reverse_proxy does, so the
+// access log reflects the disconnect.
+func (h *Handler) refuse(w http.ResponseWriter, refusal *loginError) {
+	if refusal.status == statusClientClosedRequest {
+		w.WriteHeader(statusClientClosedRequest)
+		return
+	}
+	refusal.write(w)
 }
 
 // respondLogin answers a login at the gateway (session respond mode).
@@ -260,117 +242,6 @@ func respondLogin(w http.ResponseWriter, id Identity, token string, expires time
 	return json.NewEncoder(w).Encode(body)
 }
 
-// redeem turns a code into an identity: from the cache, by joining a call in
-// flight for the same code, or by calling WeChat.
-func (h *Handler) redeem(ctx context.Context, code, prepaid string) (Identity, *loginError) {
-	key := newCodeKey(h.AppID, code)
-	if id, ok := h.codes.get(key, h.now()); ok {
-		h.metrics.cacheHit()
-		if id.OpenID == prepaid {
-			return id, nil
-		}
-		return h.admit(id)
-	}
-
-	led := false
-	ch := h.flights.DoChan(string(key[:]), func() (any, error) {
-		led = true
-		return h.exchange(ctx, key, code, prepaid)
-	})
-	select {
-	case res := <-ch:
-		if !led {
-			h.metrics.coalesced()
-		}
-		if res.Err != nil {
-			return Identity{}, res.Err.(*loginError)
-		}
-		// The exchange charged the player's budget once for everyone who
-		// asked for this code at the same time.
-		return res.Val.(Identity), nil
-	case <-ctx.Done():
-		return Identity{}, newLoginError(http.StatusRequestTimeout, errInvalidRequest, "the client went away")
-	}
-}
-
-// admit lets a cached result through only while the player has budget left;
-// reusing a result costs no WeChat call, so it spends nothing, but a client
-// replaying one code in a loop is stopped with the rest.
-func (h *Handler) admit(id Identity) (Identity, *loginError) {
-	if wait, ok := h.players.check(id.OpenID, h.now()); !ok {
-		h.metrics.budgetRejected("player")
-		return Identity{}, playerRateLimited(wait)
-	}
-	return id, nil
-}
-
-// exchange calls WeChat for a code on behalf of every login waiting for it,
-// and charges the player's budget unless the login that started it had
-// already paid for that player (prepaid). It runs on its own deadline,
-// bounded by the retry policy, so that the first client hanging up does not
-// fail the others.
-func (h *Handler) exchange(reqCtx context.Context, key codeKey, code, prepaid string) (any, error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(reqCtx), h.client.worstCase())
-	defer cancel()
-
-	start := time.Now()
-	id, res, err := h.client.exchange(ctx, code)
-	elapsed := time.Since(start)
-	h.metrics.exchanged(res.attempts, elapsed)
-
-	if err != nil {
-		lerr := loginErrorFor(err, h.client.retry, h.now())
-		h.logExchange(lerr.code, res, elapsed, err)
-		return nil, lerr
-	}
-	h.logExchange("ok", res, elapsed, nil)
-	h.codes.add(key, id, h.now())
-	if id.OpenID == prepaid {
-		return id, nil
-	}
-	if wait, ok := h.players.take(id.OpenID, h.now()); !ok {
-		h.metrics.budgetRejected("player")
-		return nil, playerRateLimited(wait)
-	}
-	return id, nil
-}
-
-// logExchange writes one line per exchange: at debug level normally, at
-// error level when WeChat says our configuration is wrong. It logs WeChat's
-// rid, never its errmsg or anything of the request.
-func (h *Handler) logExchange(result string, res exchangeResult, elapsed time.Duration, err *attemptError) {
-	level := zapcore.DebugLevel
-	msg := "wechat exchange"
-	if result == errWechatMisconfigured {
-		level = zapcore.ErrorLevel
-		msg = "wechat refused the configured app_id or app_secret"
-	}
-	ce := h.logger.Check(level, msg)
-	if ce == nil {
-		return
-	}
-	fields := []zap.Field{
-		zap.String("app_id", h.AppID),
-		zap.String("result", result),
-		zap.Int("attempts", res.attempts),
-		zap.Duration("duration", elapsed),
-	}
-	if err != nil {
-		if err.kind == kindErrcode {
-			fields = append(fields, zap.Int("errcode", err.errcode), zap.String("rid", err.rid))
-		}
-		fields = append(fields, zap.String("error", err.Error()))
-	}
-	ce.Write(fields...)
-}
-
-// refuseLogin answers a login with the documented JSON error; nothing is
-// forwarded.
-func (h *Handler) refuseLogin(w http.ResponseWriter, e *loginError) {
-	h.metrics.login(e.code)
-	e.write(w)
-}
-
 // attachIdentity sets the identity headers and placeholders.
 func (h *Handler) attachIdentity(r *http.Request, id Identity) {
 	h.setIdentityHeaders(r.Header, id)
@@ -379,19 +250,6 @@ func (h *Handler) attachIdentity(r *http.Request, id Identity) {
 		repl.Set("http.wechat.unionid", id.UnionID)
 		repl.Set("http.wechat.appid", h.AppID)
 	}
-}
-
-// clientIP is the client address as Caddy determined it, which honours
-// trusted_proxies behind a load balancer.
-func clientIP(r *http.Request) string {
-	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
-		return ip
-	}
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
 }
 
 // Interface guards

@@ -3,7 +3,6 @@ package wechatlogin
 import (
 	"context"
 	"encoding/json"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -15,87 +14,10 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
 	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
 )
-
-const (
-	mtAppID  = "wxmoduletest"
-	mtSecret = "module-test-secret"
-)
-
-// mtSim starts a simulator knowing the test app.
-func mtSim(t *testing.T) (*wechatsim.Server, string) {
-	t.Helper()
-	sim, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: mtAppID, Secret: mtSecret, UnionBound: true}}})
-	return sim, simURL
-}
-
-// mtProvision provisions h as Caddy would and cleans it up after the test.
-func mtProvision(t testing.TB, h *Handler) error {
-	t.Helper()
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	t.Cleanup(cancel)
-	if err := h.Provision(ctx); err != nil {
-		return err
-	}
-	t.Cleanup(func() { _ = h.Cleanup() })
-	return h.Validate()
-}
-
-func mtHandler(t testing.TB, endpoint string, configure func(*Handler)) *Handler {
-	t.Helper()
-	h := &Handler{AppID: mtAppID, AppSecret: mtSecret, Endpoint: endpoint}
-	if configure != nil {
-		configure(h)
-	}
-	if err := mtProvision(t, h); err != nil {
-		t.Fatal(err)
-	}
-	return h
-}
-
-// mtRequest is a request as Caddy hands it to a handler: with a replacer and
-// the client IP in the context.
-func mtRequest(ctx context.Context, method, target string, body io.Reader) (*http.Request, *caddy.Replacer) {
-	r := httptest.NewRequestWithContext(ctx, method, target, body)
-	repl := caddy.NewReplacer()
-	ctx = context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl)
-	ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: "203.0.113.7"})
-	return r.WithContext(ctx), repl
-}
-
-// mtUpstream records what reached the next handler.
-type mtUpstream struct {
-	mu      sync.Mutex
-	headers []http.Header
-}
-
-func (u *mtUpstream) handler() caddyhttp.Handler {
-	return caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-		u.mu.Lock()
-		u.headers = append(u.headers, r.Header.Clone())
-		u.mu.Unlock()
-		w.WriteHeader(http.StatusNoContent)
-		return nil
-	})
-}
-
-func (u *mtUpstream) count() int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return len(u.headers)
-}
-
-// mtCount reads a counter's value.
-func mtCount(c prometheus.Counter) float64 {
-	var m dto.Metric
-	_ = c.Write(&m)
-	return m.GetCounter().GetValue()
-}
 
 func TestProvisionRefusesBadConfig(t *testing.T) {
 	const secretValue = "s3cr3t-value-never-printed"
@@ -125,9 +47,9 @@ func TestProvisionRefusesBadConfig(t *testing.T) {
 		}, "secret 2 is 26 bytes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := &Handler{AppID: mtAppID, AppSecret: "{env.WXL_TEST_SECRET}", Endpoint: "http://127.0.0.1:1"}
+			h := &Handler{AppID: testAppID, AppSecret: "{env.WXL_TEST_SECRET}", Endpoint: "http://127.0.0.1:1"}
 			tc.configure(h)
-			err := mtProvision(t, h)
+			err := provisionHandler(t, h)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %v, want an error containing %q", err, tc.want)
 			}
@@ -139,17 +61,17 @@ func TestProvisionRefusesBadConfig(t *testing.T) {
 }
 
 func TestProvisionResolvesSecretPlaceholders(t *testing.T) {
-	sim, endpoint := mtSim(t)
+	sim, endpoint := newTestSim(t)
 	secretFile := filepath.Join(t.TempDir(), "secret")
-	if err := os.WriteFile(secretFile, []byte(mtSecret), 0o600); err != nil {
+	if err := os.WriteFile(secretFile, []byte(testSecret), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv("WXL_TEST_APP_SECRET", mtSecret)
+	t.Setenv("WXL_TEST_APP_SECRET", testSecret)
 	for i, secret := range []string{"{env.WXL_TEST_APP_SECRET}", "{file." + secretFile + "}"} {
-		h := mtHandler(t, endpoint, func(h *Handler) { h.AppSecret = secret })
-		r, _ := mtRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.placeholder"+string(rune('a'+i)), nil)
+		h := newTestHandler(t, endpoint, func(h *Handler) { h.AppSecret = secret })
+		r, _ := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.placeholder"+string(rune('a'+i)), nil)
 		w := httptest.NewRecorder()
-		up := &mtUpstream{}
+		up := &recordingUpstream{}
 		if err := h.ServeHTTP(w, r, up.handler()); err != nil || up.count() != 1 {
 			t.Fatalf("%s: login failed: %v %d %s", secret, err, w.Code, w.Body)
 		}
@@ -160,11 +82,11 @@ func TestProvisionResolvesSecretPlaceholders(t *testing.T) {
 }
 
 func TestLoginSetsIdentityHeadersAndPlaceholders(t *testing.T) {
-	_, endpoint := mtSim(t)
-	h := mtHandler(t, endpoint, nil)
-	r, repl := mtRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.1&level=3", nil)
+	_, endpoint := newTestSim(t)
+	h := newTestHandler(t, endpoint, nil)
+	r, repl := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.1&level=3", nil)
 	r.Header.Set("x-wx-openid", "spoofed")
-	up := &mtUpstream{}
+	up := &recordingUpstream{}
 	w := httptest.NewRecorder()
 	if err := h.ServeHTTP(w, r, up.handler()); err != nil {
 		t.Fatal(err)
@@ -173,17 +95,17 @@ func TestLoginSetsIdentityHeadersAndPlaceholders(t *testing.T) {
 		t.Fatalf("not forwarded: %d %s", w.Code, w.Body)
 	}
 	got := up.headers[0]
-	wantOpenID := wechatsim.OpenID(mtAppID, "alice")
+	wantOpenID := wechatsim.OpenID(testAppID, "alice")
 	if got.Get("X-WX-OPENID") != wantOpenID || len(got.Values("X-WX-OPENID")) != 1 {
 		t.Errorf("X-WX-OPENID = %q, want only %q", got.Values("X-WX-OPENID"), wantOpenID)
 	}
-	if got.Get("X-WX-UNIONID") != wechatsim.UnionID("alice") || got.Get("X-WX-APPID") != mtAppID {
+	if got.Get("X-WX-UNIONID") != wechatsim.UnionID("alice") || got.Get("X-WX-APPID") != testAppID {
 		t.Errorf("unionid/appid headers wrong: %v", got)
 	}
 	if got.Get("X-WX-SESSION-KEY") != "" {
 		t.Error("session_key forwarded without forward_session_key")
 	}
-	for name, want := range map[string]string{"http.wechat.openid": wantOpenID, "http.wechat.unionid": wechatsim.UnionID("alice"), "http.wechat.appid": mtAppID} {
+	for name, want := range map[string]string{"http.wechat.openid": wantOpenID, "http.wechat.unionid": wechatsim.UnionID("alice"), "http.wechat.appid": testAppID} {
 		if v, _ := repl.GetString(name); v != want {
 			t.Errorf("{%s} = %q, want %q", name, v, want)
 		}
@@ -194,11 +116,11 @@ func TestLoginSetsIdentityHeadersAndPlaceholders(t *testing.T) {
 }
 
 func TestRefusedLoginsForwardNothing(t *testing.T) {
-	sim, endpoint := mtSim(t)
-	h := mtHandler(t, endpoint, nil)
+	sim, endpoint := newTestSim(t)
+	h := newTestHandler(t, endpoint, nil)
 	for _, target := range []string{"/wx/login", "/wx/login?code=", "/wx/login?code=invalid.1", "/wx/login?code=blocked.1"} {
-		r, _ := mtRequest(context.Background(), http.MethodGet, target, nil)
-		up := &mtUpstream{}
+		r, _ := newTestRequest(context.Background(), http.MethodGet, target, nil)
+		up := &recordingUpstream{}
 		w := httptest.NewRecorder()
 		if err := h.ServeHTTP(w, r, up.handler()); err != nil {
 			t.Fatal(err)
@@ -220,11 +142,11 @@ func TestRefusedLoginsForwardNothing(t *testing.T) {
 }
 
 func TestNonLoginRequestsPassStrippedWithoutSessions(t *testing.T) {
-	h := mtHandler(t, "http://127.0.0.1:1", nil)
-	r, _ := mtRequest(context.Background(), http.MethodGet, "/game/state", nil)
+	h := newTestHandler(t, "http://127.0.0.1:1", nil)
+	r, _ := newTestRequest(context.Background(), http.MethodGet, "/game/state", nil)
 	r.Header["X_WX_OPENID"] = []string{"spoofed"}
 	r.Header.Set("X-WX-APPID", "spoofed")
-	up := &mtUpstream{}
+	up := &recordingUpstream{}
 	if err := h.ServeHTTP(httptest.NewRecorder(), r, up.handler()); err != nil || up.count() != 1 {
 		t.Fatalf("not forwarded: %v", err)
 	}
@@ -238,13 +160,13 @@ func TestNonLoginRequestsPassStrippedWithoutSessions(t *testing.T) {
 // Concurrent logins with one code share one WeChat call, and the first
 // client leaving does not fail the others.
 func TestConcurrentLoginsShareOneCall(t *testing.T) {
-	sim, endpoint := mtSim(t)
+	sim, endpoint := newTestSim(t)
 	sim.SetLatency(300 * time.Millisecond)
-	h := mtHandler(t, endpoint, nil)
-	coalescedBefore := mtCount(h.metrics.coalescedLogins)
+	h := newTestHandler(t, endpoint, nil)
+	coalescedBefore := counterValue(h.metrics.coalescedLogins)
 
 	const clients = 50
-	up := &mtUpstream{}
+	up := &recordingUpstream{}
 	firstCtx, leave := context.WithCancel(context.Background())
 	defer leave()
 	var wg sync.WaitGroup
@@ -257,7 +179,7 @@ func TestConcurrentLoginsShareOneCall(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r, _ := mtRequest(ctx, http.MethodGet, "/wx/login?code=alice.shared", nil)
+			r, _ := newTestRequest(ctx, http.MethodGet, "/wx/login?code=alice.shared", nil)
 			w := httptest.NewRecorder()
 			_ = h.ServeHTTP(w, r, up.handler())
 			statuses[i] = w.Code
@@ -276,31 +198,31 @@ func TestConcurrentLoginsShareOneCall(t *testing.T) {
 	if up.count() != clients-1 {
 		t.Errorf("%d logins forwarded, want the %d clients that stayed", up.count(), clients-1)
 	}
-	want := wechatsim.OpenID(mtAppID, "alice")
+	want := wechatsim.OpenID(testAppID, "alice")
 	for _, hdr := range up.headers {
 		if hdr.Get("X-WX-OPENID") != want {
 			t.Fatalf("a client got identity %q, want %q", hdr.Get("X-WX-OPENID"), want)
 		}
 	}
-	if got := mtCount(h.metrics.coalescedLogins) - coalescedBefore; got < clients-2 {
+	if got := counterValue(h.metrics.coalescedLogins) - coalescedBefore; got < clients-2 {
 		t.Errorf("coalesced metric grew by %v, want at least %d", got, clients-2)
 	}
 
 	// Later logins with the same code are served from the cache.
-	r, _ := mtRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.shared", nil)
+	r, _ := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.shared", nil)
 	if err := h.ServeHTTP(httptest.NewRecorder(), r, up.handler()); err != nil || up.count() != clients || sim.Calls() != 1 {
 		t.Fatalf("repeat login: forwarded %d, calls %d, err %v", up.count(), sim.Calls(), err)
 	}
 }
 
 func TestCacheTTLExpiresOnTheClock(t *testing.T) {
-	_, endpoint := mtSim(t)
+	_, endpoint := newTestSim(t)
 	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
-	h := mtHandler(t, endpoint, func(h *Handler) { h.now = func() time.Time { return now } })
+	h := newTestHandler(t, endpoint, func(h *Handler) { h.now = func() time.Time { return now } })
 	login := func() int {
-		r, _ := mtRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.ttl", nil)
+		r, _ := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.ttl", nil)
 		w := httptest.NewRecorder()
-		_ = h.ServeHTTP(w, r, (&mtUpstream{}).handler())
+		_ = h.ServeHTTP(w, r, (&recordingUpstream{}).handler())
 		return w.Code
 	}
 	if c := login(); c != http.StatusNoContent {
@@ -317,20 +239,20 @@ func TestCacheTTLExpiresOnTheClock(t *testing.T) {
 }
 
 func TestMisconfigurationIsCountedNotRetried(t *testing.T) {
-	sim, endpoint := mtSim(t)
+	sim, endpoint := newTestSim(t)
 	testkit.Forbid("wrong-secret")
-	h := mtHandler(t, endpoint, func(h *Handler) { h.AppSecret = "wrong-secret" })
-	before := mtCount(wechatMetrics.logins.WithLabelValues(mtAppID, errWechatMisconfigured))
-	r, _ := mtRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.m", nil)
+	h := newTestHandler(t, endpoint, func(h *Handler) { h.AppSecret = "wrong-secret" })
+	before := counterValue(wechatMetrics.logins.WithLabelValues(testAppID, errWechatMisconfigured))
+	r, _ := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.m", nil)
 	w := httptest.NewRecorder()
-	_ = h.ServeHTTP(w, r, (&mtUpstream{}).handler())
+	_ = h.ServeHTTP(w, r, (&recordingUpstream{}).handler())
 	if w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), `"errcode":40125`) {
 		t.Fatalf("got %d %s", w.Code, w.Body)
 	}
 	if sim.Calls() != 1 {
 		t.Errorf("a misconfiguration was retried: %d calls", sim.Calls())
 	}
-	if got := mtCount(wechatMetrics.logins.WithLabelValues(mtAppID, errWechatMisconfigured)) - before; got != 1 {
+	if got := counterValue(wechatMetrics.logins.WithLabelValues(testAppID, errWechatMisconfigured)) - before; got != 1 {
 		t.Errorf("logins_total{result=wechat_misconfigured} grew by %v, want 1", got)
 	}
 }
@@ -338,17 +260,17 @@ func TestMisconfigurationIsCountedNotRetried(t *testing.T) {
 // BenchmarkLoginCacheHit is the login path when the code's result is cached:
 // no WeChat call, only the budget check and the headers.
 func BenchmarkLoginCacheHit(b *testing.B) {
-	sim, simURL := testkit.NewSim(b, wechatsim.Options{Apps: []wechatsim.App{{AppID: mtAppID, Secret: mtSecret}}})
-	h := mtHandler(b, simURL, func(h *Handler) { h.IPBudget = &Budget{Off: true} })
+	sim, simURL := testkit.NewSim(b, wechatsim.Options{Apps: []wechatsim.App{{AppID: testAppID, Secret: testSecret}}})
+	h := newTestHandler(b, simURL, func(h *Handler) { h.IPBudget = &Budget{Off: true} })
 	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
-	r, _ := mtRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.bench", nil)
+	r, _ := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.bench", nil)
 	w := httptest.NewRecorder()
 	if err := h.ServeHTTP(w, r, next); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		r, _ := mtRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.bench", nil)
+		r, _ := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.bench", nil)
 		_ = h.ServeHTTP(w, r, next)
 	}
 	if sim.Calls() != 1 {
@@ -359,14 +281,14 @@ func BenchmarkLoginCacheHit(b *testing.B) {
 // Logins that join a call in flight cost WeChat nothing: the exchange charged
 // the player once, so they are not refused even when that took the last token.
 func TestConcurrentLoginsOfOneCodeShareOneCharge(t *testing.T) {
-	sim, endpoint := mtSim(t)
+	sim, endpoint := newTestSim(t)
 	sim.SetLatency(time.Second) // long enough for all five to join the one call
-	h := mtHandler(t, endpoint, func(h *Handler) { h.Budget = &Budget{Events: 1, Window: caddy.Duration(time.Minute)} })
-	up := &mtUpstream{}
+	h := newTestHandler(t, endpoint, func(h *Handler) { h.Budget = &Budget{Events: 1, Window: caddy.Duration(time.Minute)} })
+	up := &recordingUpstream{}
 	var wg sync.WaitGroup
 	for range 5 {
 		wg.Go(func() {
-			r, _ := mtRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.together", nil)
+			r, _ := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.together", nil)
 			_ = h.ServeHTTP(httptest.NewRecorder(), r, up.handler())
 		})
 	}
@@ -375,7 +297,7 @@ func TestConcurrentLoginsOfOneCodeShareOneCharge(t *testing.T) {
 		t.Fatalf("%d of 5 logins forwarded with %d WeChat calls; want all 5 on one call", up.count(), sim.Calls())
 	}
 	// Replaying the code later is refused while the budget is spent.
-	r, _ := mtRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.together", nil)
+	r, _ := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.together", nil)
 	w := httptest.NewRecorder()
 	_ = h.ServeHTTP(w, r, up.handler())
 	if w.Code != http.StatusTooManyRequests {

@@ -67,15 +67,15 @@ func sessPayload(t testing.TB, token string) map[string]any {
 func sessPublic(id Identity) Identity { return Identity{OpenID: id.OpenID, UnionID: id.UnionID} }
 
 func TestSessionRoundTrip(t *testing.T) {
-	clock := rlNewClock()
-	s := sessNew(clock, rlAppID, sessSecret)
+	clock := newTestClock()
+	s := sessNew(clock, testAppID, sessSecret)
 	for _, id := range []Identity{sessAlice, sessBob} {
 		token, expires, err := s.issue(id, clock.Now())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !expires.Equal(rlEpoch.Add(sessTTL)) {
-			t.Errorf("expires %s, want now+ttl %s", expires, rlEpoch.Add(sessTTL))
+		if !expires.Equal(testEpoch.Add(sessTTL)) {
+			t.Errorf("expires %s, want now+ttl %s", expires, testEpoch.Add(sessTTL))
 		}
 		got, err := s.verify(token)
 		if err != nil || got != sessPublic(id) {
@@ -85,9 +85,9 @@ func TestSessionRoundTrip(t *testing.T) {
 		claims := sessPayload(t, token)
 		want := map[string]any{
 			"sub":   id.OpenID,
-			"appid": rlAppID,
-			"iat":   float64(rlEpoch.Unix()),
-			"exp":   float64(rlEpoch.Add(sessTTL).Unix()),
+			"appid": testAppID,
+			"iat":   float64(testEpoch.Unix()),
+			"exp":   float64(testEpoch.Add(sessTTL).Unix()),
 		}
 		if id.UnionID != "" {
 			want["unionid"] = id.UnionID
@@ -114,15 +114,15 @@ func sessSign(t testing.TB, method jwt.SigningMethod, claims jwt.Claims, key str
 }
 
 func TestSessionVerifyRefuses(t *testing.T) {
-	clock := rlNewClock()
-	s := sessNew(clock, rlAppID, sessSecret)
+	clock := newTestClock()
+	s := sessNew(clock, testAppID, sessSecret)
 	valid, _, err := s.issue(sessAlice, clock.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
 	parts := strings.Split(valid, ".")
 	claims := func(edit func(*sessionClaims)) sessionClaims {
-		c := sessionClaims{AppID: rlAppID, RegisteredClaims: jwt.RegisteredClaims{
+		c := sessionClaims{AppID: testAppID, RegisteredClaims: jwt.RegisteredClaims{
 			Subject:   sessAlice.OpenID,
 			IssuedAt:  jwt.NewNumericDate(clock.Now()),
 			ExpiresAt: jwt.NewNumericDate(clock.Now().Add(time.Hour)),
@@ -145,7 +145,7 @@ func TestSessionVerifyRefuses(t *testing.T) {
 	}{
 		{"edited payload", parts[0] + "." + encode(strings.Replace(string(sessDecode(t, parts[1])), sessAlice.OpenID, sessBob.OpenID, 1)) + "." + parts[2]},
 		{"edited signature", parts[0] + "." + parts[1] + "." + encode("not the signature")},
-		{"other secret", issuedBy(sessNew(clock, rlAppID, sessOtherSecret), sessAlice, clock.Now())},
+		{"other secret", issuedBy(sessNew(clock, testAppID, sessOtherSecret), sessAlice, clock.Now())},
 		{"alg none without signature", encode(`{"alg":"none","typ":"JWT"}`) + "." + parts[1] + "."},
 		{"alg none with the valid signature", encode(`{"alg":"none","typ":"JWT"}`) + "." + parts[1] + "." + parts[2]},
 		{"HS384 with the same key", sessSign(t, jwt.SigningMethodHS384, claims(func(*sessionClaims) {}), sessSecret)},
@@ -181,8 +181,8 @@ func sessRespell(segment string) string {
 // Gateways behind one load balancer verify each other's tokens: a clock a
 // little behind the issuer's must not refuse them.
 func TestSessionToleratesClockSkew(t *testing.T) {
-	clock := rlNewClock()
-	s := sessNew(clock, rlAppID, sessSecret)
+	clock := newTestClock()
+	s := sessNew(clock, testAppID, sessSecret)
 	ahead, _, err := s.issue(sessAlice, clock.Now().Add(30*time.Second))
 	if err != nil {
 		t.Fatal(err)
@@ -205,8 +205,8 @@ func sessDecode(t testing.TB, segment string) []byte {
 }
 
 func TestSessionExpires(t *testing.T) {
-	clock := rlNewClock()
-	s := sessNew(clock, rlAppID, sessSecret)
+	clock := newTestClock()
+	s := sessNew(clock, testAppID, sessSecret)
 	token, _, err := s.issue(sessAlice, clock.Now())
 	if err != nil {
 		t.Fatal(err)
@@ -223,10 +223,10 @@ func TestSessionExpires(t *testing.T) {
 
 // Putting a new secret first rotates without logging anybody out.
 func TestSessionSecretRotation(t *testing.T) {
-	clock := rlNewClock()
-	before := sessNew(clock, rlAppID, sessOtherSecret)
-	rotating := sessNew(clock, rlAppID, sessSecret, sessOtherSecret)
-	after := sessNew(clock, rlAppID, sessSecret)
+	clock := newTestClock()
+	before := sessNew(clock, testAppID, sessOtherSecret)
+	rotating := sessNew(clock, testAppID, sessSecret, sessOtherSecret)
+	after := sessNew(clock, testAppID, sessSecret)
 
 	oldToken, _, _ := before.issue(sessAlice, clock.Now())
 	if id, err := rotating.verify(oldToken); err != nil || id != sessPublic(sessAlice) {
@@ -276,8 +276,8 @@ func TestSessionTokenFromHeaders(t *testing.T) {
 // X-WX-SESSION never reaches the upstream; a bearer token is removed only
 // once verified, since an invalid one may be the backend's own.
 func TestSessionPresentedRemovesValidTokens(t *testing.T) {
-	clock := rlNewClock()
-	s := sessNew(clock, rlAppID, sessSecret)
+	clock := newTestClock()
+	s := sessNew(clock, testAppID, sessSecret)
 	valid, _, _ := s.issue(sessAlice, clock.Now())
 	for _, tc := range []struct {
 		name      string
@@ -382,7 +382,7 @@ func sessConfigured(configure func(*SessionConfig)) func(*Handler) {
 // returns the response.
 func sessLogin(t testing.TB, h *Handler, code string, status int, header http.Header) *httptest.ResponseRecorder {
 	t.Helper()
-	r, _ := mtRequest(context.Background(), http.MethodGet, "/wx/login?code="+code, nil)
+	r, _ := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code="+code, nil)
 	for k, v := range header {
 		r.Header[k] = v
 	}
@@ -398,14 +398,14 @@ func sessLogin(t testing.TB, h *Handler, code string, status int, header http.He
 }
 
 func TestSessionIssuedAtLogin(t *testing.T) {
-	_, endpoint := rlSim(t)
-	clock := rlNewClock()
-	h := rlHandler(t, endpoint, clock, sessConfigured(nil))
+	_, endpoint := newTestSim(t)
+	clock := newTestClock()
+	h := newClockedHandler(t, endpoint, clock, sessConfigured(nil))
 
 	w := sessLogin(t, h, "alice.1", http.StatusNoContent, nil)
 	token := w.Header().Get(headerSession)
 	id, err := h.sessions.verify(token)
-	if err != nil || id.OpenID != wechatsim.OpenID(rlAppID, "alice") {
+	if err != nil || id.OpenID != wechatsim.OpenID(testAppID, "alice") {
 		t.Fatalf("login answered %d with token %q: %+v %v", w.Code, token, id, err)
 	}
 	if w := sessLogin(t, h, "bob.1", http.StatusInternalServerError, nil); w.Header().Get(headerSession) != "" {
@@ -417,11 +417,11 @@ func TestSessionIssuedAtLogin(t *testing.T) {
 }
 
 func TestSessionRequiredOrOptional(t *testing.T) {
-	_, endpoint := rlSim(t)
-	clock := rlNewClock()
-	s := sessNew(clock, rlAppID, sessSecret)
+	_, endpoint := newTestSim(t)
+	clock := newTestClock()
+	s := sessNew(clock, testAppID, sessSecret)
 	valid, _, _ := s.issue(sessAlice, clock.Now())
-	forged, _, _ := sessNew(clock, rlAppID, sessOtherSecret).issue(sessAlice, clock.Now())
+	forged, _, _ := sessNew(clock, testAppID, sessOtherSecret).issue(sessAlice, clock.Now())
 
 	for _, tc := range []struct {
 		name     string
@@ -440,12 +440,12 @@ func TestSessionRequiredOrOptional(t *testing.T) {
 		{"optional, bearer", true, http.Header{"Authorization": {"Bearer " + valid}}, 0, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := rlHandler(t, endpoint, clock, sessConfigured(func(s *SessionConfig) { s.Optional = tc.optional }))
-			r, _ := mtRequest(context.Background(), http.MethodGet, "/game/state", nil)
+			h := newClockedHandler(t, endpoint, clock, sessConfigured(func(s *SessionConfig) { s.Optional = tc.optional }))
+			r, _ := newTestRequest(context.Background(), http.MethodGet, "/game/state", nil)
 			for k, v := range tc.header {
 				r.Header[k] = v
 			}
-			up := &mtUpstream{}
+			up := &recordingUpstream{}
 			w := httptest.NewRecorder()
 			if err := h.ServeHTTP(w, r, up.handler()); err != nil {
 				t.Fatal(err)
@@ -464,7 +464,7 @@ func TestSessionRequiredOrOptional(t *testing.T) {
 			got := up.headers[0]
 			want := http.Header{}
 			if tc.identity {
-				want = http.Header{"X-Wx-Openid": {sessAlice.OpenID}, "X-Wx-Unionid": {sessAlice.UnionID}, "X-Wx-Appid": {rlAppID}}
+				want = http.Header{"X-Wx-Openid": {sessAlice.OpenID}, "X-Wx-Unionid": {sessAlice.UnionID}, "X-Wx-Appid": {testAppID}}
 			}
 			for name := range got {
 				if isIdentityHeader(name) && !slices.Equal(got[name], want[name]) {
@@ -484,12 +484,12 @@ func TestSessionRequiredOrOptional(t *testing.T) {
 }
 
 func TestSessionRespondAnswersAtTheGateway(t *testing.T) {
-	sim, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: rlAppID, Secret: rlSecret, UnionBound: true}}})
-	clock := rlNewClock()
-	h := rlHandler(t, simURL, clock, sessConfigured(func(s *SessionConfig) { s.Respond = true }))
+	sim, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: testAppID, Secret: testSecret, UnionBound: true}}})
+	clock := newTestClock()
+	h := newClockedHandler(t, simURL, clock, sessConfigured(func(s *SessionConfig) { s.Respond = true }))
 
-	r, _ := mtRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.1", nil)
-	up := &mtUpstream{}
+	r, _ := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.1", nil)
+	up := &recordingUpstream{}
 	w := httptest.NewRecorder()
 	if err := h.ServeHTTP(w, r, up.handler()); err != nil {
 		t.Fatal(err)
@@ -501,11 +501,11 @@ func TestSessionRespondAnswersAtTheGateway(t *testing.T) {
 	if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil {
 		t.Fatalf("body %s: %v", w.Body, err)
 	}
-	if body["openid"] != wechatsim.OpenID(rlAppID, "alice") || body["unionid"] != wechatsim.UnionID("alice") {
+	if body["openid"] != wechatsim.OpenID(testAppID, "alice") || body["unionid"] != wechatsim.UnionID("alice") {
 		t.Errorf("body %v: wrong identity", body)
 	}
-	if body["expires_at"] != rlEpoch.Add(sessTTL).Format(time.RFC3339) {
-		t.Errorf("expires_at %q, want %q", body["expires_at"], rlEpoch.Add(sessTTL).Format(time.RFC3339))
+	if body["expires_at"] != testEpoch.Add(sessTTL).Format(time.RFC3339) {
+		t.Errorf("expires_at %q, want %q", body["expires_at"], testEpoch.Add(sessTTL).Format(time.RFC3339))
 	}
 	if id, err := h.sessions.verify(body["token"]); err != nil || id.OpenID != body["openid"] {
 		t.Errorf("token does not verify: %+v %v", id, err)
@@ -520,9 +520,9 @@ func TestSessionRespondAnswersAtTheGateway(t *testing.T) {
 // A returning player in a login loop is stopped by the session it presents,
 // before its code costs a WeChat call.
 func TestSessionLoginOverBudgetRefusedBeforeWechat(t *testing.T) {
-	sim, endpoint := rlSim(t)
-	clock := rlNewClock()
-	h := rlHandler(t, endpoint, clock, func(h *Handler) {
+	sim, endpoint := newTestSim(t)
+	clock := newTestClock()
+	h := newClockedHandler(t, endpoint, clock, func(h *Handler) {
 		sessConfigured(nil)(h)
 		h.Budget = &Budget{Events: 2, Window: caddy.Duration(time.Minute)}
 	})
@@ -530,7 +530,7 @@ func TestSessionLoginOverBudgetRefusedBeforeWechat(t *testing.T) {
 	sessLogin(t, h, "alice.2", http.StatusNoContent, nil)
 
 	w := sessLogin(t, h, "alice.3", http.StatusNoContent, http.Header{"Authorization": {"Bearer " + token}})
-	rlWantRateLimited(t, w, w.Code == http.StatusNoContent, "30")
+	wantRateLimited(t, w, w.Code == http.StatusNoContent, "63")
 	if sim.Calls() != 2 {
 		t.Errorf("WeChat saw %d calls, want 2: the third login had to be refused before calling", sim.Calls())
 	}
@@ -541,10 +541,10 @@ func TestSessionLoginOverBudgetRefusedBeforeWechat(t *testing.T) {
 // of the keys (the signed part byte for byte; base64 lets the signature's
 // last character vary without changing it), proving the identity issued.
 func FuzzSessionToken(f *testing.F) {
-	clock := rlNewClock()
-	verifier := sessNew(clock, rlAppID, sessSecret, sessOtherSecret)
+	clock := newTestClock()
+	verifier := sessNew(clock, testAppID, sessSecret, sessOtherSecret)
 	issued := map[string]Identity{} // signed part (header.payload) → identity
-	for _, signer := range []*sessions{verifier, sessNew(clock, rlAppID, sessOtherSecret)} {
+	for _, signer := range []*sessions{verifier, sessNew(clock, testAppID, sessOtherSecret)} {
 		for _, id := range []Identity{sessAlice, sessBob} {
 			token, _, err := signer.issue(id, clock.Now())
 			if err != nil {
@@ -602,7 +602,7 @@ func FuzzSessionToken(f *testing.F) {
 // bearer token through h, and returns it as the upstream last saw it.
 func sessBenchmarkGameRequest(b *testing.B, h *Handler, token string) *http.Request {
 	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
-	r, _ := mtRequest(context.Background(), http.MethodGet, "/game/state", nil)
+	r, _ := newTestRequest(context.Background(), http.MethodGet, "/game/state", nil)
 	w := httptest.NewRecorder()
 	b.ReportAllocs()
 	for b.Loop() {
@@ -615,8 +615,8 @@ func sessBenchmarkGameRequest(b *testing.B, h *Handler, token string) *http.Requ
 }
 
 func BenchmarkSessionVerifiedRequest(b *testing.B) {
-	clock := rlNewClock()
-	h := rlHandler(b, "http://127.0.0.1:1", clock, sessConfigured(nil))
+	clock := newTestClock()
+	h := newClockedHandler(b, "http://127.0.0.1:1", clock, sessConfigured(nil))
 	token, _, _ := h.sessions.issue(sessAlice, clock.Now())
 	if r := sessBenchmarkGameRequest(b, h, token); r.Header.Get(headerOpenID) != sessAlice.OpenID {
 		b.Fatal("the session was not verified")
@@ -626,19 +626,19 @@ func BenchmarkSessionVerifiedRequest(b *testing.B) {
 // BenchmarkSessionlessRequest is the same request through a handler without
 // sessions: the baseline that verification adds to.
 func BenchmarkSessionlessRequest(b *testing.B) {
-	clock := rlNewClock()
-	h := rlHandler(b, "http://127.0.0.1:1", clock, nil)
-	token, _, _ := sessNew(clock, rlAppID, sessSecret).issue(sessAlice, clock.Now())
+	clock := newTestClock()
+	h := newClockedHandler(b, "http://127.0.0.1:1", clock, nil)
+	token, _, _ := sessNew(clock, testAppID, sessSecret).issue(sessAlice, clock.Now())
 	sessBenchmarkGameRequest(b, h, token)
 }
 
 // Operators see why sessions are refused, by a bounded reason label.
 func TestSessionRejectionReasonsAreCounted(t *testing.T) {
-	_, endpoint := rlSim(t)
-	clock := rlNewClock()
-	h := rlHandler(t, endpoint, clock, sessConfigured(nil))
+	_, endpoint := newTestSim(t)
+	clock := newTestClock()
+	h := newClockedHandler(t, endpoint, clock, sessConfigured(nil))
 	expired, _, _ := h.sessions.issue(sessAlice, clock.Now().Add(-3*time.Hour))
-	forged, _, _ := sessNew(clock, rlAppID, sessOtherSecret).issue(sessAlice, clock.Now())
+	forged, _, _ := sessNew(clock, testAppID, sessOtherSecret).issue(sessAlice, clock.Now())
 	foreign, _, _ := sessNew(clock, "wxanotherapp", sessSecret).issue(sessAlice, clock.Now())
 	for _, tc := range []struct{ reason, token string }{
 		{"missing", ""},
@@ -647,18 +647,18 @@ func TestSessionRejectionReasonsAreCounted(t *testing.T) {
 		{"expired", expired},
 		{"other_app", foreign},
 	} {
-		counter := wechatMetrics.sessionsRejected.WithLabelValues(rlAppID, tc.reason)
-		before := mtCount(counter)
-		r, _ := mtRequest(context.Background(), http.MethodGet, "/game/state", nil)
+		counter := wechatMetrics.sessionsRejected.WithLabelValues(testAppID, tc.reason)
+		before := counterValue(counter)
+		r, _ := newTestRequest(context.Background(), http.MethodGet, "/game/state", nil)
 		if tc.token != "" {
 			r.Header.Set("Authorization", "Bearer "+tc.token)
 		}
 		w := httptest.NewRecorder()
-		_ = h.ServeHTTP(w, r, (&mtUpstream{}).handler())
+		_ = h.ServeHTTP(w, r, (&recordingUpstream{}).handler())
 		if w.Code != http.StatusUnauthorized {
 			t.Errorf("%s: status %d, want 401", tc.reason, w.Code)
 		}
-		if got := mtCount(counter) - before; got != 1 {
+		if got := counterValue(counter) - before; got != 1 {
 			t.Errorf("sessions_rejected_total{reason=%q} grew by %v, want 1", tc.reason, got)
 		}
 	}
@@ -692,10 +692,10 @@ func TestSessionClaimsFastPathAgreesWithJSON(t *testing.T) {
 		}
 	}
 	// What issue writes always takes the fast path.
-	clock := rlNewClock()
-	token, _, _ := sessNew(clock, rlAppID, sessSecret).issue(sessAlice, clock.Now())
+	clock := newTestClock()
+	token, _, _ := sessNew(clock, testAppID, sessSecret).issue(sessAlice, clock.Now())
 	var c verifiedClaims
-	if !c.parseFlat(sessDecode(t, strings.Split(token, ".")[1])) || c.Subject != sessAlice.OpenID || c.UnionID != sessAlice.UnionID || c.AppID != rlAppID {
+	if !c.parseFlat(sessDecode(t, strings.Split(token, ".")[1])) || c.Subject != sessAlice.OpenID || c.UnionID != sessAlice.UnionID || c.AppID != testAppID {
 		t.Errorf("an issued token's claims missed the fast path: %+v", c)
 	}
 }
@@ -720,14 +720,14 @@ func FuzzSessionClaimsFastPath(f *testing.F) {
 // player's session, reach WeChat no more often than the budget allows: the
 // event is spent before the exchange, not after it.
 func TestSessionConcurrentLoopsStayWithinBudget(t *testing.T) {
-	sim, endpoint := rlSim(t)
-	clock := rlNewClock()
-	h := rlHandler(t, endpoint, clock, func(h *Handler) {
+	sim, endpoint := newTestSim(t)
+	clock := newTestClock()
+	h := newClockedHandler(t, endpoint, clock, func(h *Handler) {
 		sessConfigured(nil)(h)
 		h.Budget = &Budget{Events: 5, Window: caddy.Duration(time.Hour)}
 	})
 	sim.SetLatency(20 * time.Millisecond) // let the loops overlap
-	player := Identity{OpenID: wechatsim.OpenID(rlAppID, "alice")}
+	player := Identity{OpenID: wechatsim.OpenID(testAppID, "alice")}
 	token, _, _ := h.sessions.issue(player, clock.Now())
 	var forwarded atomic.Int32
 	var wg sync.WaitGroup

@@ -1,84 +1,90 @@
 package wechatlogin
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"sync"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/sync/singleflight"
 )
 
-// appStates holds, per app_id, the state that must outlive a config reload:
-// budgets (a reload must not refill a looping client's budget), the code
-// cache and the exchanges in flight.
+// appStates holds, per configuration of an app, the state that must outlive
+// a config reload: budgets (a reload must not refill a looping client's
+// budget), the code cache and the WeChat calls in flight. The pool's count of
+// users is the one reference count.
 var appStates = caddy.NewUsagePool()
 
-// appState is one app_id's shared state. Every live handler of the app
-// (during a reload, the old config's and the new one's) is attached to it;
-// sizes follow the largest of the attached handlers, so a config that is
-// provisioned and then abandoned, or a newer one, never shrinks what the
-// running handlers rely on.
+// stateKey names the state of one (app_id, endpoint, app_secret): a staging
+// site on the simulator never shares what it proved with the production site
+// of the same app_id. The secret is hashed so the pool's keys hold none.
+func stateKey(appID, endpoint, secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return appID + "\x00" + endpoint + "\x00" + hex.EncodeToString(sum[:8])
+}
+
+// appState is the state one configuration's handlers share across reloads.
+// What is shared: the budget windows, the cached codes and the calls in
+// flight. What is per handler: the limits and TTL applied to them (each
+// handler reads the shared tables through its own view), so a config that
+// is provisioned and then abandoned changes nothing for the running one.
 type appState struct {
-	mu       sync.Mutex // guards the fields below; the tables and caches lock themselves
-	handlers map[*Handler]struct{}
-	players  *budgetTable
-	ips      *budgetTable
-	codes    map[time.Duration]*memoryCodeCache // by cache_ttl, for the handlers with that TTL
-	flights  singleflight.Group                 // keyed by string(codeKey)
+	players *budgetTable
+	ips     *budgetTable
+	codes   *codeTable
+	flights singleflight.Group // keyed by string(codeKey)
 }
 
 func newAppState() *appState {
-	return &appState{handlers: map[*Handler]struct{}{}, codes: map[time.Duration]*memoryCodeCache{}}
+	return &appState{players: newBudgetTable(), ips: newBudgetTable(), codes: newCodeTable()}
 }
 
 // Destruct satisfies caddy.Destructor; the state is garbage once unused.
 func (*appState) Destruct() error { return nil }
 
-// attach registers a handler and returns the tables it uses: the budgets
-// keep their buckets across reloads (each handler applies its own limits),
-// and the code cache is shared by the handlers with the same cache_ttl.
-func (s *appState) attach(h *Handler) (players, ips *budgetTable, codes *memoryCodeCache) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.handlers[h] = struct{}{}
-	if s.players == nil {
-		s.players, s.ips = newBudgetTable(h.BudgetSize), newBudgetTable(h.BudgetSize)
-	}
-	if ttl := time.Duration(*h.CacheTTL); ttl > 0 && s.codes[ttl] == nil {
-		s.codes[ttl] = newMemoryCodeCache(h.CacheSize, ttl)
-	}
-	s.resize()
-	return s.players, s.ips, s.codes[time.Duration(*h.CacheTTL)]
+// leasedLRU is an LRU table shared by several handlers, each of which leases
+// the size it wants for as long as it lives: the table holds the largest
+// size leased, so neither a newer config nor an abandoned one ever shrinks
+// what the running handlers rely on.
+type leasedLRU[K comparable, V any] struct {
+	*lru.Cache[K, V]
+	mu     sync.Mutex  // guards leases
+	leases map[int]int // size -> handlers holding it
 }
 
-// detach forgets a handler that is being cleaned up.
-func (s *appState) detach(h *Handler) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.handlers, h)
-	s.resize()
+func newLeasedLRU[K comparable, V any]() *leasedLRU[K, V] {
+	entries, _ := lru.New[K, V](1) // resized by the first lease
+	return &leasedLRU[K, V]{Cache: entries, leases: map[int]int{}}
 }
 
-// resize fits the tables to the attached handlers and drops caches no
-// handler uses any more. The caller holds s.mu.
-func (s *appState) resize() {
-	budgetSize := 0
-	cacheSizes := map[time.Duration]int{}
-	for h := range s.handlers {
-		budgetSize = max(budgetSize, h.BudgetSize)
-		if ttl := time.Duration(*h.CacheTTL); ttl > 0 {
-			cacheSizes[ttl] = max(cacheSizes[ttl], h.CacheSize)
-		}
+// lease holds size (at least 1) until the returned release is called.
+func (t *leasedLRU[K, V]) lease(size int) (release func()) {
+	size = max(size, 1)
+	t.mu.Lock()
+	t.leases[size]++
+	t.resize()
+	t.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			t.mu.Lock()
+			defer t.mu.Unlock()
+			if t.leases[size]--; t.leases[size] == 0 {
+				delete(t.leases, size)
+			}
+			t.resize()
+		})
 	}
-	if budgetSize > 0 {
-		s.players.buckets.Resize(budgetSize)
-		s.ips.buckets.Resize(budgetSize)
+}
+
+// resize fits the table to the largest lease. The caller holds t.mu.
+func (t *leasedLRU[K, V]) resize() {
+	largest := 0
+	for size := range t.leases {
+		largest = max(largest, size)
 	}
-	for ttl, codes := range s.codes {
-		if size, used := cacheSizes[ttl]; used {
-			codes.entries.Resize(size)
-		} else {
-			delete(s.codes, ttl)
-		}
+	if largest > 0 {
+		t.Resize(largest)
 	}
 }

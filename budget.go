@@ -1,0 +1,188 @@
+package wechatlogin
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// Budget is a number of logins allowed in any interval of length Window: a
+// sliding window, so that no burst at the edge of a window can double it.
+type Budget struct {
+	// Events allowed in any interval of length Window.
+	Events int `json:"events,omitempty"`
+	// The length of the sliding window.
+	Window caddy.Duration `json:"window,omitempty"`
+	// Off disables the budget (ip_budget only).
+	Off bool `json:"off,omitempty"`
+}
+
+// wechatMinuteQuota is WeChat's own limit: 100 jscode2session calls per user
+// per minute (errcode 45011 past it).
+const wechatMinuteQuota = 100
+
+// withinWechatQuota refuses a player budget that would let a client exceed
+// WeChat's quota: more than 100 in one burst, or more than 100 per minute as
+// a rate (so 200 per 2m is refused too).
+func (b Budget) withinWechatQuota() error {
+	if b.Events > wechatMinuteQuota || float64(b.Events)/time.Duration(b.Window).Minutes() > wechatMinuteQuota {
+		return fmt.Errorf("%d per %s is more than WeChat allows (%d per player per minute; past it WeChat answers 45011)",
+			b.Events, time.Duration(b.Window), wechatMinuteQuota)
+	}
+	return nil
+}
+
+// budgetStore keeps one budget per key under one handler's limits. The
+// in-memory store is the default; with Redis, the fleet's gateways share
+// one. Implementations are safe for concurrent use.
+type budgetStore interface {
+	// spend charges one event to key if the budget has room; otherwise it
+	// charges nothing and reports how long until it has.
+	spend(ctx context.Context, key string) (wait time.Duration, ok bool)
+	// check reports what spend would, without charging.
+	check(ctx context.Context, key string) (wait time.Duration, ok bool)
+}
+
+// budgetSlots is how many slots a window is cut into. A budget counts the
+// slots that overlap the last window, one more than fit in it, so a steady
+// client gets Events per Window + Window/budgetSlots: 20/21 of the nominal
+// rate (57 a minute under the default 60 per 1m), in exchange for a promise
+// that holds for every interval and costs a fixed 84 bytes a key.
+const budgetSlots = 20
+
+// slidingWindow is one key's charges, counted per slot of its window.
+//
+// Any interval of length Window lies within budgetSlots+1 consecutive slots,
+// and a charge is only made while the last budgetSlots+1 slots hold fewer
+// than Events: so no interval of length Window ever holds more than Events.
+type slidingWindow struct {
+	mu     sync.Mutex // guards the fields below
+	slot   time.Duration
+	last   int64 // the latest slot index seen: this key's clock never moves back
+	counts [budgetSlots + 1]uint32
+}
+
+// charge is spend (or check, when spend is false) for one key at now, under
+// events per window.
+func (w *slidingWindow) charge(now time.Time, events int, window time.Duration, spend bool) (time.Duration, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	slot := max(window/budgetSlots, 1)
+	if w.slot != slot {
+		w.rescale(slot, now.UnixNano()/int64(slot))
+	}
+	current := max(now.UnixNano()/int64(slot), w.last)
+	w.advance(current)
+
+	counted := 0
+	for _, n := range w.counts {
+		counted += int(n)
+	}
+	if counted < events {
+		if spend {
+			w.counts[current%int64(len(w.counts))]++
+		}
+		return 0, true
+	}
+	// Refused: wait until enough of the oldest slots have left the window.
+	for oldest := current - budgetSlots; oldest <= current; oldest++ {
+		counted -= int(w.counts[oldest%int64(len(w.counts))])
+		if counted < events {
+			leaves := time.Unix(0, (oldest+budgetSlots+1)*int64(slot))
+			return max(leaves.Sub(now), time.Millisecond), false
+		}
+	}
+	// Only reachable when events shrank below what one slot holds.
+	return window, false
+}
+
+// advance empties the slots between the last one seen and current.
+func (w *slidingWindow) advance(current int64) {
+	for i := w.last + 1; i <= current && i <= w.last+int64(len(w.counts)); i++ {
+		w.counts[i%int64(len(w.counts))] = 0
+	}
+	w.last = max(w.last, current)
+}
+
+// rescale adopts another slot length (a reload changed the window): every
+// charge counted so far moves to the current slot, so it is forgiven no
+// earlier than a full new window from now. Never a refill.
+func (w *slidingWindow) rescale(slot time.Duration, current int64) {
+	var total uint32
+	for i, n := range w.counts {
+		total += n
+		w.counts[i] = 0
+	}
+	w.slot, w.last = slot, current
+	w.counts[current%int64(len(w.counts))] = total
+}
+
+// budgetTable holds the in-memory windows of one configuration's players
+// or IPs, shared by its handlers across reloads (each applies its own
+// limits); bounded, so memory stays flat however many keys arrive. Dropping
+// the least recently used key can only forgive a client, never punish one
+// wrongly.
+type budgetTable = leasedLRU[string, *slidingWindow]
+
+func newBudgetTable() *budgetTable { return newLeasedLRU[string, *slidingWindow]() }
+
+// memoryBudget is one handler's view of a budget table: the table's windows
+// under the handler's limits and clock.
+type memoryBudget struct {
+	table *budgetTable
+	limit Budget
+	now   func() time.Time
+}
+
+func newMemoryBudget(table *budgetTable, limit Budget, now func() time.Time) memoryBudget {
+	return memoryBudget{table: table, limit: limit, now: now}
+}
+
+func (b memoryBudget) window(key string) *slidingWindow {
+	if w, ok := b.table.Get(key); ok {
+		return w
+	}
+	// Two first charges for one key may race here; PeekOrAdd keeps one
+	// window for both.
+	w := new(slidingWindow)
+	if prev, found, _ := b.table.PeekOrAdd(key, w); found {
+		return prev
+	}
+	return w
+}
+
+func (b memoryBudget) spend(_ context.Context, key string) (time.Duration, bool) {
+	// The clock is read here, at the charge, never earlier: a slow request
+	// cannot hand its budget a time that has passed.
+	return b.window(key).charge(b.now(), b.limit.Events, time.Duration(b.limit.Window), true)
+}
+
+func (b memoryBudget) check(_ context.Context, key string) (time.Duration, bool) {
+	return b.window(key).charge(b.now(), b.limit.Events, time.Duration(b.limit.Window), false)
+}
+
+// unlimited is the budget of ip_budget off.
+type unlimited struct{}
+
+func (unlimited) spend(context.Context, string) (time.Duration, bool) { return 0, true }
+func (unlimited) check(context.Context, string) (time.Duration, bool) { return 0, true }
+
+// ipBudgetKey is the budget key of a client address: an IPv4 address as it
+// is, an IPv6 address by its /64, the prefix one subscriber is given, so
+// that the 2^64 addresses of one subscriber share one budget.
+func ipBudgetKey(ip string) string {
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return ip
+	}
+	addr = addr.Unmap()
+	if addr.Is4() {
+		return addr.String()
+	}
+	prefix, _ := addr.WithZone("").Prefix(64)
+	return prefix.String()
+}

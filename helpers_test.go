@@ -1,0 +1,143 @@
+package wechatlogin
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
+	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Test helpers shared by the package's test files.
+
+// The app every unit test uses; the simulator knows it.
+const (
+	testAppID  = "wxunittest"
+	testSecret = "unit-test-app-secret"
+)
+
+// newTestSim starts a simulator knowing the test app.
+func newTestSim(t testing.TB) (*wechatsim.Server, string) {
+	t.Helper()
+	sim, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: testAppID, Secret: testSecret, UnionBound: true}}})
+	return sim, simURL
+}
+
+// provisionHandler provisions h as Caddy would and cleans it up after the test.
+func provisionHandler(t testing.TB, h *Handler) error {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := h.Provision(ctx); err != nil {
+		return err
+	}
+	t.Cleanup(func() { _ = h.Cleanup() })
+	return h.Validate()
+}
+
+func newTestHandler(t testing.TB, endpoint string, configure func(*Handler)) *Handler {
+	t.Helper()
+	h := &Handler{AppID: testAppID, AppSecret: testSecret, Endpoint: endpoint}
+	if configure != nil {
+		configure(h)
+	}
+	if err := provisionHandler(t, h); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// newTestRequest is a request as Caddy hands it to a handler: with a replacer and
+// the client IP in the context.
+func newTestRequest(ctx context.Context, method, target string, body io.Reader) (*http.Request, *caddy.Replacer) {
+	r := httptest.NewRequestWithContext(ctx, method, target, body)
+	repl := caddy.NewReplacer()
+	ctx = context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl)
+	ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: "203.0.113.7"})
+	return r.WithContext(ctx), repl
+}
+
+// recordingUpstream records what reached the next handler.
+type recordingUpstream struct {
+	mu      sync.Mutex
+	headers []http.Header
+}
+
+func (u *recordingUpstream) handler() caddyhttp.Handler {
+	return caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		u.mu.Lock()
+		u.headers = append(u.headers, r.Header.Clone())
+		u.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	})
+}
+
+func (u *recordingUpstream) count() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.headers)
+}
+
+// counterValue reads a counter's value.
+func counterValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	_ = c.Write(&m)
+	return m.GetCounter().GetValue()
+}
+
+// testEpoch is where fake clocks start: mid-minute, so that a minute boundary
+// is never hit by accident.
+var testEpoch = time.Date(2026, 11, 23, 12, 0, 30, 0, time.UTC)
+
+// newTestClock is a fake clock standing at testEpoch.
+func newTestClock() *testkit.Clock { return testkit.NewClock(testEpoch) }
+
+// newClockedHandler provisions a handler for the test app on clock.
+func newClockedHandler(t testing.TB, endpoint string, clock *testkit.Clock, configure func(*Handler)) *Handler {
+	t.Helper()
+	return newTestHandler(t, endpoint, func(h *Handler) {
+		h.AppID, h.AppSecret, h.now = testAppID, testSecret, clock.Now
+		if configure != nil {
+			configure(h)
+		}
+	})
+}
+
+// serveTestLogin serves a login with code from ip and reports the response and
+// whether it was forwarded.
+func serveTestLogin(t testing.TB, h *Handler, code, ip string) (*httptest.ResponseRecorder, bool) {
+	t.Helper()
+	r, _ := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code="+code, nil)
+	caddyhttp.SetVar(r.Context(), caddyhttp.ClientIPVarKey, ip)
+	up := &recordingUpstream{}
+	w := httptest.NewRecorder()
+	if err := h.ServeHTTP(w, r, up.handler()); err != nil {
+		t.Fatal(err)
+	}
+	return w, up.count() == 1
+}
+
+// wantRateLimited checks a 429 as the contract words it.
+func wantRateLimited(t *testing.T, w *httptest.ResponseRecorder, forwarded bool, retryAfter string) {
+	t.Helper()
+	var body errorBody
+	_ = json.Unmarshal(w.Body.Bytes(), &body)
+	if w.Code != http.StatusTooManyRequests || body.Error != errRateLimited || forwarded {
+		t.Fatalf("got %d %s (forwarded: %v), want 429 rate_limited and nothing forwarded", w.Code, w.Body, forwarded)
+	}
+	if got := w.Header().Get("Retry-After"); got != retryAfter {
+		t.Errorf("Retry-After %q, want %q", got, retryAfter)
+	}
+}

@@ -1,0 +1,150 @@
+package wechatlogin
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// expiredSessionGrace is how long after its expiry a session token still
+// names whose login it is, for the budget: the signature still proves it, and
+// a client stuck in a login loop after its session expired is stopped before
+// WeChat, not after.
+const expiredSessionGrace = 24 * time.Hour
+
+// authenticateLogin decides a login: the identity its code proves, or the
+// refusal to answer with. It charges the budgets on the way and writes
+// nothing; ServeHTTP acts on the decision.
+func (h *Handler) authenticateLogin(r *http.Request) (Identity, *loginError) {
+	ctx := r.Context()
+	if wait, ok := h.ips.spend(ctx, ipBudgetKey(clientIP(r))); !ok {
+		h.metrics.budgetRejected("ip")
+		return Identity{}, rateLimited("too many logins from this address", wait)
+	}
+	code, refusal := loginCode(r, h.CodeField)
+	if refusal != nil {
+		return Identity{}, refusal
+	}
+	var sessionPlayer string
+	if h.sessions != nil {
+		sessionPlayer, _ = h.sessions.presentedPlayer(r, expiredSessionGrace)
+	}
+	id, outcome, refusal := h.codes.redeem(ctx, newCodeKey(h.AppID, code), func() (Identity, *loginError) {
+		return h.exchangeOnce(ctx, code, sessionPlayer)
+	})
+	switch outcome {
+	case redeemedFromCache:
+		h.metrics.cacheHit()
+	case redeemedByJoining:
+		h.metrics.coalesced()
+	}
+	if refusal != nil {
+		return Identity{}, refusal
+	}
+	if outcome == redeemedFromCache {
+		// Reusing a result costs no WeChat call, so it is checked, not
+		// charged; a client replaying one code in a loop is still stopped.
+		if wait, ok := h.players.check(ctx, id.OpenID); !ok {
+			h.metrics.budgetRejected("player")
+			return Identity{}, playerRateLimited(wait)
+		}
+	}
+	return id, nil
+}
+
+// exchangeOnce is the one WeChat call for a code, made on behalf of every
+// login waiting for it, and charged once to the player: before the call when
+// the login carries a session of this gateway's (so a player in a login loop
+// is stopped before WeChat), after it otherwise. An identity that the budget
+// refuses is still returned, for the cache: the code is spent at WeChat.
+//
+// It runs on its own deadline, bounded by the retry policy, so that the first
+// client hanging up does not fail the others.
+func (h *Handler) exchangeOnce(reqCtx context.Context, code, sessionPlayer string) (Identity, *loginError) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(reqCtx), h.client.worstCase())
+	defer cancel()
+	if sessionPlayer != "" {
+		if refusal := h.chargePlayer(ctx, sessionPlayer); refusal != nil {
+			return Identity{}, refusal
+		}
+	}
+
+	start := time.Now()
+	id, res, err := h.client.redeemCode(ctx, code)
+	elapsed := time.Since(start)
+	h.metrics.exchanged(res.attempts, elapsed)
+	if err != nil {
+		refusal := loginErrorFor(err, h.client.retry, h.now())
+		h.logExchange(refusal.code, res, elapsed, err)
+		return Identity{}, refusal
+	}
+	h.logExchange("ok", res, elapsed, nil)
+
+	if id.OpenID != sessionPlayer {
+		if refusal := h.chargePlayer(ctx, id.OpenID); refusal != nil {
+			return id, refusal
+		}
+	}
+	return id, nil
+}
+
+// chargePlayer spends one event of the player's budget: the one place a
+// WeChat call is charged.
+func (h *Handler) chargePlayer(ctx context.Context, openID string) *loginError {
+	if wait, ok := h.players.spend(ctx, openID); !ok {
+		h.metrics.budgetRejected("player")
+		return playerRateLimited(wait)
+	}
+	return nil
+}
+
+func playerRateLimited(wait time.Duration) *loginError {
+	return rateLimited("too many logins for this player", wait)
+}
+
+// logExchange writes one line per exchange: at debug level normally, at
+// error level when WeChat says our configuration is wrong. It logs WeChat's
+// rid, never its errmsg or anything of the request.
+func (h *Handler) logExchange(result string, res exchangeResult, elapsed time.Duration, err *attemptError) {
+	level := zapcore.DebugLevel
+	msg := "wechat exchange"
+	if result == errWechatMisconfigured {
+		level = zapcore.ErrorLevel
+		msg = "wechat refused the configured app_id or app_secret"
+	}
+	ce := h.logger.Check(level, msg)
+	if ce == nil {
+		return
+	}
+	fields := []zap.Field{
+		zap.String("app_id", h.AppID),
+		zap.String("result", result),
+		zap.Int("attempts", res.attempts),
+		zap.Duration("duration", elapsed),
+	}
+	if err != nil {
+		if err.kind == kindErrcode {
+			fields = append(fields, zap.Int("errcode", err.errcode), zap.String("rid", err.rid))
+		}
+		fields = append(fields, zap.String("error", err.Error()))
+	}
+	ce.Write(fields...)
+}
+
+// clientIP is the client address as Caddy determined it, which honours
+// trusted_proxies behind a load balancer.
+func clientIP(r *http.Request) string {
+	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
+		return ip
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
