@@ -157,7 +157,7 @@ func captureStderr() (func() string, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := unix.Dup3(int(w.Fd()), 2, 0); err != nil {
+	if err := redirectFD(int(w.Fd()), 2); err != nil {
 		return nil, err
 	}
 	echo := os.NewFile(uintptr(original), "stderr")
@@ -168,7 +168,7 @@ func captureStderr() (func() string, error) {
 		_, _ = io.Copy(io.MultiWriter(&buf, echo), r)
 	}()
 	restore := func() string {
-		_ = unix.Dup3(original, 2, 0)
+		_ = redirectFD(original, 2)
 		_ = w.Close()
 		<-done
 		return buf.String()
