@@ -1,0 +1,170 @@
+package testkit
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Gateway is a Caddy process of its own (cmd/caddy, built once per test
+// binary), for tests where several gateways must not share the memory of one
+// process: a fleet behind a load balancer.
+type Gateway struct {
+	// URL is where the gateway serves, e.g. http://127.0.0.1:41234.
+	URL       string
+	HTTPPort  int
+	AdminPort int
+	cmd       *exec.Cmd
+	logs      *lockedBuffer
+	dir       string
+}
+
+var (
+	buildOnce sync.Once
+	caddyBin  string
+	buildErr  error
+)
+
+// caddyBinary builds ./cmd/caddy into a temporary directory, once.
+func caddyBinary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "wechat-login-caddy-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		caddyBin = filepath.Join(dir, "caddy")
+		_, file, _, _ := runtime.Caller(0)
+		root := filepath.Join(filepath.Dir(file), "..", "..")
+		cmd := exec.Command("go", "build", "-o", caddyBin, "./cmd/caddy")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("building cmd/caddy: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return caddyBin
+}
+
+// globalOptions is the global options block of a gateway: its own ports,
+// debug logs (so that every line the module can write is written and
+// scanned) and no HTTPS.
+func (g *Gateway) globalOptions() string {
+	return fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\thttp_port %d\n\thttps_port %d\n\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n\tdebug\n}\n",
+		g.AdminPort, g.HTTPPort, FreePort())
+}
+
+// Site is a site block of the gateway, on its HTTP port.
+func (g *Gateway) Site(directives ...string) string {
+	return fmt.Sprintf("\nhttp://127.0.0.1:%d {\n%s\n}\n", g.HTTPPort, strings.Join(directives, "\n"))
+}
+
+// StartGateway starts a Caddy process; configure returns its site blocks
+// (use g.Site) given the gateway's ports. The process is stopped, and its
+// logs scanned for secrets, when the test ends.
+func StartGateway(t testing.TB, configure func(g *Gateway) string) *Gateway {
+	t.Helper()
+	bin := caddyBinary(t)
+	g := &Gateway{HTTPPort: FreePort(), AdminPort: FreePort(), logs: new(lockedBuffer), dir: t.TempDir()}
+	g.URL = fmt.Sprintf("http://127.0.0.1:%d", g.HTTPPort)
+	path := filepath.Join(g.dir, "Caddyfile")
+	if err := os.WriteFile(path, []byte(g.globalOptions()+configure(g)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g.cmd = exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
+	g.cmd.Env = append(os.Environ(), "HOME="+g.dir, "XDG_DATA_HOME="+g.dir, "XDG_CONFIG_HOME="+g.dir)
+	g.cmd.Stdout, g.cmd.Stderr = g.logs, g.logs
+	if err := g.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.stop(t) })
+	g.waitReady(t)
+	return g
+}
+
+// waitReady waits until the gateway answers on its admin port.
+func (g *Gateway) waitReady(t testing.TB) {
+	t.Helper()
+	url := fmt.Sprintf("http://127.0.0.1:%d/config/", g.AdminPort)
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if g.cmd.ProcessState != nil {
+			break
+		}
+	}
+	t.Fatalf("gateway did not start:\n%s", g.logs.String())
+}
+
+// Reload loads a new configuration into the running gateway through its
+// admin API, as `caddy reload` does.
+func (g *Gateway) Reload(t testing.TB, configure func(g *Gateway) string) {
+	t.Helper()
+	url := fmt.Sprintf("http://127.0.0.1:%d/load", g.AdminPort)
+	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(g.globalOptions()+configure(g)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "text/caddyfile")
+	resp, err := Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("reload refused: %v", resp)
+	}
+}
+
+// Logs is everything the gateway wrote so far.
+func (g *Gateway) Logs() string { return g.logs.String() }
+
+func (g *Gateway) stop(t testing.TB) {
+	if g.cmd.Process != nil {
+		_ = g.cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { _ = g.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = g.cmd.Process.Kill()
+			<-done
+		}
+	}
+	if leaks := Leaks(g.logs.String()); len(leaks) > 0 {
+		t.Errorf("%d secret(s), code(s) or session_key(s) appeared in a gateway's logs", len(leaks))
+	}
+}
+
+// lockedBuffer is a bytes.Buffer that a process's output and a test may use
+// at once.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
