@@ -183,26 +183,31 @@ func mustJSON(v any) string {
 	return string(b)
 }
 
-// TestReadmeJSONShowsTheDefaults keeps README.md's JSON example honest: it
-// must decode to exactly what Provision makes of the minimal config.
-func TestReadmeJSONShowsTheDefaults(t *testing.T) {
-	readme, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, rest, ok := strings.Cut(string(readme), "```json\n{\n\t\"handler\": \"wechat_login\"")
-	block, _, closed := strings.Cut(rest, "```")
-	if !ok || !closed {
-		t.Fatal("README.md has no JSON example of the handler")
-	}
-	var documented Handler
-	if err := json.Unmarshal([]byte("{\"handler\": \"wechat_login\""+block), &documented); err != nil {
-		t.Fatalf("the README's JSON does not decode: %v", err)
-	}
+// TestDocumentedJSONShowsTheDefaults keeps the JSON examples of README.md
+// and docs/configuration.md honest: each must decode to exactly what
+// Provision makes of the minimal config.
+func TestDocumentedJSONShowsTheDefaults(t *testing.T) {
 	minimal := Handler{AppID: "wx1234567890abcdef", AppSecret: "{env.WECHAT_APP_SECRET}",
 		Session: &SessionConfig{Secrets: []string{"{env.WECHAT_SESSION_SECRET}"}}}
 	minimal.setDefaults()
-	if got, want := mustJSON(documented), mustJSON(minimal); got != want {
-		t.Errorf("the README's JSON is not the defaults:\nREADME   %s\ndefaults %s", got, want)
+	for _, file := range []string{"README.md", "docs/configuration.md"} {
+		text, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, rest, ok := strings.Cut(string(text), "```json\n{\n\t\"handler\": \"wechat_login\"")
+		block, _, closed := strings.Cut(rest, "```")
+		if !ok || !closed {
+			t.Errorf("%s has no JSON example of the handler", file)
+			continue
+		}
+		var documented Handler
+		if err := json.Unmarshal([]byte("{\"handler\": \"wechat_login\""+block), &documented); err != nil {
+			t.Errorf("the JSON of %s does not decode: %v", file, err)
+			continue
+		}
+		if got, want := mustJSON(documented), mustJSON(minimal); got != want {
+			t.Errorf("the JSON of %s is not the defaults:\ndocumented %s\ndefaults   %s", file, got, want)
+		}
 	}
 }
