@@ -2,7 +2,7 @@ package wechatlogin
 
 import (
 	"strconv"
-	"time"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -23,7 +23,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 	return m, err
 }
 
-// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Every value
+// is judged by the check Validate applies to a JSON config, so a bad one is
+// refused here with the same message and its line. Syntax:
 //
 //	wechat_login [<matcher>] {
 //		app_id        <appid>
@@ -47,7 +49,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		}
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // the directive name
+	d.Next()        // the directive name
+	directive := *d // to name the directive's line for what is missing from its block
 	if d.NextArg() {
 		return d.ArgErr()
 	}
@@ -61,42 +64,34 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		var err error
 		switch sub {
 		case "app_id":
-			h.AppID, err = oneArg(d)
+			h.AppID, err = stringArg(d, checkAppID)
 		case "app_secret":
-			h.AppSecret, err = oneArg(d)
+			// Placeholders are resolved, and checked, at provision.
+			h.AppSecret, err = stringArg(d, func(s string) error { return checkAppSecret(s, s) })
 		case "login_path":
-			h.LoginPath, err = oneArg(d)
+			h.LoginPath, err = stringArg(d, checkLoginPath)
 		case "code_field":
-			h.CodeField, err = oneArg(d)
+			h.CodeField, err = stringArg(d, checkCodeField)
 		case "endpoint":
-			h.Endpoint, err = oneArg(d)
+			h.Endpoint, err = stringArg(d, checkEndpoint)
 		case "timeout":
-			h.Timeout, err = durationArg(d)
-			if err == nil && h.Timeout <= 0 {
-				err = d.Errf("timeout: must be positive")
-			}
+			h.Timeout, err = durationArg(d, checkTimeout)
 		case "retry":
 			h.Retry, err = parseRetry(d)
 		case "budget":
-			h.Budget, err = parseBudget(d, false)
+			h.Budget, err = parseBudget(d, false, checkPlayerBudget)
 		case "ip_budget":
-			h.IPBudget, err = parseBudget(d, true)
+			h.IPBudget, err = parseBudget(d, true, checkIPBudget)
 		case "cache_ttl":
 			var ttl caddy.Duration
-			ttl, err = durationArg(d)
-			if err == nil && ttl < 0 {
-				err = d.Errf("cache_ttl: must not be negative")
-			}
+			ttl, err = durationArg(d, checkCacheTTL)
 			h.CacheTTL = &ttl
 		case "cache_size":
-			h.CacheSize, err = positiveIntArg(d)
+			h.CacheSize, err = intArg(d, checkCacheSize)
 		case "budget_size":
-			h.BudgetSize, err = positiveIntArg(d)
+			h.BudgetSize, err = intArg(d, checkBudgetSize)
 		case "forward_session_key":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			h.ForwardSessionKey = true
+			h.ForwardSessionKey, err = flagArg(d)
 		case "session":
 			h.Session, err = parseSession(d)
 		default:
@@ -105,6 +100,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		if err != nil {
 			return err
 		}
+	}
+	if err := checkAppID(h.AppID); err != nil {
+		return directive.WrapErr(err)
+	}
+	if err := checkAppSecret(h.AppSecret, h.AppSecret); err != nil {
+		return directive.WrapErr(err)
 	}
 	return nil
 }
@@ -121,36 +122,66 @@ func oneArg(d *caddyfile.Dispenser) (string, error) {
 	return v, nil
 }
 
-func durationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
+// flagArg reads a subdirective that takes no value.
+func flagArg(d *caddyfile.Dispenser) (bool, error) {
+	if d.NextArg() {
+		return false, d.ArgErr()
+	}
+	return true, nil
+}
+
+func stringArg(d *caddyfile.Dispenser, check func(string) error) (string, error) {
+	v, err := oneArg(d)
+	if err != nil {
+		return "", err
+	}
+	if err := check(v); err != nil {
+		return "", d.WrapErr(err)
+	}
+	return v, nil
+}
+
+func durationArg(d *caddyfile.Dispenser, check func(caddy.Duration) error) (caddy.Duration, error) {
 	sub := d.Val()
 	v, err := oneArg(d)
 	if err != nil {
 		return 0, err
 	}
-	return parseDuration(d, sub, v)
+	return parseDuration(d, sub, v, check)
 }
 
-func parseDuration(d *caddyfile.Dispenser, sub, v string) (caddy.Duration, error) {
+// parseDuration parses v and judges it with check, unless check is nil
+// because the value is judged together with others.
+func parseDuration(d *caddyfile.Dispenser, sub, v string, check func(caddy.Duration) error) (caddy.Duration, error) {
 	dur, err := caddy.ParseDuration(v)
 	if err != nil {
 		return 0, d.Errf("%s: bad duration %q: %v", sub, v, err)
 	}
+	if check == nil {
+		return caddy.Duration(dur), nil
+	}
+	if err := check(caddy.Duration(dur)); err != nil {
+		return 0, d.WrapErr(err)
+	}
 	return caddy.Duration(dur), nil
 }
 
-func positiveIntArg(d *caddyfile.Dispenser) (int, error) {
+func intArg(d *caddyfile.Dispenser, check func(int) error) (int, error) {
 	sub := d.Val()
 	v, err := oneArg(d)
 	if err != nil {
 		return 0, err
 	}
-	return parsePositiveInt(d, sub, v)
+	return parseInt(d, sub, v, check)
 }
 
-func parsePositiveInt(d *caddyfile.Dispenser, sub, v string) (int, error) {
+func parseInt(d *caddyfile.Dispenser, sub, v string, check func(int) error) (int, error) {
 	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 {
-		return 0, d.Errf("%s: %q is not a positive whole number", sub, v)
+	if err != nil {
+		return 0, d.Errf("%s: %q is not a whole number", sub, v)
+	}
+	if err := check(n); err != nil {
+		return 0, d.WrapErr(err)
 	}
 	return n, nil
 }
@@ -163,54 +194,49 @@ func parseRetry(d *caddyfile.Dispenser) (*RetryConfig, error) {
 	}
 	r := new(RetryConfig)
 	var err error
-	if r.Attempts, err = parsePositiveInt(d, "retry", args[0]); err != nil {
+	if r.Attempts, err = parseInt(d, "retry", args[0], checkAttempts); err != nil {
 		return nil, err
 	}
 	if len(args) > 1 {
-		if r.Base, err = parseDuration(d, "retry", args[1]); err != nil {
+		if r.Base, err = parseDuration(d, "retry", args[1], checkRetryBase); err != nil {
 			return nil, err
 		}
 	}
 	if len(args) > 2 {
-		if r.Max, err = parseDuration(d, "retry", args[2]); err != nil {
+		if r.Max, err = parseDuration(d, "retry", args[2], checkRetryMax); err != nil {
 			return nil, err
 		}
-		if r.Max < r.Base {
-			return nil, d.Errf("retry: max %s is below base %s", time.Duration(r.Max), time.Duration(r.Base))
+		if err := checkBackoffOrder(r.Base, r.Max); err != nil {
+			return nil, d.WrapErr(err)
 		}
 	}
 	return r, nil
 }
 
 // parseBudget reads `<events> <window>`, or `off` where allowed.
-func parseBudget(d *caddyfile.Dispenser, offAllowed bool) (*Budget, error) {
+func parseBudget(d *caddyfile.Dispenser, offAllowed bool, check func(*Budget) error) (*Budget, error) {
 	sub := d.Val()
 	args := d.RemainingArgs()
-	if offAllowed && len(args) == 1 && args[0] == "off" {
-		return &Budget{Off: true}, nil
-	}
-	if len(args) != 2 {
-		if offAllowed {
-			return nil, d.Errf("%s: expected <events> <window> or off", sub)
+	b := new(Budget)
+	switch {
+	case len(args) == 1 && args[0] == "off":
+		b.Off = true
+	case len(args) == 2:
+		var err error
+		if b.Events, err = strconv.Atoi(args[0]); err != nil {
+			return nil, d.Errf("%s: %q is not a whole number", sub, args[0])
 		}
+		if b.Window, err = parseDuration(d, sub, args[1], nil); err != nil {
+			return nil, err
+		}
+	case offAllowed:
+		return nil, d.Errf("%s: expected <events> <window> or off", sub)
+	default:
 		return nil, d.Errf("%s: expected <events> <window>", sub)
 	}
-	events, err := parsePositiveInt(d, sub, args[0])
-	if err != nil {
-		return nil, err
-	}
-	window, err := parseDuration(d, sub, args[1])
-	if err != nil {
-		return nil, err
-	}
-	if window <= 0 {
-		return nil, d.Errf("%s: window must be positive", sub)
-	}
-	b := &Budget{Events: events, Window: window}
-	if !offAllowed {
-		if err := b.withinWechatQuota(); err != nil {
-			return nil, d.Errf("%s: %v", sub, err)
-		}
+	// Events and window are judged together, as Validate does.
+	if err := check(b); err != nil {
+		return nil, d.WrapErr(err)
 	}
 	return b, nil
 }
@@ -227,38 +253,33 @@ func parseSession(d *caddyfile.Dispenser) (*SessionConfig, error) {
 			return nil, d.Errf("session: %s given more than once", sub)
 		}
 		seen[sub] = true
+		var err error
 		switch sub {
 		case "secret":
-			v, err := oneArg(d)
-			if err != nil {
-				return nil, err
-			}
+			n := len(s.Secrets) + 1
+			var v string
+			v, err = stringArg(d, func(v string) error {
+				if strings.Contains(v, "{") {
+					return nil // placeholders are resolved, and checked, at provision
+				}
+				return checkSessionSecret(n, []byte(v))
+			})
 			s.Secrets = append(s.Secrets, v)
 		case "ttl":
-			ttl, err := durationArg(d)
-			if err != nil {
-				return nil, err
-			}
-			if ttl <= 0 {
-				return nil, d.Errf("session: ttl must be positive")
-			}
-			s.TTL = ttl
+			s.TTL, err = durationArg(d, checkSessionTTL)
 		case "optional":
-			if d.NextArg() {
-				return nil, d.ArgErr()
-			}
-			s.Optional = true
+			s.Optional, err = flagArg(d)
 		case "respond":
-			if d.NextArg() {
-				return nil, d.ArgErr()
-			}
-			s.Respond = true
+			s.Respond, err = flagArg(d)
 		default:
 			return nil, d.Errf("session: unrecognized subdirective: %s", sub)
 		}
+		if err != nil {
+			return nil, err
+		}
 	}
 	if len(s.Secrets) == 0 {
-		return nil, d.Errf("session: at least one secret is required")
+		return nil, d.WrapErr(errNoSessionSecret)
 	}
 	return s, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -62,45 +63,37 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 	}
 }
 
+// Syntax the Caddyfile alone can get wrong is refused with its line; bad
+// values are in config_test.go, with their JSON twins.
 func TestUnmarshalCaddyfileErrors(t *testing.T) {
-	for _, tc := range []struct{ body, want string }{
-		{"app_id", "app_id: missing value"},
-		{"app_id a b", "app_id: one value expected"},
-		{"app_id a\napp_id b", "app_id: given more than once"},
-		{"appid wx1", "unrecognized subdirective: appid"},
-		{"timeout soon", `timeout: bad duration "soon"`},
-		{"timeout 0s", "timeout: must be positive"},
-		{"retry", "retry: expected <attempts>"},
-		{"retry 0", `retry: "0" is not a positive whole number`},
-		{"retry 3 1s 100ms", "retry: max 100ms is below base 1s"},
-		{"retry 1 2 3 4", "retry: expected <attempts>"},
-		{"budget 60", "budget: expected <events> <window>"},
-		{"budget off", "budget: expected <events> <window>"},
-		{"budget 101 1m", "more than WeChat allows"},
-		{"budget 200 2m", "more than WeChat allows"},
-		{"budget 10 1s", "more than WeChat allows"},
-		{"budget 0 1m", "budget: \"0\" is not a positive whole number"},
-		{"budget 10 0s", "budget: window must be positive"},
-		{"ip_budget lots", "ip_budget: expected <events> <window> or off"},
-		{"cache_ttl -1s", "cache_ttl: must not be negative"},
-		{"cache_size 0", `cache_size: "0" is not a positive whole number`},
-		{"budget_size many", `budget_size: "many" is not a positive whole number`},
-		{"forward_session_key yes", "wrong argument count"},
-		{"session", "session: at least one secret is required"},
-		{"session {\n ttl 1h\n}", "session: at least one secret is required"},
-		{"session {\n secret x\n ttl 0s\n}", "session: ttl must be positive"},
-		{"session {\n secret x\n sticky\n}", "session: unrecognized subdirective: sticky"},
-		{"session {\n secret x\n ttl 1h\n ttl 2h\n}", "session: ttl given more than once"},
+	for _, tc := range []struct {
+		body, want string
+		line       int
+	}{
+		{"app_id", "app_id: missing value", 2},
+		{"app_id a b", "app_id: one value expected, got another: b", 2},
+		{"app_id a\napp_id b", "app_id: given more than once", 3},
+		{"appid wx1", "unrecognized subdirective: appid", 2},
+		{"timeout soon", `timeout: bad duration "soon": time: invalid duration "soon"`, 2},
+		{"retry", "retry: expected <attempts> [<base> [<max>]]", 2},
+		{"retry three", `retry: "three" is not a whole number`, 2},
+		{"retry 1 2 3 4", "retry: expected <attempts> [<base> [<max>]]", 2},
+		{"budget 60", "budget: expected <events> <window>", 2},
+		{"budget many 1m", `budget: "many" is not a whole number`, 2},
+		{"budget 60 soon", `budget: bad duration "soon": time: invalid duration "soon"`, 2},
+		{"ip_budget lots", "ip_budget: expected <events> <window> or off", 2},
+		{"budget_size many", `budget_size: "many" is not a whole number`, 2},
+		{"forward_session_key yes", "wrong argument count or unexpected line ending after 'yes'", 2},
+		{"session {\n ttl 1h\n}", "session: at least one secret is required", 4},
+		{"session {\n secret {env.K}\n sticky\n}", "session: unrecognized subdirective: sticky", 4},
+		{"session {\n secret {env.K}\n ttl 1h\n ttl 2h\n}", "session: ttl given more than once", 5},
+		{"session {\n secret {env.K}\n optional yes\n}", "wrong argument count or unexpected line ending after 'yes'", 4},
+		{"session on", "wrong argument count or unexpected line ending after 'on'", 2},
 	} {
 		d := caddyfile.NewTestDispenser("wechat_login {\n" + tc.body + "\n}")
-		var h Handler
-		err := h.UnmarshalCaddyfile(d)
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%q: got %v, want an error containing %q", tc.body, err, tc.want)
-			continue
-		}
-		if !strings.Contains(err.Error(), "Testfile:") {
-			t.Errorf("%q: the error does not name the Caddyfile line: %v", tc.body, err)
+		want := fmt.Sprintf("%s, at Testfile:%d", tc.want, tc.line)
+		if err := new(Handler).UnmarshalCaddyfile(d); err == nil || err.Error() != want {
+			t.Errorf("%q:\ngot  %v\nwant %s", tc.body, err, want)
 		}
 	}
 }
@@ -190,26 +183,31 @@ func mustJSON(v any) string {
 	return string(b)
 }
 
-// TestReadmeJSONShowsTheDefaults keeps README.md's JSON example honest: it
-// must decode to exactly what Provision makes of the minimal config.
-func TestReadmeJSONShowsTheDefaults(t *testing.T) {
-	readme, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, rest, ok := strings.Cut(string(readme), "```json\n{\n\t\"handler\": \"wechat_login\"")
-	block, _, closed := strings.Cut(rest, "```")
-	if !ok || !closed {
-		t.Fatal("README.md has no JSON example of the handler")
-	}
-	var documented Handler
-	if err := json.Unmarshal([]byte("{\"handler\": \"wechat_login\""+block), &documented); err != nil {
-		t.Fatalf("the README's JSON does not decode: %v", err)
-	}
+// TestDocumentedJSONShowsTheDefaults keeps the JSON examples of README.md
+// and docs/configuration.md honest: each must decode to exactly what
+// Provision makes of the minimal config.
+func TestDocumentedJSONShowsTheDefaults(t *testing.T) {
 	minimal := Handler{AppID: "wx1234567890abcdef", AppSecret: "{env.WECHAT_APP_SECRET}",
 		Session: &SessionConfig{Secrets: []string{"{env.WECHAT_SESSION_SECRET}"}}}
 	minimal.setDefaults()
-	if got, want := mustJSON(documented), mustJSON(minimal); got != want {
-		t.Errorf("the README's JSON is not the defaults:\nREADME   %s\ndefaults %s", got, want)
+	for _, file := range []string{"README.md", "docs/configuration.md"} {
+		text, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, rest, ok := strings.Cut(string(text), "```json\n{\n\t\"handler\": \"wechat_login\"")
+		block, _, closed := strings.Cut(rest, "```")
+		if !ok || !closed {
+			t.Errorf("%s has no JSON example of the handler", file)
+			continue
+		}
+		var documented Handler
+		if err := json.Unmarshal([]byte("{\"handler\": \"wechat_login\""+block), &documented); err != nil {
+			t.Errorf("the JSON of %s does not decode: %v", file, err)
+			continue
+		}
+		if got, want := mustJSON(documented), mustJSON(minimal); got != want {
+			t.Errorf("the JSON of %s is not the defaults:\ndocumented %s\ndefaults   %s", file, got, want)
+		}
 	}
 }

@@ -3,41 +3,71 @@ package wechatlogin
 import (
 	"errors"
 	"fmt"
+	"math"
+	"net"
 	"net/url"
 	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
 )
 
-// Defaults, as documented in the README.
+// Defaults, as documented in docs/configuration.md.
 const (
-	defaultLoginPath  = "/wx/login"
-	defaultCodeField  = "code"
-	defaultEndpoint   = "https://api.weixin.qq.com"
-	defaultTimeout    = 3 * time.Second
-	defaultAttempts   = 3
-	defaultRetryBase  = 100 * time.Millisecond
-	defaultRetryMax   = time.Second
-	defaultCacheTTL   = 5 * time.Minute // a code lives 5 minutes
+	defaultLoginPath = "/wx/login"
+	defaultCodeField = "code"
+	defaultEndpoint  = "https://api.weixin.qq.com"
+	defaultTimeout   = 3 * time.Second
+	defaultAttempts  = 3
+	defaultRetryBase = 100 * time.Millisecond
+	defaultRetryMax  = time.Second
+	// Long enough for a client's retry, short enough that a leaked code is
+	// not a lasting credential.
+	defaultCacheTTL   = time.Minute
 	defaultCacheSize  = 10000
 	defaultBudgetSize = 100000
 	defaultSessionTTL = 2 * time.Hour
-	// maxAttempts bounds retry: a login waits through every attempt, and
-	// past a few, WeChat is down rather than busy.
-	maxAttempts = 10
+)
+
+// Bounds, as documented in docs/configuration.md. Past them a value is a
+// mistake or an overflow waiting to happen (a timeout of a million hours
+// made every login's deadline negative), so it is refused at load.
+const (
+	minTimeout = 10 * time.Millisecond
+	maxTimeout = time.Minute
+	minBackoff = time.Millisecond
+	maxBackoff = time.Minute
+	// A login waits through every attempt, and past a few, WeChat is down
+	// rather than busy.
+	maxAttempts   = 10
+	maxCacheTTL   = 5 * time.Minute
+	minSessionTTL = time.Second
+	maxSessionTTL = 30 * 24 * time.Hour
+	minWindow     = time.Second
+	maxWindow     = 24 * time.Hour
+	maxIPEvents   = 10_000_000
+	maxTableSize  = 10_000_000
 )
 
 // RetryConfig bounds how WeChat's transient failures (errcode -1, HTTP 5xx,
 // connection failures, timeouts) are retried: exponential backoff with full
 // jitter from Base, capped at Max.
 type RetryConfig struct {
-	// Calls at most, the first included; 1 means no retry.
+	// Calls at most, the first included; 1 means no retry. Default 3.
 	Attempts int `json:"attempts,omitempty"`
 	// Backoff ceiling after the first failure; it doubles after each.
+	// Default 100ms.
 	Base caddy.Duration `json:"base,omitempty"`
-	// Largest backoff.
+	// Largest backoff. Default 1s, or Base if that is larger.
 	Max caddy.Duration `json:"max,omitempty"`
+}
+
+// resolvedSecrets are the configured secrets with their placeholders
+// resolved: resolved once, at provision, and kept out of the JSON.
+type resolvedSecrets struct {
+	app     string
+	session [][]byte
 }
 
 func (h *Handler) setDefaults() {
@@ -86,89 +116,285 @@ func (h *Handler) setDefaults() {
 	}
 }
 
-// Validate refuses a config that cannot work, naming the field at fault.
-func (h *Handler) Validate() error {
-	var sessionSecrets [][]byte
-	if h.sessions != nil {
-		for _, k := range h.sessions.keys {
-			sessionSecrets = append(sessionSecrets, k.secret)
-		}
-	}
-	return h.validate(sessionSecrets)
-}
-
-func (h *Handler) validate(sessionSecrets [][]byte) error {
-	switch {
-	case h.AppID == "":
-		return errors.New("app_id is required")
-	case strings.ContainsAny(h.AppID, " \t\r\n/?&#"):
-		return errors.New("app_id is not a WeChat AppID")
-	case h.AppSecret == "":
-		return errors.New("app_secret is required")
-	case h.secret == "":
-		return errors.New("app_secret is empty once its placeholders are resolved (is the environment variable or file there?)")
-	case !strings.HasPrefix(h.LoginPath, "/"):
-		return fmt.Errorf("login_path must start with /: %q", h.LoginPath)
-	case h.CodeField == "":
-		return errors.New("code_field must not be empty")
-	case h.Timeout <= 0:
-		return errors.New("timeout must be positive")
-	case h.Retry.Attempts < 1 || h.Retry.Attempts > maxAttempts:
-		return fmt.Errorf("retry: attempts must be from 1 to %d", maxAttempts)
-	case h.Retry.Base < 0 || h.Retry.Max < h.Retry.Base:
-		return errors.New("retry: need 0 <= base <= max")
-	case h.CacheTTL != nil && *h.CacheTTL < 0:
-		return errors.New("cache_ttl must not be negative")
-	case h.CacheSize < 1:
-		return errors.New("cache_size must be at least 1")
-	case h.BudgetSize < 1:
-		return errors.New("budget_size must be at least 1")
-	}
-	if err := validateEndpoint(h.Endpoint); err != nil {
-		return err
-	}
-	if err := h.Budget.validate("budget"); err != nil {
-		return err
-	}
-	if h.Budget.Off {
-		return errors.New("budget cannot be off: it keeps players under WeChat's limit")
-	}
-	if err := h.Budget.withinWechatQuota(); err != nil {
-		return fmt.Errorf("budget: %w", err)
-	}
-	if err := h.IPBudget.validate("ip_budget"); err != nil {
-		return err
-	}
+// resolveSecrets resolves the placeholders ({env.X}, {file.PATH}) of the
+// app secret and the session secrets into h.resolved.
+func (h *Handler) resolveSecrets() {
+	repl := caddy.NewReplacer()
+	h.resolved = resolvedSecrets{app: repl.ReplaceKnown(h.AppSecret, "")}
 	if h.Session != nil {
-		if len(sessionSecrets) == 0 {
-			return errors.New("session: at least one secret is required")
+		for _, s := range h.Session.Secrets {
+			h.resolved.session = append(h.resolved.session, []byte(repl.ReplaceKnown(s, "")))
 		}
-		for i, s := range sessionSecrets {
-			if len(s) < minSessionSecret {
-				return fmt.Errorf("session: secret %d is %d bytes once resolved; at least %d are required", i+1, len(s), minSessionSecret)
-			}
-		}
-		if h.Session.TTL <= 0 {
-			return errors.New("session: ttl must be positive")
+	}
+}
+
+// Validate refuses a config that cannot work, with the message the
+// Caddyfile parser gives for the same value. It reads the config and the
+// resolved secrets only, so Caddy may call it again at no cost.
+func (h *Handler) Validate() error {
+	for _, err := range []error{
+		checkAppID(h.AppID),
+		checkAppSecret(h.AppSecret, h.resolved.app),
+		checkLoginPath(h.LoginPath),
+		checkCodeField(h.CodeField),
+		checkEndpoint(h.Endpoint),
+		checkTimeout(h.Timeout),
+		checkRetry(h.Retry),
+		checkPlayerBudget(h.Budget),
+		checkIPBudget(h.IPBudget),
+		checkOptionalCacheTTL(h.CacheTTL),
+		checkCacheSize(h.CacheSize),
+		checkBudgetSize(h.BudgetSize),
+		checkSession(h.Session, h.resolved.session),
+	} {
+		if err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-func (b *Budget) validate(name string) error {
-	if b.Off {
-		return nil
-	}
-	if b.Events < 1 || b.Window <= 0 {
-		return fmt.Errorf("%s needs a positive number of events and a positive window", name)
+// The checks below each judge one value and name it in their message; the
+// Caddyfile parser calls them too, adding the line.
+
+func checkAppID(id string) error {
+	switch {
+	case id == "":
+		return errors.New("app_id is required")
+	case strings.ContainsAny(id, " \t\r\n/?&#"):
+		return errors.New("app_id is not a WeChat AppID")
 	}
 	return nil
 }
 
-func validateEndpoint(endpoint string) error {
+// checkAppSecret judges the secret as written and as resolved; the
+// Caddyfile parser, which cannot resolve it, passes the written one twice.
+func checkAppSecret(written, resolved string) error {
+	switch {
+	case written == "":
+		return errors.New("app_secret is required")
+	case resolved == "":
+		return errors.New("app_secret is empty once its placeholders are resolved (is the environment variable or file there?)")
+	}
+	return nil
+}
+
+func checkLoginPath(path string) error {
+	switch {
+	case !strings.HasPrefix(path, "/"):
+		return fmt.Errorf("login_path must start with /: %q", path)
+	case strings.ContainsAny(path, "?#"):
+		// A request's path never holds them, so no login would ever match.
+		return fmt.Errorf("login_path must be a path alone, without ? or #: %q", path)
+	}
+	return nil
+}
+
+func checkCodeField(name string) error {
+	if name == "" {
+		return errors.New("code_field must not be empty")
+	}
+	return nil
+}
+
+func checkEndpoint(endpoint string) error {
 	u, err := url.Parse(endpoint)
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
 		return fmt.Errorf("endpoint must be an http or https base URL, got %q", endpoint)
 	}
 	return nil
+}
+
+func checkTimeout(d caddy.Duration) error {
+	return checkDuration("timeout", d, minTimeout, maxTimeout)
+}
+
+func checkAttempts(n int) error { return checkRange("retry: attempts", n, 1, maxAttempts) }
+
+func checkRetryBase(d caddy.Duration) error {
+	return checkDuration("retry: base", d, minBackoff, maxBackoff)
+}
+
+func checkRetryMax(d caddy.Duration) error {
+	return checkDuration("retry: max", d, minBackoff, maxBackoff)
+}
+
+func checkBackoffOrder(base, largest caddy.Duration) error {
+	if largest < base {
+		return fmt.Errorf("retry: max %s is below base %s", formatDuration(time.Duration(largest)), formatDuration(time.Duration(base)))
+	}
+	return nil
+}
+
+// checkRetry judges a whole RetryConfig; nil is the default.
+func checkRetry(r *RetryConfig) error {
+	if r == nil {
+		return nil
+	}
+	for _, err := range []error{checkAttempts(r.Attempts), checkRetryBase(r.Base), checkRetryMax(r.Max), checkBackoffOrder(r.Base, r.Max)} {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkPlayerBudget judges budget; nil is the default.
+func checkPlayerBudget(b *Budget) error {
+	if b == nil {
+		return nil
+	}
+	if b.Off {
+		return errors.New("budget cannot be off: it keeps players under WeChat's limit")
+	}
+	// WeChat's quota bounds the events, so checkBudget need not.
+	if err := checkBudget("budget", *b, math.MaxInt); err != nil {
+		return err
+	}
+	if err := b.withinWechatQuota(); err != nil {
+		return fmt.Errorf("budget: %w", err)
+	}
+	return nil
+}
+
+// checkIPBudget judges ip_budget; nil is the default.
+func checkIPBudget(b *Budget) error {
+	switch {
+	case b == nil:
+		return nil
+	case b.Off && (b.Events != 0 || b.Window != 0):
+		return errors.New("ip_budget: off takes no events or window")
+	case b.Off:
+		return nil
+	}
+	return checkBudget("ip_budget", *b, maxIPEvents)
+}
+
+func checkBudget(name string, b Budget, maxEvents int) error {
+	switch {
+	case b.Events < 1 || b.Window <= 0:
+		return fmt.Errorf("%s needs a positive number of events and a positive window", name)
+	case b.Events > maxEvents:
+		return fmt.Errorf("%s: events must be at most %d, got %d", name, maxEvents, b.Events)
+	}
+	return checkDuration(name+": window", b.Window, minWindow, maxWindow)
+}
+
+func checkCacheTTL(d caddy.Duration) error { return checkDuration("cache_ttl", d, 0, maxCacheTTL) }
+
+// checkOptionalCacheTTL is checkCacheTTL where nil is the default.
+func checkOptionalCacheTTL(d *caddy.Duration) error {
+	if d == nil {
+		return nil
+	}
+	return checkCacheTTL(*d)
+}
+
+func checkCacheSize(n int) error  { return checkRange("cache_size", n, 1, maxTableSize) }
+func checkBudgetSize(n int) error { return checkRange("budget_size", n, 1, maxTableSize) }
+
+var errNoSessionSecret = errors.New("session: at least one secret is required")
+
+// checkSession judges the session block with its resolved secrets; nil is
+// no session.
+func checkSession(s *SessionConfig, resolved [][]byte) error {
+	switch {
+	case s == nil:
+		return nil
+	case len(s.Secrets) == 0:
+		return errNoSessionSecret
+	}
+	for i, secret := range resolved {
+		if err := checkSessionSecret(i+1, secret); err != nil {
+			return err
+		}
+	}
+	return checkSessionTTL(s.TTL)
+}
+
+// checkSessionSecret judges the n-th (from 1) session secret, resolved.
+func checkSessionSecret(n int, secret []byte) error {
+	if len(secret) < minSessionSecret {
+		return fmt.Errorf("session: secret %d is %d bytes once resolved; at least %d are required", n, len(secret), minSessionSecret)
+	}
+	return nil
+}
+
+func checkSessionTTL(d caddy.Duration) error {
+	return checkDuration("session: ttl", d, minSessionTTL, maxSessionTTL)
+}
+
+func checkRange(name string, n, lo, hi int) error {
+	if n < lo || n > hi {
+		return fmt.Errorf("%s must be from %d to %d, got %d", name, lo, hi, n)
+	}
+	return nil
+}
+
+func checkDuration(name string, d caddy.Duration, lo, hi time.Duration) error {
+	switch v := time.Duration(d); {
+	case v < 0 && lo == 0:
+		return fmt.Errorf("%s must not be negative, got %s", name, formatDuration(v))
+	case v < lo:
+		return fmt.Errorf("%s must be at least %s, got %s", name, formatDuration(lo), formatDuration(v))
+	case v > hi:
+		return fmt.Errorf("%s must be at most %s, got %s", name, formatDuration(hi), formatDuration(v))
+	}
+	return nil
+}
+
+// formatDuration writes d as a Caddyfile would: 1m rather than 1m0s.
+func formatDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+// cleartextEndpoint reports whether requests to endpoint, which carry the
+// app secret, would cross a network unencrypted: plain http to anything but
+// a loopback address.
+func cleartextEndpoint(endpoint string) bool {
+	u, err := url.Parse(endpoint)
+	if err != nil || u.Scheme != "http" {
+		return false
+	}
+	host := u.Hostname()
+	if strings.EqualFold(host, "localhost") {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip == nil || !ip.IsLoopback()
+}
+
+// warnIfCleartext logs one line when the endpoint is a cleartext one: a
+// simulator on another host is a legitimate test setup, so it is a warning,
+// not a refusal.
+func (h *Handler) warnIfCleartext(logger *zap.Logger) {
+	if !cleartextEndpoint(h.Endpoint) {
+		return
+	}
+	// The host alone: an endpoint may carry user:password.
+	host := ""
+	if u, err := url.Parse(h.Endpoint); err == nil {
+		host = u.Host
+	}
+	logger.Warn("endpoint is plain http to a host that is not loopback: the app_secret crosses the network in clear text; use https",
+		zap.String("app_id", h.AppID), zap.String("endpoint_host", host))
+}
+
+// addSaturating is a+b, or the largest (or smallest) Duration where that
+// would overflow, so that a sum of timeouts never wraps into the past.
+func addSaturating(a, b time.Duration) time.Duration {
+	switch {
+	case b > 0 && a > math.MaxInt64-b:
+		return math.MaxInt64
+	case b < 0 && a < math.MinInt64-b:
+		return math.MinInt64
+	}
+	return a + b
 }

@@ -71,9 +71,9 @@ func (p retryPolicy) backoff(attempt int) time.Duration {
 // backoff at its ceiling. A coalesced exchange runs on this bound rather than
 // on any one client's request.
 func (c *wechatClient) worstCase() time.Duration {
-	total := time.Duration(c.retry.attempts) * c.timeout
+	total := c.timeout
 	for a := 1; a < c.retry.attempts; a++ {
-		total += min(c.retry.base<<(a-1), c.retry.max)
+		total = addSaturating(total, addSaturating(min(c.retry.base<<(a-1), c.retry.max), c.timeout))
 	}
 	return total
 }

@@ -53,7 +53,7 @@ type Handler struct {
 	// 1m: carrier NAT puts many players behind one address.
 	IPBudget *Budget `json:"ip_budget,omitempty"`
 	// How long a code's result is reused for repeated logins with the same
-	// code. Default 5m; 0 disables the cache.
+	// code. Default 1m, at most 5m; 0 disables the cache.
 	CacheTTL *caddy.Duration `json:"cache_ttl,omitempty"`
 	// Most codes cached. Default 10000.
 	CacheSize int `json:"cache_size,omitempty"`
@@ -66,7 +66,7 @@ type Handler struct {
 	// Issue and verify player sessions.
 	Session *SessionConfig `json:"session,omitempty"`
 
-	secret   string // AppSecret, resolved
+	resolved resolvedSecrets
 	client   *wechatClient
 	players  budgetStore
 	ips      budgetStore // unlimited when ip_budget is off
@@ -96,31 +96,23 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.now = time.Now
 	}
 	h.setDefaults()
-
-	repl := caddy.NewReplacer()
-	h.secret = repl.ReplaceKnown(h.AppSecret, "")
-	var sessionSecrets [][]byte
-	if h.Session != nil {
-		for _, s := range h.Session.Secrets {
-			sessionSecrets = append(sessionSecrets, []byte(repl.ReplaceKnown(s, "")))
-		}
-	}
-
+	h.resolveSecrets()
 	// Shared state is only touched by a valid config, so a bad reload
 	// cannot disturb the running one.
-	if err := h.validate(sessionSecrets); err != nil {
+	if err := h.Validate(); err != nil {
 		return err
 	}
+	h.warnIfCleartext(h.logger)
 
 	h.client = &wechatClient{
 		http:       newHTTPClient(time.Duration(h.Timeout)),
-		requestURL: jscode2sessionURL(h.Endpoint, h.AppID, h.secret),
+		requestURL: jscode2sessionURL(h.Endpoint, h.AppID, h.resolved.app),
 		timeout:    time.Duration(h.Timeout),
 		retry:      retryPolicy{attempts: h.Retry.Attempts, base: time.Duration(h.Retry.Base), max: time.Duration(h.Retry.Max)},
 		sleep:      sleepContext,
 	}
 	if h.Session != nil {
-		h.sessions = newSessions(h.AppID, sessionSecrets, time.Duration(h.Session.TTL), h.now)
+		h.sessions = newSessions(h.AppID, h.resolved.session, time.Duration(h.Session.TTL), h.now)
 	}
 
 	h.attachState()

@@ -228,11 +228,11 @@ func TestCacheTTLExpiresOnTheClock(t *testing.T) {
 	if c := login(); c != http.StatusNoContent {
 		t.Fatalf("first login: %d", c)
 	}
-	now = now.Add(4 * time.Minute)
+	now = now.Add(defaultCacheTTL - time.Second)
 	if c := login(); c != http.StatusNoContent {
 		t.Fatalf("within cache_ttl: %d", c)
 	}
-	now = now.Add(time.Minute)
+	now = now.Add(time.Second)
 	if c := login(); c != http.StatusUnauthorized {
 		t.Fatalf("after cache_ttl the code is spent at WeChat: got %d, want 401", c)
 	}
