@@ -127,7 +127,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // attachState reads and writes the configuration's shared state through
 // this handler's own limits, leasing the table sizes it wants until Cleanup.
 func (h *Handler) attachState() {
-	h.stateKey = stateKey(h.AppID, h.Endpoint, h.secret)
+	h.stateKey = stateKey(h.AppID, h.Endpoint, h.resolved.app)
 	value, _, _ := appStates.LoadOrNew(h.stateKey, func() (caddy.Destructor, error) { return newAppState(), nil })
 	state := value.(*appState)
 	releases := []func(){state.players.lease(h.BudgetSize), state.codes.lease(h.CacheSize)}
