@@ -72,8 +72,8 @@ type Handler struct {
 
 	secret   string // AppSecret, resolved
 	client   *wechatClient
-	players  budgetStore
-	ips      budgetStore // nil when ip_budget is off
+	players  tokenBudgetStore
+	ips      tokenBudgetStore // nil when ip_budget is off
 	codes    codeCache
 	flights  *singleflight.Group
 	sessions *sessions // nil without a session block

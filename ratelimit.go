@@ -36,10 +36,10 @@ func (b Budget) withinWechatQuota() error {
 	return nil
 }
 
-// budgetStore holds one budget per key. It is an interface so that several
+// tokenBudgetStore holds one budget per key. It is an interface so that several
 // gateways can later share budgets (e.g. through Redis); the in-memory
 // budgetTable is the default. Implementations are safe for concurrent use.
-type budgetStore interface {
+type tokenBudgetStore interface {
 	// take spends one event of key's budget. When none is left it spends
 	// nothing and reports how long until one is.
 	take(key string, now time.Time) (wait time.Duration, ok bool)

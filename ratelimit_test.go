@@ -44,7 +44,7 @@ func rlReload(v budgetView, b Budget, size int) budgetView {
 
 // rlSpend takes from key until refused (or far past any sane budget) and
 // returns how many takes passed and the wait of the refusal.
-func rlSpend(store budgetStore, key string, now time.Time) (passed int, wait time.Duration) {
+func rlSpend(store tokenBudgetStore, key string, now time.Time) (passed int, wait time.Duration) {
 	for passed < 10000 {
 		wait, ok := store.take(key, now)
 		if !ok {
