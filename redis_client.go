@@ -29,9 +29,15 @@ import (
 // its connections and its health, across reloads.
 var redisClients = caddy.NewUsagePool()
 
-// redisProbeEvery is how often a Redis that failed is asked whether it is
-// back.
-const redisProbeEvery = time.Second
+// A Redis that failed is asked every redisProbeEvery whether it is back.
+// One that fails again within redisFlapWindow of coming back (a replica
+// that refuses writes answers PING all the same) is probed half as often
+// each time, up to redisMaxProbeEvery, so that its log lines stay few.
+const (
+	redisProbeEvery    = time.Second
+	redisFlapWindow    = time.Minute
+	redisMaxProbeEvery = time.Minute
+)
 
 // redisClient is a Redis connection pool and what this process knows of its
 // health. It starts up; any failed or late operation marks it down, and
@@ -49,7 +55,9 @@ type redisClient struct {
 	closed     bool
 	stop       chan struct{} // closed by Destruct, to end the prober
 	probing    sync.WaitGroup
-	probeEvery time.Duration
+	probeEvery time.Duration // the first probe interval after a failure
+	probeWait  time.Duration // the current probe interval
+	upSince    time.Time     // when the last probe found Redis back
 }
 
 func newRedisClient(s redisSettings, logger *zap.Logger) *redisClient {
@@ -132,16 +140,22 @@ func (c *redisClient) markDown(operation string, err error) {
 		return
 	}
 	storeMetrics.fallback.Inc()
+	if time.Since(c.upSince) < redisFlapWindow {
+		c.probeWait = min(2*c.probeWait, redisMaxProbeEvery)
+	} else {
+		c.probeWait = c.probeEvery
+	}
 	c.logger.Warn("redis failed: serving logins from this gateway's memory, budgets divided by fleet_size, until it answers again",
-		zap.String("redis", c.addrs), zap.String("operation", operation), zap.Error(err))
+		zap.String("redis", c.addrs), zap.String("operation", operation), zap.Error(err), zap.Duration("probe_every", c.probeWait))
 	c.probing.Add(1)
-	go c.probe()
+	go c.probe(c.probeWait)
 }
 
-// probe pings Redis until it answers or the client is destructed.
-func (c *redisClient) probe() {
+// probe pings Redis every interval until it answers or the client is
+// destructed.
+func (c *redisClient) probe(interval time.Duration) {
 	defer c.probing.Done()
-	ticker := time.NewTicker(c.probeEvery)
+	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	for {
 		select {
@@ -155,6 +169,7 @@ func (c *redisClient) probe() {
 		if err == nil {
 			c.mu.Lock()
 			if !c.closed {
+				c.upSince = time.Now()
 				c.down.Store(false)
 				storeMetrics.fallback.Dec()
 				c.logger.Info("redis answers again: budgets and codes are shared with the fleet", zap.String("redis", c.addrs))

@@ -3,6 +3,7 @@ package wechatlogin
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -259,5 +260,62 @@ func TestRedisRestartedEmptyIsUsedAgain(t *testing.T) {
 	}
 	if rdb.DBSize(ctx).Val() <= before {
 		t.Error("the budget was not written to the restarted Redis")
+	}
+}
+
+func TestRedisThatFailsAgainSoonIsProbedLessOften(t *testing.T) {
+	// A replica that refuses writes answers PING: each recovery is followed
+	// by a failure. Probing backs off so that the log lines stay few.
+	srv := testkit.StartRedis(t)
+	gw := newGateway(t, srv.Addr(), 0, nil)
+	refused := errors.New("READONLY You can't write against a read only replica")
+	var intervals []time.Duration
+	for range 3 {
+		gw.redis.markDown("spend", refused)
+		gw.redis.mu.Lock()
+		intervals = append(intervals, gw.redis.probeWait)
+		gw.redis.mu.Unlock()
+		waitFor(t, "the probe finds Redis", func() bool { return !gw.redis.down.Load() })
+	}
+	first := gw.redis.probeEvery
+	if want := []time.Duration{first, 2 * first, 4 * first}; fmt.Sprint(intervals) != fmt.Sprint(want) {
+		t.Errorf("probe intervals %v, want %v", intervals, want)
+	}
+}
+
+// fleetACL is the least a gateway's Redis user needs, as docs/fleet.md
+// gives it.
+var fleetACL = []any{"on", "~wechat_login:*", "resetchannels", "-@all", "+@connection", "+evalsha", "+eval",
+	"+get", "+set", "+del", "+hgetall", "+hdel", "+hincrby", "+hset", "+pexpire", "+time"}
+
+func TestFleetWorksWithTheDocumentedACL(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	rdb := newTestRedisClient(t, srv.Addr())
+	ctx := context.Background()
+	const password = "acl-test-password-x9"
+	testkit.Forbid(password)
+	if err := rdb.Do(ctx, append([]any{"ACL", "SETUSER", "gateway", ">" + password}, fleetACL...)...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	gw := newGateway(t, srv.Addr(), 0, func(c *RedisConfig) { c.Username, c.Password = "gateway", password })
+	budget := gw.budget("player", Budget{Events: 5, Window: caddy.Duration(time.Minute)}, newBudgetTable(100), time.Now)
+	codes := gw.codes(newLocalCodes(time.Minute), time.Minute, 10*time.Second)
+	budget.spend(ctx, "oAlice")
+	budget.check(ctx, "oAlice")
+	lead := func() (Identity, *loginError) { return fleetIdentity, nil }
+	if _, _, lerr := codes.redeem(ctx, newCodeKey(fleetAppID, fleetCode), lead); lerr != nil {
+		t.Fatal(lerr)
+	}
+	if gw.redis.down.Load() || gw.logs.Len() > 0 {
+		t.Fatalf("the documented ACL is not enough: %v", gw.logs.All())
+	}
+	if rdb.DBSize(ctx).Val() < 2 {
+		t.Error("nothing was stored")
+	}
+	// The same user with another password is refused: the password is sent.
+	impostor := newGateway(t, srv.Addr(), 1, func(c *RedisConfig) { c.Username, c.Password = "gateway", "not-"+password })
+	impostor.budget("player", Budget{Events: 5, Window: caddy.Duration(time.Minute)}, newBudgetTable(100), time.Now).spend(ctx, "oAlice")
+	if !impostor.redis.down.Load() {
+		t.Error("a gateway with a wrong password was let in")
 	}
 }

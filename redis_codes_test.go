@@ -42,6 +42,16 @@ func gatewayCodes(t testing.TB, addr string, n int, cacheTTL time.Duration) (gat
 	return gw, gw.codes(newLocalCodes(cacheTTL), cacheTTL, 10*time.Second).(*redisCodes)
 }
 
+// twoGateways starts a Redis and the code stores of two gateways on it,
+// and returns them with a client to look inside Redis.
+func twoGateways(t *testing.T, cacheTTL time.Duration) (rdb *redis.Client, a, b *redisCodes) {
+	t.Helper()
+	srv := testkit.StartRedis(t)
+	_, a = gatewayCodes(t, srv.Addr(), 0, cacheTTL)
+	_, b = gatewayCodes(t, srv.Addr(), 1, cacheTTL)
+	return newTestRedisClient(t, srv.Addr()), a, b
+}
+
 // countingLead is WeChat for a test: it counts its calls and answers with
 // answer, once released.
 type countingLead struct {
@@ -90,26 +100,30 @@ func redeemIn(codes codeStore, key codeKey, lead *countingLead) <-chan redeemed 
 	return done
 }
 
+// joinInFlight starts n logins with key at a second gateway while the call
+// that wechat holds back is in flight for the first, and returns once the
+// second gateway has asked Redis (and so found the call).
+func joinInFlight(t *testing.T, rdb *redis.Client, second codeStore, key codeKey, wechat *countingLead, n int) []<-chan redeemed {
+	t.Helper()
+	<-wechat.started
+	claimsBefore := redisCalls(t, rdb, "evalsha")
+	var waiters []<-chan redeemed
+	for range n {
+		waiters = append(waiters, redeemIn(second, key, wechat))
+	}
+	waitFor(t, "the second gateway finds the call in flight", func() bool { return redisCalls(t, rdb, "evalsha") > claimsBefore })
+	return waiters
+}
+
 func TestRedisCodesOneCallAcrossGateways(t *testing.T) {
-	srv := testkit.StartRedis(t)
-	rdb := newTestRedisClient(t, srv.Addr())
-	_, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
-	_, b := gatewayCodes(t, srv.Addr(), 1, time.Minute)
+	rdb, a, b := twoGateways(t, time.Minute)
 	key := newCodeKey(fleetAppID, fleetCode)
 	wechat := newCountingLead(fleetIdentity, nil)
 
 	// Gateway A calls WeChat; the same code reaches gateway B, many times,
 	// while A's call is in flight.
 	first := redeemIn(a, key, wechat)
-	<-wechat.started
-	claimsBefore := redisCalls(t, rdb, "evalsha")
-	var results []<-chan redeemed
-	for range 8 {
-		results = append(results, redeemIn(b, key, wechat))
-	}
-	waitFor(t, "gateway B asks Redis and finds the call in flight", func() bool {
-		return redisCalls(t, rdb, "evalsha") > claimsBefore
-	})
+	results := joinInFlight(t, rdb, b, key, wechat, 8)
 	close(wechat.release)
 
 	got := <-first
@@ -138,9 +152,7 @@ func TestRedisCodesOneCallAcrossGateways(t *testing.T) {
 }
 
 func TestRedisCodesRetryOnAnotherGatewayIsServedFromCache(t *testing.T) {
-	srv := testkit.StartRedis(t)
-	_, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
-	_, b := gatewayCodes(t, srv.Addr(), 1, time.Minute)
+	_, a, b := twoGateways(t, time.Minute)
 	key := newCodeKey(fleetAppID, fleetCode)
 	wechat := released(fleetIdentity, nil)
 	ctx := context.Background()
@@ -158,19 +170,13 @@ func TestRedisCodesRetryOnAnotherGatewayIsServedFromCache(t *testing.T) {
 }
 
 func TestRedisCodesRefusalReachesWaitersButIsNotCached(t *testing.T) {
-	srv := testkit.StartRedis(t)
-	rdb := newTestRedisClient(t, srv.Addr())
-	_, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
-	_, b := gatewayCodes(t, srv.Addr(), 1, time.Minute)
+	rdb, a, b := twoGateways(t, time.Minute)
 	key := newCodeKey(fleetAppID, fleetCode)
 	refusal := &loginError{status: http.StatusUnauthorized, code: errInvalidCode, message: "the login code is invalid", errcode: 40029, hasErrcode: true}
 	wechat := newCountingLead(Identity{}, refusal)
 
 	first := redeemIn(a, key, wechat)
-	<-wechat.started
-	claimsBefore := redisCalls(t, rdb, "evalsha")
-	waiter := redeemIn(b, key, wechat)
-	waitFor(t, "gateway B waits on A's call", func() bool { return redisCalls(t, rdb, "evalsha") > claimsBefore })
+	waiter := joinInFlight(t, rdb, b, key, wechat, 1)[0]
 	close(wechat.release)
 
 	for name, r := range map[string]redeemed{"A": <-first, "B": <-waiter} {
@@ -238,17 +244,11 @@ func TestRedisCodesCodeUsedLooksForAnotherGatewaysResult(t *testing.T) {
 }
 
 func TestRedisCodesCacheOffStillAnswersWaiters(t *testing.T) {
-	srv := testkit.StartRedis(t)
-	rdb := newTestRedisClient(t, srv.Addr())
-	_, a := gatewayCodes(t, srv.Addr(), 0, 0)
-	_, b := gatewayCodes(t, srv.Addr(), 1, 0)
+	rdb, a, b := twoGateways(t, 0)
 	key := newCodeKey(fleetAppID, fleetCode)
 	wechat := newCountingLead(fleetIdentity, nil)
 	first := redeemIn(a, key, wechat)
-	<-wechat.started
-	claimsBefore := redisCalls(t, rdb, "evalsha")
-	waiter := redeemIn(b, key, wechat)
-	waitFor(t, "gateway B waits on A's call", func() bool { return redisCalls(t, rdb, "evalsha") > claimsBefore })
+	waiter := joinInFlight(t, rdb, b, key, wechat, 1)[0]
 	close(wechat.release)
 	if got := <-first; got.lerr != nil || got.id != fleetIdentity {
 		t.Fatalf("gateway A: %+v", got)
