@@ -225,15 +225,15 @@ func registerStoreMetrics(registry *prometheus.Registry) error {
 }
 
 // redisLogs sends go-redis' own log lines (one per failed dial, say) to
-// Caddy's log at debug level instead of standard error, where they would
-// repeat every probe while Redis is down. go-redis has one logger per
-// process.
+// Caddy's current default log at debug level instead of standard error,
+// where they would repeat every probe while Redis is down. go-redis has one
+// logger per process.
 var redisLogs sync.Once
 
-type redisLogger struct{ logger *zap.Logger }
+type redisLogger struct{}
 
-func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
-	l.logger.Debug(fmt.Sprintf(format, v...))
+func (redisLogger) Printf(_ context.Context, format string, v ...any) {
+	caddy.Log().Named("redis").Debug(fmt.Sprintf(format, v...))
 }
 
 // fleet is one app's share of a Redis: its key space, the keys that hide
@@ -260,7 +260,7 @@ func newFleet(ctx caddy.Context, cfg *RedisConfig, appID, endpoint, appSecret st
 	if err := registerStoreMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return nil, err
 	}
-	redisLogs.Do(func() { redis.SetLogger(redisLogger{caddy.Log().Named("redis")}) })
+	redisLogs.Do(func() { redis.SetLogger(redisLogger{}) })
 	key := settings.poolKey()
 	value, _, err := redisClients.LoadOrNew(key, func() (caddy.Destructor, error) {
 		return newRedisClient(settings, ctx.Logger()), nil

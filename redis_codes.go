@@ -189,8 +189,10 @@ func (c *redisCodes) leadForFleet(ctx context.Context, k codeKeys, token string,
 		// A gateway whose lock ran out may have spent the code and stored
 		// what it proved.
 		if claim, ok := c.claim(ctx, k, token, acceptIdentity); ok && claim.kind == "result" {
-			c.finish(ctx, k, token, nil, 0)
-			return c.answer(k, claim.result, redeemedFromCache, lead)
+			if stored, _, err := c.openResult(k, claim.result); err == nil {
+				c.finish(ctx, k, token, nil, 0)
+				return stored, redeemedFromCache, nil
+			}
 		}
 	}
 	if lerr != nil {
