@@ -71,7 +71,8 @@ type slidingWindow struct {
 func (w *slidingWindow) charge(now time.Time, events int, window time.Duration, spend bool) (time.Duration, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	slot := max(window/budgetSlots, 1)
+	// Rounded up: the counted slots must cover at least the window.
+	slot := max((window+budgetSlots-1)/budgetSlots, 1)
 	if w.slot != slot {
 		w.rescale(slot, now.UnixNano()/int64(slot))
 	}

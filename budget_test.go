@@ -24,9 +24,7 @@ import (
 // memoryBudgetAt is a fresh in-memory budget of events per window on clock,
 // over a table of size keys.
 func memoryBudgetAt(clock *testkit.Clock, events int, window time.Duration, size int) memoryBudget {
-	table := newBudgetTable()
-	table.lease(size)
-	return newMemoryBudget(table, Budget{Events: events, Window: caddy.Duration(window)}, clock.Now)
+	return newMemoryBudget(leasedBudgetTable(size), Budget{Events: events, Window: caddy.Duration(window)}, clock.Now)
 }
 
 // spendAll spends from key until refused (or far past any sane budget) and

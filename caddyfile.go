@@ -92,6 +92,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.BudgetSize, err = intArg(d, checkBudgetSize)
 		case "forward_session_key":
 			h.ForwardSessionKey, err = flagArg(d)
+		case "redis":
+			h.Redis, err = parseRedisBlock(d)
 		case "session":
 			h.Session, err = parseSession(d)
 		default:
@@ -179,6 +181,9 @@ func parseInt(d *caddyfile.Dispenser, sub, v string, check func(int) error) (int
 	n, err := strconv.Atoi(v)
 	if err != nil {
 		return 0, d.Errf("%s: %q is not a whole number", sub, v)
+	}
+	if check == nil { // judged together with other values
+		return n, nil
 	}
 	if err := check(n); err != nil {
 		return 0, d.WrapErr(err)

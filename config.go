@@ -146,6 +146,7 @@ func (h *Handler) Validate() error {
 		checkCacheSize(h.CacheSize),
 		checkBudgetSize(h.BudgetSize),
 		checkSession(h.Session, h.resolved.session),
+		checkRedis(h.Redis),
 	} {
 		if err != nil {
 			return err
@@ -156,6 +157,13 @@ func (h *Handler) Validate() error {
 
 // The checks below each judge one value and name it in their message; the
 // Caddyfile parser calls them too, adding the line.
+
+func checkRedis(c *RedisConfig) error {
+	if c == nil {
+		return nil
+	}
+	return c.validate()
+}
 
 func checkAppID(id string) error {
 	switch {

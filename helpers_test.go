@@ -141,3 +141,10 @@ func wantRateLimited(t *testing.T, w *httptest.ResponseRecorder, forwarded bool,
 		t.Errorf("Retry-After %q, want %q", got, retryAfter)
 	}
 }
+
+// leasedBudgetTable is a budget table holding size keys.
+func leasedBudgetTable(size int) *budgetTable {
+	table := newBudgetTable()
+	table.lease(size)
+	return table
+}

@@ -7,6 +7,7 @@ package wechatlogin
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"time"
 
@@ -65,6 +66,10 @@ type Handler struct {
 	ForwardSessionKey bool `json:"forward_session_key,omitempty"`
 	// Issue and verify player sessions.
 	Session *SessionConfig `json:"session,omitempty"`
+	// Share budgets, the code cache and calls in flight with the other
+	// gateways of a fleet, through Redis. Default: none, every gateway keeps
+	// its own state in memory.
+	Redis *RedisConfig `json:"redis,omitempty"`
 
 	resolved resolvedSecrets
 	client   *wechatClient
@@ -74,6 +79,7 @@ type Handler struct {
 	sessions *sessions // nil without a session block
 	stateKey string    // this handler's entry in appStates
 	release  func()    // ends this handler's leases on the shared state
+	fleet    *fleet    // nil without a redis block
 	metrics  *appMetrics
 	logger   *zap.Logger
 	// now is the clock; tests swap it.
@@ -115,7 +121,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.sessions = newSessions(h.AppID, h.resolved.session, time.Duration(h.Session.TTL), h.now)
 	}
 
-	h.attachState()
+	if err := h.attachState(ctx); err != nil {
+		return err
+	}
 	if h.ForwardSessionKey && h.logger.Core().Enabled(zapcore.DebugLevel) {
 		h.logger.Warn("forward_session_key with debug logging: reverse_proxy logs the headers it sends upstream at debug level, X-WX-SESSION-KEY included; turn debug off in production")
 	}
@@ -126,23 +134,41 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 // attachState reads and writes the configuration's shared state through
 // this handler's own limits, leasing the table sizes it wants until Cleanup.
-func (h *Handler) attachState() {
+// With a redis block the state is the fleet's, and the memory tables serve
+// while Redis cannot.
+func (h *Handler) attachState(ctx caddy.Context) error {
 	h.stateKey = stateKey(h.AppID, h.Endpoint, h.resolved.app)
 	value, _, _ := appStates.LoadOrNew(h.stateKey, func() (caddy.Destructor, error) { return newAppState(), nil })
 	state := value.(*appState)
 	releases := []func(){state.players.lease(h.BudgetSize), state.codes.lease(h.CacheSize)}
+	h.release = func() {
+		for _, release := range releases {
+			release()
+		}
+	}
+	cacheTTL := time.Duration(*h.CacheTTL)
 	h.players = newMemoryBudget(state.players, *h.Budget, h.now)
 	h.ips = unlimited{}
 	if !h.IPBudget.Off {
 		releases = append(releases, state.ips.lease(h.BudgetSize))
 		h.ips = newMemoryBudget(state.ips, *h.IPBudget, h.now)
 	}
-	h.codes = memoryCodes{table: state.codes, ttl: time.Duration(*h.CacheTTL), flights: &state.flights, now: h.now}
-	h.release = func() {
-		for _, release := range releases {
-			release()
-		}
+	h.codes = memoryCodes{table: state.codes, ttl: cacheTTL, flights: &state.flights, now: h.now}
+	if h.Redis == nil {
+		return nil
 	}
+
+	fleet, err := newFleet(ctx, h.Redis, h.AppID, h.Endpoint, h.resolved.app)
+	if err != nil {
+		return err
+	}
+	h.fleet = fleet
+	h.players = fleet.budget("player", *h.Budget, state.players, h.now)
+	if !h.IPBudget.Off {
+		h.ips = fleet.budget("ip", *h.IPBudget, state.ips, h.now)
+	}
+	h.codes = fleet.codes(h.codes, cacheTTL, h.client.worstCase())
+	return nil
 }
 
 // Cleanup releases the shared state and idle WeChat connections.
@@ -155,6 +181,9 @@ func (h *Handler) Cleanup() error {
 	}
 	h.release()
 	_, err := appStates.Delete(h.stateKey)
+	if h.fleet != nil {
+		err = errors.Join(err, h.fleet.release())
+	}
 	return err
 }
 

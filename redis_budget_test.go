@@ -1,0 +1,229 @@
+package wechatlogin
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
+)
+
+// scriptBudget is a Redis budget whose script runs on clock instead of the
+// server's.
+func scriptBudget(gw gateway, kind string, limit Budget, clock *testkit.Clock) *redisBudget {
+	b := gw.budget(kind, limit, leasedBudgetTable(100), clock.Now).(*redisBudget)
+	b.scriptClock = clock.Now
+	return b
+}
+
+func TestRedisBudgetAgreesWithMemory(t *testing.T) {
+	// The script and the memory budget are one algorithm: driven by the same
+	// clock through the same requests, they give the same answers, waits
+	// included.
+	srv := testkit.StartRedis(t)
+	gw := newGateway(t, srv.Addr(), 0, nil)
+	ctx := context.Background()
+	for _, limit := range []Budget{
+		{Events: 5, Window: caddy.Duration(2 * time.Second)},
+		{Events: 60, Window: caddy.Duration(time.Minute)},
+		{Events: 1, Window: caddy.Duration(20 * time.Millisecond)},
+	} {
+		t.Run(fmt.Sprintf("%d per %s", limit.Events, time.Duration(limit.Window)), func(t *testing.T) {
+			clock := testkit.NewClock(time.UnixMilli(1_767_225_600_000))
+			shared := scriptBudget(gw, "player", limit, clock)
+			memory := newMemoryBudget(leasedBudgetTable(100), limit, clock.Now)
+			rng := rand.New(rand.NewPCG(1, uint64(limit.Events)))
+			key := t.Name()
+			refused := 0
+			for step := range 2000 {
+				// Bursts and pauses, in whole milliseconds (Redis' unit).
+				clock.Advance(time.Duration(rng.ExpFloat64()*float64(time.Duration(limit.Window))/float64(limit.Events)) / time.Millisecond * time.Millisecond)
+				charge := rng.IntN(4) > 0
+				var gotWait, wantWait time.Duration
+				var gotOK, wantOK bool
+				if charge {
+					gotWait, gotOK = shared.spend(ctx, key)
+					wantWait, wantOK = memory.spend(ctx, key)
+				} else {
+					gotWait, gotOK = shared.check(ctx, key)
+					wantWait, wantOK = memory.check(ctx, key)
+				}
+				if gotOK != wantOK || gotWait != wantWait {
+					t.Fatalf("step %d (charge %v): Redis says (%v, %v), memory (%v, %v)", step, charge, gotWait, gotOK, wantWait, wantOK)
+				}
+				if !gotOK {
+					refused++
+				}
+			}
+			if refused == 0 {
+				t.Fatal("the sequence never filled the budget: it tests nothing")
+			}
+			if gw.redis.down.Load() {
+				t.Fatal("Redis failed: the answers came from memory")
+			}
+		})
+	}
+}
+
+func TestRedisBudgetClockNeverMovesBack(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	gw := newGateway(t, srv.Addr(), 0, nil)
+	ctx := context.Background()
+	start := time.UnixMilli(1_767_225_600_000)
+	clock := testkit.NewClock(start)
+	budget := scriptBudget(gw, "player", Budget{Events: 2, Window: caddy.Duration(time.Second)}, clock)
+	budget.spend(ctx, "oAlice")
+	budget.spend(ctx, "oAlice")
+	// The server's clock steps back an hour: the budget still remembers.
+	clock.Set(start.Add(-time.Hour))
+	if _, ok := budget.spend(ctx, "oAlice"); ok {
+		t.Fatal("a clock stepping back gave the budget back")
+	}
+	clock.Set(start.Add(time.Second + 50*time.Millisecond)) // the slot after the window
+	if _, ok := budget.spend(ctx, "oAlice"); !ok {
+		t.Fatal("the budget did not refill after its window")
+	}
+}
+
+func TestRedisBudgetNewWindowKeepsItsCharges(t *testing.T) {
+	// A reload that changes the window moves the charges counted so far to
+	// the present, as the memory budget does: no refill, and no budget
+	// stranded by slot indexes counted in another unit.
+	srv := testkit.StartRedis(t)
+	gw := newGateway(t, srv.Addr(), 0, nil)
+	ctx := context.Background()
+	clock := testkit.NewClock(time.UnixMilli(1_767_225_600_000))
+	minute := scriptBudget(gw, "player", Budget{Events: 2, Window: caddy.Duration(time.Minute)}, clock)
+	minute.spend(ctx, "oAlice")
+	minute.spend(ctx, "oAlice")
+	longer := scriptBudget(gw, "player", Budget{Events: 2, Window: caddy.Duration(2 * time.Minute)}, clock)
+	if _, ok := longer.spend(ctx, "oAlice"); ok {
+		t.Fatal("a new window refilled the budget")
+	}
+	clock.Advance(2*time.Minute + 6*time.Second) // the new window and its partial slot
+	if _, ok := longer.spend(ctx, "oAlice"); !ok {
+		t.Fatal("the charges moved to the new window never left it")
+	}
+	shorter := scriptBudget(gw, "player", Budget{Events: 2, Window: caddy.Duration(10 * time.Second)}, clock)
+	if _, ok := shorter.check(ctx, "oAlice"); !ok {
+		t.Fatal("a shorter window stranded the budget")
+	}
+}
+
+func TestRedisBudgetHoldsAcrossGatewaysInAnyWindow(t *testing.T) {
+	// Two gateways, one Redis, charges in turn on the server's own clock:
+	// at most events in any window for the pair. Each charge happened at a
+	// server time within its call, so events+1 successes closer than the
+	// window (from the first's start to the last's end) break the promise.
+	srv := testkit.StartRedis(t)
+	limit := Budget{Events: 5, Window: caddy.Duration(time.Second)}
+	var gateways []budgetStore
+	for n := range 2 {
+		gw := newGateway(t, srv.Addr(), n, nil)
+		gateways = append(gateways, gw.budget("player", limit, leasedBudgetTable(100), time.Now))
+	}
+	ctx := context.Background()
+	type charge struct{ start, end time.Time }
+	var charged []charge
+	perGateway := [2]int{}
+	for i := 0; time.Duration(len(charged)) < 3*time.Duration(limit.Events) && i < 100000; i++ {
+		n := i % len(gateways)
+		start := time.Now()
+		_, ok := gateways[n].spend(ctx, "oAlice")
+		if ok {
+			charged = append(charged, charge{start, time.Now()})
+			perGateway[n]++
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if len(charged) < 3*limit.Events || perGateway[0] == 0 || perGateway[1] == 0 {
+		t.Fatalf("charges per gateway %v: the test did not exercise the window", perGateway)
+	}
+	for i := 0; i+limit.Events < len(charged); i++ {
+		first, last := charged[i], charged[i+limit.Events]
+		if span := last.end.Sub(first.start); span <= time.Duration(limit.Window) {
+			t.Fatalf("charges %d to %d (%d of them) fit in %s, less than the window", i, i+limit.Events, limit.Events+1, span)
+		}
+	}
+}
+
+func TestRedisBudgetFallbackIsTheFleetShare(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	gw := newGateway(t, srv.Addr(), 0, func(c *RedisConfig) { c.FleetSize = 3 })
+	budget := gw.budget("ip", Budget{Events: 7, Window: caddy.Duration(time.Minute)}, leasedBudgetTable(100), time.Now)
+	ctx := context.Background()
+	srv.Stop()
+	for i := range 2 { // 7/3 is 2 per gateway while they cannot share
+		if _, ok := budget.spend(ctx, "203.0.113.7"); !ok {
+			t.Fatalf("login %d refused within this gateway's share", i+1)
+		}
+	}
+	if _, ok := budget.check(ctx, "203.0.113.7"); ok {
+		t.Error("check allows past this gateway's share")
+	}
+	if wait, ok := budget.spend(ctx, "203.0.113.7"); ok || wait <= 0 {
+		t.Errorf("spend past the share: (%v, %v), want a refusal with a wait", wait, ok)
+	}
+	if !gw.redis.down.Load() {
+		t.Error("Redis is not marked down")
+	}
+}
+
+func TestFleetShareNeverLocksOut(t *testing.T) {
+	for _, tc := range []struct{ events, fleet, want int }{{60, 1, 60}, {60, 3, 20}, {7, 3, 2}, {2, 3, 1}, {1, 1000, 1}} {
+		if got := fleetShare(Budget{Events: tc.events}, tc.fleet).Events; got != tc.want {
+			t.Errorf("%d over %d gateways: %d, want %d", tc.events, tc.fleet, got, tc.want)
+		}
+	}
+}
+
+func TestBudgetSlotCoversTheWindow(t *testing.T) {
+	for _, tc := range []struct {
+		window time.Duration
+		want   int64
+	}{{time.Minute, 3000}, {2 * time.Second, 100}, {1010 * time.Millisecond, 51}, {time.Millisecond, 1}, {0, 1}} {
+		if got := budgetSlotMillis(tc.window); got != tc.want || got*budgetSlots < tc.window.Milliseconds() {
+			t.Errorf("%s: slot %dms, want %dms", tc.window, got, tc.want)
+		}
+	}
+}
+
+// BenchmarkBudgetSpendMemoryOrRedis compares a charge in memory with one through a real
+// Redis on loopback: one EVALSHA round trip.
+func BenchmarkBudgetSpendMemoryOrRedis(b *testing.B) {
+	limit := Budget{Events: 1 << 30, Window: caddy.Duration(time.Minute)}
+	b.Run("memory", func(b *testing.B) {
+		benchmarkSpend(b, newMemoryBudget(leasedBudgetTable(100000), limit, time.Now))
+	})
+	b.Run("redis", func(b *testing.B) {
+		srv := testkit.StartRedis(b)
+		gw := newGateway(b, srv.Addr(), 0, func(c *RedisConfig) { c.Timeout = caddy.Duration(time.Second) })
+		benchmarkSpend(b, gw.budget("player", limit, leasedBudgetTable(100000), time.Now))
+		if gw.redis.down.Load() {
+			b.Fatal("Redis failed during the benchmark: the numbers are memory's")
+		}
+	})
+}
+
+func benchmarkSpend(b *testing.B, budget budgetStore) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	next := 0
+	b.RunParallel(func(pb *testing.PB) {
+		mu.Lock()
+		key := fmt.Sprintf("oPlayer%d", next)
+		next++
+		mu.Unlock()
+		for pb.Next() {
+			if _, ok := budget.spend(ctx, key); !ok {
+				b.Error("refused")
+				return
+			}
+		}
+	})
+}

@@ -1,0 +1,315 @@
+package wechatlogin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
+)
+
+const (
+	fleetAppID    = "wxfleettest"
+	fleetEndpoint = "https://api.weixin.qq.com"
+	fleetSecret   = "fleet-test-app-secret-0123456789"
+)
+
+func init() { testkit.Forbid(fleetSecret) }
+
+// gateway is one gateway's view of a shared Redis: a fleet attached as
+// Provision would attach it.
+type gateway struct {
+	*fleet
+	logs *observer.ObservedLogs
+}
+
+// newGateway attaches gateway number n of a fleet to the Redis at addr,
+// and releases it when t ends. Gateways are separate processes with a
+// client each; in one test process, each gets its own client through
+// settings that differ in a nanosecond of timeout. The client probes a
+// Redis that failed every 20ms, so that tests wait for recovery briefly.
+func newGateway(t testing.TB, addr string, n int, configure func(*RedisConfig)) gateway {
+	t.Helper()
+	cfg := &RedisConfig{Address: []string{addr}, Timeout: caddy.Duration(defaultRedisTimeout + time.Duration(n))}
+	if configure != nil {
+		configure(cfg)
+	}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	f, err := newFleet(ctx, cfg, fleetAppID, fleetEndpoint, fleetSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := f.release(); err != nil {
+			t.Error(err)
+		}
+	})
+	core, logs := observer.New(zapcore.InfoLevel)
+	f.redis.logger = zap.New(core)
+	f.redis.probeEvery = 20 * time.Millisecond
+	return gateway{fleet: f, logs: logs}
+}
+
+// newRedisClient is a plain client, for tests that look inside Redis.
+func newTestRedisClient(t testing.TB, addr string) *redis.Client {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	return rdb
+}
+
+// waitFor polls cond until it holds, failing t after a generous deadline:
+// recovery takes a probe or two, not a fixed time.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func gaugeValue(g prometheus.Gauge) float64 {
+	var m dto.Metric
+	_ = g.Write(&m)
+	return m.GetGauge().GetValue()
+}
+
+// redisCalls is how many times the server ran command, from its own
+// statistics: proof of what reached Redis, whatever the client believes.
+func redisCalls(t testing.TB, rdb *redis.Client, command string) int {
+	t.Helper()
+	info, err := rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(info, "\n") {
+		rest, found := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_"+command+":calls=")
+		if found {
+			n, _ := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
+			return n
+		}
+	}
+	return 0
+}
+
+func TestGatewaysWithTheSameSettingsShareOneClient(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	cfg := &RedisConfig{Address: []string{srv.Addr()}}
+	a, err := newFleet(ctx, cfg, fleetAppID, fleetEndpoint, fleetSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another app, another key_prefix: the same connections.
+	other := &RedisConfig{Address: []string{"redis://" + srv.Addr()}, KeyPrefix: "other:", FleetSize: 3}
+	b, err := newFleet(ctx, other, "wxanother", fleetEndpoint, "another-secret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.redis != b.redis {
+		t.Error("handlers with the same redis settings have a client each")
+	}
+	if a.prefix == b.prefix {
+		t.Error("two apps share a key space")
+	}
+	withPassword, err := newFleet(ctx, &RedisConfig{Address: []string{srv.Addr()}, Password: "x"}, fleetAppID, fleetEndpoint, fleetSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if withPassword.redis == a.redis {
+		t.Error("different settings share a client")
+	}
+	_ = withPassword.release()
+
+	_ = a.release()
+	if err := a.redis.client.Ping(context.Background()).Err(); err != nil {
+		t.Errorf("released while another handler uses it: %v", err)
+	}
+	_ = b.release()
+	if err := a.redis.client.Ping(context.Background()).Err(); !errors.Is(err, redis.ErrClosed) {
+		t.Errorf("the last release left the client open: %v", err)
+	}
+}
+
+func TestStagingAndProductionNeverShareState(t *testing.T) {
+	// Same app_id, same Redis, same key_prefix: a staging site on a
+	// simulator must not see what production proved, nor spend its budgets.
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	cfg := &RedisConfig{Address: []string{"127.0.0.1:1"}}
+	prod, err := newFleet(ctx, cfg, fleetAppID, fleetEndpoint, fleetSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.release()
+	staging, err := newFleet(ctx, cfg, fleetAppID, "http://127.0.0.1:8931", fleetSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer staging.release()
+	if prod.prefix == staging.prefix || prod.hide([]byte("oAlice")) == staging.hide([]byte("oAlice")) {
+		t.Error("two endpoints of one app share Redis keys")
+	}
+	if !strings.HasPrefix(prod.prefix, defaultRedisKeyPrefix) {
+		t.Errorf("keys do not start with key_prefix: %q", prod.prefix)
+	}
+}
+
+func TestRedisClientNeverRetriesACommand(t *testing.T) {
+	// A charge that timed out may have run; go-redis must not send it again.
+	gw := newGateway(t, "127.0.0.1:1", 0, nil)
+	opts := gw.redis.client.(*redis.Client).Options()
+	if opts.MaxRetries != 0 {
+		t.Errorf("go-redis retries commands %d times", opts.MaxRetries)
+	}
+	if opts.ReadTimeout != defaultRedisTimeout || opts.DialTimeout != defaultRedisTimeout || !opts.ContextTimeoutEnabled {
+		t.Errorf("operations are not bounded by the timeout: %+v", opts)
+	}
+}
+
+func TestRedisFailureIsLoggedOnceAndRecovers(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	gw := newGateway(t, srv.Addr(), 0, nil)
+	budget := gw.budget("player", Budget{Events: 10, Window: caddy.Duration(time.Minute)}, leasedBudgetTable(100), time.Now)
+	ctx := context.Background()
+	fallbackBefore := gaugeValue(storeMetrics.fallback)
+	errorsBefore := counterValue(storeMetrics.errors.WithLabelValues("spend"))
+
+	if _, ok := budget.spend(ctx, "oAlice"); !ok {
+		t.Fatal("the first login was refused")
+	}
+	srv.Freeze()
+	for range 5 {
+		if _, ok := budget.spend(ctx, "oAlice"); !ok {
+			t.Fatal("a login was refused because Redis is frozen")
+		}
+	}
+	if !gw.redis.down.Load() {
+		t.Fatal("a frozen Redis is not marked down")
+	}
+	if got := gaugeValue(storeMetrics.fallback) - fallbackBefore; got != 1 {
+		t.Errorf("store_fallback rose by %v, want 1", got)
+	}
+	if got := counterValue(storeMetrics.errors.WithLabelValues("spend")) - errorsBefore; got != 1 {
+		t.Errorf("store_errors_total counted %v failures; while down, logins must not try Redis", got)
+	}
+	if warns := gw.logs.FilterLevelExact(zapcore.WarnLevel).Len(); warns != 1 {
+		t.Errorf("%d warnings for one failure, want 1", warns)
+	}
+
+	srv.Resume()
+	waitFor(t, "the prober finds Redis again", func() bool { return !gw.redis.down.Load() })
+	if got := gaugeValue(storeMetrics.fallback); got != fallbackBefore {
+		t.Errorf("store_fallback is %v after recovery, want %v", got, fallbackBefore)
+	}
+	if infos := gw.logs.FilterMessageSnippet("redis answers again").Len(); infos != 1 {
+		t.Errorf("%d recovery lines, want 1", infos)
+	}
+	if gw.logs.Len() != 2 {
+		t.Errorf("%d log lines for one failure and one recovery, want 2: %v", gw.logs.Len(), gw.logs.All())
+	}
+}
+
+func TestRedisRestartedEmptyIsUsedAgain(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	gw := newGateway(t, srv.Addr(), 0, nil)
+	budget := gw.budget("player", Budget{Events: 3, Window: caddy.Duration(time.Minute)}, leasedBudgetTable(100), time.Now)
+	ctx := context.Background()
+	for range 3 {
+		budget.spend(ctx, "oAlice")
+	}
+	srv.Restart() // empty: no keys, no scripts
+	// Served whether the failure is noticed now or the pooled connections
+	// were already found dead.
+	if _, ok := budget.spend(ctx, "oBob"); !ok {
+		t.Fatal("a login was refused because Redis restarted")
+	}
+	waitFor(t, "Redis is used again", func() bool { return !gw.redis.down.Load() })
+	rdb := newTestRedisClient(t, srv.Addr())
+	before := rdb.DBSize(ctx).Val()
+	for range 3 {
+		if _, ok := budget.spend(ctx, "oAlice"); !ok {
+			t.Fatal("the restarted Redis did not start oAlice's budget afresh")
+		}
+	}
+	if _, ok := budget.spend(ctx, "oAlice"); ok {
+		t.Error("the restarted Redis does not keep the budget")
+	}
+	if rdb.DBSize(ctx).Val() <= before {
+		t.Error("the budget was not written to the restarted Redis")
+	}
+}
+
+func TestRedisThatFailsAgainSoonIsProbedLessOften(t *testing.T) {
+	// A replica that refuses writes answers PING: each recovery is followed
+	// by a failure. Probing backs off so that the log lines stay few.
+	srv := testkit.StartRedis(t)
+	gw := newGateway(t, srv.Addr(), 0, nil)
+	refused := errors.New("READONLY You can't write against a read only replica")
+	var intervals []time.Duration
+	for range 3 {
+		gw.redis.markDown("spend", refused)
+		gw.redis.mu.Lock()
+		intervals = append(intervals, gw.redis.probeWait)
+		gw.redis.mu.Unlock()
+		waitFor(t, "the probe finds Redis", func() bool { return !gw.redis.down.Load() })
+	}
+	first := gw.redis.probeEvery
+	if want := []time.Duration{first, 2 * first, 4 * first}; fmt.Sprint(intervals) != fmt.Sprint(want) {
+		t.Errorf("probe intervals %v, want %v", intervals, want)
+	}
+}
+
+// fleetACL is the least a gateway's Redis user needs, as docs/fleet.md
+// gives it.
+var fleetACL = []any{"on", "~wechat_login:*", "resetchannels", "-@all", "+@connection", "+evalsha", "+eval",
+	"+get", "+set", "+del", "+hgetall", "+hdel", "+hincrby", "+hset", "+pexpire", "+time"}
+
+func TestFleetWorksWithTheDocumentedACL(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	rdb := newTestRedisClient(t, srv.Addr())
+	ctx := context.Background()
+	const password = "acl-test-password-x9"
+	testkit.Forbid(password)
+	if err := rdb.Do(ctx, append([]any{"ACL", "SETUSER", "gateway", ">" + password}, fleetACL...)...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	gw := newGateway(t, srv.Addr(), 0, func(c *RedisConfig) { c.Username, c.Password = "gateway", password })
+	budget := gw.budget("player", Budget{Events: 5, Window: caddy.Duration(time.Minute)}, leasedBudgetTable(100), time.Now)
+	codes := gw.codes(newLocalCodes(time.Minute), time.Minute, 10*time.Second)
+	budget.spend(ctx, "oAlice")
+	budget.check(ctx, "oAlice")
+	lead := func() (Identity, *loginError) { return fleetIdentity, nil }
+	if _, _, lerr := codes.redeem(ctx, newCodeKey(fleetAppID, fleetCode), lead); lerr != nil {
+		t.Fatal(lerr)
+	}
+	if gw.redis.down.Load() || gw.logs.Len() > 0 {
+		t.Fatalf("the documented ACL is not enough: %v", gw.logs.All())
+	}
+	if rdb.DBSize(ctx).Val() < 2 {
+		t.Error("nothing was stored")
+	}
+	// The same user with another password is refused: the password is sent.
+	impostor := newGateway(t, srv.Addr(), 1, func(c *RedisConfig) { c.Username, c.Password = "gateway", "not-"+password })
+	impostor.budget("player", Budget{Events: 5, Window: caddy.Duration(time.Minute)}, leasedBudgetTable(100), time.Now).spend(ctx, "oAlice")
+	if !impostor.redis.down.Load() {
+		t.Error("a gateway with a wrong password was let in")
+	}
+}

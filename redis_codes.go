@@ -1,0 +1,330 @@
+package wechatlogin
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	mathrand "math/rand/v2"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// How a code is redeemed across a fleet. Per code, two keys that hash to
+// one Cluster slot (the {…} tag):
+//
+//	<prefix>code:{h}  the result: an identity, or for the waiters only, a
+//	                  refusal; sealed, with an expiry
+//	<prefix>lock:{h}  held, with an expiry, by the gateway calling WeChat
+//
+// A gateway that finds the result uses it; one that takes the lock calls
+// WeChat, stores the result and lets the lock go; the others poll until
+// the result is there, or the lock is gone without one (its holder
+// vanished), in which case they take it themselves.
+
+// claimScript, in one round trip, returns a result the caller accepts
+// (ARGV[3]: "any" for a waiter, "identity" for a new login, "none" when the
+// cache is off), or takes the lock, or says to wait. Taking the lock drops
+// an old refusal, so that the new call's waiters never read it.
+var claimScript = redis.NewScript(`
+local result = redis.call('GET', KEYS[1])
+if result then
+	local kind = string.sub(result, 1, 1)
+	if ARGV[3] == 'any' or (ARGV[3] == 'identity' and kind == 'i') then
+		return {'result', result}
+	end
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+	if result and string.sub(result, 1, 1) == 'e' then
+		redis.call('DEL', KEYS[1])
+	end
+	return {'lead'}
+end
+return {'wait'}
+`)
+
+// finishScript stores a result (ARGV[2], if any, for ARGV[3] ms) and lets go
+// of the lock if it is still the caller's (ARGV[1]). A refusal never
+// replaces an identity.
+var finishScript = redis.NewScript(`
+if ARGV[2] ~= '' then
+	if string.sub(ARGV[2], 1, 1) == 'i' then
+		redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+	else
+		redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3], 'NX')
+	end
+end
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+	redis.call('DEL', KEYS[2])
+end
+return 1
+`)
+
+// What a login accepts from the result key, as claimScript's ARGV[3].
+const (
+	acceptAny      = "any"      // a waiter: the answer of the call it waited for
+	acceptIdentity = "identity" // a new login, with the cache on
+	acceptNone     = "none"     // a new login, with the cache off
+)
+
+// Stored results start with their kind, readable by the scripts.
+const (
+	resultIdentity = 'i'
+	resultRefusal  = 'e'
+)
+
+// minResultTTL keeps a result long enough for every waiter to poll it.
+const minResultTTL = time.Second
+
+// Waiters poll every 10-25ms, jittered so that gateways do not poll in step.
+const (
+	pollMin = 10 * time.Millisecond
+	pollMax = 25 * time.Millisecond
+)
+
+// redisCodes is a codeStore shared by a fleet: one WeChat call per code
+// whichever gateways receive it. The local store in front sends one login
+// per gateway and code to Redis; while Redis is down, it alone serves.
+type redisCodes struct {
+	fleet       *fleet
+	local       codeStore
+	fresh       string        // what a new login accepts
+	identityTTL time.Duration // of a stored identity
+	lockTTL     time.Duration // of the lock, and of a refusal kept for waiters
+}
+
+// codes returns the fleet's codeStore in front of local (the memory store
+// shared across reloads). lockTTL is the longest an exchange can take,
+// retries included: a lock older than that has lost its holder.
+func (f *fleet) codes(local codeStore, cacheTTL, lockTTL time.Duration) codeStore {
+	// The lock outlives the exchange by one Redis operation: storing its result.
+	lockTTL += f.redis.timeout
+	c := &redisCodes{fleet: f, local: local, fresh: acceptIdentity, identityTTL: cacheTTL, lockTTL: lockTTL}
+	if cacheTTL <= 0 {
+		// Stored only for the waiters of the call that made it.
+		c.fresh, c.identityTTL = acceptNone, lockTTL
+	}
+	c.identityTTL = max(c.identityTTL, minResultTTL)
+	c.lockTTL = max(c.lockTTL, minResultTTL)
+	return c
+}
+
+func (c *redisCodes) redeem(ctx context.Context, key codeKey, lead func() (Identity, *loginError)) (Identity, redeemOutcome, *loginError) {
+	// The local store reports redeemedByCall to the login whose function
+	// ran; what that function found in Redis says how it was really redeemed.
+	var shared atomic.Int32
+	id, outcome, lerr := c.local.redeem(ctx, key, func() (Identity, *loginError) {
+		id, how, lerr := c.redeemShared(ctx, key, lead)
+		shared.Store(int32(how))
+		return id, lerr
+	})
+	if outcome == redeemedByCall {
+		outcome = redeemOutcome(shared.Load())
+	}
+	return id, outcome, lerr
+}
+
+// codeKeys are the Redis keys of one code.
+type codeKeys struct {
+	result, lock string
+	keys         []string // both, for the scripts
+}
+
+func (c *redisCodes) keysFor(key codeKey) codeKeys {
+	tag := "{" + c.fleet.hide(key[:]) + "}"
+	k := codeKeys{result: c.fleet.prefix + "code:" + tag, lock: c.fleet.prefix + "lock:" + tag}
+	k.keys = []string{k.result, k.lock}
+	return k
+}
+
+// redeemShared runs on behalf of every login for key at this gateway.
+func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, lead func() (Identity, *loginError)) (Identity, redeemOutcome, *loginError) {
+	k := c.keysFor(key)
+	token := newLockToken()
+	claim, ok := c.claim(ctx, k, token, c.fresh)
+	if !ok {
+		return leadAlone(lead)
+	}
+	switch claim.kind {
+	case "result":
+		return c.answer(k, claim.result, redeemedFromCache, lead)
+	case "lead":
+		return c.leadForFleet(ctx, k, token, lead)
+	}
+	// Another gateway is calling WeChat for this code. Its lock expires by
+	// lockTTL; the deadline only guards against a Redis that misbehaves.
+	deadline := time.Now().Add(2 * c.lockTTL)
+	for time.Now().Before(deadline) {
+		time.Sleep(pollMin + mathrand.N(pollMax-pollMin))
+		claim, ok := c.claim(ctx, k, token, acceptAny)
+		if !ok {
+			break
+		}
+		switch claim.kind {
+		case "result":
+			return c.answer(k, claim.result, redeemedByJoining, lead)
+		case "lead":
+			return c.leadForFleet(ctx, k, token, lead)
+		}
+	}
+	return leadAlone(lead)
+}
+
+// leadAlone calls WeChat without the fleet: Redis is down, or said nothing
+// usable.
+func leadAlone(lead func() (Identity, *loginError)) (Identity, redeemOutcome, *loginError) {
+	id, lerr := lead()
+	return id, redeemedByCall, lerr
+}
+
+// leadForFleet calls WeChat holding the lock and stores the result for the
+// other gateways.
+func (c *redisCodes) leadForFleet(ctx context.Context, k codeKeys, token string, lead func() (Identity, *loginError)) (Identity, redeemOutcome, *loginError) {
+	id, lerr := lead()
+	if lerr != nil && lerr.code == errCodeUsed && c.fresh == acceptIdentity {
+		// A gateway whose lock ran out may have spent the code and stored
+		// what it proved.
+		if claim, ok := c.claim(ctx, k, token, acceptIdentity); ok && claim.kind == "result" {
+			if stored, _, err := c.openResult(k, claim.result); err == nil {
+				c.finish(ctx, k, token, nil, 0)
+				return stored, redeemedFromCache, nil
+			}
+		}
+	}
+	if lerr != nil {
+		c.finish(ctx, k, token, c.sealRefusal(k, lerr), c.lockTTL)
+	} else {
+		c.finish(ctx, k, token, c.sealIdentity(k, id), c.identityTTL)
+	}
+	return id, redeemedByCall, lerr
+}
+
+type claimAnswer struct {
+	kind   string // result, lead or wait
+	result string
+}
+
+// claim runs claimScript; ok is false when Redis failed or is down.
+func (c *redisCodes) claim(ctx context.Context, k codeKeys, token, accept string) (claimAnswer, bool) {
+	var answer claimAnswer
+	ok := c.fleet.redis.do(ctx, "claim", func(ctx context.Context) error {
+		reply, err := claimScript.Run(ctx, c.fleet.redis.client, k.keys, token, c.lockTTL.Milliseconds(), accept).StringSlice()
+		if err != nil {
+			return err
+		}
+		if len(reply) == 0 || (reply[0] == "result") != (len(reply) == 2) {
+			return fmt.Errorf("the claim script answered %d values", len(reply))
+		}
+		answer.kind = reply[0]
+		if len(reply) == 2 {
+			answer.result = reply[1]
+		}
+		return nil
+	})
+	return answer, ok
+}
+
+// finish stores result (none when nil) and releases the lock.
+func (c *redisCodes) finish(ctx context.Context, k codeKeys, token string, result []byte, ttl time.Duration) {
+	c.fleet.redis.do(ctx, "finish", func(ctx context.Context) error {
+		return finishScript.Run(ctx, c.fleet.redis.client, k.keys, token, result, ttl.Milliseconds()).Err()
+	})
+}
+
+// answer turns a stored result into the login's answer; one that does not
+// open (written under another secret, or tampered with) is not trusted and
+// the code is redeemed at WeChat instead.
+func (c *redisCodes) answer(k codeKeys, stored string, outcome redeemOutcome, lead func() (Identity, *loginError)) (Identity, redeemOutcome, *loginError) {
+	id, lerr, err := c.openResult(k, stored)
+	if err != nil {
+		return leadAlone(lead)
+	}
+	return id, outcome, lerr
+}
+
+// storedResult is what the result key holds, sealed: an identity, or a
+// refusal for the waiters.
+type storedResult struct {
+	OpenID       string `json:"openid,omitempty"`
+	UnionID      string `json:"unionid,omitempty"`
+	SessionKey   string `json:"session_key,omitempty"`
+	Status       int    `json:"status,omitempty"`
+	Code         string `json:"code,omitempty"`
+	Message      string `json:"message,omitempty"`
+	Errcode      *int   `json:"errcode,omitempty"`
+	RetryAfterMS int64  `json:"retry_after_ms,omitempty"`
+}
+
+func (c *redisCodes) sealIdentity(k codeKeys, id Identity) []byte {
+	return c.fleet.seal(resultIdentity, k.result, storedResult{OpenID: id.OpenID, UnionID: id.UnionID, SessionKey: id.SessionKey})
+}
+
+func (c *redisCodes) sealRefusal(k codeKeys, e *loginError) []byte {
+	r := storedResult{Status: e.status, Code: e.code, Message: e.message, RetryAfterMS: e.retryAfter.Milliseconds()}
+	if e.hasErrcode {
+		r.Errcode = &e.errcode
+	}
+	return c.fleet.seal(resultRefusal, k.result, r)
+}
+
+func (c *redisCodes) openResult(k codeKeys, stored string) (Identity, *loginError, error) {
+	var r storedResult
+	if err := c.fleet.open(k.result, stored, &r); err != nil {
+		return Identity{}, nil, err
+	}
+	switch stored[0] {
+	case resultIdentity:
+		if r.OpenID == "" {
+			return Identity{}, nil, errors.New("a stored identity without openid")
+		}
+		return Identity{OpenID: r.OpenID, UnionID: r.UnionID, SessionKey: r.SessionKey}, nil, nil
+	default:
+		if r.Status == 0 || r.Code == "" {
+			return Identity{}, nil, errors.New("a stored refusal without status")
+		}
+		e := &loginError{status: r.Status, code: r.Code, message: r.Message, retryAfter: time.Duration(r.RetryAfterMS) * time.Millisecond}
+		if r.Errcode != nil {
+			e.errcode, e.hasErrcode = *r.Errcode, true
+		}
+		return Identity{}, e, nil
+	}
+}
+
+// seal encrypts v (AES-GCM under a key derived from the app secret) bound
+// to the key it is stored under, behind a clear kind byte for the scripts.
+func (f *fleet) seal(kind byte, name string, v any) []byte {
+	plain, _ := json.Marshal(v) // plain strings and numbers always encode
+	out := make([]byte, 1+f.sealer.NonceSize(), 1+f.sealer.NonceSize()+len(plain)+f.sealer.Overhead())
+	out[0] = kind
+	nonce := out[1:]
+	_, _ = rand.Read(nonce) // crypto/rand never fails
+	return f.sealer.Seal(out, nonce, plain, sealedFor(kind, name))
+}
+
+func (f *fleet) open(name, stored string, v any) error {
+	if len(stored) < 1+f.sealer.NonceSize() {
+		return errors.New("a stored result too short to open")
+	}
+	nonce, sealed := stored[1:1+f.sealer.NonceSize()], stored[1+f.sealer.NonceSize():]
+	plain, err := f.sealer.Open(nil, []byte(nonce), []byte(sealed), sealedFor(stored[0], name))
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(plain, v)
+}
+
+// sealedFor is the data a sealed result is bound to: its kind and its key,
+// so that no result can be moved to another code or read as another kind.
+func sealedFor(kind byte, name string) []byte {
+	return append([]byte{kind}, name...)
+}
+
+func newLockToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand never fails
+	return hex.EncodeToString(b[:])
+}

@@ -1,0 +1,414 @@
+package wechatlogin
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
+)
+
+const (
+	fleetCode       = "fleet-code-0a1b2c3d4e5f"
+	fleetSessionKey = "fleet-session-key-tGzv3JOkF0XG5Qx2TlKWIA=="
+)
+
+func init() { testkit.Forbid(fleetCode, fleetSessionKey) }
+
+var fleetIdentity = Identity{OpenID: "oFleetPlayer", UnionID: "uFleetPlayer", SessionKey: fleetSessionKey}
+
+// newLocalCodes is a gateway's in-memory code store, which a Redis code
+// store keeps in front.
+func newLocalCodes(cacheTTL time.Duration) codeStore {
+	table := newCodeTable()
+	table.lease(1000)
+	return memoryCodes{table: table, ttl: cacheTTL, flights: new(singleflight.Group), now: time.Now}
+}
+
+// gatewayCodes is gateway n's code store on the Redis at addr.
+func gatewayCodes(t testing.TB, addr string, n int, cacheTTL time.Duration) (gateway, *redisCodes) {
+	gw := newGateway(t, addr, n, nil)
+	return gw, gw.codes(newLocalCodes(cacheTTL), cacheTTL, 10*time.Second).(*redisCodes)
+}
+
+// twoGateways starts a Redis and the code stores of two gateways on it,
+// and returns them with a client to look inside Redis.
+func twoGateways(t *testing.T, cacheTTL time.Duration) (rdb *redis.Client, a, b *redisCodes) {
+	t.Helper()
+	srv := testkit.StartRedis(t)
+	_, a = gatewayCodes(t, srv.Addr(), 0, cacheTTL)
+	_, b = gatewayCodes(t, srv.Addr(), 1, cacheTTL)
+	return newTestRedisClient(t, srv.Addr()), a, b
+}
+
+// countingLead is WeChat for a test: it counts its calls and answers with
+// answer, once released.
+type countingLead struct {
+	calls    atomic.Int32
+	started  chan struct{} // closed at the first call
+	release  chan struct{} // closed to let calls answer
+	once     sync.Once
+	identity Identity
+	refusal  *loginError
+}
+
+func newCountingLead(id Identity, refusal *loginError) *countingLead {
+	l := &countingLead{started: make(chan struct{}), release: make(chan struct{}), identity: id, refusal: refusal}
+	return l
+}
+
+// released is a lead that answers at once.
+func released(id Identity, refusal *loginError) *countingLead {
+	l := newCountingLead(id, refusal)
+	close(l.release)
+	return l
+}
+
+func (l *countingLead) lead() (Identity, *loginError) {
+	l.calls.Add(1)
+	l.once.Do(func() { close(l.started) })
+	<-l.release
+	if l.refusal != nil {
+		return Identity{}, l.refusal
+	}
+	return l.identity, nil
+}
+
+type redeemed struct {
+	id      Identity
+	outcome redeemOutcome
+	lerr    *loginError
+}
+
+func redeemIn(codes codeStore, key codeKey, lead *countingLead) <-chan redeemed {
+	done := make(chan redeemed, 1)
+	go func() {
+		id, outcome, lerr := codes.redeem(context.Background(), key, lead.lead)
+		done <- redeemed{id, outcome, lerr}
+	}()
+	return done
+}
+
+// joinInFlight starts n logins with key at a second gateway while the call
+// that wechat holds back is in flight for the first, and returns once the
+// second gateway has asked Redis (and so found the call).
+func joinInFlight(t *testing.T, rdb *redis.Client, second codeStore, key codeKey, wechat *countingLead, n int) []<-chan redeemed {
+	t.Helper()
+	<-wechat.started
+	claimsBefore := redisCalls(t, rdb, "evalsha")
+	var waiters []<-chan redeemed
+	for range n {
+		waiters = append(waiters, redeemIn(second, key, wechat))
+	}
+	waitFor(t, "the second gateway finds the call in flight", func() bool { return redisCalls(t, rdb, "evalsha") > claimsBefore })
+	return waiters
+}
+
+func TestRedisCodesOneCallAcrossGateways(t *testing.T) {
+	rdb, a, b := twoGateways(t, time.Minute)
+	key := newCodeKey(fleetAppID, fleetCode)
+	wechat := newCountingLead(fleetIdentity, nil)
+
+	// Gateway A calls WeChat; the same code reaches gateway B, many times,
+	// while A's call is in flight.
+	first := redeemIn(a, key, wechat)
+	results := joinInFlight(t, rdb, b, key, wechat, 8)
+	close(wechat.release)
+
+	got := <-first
+	if got.lerr != nil || got.id != fleetIdentity || got.outcome != redeemedByCall {
+		t.Fatalf("gateway A: %+v", got)
+	}
+	joined := 0
+	for _, r := range results {
+		got := <-r
+		if got.lerr != nil || got.id != fleetIdentity {
+			t.Fatalf("gateway B: %+v", got)
+		}
+		if got.outcome == redeemedByCall {
+			t.Error("gateway B reports a WeChat call it did not make")
+		}
+		if got.outcome == redeemedByJoining {
+			joined++
+		}
+	}
+	if joined == 0 {
+		t.Error("no login at gateway B joined A's call")
+	}
+	if calls := wechat.calls.Load(); calls != 1 {
+		t.Errorf("%d WeChat calls for one code, want 1", calls)
+	}
+}
+
+func TestRedisCodesRetryOnAnotherGatewayIsServedFromCache(t *testing.T) {
+	_, a, b := twoGateways(t, time.Minute)
+	key := newCodeKey(fleetAppID, fleetCode)
+	wechat := released(fleetIdentity, nil)
+	ctx := context.Background()
+	if _, outcome, lerr := a.redeem(ctx, key, wechat.lead); lerr != nil || outcome != redeemedByCall {
+		t.Fatalf("first login: %v %v", outcome, lerr)
+	}
+	// The client did not get the answer and retries; the balancer picks B.
+	id, outcome, lerr := b.redeem(ctx, key, wechat.lead)
+	if lerr != nil || id != fleetIdentity || outcome != redeemedFromCache {
+		t.Fatalf("retry at gateway B: %+v %v %v", id, outcome, lerr)
+	}
+	if calls := wechat.calls.Load(); calls != 1 {
+		t.Errorf("%d WeChat calls, want 1: the retry spent the code again (40163)", calls)
+	}
+}
+
+func TestRedisCodesRefusalReachesWaitersButIsNotCached(t *testing.T) {
+	rdb, a, b := twoGateways(t, time.Minute)
+	key := newCodeKey(fleetAppID, fleetCode)
+	refusal := &loginError{status: http.StatusUnauthorized, code: errInvalidCode, message: "the login code is invalid", errcode: 40029, hasErrcode: true}
+	wechat := newCountingLead(Identity{}, refusal)
+
+	first := redeemIn(a, key, wechat)
+	waiter := joinInFlight(t, rdb, b, key, wechat, 1)[0]
+	close(wechat.release)
+
+	for name, r := range map[string]redeemed{"A": <-first, "B": <-waiter} {
+		if r.lerr == nil || r.lerr.status != refusal.status || r.lerr.code != refusal.code || r.lerr.errcode != 40029 || !r.lerr.hasErrcode || r.lerr.message != refusal.message {
+			t.Errorf("gateway %s answered %+v, want %+v", name, r.lerr, refusal)
+		}
+	}
+	if calls := wechat.calls.Load(); calls != 1 {
+		t.Fatalf("%d WeChat calls while one was in flight, want 1", calls)
+	}
+	// A new login with the code asks WeChat again: refusals are not cached.
+	if _, outcome, lerr := b.redeem(context.Background(), key, wechat.lead); lerr == nil || outcome != redeemedByCall {
+		t.Errorf("a later login: %v %v, want a new call", outcome, lerr)
+	}
+	if calls := wechat.calls.Load(); calls != 2 {
+		t.Errorf("%d WeChat calls, want 2", calls)
+	}
+}
+
+func TestRedisCodesWaiterTakesOverFromAVanishedHolder(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	rdb := newTestRedisClient(t, srv.Addr())
+	_, b := gatewayCodes(t, srv.Addr(), 1, time.Minute)
+	key := newCodeKey(fleetAppID, fleetCode)
+	k := b.keysFor(key)
+	ctx := context.Background()
+	// A gateway took the lock and died.
+	if err := rdb.Set(ctx, k.lock, "a-dead-gateway", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	wechat := released(fleetIdentity, nil)
+	claimsBefore := redisCalls(t, rdb, "evalsha")
+	waiter := redeemIn(b, key, wechat)
+	waitFor(t, "gateway B waits on the lock", func() bool { return redisCalls(t, rdb, "evalsha") > claimsBefore })
+	if calls := wechat.calls.Load(); calls != 0 {
+		t.Fatal("gateway B called WeChat while the lock was held")
+	}
+	rdb.Del(ctx, k.lock) // its expiry, without waiting for it
+	got := <-waiter
+	if got.lerr != nil || got.id != fleetIdentity || got.outcome != redeemedByCall || wechat.calls.Load() != 1 {
+		t.Fatalf("gateway B: %+v after %d calls", got, wechat.calls.Load())
+	}
+}
+
+func TestRedisCodesCodeUsedLooksForAnotherGatewaysResult(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	gwA, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
+	_, b := gatewayCodes(t, srv.Addr(), 1, time.Minute)
+	rdb := newTestRedisClient(t, srv.Addr())
+	key := newCodeKey(fleetAppID, fleetCode)
+	k := a.keysFor(key)
+	// B calls WeChat and hears 40163: gateway A (whose lock had run out)
+	// spent the code and stored the identity meanwhile.
+	usedAtWeChat := func() (Identity, *loginError) {
+		rdb.Set(context.Background(), k.result, a.sealIdentity(k, fleetIdentity), time.Minute)
+		return Identity{}, newLoginError(http.StatusUnauthorized, errCodeUsed, "the login code was already used")
+	}
+	id, outcome, lerr := b.redeem(context.Background(), key, usedAtWeChat)
+	if lerr != nil || id != fleetIdentity || outcome != redeemedFromCache {
+		t.Fatalf("got %+v %v %v, want A's identity from the cache", id, outcome, lerr)
+	}
+	if gwA.redis.down.Load() {
+		t.Fatal("Redis failed")
+	}
+}
+
+func TestRedisCodesCacheOffStillAnswersWaiters(t *testing.T) {
+	rdb, a, b := twoGateways(t, 0)
+	key := newCodeKey(fleetAppID, fleetCode)
+	wechat := newCountingLead(fleetIdentity, nil)
+	first := redeemIn(a, key, wechat)
+	waiter := joinInFlight(t, rdb, b, key, wechat, 1)[0]
+	close(wechat.release)
+	if got := <-first; got.lerr != nil || got.id != fleetIdentity {
+		t.Fatalf("gateway A: %+v", got)
+	}
+	if got := <-waiter; got.lerr != nil || got.id != fleetIdentity || got.outcome != redeemedByJoining {
+		t.Fatalf("gateway B: %+v", got)
+	}
+	// With cache_ttl 0, a later login is a new exchange.
+	if _, outcome, _ := b.redeem(context.Background(), key, wechat.lead); outcome != redeemedByCall || wechat.calls.Load() != 2 {
+		t.Errorf("a later login with the cache off: %v after %d calls, want a new call", outcome, wechat.calls.Load())
+	}
+}
+
+func TestRedisCodesResultIsBoundToItsCode(t *testing.T) {
+	// Whoever can write to Redis cannot give one code another's identity.
+	srv := testkit.StartRedis(t)
+	rdb := newTestRedisClient(t, srv.Addr())
+	_, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
+	ctx := context.Background()
+	alice, mallory := newCodeKey(fleetAppID, "alice-code"), newCodeKey(fleetAppID, "mallory-code")
+	if _, _, lerr := a.redeem(ctx, mallory, released(Identity{OpenID: "oMallory"}, nil).lead); lerr != nil {
+		t.Fatal(lerr)
+	}
+	stored := rdb.Get(ctx, a.keysFor(mallory).result).Val()
+	rdb.Set(ctx, a.keysFor(alice).result, stored, time.Minute)
+	_, b := gatewayCodes(t, srv.Addr(), 1, time.Minute)
+	id, outcome, lerr := b.redeem(ctx, alice, released(Identity{OpenID: "oAlice"}, nil).lead)
+	if lerr != nil || id.OpenID != "oAlice" || outcome != redeemedByCall {
+		t.Fatalf("a moved result was believed: %+v %v %v", id, outcome, lerr)
+	}
+}
+
+func TestRedisCodesServeWhileRedisIsDown(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	gw, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
+	fallbackBefore := gaugeValue(storeMetrics.fallback)
+	srv.Freeze()
+	defer srv.Resume()
+	wechat := released(fleetIdentity, nil)
+	key := newCodeKey(fleetAppID, fleetCode)
+	id, outcome, lerr := a.redeem(context.Background(), key, wechat.lead)
+	if lerr != nil || id != fleetIdentity || outcome != redeemedByCall {
+		t.Fatalf("with Redis frozen: %+v %v %v", id, outcome, lerr)
+	}
+	if !gw.redis.down.Load() || gaugeValue(storeMetrics.fallback) != fallbackBefore+1 {
+		t.Error("the fallback is not shown")
+	}
+	// The gateway's own cache still serves the retry.
+	if _, outcome, _ := a.redeem(context.Background(), key, wechat.lead); outcome != redeemedFromCache || wechat.calls.Load() != 1 {
+		t.Errorf("retry at the same gateway: %v after %d calls", outcome, wechat.calls.Load())
+	}
+}
+
+func TestNothingReadableInRedis(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	rdb := newTestRedisClient(t, srv.Addr())
+	ctx := context.Background()
+	gw, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
+	_, b := gatewayCodes(t, srv.Addr(), 1, time.Minute)
+	players := gw.budget("player", Budget{Events: 10, Window: caddy.Duration(time.Minute)}, leasedBudgetTable(100), time.Now)
+	ips := gw.budget("ip", Budget{Events: 10, Window: caddy.Duration(time.Minute)}, leasedBudgetTable(100), time.Now)
+	const ip = "203.0.113.77"
+	key := newCodeKey(fleetAppID, fleetCode)
+	refusedKey := newCodeKey(fleetAppID, fleetCode+"-refused")
+
+	// A call in flight (its lock), one refused with waiters (a refusal),
+	// one answered (an identity), and budgets charged.
+	wechat := newCountingLead(fleetIdentity, nil)
+	inFlight := redeemIn(a, key, wechat)
+	<-wechat.started
+	refusal := newLoginError(http.StatusUnauthorized, errInvalidCode, "the login code is invalid")
+	if _, _, lerr := b.redeem(ctx, refusedKey, released(Identity{}, refusal).lead); lerr == nil {
+		t.Fatal("the refusal was lost")
+	}
+	players.spend(ctx, fleetIdentity.OpenID)
+	ips.spend(ctx, ip)
+	seen := dumpRedis(t, rdb)
+	close(wechat.release)
+	<-inFlight
+	for k, v := range dumpRedis(t, rdb) {
+		seen[k] = v
+	}
+	if gw.redis.down.Load() {
+		t.Fatal("Redis failed: nothing was stored")
+	}
+
+	hex := fmt.Sprintf("%x", key[:])
+	forbidden := []string{fleetCode, fleetSessionKey, fleetSecret, fleetIdentity.OpenID, fleetIdentity.UnionID, ip, hex, "40029", "invalid"}
+	kinds := map[string]int{}
+	for k, v := range seen {
+		for _, f := range forbidden {
+			if strings.Contains(k, f) || strings.Contains(v, f) {
+				t.Errorf("key %q holds %q in readable form", k, f)
+			}
+		}
+		for _, kind := range []string{":budget:player:", ":budget:ip:", ":code:", ":lock:"} {
+			if strings.Contains(k, kind) {
+				kinds[kind]++
+			}
+		}
+	}
+	for _, kind := range []string{":budget:player:", ":budget:ip:", ":code:", ":lock:"} {
+		if kinds[kind] == 0 {
+			t.Errorf("no %s key was seen: the test looked at less than it should", kind)
+		}
+	}
+}
+
+// dumpRedis reads every key with its value, failing t for a key without
+// an expiry.
+func dumpRedis(t *testing.T, rdb *redis.Client) map[string]string {
+	t.Helper()
+	ctx := context.Background()
+	out := map[string]string{}
+	iter := rdb.Scan(ctx, 0, "*", 100).Iterator()
+	for iter.Next(ctx) {
+		k := iter.Val()
+		if ttl := rdb.PTTL(ctx, k).Val(); ttl <= 0 {
+			t.Errorf("key %q has no expiry (PTTL %v)", k, ttl)
+		}
+		switch typ := rdb.Type(ctx, k).Val(); typ {
+		case "string":
+			out[k] = rdb.Get(ctx, k).Val()
+		case "hash":
+			out[k] = fmt.Sprint(rdb.HGetAll(ctx, k).Val())
+		default:
+			t.Errorf("key %q is a %s, which no store writes", k, typ)
+		}
+	}
+	if err := iter.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// BenchmarkRedeemFreshCode compares redeeming codes never seen before (one
+// WeChat call each, answered at once) in memory and through a real Redis.
+func BenchmarkRedeemFreshCode(b *testing.B) {
+	lead := func() (Identity, *loginError) { return fleetIdentity, nil }
+	b.Run("memory", func(b *testing.B) {
+		benchmarkRedeem(b, newLocalCodes(time.Minute), lead)
+	})
+	b.Run("redis", func(b *testing.B) {
+		srv := testkit.StartRedis(b)
+		gw := newGateway(b, srv.Addr(), 0, func(c *RedisConfig) { c.Timeout = caddy.Duration(time.Second) })
+		benchmarkRedeem(b, gw.codes(newLocalCodes(time.Minute), time.Minute, 10*time.Second), lead)
+		if gw.redis.down.Load() {
+			b.Fatal("Redis failed during the benchmark: the numbers are memory's")
+		}
+	})
+}
+
+func benchmarkRedeem(b *testing.B, codes codeStore, lead func() (Identity, *loginError)) {
+	ctx := context.Background()
+	var n atomic.Int64
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			key := newCodeKey(fleetAppID, fmt.Sprintf("bench-code-%d", n.Add(1)))
+			if _, _, lerr := codes.redeem(ctx, key, lead); lerr != nil {
+				b.Error(lerr)
+				return
+			}
+		}
+	})
+}
