@@ -1,9 +1,11 @@
 package fleet
 
 import (
+	"fmt"
 	"net/http"
 	"testing"
 
+	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
 	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
 )
 
@@ -21,4 +23,18 @@ func mustRequest(t testing.TB, url string) *http.Request {
 		t.Fatal(err)
 	}
 	return req
+}
+
+// sessionSecret signs the fleet's session tokens: every gateway verifies
+// every other's.
+const sessionSecret = "fleet-session-secret-0123456789abcdef"
+
+// scrapeAdminMetrics reads a gateway's /metrics from its admin endpoint.
+func scrapeAdminMetrics(t testing.TB, g *testkit.Gateway) string {
+	t.Helper()
+	resp, err := testkit.Do(mustRequest(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", g.AdminPort)))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("metrics: %v %v", resp, err)
+	}
+	return string(resp.Body)
 }

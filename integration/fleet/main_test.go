@@ -11,6 +11,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	testkit.Forbid(fleetApp.Secret, sessionSecret)
 	os.Exit(m.Run())
 }
 

@@ -1,0 +1,248 @@
+package fleet
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
+	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
+)
+
+// fleetBudget is the per-player budget of the fleet's gateways: small, so
+// that three separate budgets (15) would be told from one shared (5).
+const fleetBudget = 5
+
+// loginBound is how long any login may take while Redis is slow or gone: the
+// Redis timeout (100ms) for the operations that find it gone, plus the
+// simulator's answer, with room for a loaded machine.
+const loginBound = 2 * time.Second
+
+// fleet is three gateways sharing one Redis, in front of one backend and one
+// simulator.
+type fleet struct {
+	redis    *testkit.Redis
+	sim      *wechatsim.Server
+	backend  *testkit.Backend
+	gateways []*testkit.Gateway
+	config   func(g *testkit.Gateway) string
+}
+
+func startFleet(t *testing.T) *fleet {
+	t.Helper()
+	f := &fleet{redis: testkit.StartRedis(t), backend: testkit.NewBackend(t, nil)}
+	var simURL string
+	f.sim, simURL = testkit.NewSim(t, fleetSimOptions())
+	f.config = func(g *testkit.Gateway) string {
+		return g.Site(testkit.WechatLogin(fleetApp.AppID, fleetApp.Secret, simURL,
+			fmt.Sprintf("budget %d 1m", fleetBudget),
+			"ip_budget off",
+			"retry 1",
+			fmt.Sprintf("redis {\n\t\taddress %s\n\t\tfleet_size 3\n\t\ttimeout 100ms\n\t}", f.redis.Addr()),
+			"session {\n\t\tsecret "+sessionSecret+"\n\t}",
+		), testkit.ProxyTo(f.backend))
+	}
+	for range 3 {
+		f.gateways = append(f.gateways, testkit.StartGateway(t, f.config))
+	}
+	return f
+}
+
+// login sends a login with code to gateway i, with the session token if any,
+// and returns the response and how long it took.
+func (f *fleet) login(t *testing.T, i int, code, token string) (testkit.Response, time.Duration) {
+	t.Helper()
+	req := mustRequest(t, f.gateways[i%len(f.gateways)].URL+"/wx/login?code="+code)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	start := time.Now()
+	resp, err := testkit.Do(req)
+	if err != nil {
+		t.Fatalf("login %s on gateway %d: %v", code, i, err)
+	}
+	return resp, time.Since(start)
+}
+
+// loopLogins is a returning player's login loop, round-robin over the
+// gateways: one login without a session, then attempts more with its token
+// and fresh codes. It returns how many were let through.
+func (f *fleet) loopLogins(t *testing.T, player string, attempts int) int {
+	t.Helper()
+	first, _ := f.login(t, 0, player+".0", "")
+	if first.StatusCode != http.StatusOK {
+		t.Fatalf("first login: %v", first)
+	}
+	token := first.Header.Get("X-Wx-Session")
+	passed := 1
+	for i := 1; i < attempts; i++ {
+		resp, _ := f.login(t, i, fmt.Sprintf("%s.%d", player, i), token)
+		switch resp.StatusCode {
+		case http.StatusOK:
+			passed++
+		case http.StatusTooManyRequests:
+		default:
+			t.Fatalf("login %d: %v", i, resp)
+		}
+	}
+	return passed
+}
+
+// 1. A returning player's logins round-robin over three gateways: one budget.
+func TestFleetSharesThePlayerBudget(t *testing.T) {
+	f := startFleet(t)
+	passed := f.loopLogins(t, "alice", 30)
+	calls := f.sim.CallsFor(wechatsim.OpenID(fleetApp.AppID, "alice"))
+	if passed != fleetBudget || calls != fleetBudget {
+		t.Errorf("%d logins passed and %d WeChat calls over three gateways, want %d: one budget for the fleet", passed, calls, fleetBudget)
+	}
+}
+
+// 2. One code sent to all three at once, many times each: one WeChat call,
+// and every gateway answers with the same identity.
+func TestFleetMakesOneCallPerCode(t *testing.T) {
+	f := startFleet(t)
+	f.sim.SetLatency(300 * time.Millisecond) // every login arrives while the call is in flight
+	var mu sync.Mutex
+	statuses := map[int]int{}
+	var wg sync.WaitGroup
+	for i := range 24 {
+		wg.Go(func() {
+			req, _ := http.NewRequest(http.MethodGet, f.gateways[i%3].URL+"/wx/login?code=bob.1", nil)
+			resp, err := testkit.Do(req)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				statuses[0]++
+				return
+			}
+			statuses[resp.StatusCode]++
+		})
+	}
+	wg.Wait()
+	if statuses[http.StatusOK] != 24 || f.sim.Calls() != 1 {
+		t.Fatalf("statuses %v with %d WeChat calls, want 24 × 200 and one call", statuses, f.sim.Calls())
+	}
+	want := wechatsim.OpenID(fleetApp.AppID, "bob")
+	for _, got := range f.backend.HeaderValues("X-Wx-Openid") {
+		if got != want {
+			t.Fatalf("a gateway forwarded openid %q, want %q", got, want)
+		}
+	}
+}
+
+// 3. A client retry that lands on another gateway after the first answered
+// is served from the shared cache, never 40163.
+func TestFleetServesARetryOnAnotherGateway(t *testing.T) {
+	f := startFleet(t)
+	for i := range 3 {
+		if resp, _ := f.login(t, i, "carol.1", ""); resp.StatusCode != http.StatusOK {
+			t.Fatalf("carol.1 on gateway %d: %v", i, resp)
+		}
+	}
+	if f.sim.Calls() != 1 {
+		t.Errorf("%d WeChat calls for one code on three gateways, want 1", f.sim.Calls())
+	}
+}
+
+// 4. Redis frozen mid-load, then resumed; killed and restarted empty: every
+// login is answered, none waits on Redis, and the fleet shares its budgets
+// again once Redis is back.
+func TestFleetSurvivesRedisFailures(t *testing.T) {
+	f := startFleet(t)
+	loadWhile := func(what string, fault func()) {
+		t.Helper()
+		stop := make(chan struct{})
+		var mu sync.Mutex
+		var failures []string
+		var wg sync.WaitGroup
+		for w := range 6 {
+			wg.Go(func() {
+				for n := 0; ; n++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					code := fmt.Sprintf("p%s%d-%d.1", strings.ReplaceAll(what, " ", ""), w, n)
+					req, _ := http.NewRequest(http.MethodGet, f.gateways[(w+n)%3].URL+"/wx/login?code="+code, nil)
+					start := time.Now()
+					resp, err := testkit.Do(req)
+					took := time.Since(start)
+					mu.Lock()
+					switch {
+					case err != nil:
+						failures = append(failures, err.Error())
+					case resp.StatusCode != http.StatusOK:
+						failures = append(failures, resp.String())
+					case took > loginBound:
+						failures = append(failures, fmt.Sprintf("a login took %s", took))
+					}
+					mu.Unlock()
+				}
+			})
+		}
+		time.Sleep(300 * time.Millisecond)
+		fault()
+		time.Sleep(300 * time.Millisecond)
+		close(stop)
+		wg.Wait()
+		if len(failures) > 0 {
+			t.Errorf("%s: %d logins failed or waited, e.g. %s", what, len(failures), failures[0])
+		}
+	}
+	loadWhile("frozen", func() {
+		f.redis.Freeze()
+		time.Sleep(time.Second)
+		f.redis.Resume()
+	})
+	f.waitShared(t)
+	loadWhile("restarted", f.redis.Restart)
+	f.waitShared(t)
+
+	if passed := f.loopLogins(t, "dave", 30); passed != fleetBudget {
+		t.Errorf("after Redis recovered, %d logins passed over three gateways, want %d: the budget is shared again", passed, fleetBudget)
+	}
+}
+
+// waitShared waits until every gateway uses Redis again (its fallback gauge
+// is 0): the prober reconnects within a couple of seconds.
+func (f *fleet) waitShared(t *testing.T) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		down := 0
+		for _, g := range f.gateways {
+			if strings.Contains(scrapeAdminMetrics(t, g), "caddy_wechat_login_store_fallback 1") {
+				down++
+			}
+		}
+		if down == 0 {
+			return
+		}
+	}
+	t.Fatal("the gateways did not return to Redis")
+}
+
+// 5. A reload of one gateway loses nothing: the fleet's budgets and cached
+// codes are in Redis.
+func TestFleetReloadLosesNothing(t *testing.T) {
+	f := startFleet(t)
+	if passed := f.loopLogins(t, "erin", 10); passed != fleetBudget {
+		t.Fatalf("%d logins passed, want %d", passed, fleetBudget)
+	}
+	if resp, _ := f.login(t, 0, "frank.1", ""); resp.StatusCode != http.StatusOK {
+		t.Fatalf("frank.1: %v", resp)
+	}
+	calls := f.sim.Calls()
+	f.gateways[1].Reload(t, f.config)
+
+	if resp, _ := f.login(t, 1, "frank.1", ""); resp.StatusCode != http.StatusOK || f.sim.Calls() != calls {
+		t.Errorf("frank's code after the reload: %v with %d more WeChat calls, want it from the shared cache", resp, f.sim.Calls()-calls)
+	}
+	if resp, _ := f.login(t, 1, "erin.99", ""); resp.StatusCode != http.StatusTooManyRequests {
+		t.Errorf("erin after the reload: %v, want 429: the reload must not refill her budget", resp)
+	}
+}
