@@ -8,22 +8,22 @@ import (
 	"time"
 )
 
-// Gate serves a handler (a WeChat stand-in) but holds every request until
-// the test opens it, so that a call stays in flight for exactly as long as
-// the test needs, without sleeping.
+// Gate serves a handler (a WeChat stand-in) but holds every request while
+// it is shut, so that a call stays in flight for exactly as long as the test
+// needs, without sleeping.
 type Gate struct {
 	*httptest.Server
 	next http.Handler
-	open chan struct{}
-	once sync.Once
 
 	mu       sync.Mutex
+	open     chan struct{} // closed while the gate is open
+	isOpen   bool
 	arrivals int
 	arrival  chan struct{} // closed, and replaced, at each arrival
 }
 
-// NewGate starts a closed gate in front of next; the test's cleanup opens
-// it, so that nothing stays held.
+// NewGate starts a shut gate in front of next; the test's cleanup opens it,
+// so that nothing stays held.
 func NewGate(t testing.TB, next http.Handler) *Gate {
 	t.Helper()
 	g := &Gate{next: next, open: make(chan struct{}), arrival: make(chan struct{})}
@@ -40,16 +40,34 @@ func (g *Gate) serve(w http.ResponseWriter, r *http.Request) {
 	g.arrivals++
 	close(g.arrival)
 	g.arrival = make(chan struct{})
+	open := g.open
 	g.mu.Unlock()
 	select {
-	case <-g.open:
+	case <-open:
 		g.next.ServeHTTP(w, r)
 	case <-r.Context().Done(): // the caller gave up: as if never answered
 	}
 }
 
 // Open lets every held request through, and every later one at once.
-func (g *Gate) Open() { g.once.Do(func() { close(g.open) }) }
+func (g *Gate) Open() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.isOpen {
+		close(g.open)
+		g.isOpen = true
+	}
+}
+
+// Shut makes the gate hold the requests that arrive from now on.
+func (g *Gate) Shut() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.isOpen {
+		g.open = make(chan struct{})
+		g.isOpen = false
+	}
+}
 
 // Arrivals is how many requests have reached the gate so far.
 func (g *Gate) Arrivals() int {
