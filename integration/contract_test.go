@@ -161,6 +161,11 @@ type logLine struct {
 	Logger  string `json:"logger"`
 	Msg     string `json:"msg"`
 	Errcode int    `json:"errcode"`
+	Status  int    `json:"status"` // of a failed request (http.log.error)
+	Request struct {
+		URI     string              `json:"uri"`
+		Headers map[string][]string `json:"headers"`
+	} `json:"request"`
 }
 
 // errorLines reads a JSON log file, failing the test if it holds anything
