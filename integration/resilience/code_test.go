@@ -142,3 +142,26 @@ func TestFirstClientLeaving(t *testing.T) {
 	}
 	assertForwarded(t, backend.HeaderValues("X-WX-OPENID"), others, openID)
 }
+
+// TestEndpointsShareNoCache: a staging site on a simulator and a production
+// site of the same app_id on another endpoint keep apart what they proved:
+// a code redeemed on one is no cache hit on the other, which asks its own
+// WeChat.
+func TestEndpointsShareNoCache(t *testing.T) {
+	const appID, secret = "wxtwoendpoints", "two-endpoints-secret"
+	staging, stagingURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
+	production, productionURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
+	backend := testkit.NewBackend(t, nil)
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(
+		testkit.Route("staging", appID, secret, stagingURL, backend),
+		testkit.Route("production", appID, secret, productionURL, backend),
+	))
+	for _, site := range []string{"staging", "production"} {
+		if r := testkit.Get(t, "/"+site+"/wx/login?code=alice.1"); r.StatusCode != http.StatusOK {
+			t.Fatalf("login on %s: %v", site, r)
+		}
+	}
+	if staging.Calls() != 1 || production.Calls() != 1 {
+		t.Errorf("staging's WeChat saw %d calls, production's %d; want one each", staging.Calls(), production.Calls())
+	}
+}
