@@ -148,3 +148,95 @@ func leasedBudgetTable(size int) *budgetTable {
 	table.lease(size)
 	return table
 }
+
+// testSessionSecret signs the sessions of handlers made withTestSessions.
+const testSessionSecret = "unit-test-session-secret-0123456789abcdef"
+
+// withTestSessions turns sessions on.
+func withTestSessions(h *Handler) {
+	h.Session = &SessionConfig{Secrets: []string{testSessionSecret}}
+}
+
+// withBudget sets the player budget to events per window.
+func withBudget(events int, window time.Duration) func(*Handler) {
+	return func(h *Handler) { h.Budget = &Budget{Events: events, Window: caddy.Duration(window)} }
+}
+
+// loginResult is what one login through a handler gave.
+type loginResult struct {
+	w        *httptest.ResponseRecorder
+	upstream http.Header // what the next handler received; nil if nothing was forwarded
+	err      error       // what ServeHTTP returned
+}
+
+func (r loginResult) forwarded() bool { return r.upstream != nil }
+
+// serveLoginWith serves a login with code on ctx, adding header to the
+// request. It touches no testing.T, so any goroutine may call it.
+func serveLoginWith(ctx context.Context, h *Handler, code string, header http.Header) loginResult {
+	r, _ := newTestRequest(ctx, http.MethodGet, "/wx/login?code="+code, nil)
+	for name, values := range header {
+		r.Header[name] = values
+	}
+	up := &recordingUpstream{}
+	res := loginResult{w: httptest.NewRecorder()}
+	res.err = h.ServeHTTP(res.w, r, up.handler())
+	if up.count() > 0 {
+		res.upstream = up.headers[0]
+	}
+	return res
+}
+
+// goLogin is serveLoginWith on a goroutine of its own.
+func goLogin(ctx context.Context, h *Handler, code string, header http.Header) <-chan loginResult {
+	done := make(chan loginResult, 1)
+	go func() { done <- serveLoginWith(ctx, h, code, header) }()
+	return done
+}
+
+// sessionHeader presents token as a session.
+func sessionHeader(token string) http.Header {
+	return http.Header{"Authorization": {"Bearer " + token}}
+}
+
+// waitingContext is a request context that tells when a login first waits
+// on it: a login waits on its request's Done once the WeChat call for its
+// code is in flight, led by it or by another login, and reads Done nowhere
+// before.
+type waitingContext struct {
+	context.Context
+	once    sync.Once
+	waiting chan struct{}
+}
+
+func newWaitingContext(parent context.Context) *waitingContext {
+	return &waitingContext{Context: parent, waiting: make(chan struct{})}
+}
+
+func (c *waitingContext) Done() <-chan struct{} {
+	c.once.Do(func() { close(c.waiting) })
+	return c.Context.Done()
+}
+
+// await waits until a login waits on c, failing the test after 10 seconds.
+func (c *waitingContext) await(t testing.TB) {
+	t.Helper()
+	select {
+	case <-c.waiting:
+	case <-time.After(10 * time.Second):
+		t.Fatal("gave up waiting for the login to wait for its code's result")
+	}
+}
+
+// awaitLogin is the result of a login started with goLogin, failing the test
+// after 10 seconds.
+func awaitLogin(t testing.TB, done <-chan loginResult) loginResult {
+	t.Helper()
+	select {
+	case res := <-done:
+		return res
+	case <-time.After(10 * time.Second):
+		t.Fatal("gave up waiting for a login to finish")
+		return loginResult{}
+	}
+}

@@ -3,17 +3,20 @@ package wechatlogin
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
 	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
@@ -85,7 +88,11 @@ func TestLoginSetsIdentityHeadersAndPlaceholders(t *testing.T) {
 	_, endpoint := newTestSim(t)
 	h := newTestHandler(t, endpoint, nil)
 	r, repl := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.1&level=3", nil)
+	// The module overwrites X-WX-OPENID, but sets no session_key without
+	// forward_session_key: only stripping keeps the client's copies out.
 	r.Header.Set("x-wx-openid", "spoofed")
+	r.Header.Set("X-WX-SESSION-KEY", "spoofed-key")
+	r.Header["X_WX_SESSION_KEY"] = []string{"spoofed-key"}
 	up := &recordingUpstream{}
 	w := httptest.NewRecorder()
 	if err := h.ServeHTTP(w, r, up.handler()); err != nil {
@@ -96,14 +103,14 @@ func TestLoginSetsIdentityHeadersAndPlaceholders(t *testing.T) {
 	}
 	got := up.headers[0]
 	wantOpenID := wechatsim.OpenID(testAppID, "alice")
-	if got.Get("X-WX-OPENID") != wantOpenID || len(got.Values("X-WX-OPENID")) != 1 {
-		t.Errorf("X-WX-OPENID = %q, want only %q", got.Values("X-WX-OPENID"), wantOpenID)
+	if v := spelledValues(got, "x-wx-openid"); len(v) != 1 || v[0] != wantOpenID {
+		t.Errorf("X-WX-OPENID = %q, want only %q", v, wantOpenID)
 	}
 	if got.Get("X-WX-UNIONID") != wechatsim.UnionID("alice") || got.Get("X-WX-APPID") != testAppID {
 		t.Errorf("unionid/appid headers wrong: %v", got)
 	}
-	if got.Get("X-WX-SESSION-KEY") != "" {
-		t.Error("session_key forwarded without forward_session_key")
+	if v := spelledValues(got, "x-wx-session-key"); v != nil {
+		t.Errorf("X-WX-SESSION-KEY %q reached the upstream without forward_session_key", v)
 	}
 	for name, want := range map[string]string{"http.wechat.openid": wantOpenID, "http.wechat.unionid": wechatsim.UnionID("alice"), "http.wechat.appid": testAppID} {
 		if v, _ := repl.GetString(name); v != want {
@@ -115,25 +122,47 @@ func TestLoginSetsIdentityHeadersAndPlaceholders(t *testing.T) {
 	}
 }
 
+// spelledValues is every value of header want ("x-wx-openid") in h, under
+// any spelling a backend might fold to it: any case, '_' or '.' for '-'.
+// It is written apart from the module's own matching, which it checks.
+func spelledValues(h http.Header, want string) []string {
+	var values []string
+	for name, vs := range h {
+		if strings.NewReplacer("_", "-", ".", "-").Replace(strings.ToLower(name)) == want {
+			values = append(values, vs...)
+		}
+	}
+	return values
+}
+
 func TestRefusedLoginsForwardNothing(t *testing.T) {
 	sim, endpoint := newTestSim(t)
 	h := newTestHandler(t, endpoint, nil)
-	for _, target := range []string{"/wx/login", "/wx/login?code=", "/wx/login?code=invalid.1", "/wx/login?code=blocked.1"} {
-		r, _ := newTestRequest(context.Background(), http.MethodGet, target, nil)
+	for _, tc := range []struct {
+		target string
+		status int
+		error  string
+	}{
+		{"/wx/login", http.StatusBadRequest, errInvalidRequest},
+		{"/wx/login?code=", http.StatusBadRequest, errInvalidRequest},
+		{"/wx/login?code=invalid.1", http.StatusUnauthorized, errInvalidCode},
+		{"/wx/login?code=blocked.1", http.StatusForbidden, errUserBlocked},
+	} {
+		r, _ := newTestRequest(context.Background(), http.MethodGet, tc.target, nil)
 		up := &recordingUpstream{}
 		w := httptest.NewRecorder()
 		if err := h.ServeHTTP(w, r, up.handler()); err != nil {
 			t.Fatal(err)
 		}
-		if up.count() != 0 || w.Code < 400 {
-			t.Errorf("%s: status %d, forwarded %d", target, w.Code, up.count())
+		var body errorBody
+		if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || w.Code != tc.status || body.Error != tc.error || body.Message == "" {
+			t.Errorf("%s: %d %s, want %d %s with a message", tc.target, w.Code, w.Body, tc.status, tc.error)
 		}
-		var body map[string]any
-		if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || body["error"] == nil || body["message"] == nil {
-			t.Errorf("%s: body is not the documented JSON: %s", target, w.Body)
+		if up.count() != 0 {
+			t.Errorf("%s: the refused login was forwarded", tc.target)
 		}
 		if w.Header().Get("Content-Type") != "application/json" {
-			t.Errorf("%s: Content-Type %q", target, w.Header().Get("Content-Type"))
+			t.Errorf("%s: Content-Type %q", tc.target, w.Header().Get("Content-Type"))
 		}
 	}
 	if sim.Calls() != 2 {
@@ -150,9 +179,9 @@ func TestNonLoginRequestsPassStrippedWithoutSessions(t *testing.T) {
 	if err := h.ServeHTTP(httptest.NewRecorder(), r, up.handler()); err != nil || up.count() != 1 {
 		t.Fatalf("not forwarded: %v", err)
 	}
-	for name := range up.headers[0] {
-		if isIdentityHeader(name) {
-			t.Errorf("%s reached the upstream", name)
+	for _, name := range []string{"x-wx-openid", "x-wx-appid"} {
+		if v := spelledValues(up.headers[0], name); v != nil {
+			t.Errorf("%s %q reached the upstream", name, v)
 		}
 	}
 }
@@ -160,88 +189,74 @@ func TestNonLoginRequestsPassStrippedWithoutSessions(t *testing.T) {
 // Concurrent logins with one code share one WeChat call, and the first
 // client leaving does not fail the others.
 func TestConcurrentLoginsShareOneCall(t *testing.T) {
-	sim, endpoint := newTestSim(t)
-	sim.SetLatency(300 * time.Millisecond)
-	h := newTestHandler(t, endpoint, nil)
-	coalescedBefore := counterValue(h.metrics.coalescedLogins)
+	sim, _ := newTestSim(t)
+	gate := testkit.NewGate(t, sim)
+	h := newTestHandler(t, gate.URL, nil)
 
-	const clients = 50
-	up := &recordingUpstream{}
 	firstCtx, leave := context.WithCancel(context.Background())
 	defer leave()
-	var wg sync.WaitGroup
-	statuses := make([]int, clients)
-	for i := range clients {
-		ctx := context.Background()
-		if i == 0 {
-			ctx = firstCtx
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r, _ := newTestRequest(ctx, http.MethodGet, "/wx/login?code=alice.shared", nil)
-			w := httptest.NewRecorder()
-			_ = h.ServeHTTP(w, r, up.handler())
-			statuses[i] = w.Code
-		}()
-		if i == 0 {
-			for sim.Calls() == 0 { // the first client's call is in flight
-				time.Sleep(time.Millisecond)
-			}
-			leave()
-		}
+	first := goLogin(firstCtx, h, "alice.shared", nil)
+	gate.AwaitArrivals(t, 1)
+	const others = 49
+	results := make([]<-chan loginResult, others)
+	for i := range results {
+		waiting := newWaitingContext(context.Background())
+		results[i] = goLogin(waiting, h, "alice.shared", nil)
+		waiting.await(t)
 	}
-	wg.Wait()
-	if sim.Calls() != 1 {
-		t.Errorf("simulator saw %d calls for one code, want 1", sim.Calls())
+	leave()
+	if res := awaitLogin(t, first); res.w.Code != statusClientClosedRequest || res.forwarded() {
+		t.Errorf("the client that left: %d (forwarded: %v), want 499 and nothing forwarded", res.w.Code, res.forwarded())
 	}
-	if up.count() != clients-1 {
-		t.Errorf("%d logins forwarded, want the %d clients that stayed", up.count(), clients-1)
-	}
+	gate.Open()
+
 	want := wechatsim.OpenID(testAppID, "alice")
-	for _, hdr := range up.headers {
-		if hdr.Get("X-WX-OPENID") != want {
-			t.Fatalf("a client got identity %q, want %q", hdr.Get("X-WX-OPENID"), want)
+	for _, done := range results {
+		if res := awaitLogin(t, done); res.w.Code != http.StatusNoContent || res.upstream.Get("X-Wx-Openid") != want {
+			t.Fatalf("a client waiting on the call got %d %s (identity %q), want it forwarded as alice", res.w.Code, res.w.Body, res.upstream.Get("X-Wx-Openid"))
 		}
 	}
-	if got := counterValue(h.metrics.coalescedLogins) - coalescedBefore; got < clients-2 {
-		t.Errorf("coalesced metric grew by %v, want at least %d", got, clients-2)
+	if gate.Arrivals() != 1 {
+		t.Errorf("WeChat saw %d calls for one code, want 1", gate.Arrivals())
 	}
 
 	// Later logins with the same code are served from the cache.
-	r, _ := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.shared", nil)
-	if err := h.ServeHTTP(httptest.NewRecorder(), r, up.handler()); err != nil || up.count() != clients || sim.Calls() != 1 {
-		t.Fatalf("repeat login: forwarded %d, calls %d, err %v", up.count(), sim.Calls(), err)
+	if res := serveLoginWith(context.Background(), h, "alice.shared", nil); !res.forwarded() || gate.Arrivals() != 1 {
+		t.Fatalf("repeat login: %d %s, WeChat calls %d", res.w.Code, res.w.Body, gate.Arrivals())
 	}
 }
 
 func TestCacheTTLExpiresOnTheClock(t *testing.T) {
 	_, endpoint := newTestSim(t)
-	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
-	h := newTestHandler(t, endpoint, func(h *Handler) { h.now = func() time.Time { return now } })
-	login := func() int {
-		r, _ := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.ttl", nil)
-		w := httptest.NewRecorder()
-		_ = h.ServeHTTP(w, r, (&recordingUpstream{}).handler())
-		return w.Code
+	clock := newTestClock()
+	h := newClockedHandler(t, endpoint, clock, func(h *Handler) {
+		ttl := caddy.Duration(time.Minute)
+		h.CacheTTL = &ttl
+	})
+	if w, forwarded := serveTestLogin(t, h, "alice.ttl", "198.51.100.1"); !forwarded {
+		t.Fatalf("first login: %d %s", w.Code, w.Body)
 	}
-	if c := login(); c != http.StatusNoContent {
-		t.Fatalf("first login: %d", c)
+	clock.Advance(time.Minute - time.Millisecond)
+	if w, forwarded := serveTestLogin(t, h, "alice.ttl", "198.51.100.1"); !forwarded {
+		t.Fatalf("within cache_ttl: %d %s", w.Code, w.Body)
 	}
-	now = now.Add(defaultCacheTTL - time.Second)
-	if c := login(); c != http.StatusNoContent {
-		t.Fatalf("within cache_ttl: %d", c)
-	}
-	now = now.Add(time.Second)
-	if c := login(); c != http.StatusUnauthorized {
-		t.Fatalf("after cache_ttl the code is spent at WeChat: got %d, want 401", c)
+	clock.Advance(time.Millisecond)
+	w, _ := serveTestLogin(t, h, "alice.ttl", "198.51.100.1")
+	var body errorBody
+	_ = json.Unmarshal(w.Body.Bytes(), &body)
+	if w.Code != http.StatusUnauthorized || body.Error != errCodeUsed {
+		t.Fatalf("after cache_ttl the code is spent at WeChat: got %d %s, want 401 code_used", w.Code, w.Body)
 	}
 }
 
+// A misconfiguration is answered 502 at once, counted, and logged at error
+// level with WeChat's errcode and rid, never its errmsg.
 func TestMisconfigurationIsCountedNotRetried(t *testing.T) {
 	sim, endpoint := newTestSim(t)
 	testkit.Forbid("wrong-secret")
 	h := newTestHandler(t, endpoint, func(h *Handler) { h.AppSecret = "wrong-secret" })
+	observed, logs := observer.New(zapcore.ErrorLevel)
+	h.logger = zap.New(zapcore.NewTee(h.logger.Core(), observed)) // still written to the scanned output
 	before := counterValue(wechatMetrics.logins.WithLabelValues(testAppID, errWechatMisconfigured))
 	r, _ := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.m", nil)
 	w := httptest.NewRecorder()
@@ -254,6 +269,17 @@ func TestMisconfigurationIsCountedNotRetried(t *testing.T) {
 	}
 	if got := counterValue(wechatMetrics.logins.WithLabelValues(testAppID, errWechatMisconfigured)) - before; got != 1 {
 		t.Errorf("logins_total{result=wechat_misconfigured} grew by %v, want 1", got)
+	}
+	lines := logs.All()
+	if len(lines) != 1 {
+		t.Fatalf("%d error lines, want 1: %v", len(lines), lines)
+	}
+	fields := lines[0].ContextMap()
+	if fields["errcode"] != int64(40125) || fields["rid"] == "" || fields["app_id"] != testAppID {
+		t.Errorf("the error line lacks what WeChat support needs: %v", fields)
+	}
+	if strings.Contains(lines[0].Message+fmt.Sprint(fields), "invalid appsecret") {
+		t.Errorf("the error line repeats WeChat's errmsg: %s %v", lines[0].Message, fields)
 	}
 }
 
@@ -279,28 +305,28 @@ func BenchmarkLoginCacheHit(b *testing.B) {
 }
 
 // Logins that join a call in flight cost WeChat nothing: the exchange charged
-// the player once, so they are not refused even when that took the last token.
+// the player once, so they are not refused even when that took the last of
+// the budget.
 func TestConcurrentLoginsOfOneCodeShareOneCharge(t *testing.T) {
-	sim, endpoint := newTestSim(t)
-	sim.SetLatency(time.Second) // long enough for all five to join the one call
-	h := newTestHandler(t, endpoint, func(h *Handler) { h.Budget = &Budget{Events: 1, Window: caddy.Duration(time.Minute)} })
-	up := &recordingUpstream{}
-	var wg sync.WaitGroup
+	sim, _ := newTestSim(t)
+	gate := testkit.NewGate(t, sim)
+	h := newClockedHandler(t, gate.URL, newTestClock(), withBudget(1, time.Minute))
+	var results []<-chan loginResult
 	for range 5 {
-		wg.Go(func() {
-			r, _ := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.together", nil)
-			_ = h.ServeHTTP(httptest.NewRecorder(), r, up.handler())
-		})
+		waiting := newWaitingContext(context.Background())
+		results = append(results, goLogin(waiting, h, "alice.together", nil))
+		waiting.await(t)
 	}
-	wg.Wait()
-	if up.count() != 5 || sim.Calls() != 1 {
-		t.Fatalf("%d of 5 logins forwarded with %d WeChat calls; want all 5 on one call", up.count(), sim.Calls())
+	gate.Open()
+	for _, done := range results {
+		if res := awaitLogin(t, done); !res.forwarded() {
+			t.Errorf("a login on the one call: %d %s, want it forwarded", res.w.Code, res.w.Body)
+		}
+	}
+	if gate.Arrivals() != 1 {
+		t.Fatalf("%d WeChat calls for one code, want 1", gate.Arrivals())
 	}
 	// Replaying the code later is refused while the budget is spent.
-	r, _ := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.together", nil)
-	w := httptest.NewRecorder()
-	_ = h.ServeHTTP(w, r, up.handler())
-	if w.Code != http.StatusTooManyRequests {
-		t.Errorf("a replayed cached code with the budget spent: %d, want 429", w.Code)
-	}
+	res := serveLoginWith(context.Background(), h, "alice.together", nil)
+	wantRateLimited(t, res.w, res.forwarded(), "63")
 }

@@ -13,7 +13,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
 	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
@@ -161,6 +160,11 @@ type logLine struct {
 	Logger  string `json:"logger"`
 	Msg     string `json:"msg"`
 	Errcode int    `json:"errcode"`
+	Status  int    `json:"status"` // of a failed request (http.log.error)
+	Request struct {
+		URI     string              `json:"uri"`
+		Headers map[string][]string `json:"headers"`
+	} `json:"request"`
 }
 
 // errorLines reads a JSON log file, failing the test if it holds anything
@@ -435,9 +439,11 @@ func TestSpoofedIdentityHeaders(t *testing.T) {
 // retry, a double tap) make one WeChat call and all get the identity.
 func TestCodeReuse(t *testing.T) {
 	const appID, secret = "wxreuse", "reuse-secret"
-	sim, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
+	sim, _ := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
+	gate := testkit.NewGate(t, sim)
+	gate.Open() // shut only where a call must stay in flight
 	backend := testkit.NewBackend(t, nil)
-	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(testkit.WechatLogin(appID, secret, simURL), testkit.ProxyTo(backend)))
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(testkit.WechatLogin(appID, secret, gate.URL), testkit.ProxyTo(backend)))
 	openID := wechatsim.OpenID(appID, "alice")
 
 	t.Run("repeated", func(t *testing.T) {
@@ -452,21 +458,29 @@ func TestCodeReuse(t *testing.T) {
 	})
 
 	t.Run("concurrent", func(t *testing.T) {
-		// Latency keeps the first call in flight while the others arrive.
-		sim.SetLatency(300 * time.Millisecond)
-		defer sim.SetLatency(0)
-		calls, forwarded := sim.Calls(), backend.Count()
+		// The gate holds the first call while the others arrive; any that
+		// arrive after it is released are served from the cache.
+		gate.Shut()
+		defer gate.Open()
+		calls, forwarded, arrived := sim.Calls(), backend.Count(), gate.Arrivals()
 		const logins = 8
 		statuses := make(chan int, logins)
-		testkit.Parallel(logins, logins, func(int) {
-			// Not testkit.Get: t.Fatal must not be called off the test goroutine.
-			resp, err := testkit.Fetch(context.Background(), http.MethodGet, "/wx/login?code=alice.concurrent", nil)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			statuses <- resp.StatusCode
-		})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			testkit.Parallel(logins, logins, func(int) {
+				// Not testkit.Get: t.Fatal must not be called off the test goroutine.
+				resp, err := testkit.Fetch(context.Background(), http.MethodGet, "/wx/login?code=alice.concurrent", nil)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				statuses <- resp.StatusCode
+			})
+		}()
+		gate.AwaitArrivals(t, arrived+1)
+		gate.Open()
+		<-done
 		close(statuses)
 		for status := range statuses {
 			if status != http.StatusOK {

@@ -4,7 +4,9 @@
 // curl commands to try, and serves until Ctrl-C.
 //
 // With -check it instead walks through those commands itself, prints each
-// answer and exits non-zero if the gateway did not behave as documented.
+// answer and exits non-zero if the gateway did not behave as documented; it
+// then runs on free loopback ports, except those given by flags, so that it
+// never collides with anything else on the machine (CI runs it).
 //
 // Usage:
 //
@@ -20,6 +22,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -46,10 +50,19 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:8080", "`address` of the Caddy gateway (what you curl)")
 	backend := flag.String("backend", "127.0.0.1:9000", "`address` of the sample game backend")
 	wechat := flag.String("wechat", "127.0.0.1:8931", "`address` of the WeChat simulator")
-	check := flag.Bool("check", false, "run the walk-through against the demo, print every answer, and exit non-zero if any is wrong")
+	check := flag.Bool("check", false, "run the walk-through against the demo on free ports, print every answer, and exit non-zero if any is wrong")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fatalf("unexpected arguments: %q", flag.Args())
+	}
+	if *check {
+		given := map[string]bool{}
+		flag.Visit(func(f *flag.Flag) { given[f.Name] = true })
+		for name, addr := range map[string]*string{"listen": listen, "backend": backend, "wechat": wechat} {
+			if !given[name] {
+				*addr = "127.0.0.1:0"
+			}
+		}
 	}
 
 	sim := wechatsim.New(wechatsim.Options{Apps: []wechatsim.App{demoApp}})
@@ -62,16 +75,24 @@ func main() {
 	if err != nil || host == "" {
 		fatalf("-listen %q: want host:port, such as 127.0.0.1:8080", *listen)
 	}
-	stop, err := start(host, port, *backend, *wechat, wechatHandler)
+	if port == "0" {
+		// Caddy cannot report the port it picked: pick one for it.
+		port, err = freePort(host)
+		if err != nil {
+			fatalf("%v", err)
+		}
+	}
+	received := &backendLog{}
+	running, err := start(host, port, *backend, *wechat, wechatHandler, received.record(gamebackend.Handler()))
 	if err != nil {
 		fatalf("%v\n(is another demo running? -listen, -backend and -wechat choose other addresses)", err)
 	}
-	defer stop()
+	defer running.stop()
 
-	w := newWalkthrough("http://"+*listen, sim)
+	w := newWalkthrough("http://"+net.JoinHostPort(host, port), sim, received)
 	if *check {
 		ok := w.check(os.Stdout)
-		stop()
+		running.stop()
 		if !ok {
 			os.Exit(1)
 		}
@@ -80,58 +101,80 @@ func main() {
 
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
-	w.printGuide(os.Stdout, *backend, *wechat)
+	w.printGuide(os.Stdout, running.backend, running.wechat)
 	<-ctx.Done()
 	cancel() // a second Ctrl-C ends the demo at once
 	fmt.Println("\nshutting down")
 }
 
-// start runs the simulator, the backend and Caddy, and returns a function
-// that stops all three (safe to call more than once).
-func start(host, port, backend, wechat string, wechatHandler http.Handler) (stop func(), err error) {
-	var servers []*http.Server
-	stopped := false
-	stop = func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		if err := caddy.Stop(); err != nil {
-			fmt.Fprintf(os.Stderr, "demo: stopping caddy: %v\n", err)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		for _, srv := range servers {
-			_ = srv.Shutdown(ctx)
-		}
+// demo is the running simulator, backend and Caddy.
+type demo struct {
+	backend, wechat string // the addresses they listen on
+	servers         []*http.Server
+	stopped         bool
+}
+
+// stop stops all three; it is safe to call more than once.
+func (d *demo) stop() {
+	if d.stopped {
+		return
 	}
-	serve := func(addr string, h http.Handler) error {
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			return err
-		}
-		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-		servers = append(servers, srv)
-		go func() { _ = srv.Serve(ln) }()
-		return nil
+	d.stopped = true
+	if err := caddy.Stop(); err != nil {
+		fmt.Fprintf(os.Stderr, "demo: stopping caddy: %v\n", err)
 	}
-	if err := serve(wechat, wechatHandler); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, srv := range d.servers {
+		_ = srv.Shutdown(ctx)
+	}
+}
+
+// serve serves h on addr (port 0: any free port) and returns the address it
+// listens on.
+func (d *demo) serve(addr string, h http.Handler) (string, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	d.servers = append(d.servers, srv)
+	go func() { _ = srv.Serve(ln) }()
+	return ln.Addr().String(), nil
+}
+
+// start runs the simulator, the backend and Caddy.
+func start(host, port, backend, wechat string, wechatHandler, backendHandler http.Handler) (*demo, error) {
+	d := &demo{}
+	var err error
+	if d.wechat, err = d.serve(wechat, wechatHandler); err != nil {
 		return nil, fmt.Errorf("WeChat simulator: %w", err)
 	}
-	if err := serve(backend, gamebackend.Handler()); err != nil {
-		stop()
+	if d.backend, err = d.serve(backend, backendHandler); err != nil {
+		d.stop()
 		return nil, fmt.Errorf("game backend: %w", err)
 	}
 	if err := startCaddy(map[string]string{
 		"DEMO_HOST":    host,
 		"DEMO_PORT":    port,
-		"DEMO_BACKEND": backend,
-		"DEMO_WECHAT":  wechat,
+		"DEMO_BACKEND": d.backend,
+		"DEMO_WECHAT":  d.wechat,
 	}); err != nil {
-		stop()
+		d.stop()
 		return nil, fmt.Errorf("caddy: %w", err)
 	}
-	return stop, nil
+	return d, nil
+}
+
+// freePort returns a TCP port that was free on host a moment ago.
+func freePort(host string) (string, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	_, port, err := net.SplitHostPort(ln.Addr().String())
+	return port, err
 }
 
 // startCaddy adapts the embedded Caddyfile, as `caddy run` would, and runs
@@ -161,6 +204,38 @@ func logCalls(sim *wechatsim.Server) http.Handler {
 		sim.ServeHTTP(w, r)
 		fmt.Printf("WeChat simulator: jscode2session call #%d\n", sim.Calls())
 	})
+}
+
+// backendLog keeps what reached the game backend, for -check: how many
+// requests, and the X-WX- headers of the latest, in every spelling.
+type backendLog struct {
+	mu       sync.Mutex
+	requests int
+	headers  http.Header
+}
+
+func (l *backendLog) record(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		headers := http.Header{}
+		for name, values := range r.Header {
+			if strings.HasPrefix(strings.NewReplacer("_", "-", ".", "-").Replace(strings.ToLower(name)), "x-wx-") {
+				headers[name] = values
+			}
+		}
+		l.mu.Lock()
+		l.requests++
+		l.headers = headers
+		l.mu.Unlock()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// seen is the number of requests received so far and the X-WX- headers of
+// the latest.
+func (l *backendLog) seen() (int, http.Header) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.requests, l.headers
 }
 
 // fatalf reports a failure and exits. Not through the log package: once

@@ -35,6 +35,10 @@ type answer struct {
 	body   []byte
 	// wechatCalls is how many calls the simulator received meanwhile.
 	wechatCalls int64
+	// forwarded is how many requests reached the game backend meanwhile;
+	// backendHeaders are the X-WX- headers of the latest, in any spelling.
+	forwarded      int
+	backendHeaders http.Header
 }
 
 // backend decodes the game backend's echo of what it received.
@@ -52,16 +56,17 @@ func (a *answer) backend() (gamebackend.Answer, error) {
 type walkthrough struct {
 	baseURL string
 	sim     *wechatsim.Server
+	backend *backendLog
 	steps   []step
 	token   string // saved by a saveToken step, for -check
 }
 
-func newWalkthrough(baseURL string, sim *wechatsim.Server) *walkthrough {
+func newWalkthrough(baseURL string, sim *wechatsim.Server, backend *backendLog) *walkthrough {
 	alice := wechatsim.OpenID(demoApp.AppID, "alice")
 	bob := wechatsim.OpenID(demoApp.AppID, "bob")
 	carol := wechatsim.OpenID(demoApp.AppID, "carol")
 	const carolBody = `{"code":"carol.1"}`
-	w := &walkthrough{baseURL: baseURL, sim: sim}
+	w := &walkthrough{baseURL: baseURL, sim: sim, backend: backend}
 	w.steps = []step{
 		{
 			title:  "Log in as alice. The backend's JSON shows the X-WX-OPENID, X-WX-UNIONID and X-WX-APPID it received; the response carries a session token in X-WX-SESSION.",
@@ -97,11 +102,11 @@ func newWalkthrough(baseURL string, sim *wechatsim.Server) *walkthrough {
 			expect: forwardedAs(alice, 0),
 		},
 		{
-			title:  "Alice claims to be bob with a forged X-WX-OPENID: the header is stripped, and the backend still sees alice.",
+			title:  "Alice claims to be bob with a forged X-WX-OPENID, and sends a forged X-WX-SESSION-KEY: both are stripped. The backend still sees alice, and no session key (this gateway does not forward_session_key).",
 			path:   "/game/state",
-			header: [][2]string{{"X-WX-OPENID", bob}},
+			header: [][2]string{{"X-WX-OPENID", bob}, {"X-WX-SESSION-KEY", "forged"}},
 			bearer: true,
-			expect: forwardedAs(alice, 0),
+			expect: all(forwardedAs(alice, 0), backendSawNo("X-WX-SESSION-KEY")),
 		},
 		{
 			title:  "A forged X-WX-OPENID without a session token: refused with 401 invalid_session, nothing reaches the backend.",
@@ -244,6 +249,7 @@ func (w *walkthrough) send(client *http.Client, s step) (*answer, error) {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	callsBefore := w.sim.Calls()
+	forwardedBefore, _ := w.backend.seen()
 	resp, err := client.Do(req)
 	if err != nil {
 		return nil, err
@@ -253,7 +259,9 @@ func (w *walkthrough) send(client *http.Client, s step) (*answer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &answer{status: resp.StatusCode, header: resp.Header, body: respBody, wechatCalls: w.sim.Calls() - callsBefore}, nil
+	forwarded, backendHeaders := w.backend.seen()
+	return &answer{status: resp.StatusCode, header: resp.Header, body: respBody, wechatCalls: w.sim.Calls() - callsBefore,
+		forwarded: forwarded - forwardedBefore, backendHeaders: backendHeaders}, nil
 }
 
 func printAnswer(out io.Writer, a *answer) {
@@ -287,6 +295,8 @@ func forwardedAs(openid string, wechatCalls int64) func(*answer) error {
 			return err
 		}
 		switch {
+		case a.forwarded != 1:
+			return fmt.Errorf("%d requests reached the backend, want 1", a.forwarded)
 		case got.OpenID != openid:
 			return fmt.Errorf("the backend saw X-WX-OPENID %q, want %q", got.OpenID, openid)
 		case got.AppID != demoApp.AppID:
@@ -338,6 +348,23 @@ func refused(status int, code string) func(*answer) error {
 		_ = json.Unmarshal(a.body, &body) // a body that is not the JSON error leaves Error empty
 		if a.status != status || body.Error != code {
 			return fmt.Errorf("got %d %q, want %d %q", a.status, body.Error, status, code)
+		}
+		if a.forwarded != 0 {
+			return fmt.Errorf("refused, yet %d requests reached the backend", a.forwarded)
+		}
+		return nil
+	}
+}
+
+// backendSawNo expects the backend to have received no header name, in any
+// case or with '_' or '.' for '-'.
+func backendSawNo(name string) func(*answer) error {
+	want := strings.ToLower(name)
+	return func(a *answer) error {
+		for got, values := range a.backendHeaders {
+			if strings.NewReplacer("_", "-", ".", "-").Replace(strings.ToLower(got)) == want {
+				return fmt.Errorf("the backend received %s: %q", got, values)
+			}
 		}
 		return nil
 	}

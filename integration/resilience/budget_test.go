@@ -17,6 +17,9 @@ const budgetSessionSecret = "resilience-session-secret-0123456789abcdef"
 
 func init() { testkit.Forbid(budgetSessionSecret) }
 
+// withSessions is the session block of the gateways under test.
+const withSessions = "session {\n\t\t\tsecret " + budgetSessionSecret + "\n\t\t}"
+
 // trustLoopbackProxies lets tests present any client IP from loopback with
 // X-Forwarded-For.
 const trustLoopbackProxies = `servers {
@@ -37,8 +40,7 @@ func TestPlayerBudget(t *testing.T) {
 	sim, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
 	backend := testkit.NewBackend(t, nil)
 	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(testkit.Route("game", appID, secret, simURL, backend,
-		fmt.Sprintf("budget %d %s", events, window),
-		"session {\n\t\t\tsecret "+budgetSessionSecret+"\n\t\t}")))
+		fmt.Sprintf("budget %d %s", events, window), withSessions)))
 	openID := wechatsim.OpenID(appID, "alice")
 
 	start := time.Now()
