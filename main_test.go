@@ -11,6 +11,6 @@ import (
 // log line the unit tests produce (Caddy's default logger writes to standard
 // error at info level, so the misconfiguration error lines are among them).
 func TestMain(m *testing.M) {
-	testkit.Forbid(exTestSecret, "alice.secretcode", mtSecret, rlSecret, sessSecret)
+	testkit.Forbid(exTestSecret, "alice.secretcode", mtSecret, rlSecret, tokenSecret, tokenOtherSecret)
 	os.Exit(testkit.RunScanningLogs(m, "wechat refused the configured app_id or app_secret"))
 }

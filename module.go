@@ -76,8 +76,8 @@ type Handler struct {
 	ips      budgetStore // nil when ip_budget is off
 	codes    codeCache
 	flights  *singleflight.Group
-	sessions *sessions // nil without a session block
-	state    *appState // shared with the app's other handlers, across reloads
+	sessions *sessionTokens // nil without a session block
+	state    *appState      // shared with the app's other handlers, across reloads
 	metrics  *appMetrics
 	logger   *zap.Logger
 	// now is the clock; tests swap it.
@@ -124,7 +124,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		sleep:      sleepContext,
 	}
 	if h.Session != nil {
-		h.sessions = newSessions(h.AppID, sessionSecrets, time.Duration(h.Session.TTL), h.now)
+		h.sessions = newSessionTokens(h.AppID, sessionSecrets, time.Duration(h.Session.TTL), h.now)
 	}
 
 	value, _, err := appStates.LoadOrNew(h.AppID, func() (caddy.Destructor, error) { return newAppState(), nil })
@@ -166,15 +166,14 @@ func (h *Handler) Cleanup() error {
 // ServeHTTP strips client-sent identity, then serves a login or passes the
 // request on with the identity of its session, if any.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	stripIdentityHeaders(r.Header)
-	stripIdentityTrailers(r)
+	code, session := stripClientIdentity(r)
 	if r.URL.Path == h.LoginPath {
-		return h.serveLogin(w, r, next)
+		return h.serveLogin(w, r, next, code, session)
 	}
 	if h.sessions == nil {
 		return next.ServeHTTP(w, r)
 	}
-	id, err := h.sessions.presentedSession(r)
+	id, err := h.sessions.presentedSession(r, session)
 	if err != nil {
 		if h.Session.Optional {
 			return next.ServeHTTP(w, r)
@@ -187,7 +186,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	return next.ServeHTTP(w, r)
 }
 
-func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, codeHeader, session string) error {
 	now := h.now()
 	if h.ips != nil {
 		if wait, ok := h.ips.take(clientIP(r), now); !ok {
@@ -196,7 +195,7 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, next caddyh
 			return nil
 		}
 	}
-	code, lerr := loginCode(r, h.CodeField)
+	code, lerr := loginCode(r, h.CodeField, codeHeader)
 	if lerr != nil {
 		h.refuseLogin(w, lerr)
 		return nil
@@ -206,7 +205,7 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, next caddyh
 		// A returning player in a login loop is stopped here, before any
 		// WeChat call. Spending the event now, not after the exchange, is
 		// what stops concurrent loops of one player too.
-		if id, err := h.sessions.presentedSession(r); err == nil {
+		if id, err := h.sessions.presentedSession(r, session); err == nil {
 			if wait, ok := h.players.take(id.OpenID, now); !ok {
 				h.metrics.budgetRejected("player")
 				h.refuseLogin(w, playerRateLimited(wait))
@@ -231,7 +230,7 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, next caddyh
 		return next.ServeHTTP(w, r)
 	}
 
-	token, expires, err := h.sessions.issue(id, h.now())
+	token, expires, err := h.sessions.issue(id)
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, errors.New("signing the session failed"))
 	}
