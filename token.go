@@ -14,13 +14,13 @@ package wechatlogin
 // is accepted by both with the same identity, or refused by both.
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"hash"
-	"io"
 	"math"
 	"net/http"
 	"strconv"
@@ -76,17 +76,29 @@ type sessionTokens struct {
 }
 
 // hmacKey is one HMAC key with a pool of hashes keyed with it, so that
-// verifying a token neither allocates a hash nor takes a shared lock.
+// verifying a token neither allocates nor takes a shared lock.
 type hmacKey struct {
 	secret []byte
-	macs   *sync.Pool
+	macs   *sync.Pool // of *pooledMAC
 }
+
+// pooledMAC is an HMAC with room for its input and output: hash.Hash takes
+// and returns byte slices, which would otherwise be allocated per token.
+type pooledMAC struct {
+	hash.Hash
+	input []byte
+	sum   [sha256.Size]byte
+}
+
+// maxPooledInput bounds the input buffer a pooled HMAC keeps, so that one
+// huge token does not pin memory.
+const maxPooledInput = 4 << 10
 
 func newSessionTokens(appID string, secrets [][]byte, ttl time.Duration, now func() time.Time) *sessionTokens {
 	t := &sessionTokens{appID: appID, ttl: ttl, now: now}
 	for _, secret := range secrets {
 		t.keys = append(t.keys, hmacKey{secret: secret, macs: &sync.Pool{
-			New: func() any { return hmac.New(sha256.New, secret) },
+			New: func() any { return &pooledMAC{Hash: hmac.New(sha256.New, secret)} },
 		}})
 	}
 	return t
@@ -146,7 +158,7 @@ func (t *sessionTokens) verify(token string) (Identity, error) {
 // It runs on every game request: the header is compared as a string, the
 // signature checked with a pooled hash before anything of the payload is
 // read, and the claims as issue writes them are read without reflection.
-func (t *sessionTokens) check(token string, expiredFor time.Duration) (Identity, error) {
+func (t *sessionTokens) check(token string, expiredFor time.Duration) (id Identity, err error) {
 	header, rest, ok := strings.Cut(token, ".")
 	if !ok || header != tokenHeader {
 		return Identity{}, errMalformedSession
@@ -164,20 +176,35 @@ func (t *sessionTokens) check(token string, expiredFor time.Duration) (Identity,
 		return Identity{}, errSessionSignature
 	}
 
-	raw := make([]byte, base64.RawURLEncoding.DecodedLen(len(payload)))
-	n, err := strictRawURL.Decode(raw, []byte(payload))
-	if err != nil {
+	// A payload as issue writes it is decoded on the stack; others, which
+	// only a holder of the key can have signed, may cost allocations.
+	var encodedPayload [maxFlatPayload * 4 / 3]byte
+	var decodedPayload [maxFlatPayload]byte
+	var raw []byte
+	if len(payload) <= len(encodedPayload) {
+		n, err := strictRawURL.Decode(decodedPayload[:], encodedPayload[:copy(encodedPayload[:], payload)])
+		if err != nil {
+			return Identity{}, errMalformedSession
+		}
+		raw = decodedPayload[:n]
+	} else if raw, err = strictRawURL.DecodeString(payload); err != nil {
 		return Identity{}, errMalformedSession
 	}
 	var claims sessionClaims
-	if !claims.parseFlat(raw[:n]) {
+	if !claims.parseFlat(raw, t.appID) {
 		claims = sessionClaims{}
-		if err := claims.parseJSON(raw[:n]); err != nil {
+		// A copy: what encoding/json is given escapes to the heap, and the
+		// fast path's buffer must not.
+		if err := claims.parseJSON(bytes.Clone(raw)); err != nil {
 			return Identity{}, err
 		}
 	}
 	return claims.identity(t.appID, t.now(), expiredFor)
 }
+
+// maxFlatPayload is the largest decoded payload verify reads without
+// allocating: a token issue writes is about half of it.
+const maxFlatPayload = 384
 
 // identity applies RFC 7519's rules and the gateway's own to claims whose
 // signature and types have been checked.
@@ -219,8 +246,9 @@ func isHeaderValue(s string) bool {
 // escapes), iat, nbf and exp (whole numbers of at most 15 digits). It reports
 // false for anything else, which parseJSON then reads; it exists because
 // reflection-based decoding was the largest cost of a verified request.
-// Repeated keys keep the last value, as encoding/json does.
-func (c *sessionClaims) parseFlat(b []byte) bool {
+// Repeated keys keep the last value, as encoding/json does. An appid equal
+// to appID is not copied.
+func (c *sessionClaims) parseFlat(b []byte, appID string) bool {
 	if len(b) < 2 || b[0] != '{' || b[len(b)-1] != '}' {
 		return false
 	}
@@ -248,7 +276,10 @@ func (c *sessionClaims) parseFlat(b []byte) bool {
 		case "sub":
 			c.Subject = string(text)
 		case "appid":
-			c.AppID = string(text)
+			c.AppID = appID
+			if string(text) != appID {
+				c.AppID = string(text)
+			}
 		case "unionid":
 			c.UnionID = string(text)
 		case "iat":
@@ -376,12 +407,16 @@ func (t *sessionTokens) signedByAKey(signed string, mac, buf []byte) bool {
 
 // sum appends the HMAC-SHA256 of signed under k to buf.
 func (k hmacKey) sum(signed string, buf []byte) []byte {
-	h := k.macs.Get().(hash.Hash)
-	h.Reset()
-	_, _ = io.WriteString(h, signed)
-	sum := h.Sum(buf)
-	k.macs.Put(h)
-	return sum
+	m := k.macs.Get().(*pooledMAC)
+	m.Reset()
+	m.input = append(m.input[:0], signed...)
+	_, _ = m.Write(m.input)
+	buf = append(buf, m.Sum(m.sum[:0])...)
+	if cap(m.input) > maxPooledInput {
+		m.input = nil
+	}
+	k.macs.Put(m)
+	return buf
 }
 
 // bearerToken is the token of an Authorization: Bearer header, if any.
