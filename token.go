@@ -4,14 +4,24 @@ package wechatlogin
 // every later request of the player. docs/sessions.md is their contract.
 //
 // They are written and read here by hand, with no JWT library in production
-// code: verification runs on every proxied request, and the goal is that a
-// session-verified request costs no more than 3% of a plain reverse_proxy.
-// Side by side in one run: TBD
+// code: verification runs on every proxied request, whose whole cost must
+// stay within 3% of a plain reverse_proxy. BenchmarkTokenVerify measures
+// verify against the fastest golang-jwt v5.3.1 setup for these tokens
+// (ParseWithClaims into a struct embedding RegisteredClaims, with
+// WithValidMethods HS256, WithStrictDecoding, WithLeeway,
+// WithExpirationRequired, WithIssuedAt, a VerificationKeySet of two keys),
+// side by side in one binary, 10 rounds alternating, on 2 shared cores:
 //
-// The library is 7x slower and allocates 20x as often, so it stays out. In
-// exchange, token_test.go fuzzes this verifier for agreement with golang-jwt
-// (FuzzTokenAgreesWithGolangJWT): every token that carries our exact header
-// is accepted by both with the same identity, or refused by both.
+//	              time/op, median (range)   B/op   allocs/op
+//	this file      0.77µs (0.56–1.9)            64          2
+//	golang-jwt     8.6µs  (4.2–59)            2944         49
+//
+// golang-jwt took 7.9 times as long in the median round (5.7 at least) and
+// allocates 25 times as often (the two allocations left here are the
+// openid and unionid strings), so it stays out. In exchange, token_test.go
+// fuzzes this verifier for agreement with golang-jwt
+// (FuzzTokenAgreesWithGolangJWT): every token with our exact header is
+// accepted by both with the same identity, or refused by both.
 
 import (
 	"bytes"
