@@ -54,8 +54,9 @@ const maxClockSkew = 60 * time.Second
 // "crit", "b64") before any parsing.
 var tokenHeader = base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`))
 
-// signatureLen is the length of an encoded HS256 signature.
-var signatureLen = base64.RawURLEncoding.EncodedLen(sha256.Size)
+// signatureLen is the length of an encoded HS256 signature: 32 bytes in
+// unpadded base64url.
+const signatureLen = 43
 
 // strictRawURL refuses the spellings of a segment that differ only in unused
 // trailing bits, so that a token has exactly one valid form.
@@ -168,7 +169,7 @@ func (t *sessionTokens) verify(token string) (Identity, error) {
 // It runs on every game request: the header is compared as a string, the
 // signature checked with a pooled hash before anything of the payload is
 // read, and the claims as issue writes them are read without reflection.
-func (t *sessionTokens) check(token string, expiredFor time.Duration) (id Identity, err error) {
+func (t *sessionTokens) check(token string, expiredFor time.Duration) (Identity, error) {
 	header, rest, ok := strings.Cut(token, ".")
 	if !ok || header != tokenHeader {
 		return Identity{}, errMalformedSession
@@ -177,7 +178,7 @@ func (t *sessionTokens) check(token string, expiredFor time.Duration) (id Identi
 	if !ok || len(signature) != signatureLen {
 		return Identity{}, errMalformedSession
 	}
-	var encoded [43]byte // signatureLen, copied so that decoding it allocates nothing
+	var encoded [signatureLen]byte // copied so that decoding it allocates nothing
 	var mac, want [sha256.Size]byte
 	if n, err := strictRawURL.Decode(mac[:], encoded[:copy(encoded[:], signature)]); err != nil || n != sha256.Size {
 		return Identity{}, errMalformedSession
@@ -197,8 +198,11 @@ func (t *sessionTokens) check(token string, expiredFor time.Duration) (id Identi
 			return Identity{}, errMalformedSession
 		}
 		raw = decodedPayload[:n]
-	} else if raw, err = strictRawURL.DecodeString(payload); err != nil {
-		return Identity{}, errMalformedSession
+	} else {
+		var err error
+		if raw, err = strictRawURL.DecodeString(payload); err != nil {
+			return Identity{}, errMalformedSession
+		}
 	}
 	var claims sessionClaims
 	if !claims.parseFlat(raw, t.appID) {

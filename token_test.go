@@ -161,6 +161,9 @@ func TestTokenRoundTrip(t *testing.T) {
 		if parts[0] != encodeSegment(`{"alg":"HS256","typ":"JWT"}`) {
 			t.Errorf("header %s", decodeSegment(t, parts[0]))
 		}
+		if len(parts[2]) != signatureLen {
+			t.Errorf("signature %q is not signatureLen (%d) long", parts[2], signatureLen)
+		}
 		var claims map[string]any
 		if err := json.Unmarshal(decodeSegment(t, parts[1]), &claims); err != nil {
 			t.Fatal(err)
