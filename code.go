@@ -23,10 +23,11 @@ const maxCodeLen = 128
 const maxLoginBody = 1 << 20
 
 // loginCode finds the code of a login request in, in order: the query
-// parameter field, a JSON body's top-level field, a form body's field and the
-// X-WX-CODE header. A body that was read is put back so the upstream receives
-// it byte for byte.
-func loginCode(r *http.Request, field string) (string, *loginError) {
+// parameter field, a JSON body's top-level field, a form body's field and
+// headerValue, the X-WX-CODE header the client sent (stripClientIdentity
+// took it out). A body that was read is put back so the upstream receives it
+// byte for byte.
+func loginCode(r *http.Request, field, headerValue string) (string, *loginError) {
 	if values, ok := r.URL.Query()[field]; ok {
 		return checkCode(values[0])
 	}
@@ -37,8 +38,8 @@ func loginCode(r *http.Request, field string) (string, *loginError) {
 	if found {
 		return checkCode(code)
 	}
-	if values, ok := r.Header[headerCode]; ok {
-		return checkCode(values[0])
+	if headerValue != "" {
+		return checkCode(headerValue)
 	}
 	return "", badRequest("no login code: send the code from wx.login as the " + field + " query parameter, JSON or form field, or the X-WX-CODE header")
 }

@@ -50,10 +50,7 @@ func TestLoginCode(t *testing.T) {
 			if tc.contentType != "" {
 				r.Header.Set("Content-Type", tc.contentType)
 			}
-			if tc.header != "" {
-				r.Header.Set("X-WX-CODE", tc.header)
-			}
-			code, lerr := loginCode(r, "code")
+			code, lerr := loginCode(r, "code", tc.header)
 			if tc.wantStatus != 0 {
 				if lerr == nil || lerr.status != tc.wantStatus || lerr.code != errInvalidRequest {
 					t.Fatalf("got %q, %v; want status %d", code, lerr, tc.wantStatus)
@@ -82,7 +79,7 @@ func TestLoginCodeCustomField(t *testing.T) {
 	r := httptest.NewRequest(http.MethodPost, "/login?code=wrong", strings.NewReader(`{"wxcode":"alice.1"}`))
 	r.Header.Set("Content-Type", "application/json")
 	// code_field renames the query and body fields, not the header.
-	if code, lerr := loginCode(r, "wxcode"); lerr != nil || code != "alice.1" {
+	if code, lerr := loginCode(r, "wxcode", ""); lerr != nil || code != "alice.1" {
 		t.Fatalf("got %q, %v", code, lerr)
 	}
 }
@@ -100,13 +97,13 @@ func TestLoginCodeBodyTooLarge(t *testing.T) {
 	} {
 		r := httptest.NewRequest(http.MethodPost, "/wx/login", body)
 		r.Header.Set("Content-Type", "application/json")
-		if _, lerr := loginCode(r, "code"); lerr == nil || lerr.status != http.StatusRequestEntityTooLarge {
+		if _, lerr := loginCode(r, "code", ""); lerr == nil || lerr.status != http.StatusRequestEntityTooLarge {
 			t.Errorf("%s: got %v, want 413", name, lerr)
 		}
 	}
 	r := httptest.NewRequest(http.MethodPost, "/wx/login", errAfterReader{errors.New("connection reset")})
 	r.Header.Set("Content-Type", "application/json")
-	if _, lerr := loginCode(r, "code"); lerr == nil || lerr.status != http.StatusBadRequest {
+	if _, lerr := loginCode(r, "code", ""); lerr == nil || lerr.status != http.StatusBadRequest {
 		t.Errorf("a failed read: got %v, want 400", lerr)
 	}
 }
@@ -146,10 +143,7 @@ func FuzzLoginCode(f *testing.F) {
 		}
 		r.URL.RawQuery = query
 		r.Header.Set("Content-Type", contentType)
-		if header != "" {
-			r.Header["X-Wx-Code"] = []string{header}
-		}
-		code, lerr := loginCode(r, "code")
+		code, lerr := loginCode(r, "code", header)
 		if lerr != nil {
 			if lerr.status != http.StatusBadRequest && lerr.status != http.StatusRequestEntityTooLarge {
 				t.Fatalf("unexpected status %d", lerr.status)

@@ -3,6 +3,7 @@ package wechatlogin
 import (
 	"io"
 	"net/http"
+	"strings"
 )
 
 // Identity headers set for the upstream. They are the names WeChat Cloud
@@ -14,23 +15,91 @@ const (
 	headerSessionKey = "X-Wx-Session-Key"
 )
 
-// identityHeaderNames are the identity headers, lower case and with '-'
-// separators: the form isIdentityHeader compares against.
-var identityHeaderNames = [...]string{"x-wx-openid", "x-wx-unionid", "x-wx-appid", "x-wx-session-key"}
+// identityFamily is the prefix of every header name the gateway owns, lower
+// case and '-' separated: the four it sets and everything Cloud Hosting sets
+// (X-WX-SOURCE, X-WX-ENV, X-WX-FROM-OPENID…), which a backend ported from it
+// trusts as much.
+const identityFamily = "x-wx-"
 
-// stripIdentityHeaders removes every client-sent copy of an identity header,
-// in any case and with '_' or '.' for '-'. Backends behind CGI-style stacks
-// fold those separators together, and a server may be configured to let
-// such names through (expected_underscore_headers), so all spellings are
-// removed here rather than relying on the server.
+// stripClientIdentity removes from r everything of the X-WX- family that the
+// client sent: the headers, any Connection token naming one (so that the
+// proxy cannot be made to drop the trusted headers as hop-by-hop), and the
+// trailers. It returns the values of the two the gateway itself reads, the
+// login code (X-WX-CODE) and the session token (X-WX-SESSION), so that they
+// are read before anything is stripped and forwarded never.
 //
-// It runs on every request, so it allocates nothing.
+// It runs first on every request, so it allocates nothing unless there is
+// something to remove from the Connection header or the body can carry
+// trailers.
+func stripClientIdentity(r *http.Request) (code, session string) {
+	if values := r.Header[headerCode]; len(values) > 0 {
+		code = values[0]
+	}
+	if values := r.Header[headerSession]; len(values) > 0 {
+		session = values[0]
+	}
+	stripIdentityHeaders(r.Header)
+	stripIdentityConnectionTokens(r.Header)
+	stripIdentityTrailers(r)
+	return code, session
+}
+
+// stripIdentityHeaders removes every header of the X-WX- family, in any case
+// and with '_' or '.' for '-'. Backends behind CGI-style stacks fold those
+// separators together, and a server may be configured to let such names
+// through (expected_underscore_headers), so all spellings are removed here
+// rather than relying on the server.
 func stripIdentityHeaders(h http.Header) {
 	for name := range h {
 		if isIdentityHeader(name) {
 			delete(h, name)
 		}
 	}
+}
+
+// stripIdentityConnectionTokens removes from the Connection header every
+// token that names an X-WX- header, keeping the others (keep-alive, close,
+// Upgrade…). A client could otherwise name X-WX-OPENID there and have
+// reverse_proxy delete the trusted header as hop-by-hop.
+func stripIdentityConnectionTokens(h http.Header) {
+	values := h["Connection"]
+	i := 0
+	for i < len(values) && !namesIdentityHeader(values[i]) {
+		i++
+	}
+	if i == len(values) {
+		return // the usual case: nothing to rewrite, nothing allocated
+	}
+	kept := append([]string(nil), values[:i]...)
+	for _, value := range values[i:] {
+		var tokens []string
+		for token := range strings.SplitSeq(value, ",") {
+			if token = strings.Trim(token, " \t"); token != "" && !isIdentityHeader(token) {
+				tokens = append(tokens, token)
+			}
+		}
+		if len(tokens) > 0 {
+			kept = append(kept, strings.Join(tokens, ", "))
+		}
+	}
+	if len(kept) == 0 {
+		delete(h, "Connection")
+		return
+	}
+	h["Connection"] = kept
+}
+
+// namesIdentityHeader reports whether a Connection header value has a token
+// of the X-WX- family, without allocating.
+func namesIdentityHeader(value string) bool {
+	for value != "" {
+		var token string
+		token, value, _ = strings.Cut(value, ",")
+		if isIdentityHeader(strings.Trim(token, " \t")) {
+			return true
+		}
+	}
+	return false
 }
 
 // stripIdentityTrailers does for request trailers what stripIdentityHeaders
@@ -59,22 +128,13 @@ func (b *trailerStrippingBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// isIdentityHeader reports whether name is of the X-WX- family: whether it
+// starts with "x-wx-" ignoring case and reading '_' and '.' as '-'.
 func isIdentityHeader(name string) bool {
-	for _, want := range identityHeaderNames {
-		if headerNameEqualFold(name, want) {
-			return true
-		}
-	}
-	return false
-}
-
-// headerNameEqualFold reports whether name equals want (lower case, '-'
-// separated) ignoring case and treating '_' and '.' as '-'.
-func headerNameEqualFold(name, want string) bool {
-	if len(name) != len(want) {
+	if len(name) < len(identityFamily) {
 		return false
 	}
-	for i := 0; i < len(name); i++ {
+	for i := 0; i < len(identityFamily); i++ {
 		c := name[i]
 		switch {
 		case c == '_' || c == '.':
@@ -82,7 +142,7 @@ func headerNameEqualFold(name, want string) bool {
 		case 'A' <= c && c <= 'Z':
 			c += 'a' - 'A'
 		}
-		if c != want[i] {
+		if c != identityFamily[i] {
 			return false
 		}
 	}

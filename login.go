@@ -19,24 +19,28 @@ const expiredSessionGrace = 24 * time.Hour
 
 // authenticateLogin decides a login: the identity its code proves, or the
 // refusal to answer with. It charges the budgets on the way and writes
-// nothing; ServeHTTP acts on the decision.
-func (h *Handler) authenticateLogin(r *http.Request) (Identity, *loginError) {
+// nothing; ServeHTTP acts on the decision. codeHeader and session are the
+// X-WX-CODE and X-WX-SESSION values the client sent.
+func (h *Handler) authenticateLogin(r *http.Request, codeHeader, session string) (Identity, *loginError) {
 	ctx := r.Context()
 	if wait, ok := h.ips.spend(ctx, ipBudgetKey(clientIP(r))); !ok {
 		h.metrics.budgetRejected("ip")
 		return Identity{}, rateLimited("too many logins from this address", wait)
 	}
-	code, refusal := loginCode(r, h.CodeField)
+	code, refusal := loginCode(r, h.CodeField, codeHeader)
 	if refusal != nil {
 		return Identity{}, refusal
 	}
 	var sessionPlayer string
 	if h.sessions != nil {
-		sessionPlayer, _ = h.sessions.presentedPlayer(r, expiredSessionGrace)
+		sessionPlayer, _ = h.sessions.presentedPlayer(r, session, expiredSessionGrace)
 	}
 	id, outcome, refusal := h.codes.redeem(ctx, newCodeKey(h.AppID, code), func() (Identity, *loginError) {
 		return h.exchangeOnce(ctx, code, sessionPlayer)
 	})
+	if refusal != nil && refusal.status == statusClientClosedRequest {
+		return Identity{}, refusal // nobody is waiting for the answer
+	}
 	switch outcome {
 	case redeemedFromCache:
 		h.metrics.cacheHit()

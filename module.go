@@ -76,10 +76,10 @@ type Handler struct {
 	players  budgetStore
 	ips      budgetStore // unlimited when ip_budget is off
 	codes    codeStore
-	sessions *sessions // nil without a session block
-	stateKey string    // this handler's entry in appStates
-	release  func()    // ends this handler's leases on the shared state
-	fleet    *fleet    // nil without a redis block
+	sessions *sessionTokens // nil without a session block
+	stateKey string         // this handler's entry in appStates
+	release  func()         // ends this handler's leases on the shared state
+	fleet    *fleet         // nil without a redis block
 	metrics  *appMetrics
 	logger   *zap.Logger
 	// now is the clock; tests swap it.
@@ -118,7 +118,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		sleep:      sleepContext,
 	}
 	if h.Session != nil {
-		h.sessions = newSessions(h.AppID, h.resolved.session, time.Duration(h.Session.TTL), h.now)
+		h.sessions = newSessionTokens(h.AppID, h.resolved.session, time.Duration(h.Session.TTL), h.now)
 	}
 
 	if err := h.attachState(ctx); err != nil {
@@ -191,15 +191,14 @@ func (h *Handler) Cleanup() error {
 // request on with the identity of its session, if any. Every refusal is
 // written in one place, refuse.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	stripIdentityHeaders(r.Header)
-	stripIdentityTrailers(r)
+	code, session := stripClientIdentity(r)
 	if r.URL.Path == h.LoginPath {
-		return h.serveLogin(w, r, next)
+		return h.serveLogin(w, r, next, code, session)
 	}
 	if h.sessions == nil {
 		return next.ServeHTTP(w, r)
 	}
-	id, err := h.sessions.presentedSession(r)
+	id, err := h.sessions.presentedSession(r, session)
 	if err != nil {
 		if h.Session.Optional {
 			return next.ServeHTTP(w, r)
@@ -212,10 +211,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	return next.ServeHTTP(w, r)
 }
 
-func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	id, refusal := h.authenticateLogin(r)
+// serveLogin serves a login; codeHeader and session are the X-WX-CODE and
+// X-WX-SESSION values the client sent, already stripped from the request.
+func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, codeHeader, session string) error {
+	id, refusal := h.authenticateLogin(r, codeHeader, session)
 	if refusal != nil {
-		h.metrics.login(refusal.code)
 		h.refuse(w, refusal)
 		return nil
 	}
@@ -226,7 +226,7 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, next caddyh
 		return next.ServeHTTP(w, r)
 	}
 
-	token, expires, err := h.sessions.issue(id, h.now())
+	token, expires, err := h.sessions.issue(id)
 	if err != nil {
 		h.refuse(w, newLoginError(http.StatusInternalServerError, errSessionUnavailable, "the session could not be signed; log in again"))
 		return nil
@@ -245,6 +245,9 @@ func (h *Handler) refuse(w http.ResponseWriter, refusal *loginError) {
 	if refusal.status == statusClientClosedRequest {
 		w.WriteHeader(statusClientClosedRequest)
 		return
+	}
+	if refusal.code != errInvalidSession {
+		h.metrics.login(refusal.code)
 	}
 	refusal.write(w)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -161,16 +162,28 @@ func TestSessions(t *testing.T) {
 		{"another app_id on the same Caddy", "X-WX-SESSION: " + login(t, "/other/wx/login?code=alice.3")},
 	} {
 		t.Run("refused: "+tc.name, func(t *testing.T) {
-			forwarded := backend.Count()
 			var headers []string
 			if tc.presented != "" {
 				headers = append(headers, tc.presented)
 			}
-			assertError(t, testkit.Get(t, "/game/play", headers...), http.StatusUnauthorized, "invalid_session", noErrcode)
-			if backend.Count() != forwarded {
-				t.Error("a request without a valid session reached the backend")
-			}
+			assertSessionRefused(t, backend, "/game/play", headers...)
 		})
+	}
+}
+
+// assertSessionRefused sends a GET for path with headers and checks that it
+// is refused with 401 invalid_session and a Bearer challenge, and that
+// nothing reached the backend.
+func assertSessionRefused(t *testing.T, backend *testkit.Backend, path string, headers ...string) {
+	t.Helper()
+	forwarded := backend.Count()
+	resp := testkit.Get(t, path, headers...)
+	assertError(t, resp, http.StatusUnauthorized, "invalid_session", noErrcode)
+	if got := resp.Header.Get("WWW-Authenticate"); !strings.HasPrefix(got, "Bearer") {
+		t.Errorf("WWW-Authenticate %q, want a Bearer challenge", got)
+	}
+	if backend.Count() != forwarded {
+		t.Error("a request without a valid session reached the backend")
 	}
 }
 
@@ -317,5 +330,119 @@ func TestSessionChargesPlayerBudget(t *testing.T) {
 	assertError(t, resp, http.StatusTooManyRequests, "rate_limited", noErrcode)
 	if sim.Calls() != calls || backend.Count() != forwarded {
 		t.Error("an over-budget login with a session reached WeChat or the backend")
+	}
+}
+
+// TestLoginResponseIsNotCached: a response that carries a player's token is
+// never stored by a shared cache, whatever caching the backend allowed.
+func TestLoginResponseIsNotCached(t *testing.T) {
+	const appID, secret = "wxnostore", "no-store-secret"
+	_, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
+	backend := testkit.NewBackend(t, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Cache-Control", "public, max-age=600")
+		w.Write([]byte("ok"))
+	})
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(
+		testkit.WechatLogin(appID, secret, simURL, sessionBlock("secret "+sessionSecretA, "optional")), testkit.ProxyTo(backend)))
+
+	login := testkit.Get(t, "/wx/login?code=alice.1")
+	assertStatus(t, login, http.StatusOK)
+	if login.Header.Get("X-WX-SESSION") == "" {
+		t.Fatal("the login gave no session: the test proves nothing")
+	}
+	if got := login.Header.Values("Cache-Control"); len(got) != 1 || got[0] != "no-store" {
+		t.Errorf("a login response carrying a token has Cache-Control %q, want exactly no-store", got)
+	}
+	// Control: other responses keep the backend's caching.
+	if got := testkit.Get(t, "/catalog").Header.Get("Cache-Control"); got != "public, max-age=600" {
+		t.Errorf("a response without a token has Cache-Control %q, want the backend's", got)
+	}
+}
+
+// TestEitherSessionHeaderWillDo: a request presenting two tokens is served
+// when either is valid; a bearer token that is not ours stays for the
+// backend.
+func TestEitherSessionHeaderWillDo(t *testing.T) {
+	const appID, secret = "wxeither", "either-secret"
+	_, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
+	backend := testkit.NewBackend(t, nil)
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(
+		testkit.WechatLogin(appID, secret, simURL, sessionBlock("secret "+sessionSecretA)), testkit.ProxyTo(backend)))
+	openID := wechatsim.OpenID(appID, "alice")
+	token := login(t, "/wx/login?code=alice.1")
+	now := time.Now()
+	expired := signToken(t, jwt.MapClaims{"sub": openID, "appid": appID, "iat": now.Add(-3 * time.Hour).Unix(), "exp": now.Add(-time.Hour).Unix()}, sessionSecretA)
+
+	for _, tc := range []struct {
+		name          string
+		headers       []string
+		authorization string // what the backend receives
+	}{
+		{"invalid X-WX-SESSION, valid bearer", []string{"X-WX-SESSION: not-a-token", "Authorization: Bearer " + token}, ""},
+		{"expired X-WX-SESSION, valid bearer", []string{"X-WX-SESSION: " + expired, "Authorization: Bearer " + token}, ""},
+		{"valid X-WX-SESSION, the backend's own bearer", []string{"X-WX-SESSION: " + token, "Authorization: Bearer backend-token"}, "Bearer backend-token"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			assertStatus(t, testkit.Get(t, "/game", tc.headers...), http.StatusOK)
+			got := backend.Last(t).Header
+			assertOnlyIdentity(t, got, appID, openID)
+			if got.Get("Authorization") != tc.authorization || got.Get("X-WX-SESSION") != "" {
+				t.Errorf("the backend saw Authorization %q and X-WX-SESSION %q, want %q and none", got.Get("Authorization"), got.Get("X-WX-SESSION"), tc.authorization)
+			}
+		})
+	}
+	t.Run("both invalid", func(t *testing.T) {
+		assertSessionRefused(t, backend, "/game", "X-WX-SESSION: "+expired, "Authorization: Bearer backend-token")
+	})
+}
+
+// TestSessionsFollowRFC7519: tokens signed with the gateway's key by a
+// third-party library (golang-jwt) that RFC 7519, or the gateway's exact
+// header, says to refuse are refused with 401 invalid_session, a Bearer
+// challenge, and their reason counted.
+func TestSessionsFollowRFC7519(t *testing.T) {
+	const appID, secret = "wxrfc7519", "rfc7519-secret"
+	_, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
+	backend := testkit.NewBackend(t, nil)
+	testkit.StartCaddy(t, testkit.GlobalOptions("metrics")+testkit.Site(
+		"handle /metrics {\n\tmetrics\n}",
+		testkit.Handle("", testkit.WechatLogin(appID, secret, simURL, sessionBlock("secret "+sessionSecretA)), testkit.ProxyTo(backend))))
+	openID := wechatsim.OpenID(appID, "alice")
+	now := time.Now()
+	claims := func(edit func(jwt.MapClaims)) jwt.MapClaims {
+		c := jwt.MapClaims{"sub": openID, "appid": appID, "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
+		edit(c)
+		return c
+	}
+	sign := func(edit func(jwt.MapClaims)) string { return signToken(t, claims(edit), sessionSecretA) }
+	withKid := jwt.NewWithClaims(jwt.SigningMethodHS256, claims(func(jwt.MapClaims) {}))
+	withKid.Header["kid"] = "2026-11"
+	kidToken, err := withKid.SignedString([]byte(sessionSecretA))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The control: differing from each refused token in one way, accepted.
+	assertStatus(t, testkit.Get(t, "/game", "Authorization: Bearer "+sign(func(jwt.MapClaims) {})), http.StatusOK)
+	assertOnlyIdentity(t, backend.Last(t).Header, appID, openID)
+
+	for _, tc := range []struct{ name, token, reason string }{
+		{"nbf an hour away", sign(func(c jwt.MapClaims) { c["nbf"] = now.Add(time.Hour).Unix() }), "not_yet_valid"},
+		{"iat an hour away", sign(func(c jwt.MapClaims) { c["iat"] = now.Add(time.Hour).Unix() }), "not_yet_valid"},
+		{"an aud", sign(func(c jwt.MapClaims) { c["aud"] = "https://game.example.com" }), "wrong_audience"},
+		{"exp as a string", sign(func(c jwt.MapClaims) { c["exp"] = strconv.FormatInt(now.Add(time.Hour).Unix(), 10) }), "malformed"},
+		{"sub as a number", sign(func(c jwt.MapClaims) { c["sub"] = 42 }), "malformed"},
+		{"no exp", sign(func(c jwt.MapClaims) { delete(c, "exp") }), "malformed"},
+		{"a header with a kid", kidToken, "malformed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sample := `app_id="` + appID + `",reason="` + tc.reason + `"`
+			before := metricValue(t, scrapeMetrics(t), "caddy_wechat_login_sessions_rejected_total", sample)
+			assertSessionRefused(t, backend, "/game", "Authorization: Bearer "+tc.token)
+			assertSessionRefused(t, backend, "/game", "X-WX-SESSION: "+tc.token)
+			if got := metricValue(t, scrapeMetrics(t), "caddy_wechat_login_sessions_rejected_total", sample) - before; got != 2 {
+				t.Errorf("sessions_rejected_total{%s} grew by %v, want 2", sample, got)
+			}
+		})
 	}
 }
