@@ -1,7 +1,10 @@
 package wechatlogin
 
 import (
+	"context"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strings"
@@ -11,6 +14,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
 )
 
 func TestAPIUnmarshalCaddyfile(t *testing.T) {
@@ -215,4 +220,47 @@ func FuzzAnswerErrcode(f *testing.F) {
 			t.Fatalf("%q: errcode %d without ok", answer, errcode)
 		}
 	})
+}
+
+// provisionAPI provisions h as Caddy would and cleans it up after the test.
+func provisionAPI(t *testing.T, h *APIHandler) {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Cleanup() })
+}
+
+// TestTokenManagersSharedByAppEndpointAndSecret: handlers of one app,
+// endpoint and secret share a token; a different secret (a staging site)
+// shares nothing.
+func TestTokenManagersSharedByAppEndpointAndSecret(t *testing.T) {
+	handler := func(secret string) *APIHandler {
+		h := &APIHandler{AppID: tokAppID, AppSecret: secret, Endpoint: "http://127.0.0.1:1/"}
+		provisionAPI(t, h)
+		return h
+	}
+	a, b, other := handler(tokSecret), handler(tokSecret), handler("another-secret")
+	if a.tokens != b.tokens || a.tokens == other.tokens {
+		t.Error("token managers are not shared by exactly the handlers of one app, endpoint and secret")
+	}
+}
+
+// TestClientGoneRecorded499: a client that goes away while the token is
+// fetched is recorded as 499, so that the access log shows the disconnect.
+func TestClientGoneRecorded499(t *testing.T) {
+	clock := testkit.NewClock(tokenT0)
+	sim, simURL := newTokenSim(t, clock)
+	sim.SetLatency(time.Hour)
+	h := &APIHandler{AppID: tokAppID, AppSecret: tokSecret, Endpoint: simURL}
+	provisionAPI(t, h)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	w := httptest.NewRecorder()
+	r := httptest.NewRequestWithContext(ctx, http.MethodPost, "/wxa/msg_sec_check", strings.NewReader("{}"))
+	if err := h.ServeHTTP(w, r, nil); err != nil || w.Code != 499 || w.Body.Len() != 0 {
+		t.Errorf("got %d %q, %v; want 499 and no body", w.Code, w.Body, err)
+	}
 }

@@ -251,8 +251,9 @@ var routes = map[string]func(*Server, *http.Request, []byte) any{
 	checkSessionPath:   (*Server).checkSession,
 }
 
-// maxRequestBody caps what the simulator reads of a request body.
-const maxRequestBody = 1 << 20
+// maxRequestBody caps what the simulator reads of a request body (WeChat
+// takes media uploads of up to 10 MB).
+const maxRequestBody = 16 << 20
 
 // ServeHTTP answers the package's endpoints as WeChat does; any other path
 // is 404.
