@@ -97,6 +97,32 @@ func parseAPICaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, err
 //		timeout    <duration>
 //	}
 func (h *APIHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	return eachSubdirective(d, func(sub string) error {
+		var err error
+		switch sub {
+		case "app_id":
+			h.AppID, err = oneArg(d)
+		case "app_secret":
+			h.AppSecret, err = oneArg(d)
+		case "endpoint":
+			if h.Endpoint, err = oneArg(d); err == nil {
+				err = atLine(d, validateEndpoint(h.Endpoint))
+			}
+		case "timeout":
+			if h.Timeout, err = durationArg(d); err == nil {
+				err = atLine(d, checkAPITimeout(h.Timeout))
+			}
+		default:
+			err = d.Errf("unrecognized subdirective: %s", sub)
+		}
+		return err
+	})
+}
+
+// eachSubdirective reads a directive's block: no arguments, then each
+// subdirective once, handed to parse with the dispenser on its name. Errors
+// are parse's, which should name the Caddyfile line.
+func eachSubdirective(d *caddyfile.Dispenser, parse func(sub string) error) error {
 	d.Next() // the directive name
 	if d.NextArg() {
 		return d.ArgErr()
@@ -108,28 +134,19 @@ func (h *APIHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return d.Errf("%s: given more than once", sub)
 		}
 		seen[sub] = true
-		var err error
-		switch sub {
-		case "app_id":
-			h.AppID, err = oneArg(d)
-		case "app_secret":
-			h.AppSecret, err = oneArg(d)
-		case "endpoint":
-			if h.Endpoint, err = oneArg(d); err == nil {
-				err = validateEndpoint(h.Endpoint)
-			}
-		case "timeout":
-			if h.Timeout, err = durationArg(d); err == nil {
-				err = checkAPITimeout(h.Timeout)
-			}
-		default:
-			return d.Errf("unrecognized subdirective: %s", sub)
-		}
-		if err != nil {
-			return d.WrapErr(err)
+		if err := parse(sub); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// atLine gives a validation error the Caddyfile line; nil stays nil.
+func atLine(d *caddyfile.Dispenser, err error) error {
+	if err == nil {
+		return nil
+	}
+	return d.WrapErr(err)
 }
 
 func checkAPITimeout(timeout caddy.Duration) error {

@@ -37,7 +37,7 @@ func TestAPIUnmarshalCaddyfile(t *testing.T) {
 }
 
 func TestAPIUnmarshalCaddyfileErrors(t *testing.T) {
-	for _, tc := range []struct{ body, want string }{
+	assertCaddyfileErrors(t, "wechat_api", func() caddyfile.Unmarshaler { return new(APIHandler) }, []caddyfileError{
 		{"app_id", "app_id: missing value"},
 		{"app_secret a b", "app_secret: one value expected"},
 		{"app_id a\napp_id b", "app_id: given more than once"},
@@ -46,16 +46,25 @@ func TestAPIUnmarshalCaddyfileErrors(t *testing.T) {
 		{"timeout soon", `timeout: bad duration "soon"`},
 		{"timeout 0s", "timeout must be positive and at most 1m0s"},
 		{"timeout 2m", "timeout must be positive and at most 1m0s"},
-	} {
-		d := caddyfile.NewTestDispenser("wechat_api {\n" + tc.body + "\n}")
-		var h APIHandler
-		err := h.UnmarshalCaddyfile(d)
+	})
+}
+
+// caddyfileError is the body of a directive's block and the error it gives.
+type caddyfileError struct{ body, want string }
+
+// assertCaddyfileErrors checks that each body, in a block of directive, is
+// refused with its error, which names the Caddyfile line once.
+func assertCaddyfileErrors(t *testing.T, directive string, unmarshaler func() caddyfile.Unmarshaler, cases []caddyfileError) {
+	t.Helper()
+	for _, tc := range cases {
+		d := caddyfile.NewTestDispenser(directive + " {\n" + tc.body + "\n}")
+		err := unmarshaler().UnmarshalCaddyfile(d)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: got %v, want an error containing %q", tc.body, err, tc.want)
 			continue
 		}
-		if !strings.Contains(err.Error(), "Testfile:") {
-			t.Errorf("%q: the error does not name the Caddyfile line: %v", tc.body, err)
+		if strings.Count(err.Error(), "Testfile:") != 1 {
+			t.Errorf("%q: the error does not name the Caddyfile line once: %v", tc.body, err)
 		}
 	}
 }
