@@ -8,7 +8,7 @@
 //
 // Usage:
 //
-//	go run ./cmd/demo [-listen 127.0.0.1:8080] [-backend 127.0.0.1:9000] [-wechat 127.0.0.1:8931] [-check]
+//	go run ./cmd/demo [-listen 127.0.0.1:8080] [-backend 127.0.0.1:9000] [-wechat 127.0.0.1:8931] [-api 127.0.0.1:8081] [-check]
 package main
 
 import (
@@ -46,6 +46,7 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:8080", "`address` of the Caddy gateway (what you curl)")
 	backend := flag.String("backend", "127.0.0.1:9000", "`address` of the sample game backend")
 	wechat := flag.String("wechat", "127.0.0.1:8931", "`address` of the WeChat simulator")
+	api := flag.String("api", "127.0.0.1:8081", "`address` of wechat_api, for the backend's WeChat API calls (see api.go)")
 	check := flag.Bool("check", false, "run the walk-through against the demo, print every answer, and exit non-zero if any is wrong")
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -62,7 +63,10 @@ func main() {
 	if err != nil || host == "" {
 		fatalf("-listen %q: want host:port, such as 127.0.0.1:8080", *listen)
 	}
-	stop, err := start(host, port, *backend, *wechat, wechatHandler)
+	if h, _, err := net.SplitHostPort(*api); err != nil || h == "" {
+		fatalf("-api %q: want host:port, such as 127.0.0.1:8081", *api)
+	}
+	stop, err := start(host, port, *backend, *wechat, *api, wechatHandler)
 	if err != nil {
 		fatalf("%v\n(is another demo running? -listen, -backend and -wechat choose other addresses)", err)
 	}
@@ -71,6 +75,7 @@ func main() {
 	w := newWalkthrough("http://"+*listen, sim)
 	if *check {
 		ok := w.check(os.Stdout)
+		ok = checkAPI(os.Stdout, "http://"+*api, sim) && ok
 		stop()
 		if !ok {
 			os.Exit(1)
@@ -81,6 +86,7 @@ func main() {
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
 	w.printGuide(os.Stdout, *backend, *wechat)
+	printAPIGuide(os.Stdout, "http://"+*api)
 	<-ctx.Done()
 	cancel() // a second Ctrl-C ends the demo at once
 	fmt.Println("\nshutting down")
@@ -88,7 +94,7 @@ func main() {
 
 // start runs the simulator, the backend and Caddy, and returns a function
 // that stops all three (safe to call more than once).
-func start(host, port, backend, wechat string, wechatHandler http.Handler) (stop func(), err error) {
+func start(host, port, backend, wechat, api string, wechatHandler http.Handler) (stop func(), err error) {
 	var servers []*http.Server
 	stopped := false
 	stop = func() {
@@ -122,11 +128,14 @@ func start(host, port, backend, wechat string, wechatHandler http.Handler) (stop
 		stop()
 		return nil, fmt.Errorf("game backend: %w", err)
 	}
+	apiHost, apiPort, _ := net.SplitHostPort(api)
 	if err := startCaddy(map[string]string{
-		"DEMO_HOST":    host,
-		"DEMO_PORT":    port,
-		"DEMO_BACKEND": backend,
-		"DEMO_WECHAT":  wechat,
+		"DEMO_HOST":     host,
+		"DEMO_PORT":     port,
+		"DEMO_BACKEND":  backend,
+		"DEMO_WECHAT":   wechat,
+		"DEMO_API_HOST": apiHost,
+		"DEMO_API_PORT": apiPort,
 	}); err != nil {
 		stop()
 		return nil, fmt.Errorf("caddy: %w", err)
@@ -159,7 +168,7 @@ func startCaddy(env map[string]string) error {
 func logCalls(sim *wechatsim.Server) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		sim.ServeHTTP(w, r)
-		fmt.Printf("WeChat simulator: jscode2session call #%d\n", sim.Calls())
+		fmt.Printf("WeChat simulator: %s call #%d\n", r.URL.Path, sim.CallsTo(r.URL.Path))
 	})
 }
 
