@@ -57,7 +57,7 @@ func (s apiStep) curl(apiURL string) string {
 
 // printAPIGuide tells a person what to try against wechat_api.
 func printAPIGuide(out io.Writer, apiURL string) {
-	fmt.Fprintf(out, "\nwechat_api listens on %s, for the game backend only (loopback):\n", apiURL)
+	fmt.Fprintf(out, "wechat_api listens on %s, for the game backend only (loopback):\n", apiURL)
 	for i, s := range apiSteps() {
 		fmt.Fprintf(out, "\n%s\n%s\n", comment(fmt.Sprintf("A%d. %s", i+1, s.title)), s.curl(apiURL))
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -280,4 +281,20 @@ func sampleValue(exposition, sample string) float64 {
 		}
 	}
 	return 0
+}
+
+// TestBodyOverRequestBodyLimit: a body over request_body's max_size, sent
+// without a length, is refused in the JSON shape, and nothing reaches WeChat.
+func TestBodyOverRequestBodyLimit(t *testing.T) {
+	const appID, secret = "wxbodylimit", "bodylimit-secret"
+	sim, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site("request_body {\n\tmax_size 1KB\n}", wechatAPI(appID, secret, simURL)))
+	// A MultiReader hides the length, so the body is sent chunked and the
+	// limit is met while the handler reads it.
+	body := io.MultiReader(strings.NewReader(`{"content":"` + strings.Repeat("x", 2000) + `"}`))
+	assertRefusal(t, testkit.Send(t, http.MethodPost, "/wxa/msg_sec_check", body, "Content-Type: application/json"),
+		http.StatusRequestEntityTooLarge, "invalid_request", 0)
+	if len(sim.APIRequests()) != 0 {
+		t.Error("an oversized body reached WeChat")
+	}
 }
