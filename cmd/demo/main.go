@@ -68,14 +68,14 @@ func main() {
 	}
 	stop, err := start(host, port, *backend, *wechat, *api, wechatHandler)
 	if err != nil {
-		fatalf("%v\n(is another demo running? -listen, -backend and -wechat choose other addresses)", err)
+		fatalf("%v\n(is another demo running? -listen, -backend, -wechat and -api choose other addresses)", err)
 	}
 	defer stop()
 
 	w := newWalkthrough("http://"+*listen, sim)
 	if *check {
 		ok := w.check(os.Stdout)
-		ok = checkAPI(os.Stdout, "http://"+*api, sim) && ok
+		ok = newAPIWalkthrough("http://"+*api, sim).check(os.Stdout) && ok
 		stop()
 		if !ok {
 			os.Exit(1)
@@ -86,7 +86,7 @@ func main() {
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
 	w.printGuide(os.Stdout, *backend, *wechat)
-	printAPIGuide(os.Stdout, "http://"+*api)
+	newAPIWalkthrough("http://"+*api, sim).printAPIGuide(os.Stdout)
 	<-ctx.Done()
 	cancel() // a second Ctrl-C ends the demo at once
 	fmt.Println("\nshutting down")

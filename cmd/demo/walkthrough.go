@@ -243,7 +243,7 @@ func (w *walkthrough) send(client *http.Client, s step) (*answer, error) {
 	if s.jsonBody != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	callsBefore := w.sim.Calls()
+	callsBefore := wechatCalls(w.sim)
 	resp, err := client.Do(req)
 	if err != nil {
 		return nil, err
@@ -253,7 +253,7 @@ func (w *walkthrough) send(client *http.Client, s step) (*answer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &answer{status: resp.StatusCode, header: resp.Header, body: respBody, wechatCalls: w.sim.Calls() - callsBefore}, nil
+	return &answer{status: resp.StatusCode, header: resp.Header, body: respBody, wechatCalls: wechatCalls(w.sim) - callsBefore}, nil
 }
 
 func printAnswer(out io.Writer, a *answer) {
@@ -263,7 +263,7 @@ func printAnswer(out io.Writer, a *answer) {
 			fmt.Fprintf(out, "%s: %s\n", http.CanonicalHeaderKey(name), v)
 		}
 	}
-	fmt.Fprint(out, string(a.body))
+	fmt.Fprintln(out, strings.TrimSuffix(string(a.body), "\n")) // WeChat ends its JSON without a newline
 }
 
 // all passes when every check does, reporting the first failure.
