@@ -1,11 +1,18 @@
-// Package wechatsim simulates WeChat's code2Session login endpoint
-// (GET https://api.weixin.qq.com/sns/jscode2session) so that a login backend
-// can be tested end to end without WeChat.
+// Package wechatsim simulates the parts of WeChat's server API a mini-game
+// backend uses, so that a login gateway, an access-token manager and a game
+// backend can be tested end to end without WeChat:
+//
+//	GET  /sns/jscode2session    code2Session (login)
+//	POST /cgi-bin/stable_token  getStableAccessToken (normal and force_refresh)
+//	GET  /cgi-bin/token         getAccessToken (classic: each call replaces the token)
+//	POST /wxa/msg_sec_check     text security check, v2 (needs a valid access_token)
+//	GET  /wxa/checksession      session_key check (needs a valid access_token)
 //
 // The simulator follows WeChat's documented behaviour, quirks included:
-// every answer is HTTP 200 with Content-Type text/plain, errors are reported
-// only through errcode/errmsg (errmsg carries a ", rid: …" request id),
-// successful answers carry no errcode at all, and each code redeems once.
+// every answer is HTTP 200, errors are reported only through errcode/errmsg
+// (errmsg carries a ", rid: …" request id), jscode2session labels its JSON
+// text/plain and omits errcode on success, and each code redeems once. See
+// tokens.go and openapi.go for the access-token rules.
 //
 // There is no real wx.login, so the js_code itself names the player: a code is
 // "<player>" or "<player>.<anything>", the suffix making several codes for one
@@ -17,6 +24,8 @@
 //
 // Any other player logs in and gets OpenID(appid, player), plus
 // UnionID(player) when the app is UnionBound.
+//
+// Tests start one with wechatsimtest.NewTestServer.
 package wechatsim
 
 import (
@@ -26,19 +35,18 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"testing"
 	"time"
 )
 
 const (
-	endpoint = "/sns/jscode2session"
+	jscode2sessionPath = "/sns/jscode2session"
 
 	// quotaPerMinute is WeChat's limit on code2Session calls per user per minute.
 	quotaPerMinute = 100
@@ -56,7 +64,7 @@ type App struct {
 
 // Options configures a Server.
 type Options struct {
-	// Apps are the mini-games that may call the endpoint.
+	// Apps are the mini-games that may call the API.
 	Apps []App
 	// BusyRate is the probability (0..1) that a call fails with errcode -1 at
 	// random (fault tests). The failure is decided before the code is
@@ -66,28 +74,33 @@ type Options struct {
 	// when it ends the handler returns without answering).
 	Latency time.Duration
 	// Now is the clock; nil means time.Now. It drives the 45011 per-minute
-	// window, so tests can move time instead of sleeping.
+	// window and access-token lifetimes, so tests can move time instead of
+	// sleeping.
 	Now func() time.Time
-	// Seed for the random source used by BusyRate and session_key
-	// generation; 0 = random.
+	// Seed for the random source used by BusyRate, session_keys and access
+	// tokens; 0 = random.
 	Seed int64
 }
 
-// Server is an http.Handler serving GET /sns/jscode2session. Safe for
-// concurrent use.
+// Server is an http.Handler serving the API listed in the package
+// documentation. Safe for concurrent use.
 type Server struct {
 	now      func() time.Time
 	busyRate atomic.Uint64 // math.Float64bits of the probability
 	latency  atomic.Int64  // time.Duration
-	calls    atomic.Int64
 
-	mu       sync.Mutex
-	rng      *rand.Rand
-	apps     map[string]App
-	used     map[codeKey]bool
-	recent   map[string][]time.Time // openid → successful exchanges in the current window
-	callsFor map[string]int64       // openid → successful exchanges, all time
-	secrets  []string               // codes received and session_keys issued
+	mu          sync.Mutex
+	rng         *rand.Rand
+	apps        map[string]App
+	callsTo     map[string]int64 // path → requests received
+	used        map[codeKey]bool
+	recent      map[string][]time.Time // openid → successful exchanges in the current window
+	callsFor    map[string]int64       // openid → successful exchanges, all time
+	sessionKeys map[string]string      // openid → the latest session_key issued
+	sensitive   map[string]bool        // codes and secrets received, session_keys and tokens issued
+	tokens      map[string]*issuedToken
+	appTokens   map[string]*appTokens // appid → its current tokens and force_refresh record
+	received    []Request             // the latest requests to the API endpoints (openapi.go)
 }
 
 // codeKey identifies a code: WeChat issues codes per app, so the same string
@@ -101,12 +114,17 @@ func New(opts Options) *Server {
 		seed = rand.Uint64()
 	}
 	s := &Server{
-		now:      opts.Now,
-		rng:      rand.New(rand.NewPCG(seed, 0)),
-		apps:     make(map[string]App, len(opts.Apps)),
-		used:     make(map[codeKey]bool),
-		recent:   make(map[string][]time.Time),
-		callsFor: make(map[string]int64),
+		now:         opts.Now,
+		rng:         rand.New(rand.NewPCG(seed, 0)),
+		apps:        make(map[string]App, len(opts.Apps)),
+		callsTo:     make(map[string]int64),
+		used:        make(map[codeKey]bool),
+		recent:      make(map[string][]time.Time),
+		callsFor:    make(map[string]int64),
+		sessionKeys: make(map[string]string),
+		sensitive:   make(map[string]bool),
+		tokens:      make(map[string]*issuedToken),
+		appTokens:   make(map[string]*appTokens),
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -117,17 +135,6 @@ func New(opts Options) *Server {
 	s.SetBusyRate(opts.BusyRate)
 	s.SetLatency(opts.Latency)
 	return s
-}
-
-// NewTestServer starts an httptest.Server running New(opts) and registers
-// t.Cleanup to close it. Point the client's jscode2session URL at
-// ts.URL + "/sns/jscode2session".
-func NewTestServer(t testing.TB, opts Options) (*Server, *httptest.Server) {
-	t.Helper()
-	s := New(opts)
-	ts := httptest.NewServer(s)
-	t.Cleanup(ts.Close)
-	return s, ts
 }
 
 // AddApp registers a, replacing any app with the same AppID.
@@ -144,8 +151,16 @@ func (s *Server) SetBusyRate(p float64) { s.busyRate.Store(math.Float64bits(p)) 
 func (s *Server) SetLatency(d time.Duration) { s.latency.Store(int64(d)) }
 
 // Calls reports the total /sns/jscode2session requests received, whatever
-// their outcome.
-func (s *Server) Calls() int64 { return s.calls.Load() }
+// their outcome: CallsTo("/sns/jscode2session").
+func (s *Server) Calls() int64 { return s.CallsTo(jscode2sessionPath) }
+
+// CallsTo reports the requests received for path (one of the package's
+// endpoints, such as "/cgi-bin/stable_token"), whatever their outcome.
+func (s *Server) CallsTo(path string) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.callsTo[path]
+}
 
 // CallsFor reports the successful exchanges that returned openid.
 func (s *Server) CallsFor(openid string) int64 {
@@ -154,27 +169,37 @@ func (s *Server) CallsFor(openid string) int64 {
 	return s.callsFor[openid]
 }
 
-// ResetCalls zeroes the counters reported by Calls and CallsFor. Used codes
-// and the 45011 window are unaffected.
+// ResetCalls zeroes the counters reported by Calls, CallsTo and CallsFor.
+// Used codes, tokens and the 45011 window are unaffected.
 func (s *Server) ResetCalls() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.calls.Store(0)
+	clear(s.callsTo)
 	clear(s.callsFor)
 }
 
-// Sensitive returns everything the simulator has seen or made that a login
-// gateway must never log, show or label a metric with: every app secret,
-// every code received and every session_key issued. Tests scan their logs,
-// responses and metrics for these.
+// Sensitive returns everything the simulator has seen or made that a gateway
+// must never log, show or label a metric with: every app secret, every
+// secret and code received, every session_key and access token issued.
+// Tests scan their logs, responses and metrics for these.
 func (s *Server) Sensitive() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]string, 0, len(s.apps)+len(s.secrets))
+	out := make([]string, 0, len(s.apps)+len(s.sensitive))
 	for _, a := range s.apps {
 		out = append(out, a.Secret)
 	}
-	return append(out, s.secrets...)
+	for v := range s.sensitive {
+		out = append(out, v)
+	}
+	return out
+}
+
+// remember adds v to what Sensitive reports. Callers hold s.mu.
+func (s *Server) remember(v string) {
+	if v != "" {
+		s.sensitive[v] = true
+	}
 }
 
 // OpenID is the stable 28-character openid the simulator gives player in
@@ -216,22 +241,48 @@ type failure struct {
 	ErrMsg  string `json:"errmsg"`
 }
 
-// ServeHTTP answers GET /sns/jscode2session as WeChat does; any other path
+// routes are the endpoints served: each answers a request with the body to
+// send, holding s.mu.
+var routes = map[string]func(*Server, *http.Request, []byte) any{
+	jscode2sessionPath: (*Server).redeemCode,
+	stableTokenPath:    (*Server).stableToken,
+	classicTokenPath:   (*Server).classicToken,
+	msgSecCheckPath:    (*Server).msgSecCheck,
+	checkSessionPath:   (*Server).checkSession,
+}
+
+// maxRequestBody caps what the simulator reads of a request body (WeChat
+// takes media uploads of up to 10 MB).
+const maxRequestBody = 16 << 20
+
+// ServeHTTP answers the package's endpoints as WeChat does; any other path
 // is 404.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path != endpoint {
+	route, ok := routes[r.URL.Path]
+	if !ok {
 		http.NotFound(w, r)
 		return
 	}
-	s.calls.Add(1)
-	if !s.delay(r.Context()) {
+	s.mu.Lock()
+	s.callsTo[r.URL.Path]++
+	s.mu.Unlock()
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxRequestBody))
+	if err != nil || !s.delay(r.Context()) {
 		return // the caller has gone; answering (or consuming the code) is pointless
 	}
-	// Marshalling structs of strings and ints cannot fail.
-	body, _ := json.Marshal(s.exchange(r))
-	// WeChat labels its JSON text/plain and reports every error with HTTP 200.
-	w.Header().Set("Content-Type", "text/plain")
-	w.Write(body)
+	s.mu.Lock()
+	answer := route(s, r, body)
+	s.mu.Unlock()
+	// Marshalling structs of strings, ints and slices of them cannot fail.
+	out, _ := json.Marshal(answer)
+	// WeChat reports every error with HTTP 200. jscode2session labels its
+	// JSON text/plain, the rest with a JSON type of their own spelling.
+	contentType := "application/json; encoding=utf-8"
+	if r.URL.Path == jscode2sessionPath {
+		contentType = "text/plain"
+	}
+	w.Header().Set("Content-Type", contentType)
+	w.Write(out)
 }
 
 // delay waits for the configured latency and reports whether ctx is still
@@ -251,12 +302,9 @@ func (s *Server) delay(ctx context.Context) bool {
 	}
 }
 
-// exchange validates the request and redeems its code, returning the body
-// to send.
-func (s *Server) exchange(r *http.Request) any {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-
+// redeemCode validates a jscode2session request and redeems its code,
+// returning the body to send. Callers hold s.mu.
+func (s *Server) redeemCode(r *http.Request, _ []byte) any {
 	if r.Method != http.MethodGet {
 		return s.fail(43001, "require GET method")
 	}
@@ -270,7 +318,8 @@ func (s *Server) exchange(r *http.Request) any {
 	case code == "":
 		return s.fail(41008, "missing code")
 	}
-	s.secrets = append(s.secrets, code)
+	s.remember(code)
+	s.remember(secret)
 	app, ok := s.apps[appid]
 	switch {
 	case !ok:
@@ -279,7 +328,7 @@ func (s *Server) exchange(r *http.Request) any {
 		return s.fail(40125, "invalid appsecret")
 	case q.Get("grant_type") != "authorization_code":
 		return s.fail(40002, "invalid grant_type")
-	case s.rng.Float64() < math.Float64frombits(s.busyRate.Load()):
+	case s.busy():
 		return s.fail(-1, "system error")
 	}
 
@@ -315,11 +364,18 @@ func (s *Server) exchange(r *http.Request) any {
 	s.callsFor[openid]++
 
 	resp := session{SessionKey: s.sessionKey(), OpenID: openid}
-	s.secrets = append(s.secrets, resp.SessionKey)
+	s.remember(resp.SessionKey)
+	s.sessionKeys[openid] = resp.SessionKey
 	if app.UnionBound {
 		resp.UnionID = UnionID(player)
 	}
 	return resp
+}
+
+// busy decides at random, by the busy rate, whether this call fails with
+// errcode -1. Callers hold s.mu (for s.rng).
+func (s *Server) busy() bool {
+	return s.rng.Float64() < math.Float64frombits(s.busyRate.Load())
 }
 
 // fail builds an error body. WeChat appends a request id to every errmsg;

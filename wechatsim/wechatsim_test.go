@@ -16,6 +16,7 @@ import (
 
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
 	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
+	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim/wechatsimtest"
 )
 
 const (
@@ -34,6 +35,7 @@ var testApps = []wechatsim.App{
 
 // result is one decoded answer from the simulator.
 type result struct {
+	path        string
 	status      int
 	contentType string
 	fields      map[string]any
@@ -55,20 +57,48 @@ func do(t *testing.T, ts *httptest.Server, method string, q url.Values) result {
 
 // fetch is do for goroutines, which must not call t.Fatal.
 func fetch(ts *httptest.Server, method string, q url.Values) (result, error) {
-	req, err := http.NewRequest(method, ts.URL+"/sns/jscode2session?"+q.Encode(), nil)
+	return fetchPath(ts, method, "/sns/jscode2session", q, "")
+}
+
+// fetchPath sends a request for path with query q and, unless empty, a JSON
+// body.
+func fetchPath(ts *httptest.Server, method, path string, q url.Values, body string) (result, error) {
+	req, err := http.NewRequest(method, ts.URL+path+"?"+q.Encode(), strings.NewReader(body))
 	if err != nil {
 		return result{}, err
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := ts.Client().Do(req)
 	if err != nil {
 		return result{}, err
 	}
 	defer resp.Body.Close()
-	r := result{status: resp.StatusCode, contentType: resp.Header.Get("Content-Type")}
+	r := result{path: path, status: resp.StatusCode, contentType: resp.Header.Get("Content-Type")}
 	if err := json.NewDecoder(resp.Body).Decode(&r.fields); err != nil {
 		return result{}, fmt.Errorf("decoding body: %w", err)
 	}
 	return r, nil
+}
+
+// call is fetchPath for the test goroutine.
+func call(t *testing.T, ts *httptest.Server, method, path string, q url.Values, body string) result {
+	t.Helper()
+	r, err := fetchPath(ts, method, path, q, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// wantContentType is the Content-Type WeChat gives the answers of path:
+// jscode2session's is text/plain, the others' a JSON type of its own.
+func wantContentType(path string) string {
+	if path == "/sns/jscode2session" {
+		return "text/plain"
+	}
+	return "application/json; encoding=utf-8"
 }
 
 func params(appid, secret, code string) url.Values {
@@ -86,8 +116,8 @@ var ridSuffix = regexp.MustCompile(`^(.*), rid: [0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]
 // errmsg text (before the rid).
 func wantError(t *testing.T, r result, code int, msg string) {
 	t.Helper()
-	if r.status != http.StatusOK || r.contentType != "text/plain" {
-		t.Errorf("status %d, Content-Type %q; want 200, text/plain", r.status, r.contentType)
+	if r.status != http.StatusOK || r.contentType != wantContentType(r.path) {
+		t.Errorf("status %d, Content-Type %q; want 200, %s", r.status, r.contentType, wantContentType(r.path))
 	}
 	if got, ok := r.errcode(); !ok || got != code {
 		t.Fatalf("answer %v; want errcode %d", r.fields, code)
@@ -129,7 +159,7 @@ func wantSession(t *testing.T, r result, appid, player string, unionBound bool) 
 }
 
 func TestRequestErrors(t *testing.T) {
-	_, ts := wechatsim.NewTestServer(t, wechatsim.Options{Apps: testApps})
+	_, ts := wechatsimtest.NewTestServer(t, wechatsim.Options{Apps: testApps})
 	with := func(q url.Values, kv ...string) url.Values {
 		out := url.Values{}
 		for k, v := range q {
@@ -175,7 +205,7 @@ func TestRequestErrors(t *testing.T) {
 }
 
 func TestRequireGET(t *testing.T) {
-	s, ts := wechatsim.NewTestServer(t, wechatsim.Options{Apps: testApps})
+	s, ts := wechatsimtest.NewTestServer(t, wechatsim.Options{Apps: testApps})
 	for _, m := range []string{http.MethodPost, http.MethodPut, http.MethodDelete} {
 		wantError(t, do(t, ts, m, params(appID, appSecret, "alice")), 43001, "require GET method")
 	}
@@ -186,7 +216,7 @@ func TestRequireGET(t *testing.T) {
 }
 
 func TestNotFound(t *testing.T) {
-	s, ts := wechatsim.NewTestServer(t, wechatsim.Options{Apps: testApps})
+	s, ts := wechatsimtest.NewTestServer(t, wechatsim.Options{Apps: testApps})
 	for _, path := range []string{"/", "/sns/jscode2session/", "/sns/oauth2/access_token"} {
 		resp, err := ts.Client().Get(ts.URL + path + "?" + params(appID, appSecret, "alice").Encode())
 		if err != nil {
@@ -203,7 +233,7 @@ func TestNotFound(t *testing.T) {
 }
 
 func TestReservedPlayers(t *testing.T) {
-	s, ts := wechatsim.NewTestServer(t, wechatsim.Options{Apps: testApps})
+	s, ts := wechatsimtest.NewTestServer(t, wechatsim.Options{Apps: testApps})
 	tests := []struct {
 		code string
 		want int
@@ -229,7 +259,7 @@ func TestReservedPlayers(t *testing.T) {
 }
 
 func TestSuccess(t *testing.T) {
-	s, ts := wechatsim.NewTestServer(t, wechatsim.Options{Apps: testApps})
+	s, ts := wechatsimtest.NewTestServer(t, wechatsim.Options{Apps: testApps})
 	wantSession(t, redeem(t, ts, appID, appSecret, "alice"), appID, "alice", false)
 	wantSession(t, redeem(t, ts, appID, appSecret, "alice.2"), appID, "alice", false)
 	wantSession(t, redeem(t, ts, appID, appSecret, "bob.2"), appID, "bob", false)
@@ -245,7 +275,7 @@ func TestSuccess(t *testing.T) {
 }
 
 func TestUnionID(t *testing.T) {
-	_, ts := wechatsim.NewTestServer(t, wechatsim.Options{Apps: testApps})
+	_, ts := wechatsimtest.NewTestServer(t, wechatsim.Options{Apps: testApps})
 	a := redeem(t, ts, boundID, boundSecret, "alice")
 	b := redeem(t, ts, bound2ID, boundSecret, "alice")
 	wantSession(t, a, boundID, "alice", true)
@@ -311,7 +341,7 @@ func TestPlayerOf(t *testing.T) {
 }
 
 func TestCodeSingleUse(t *testing.T) {
-	s, ts := wechatsim.NewTestServer(t, wechatsim.Options{Apps: testApps})
+	s, ts := wechatsimtest.NewTestServer(t, wechatsim.Options{Apps: testApps})
 	first := wantSession(t, redeem(t, ts, appID, appSecret, "alice.1"), appID, "alice", false)
 	wantError(t, redeem(t, ts, appID, appSecret, "alice.1"), 40163, "code been used")
 	wantError(t, redeem(t, ts, appID, appSecret, "alice.1"), 40163, "code been used")
@@ -334,7 +364,7 @@ func TestMinuteQuota(t *testing.T) {
 	// window would give different answers from WeChat's sliding one.
 	t0 := time.Date(2024, 5, 1, 12, 0, 30, 0, time.UTC)
 	clock := testkit.NewClock(t0)
-	s, ts := wechatsim.NewTestServer(t, wechatsim.Options{Apps: testApps, Now: clock.Now})
+	s, ts := wechatsimtest.NewTestServer(t, wechatsim.Options{Apps: testApps, Now: clock.Now})
 	code := 0
 	next := func(player string) string { code++; return fmt.Sprintf("%s.%d", player, code) }
 
@@ -368,7 +398,7 @@ func TestMinuteQuota(t *testing.T) {
 }
 
 func TestBusyRate(t *testing.T) {
-	s, ts := wechatsim.NewTestServer(t, wechatsim.Options{Apps: testApps, BusyRate: 1})
+	s, ts := wechatsimtest.NewTestServer(t, wechatsim.Options{Apps: testApps, BusyRate: 1})
 	for range 3 {
 		wantError(t, redeem(t, ts, appID, appSecret, "alice.1"), -1, "system error")
 	}
@@ -382,7 +412,7 @@ func TestBusyRate(t *testing.T) {
 }
 
 func TestBusyRateFraction(t *testing.T) {
-	_, ts := wechatsim.NewTestServer(t, wechatsim.Options{Apps: testApps, BusyRate: 0.3, Seed: 42})
+	_, ts := wechatsimtest.NewTestServer(t, wechatsim.Options{Apps: testApps, BusyRate: 0.3, Seed: 42})
 	const n = 400
 	busy := 0
 	for i := range n {
@@ -401,7 +431,7 @@ func TestBusyRateFraction(t *testing.T) {
 
 func TestSeed(t *testing.T) {
 	keys := func(seed int64) []string {
-		_, ts := wechatsim.NewTestServer(t, wechatsim.Options{Apps: testApps, Seed: seed})
+		_, ts := wechatsimtest.NewTestServer(t, wechatsim.Options{Apps: testApps, Seed: seed})
 		var out []string
 		for i := range 3 {
 			r := redeem(t, ts, appID, appSecret, fmt.Sprintf("alice.%d", i))
@@ -422,7 +452,7 @@ func TestSeed(t *testing.T) {
 }
 
 func TestConcurrentRedeem(t *testing.T) {
-	s, ts := wechatsim.NewTestServer(t, wechatsim.Options{Apps: testApps})
+	s, ts := wechatsimtest.NewTestServer(t, wechatsim.Options{Apps: testApps})
 	const n = 50
 	results := make(chan result, n)
 	var wg sync.WaitGroup
@@ -492,7 +522,7 @@ func TestLatency(t *testing.T) {
 }
 
 func TestResetCalls(t *testing.T) {
-	s, ts := wechatsim.NewTestServer(t, wechatsim.Options{Apps: testApps})
+	s, ts := wechatsimtest.NewTestServer(t, wechatsim.Options{Apps: testApps})
 	wantSession(t, redeem(t, ts, appID, appSecret, "alice.1"), appID, "alice", false)
 	wantError(t, redeem(t, ts, appID, appSecret, "invalid"), 40029, "invalid code")
 	s.ResetCalls()
@@ -508,7 +538,7 @@ func TestResetCalls(t *testing.T) {
 }
 
 func TestAddApp(t *testing.T) {
-	s, ts := wechatsim.NewTestServer(t, wechatsim.Options{})
+	s, ts := wechatsimtest.NewTestServer(t, wechatsim.Options{})
 	wantError(t, redeem(t, ts, appID, appSecret, "alice"), 40013, "invalid appid")
 	s.AddApp(wechatsim.App{AppID: appID, Secret: appSecret})
 	wantSession(t, redeem(t, ts, appID, appSecret, "alice"), appID, "alice", false)
@@ -519,7 +549,7 @@ func TestAddApp(t *testing.T) {
 }
 
 func TestSensitiveListsSecretsCodesAndSessionKeys(t *testing.T) {
-	sim, ts := wechatsim.NewTestServer(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: "wxsens", Secret: "sens-secret"}}})
+	sim, ts := wechatsimtest.NewTestServer(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: "wxsens", Secret: "sens-secret"}}})
 	resp, err := http.Get(ts.URL + "/sns/jscode2session?appid=wxsens&secret=sens-secret&grant_type=authorization_code&js_code=carol.1")
 	if err != nil {
 		t.Fatal(err)

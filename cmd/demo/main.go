@@ -50,6 +50,7 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:8080", "`address` of the Caddy gateway (what you curl)")
 	backend := flag.String("backend", "127.0.0.1:9000", "`address` of the sample game backend")
 	wechat := flag.String("wechat", "127.0.0.1:8931", "`address` of the WeChat simulator")
+	api := flag.String("api", "127.0.0.1:8081", "`address` of wechat_api, for the backend's WeChat API calls (see api.go)")
 	check := flag.Bool("check", false, "run the walk-through against the demo on free ports, print every answer, and exit non-zero if any is wrong")
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -58,7 +59,7 @@ func main() {
 	if *check {
 		given := map[string]bool{}
 		flag.Visit(func(f *flag.Flag) { given[f.Name] = true })
-		for name, addr := range map[string]*string{"listen": listen, "backend": backend, "wechat": wechat} {
+		for name, addr := range map[string]*string{"listen": listen, "backend": backend, "wechat": wechat, "api": api} {
 			if !given[name] {
 				*addr = "127.0.0.1:0"
 			}
@@ -75,23 +76,33 @@ func main() {
 	if err != nil || host == "" {
 		fatalf("-listen %q: want host:port, such as 127.0.0.1:8080", *listen)
 	}
-	if port == "0" {
-		// Caddy cannot report the port it picked: pick one for it.
-		port, err = freePort(host)
-		if err != nil {
-			fatalf("%v", err)
+	apiHost, apiPort, err := net.SplitHostPort(*api)
+	if err != nil || apiHost == "" {
+		fatalf("-api %q: want host:port, such as 127.0.0.1:8081", *api)
+	}
+	// Caddy cannot report the ports it picked: pick them for it.
+	for _, p := range []struct {
+		host string
+		port *string
+	}{{host, &port}, {apiHost, &apiPort}} {
+		if *p.port == "0" {
+			if *p.port, err = freePort(p.host); err != nil {
+				fatalf("%v", err)
+			}
 		}
 	}
 	received := &backendLog{}
-	running, err := start(host, port, *backend, *wechat, wechatHandler, received.record(gamebackend.Handler()))
+	running, err := start(demoAddresses{host, port, *backend, *wechat, apiHost, apiPort}, wechatHandler, received.record(gamebackend.Handler()))
 	if err != nil {
-		fatalf("%v\n(is another demo running? -listen, -backend and -wechat choose other addresses)", err)
+		fatalf("%v\n(is another demo running? -listen, -backend, -wechat and -api choose other addresses)", err)
 	}
 	defer running.stop()
 
 	w := newWalkthrough("http://"+net.JoinHostPort(host, port), sim, received)
 	if *check {
+		apiWalkthrough := newAPIWalkthrough("http://"+net.JoinHostPort(apiHost, apiPort), sim)
 		ok := w.check(os.Stdout)
+		ok = apiWalkthrough.check(os.Stdout) && ok
 		running.stop()
 		if !ok {
 			os.Exit(1)
@@ -102,6 +113,7 @@ func main() {
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
 	w.printGuide(os.Stdout, running.backend, running.wechat)
+	newAPIWalkthrough("http://"+net.JoinHostPort(apiHost, apiPort), sim).printAPIGuide(os.Stdout)
 	<-ctx.Done()
 	cancel() // a second Ctrl-C ends the demo at once
 	fmt.Println("\nshutting down")
@@ -144,21 +156,30 @@ func (d *demo) serve(addr string, h http.Handler) (string, error) {
 }
 
 // start runs the simulator, the backend and Caddy.
-func start(host, port, backend, wechat string, wechatHandler, backendHandler http.Handler) (*demo, error) {
+// demoAddresses are where the demo's parts listen: Caddy's gateway and
+// wechat_api sites on host:port and apiHost:apiPort, the simulator and the
+// backend on their own addresses.
+type demoAddresses struct {
+	host, port, backend, wechat, apiHost, apiPort string
+}
+
+func start(at demoAddresses, wechatHandler, backendHandler http.Handler) (*demo, error) {
 	d := &demo{}
 	var err error
-	if d.wechat, err = d.serve(wechat, wechatHandler); err != nil {
+	if d.wechat, err = d.serve(at.wechat, wechatHandler); err != nil {
 		return nil, fmt.Errorf("WeChat simulator: %w", err)
 	}
-	if d.backend, err = d.serve(backend, backendHandler); err != nil {
+	if d.backend, err = d.serve(at.backend, backendHandler); err != nil {
 		d.stop()
 		return nil, fmt.Errorf("game backend: %w", err)
 	}
 	if err := startCaddy(map[string]string{
-		"DEMO_HOST":    host,
-		"DEMO_PORT":    port,
-		"DEMO_BACKEND": d.backend,
-		"DEMO_WECHAT":  d.wechat,
+		"DEMO_HOST":     at.host,
+		"DEMO_PORT":     at.port,
+		"DEMO_BACKEND":  d.backend,
+		"DEMO_WECHAT":   d.wechat,
+		"DEMO_API_HOST": at.apiHost,
+		"DEMO_API_PORT": at.apiPort,
 	}); err != nil {
 		d.stop()
 		return nil, fmt.Errorf("caddy: %w", err)
@@ -233,6 +254,9 @@ func (l *backendLog) record(next http.Handler) http.Handler {
 // seen is the number of requests received so far and the X-WX- headers of
 // the latest.
 func (l *backendLog) seen() (int, http.Header) {
+	if l == nil { // a walk-through that does not reach the game backend
+		return 0, nil
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.requests, l.headers

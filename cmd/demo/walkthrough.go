@@ -248,7 +248,7 @@ func (w *walkthrough) send(client *http.Client, s step) (*answer, error) {
 	if s.jsonBody != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	callsBefore := w.sim.Calls()
+	callsBefore := wechatCalls(w.sim)
 	forwardedBefore, _ := w.backend.seen()
 	resp, err := client.Do(req)
 	if err != nil {
@@ -260,7 +260,7 @@ func (w *walkthrough) send(client *http.Client, s step) (*answer, error) {
 		return nil, err
 	}
 	forwarded, backendHeaders := w.backend.seen()
-	return &answer{status: resp.StatusCode, header: resp.Header, body: respBody, wechatCalls: w.sim.Calls() - callsBefore,
+	return &answer{status: resp.StatusCode, header: resp.Header, body: respBody, wechatCalls: wechatCalls(w.sim) - callsBefore,
 		forwarded: forwarded - forwardedBefore, backendHeaders: backendHeaders}, nil
 }
 
@@ -271,7 +271,7 @@ func printAnswer(out io.Writer, a *answer) {
 			fmt.Fprintf(out, "%s: %s\n", http.CanonicalHeaderKey(name), v)
 		}
 	}
-	fmt.Fprint(out, string(a.body))
+	fmt.Fprintln(out, strings.TrimSuffix(string(a.body), "\n")) // WeChat ends its JSON without a newline
 }
 
 // all passes when every check does, reporting the first failure.

@@ -1,6 +1,6 @@
-// Command wechatsim serves a simulated WeChat code2Session endpoint
-// (GET /sns/jscode2session) for local development and end-to-end tests.
-// See package wechatsim for its behaviour.
+// Command wechatsim serves a simulated WeChat server API (login, access
+// tokens, a few APIs that need one) for local development and end-to-end
+// tests. See package wechatsim for its behaviour.
 //
 // Usage:
 //
@@ -9,6 +9,10 @@
 //
 // Without -app, a demo app wx1234567890abcdef with secret
 // demo-secret-0123456789abcdef is registered.
+//
+// POST /sim/revoke-tokens?appid=<appid> revokes the app's current access
+// tokens, as if they had leaked and been reset: calls made with them get
+// errcode 40001 from then on.
 package main
 
 import (
@@ -73,10 +77,10 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	log.Printf("serving http://%s/sns/jscode2session for %s", ln.Addr(), desc)
+	log.Printf("serving WeChat's API on http://%s for %s", ln.Addr(), desc)
 	sim := wechatsim.New(wechatsim.Options{Apps: apps, BusyRate: *busyRate, Latency: *latency, Seed: *seed})
 	// Allow for the latency so that answers already being delayed are delivered.
-	if err := serve(ln, sim, *latency+5*time.Second); err != nil {
+	if err := serve(ln, withAdmin(sim), *latency+5*time.Second); err != nil {
 		log.Fatal(err)
 	}
 }
@@ -97,6 +101,22 @@ func parseApps(specs []string) ([]wechatsim.App, error) {
 		apps = append(apps, wechatsim.App{AppID: f[0], Secret: f[1], UnionBound: len(f) == 3})
 	}
 	return apps, nil
+}
+
+// withAdmin serves sim, and the simulator's own admin endpoint beside it.
+func withAdmin(sim *wechatsim.Server) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/", sim)
+	mux.HandleFunc("POST /sim/revoke-tokens", func(w http.ResponseWriter, r *http.Request) {
+		appid := r.URL.Query().Get("appid")
+		if appid == "" {
+			http.Error(w, "appid is required", http.StatusBadRequest)
+			return
+		}
+		sim.RevokeTokens(appid)
+		w.WriteHeader(http.StatusNoContent)
+	})
+	return mux
 }
 
 // serve answers on ln with h until SIGINT or SIGTERM, then lets in-flight

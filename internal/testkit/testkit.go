@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
+	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim/wechatsimtest"
 )
 
 // HTTPPort, HTTPSPort and AdminPort are the ports of the test Caddy, free
@@ -90,7 +91,7 @@ func Forbid(s ...string) {
 // forbidden in the logs.
 func NewSim(t testing.TB, opts wechatsim.Options) (*wechatsim.Server, string) {
 	t.Helper()
-	sim, ts := wechatsim.NewTestServer(t, opts)
+	sim, ts := wechatsimtest.NewTestServer(t, opts)
 	forbiddenMu.Lock()
 	sims = append(sims, sim)
 	forbiddenMu.Unlock()

@@ -1,0 +1,424 @@
+package wechatlogin
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
+	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
+)
+
+const (
+	tokAppID  = "wxtokens"
+	tokSecret = "token-test-secret"
+)
+
+// tokenT0 is 10:00 in Beijing.
+var tokenT0 = time.Date(2024, 5, 1, 2, 0, 0, 0, time.UTC)
+
+// renewalWait is one wait the renewal asked for; the test fires it.
+type renewalWait struct {
+	d    time.Duration
+	fire chan time.Time
+}
+
+// renewalWaits stands in for time.After in the renewal, so that a test
+// decides when each wait ends.
+type renewalWaits chan renewalWait
+
+func (w renewalWaits) after(d time.Duration) <-chan time.Time {
+	fire := make(chan time.Time, 1)
+	w <- renewalWait{d, fire}
+	return fire
+}
+
+// next is the renewal's next wait; the test fails if it never comes.
+func (w renewalWaits) next(t *testing.T) renewalWait {
+	t.Helper()
+	select {
+	case wait := <-w:
+		return wait
+	case <-time.After(10 * time.Second):
+		t.Fatal("the renewal never waited")
+		return renewalWait{}
+	}
+}
+
+// testTokenManager is a token manager on a test clock, with its renewal's
+// waits and its log lines in the test's hands.
+type testTokenManager struct {
+	*tokenManager
+	clock *testkit.Clock
+	waits renewalWaits
+	logs  *observer.ObservedLogs
+}
+
+func newTestTokenManager(t *testing.T, endpoint string, clock *testkit.Clock) testTokenManager {
+	t.Helper()
+	metrics, err := newAPIMetrics(nil, tokAppID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zap.DebugLevel)
+	logger := zap.New(core)
+	waits := make(renewalWaits, 16)
+	m := newTokenManager(tokAppID, endpoint, tokSecret, metrics)
+	m.now, m.after, m.logger = clock.Now, waits.after, func() *zap.Logger { return logger }
+	t.Cleanup(func() {
+		stopped := make(chan struct{})
+		go func() { m.Destruct(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(10 * time.Second):
+			t.Error("Destruct did not stop the renewal")
+		}
+		for _, entry := range logs.All() {
+			line := fmt.Sprint(entry.Message, entry.ContextMap())
+			if leaks := testkit.Leaks(line); len(leaks) > 0 {
+				t.Errorf("a log line carries %d secret(s) or token(s)", len(leaks))
+			}
+		}
+	})
+	return testTokenManager{m, clock, waits, logs}
+}
+
+// newTokenSim starts a simulator of the test app on clock.
+func newTokenSim(t *testing.T, clock *testkit.Clock) (*wechatsim.Server, string) {
+	t.Helper()
+	return testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: tokAppID, Secret: tokSecret}}, Now: clock.Now})
+}
+
+func (m testTokenManager) mustToken(t *testing.T) accessToken {
+	t.Helper()
+	tok, err := m.token(context.Background(), 5*time.Second)
+	if err != nil {
+		t.Fatalf("no token: %v", err)
+	}
+	return tok
+}
+
+func TestTokenRenewedAheadOfExpiryWithoutMakingRequestsWait(t *testing.T) {
+	clock := testkit.NewClock(tokenT0)
+	sim, simURL := newTokenSim(t, clock)
+	m := newTestTokenManager(t, simURL, clock)
+	stableCalls := func() int64 { return sim.CallsTo(stableTokenPath) }
+
+	first := m.mustToken(t)
+	wait := m.waits.next(t)
+	if want := 7200*time.Second - tokenRenewAhead; wait.d != want {
+		t.Fatalf("the renewal waits %v; want %v (4 minutes before expiry)", wait.d, want)
+	}
+	// Until then, requests get the token without a call.
+	clock.Advance(wait.d - time.Second)
+	for range 100 {
+		if m.mustToken(t) != first {
+			t.Fatal("the token changed before its renewal")
+		}
+	}
+	if stableCalls() != 1 {
+		t.Fatalf("%d stable_token calls for one token; want 1", stableCalls())
+	}
+
+	clock.Advance(time.Second)
+	wait.fire <- clock.Now()
+	next := m.waits.next(t)
+	renewed := m.mustToken(t)
+	if renewed.value == first.value || stableCalls() != 2 {
+		t.Fatalf("after the renewal: new token %t, %d stable_token calls; want a new token, 2", renewed.value != first.value, stableCalls())
+	}
+	if want := 7200*time.Second - tokenRenewAhead; next.d != want {
+		t.Errorf("the next renewal waits %v; want %v", next.d, want)
+	}
+	// WeChat still takes the old token until it runs out, as the renewal
+	// landed inside its switch-over.
+	if !sim.TokenValid(tokAppID, first.value) || !sim.TokenValid(tokAppID, renewed.value) {
+		t.Error("the renewal invalidated the token in use")
+	}
+}
+
+func TestTokenRenewalFailureKeepsTheTokenAndRetries(t *testing.T) {
+	clock := testkit.NewClock(tokenT0)
+	sim, simURL := newTokenSim(t, clock)
+	m := newTestTokenManager(t, simURL, clock)
+	first := m.mustToken(t)
+	wait := m.waits.next(t)
+
+	sim.SetBusyRate(1)
+	for range 2 {
+		clock.Advance(wait.d)
+		wait.fire <- clock.Now()
+		wait = m.waits.next(t)
+		if wait.d != tokenRenewRetry {
+			t.Fatalf("after a failed renewal the renewal waits %v; want %v", wait.d, tokenRenewRetry)
+		}
+		if m.mustToken(t) != first {
+			t.Fatal("a failed renewal lost the token in use")
+		}
+	}
+	// Past its usable life, a request fetches for itself, and is refused
+	// while WeChat is busy.
+	clock.Set(first.usableUntil())
+	if _, err := m.token(context.Background(), 5*time.Second); err == nil || tokenRefusal(err).status != http.StatusServiceUnavailable {
+		t.Fatalf("a request after the token's end while WeChat is busy: %v; want 503", err)
+	}
+	sim.SetBusyRate(0)
+	wait.fire <- clock.Now()
+	m.waits.next(t)
+	if m.mustToken(t).value == first.value {
+		t.Error("the renewal did not recover")
+	}
+	if n := m.logs.FilterMessageSnippet("renewal failing").Len(); n != 1 {
+		t.Errorf("%d lines say the renewal is failing; want 1 for the change of state", n)
+	}
+	if n := m.logs.FilterMessageSnippet("renewal recovered").Len(); n != 1 {
+		t.Errorf("%d lines say the renewal recovered; want 1", n)
+	}
+}
+
+func TestConcurrentRequestsOnAColdStartMakeOneFetch(t *testing.T) {
+	clock := testkit.NewClock(tokenT0)
+	sim, simURL := newTokenSim(t, clock)
+	sim.SetLatency(20 * time.Millisecond) // long enough for the requests to meet
+	m := newTestTokenManager(t, simURL, clock)
+	var wg sync.WaitGroup
+	var failed atomic.Int32
+	for range 50 {
+		wg.Go(func() {
+			if _, err := m.token(context.Background(), 5*time.Second); err != nil {
+				failed.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if failed.Load() != 0 || sim.CallsTo(stableTokenPath) != 1 {
+		t.Errorf("%d of 50 failed, with %d stable_token calls; want none failed, 1 call", failed.Load(), sim.CallsTo(stableTokenPath))
+	}
+}
+
+func TestRefusedTokenReplacedInNormalMode(t *testing.T) {
+	clock := testkit.NewClock(tokenT0)
+	sim, simURL := newTokenSim(t, clock)
+	m := newTestTokenManager(t, simURL, clock)
+	refused := m.mustToken(t)
+	sim.RevokeTokens(tokAppID)
+
+	var wg sync.WaitGroup
+	replacements := make([]accessToken, 20)
+	for i := range replacements {
+		wg.Go(func() {
+			replacements[i], _ = m.replace(context.Background(), 5*time.Second, refused, errcodeInvalidCredential)
+		})
+	}
+	wg.Wait()
+	for _, r := range replacements {
+		if r.value == refused.value || r != replacements[0] || !sim.TokenValid(tokAppID, r.value) {
+			t.Fatal("the refused token was not replaced by one valid token for every caller")
+		}
+	}
+	if calls, forced := sim.CallsTo(stableTokenPath), sim.ForcedRefreshes(tokAppID); calls != 2 || forced != 0 {
+		t.Errorf("%d stable_token calls, %d forced; want 2 (the first token and its replacement), none forced", calls, forced)
+	}
+	// A call refused with the token already replaced costs nothing more.
+	if r, err := m.replace(context.Background(), 5*time.Second, refused, errcodeTokenExpired); err != nil || r != replacements[0] || sim.CallsTo(stableTokenPath) != 2 {
+		t.Errorf("a late refusal of the old token made a call or changed the token: %v", err)
+	}
+}
+
+// stuckWechat is a stable_token that keeps handing out its latest token in
+// normal mode, whatever WeChat's API says of it: only force_refresh makes a
+// new one.
+type stuckWechat struct {
+	mu     sync.Mutex
+	latest string
+	forced int
+}
+
+func newStuckWechat(t *testing.T) (*stuckWechat, string) {
+	w := &stuckWechat{latest: "stuck-token-0"}
+	testkit.Forbid(tokSecret)
+	server := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		body, _ := io.ReadAll(r.Body)
+		if strings.Contains(string(body), `"force_refresh":true`) {
+			w.forced++
+			w.latest = fmt.Sprintf("stuck-token-%d", w.forced)
+		}
+		fmt.Fprintf(rw, `{"access_token":%q,"expires_in":7200}`, w.latest)
+	}))
+	t.Cleanup(server.Close)
+	return w, server.URL
+}
+
+func (w *stuckWechat) forcedRefreshes() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.forced
+}
+
+func TestForceRefreshOnlyForATokenHandedBackAndWithinWechatLimits(t *testing.T) {
+	clock := testkit.NewClock(tokenT0)
+	wechat, url := newStuckWechat(t)
+	m := newTestTokenManager(t, url, clock)
+	refused := m.mustToken(t)
+
+	forced, err := m.replace(context.Background(), 5*time.Second, refused, errcodeInvalidCredential)
+	if err != nil || forced.value == refused.value || wechat.forcedRefreshes() != 1 {
+		t.Fatalf("normal mode handed back the refused token: %v, %d forced; want a forced refresh", err, wechat.forcedRefreshes())
+	}
+	// Refused again at once: WeChat allows no second force_refresh within
+	// 30 s, so none is made, and the caller learns WeChat's errcode.
+	clock.Advance(forcedRefreshSpacing - time.Second)
+	_, err = m.replace(context.Background(), 5*time.Second, forced, errcodeTokenExpired)
+	if err == nil || wechat.forcedRefreshes() != 1 {
+		t.Fatalf("a second refusal within 30 s: %v, %d forced; want a refusal and no force_refresh", err, wechat.forcedRefreshes())
+	}
+	if refusal := tokenRefusal(err); refusal.status != http.StatusBadGateway || refusal.code != errWechatTokenUnavailable || refusal.errcode != errcodeTokenExpired {
+		t.Errorf("the refusal is %v; want 502 %s with errcode %d", refusal, errWechatTokenUnavailable, errcodeTokenExpired)
+	}
+	clock.Advance(time.Second)
+	if again, err := m.replace(context.Background(), 5*time.Second, forced, errcodeTokenExpired); err != nil || again.value == forced.value || wechat.forcedRefreshes() != 2 {
+		t.Errorf("a refusal 30 s later: %v, %d forced; want a second force_refresh", err, wechat.forcedRefreshes())
+	}
+}
+
+func TestForcedRefreshLedger(t *testing.T) {
+	var l forcedRefreshLedger
+	at := func(d time.Duration) time.Time { return tokenT0.Add(d) }
+	if !l.spend(at(0)) || l.spend(at(29*time.Second)) || !l.spend(at(30*time.Second)) {
+		t.Fatal("forced refreshes are not kept 30 s apart")
+	}
+	for i := 2; i < forcedRefreshesPerDay; i++ {
+		if !l.spend(at(time.Duration(i) * time.Minute)) {
+			t.Fatalf("forced refresh %d of the day refused", i+1)
+		}
+	}
+	if l.spend(at(time.Hour)) {
+		t.Fatal("a 21st forced refresh within a day was allowed")
+	}
+	// Each allowance comes back 24 hours after it was spent.
+	if l.spend(at(24*time.Hour - time.Second)) {
+		t.Error("allowed before a day had passed since the first")
+	}
+	if !l.spend(at(24 * time.Hour)) {
+		t.Error("refused a day after the first")
+	}
+	if l.spend(at(24*time.Hour + 29*time.Second)) {
+		t.Error("allowed 29 s after the last")
+	}
+	if !l.spend(at(24*time.Hour + 30*time.Second)) {
+		t.Error("refused a day after the second")
+	}
+	if l.spend(at(24*time.Hour + time.Minute)) {
+		t.Error("allowed a 21st within 24 hours")
+	}
+}
+
+func TestRenewalDelay(t *testing.T) {
+	tok := accessToken{value: "t", expires: tokenT0.Add(2 * time.Hour)}
+	for _, tt := range []struct {
+		now  time.Time
+		want time.Duration
+	}{
+		{tokenT0, 2*time.Hour - tokenRenewAhead},
+		{tokenT0.Add(2*time.Hour - tokenRenewAhead - time.Second), time.Second},
+		{tokenT0.Add(2*time.Hour - tokenRenewAhead), tokenRenewRetry},
+		{tokenT0.Add(3 * time.Hour), tokenRenewRetry},
+	} {
+		if got := renewalDelay(tok, tt.now); got != tt.want {
+			t.Errorf("renewalDelay at %v = %v; want %v", tt.now.Sub(tokenT0), got, tt.want)
+		}
+	}
+	if !tok.usable(tokenT0.Add(2*time.Hour-tokenExpirySafety-time.Nanosecond)) || tok.usable(tokenT0.Add(2*time.Hour-tokenExpirySafety)) {
+		t.Error("a token is not usable until exactly a minute before it runs out")
+	}
+}
+
+func TestDecodeStableToken(t *testing.T) {
+	for _, tt := range []struct {
+		answer  string
+		token   string
+		life    time.Duration
+		kind    attemptKind
+		errcode int
+	}{
+		{`{"access_token":"80_abc","expires_in":7200}`, "80_abc", 2 * time.Hour, -1, 0},
+		{`{"access_token":"80_abc","expires_in":300,"errcode":0}`, "80_abc", 5 * time.Minute, -1, 0},
+		{`{"errcode":40125,"errmsg":"invalid appsecret, rid: 1-2-3"}`, "", 0, kindErrcode, 40125},
+		{`{"errcode":-1,"errmsg":"system error"}`, "", 0, kindErrcode, -1},
+		{`{"access_token":"","expires_in":7200}`, "", 0, kindBadResponse, 0},
+		{`{"access_token":"80 abc","expires_in":7200}`, "", 0, kindBadResponse, 0},
+		{`{"access_token":"80_abc","expires_in":0}`, "", 0, kindBadResponse, 0},
+		{`{"access_token":"80_abc","expires_in":86401}`, "", 0, kindBadResponse, 0},
+		{`{"access_token":"80_abc","expires_in":"7200"}`, "", 0, kindBadResponse, 0},
+		{`<html>502</html>`, "", 0, kindBadResponse, 0},
+	} {
+		token, life, err := decodeStableToken([]byte(tt.answer))
+		switch {
+		case tt.kind == -1 && (err != nil || token != tt.token || life != tt.life):
+			t.Errorf("%s: %q %v %v; want %q %v", tt.answer, token, life, err, tt.token, tt.life)
+		case tt.kind != -1 && (err == nil || err.kind != tt.kind || err.errcode != tt.errcode || token != ""):
+			t.Errorf("%s: %q %v; want kind %d errcode %d", tt.answer, token, err, tt.kind, tt.errcode)
+		}
+	}
+}
+
+// FuzzDecodeStableToken: no answer, however malformed, makes the decoder
+// panic or hand out an unusable token or lifetime.
+func FuzzDecodeStableToken(f *testing.F) {
+	f.Add([]byte(`{"access_token":"80_abc","expires_in":7200}`))
+	f.Add([]byte(`{"errcode":40125,"errmsg":"invalid appsecret, rid: 1-2-3"}`))
+	f.Add([]byte(`{"access_token":"80_abc","expires_in":9223372036854775807}`))
+	f.Add([]byte(`{"access_token":"\u0000","expires_in":1}`))
+	f.Fuzz(func(t *testing.T, answer []byte) {
+		token, life, err := decodeStableToken(answer)
+		if err != nil {
+			if token != "" || life != 0 || (err.kind == kindErrcode && err.errcode == 0) {
+				t.Errorf("a failure with a token or errcode 0: %q %v %v", token, life, err)
+			}
+			return
+		}
+		if !isTokenValue(token) || life <= 0 || life > maxTokenLifetime {
+			t.Errorf("accepted token %q with lifetime %v", token, life)
+		}
+	})
+}
+
+// TestMemoryTokenStoreFetchesOnlyForTheStaleToken: a caller whose token was
+// replaced meanwhile gets the replacement without a fetch.
+func TestMemoryTokenStoreFetchesOnlyForTheStaleToken(t *testing.T) {
+	s := newMemoryTokenStore()
+	fetches := 0
+	fetch := func(value string) func(context.Context) (accessToken, error) {
+		return func(context.Context) (accessToken, error) {
+			fetches++
+			return accessToken{value: value, expires: tokenT0.Add(2 * time.Hour)}, nil
+		}
+	}
+	ctx := context.Background()
+	a, _ := s.refresh(ctx, tokenT0, accessToken{}, fetch("a"))
+	if got, _ := s.refresh(ctx, tokenT0, accessToken{}, fetch("x")); got != a || fetches != 1 {
+		t.Fatalf("a caller with no token got %q after %d fetches; want the stored one, 1 fetch", got.value, fetches)
+	}
+	b, _ := s.refresh(ctx, tokenT0, a, fetch("b"))
+	if b.value != "b" || fetches != 2 {
+		t.Fatalf("a caller with the stored token got %q after %d fetches; want a fetch", b.value, fetches)
+	}
+	if got, _ := s.refresh(ctx, tokenT0, a, fetch("x")); got != b || fetches != 2 {
+		t.Errorf("a late caller with the old token got %q after %d fetches; want the replacement, no fetch", got.value, fetches)
+	}
+	if got, _ := s.refresh(ctx, b.usableUntil(), a, fetch("c")); got.value != "c" || fetches != 3 {
+		t.Errorf("with the stored token no longer usable, got %q after %d fetches; want a fetch", got.value, fetches)
+	}
+}

@@ -1,0 +1,471 @@
+package wechatlogin
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(APIHandler{})
+	httpcaddyfile.RegisterHandlerDirective("wechat_api", parseAPICaddyfile)
+	// Ordered like wechat_login, so users need no `order` option.
+	httpcaddyfile.RegisterDirectiveOrder("wechat_api", httpcaddyfile.Before, "basic_auth")
+}
+
+const (
+	defaultAPITimeout = 5 * time.Second
+	maxAPITimeout     = time.Minute
+	// maxRepeatableBody: a request body up to this size is kept in memory, so
+	// that the call can be repeated with a new token if WeChat refuses the
+	// first; a larger one (a media upload) is streamed, and not repeated.
+	maxRepeatableBody = 1 << 20
+	// maxInspectedAnswer: an answer up to this size is read for its errcode
+	// before it is passed on; a larger one (an image, a file) is streamed.
+	maxInspectedAnswer = 64 << 10
+	// apiRetryAfter is the wait suggested when WeChat is busy or unreachable.
+	apiRetryAfter = 5 * time.Second
+)
+
+// errWechatTokenUnavailable is wechat_api's refusal when WeChat gives no
+// access token; the other codes are wechat_login's.
+const errWechatTokenUnavailable = "wechat_token_unavailable"
+
+// APIHandler is the wechat_api HTTP handler: it sends each request on to
+// WeChat's server API with the app's access_token set, so that backends call
+// WeChat without managing tokens, as they do on WeChat Cloud Hosting. It
+// answers every request itself (nothing is passed to the next handler) and
+// belongs on a listener that only the backends can reach.
+type APIHandler struct {
+	// The mini-game's AppID. Required.
+	AppID string `json:"app_id,omitempty"`
+	// The mini-game's AppSecret. Required. Placeholders such as {env.X} and
+	// {file.PATH} are resolved at provision.
+	AppSecret string `json:"app_secret,omitempty"`
+	// Base URL of the WeChat API. Default https://api.weixin.qq.com.
+	Endpoint string `json:"endpoint,omitempty"`
+	// Time allowed for one WeChat call, a token fetch or the API call itself;
+	// a minute at most. Default 5s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	secret   string // AppSecret, resolved
+	endpoint string // Endpoint without a trailing slash
+	client   *http.Client
+	// tokens is shared with the app's other handlers, across reloads; the
+	// timeout and the metrics registry are this handler's.
+	tokens    *tokenManager
+	tokensKey string
+	metrics   *apiMetrics
+	logger    *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (APIHandler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.wechat_api",
+		New: func() caddy.Module { return new(APIHandler) },
+	}
+}
+
+func parseAPICaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	a := new(APIHandler)
+	err := a.UnmarshalCaddyfile(h.Dispenser)
+	return a, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	wechat_api [<matcher>] {
+//		app_id     <appid>
+//		app_secret <secret>
+//		endpoint   <base-url>
+//		timeout    <duration>
+//	}
+func (h *APIHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	return eachSubdirective(d, func(sub string) error {
+		var err error
+		switch sub {
+		case "app_id":
+			h.AppID, err = oneArg(d)
+		case "app_secret":
+			h.AppSecret, err = oneArg(d)
+		case "endpoint":
+			h.Endpoint, err = stringArg(d, checkEndpoint)
+		case "timeout":
+			h.Timeout, err = durationArg(d, checkAPITimeout)
+		default:
+			err = d.Errf("unrecognized subdirective: %s", sub)
+		}
+		return err
+	})
+}
+
+// eachSubdirective reads a directive's block: no arguments, then each
+// subdirective once, handed to parse with the dispenser on its name. Errors
+// are parse's, which should name the Caddyfile line.
+func eachSubdirective(d *caddyfile.Dispenser, parse func(sub string) error) error {
+	d.Next() // the directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for d.NextBlock(0) {
+		sub := d.Val()
+		if seen[sub] {
+			return d.Errf("%s: given more than once", sub)
+		}
+		seen[sub] = true
+		if err := parse(sub); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func checkAPITimeout(timeout caddy.Duration) error {
+	if timeout <= 0 || time.Duration(timeout) > maxAPITimeout {
+		return fmt.Errorf("timeout must be positive and at most %s", maxAPITimeout)
+	}
+	return nil
+}
+
+// Provision sets defaults, resolves the secret and attaches the app's token
+// manager.
+func (h *APIHandler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.Endpoint == "" {
+		h.Endpoint = defaultEndpoint
+	}
+	if h.Timeout == 0 {
+		h.Timeout = caddy.Duration(defaultAPITimeout)
+	}
+	h.secret = caddy.NewReplacer().ReplaceKnown(h.AppSecret, "")
+	// The shared token manager is only touched by a valid config, so a bad
+	// reload cannot disturb the running one.
+	if err := h.Validate(); err != nil {
+		return err
+	}
+	h.endpoint = strings.TrimSuffix(h.Endpoint, "/")
+	h.client = newHTTPClient(time.Duration(h.Timeout))
+	var err error
+	if h.metrics, err = newAPIMetrics(ctx.GetMetricsRegistry(), h.AppID); err != nil {
+		return err
+	}
+	secretHash := sha256.Sum256([]byte(h.secret))
+	key := h.AppID + "\x00" + h.endpoint + "\x00" + hex.EncodeToString(secretHash[:])
+	manager, _, err := tokenManagers.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return newTokenManager(h.AppID, h.endpoint, h.secret, h.metrics), nil
+	})
+	if err != nil {
+		return err
+	}
+	h.tokens, h.tokensKey = manager.(*tokenManager), key
+	return nil
+}
+
+// Validate refuses a config that cannot work, naming the field at fault.
+func (h *APIHandler) Validate() error {
+	switch {
+	case h.AppID == "":
+		return errors.New("app_id is required")
+	case h.AppSecret == "":
+		return errors.New("app_secret is required")
+	case h.secret == "":
+		return errors.New("app_secret is empty once its placeholders are resolved (is the environment variable or file there?)")
+	}
+	if err := checkEndpoint(h.Endpoint); err != nil {
+		return err
+	}
+	return checkAPITimeout(h.Timeout)
+}
+
+// Cleanup releases the token manager and idle WeChat connections.
+func (h *APIHandler) Cleanup() error {
+	if h.client != nil {
+		h.client.CloseIdleConnections()
+	}
+	if h.tokens == nil { // never attached (provision failed before)
+		return nil
+	}
+	_, err := tokenManagers.Delete(h.tokensKey)
+	return err
+}
+
+// ServeHTTP answers a token request from the managed token, and sends any
+// other request on to WeChat with the token set.
+func (h *APIHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if r.URL.Path == classicTokenPath || r.URL.Path == stableTokenPath {
+		t, err := h.tokens.token(r.Context(), time.Duration(h.Timeout))
+		if err != nil {
+			return h.refuse(w, r, tokenRefusal(err))
+		}
+		h.metrics.call(callToken)
+		return writeTokenAnswer(w, t, h.tokens.now())
+	}
+	start := time.Now()
+	answer, outcome, refusal := h.call(r)
+	if refusal != nil {
+		h.logCall(r, refusal.status, refusal.code, start)
+		return h.refuse(w, r, refusal)
+	}
+	defer answer.Body.Close()
+	h.metrics.call(outcome)
+	h.logCall(r, answer.StatusCode, outcome, start)
+	if err := passOn(w, answer); err != nil {
+		// The status is sent; all that is left is to say so.
+		h.logger.Debug("wechat answer cut short", zap.String("app_id", h.AppID), zap.String("error", redact(err.Error())))
+	}
+	return nil
+}
+
+// refuse answers with the documented JSON error, or records 499 when the
+// client has gone, so that the access log reflects the disconnect.
+func (h *APIHandler) refuse(w http.ResponseWriter, r *http.Request, e *loginError) error {
+	if r.Context().Err() != nil {
+		w.WriteHeader(499)
+		return nil
+	}
+	h.metrics.call(e.code)
+	e.write(w)
+	return nil
+}
+
+// call sends r on to WeChat with the app's token, and once more with a new
+// token if WeChat refuses the first (the refused call did nothing). It
+// returns WeChat's answer and the outcome, or the refusal to send instead.
+func (h *APIHandler) call(r *http.Request) (*http.Response, string, *loginError) {
+	ctx, timeout := r.Context(), time.Duration(h.Timeout)
+	body, err := readRequestBody(r)
+	if err != nil {
+		if errors.As(err, new(*http.MaxBytesError)) {
+			return nil, "", newLoginError(http.StatusRequestEntityTooLarge, errInvalidRequest, "the request body is too large")
+		}
+		return nil, "", badRequest("the request body could not be read")
+	}
+	t, terr := h.tokens.token(ctx, timeout)
+	if terr != nil {
+		return nil, "", tokenRefusal(terr)
+	}
+	answer, refusal := h.send(r, body, t)
+	if refusal != nil {
+		return nil, "", refusal
+	}
+	errcode := inspectAnswer(answer)
+	if !refusesToken(errcode) {
+		return answer, callForwarded, nil
+	}
+	if !body.repeatable() {
+		// The body was streamed and cannot be sent again; WeChat's refusal
+		// goes back as it is, and the next call gets a new token.
+		_, _ = h.tokens.replace(ctx, timeout, t, errcode)
+		return answer, callForwarded, nil
+	}
+	answer.Body.Close()
+	if t, terr = h.tokens.replace(ctx, timeout, t, errcode); terr != nil {
+		return nil, "", tokenRefusal(terr)
+	}
+	if answer, refusal = h.send(r, body, t); refusal != nil {
+		return nil, "", refusal
+	}
+	return answer, callRepeated, nil
+}
+
+// send makes one call of r at WeChat with token t: the same method, path,
+// query (its access_token replaced), body and Content-Type.
+func (h *APIHandler) send(r *http.Request, body requestBody, t accessToken) (*http.Response, *loginError) {
+	ctx := r.Context()
+	target := h.endpoint + r.URL.EscapedPath() + "?" + withAccessToken(r.URL.RawQuery, t.value)
+	req, err := http.NewRequestWithContext(ctx, r.Method, target, body.reader())
+	if err != nil {
+		return nil, badRequest("the request cannot be sent on to WeChat")
+	}
+	if !body.repeatable() {
+		req.ContentLength = body.length
+	}
+	if contentType := r.Header.Get("Content-Type"); contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	answer, err := h.client.Do(req)
+	if err != nil {
+		// transportError keeps nothing of the URL, which holds the token.
+		return nil, callRefusal(transportError(ctx, err))
+	}
+	return answer, nil
+}
+
+// logCall writes one debug line per call, without the query (a client may
+// have sent a token in it).
+func (h *APIHandler) logCall(r *http.Request, status int, outcome string, start time.Time) {
+	if ce := h.logger.Check(zap.DebugLevel, "wechat api call"); ce != nil {
+		ce.Write(zap.String("app_id", h.AppID), zap.String("method", r.Method), zap.String("path", r.URL.Path),
+			zap.Int("status", status), zap.String("result", outcome), zap.Duration("duration", time.Since(start)))
+	}
+}
+
+// withAccessToken returns rawQuery with every access_token parameter removed
+// and token's appended, the other parameters untouched and in their order.
+func withAccessToken(rawQuery, token string) string {
+	var q strings.Builder
+	for param := range strings.SplitSeq(rawQuery, "&") {
+		if param == "" || isAccessTokenParam(param) {
+			continue
+		}
+		q.WriteString(param)
+		q.WriteByte('&')
+	}
+	q.WriteString("access_token=")
+	q.WriteString(url.QueryEscape(token))
+	return q.String()
+}
+
+// isAccessTokenParam reports whether a "key=value" query parameter is an
+// access_token, however its key is escaped.
+func isAccessTokenParam(param string) bool {
+	key, _, _ := strings.Cut(param, "=")
+	if unescaped, err := url.QueryUnescape(key); err == nil {
+		key = unescaped
+	}
+	return key == "access_token"
+}
+
+// requestBody is a client's request body, read as far as a repeat needs.
+type requestBody struct {
+	head []byte    // the whole body, or its first maxRepeatableBody+1 bytes
+	rest io.Reader // the remainder, to stream once; nil when head is the whole body
+	// length is the whole body's, -1 when unknown.
+	length int64
+}
+
+func readRequestBody(r *http.Request) (requestBody, error) {
+	head, err := io.ReadAll(io.LimitReader(r.Body, maxRepeatableBody+1))
+	if err != nil {
+		return requestBody{}, err
+	}
+	if len(head) <= maxRepeatableBody {
+		return requestBody{head: head, length: int64(len(head))}, nil
+	}
+	return requestBody{head: head, rest: r.Body, length: r.ContentLength}, nil
+}
+
+func (b requestBody) repeatable() bool { return b.rest == nil }
+
+// reader reads the whole body: as often as needed when it is repeatable,
+// once otherwise.
+func (b requestBody) reader() io.Reader {
+	if b.rest == nil {
+		return bytes.NewReader(b.head)
+	}
+	return io.MultiReader(bytes.NewReader(b.head), b.rest)
+}
+
+// inspectAnswer returns the errcode of a small JSON answer (0 if it has
+// none, or is not small JSON), reading it into memory; answer.Body still
+// yields the whole body afterwards.
+func inspectAnswer(answer *http.Response) int {
+	if answer.ContentLength > maxInspectedAnswer {
+		return 0
+	}
+	head, err := io.ReadAll(io.LimitReader(answer.Body, maxInspectedAnswer+1))
+	answer.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(head), answer.Body), answer.Body}
+	if err != nil || len(head) > maxInspectedAnswer {
+		return 0
+	}
+	errcode, _ := answerErrcode(head)
+	return errcode
+}
+
+// answerErrcode reads the top-level errcode of a WeChat answer, reporting
+// false when the answer is not a JSON object with an integer errcode.
+func answerErrcode(answer []byte) (int, bool) {
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(answer, &fields) != nil {
+		return 0, false
+	}
+	var errcode int
+	if raw, ok := fields["errcode"]; !ok || json.Unmarshal(raw, &errcode) != nil {
+		return 0, false
+	}
+	return errcode, true
+}
+
+// passOn sends WeChat's answer to the client as it is: status, Content-Type
+// and body.
+func passOn(w http.ResponseWriter, answer *http.Response) error {
+	if contentType := answer.Header.Get("Content-Type"); contentType != "" {
+		w.Header().Set("Content-Type", contentType)
+	}
+	if answer.ContentLength >= 0 {
+		w.Header().Set("Content-Length", strconv.FormatInt(answer.ContentLength, 10))
+	}
+	w.WriteHeader(answer.StatusCode)
+	_, err := io.Copy(w, answer.Body)
+	return err
+}
+
+// writeTokenAnswer answers a token request as WeChat would, with the time
+// the token has left on this gateway.
+func writeTokenAnswer(w http.ResponseWriter, t accessToken, now time.Time) error {
+	body := struct {
+		AccessToken string `json:"access_token"`
+		ExpiresIn   int64  `json:"expires_in"`
+	}{t.value, max(int64(t.usableUntil().Sub(now)/time.Second), 1)}
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	return json.NewEncoder(w).Encode(body)
+}
+
+// tokenRefusal maps a failure to get a token to the documented refusal.
+func tokenRefusal(err *attemptError) *loginError {
+	switch {
+	case err.kind == kindBadResponse:
+		return newLoginError(http.StatusBadGateway, errWechatTokenUnavailable, "WeChat's answer holds no access token the gateway can use")
+	case err.kind != kindErrcode || err.errcode == errcodeBusy:
+		return callRefusal(err)
+	}
+	e := newLoginError(http.StatusBadGateway, errWechatTokenUnavailable, "WeChat gives no access token; the operator has been told")
+	e.errcode, e.hasErrcode = err.errcode, true
+	return e
+}
+
+// callRefusal maps a WeChat call that got no answer, or errcode -1, to the
+// documented refusal.
+func callRefusal(err *attemptError) *loginError {
+	if err.kind == kindTimeout {
+		return newLoginError(http.StatusGatewayTimeout, errWechatTimeout, "WeChat did not answer in time")
+	}
+	e := newLoginError(http.StatusServiceUnavailable, errWechatUnavailable, "WeChat is unavailable; retry later")
+	e.retryAfter = apiRetryAfter
+	if err.kind == kindErrcode {
+		e.errcode, e.hasErrcode = err.errcode, true
+	}
+	return e
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*APIHandler)(nil)
+	_ caddy.Validator             = (*APIHandler)(nil)
+	_ caddy.CleanerUpper          = (*APIHandler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*APIHandler)(nil)
+	_ caddyfile.Unmarshaler       = (*APIHandler)(nil)
+	_ caddy.Destructor            = (*tokenManager)(nil)
+)

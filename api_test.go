@@ -1,0 +1,275 @@
+package wechatlogin
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
+)
+
+func TestAPIUnmarshalCaddyfile(t *testing.T) {
+	d := caddyfile.NewTestDispenser(`wechat_api {
+		app_id     wx1234567890abcdef
+		app_secret {env.WECHAT_APP_SECRET}
+		endpoint   http://127.0.0.1:8931/
+		timeout    2s
+	}`)
+	var h APIHandler
+	if err := h.UnmarshalCaddyfile(d); err != nil {
+		t.Fatal(err)
+	}
+	want := APIHandler{AppID: "wx1234567890abcdef", AppSecret: "{env.WECHAT_APP_SECRET}",
+		Endpoint: "http://127.0.0.1:8931/", Timeout: caddy.Duration(2 * time.Second)}
+	if got, want := mustJSON(h), mustJSON(want); got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+}
+
+func TestAPIUnmarshalCaddyfileErrors(t *testing.T) {
+	assertCaddyfileErrors(t, "wechat_api", func() caddyfile.Unmarshaler { return new(APIHandler) }, []caddyfileError{
+		{"app_id", "app_id: missing value"},
+		{"app_secret a b", "app_secret: one value expected"},
+		{"app_id a\napp_id b", "app_id: given more than once"},
+		{"redis {\n address localhost:6379\n}", "unrecognized subdirective: redis"},
+		{"endpoint api.weixin.qq.com", "endpoint must be an http or https base URL"},
+		{"timeout soon", `timeout: bad duration "soon"`},
+		{"timeout 0s", "timeout must be positive and at most 1m0s"},
+		{"timeout 2m", "timeout must be positive and at most 1m0s"},
+	})
+}
+
+// caddyfileError is the body of a directive's block and the error it gives.
+type caddyfileError struct{ body, want string }
+
+// assertCaddyfileErrors checks that each body, in a block of directive, is
+// refused with its error, which names the Caddyfile line once.
+func assertCaddyfileErrors(t *testing.T, directive string, unmarshaler func() caddyfile.Unmarshaler, cases []caddyfileError) {
+	t.Helper()
+	for _, tc := range cases {
+		d := caddyfile.NewTestDispenser(directive + " {\n" + tc.body + "\n}")
+		err := unmarshaler().UnmarshalCaddyfile(d)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: got %v, want an error containing %q", tc.body, err, tc.want)
+			continue
+		}
+		if strings.Count(err.Error(), "Testfile:") != 1 {
+			t.Errorf("%q: the error does not name the Caddyfile line once: %v", tc.body, err)
+		}
+	}
+}
+
+// TestAPIValidate: a JSON config gets the messages a Caddyfile gets.
+func TestAPIValidate(t *testing.T) {
+	valid := APIHandler{AppID: "wx1", AppSecret: "s", secret: "s", Endpoint: defaultEndpoint, Timeout: caddy.Duration(defaultAPITimeout)}
+	if err := valid.Validate(); err != nil {
+		t.Fatalf("the defaults do not validate: %v", err)
+	}
+	for _, tc := range []struct {
+		change func(*APIHandler)
+		want   string
+	}{
+		{func(h *APIHandler) { h.AppID = "" }, "app_id is required"},
+		{func(h *APIHandler) { h.AppSecret, h.secret = "", "" }, "app_secret is required"},
+		{func(h *APIHandler) { h.AppSecret, h.secret = "{env.UNSET}", "" }, "app_secret is empty once its placeholders are resolved"},
+		{func(h *APIHandler) { h.Endpoint = "ftp://example.com" }, "endpoint must be an http or https base URL"},
+		{func(h *APIHandler) { h.Timeout = caddy.Duration(-time.Second) }, "timeout must be positive and at most 1m0s"},
+		{func(h *APIHandler) { h.Timeout = caddy.Duration(time.Hour) }, "timeout must be positive and at most 1m0s"},
+	} {
+		h := valid
+		tc.change(&h)
+		if err := h.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("got %v, want an error containing %q", err, tc.want)
+		}
+	}
+}
+
+// TestAPIAdapt: the Caddyfile adapts to the JSON the handler documents,
+// with no `order` option, and the JSON round-trips through APIHandler.
+func TestAPIAdapt(t *testing.T) {
+	const input = "http://127.0.0.1:8081 {\n\twechat_api {\n\t\tapp_id wx1234567890abcdef\n" +
+		"\t\tapp_secret {env.WECHAT_APP_SECRET}\n\t\ttimeout 3s\n\t}\n}\n"
+	adapted, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(input), nil)
+	if err != nil || len(warnings) > 0 {
+		t.Fatalf("adapting: %v %v", err, warnings)
+	}
+	var config struct {
+		Apps struct {
+			HTTP struct {
+				Servers map[string]struct {
+					Routes []struct {
+						Handle []struct {
+							Routes []struct {
+								Handle []json.RawMessage
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+	if err := json.Unmarshal(adapted, &config); err != nil {
+		t.Fatal(err)
+	}
+	var handler json.RawMessage
+	for _, server := range config.Apps.HTTP.Servers {
+		handler = server.Routes[0].Handle[0].Routes[0].Handle[0]
+	}
+	const want = `{"app_id":"wx1234567890abcdef","app_secret":"{env.WECHAT_APP_SECRET}","handler":"wechat_api","timeout":3000000000}`
+	if got := mustJSON(json.RawMessage(handler)); got != want {
+		t.Fatalf("adapted to %s\nwant        %s", got, want)
+	}
+	var h APIHandler
+	if err := json.Unmarshal(handler, &h); err != nil {
+		t.Fatal(err)
+	}
+	if got := `{"app_id":"wx1234567890abcdef","app_secret":"{env.WECHAT_APP_SECRET}","timeout":3000000000}`; mustJSON(h) != got {
+		t.Errorf("the JSON does not round-trip: %s", mustJSON(h))
+	}
+}
+
+func TestWithAccessToken(t *testing.T) {
+	for _, tt := range []struct{ query, want string }{
+		{"", "access_token=T%2B1"},
+		{"a=1&b=2", "a=1&b=2&access_token=T%2B1"},
+		{"access_token=mine", "access_token=T%2B1"},
+		{"a=1&access_token=mine&b=%20x&access_token=again", "a=1&b=%20x&access_token=T%2B1"},
+		{"access%5Ftoken=mine&a=1", "a=1&access_token=T%2B1"},
+		{"access_token&a", "a&access_token=T%2B1"},
+		{"cloudbase_access_token=c&access_tokens=x", "cloudbase_access_token=c&access_tokens=x&access_token=T%2B1"},
+		{"&&a=1&", "a=1&access_token=T%2B1"},
+	} {
+		if got := withAccessToken(tt.query, "T+1"); got != tt.want {
+			t.Errorf("withAccessToken(%q) = %q; want %q", tt.query, got, tt.want)
+		}
+	}
+}
+
+// FuzzWithAccessToken: whatever query a backend sends, WeChat sees exactly
+// one access_token, ours, and every other parameter as it was, in order.
+func FuzzWithAccessToken(f *testing.F) {
+	for _, q := range []string{"", "a=1&access_token=x", "access%5ftoken=x", "%zz=1&=&&", "access_token=1;access_token=2"} {
+		f.Add(q, "80_token")
+	}
+	f.Fuzz(func(t *testing.T, query, token string) {
+		got := withAccessToken(query, token)
+		var kept, tokens []string
+		for param := range strings.SplitSeq(got, "&") {
+			if isAccessTokenParam(param) {
+				tokens = append(tokens, param)
+			} else {
+				kept = append(kept, param)
+			}
+		}
+		if len(tokens) != 1 || !strings.HasSuffix(got, tokens[0]) {
+			t.Fatalf("%q gives %q: want exactly one access_token, last", query, got)
+		}
+		if _, value, _ := strings.Cut(tokens[0], "="); value != url.QueryEscape(token) {
+			t.Fatalf("the access_token is %q, not the gateway's", value)
+		}
+		var want []string
+		for param := range strings.SplitSeq(query, "&") {
+			if param != "" && !isAccessTokenParam(param) {
+				want = append(want, param)
+			}
+		}
+		if !slices.Equal(kept, want) {
+			t.Fatalf("%q gives %q: the other parameters changed", query, got)
+		}
+	})
+}
+
+func TestAnswerErrcode(t *testing.T) {
+	for _, tt := range []struct {
+		answer string
+		want   int
+		ok     bool
+	}{
+		{`{"errcode":40001,"errmsg":"invalid credential"}`, 40001, true},
+		{`{"errcode":0,"errmsg":"ok","result":{"errcode":42001}}`, 0, true},
+		{` {"errmsg":"x", "errcode" : -1} `, -1, true},
+		{`{"ErrCode":40001}`, 0, false},
+		{`{"errcode":"40001"}`, 0, false},
+		{`{"errcode":40001.5}`, 0, false},
+		{`{"errcode":40001`, 0, false},
+		{`[{"errcode":40001}]`, 0, false},
+		{"\x89PNG\r\n", 0, false},
+	} {
+		if got, ok := answerErrcode([]byte(tt.answer)); got != tt.want || ok != tt.ok {
+			t.Errorf("answerErrcode(%s) = %d, %t; want %d, %t", tt.answer, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
+// FuzzAnswerErrcode: the errcode read from an answer is the one a JSON
+// decoder sees at its top level, and nothing else.
+func FuzzAnswerErrcode(f *testing.F) {
+	for _, a := range []string{`{"errcode":40001}`, `{"errcode":0,"errmsg":"ok"}`, `{"errcode":1e3}`, `{"errcode":1,"errcode":2}`, `null`} {
+		f.Add([]byte(a))
+	}
+	f.Fuzz(func(t *testing.T, answer []byte) {
+		errcode, ok := answerErrcode(answer)
+		var fields map[string]any
+		decodes := json.Unmarshal(answer, &fields) == nil
+		number, isNumber := fields["errcode"].(float64)
+		if ok && (!decodes || !isNumber || number != float64(errcode)) {
+			t.Fatalf("%q: errcode %d, but a decoder sees %v", answer, errcode, fields["errcode"])
+		}
+		if !ok && errcode != 0 {
+			t.Fatalf("%q: errcode %d without ok", answer, errcode)
+		}
+	})
+}
+
+// provisionAPI provisions h as Caddy would and cleans it up after the test.
+func provisionAPI(t *testing.T, h *APIHandler) {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Cleanup() })
+}
+
+// TestTokenManagersSharedByAppEndpointAndSecret: handlers of one app,
+// endpoint and secret share a token; a different secret (a staging site)
+// shares nothing.
+func TestTokenManagersSharedByAppEndpointAndSecret(t *testing.T) {
+	handler := func(secret string) *APIHandler {
+		h := &APIHandler{AppID: tokAppID, AppSecret: secret, Endpoint: "http://127.0.0.1:1/"}
+		provisionAPI(t, h)
+		return h
+	}
+	a, b, other := handler(tokSecret), handler(tokSecret), handler("another-secret")
+	if a.tokens != b.tokens || a.tokens == other.tokens {
+		t.Error("token managers are not shared by exactly the handlers of one app, endpoint and secret")
+	}
+}
+
+// TestClientGoneRecorded499: a client that goes away while the token is
+// fetched is recorded as 499, so that the access log shows the disconnect.
+func TestClientGoneRecorded499(t *testing.T) {
+	clock := testkit.NewClock(tokenT0)
+	sim, simURL := newTokenSim(t, clock)
+	sim.SetLatency(time.Hour)
+	h := &APIHandler{AppID: tokAppID, AppSecret: tokSecret, Endpoint: simURL}
+	provisionAPI(t, h)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	w := httptest.NewRecorder()
+	r := httptest.NewRequestWithContext(ctx, http.MethodPost, "/wxa/msg_sec_check", strings.NewReader("{}"))
+	if err := h.ServeHTTP(w, r, nil); err != nil || w.Code != 499 || w.Body.Len() != 0 {
+		t.Errorf("got %d %q, %v; want 499 and no body", w.Code, w.Body, err)
+	}
+}
