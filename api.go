@@ -115,28 +115,6 @@ func (h *APIHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	})
 }
 
-// eachSubdirective reads a directive's block: no arguments, then each
-// subdirective once, handed to parse with the dispenser on its name. Errors
-// are parse's, which should name the Caddyfile line.
-func eachSubdirective(d *caddyfile.Dispenser, parse func(sub string) error) error {
-	d.Next() // the directive name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	seen := map[string]bool{}
-	for d.NextBlock(0) {
-		sub := d.Val()
-		if seen[sub] {
-			return d.Errf("%s: given more than once", sub)
-		}
-		seen[sub] = true
-		if err := parse(sub); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 func checkAPITimeout(timeout caddy.Duration) error {
 	if timeout <= 0 || time.Duration(timeout) > maxAPITimeout {
 		return fmt.Errorf("timeout must be positive and at most %s", maxAPITimeout)

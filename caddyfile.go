@@ -49,18 +49,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		}
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next()        // the directive name
-	directive := *d // to name the directive's line for what is missing from its block
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	seen := map[string]bool{}
-	for d.NextBlock(0) {
-		sub := d.Val()
-		if seen[sub] {
-			return d.Errf("%s: given more than once", sub)
-		}
-		seen[sub] = true
+	directive := *d // names the directive's line for what is missing from its block
+	err := eachSubdirective(d, func(sub string) error {
 		var err error
 		switch sub {
 		case "app_id":
@@ -97,17 +87,41 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "session":
 			h.Session, err = parseSession(d)
 		default:
-			return d.Errf("unrecognized subdirective: %s", sub)
+			err = d.Errf("unrecognized subdirective: %s", sub)
 		}
-		if err != nil {
-			return err
-		}
+		return err
+	})
+	if err != nil {
+		return err
 	}
+	directive.Next()
 	if err := checkAppID(h.AppID); err != nil {
 		return directive.WrapErr(err)
 	}
 	if err := checkAppSecret(h.AppSecret, h.AppSecret); err != nil {
 		return directive.WrapErr(err)
+	}
+	return nil
+}
+
+// eachSubdirective reads a directive's block: no arguments, then each
+// subdirective once, handed to parse with the dispenser on its name. Errors
+// are parse's, which should name the Caddyfile line.
+func eachSubdirective(d *caddyfile.Dispenser, parse func(sub string) error) error {
+	d.Next() // the directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for d.NextBlock(0) {
+		sub := d.Val()
+		if seen[sub] {
+			return d.Errf("%s: given more than once", sub)
+		}
+		seen[sub] = true
+		if err := parse(sub); err != nil {
+			return err
+		}
 	}
 	return nil
 }
