@@ -53,7 +53,7 @@ func scriptedWechat(t *testing.T) string {
 	return fake.URL
 }
 
-// TestErrorTable produces every row of SPEC.md's error table through a real
+// TestErrorTable produces every row of the README's error table through a real
 // Caddy, and checks that none of them reaches the backend.
 func TestErrorTable(t *testing.T) {
 	const simSecret = "errors-secret"
