@@ -145,7 +145,7 @@ func (h *APIHandler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	secretHash := sha256.Sum256([]byte(h.secret))
-	key := h.AppID + "\x00" + h.endpoint + "\x00" + hex.EncodeToString(secretHash[:])
+	key := h.AppID + "\x00" + canonicalEndpoint(h.Endpoint) + "\x00" + hex.EncodeToString(secretHash[:])
 	manager, _, err := tokenManagers.LoadOrNew(key, func() (caddy.Destructor, error) {
 		return newTokenManager(h.AppID, h.endpoint, h.secret, h.metrics), nil
 	})

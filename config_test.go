@@ -341,3 +341,35 @@ func FuzzHandlerConfig(f *testing.F) {
 		}
 	})
 }
+
+func TestCanonicalEndpointFoldsSpellingsOfOneEndpoint(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		same bool
+	}{
+		{"https://api.weixin.qq.com", "https://api.weixin.qq.com/", true},
+		{"https://api.weixin.qq.com", "HTTPS://API.WEIXIN.QQ.COM:443//", true},
+		{"http://127.0.0.1:80", "http://127.0.0.1", true},
+		{"http://[::1]:80/", "http://[::1]", true},
+		{"http://127.0.0.1:8931", "http://127.0.0.1:8932", false},
+		{"https://api.weixin.qq.com", "https://api2.weixin.qq.com", false},
+		{"https://h/a", "https://h/b", false},
+	} {
+		if got := canonicalEndpoint(tc.a) == canonicalEndpoint(tc.b); got != tc.same {
+			t.Errorf("%s and %s share state: %v (%q, %q), want %v", tc.a, tc.b, got, canonicalEndpoint(tc.a), canonicalEndpoint(tc.b), tc.same)
+		}
+	}
+}
+
+// A reload that only respells the endpoint keeps the budgets: no refill.
+func TestStateSurvivesAnEndpointRespelled(t *testing.T) {
+	_, endpoint := newTestSim(t)
+	clock := newTestClock()
+	old := newClockedHandler(t, endpoint, clock, withBudget(1, time.Minute))
+	if w, forwarded := serveTestLogin(t, old, "alice.1", "198.51.100.1"); !forwarded {
+		t.Fatalf("first login: %d %s", w.Code, w.Body)
+	}
+	respelled := newClockedHandler(t, endpoint+"/", clock, withBudget(1, time.Minute))
+	w, forwarded := serveTestLogin(t, respelled, "alice.2", "198.51.100.1")
+	wantRateLimited(t, w, forwarded, "63")
+}

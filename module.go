@@ -137,7 +137,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // With a redis block the state is the fleet's, and the memory tables serve
 // while Redis cannot.
 func (h *Handler) attachState(ctx caddy.Context) error {
-	h.stateKey = stateKey(h.AppID, h.Endpoint, h.resolved.app)
+	endpoint := canonicalEndpoint(h.Endpoint)
+	h.stateKey = stateKey(h.AppID, endpoint, h.resolved.app)
 	value, _, _ := appStates.LoadOrNew(h.stateKey, func() (caddy.Destructor, error) { return newAppState(), nil })
 	state := value.(*appState)
 	releases := []func(){state.players.lease(h.BudgetSize), state.codes.lease(h.CacheSize)}
@@ -158,7 +159,7 @@ func (h *Handler) attachState(ctx caddy.Context) error {
 		return nil
 	}
 
-	fleet, err := newFleet(ctx, h.Redis, h.AppID, h.Endpoint, h.resolved.app)
+	fleet, err := newFleet(ctx, h.Redis, h.AppID, endpoint, h.resolved.app)
 	if err != nil {
 		return err
 	}

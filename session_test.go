@@ -353,3 +353,36 @@ func TestSessionConcurrentLoopsStayWithinBudget(t *testing.T) {
 		t.Errorf("%d WeChat exchanges and %d logins forwarded for a budget of 5", calls, forwarded.Load())
 	}
 }
+
+// The gateway's own bearer token never reaches the upstream, on a login
+// either; a bearer token that is not the gateway's may be the backend's own.
+func TestLoginDropsTheGatewaysBearerToken(t *testing.T) {
+	_, endpoint := newTestSim(t)
+	h := newTestHandler(t, endpoint, withTestSessions)
+	first := serveLoginWith(context.Background(), h, "alice.1", nil)
+	token := first.w.Header().Get(headerSession)
+	if token == "" {
+		t.Fatalf("no token issued: %d %s", first.w.Code, first.w.Body)
+	}
+	res := serveLoginWith(context.Background(), h, "alice.2", sessionHeader(token))
+	if !res.forwarded() || res.upstream.Get("Authorization") != "" {
+		t.Errorf("login with the gateway's token: forwarded %v, upstream Authorization %q, want none", res.forwarded(), res.upstream.Get("Authorization"))
+	}
+	res = serveLoginWith(context.Background(), h, "alice.3", sessionHeader("the-backends-own"))
+	if !res.forwarded() || res.upstream.Get("Authorization") != "Bearer the-backends-own" {
+		t.Errorf("login with another bearer token: forwarded %v, upstream Authorization %q, want it kept", res.forwarded(), res.upstream.Get("Authorization"))
+	}
+}
+
+func TestHugeTokensAreRefusedUnread(t *testing.T) {
+	clock := newTestClock()
+	tokens := newSessionTokens(testAppID, [][]byte{[]byte(testSessionSecret)}, time.Hour, clock.Now)
+	valid, _, err := tokens.issue(Identity{OpenID: "oAlice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	huge := valid[:strings.LastIndexByte(valid, '.')] + strings.Repeat("A", maxTokenLen) + valid[strings.LastIndexByte(valid, '.'):]
+	if _, err := tokens.verify(huge); err != errMalformedSession {
+		t.Errorf("a %d-byte token: %v, want malformed", len(huge), err)
+	}
+}

@@ -58,6 +58,10 @@ var tokenHeader = base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"HS256","t
 // unpadded base64url.
 const signatureLen = 43
 
+// maxTokenLen bounds a token: the claims issue writes come to about 300
+// bytes, and a client must not make the gateway hash megabytes per request.
+const maxTokenLen = 4096
+
 // strictRawURL refuses the spellings of a segment that differ only in unused
 // trailing bits, so that a token has exactly one valid form.
 var strictRawURL = base64.RawURLEncoding.Strict()
@@ -170,6 +174,9 @@ func (t *sessionTokens) verify(token string) (Identity, error) {
 // signature checked with a pooled hash before anything of the payload is
 // read, and the claims as issue writes them are read without reflection.
 func (t *sessionTokens) check(token string, expiredFor time.Duration) (Identity, error) {
+	if len(token) > maxTokenLen { // refused before any hashing: a huge token costs nothing
+		return Identity{}, errMalformedSession
+	}
 	header, rest, ok := strings.Cut(token, ".")
 	if !ok || header != tokenHeader {
 		return Identity{}, errMalformedSession
@@ -479,15 +486,21 @@ func (t *sessionTokens) presentedSession(r *http.Request, session string) (Ident
 // presentedSession, or a bearer token) that this gateway signed for its
 // app_id and that is valid or expired less than grace ago: the signature
 // still proves whose it is, so a login loop can be charged to its player
-// before any WeChat call. It removes nothing.
+// before any WeChat call. A bearer token it recognizes is removed, as
+// presentedSession does: the gateway's own token never reaches the upstream.
 func (t *sessionTokens) presentedPlayer(r *http.Request, session string, grace time.Duration) (openid string, ok bool) {
-	for _, token := range [...]string{session, bearerToken(r)} {
-		if token == "" {
-			continue
-		}
-		if id, err := t.check(token, grace); err == nil {
-			return id.OpenID, true
+	if session != "" {
+		if id, err := t.check(session, grace); err == nil {
+			openid, ok = id.OpenID, true
 		}
 	}
-	return "", false
+	if bearer := bearerToken(r); bearer != "" {
+		if id, err := t.check(bearer, grace); err == nil {
+			r.Header.Del("Authorization")
+			if !ok {
+				openid, ok = id.OpenID, true
+			}
+		}
+	}
+	return openid, ok
 }
