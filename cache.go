@@ -41,9 +41,10 @@ type codeStore interface {
 	// redeem returns the identity for key: from the cache; else by waiting
 	// for a call in flight for key; else by running lead, whose identity is
 	// cached whenever it has one, even alongside a refusal (a player over
-	// budget keeps the code's result for a later retry). lead runs detached
-	// from ctx, so one client hanging up does not fail the others; redeem
-	// itself returns when ctx ends.
+	// budget keeps the code's result for a later retry). lead may outlive
+	// the login that started it (it serves every login waiting for the
+	// code), so it must not depend on ctx; redeem itself returns when ctx
+	// ends.
 	redeem(ctx context.Context, key codeKey, lead func() (Identity, *loginError)) (Identity, redeemOutcome, *loginError)
 }
 
@@ -139,7 +140,3 @@ func (c memoryCodes) add(key codeKey, id Identity) {
 func clientGone() *loginError {
 	return newLoginError(statusClientClosedRequest, errInvalidRequest, "the client went away")
 }
-
-// statusClientClosedRequest is nginx's code for a client that hung up,
-// which Caddy's reverse_proxy records too.
-const statusClientClosedRequest = 499

@@ -131,8 +131,10 @@ func TestCodeStoreJoinersShareOneCall(t *testing.T) {
 			}
 		})
 	}
-	for deadline := time.Now().Add(10 * time.Second); calls.Load() == 0 && time.Now().Before(deadline); {
-		time.Sleep(time.Millisecond)
+	for deadline := time.Now().Add(10 * time.Second); calls.Load() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no redeem reached the lead")
+		}
 	}
 	close(release)
 	wg.Wait()

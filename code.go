@@ -121,12 +121,12 @@ func formCode(body []byte, field string) (string, bool, *loginError) {
 	return codes[0], true, nil
 }
 
-// dropCode removes the code from the query string and the X-WX-CODE header
-// before the request goes upstream: the upstream has no use for a spent code,
-// and Caddy's reverse_proxy logs the URI and headers it sends at debug level.
+// dropCode removes the code from the query string before the request goes
+// upstream (X-WX-CODE is gone already, with the rest of the X-WX- family):
+// the upstream has no use for a spent code, and Caddy's reverse_proxy logs
+// the URI it sends at debug level.
 // Other query parameters keep their order and encoding.
 func dropCode(r *http.Request, field string) {
-	r.Header.Del(headerCode)
 	if r.URL.RawQuery == "" {
 		return
 	}

@@ -93,3 +93,7 @@ func retryAfterSeconds(d time.Duration) string {
 	}
 	return strconv.FormatInt(s, 10)
 }
+
+// statusClientClosedRequest is nginx's code for a client that hung up,
+// which Caddy's reverse_proxy records too.
+const statusClientClosedRequest = 499

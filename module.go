@@ -215,28 +215,38 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // serveLogin serves a login; codeHeader and session are the X-WX-CODE and
 // X-WX-SESSION values the client sent, already stripped from the request.
 func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, codeHeader, session string) error {
-	id, refusal := h.authenticateLogin(r, codeHeader, session)
+	id, token, expires, refusal := h.decideLogin(r, codeHeader, session)
 	if refusal != nil {
+		if refusal.status != statusClientClosedRequest {
+			h.metrics.login(refusal.code)
+		}
 		h.refuse(w, refusal)
 		return nil
 	}
+	h.metrics.login("ok")
 	dropCode(r, h.CodeField)
 	h.attachIdentity(r, id)
-	h.metrics.login("ok")
-	if h.sessions == nil {
+	switch {
+	case h.sessions == nil:
 		return next.ServeHTTP(w, r)
-	}
-
-	token, expires, err := h.sessions.issue(id)
-	if err != nil {
-		h.refuse(w, newLoginError(http.StatusInternalServerError, errSessionUnavailable, "the session could not be signed; log in again"))
-		return nil
-	}
-	h.metrics.sessionIssued()
-	if h.Session.Respond {
+	case h.Session.Respond:
 		return respondLogin(w, id, token, expires)
 	}
 	return next.ServeHTTP(&sessionIssuingWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, token: token}, r)
+}
+
+// decideLogin is authenticateLogin and, with sessions, the token the login
+// earns: everything a login can be refused for is decided here.
+func (h *Handler) decideLogin(r *http.Request, codeHeader, session string) (id Identity, token string, expires time.Time, refusal *loginError) {
+	if id, refusal = h.authenticateLogin(r, codeHeader, session); refusal != nil || h.sessions == nil {
+		return id, "", time.Time{}, refusal
+	}
+	token, expires, err := h.sessions.issue(id)
+	if err != nil {
+		return Identity{}, "", time.Time{}, newLoginError(http.StatusInternalServerError, errSessionUnavailable, "the session could not be signed; log in again")
+	}
+	h.metrics.sessionIssued()
+	return id, token, expires, nil
 }
 
 // refuse answers with the documented JSON error; nothing is forwarded. A
@@ -246,9 +256,6 @@ func (h *Handler) refuse(w http.ResponseWriter, refusal *loginError) {
 	if refusal.status == statusClientClosedRequest {
 		w.WriteHeader(statusClientClosedRequest)
 		return
-	}
-	if refusal.code != errInvalidSession {
-		h.metrics.login(refusal.code)
 	}
 	refusal.write(w)
 }

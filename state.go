@@ -13,7 +13,8 @@ import (
 // appStates holds, per configuration of an app, the state that must outlive
 // a config reload: budgets (a reload must not refill a looping client's
 // budget), the code cache and the WeChat calls in flight. The pool's count of
-// users is the one reference count.
+// users is the one count of the state's lifetime (the tables' leases count
+// sizes, not lifetimes).
 var appStates = caddy.NewUsagePool()
 
 // stateKey names the state of one (app_id, endpoint, app_secret): a staging

@@ -130,9 +130,6 @@ func (g *Gateway) Reload(t testing.TB, configure func(g *Gateway) string) {
 	}
 }
 
-// Logs is everything the gateway wrote so far.
-func (g *Gateway) Logs() string { return g.logs.String() }
-
 func (g *Gateway) stop(t testing.TB) {
 	if g.cmd.Process != nil {
 		_ = g.cmd.Process.Signal(os.Interrupt)
