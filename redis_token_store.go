@@ -20,7 +20,7 @@ import (
 //	<prefix>access-token-lock:{t} held, with an expiry, by the gateway
 //	                              calling stable_token
 //	<prefix>forced-refreshes:{t}  the force_refresh calls of the last 24
-//	                              hours, a sorted set scored by their time
+//	                              hours, a hash of random ids to their time
 //
 // A gateway whose token is stale (absent, expiring or refused) takes a
 // token other than its own from the first key, or takes the lock and calls
@@ -63,10 +63,12 @@ return 1
 
 // forcedRefreshScript spends one of WeChat's force_refresh allowances for
 // the fleet, as forcedRefreshLedger does for one gateway: it returns 1 and
-// records the refresh (member ARGV[4]) when the last was ARGV[1] ms ago or
-// more and fewer than ARGV[2] were made in the last ARGV[3] ms, 0
+// records the refresh (as field ARGV[4]) when the last was ARGV[1] ms ago
+// or more and fewer than ARGV[2] were made in the last ARGV[3] ms, 0
 // otherwise. ARGV[5] is the time in ms, given by tests only; otherwise the
-// server's clock, so that the gateways' clocks do not matter.
+// server's clock, so that the gateways' clocks do not matter. A hash (of at
+// most ARGV[2] fields) rather than a sorted set, so that the commands the
+// budgets need are all it needs.
 var forcedRefreshScript = redis.NewScript(`
 if redis.replicate_commands then
 	redis.replicate_commands()
@@ -77,15 +79,26 @@ if not t then
 	t = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 end
 local spacing, perDay, day = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', t - day))
-if redis.call('ZCARD', KEYS[1]) >= perDay then
+local fields = redis.call('HGETALL', KEYS[1])
+local count, last, old = 0, nil, {}
+for n = 1, #fields, 2 do
+	local at = tonumber(fields[n + 1])
+	if t - at >= day then
+		old[#old + 1] = fields[n]
+	else
+		count = count + 1
+		if not last or at > last then
+			last = at
+		end
+	end
+end
+if #old > 0 then
+	redis.call('HDEL', KEYS[1], unpack(old))
+end
+if count >= perDay or (last and t - last < spacing) then
 	return 0
 end
-local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-if last[2] and t - tonumber(last[2]) < spacing then
-	return 0
-end
-redis.call('ZADD', KEYS[1], string.format('%.0f', t), ARGV[4])
+redis.call('HSET', KEYS[1], ARGV[4], string.format('%.0f', t))
 redis.call('PEXPIRE', KEYS[1], day)
 return 1
 `)

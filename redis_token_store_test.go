@@ -24,9 +24,9 @@ type fleetTokenManager struct {
 	store   *redisTokenStore
 }
 
-func newFleetTokenManager(t *testing.T, endpoint string, clock *testkit.Clock, addr string, n int) fleetTokenManager {
+func newFleetTokenManager(t *testing.T, endpoint string, clock *testkit.Clock, addr string, n int, configure func(*RedisConfig)) fleetTokenManager {
 	t.Helper()
-	gw := newGateway(t, addr, n, nil)
+	gw := newGateway(t, addr, n, configure)
 	m := newTestTokenManager(t, endpoint, clock)
 	store := gw.tokenStore()
 	store.scriptClock = clock.Now
@@ -39,8 +39,8 @@ func newFleetTokenManager(t *testing.T, endpoint string, clock *testkit.Clock, a
 func twoTokenGateways(t *testing.T, endpoint string, clock *testkit.Clock) (rdb *redis.Client, a, b fleetTokenManager) {
 	t.Helper()
 	srv := testkit.StartRedis(t)
-	a = newFleetTokenManager(t, endpoint, clock, srv.Addr(), 0)
-	b = newFleetTokenManager(t, endpoint, clock, srv.Addr(), 1)
+	a = newFleetTokenManager(t, endpoint, clock, srv.Addr(), 0, nil)
+	b = newFleetTokenManager(t, endpoint, clock, srv.Addr(), 1, nil)
 	return newTestRedisClient(t, srv.Addr()), a, b
 }
 
@@ -179,7 +179,7 @@ func TestRedisTokenStoreServesWhileRedisIsFrozen(t *testing.T) {
 	clock := testkit.NewClock(tokenT0)
 	sim, simURL := newTokenSim(t, clock)
 	srv := testkit.StartRedis(t)
-	a := newFleetTokenManager(t, simURL, clock, srv.Addr(), 0)
+	a := newFleetTokenManager(t, simURL, clock, srv.Addr(), 0, nil)
 	srv.Freeze()
 	defer srv.Resume()
 
@@ -250,7 +250,7 @@ func TestRedisTokenStoreKeepsNothingReadable(t *testing.T) {
 		fmt.Fprintf(w, `{"access_token":%q,"expires_in":7200}`, token)
 	}))
 	t.Cleanup(wechat.Close)
-	a := newFleetTokenManager(t, wechat.URL, clock, srv.Addr(), 0)
+	a := newFleetTokenManager(t, wechat.URL, clock, srv.Addr(), 0, nil)
 
 	// The lock while the fetch is in flight, then the token, then a
 	// forced refresh.
@@ -292,5 +292,31 @@ func TestRedisTokenStoreKeepsNothingReadable(t *testing.T) {
 		if kinds[kind] == 0 {
 			t.Errorf("no %s key was seen: the test looked at less than it should", kind)
 		}
+	}
+}
+
+func TestRedisTokenStoreWorksWithTheDocumentedACL(t *testing.T) {
+	clock := testkit.NewClock(tokenT0)
+	wechat, url := newStuckWechat(t)
+	srv := testkit.StartRedis(t)
+	rdb := newTestRedisClient(t, srv.Addr())
+	ctx := context.Background()
+	const password = "acl-token-password-x9"
+	testkit.Forbid(password)
+	if err := rdb.Do(ctx, append([]any{"ACL", "SETUSER", "gateway", ">" + password}, fleetACL...)...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	a := newFleetTokenManager(t, url, clock, srv.Addr(), 0, func(c *RedisConfig) { c.Username, c.Password = "gateway", password })
+	gw := a.gateway
+
+	refused := a.mustToken(t)
+	if _, err := a.replace(ctx, 5*time.Second, refused, errcodeInvalidCredential); err != nil || wechat.forcedRefreshes() != 1 {
+		t.Fatalf("a forced refresh: %v", err)
+	}
+	if gw.redis.down.Load() || gw.logs.Len() > 0 {
+		t.Fatalf("the documented ACL is not enough for the access token: %v", gw.logs.All())
+	}
+	if n := rdb.DBSize(ctx).Val(); n != 2 {
+		t.Errorf("%d keys stored; want 2, the token and the ledger", n)
 	}
 }
