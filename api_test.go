@@ -104,6 +104,37 @@ func TestAPIValidate(t *testing.T) {
 	}
 }
 
+// FuzzAPIConfig: nothing a JSON config of wechat_api says may panic at load,
+// and what provisions validates.
+func FuzzAPIConfig(f *testing.F) {
+	for _, seed := range []string{
+		`{"app_id":"wx1","app_secret":"s"}`,
+		`{"app_id":"wx1","app_secret":"s","endpoint":"http://127.0.0.1:1/","timeout":9223372036854775807}`,
+		`{"app_id":"wx1","app_secret":"{env.UNSET}","timeout":-1}`,
+		`{"app_id":"wx1","app_secret":"s","redis":{"address":["127.0.0.1:1"],"timeout":1000000,"key_prefix":"x:"}}`,
+		`{"app_id":"wx1","app_secret":"s","redis":{"address":["redis://:pw@h/1"],"db":2,"fleet_size":-3}}`,
+		`{"app_id":"wx1","app_secret":"s","redis":{}}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	f.Cleanup(cancel)
+	f.Fuzz(func(t *testing.T, config []byte) {
+		var h APIHandler
+		if caddy.StrictUnmarshalJSON(config, &h) != nil {
+			return
+		}
+		err := h.Provision(ctx)
+		defer h.Cleanup()
+		if err != nil {
+			return
+		}
+		if err := h.Validate(); err != nil {
+			t.Fatalf("provisioned, then refused: %v", err)
+		}
+	})
+}
+
 // TestAPIAdapt: the Caddyfile adapts to the JSON the handler documents,
 // with no `order` option, and the JSON round-trips through APIHandler.
 func TestAPIAdapt(t *testing.T) {

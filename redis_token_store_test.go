@@ -301,12 +301,7 @@ func TestRedisTokenStoreWorksWithTheDocumentedACL(t *testing.T) {
 	srv := testkit.StartRedis(t)
 	rdb := newTestRedisClient(t, srv.Addr())
 	ctx := context.Background()
-	const password = "acl-token-password-x9"
-	testkit.Forbid(password)
-	if err := rdb.Do(ctx, append([]any{"ACL", "SETUSER", "gateway", ">" + password}, fleetACL...)...).Err(); err != nil {
-		t.Fatal(err)
-	}
-	a := newFleetTokenManager(t, url, clock, srv.Addr(), 0, func(c *RedisConfig) { c.Username, c.Password = "gateway", password })
+	a := newFleetTokenManager(t, url, clock, srv.Addr(), 0, addFleetUser(t, rdb, "acl-token-password-x9"))
 	gw := a.gateway
 
 	refused := a.mustToken(t)
@@ -319,4 +314,28 @@ func TestRedisTokenStoreWorksWithTheDocumentedACL(t *testing.T) {
 	if n := rdb.DBSize(ctx).Val(); n != 2 {
 		t.Errorf("%d keys stored; want 2, the token and the ledger", n)
 	}
+}
+
+// FuzzOpenToken: nothing read from Redis, however malformed or tampered
+// with, opens to a token the gateway would put on a call, unless it is one
+// the fleet sealed.
+func FuzzOpenToken(f *testing.F) {
+	// No Redis is needed to seal and open; the client never connects.
+	store := newGateway(f, "127.0.0.1:1", 0, nil).tokenStore()
+	sealed := store.sealToken(accessToken{value: "80_sealed", expires: tokenT0.Add(time.Hour)})
+	f.Add(sealed)
+	f.Add(sealed[:len(sealed)-1])
+	f.Add(strings.Repeat("0", 32) + sealed[32:])
+	f.Add("x")
+	f.Fuzz(func(t *testing.T, stored string) {
+		tok, err := store.openToken(stored)
+		if err != nil {
+			return
+		}
+		// Only what the fleet's key sealed opens (each fuzzing process seals
+		// the seed anew, with another nonce, under the same key).
+		if tok.value != "80_sealed" || !tok.expires.Equal(tokenT0.Add(time.Hour)) {
+			t.Fatalf("%q opened to a token the fleet never sealed", stored)
+		}
+	})
 }
