@@ -295,32 +295,39 @@ func TestForceRefreshOnlyForATokenHandedBackAndWithinWechatLimits(t *testing.T) 
 
 func TestForcedRefreshLedger(t *testing.T) {
 	var l forcedRefreshLedger
+	assertForcedRefreshRule(t, l.spend)
+}
+
+// assertForcedRefreshRule checks that spend, a ledger of forced refreshes
+// asked to spend one at the given time, keeps to WeChat's limits.
+func assertForcedRefreshRule(t *testing.T, spend func(time.Time) bool) {
+	t.Helper()
 	at := func(d time.Duration) time.Time { return tokenT0.Add(d) }
-	if !l.spend(at(0)) || l.spend(at(29*time.Second)) || !l.spend(at(30*time.Second)) {
+	if !spend(at(0)) || spend(at(29*time.Second)) || !spend(at(30*time.Second)) {
 		t.Fatal("forced refreshes are not kept 30 s apart")
 	}
 	for i := 2; i < forcedRefreshesPerDay; i++ {
-		if !l.spend(at(time.Duration(i) * time.Minute)) {
+		if !spend(at(time.Duration(i) * time.Minute)) {
 			t.Fatalf("forced refresh %d of the day refused", i+1)
 		}
 	}
-	if l.spend(at(time.Hour)) {
+	if spend(at(time.Hour)) {
 		t.Fatal("a 21st forced refresh within a day was allowed")
 	}
 	// Each allowance comes back 24 hours after it was spent.
-	if l.spend(at(24*time.Hour - time.Second)) {
+	if spend(at(24*time.Hour - time.Second)) {
 		t.Error("allowed before a day had passed since the first")
 	}
-	if !l.spend(at(24 * time.Hour)) {
+	if !spend(at(24 * time.Hour)) {
 		t.Error("refused a day after the first")
 	}
-	if l.spend(at(24*time.Hour + 29*time.Second)) {
+	if spend(at(24*time.Hour + 29*time.Second)) {
 		t.Error("allowed 29 s after the last")
 	}
-	if !l.spend(at(24*time.Hour + 30*time.Second)) {
+	if !spend(at(24*time.Hour + 30*time.Second)) {
 		t.Error("refused a day after the second")
 	}
-	if l.spend(at(24*time.Hour + time.Minute)) {
+	if spend(at(24*time.Hour + time.Minute)) {
 		t.Error("allowed a 21st within 24 hours")
 	}
 }

@@ -62,6 +62,11 @@ type APIHandler struct {
 	// Time allowed for one WeChat call, a token fetch or the API call itself;
 	// a minute at most. Default 5s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
+	// Share the access token with the other gateways of a fleet through
+	// Redis (the block wechat_login takes), so that the fleet makes one
+	// stable_token call and keeps one ledger of forced refreshes. Default:
+	// none, every gateway fetches its own (the same, from stable_token).
+	Redis *RedisConfig `json:"redis,omitempty"`
 
 	secret   string // AppSecret, resolved
 	endpoint string // Endpoint without a trailing slash
@@ -70,6 +75,7 @@ type APIHandler struct {
 	// timeout and the metrics registry are this handler's.
 	tokens    *tokenManager
 	tokensKey string
+	fleet     *fleet // nil without a redis block
 	metrics   *apiMetrics
 	logger    *zap.Logger
 }
@@ -95,6 +101,7 @@ func parseAPICaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, err
 //		app_secret <secret>
 //		endpoint   <base-url>
 //		timeout    <duration>
+//		redis      { … }
 //	}
 func (h *APIHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return eachSubdirective(d, func(sub string) error {
@@ -108,6 +115,8 @@ func (h *APIHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Endpoint, err = stringArg(d, checkEndpoint)
 		case "timeout":
 			h.Timeout, err = durationArg(d, checkAPITimeout)
+		case "redis":
+			h.Redis, err = parseRedisBlock(d)
 		default:
 			err = d.Errf("unrecognized subdirective: %s", sub)
 		}
@@ -145,9 +154,24 @@ func (h *APIHandler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	secretHash := sha256.Sum256([]byte(h.secret))
-	key := h.AppID + "\x00" + canonicalEndpoint(h.Endpoint) + "\x00" + hex.EncodeToString(secretHash[:])
+	endpoint := canonicalEndpoint(h.Endpoint)
+	key := h.AppID + "\x00" + endpoint + "\x00" + hex.EncodeToString(secretHash[:])
+	if h.Redis != nil {
+		// Every handler of the manager holds the client it uses, so that
+		// the client outlives the manager whichever handler goes first.
+		if h.fleet, err = newFleet(ctx, h.Redis, h.AppID, endpoint, h.secret); err != nil {
+			return err
+		}
+		// A manager keeps the store it was made with: another Redis (or
+		// none) is another manager.
+		key += "\x00" + h.fleet.poolKey + "\x00" + h.fleet.prefix
+	}
 	manager, _, err := tokenManagers.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return newTokenManager(h.AppID, h.endpoint, h.secret, h.metrics), nil
+		m := newTokenManager(h.AppID, h.endpoint, h.secret, h.metrics)
+		if h.fleet != nil {
+			m.store = h.fleet.tokenStore()
+		}
+		return m, nil
 	})
 	if err != nil {
 		return err
@@ -166,21 +190,27 @@ func (h *APIHandler) Validate() error {
 	case h.secret == "":
 		return errors.New("app_secret is empty once its placeholders are resolved (is the environment variable or file there?)")
 	}
-	if err := checkEndpoint(h.Endpoint); err != nil {
-		return err
+	for _, err := range []error{checkEndpoint(h.Endpoint), checkAPITimeout(h.Timeout), checkRedis(h.Redis)} {
+		if err != nil {
+			return err
+		}
 	}
-	return checkAPITimeout(h.Timeout)
+	return nil
 }
 
-// Cleanup releases the token manager and idle WeChat connections.
+// Cleanup releases the token manager, then the Redis client it may use, and
+// idle WeChat connections.
 func (h *APIHandler) Cleanup() error {
 	if h.client != nil {
 		h.client.CloseIdleConnections()
 	}
-	if h.tokens == nil { // never attached (provision failed before)
-		return nil
+	var err error
+	if h.tokens != nil { // nil when provision failed before attaching it
+		_, err = tokenManagers.Delete(h.tokensKey)
 	}
-	_, err := tokenManagers.Delete(h.tokensKey)
+	if h.fleet != nil {
+		err = errors.Join(err, h.fleet.release())
+	}
 	return err
 }
 

@@ -24,13 +24,18 @@ func TestAPIUnmarshalCaddyfile(t *testing.T) {
 		app_secret {env.WECHAT_APP_SECRET}
 		endpoint   http://127.0.0.1:8931/
 		timeout    2s
+		redis {
+			address    redis://10.0.0.5:6379 10.0.0.6
+			key_prefix game:
+		}
 	}`)
 	var h APIHandler
 	if err := h.UnmarshalCaddyfile(d); err != nil {
 		t.Fatal(err)
 	}
 	want := APIHandler{AppID: "wx1234567890abcdef", AppSecret: "{env.WECHAT_APP_SECRET}",
-		Endpoint: "http://127.0.0.1:8931/", Timeout: caddy.Duration(2 * time.Second)}
+		Endpoint: "http://127.0.0.1:8931/", Timeout: caddy.Duration(2 * time.Second),
+		Redis: &RedisConfig{Address: []string{"redis://10.0.0.5:6379", "10.0.0.6"}, KeyPrefix: "game:"}}
 	if got, want := mustJSON(h), mustJSON(want); got != want {
 		t.Errorf("got  %s\nwant %s", got, want)
 	}
@@ -41,7 +46,10 @@ func TestAPIUnmarshalCaddyfileErrors(t *testing.T) {
 		{"app_id", "app_id: missing value"},
 		{"app_secret a b", "app_secret: one value expected"},
 		{"app_id a\napp_id b", "app_id: given more than once"},
-		{"redis {\n address localhost:6379\n}", "unrecognized subdirective: redis"},
+		{"redis {\n address localhost:6379\n}\nredis {\n address localhost:6380\n}", "redis: given more than once"},
+		{"redis", "redis: address is required"},
+		{"redis {\n address localhost:6379\n fleet_size 0\n}", "fleet_size"},
+		{"redis {\n address localhost:6379\n lifetime 1h\n}", "redis: unrecognized subdirective: lifetime"},
 		{"endpoint api.weixin.qq.com", "endpoint must be an http or https base URL"},
 		{"timeout soon", `timeout: bad duration "soon"`},
 		{"timeout 0s", "timeout must be positive and at most 1m0s"},
@@ -85,6 +93,8 @@ func TestAPIValidate(t *testing.T) {
 		{func(h *APIHandler) { h.Endpoint = "ftp://example.com" }, "endpoint must be an http or https base URL"},
 		{func(h *APIHandler) { h.Timeout = caddy.Duration(-time.Second) }, "timeout must be positive and at most 1m0s"},
 		{func(h *APIHandler) { h.Timeout = caddy.Duration(time.Hour) }, "timeout must be positive and at most 1m0s"},
+		{func(h *APIHandler) { h.Redis = &RedisConfig{} }, "redis: address is required"},
+		{func(h *APIHandler) { h.Redis = &RedisConfig{Address: []string{"a:1"}, KeyPrefix: "{x}"} }, "key_prefix must not contain { or }"},
 	} {
 		h := valid
 		tc.change(&h)
@@ -92,6 +102,37 @@ func TestAPIValidate(t *testing.T) {
 			t.Errorf("got %v, want an error containing %q", err, tc.want)
 		}
 	}
+}
+
+// FuzzAPIConfig: nothing a JSON config of wechat_api says may panic at load,
+// and what provisions validates.
+func FuzzAPIConfig(f *testing.F) {
+	for _, seed := range []string{
+		`{"app_id":"wx1","app_secret":"s"}`,
+		`{"app_id":"wx1","app_secret":"s","endpoint":"http://127.0.0.1:1/","timeout":9223372036854775807}`,
+		`{"app_id":"wx1","app_secret":"{env.UNSET}","timeout":-1}`,
+		`{"app_id":"wx1","app_secret":"s","redis":{"address":["127.0.0.1:1"],"timeout":1000000,"key_prefix":"x:"}}`,
+		`{"app_id":"wx1","app_secret":"s","redis":{"address":["redis://:pw@h/1"],"db":2,"fleet_size":-3}}`,
+		`{"app_id":"wx1","app_secret":"s","redis":{}}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	f.Cleanup(cancel)
+	f.Fuzz(func(t *testing.T, config []byte) {
+		var h APIHandler
+		if caddy.StrictUnmarshalJSON(config, &h) != nil {
+			return
+		}
+		err := h.Provision(ctx)
+		defer h.Cleanup()
+		if err != nil {
+			return
+		}
+		if err := h.Validate(); err != nil {
+			t.Fatalf("provisioned, then refused: %v", err)
+		}
+	})
 }
 
 // TestAPIAdapt: the Caddyfile adapts to the JSON the handler documents,
@@ -254,6 +295,48 @@ func TestTokenManagersSharedByAppEndpointAndSecret(t *testing.T) {
 	a, b, other := handler(tokSecret), handler(tokSecret), handler("another-secret")
 	if a.tokens != b.tokens || a.tokens == other.tokens {
 		t.Error("token managers are not shared by exactly the handlers of one app, endpoint and secret")
+	}
+}
+
+// TestAPIRedisSharesTheClientAndTheToken: wechat_api handlers with a redis
+// block share a token manager that keeps the token in Redis, on the client
+// wechat_login handlers with the same settings use; without the block, or
+// with other settings, the manager is another.
+func TestAPIRedisSharesTheClientAndTheToken(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	const endpoint = "http://127.0.0.1:1"
+	handler := func(redis *RedisConfig) *APIHandler {
+		h := &APIHandler{AppID: tokAppID, AppSecret: tokSecret, Endpoint: endpoint, Redis: redis}
+		provisionAPI(t, h)
+		return h
+	}
+	shared := &RedisConfig{Address: []string{srv.Addr()}}
+	// a, the first, is cleaned up by the test itself.
+	a := &APIHandler{AppID: tokAppID, AppSecret: tokSecret, Endpoint: endpoint, Redis: shared}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	if err := a.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b := handler(&RedisConfig{Address: []string{"redis://" + srv.Addr()}})
+	alone, otherPrefix := handler(nil), handler(&RedisConfig{Address: []string{srv.Addr()}, KeyPrefix: "other:"})
+	login := newTestHandler(t, endpoint, func(h *Handler) { h.Redis = shared })
+
+	if _, ok := a.tokens.store.(*redisTokenStore); !ok || a.tokens != b.tokens {
+		t.Error("handlers with the same redis settings do not share a token manager keeping the token in Redis")
+	}
+	if alone.tokens == a.tokens || otherPrefix.tokens == a.tokens {
+		t.Error("a handler without redis, or with another key_prefix, shares the fleet's token manager")
+	}
+	if a.fleet.redis != login.fleet.redis || otherPrefix.fleet.redis != a.fleet.redis {
+		t.Error("wechat_api and wechat_login with the same redis settings have a client each")
+	}
+	// The client outlives the handler that made the manager.
+	if err := a.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.tokens.store.(*redisTokenStore).fleet.redis.client.Ping(context.Background()).Err(); err != nil {
+		t.Errorf("the token store's client closed while handlers use it: %v", err)
 	}
 }
 

@@ -6,12 +6,14 @@ import (
 	"crypto/cipher"
 	"crypto/hkdf"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	mathrand "math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -299,3 +301,50 @@ func (f *fleet) hide(id []byte) string {
 	mac.Write(id)
 	return hex.EncodeToString(mac.Sum(nil)[:16])
 }
+
+// seal encrypts v (AES-GCM under a key derived from the app secret) bound
+// to the key it is stored under, behind a clear kind byte for the scripts.
+func (f *fleet) seal(kind byte, name string, v any) []byte {
+	plain, _ := json.Marshal(v) // plain strings and numbers always encode
+	out := make([]byte, 1+f.sealer.NonceSize(), 1+f.sealer.NonceSize()+len(plain)+f.sealer.Overhead())
+	out[0] = kind
+	nonce := out[1:]
+	_, _ = rand.Read(nonce) // crypto/rand never fails
+	return f.sealer.Seal(out, nonce, plain, sealedFor(kind, name))
+}
+
+func (f *fleet) open(name, stored string, v any) error {
+	if len(stored) < 1+f.sealer.NonceSize() {
+		return errors.New("a stored value too short to open")
+	}
+	nonce, sealed := stored[1:1+f.sealer.NonceSize()], stored[1+f.sealer.NonceSize():]
+	plain, err := f.sealer.Open(nil, []byte(nonce), []byte(sealed), sealedFor(stored[0], name))
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(plain, v)
+}
+
+// sealedFor is the data a sealed value is bound to: its kind and its key,
+// so that no value can be moved to another key or read as another kind.
+func sealedFor(kind byte, name string) []byte {
+	return append([]byte{kind}, name...)
+}
+
+// newLockToken names one holder of a lock, so that a holder whose lock ran
+// out never lets go of the next holder's.
+func newLockToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand never fails
+	return hex.EncodeToString(b[:])
+}
+
+// Waiters (on a code's call, on the fleet's token) poll every 10-25ms,
+// jittered so that gateways do not poll in step.
+const (
+	pollMin = 10 * time.Millisecond
+	pollMax = 25 * time.Millisecond
+)
+
+// pollPause is one waiter's pause between two looks at Redis.
+func pollPause() time.Duration { return pollMin + mathrand.N(pollMax-pollMin) }

@@ -282,16 +282,23 @@ func TestRedisThatFailsAgainSoonIsProbedLessOften(t *testing.T) {
 var fleetACL = []any{"on", "~wechat_login:*", "resetchannels", "-@all", "+@connection", "+evalsha", "+eval",
 	"+get", "+set", "+del", "+hgetall", "+hdel", "+hincrby", "+hset", "+pexpire", "+time"}
 
+// addFleetUser adds the user of fleetACL, with password, to the Redis rdb
+// talks to, and returns the settings that log in as it.
+func addFleetUser(t testing.TB, rdb *redis.Client, password string) func(*RedisConfig) {
+	t.Helper()
+	testkit.Forbid(password)
+	if err := rdb.Do(context.Background(), append([]any{"ACL", "SETUSER", "gateway", ">" + password}, fleetACL...)...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	return func(c *RedisConfig) { c.Username, c.Password = "gateway", password }
+}
+
 func TestFleetWorksWithTheDocumentedACL(t *testing.T) {
 	srv := testkit.StartRedis(t)
 	rdb := newTestRedisClient(t, srv.Addr())
 	ctx := context.Background()
 	const password = "acl-test-password-x9"
-	testkit.Forbid(password)
-	if err := rdb.Do(ctx, append([]any{"ACL", "SETUSER", "gateway", ">" + password}, fleetACL...)...).Err(); err != nil {
-		t.Fatal(err)
-	}
-	gw := newGateway(t, srv.Addr(), 0, func(c *RedisConfig) { c.Username, c.Password = "gateway", password })
+	gw := newGateway(t, srv.Addr(), 0, addFleetUser(t, rdb, password))
 	budget := gw.budget("player", Budget{Events: 5, Window: caddy.Duration(time.Minute)}, leasedBudgetTable(100), time.Now)
 	codes := gw.codes(newLocalCodes(time.Minute), time.Minute, 10*time.Second)
 	budget.spend(ctx, "oAlice")

@@ -2,12 +2,8 @@ package wechatlogin
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	mathrand "math/rand/v2"
 	"sync/atomic"
 	"time"
 
@@ -79,12 +75,6 @@ const (
 
 // minResultTTL keeps a result long enough for every waiter to poll it.
 const minResultTTL = time.Second
-
-// Waiters poll every 10-25ms, jittered so that gateways do not poll in step.
-const (
-	pollMin = 10 * time.Millisecond
-	pollMax = 25 * time.Millisecond
-)
 
 // redisCodes is a codeStore shared by a fleet: one WeChat call per code
 // whichever gateways receive it. The local store in front sends one login
@@ -159,7 +149,7 @@ func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, lead func() 
 	// lockTTL; the deadline only guards against a Redis that misbehaves.
 	deadline := time.Now().Add(2 * c.lockTTL)
 	for time.Now().Before(deadline) {
-		time.Sleep(pollMin + mathrand.N(pollMax-pollMin))
+		time.Sleep(pollPause())
 		claim, ok := c.claim(ctx, k, token, acceptAny)
 		if !ok {
 			break
@@ -292,39 +282,4 @@ func (c *redisCodes) openResult(k codeKeys, stored string) (Identity, *loginErro
 		}
 		return Identity{}, e, nil
 	}
-}
-
-// seal encrypts v (AES-GCM under a key derived from the app secret) bound
-// to the key it is stored under, behind a clear kind byte for the scripts.
-func (f *fleet) seal(kind byte, name string, v any) []byte {
-	plain, _ := json.Marshal(v) // plain strings and numbers always encode
-	out := make([]byte, 1+f.sealer.NonceSize(), 1+f.sealer.NonceSize()+len(plain)+f.sealer.Overhead())
-	out[0] = kind
-	nonce := out[1:]
-	_, _ = rand.Read(nonce) // crypto/rand never fails
-	return f.sealer.Seal(out, nonce, plain, sealedFor(kind, name))
-}
-
-func (f *fleet) open(name, stored string, v any) error {
-	if len(stored) < 1+f.sealer.NonceSize() {
-		return errors.New("a stored result too short to open")
-	}
-	nonce, sealed := stored[1:1+f.sealer.NonceSize()], stored[1+f.sealer.NonceSize():]
-	plain, err := f.sealer.Open(nil, []byte(nonce), []byte(sealed), sealedFor(stored[0], name))
-	if err != nil {
-		return err
-	}
-	return json.Unmarshal(plain, v)
-}
-
-// sealedFor is the data a sealed result is bound to: its kind and its key,
-// so that no result can be moved to another code or read as another kind.
-func sealedFor(kind byte, name string) []byte {
-	return append([]byte{kind}, name...)
-}
-
-func newLockToken() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:]) // crypto/rand never fails
-	return hex.EncodeToString(b[:])
 }

@@ -1,0 +1,279 @@
+package wechatlogin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// How a fleet shares one access token. Per app, three keys that hash to
+// one Cluster slot (the {…} tag):
+//
+//	<prefix>access-token:{t}      the token: its fingerprint (a MAC, so
+//	                              that the scripts can compare tokens
+//	                              without reading them), then the token
+//	                              sealed; expires when it stops being usable
+//	<prefix>access-token-lock:{t} held, with an expiry, by the gateway
+//	                              calling stable_token
+//	<prefix>forced-refreshes:{t}  the force_refresh calls of the last 24
+//	                              hours, a hash of random ids to their time
+//
+// A gateway whose token is stale (absent, expiring or refused) takes a
+// token other than its own from the first key, or takes the lock and calls
+// stable_token for the fleet, or waits: it polls until the key holds
+// another token, or the lock is gone (its holder vanished), in which case
+// it takes the lock itself.
+
+// tokenClaimScript, in one round trip, returns the stored token unless it
+// is the caller's stale one (ARGV[1], a fingerprint), or takes the lock
+// (ARGV[2] for ARGV[3] ms), or says to wait.
+var tokenClaimScript = redis.NewScript(`
+local stored = redis.call('GET', KEYS[1])
+if stored and string.sub(stored, 1, #ARGV[1]) ~= ARGV[1] then
+	return {'token', stored}
+end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
+	return {'lead'}
+end
+return {'wait'}
+`)
+
+// tokenFinishScript stores a token (ARGV[2], if any, for ARGV[3] ms) and
+// lets go of the lock if it is still the caller's (ARGV[1]). A caller whose
+// lock ran out replaces only the stale token it set out to replace
+// (ARGV[4], a fingerprint), or none: never one another gateway stored
+// meanwhile.
+var tokenFinishScript = redis.NewScript(`
+local held = redis.call('GET', KEYS[2]) == ARGV[1]
+if ARGV[2] ~= '' then
+	local stored = redis.call('GET', KEYS[1])
+	if held or not stored or string.sub(stored, 1, #ARGV[4]) == ARGV[4] then
+		redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+	end
+end
+if held then
+	redis.call('DEL', KEYS[2])
+end
+return 1
+`)
+
+// forcedRefreshScript spends one of WeChat's force_refresh allowances for
+// the fleet, as forcedRefreshLedger does for one gateway: it returns 1 and
+// records the refresh (as field ARGV[4]) when the last was ARGV[1] ms ago
+// or more and fewer than ARGV[2] were made in the last ARGV[3] ms, 0
+// otherwise. ARGV[5] is the time in ms, given by tests only; otherwise the
+// server's clock, so that the gateways' clocks do not matter. A hash (of at
+// most ARGV[2] fields) rather than a sorted set, so that the commands the
+// budgets need are all it needs.
+var forcedRefreshScript = redis.NewScript(`
+if redis.replicate_commands then
+	redis.replicate_commands()
+end
+local t = tonumber(ARGV[5] or '')
+if not t then
+	local now = redis.call('TIME')
+	t = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+end
+local spacing, perDay, day = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local fields = redis.call('HGETALL', KEYS[1])
+local count, last, old = 0, nil, {}
+for n = 1, #fields, 2 do
+	local at = tonumber(fields[n + 1])
+	if t - at >= day then
+		old[#old + 1] = fields[n]
+	else
+		count = count + 1
+		if not last or at > last then
+			last = at
+		end
+	end
+end
+if #old > 0 then
+	redis.call('HDEL', KEYS[1], unpack(old))
+end
+if count >= perDay or (last and t - last < spacing) then
+	return 0
+end
+redis.call('HSET', KEYS[1], ARGV[4], string.format('%.0f', t))
+redis.call('PEXPIRE', KEYS[1], day)
+return 1
+`)
+
+// sealedToken is the kind byte of a sealed access token.
+const sealedToken = 't'
+
+// redisTokenStore is a tokenStore shared by a fleet: one stable_token call
+// for every gateway, and one ledger of forced refreshes. The memory store
+// in front sends one caller per gateway to Redis, and keeps the gateway's
+// last token; while Redis is down, it alone serves.
+type redisTokenStore struct {
+	fleet *fleet
+	local *memoryTokenStore
+	// keys are the token's, the lock's (both for the scripts, in that
+	// order) and the ledger's.
+	keys   []string
+	ledger string
+	// scriptClock is nil except in tests, which drive the ledger's clock;
+	// otherwise time is the Redis server's.
+	scriptClock func() time.Time
+}
+
+// tokenStore returns the fleet's tokenStore of the app.
+func (f *fleet) tokenStore() *redisTokenStore {
+	tag := "{" + f.hide([]byte("access token")) + "}"
+	return &redisTokenStore{
+		fleet:  f,
+		local:  newMemoryTokenStore(),
+		keys:   []string{f.prefix + "access-token:" + tag, f.prefix + "access-token-lock:" + tag},
+		ledger: f.prefix + "forced-refreshes:" + tag,
+	}
+}
+
+func (s *redisTokenStore) refresh(ctx context.Context, now time.Time, stale accessToken, fetch func(context.Context) (accessToken, error)) (accessToken, error) {
+	return s.local.refresh(ctx, now, stale, func(ctx context.Context) (accessToken, error) {
+		return s.refreshShared(ctx, now, stale, fetch)
+	})
+}
+
+// refreshShared runs on behalf of every caller at this gateway that holds
+// stale. A waiter waits as long as ctx lets it, which is no longer than the
+// lock it waits on lasts.
+func (s *redisTokenStore) refreshShared(ctx context.Context, now time.Time, stale accessToken, fetch func(context.Context) (accessToken, error)) (accessToken, error) {
+	lock := newLockToken()
+	lockTTL := s.lockTTL(ctx)
+	// held is the fingerprint of the token this gateway will not take.
+	held := s.fleet.hide([]byte(stale.value))
+	for {
+		claim, ok := s.claim(ctx, held, lock, lockTTL)
+		if !ok {
+			return fetch(ctx) // Redis is down: this gateway fetches alone
+		}
+		switch claim.kind {
+		case "token":
+			t, err := s.openToken(claim.stored)
+			if err == nil && t.usable(now) {
+				return t, nil
+			}
+			// Not usable (expiring, or unreadable): to be replaced like
+			// the caller's own.
+			held = claim.stored[:min(len(claim.stored), len(held))]
+			continue
+		case "lead":
+			return s.leadForFleet(ctx, now, lock, held, fetch)
+		}
+		select {
+		case <-ctx.Done():
+			return accessToken{}, &attemptError{kind: kindTimeout}
+		case <-time.After(pollPause()):
+		}
+	}
+}
+
+// lockTTL bounds the lock by the fetch's deadline, plus one Redis operation
+// to store what it fetched: a lock older than that has lost its holder.
+func (s *redisTokenStore) lockTTL(ctx context.Context) time.Duration {
+	fetchTime := maxAPITimeout
+	if deadline, ok := ctx.Deadline(); ok {
+		fetchTime = time.Until(deadline)
+	}
+	return max(fetchTime, 0) + s.fleet.redis.timeout
+}
+
+// leadForFleet calls stable_token holding the lock, and stores the token
+// for the other gateways. A failure is not stored: each waiter then takes
+// the lock in turn and learns WeChat's answer for itself.
+func (s *redisTokenStore) leadForFleet(ctx context.Context, now time.Time, lock, held string, fetch func(context.Context) (accessToken, error)) (accessToken, error) {
+	t, err := fetch(ctx)
+	var stored string
+	var ttl time.Duration
+	if err == nil {
+		ttl = t.usableUntil().Sub(now)
+		if ttl >= time.Millisecond { // a token not usable at all is not shared
+			stored = s.sealToken(t)
+		}
+	}
+	s.fleet.redis.do(ctx, "token_finish", func(ctx context.Context) error {
+		return tokenFinishScript.Run(ctx, s.fleet.redis.client, s.keys, lock, stored, ttl.Milliseconds(), held).Err()
+	})
+	return t, err
+}
+
+type tokenClaim struct {
+	kind   string // token, lead or wait
+	stored string
+}
+
+// claim runs tokenClaimScript; ok is false when Redis failed or is down.
+func (s *redisTokenStore) claim(ctx context.Context, held, lock string, lockTTL time.Duration) (tokenClaim, bool) {
+	var claim tokenClaim
+	ok := s.fleet.redis.do(ctx, "token_claim", func(ctx context.Context) error {
+		reply, err := tokenClaimScript.Run(ctx, s.fleet.redis.client, s.keys, held, lock, lockTTL.Milliseconds()).StringSlice()
+		if err != nil {
+			return err
+		}
+		if len(reply) == 0 || (reply[0] == "token") != (len(reply) == 2) {
+			return fmt.Errorf("the token claim script answered %d values", len(reply))
+		}
+		claim.kind = reply[0]
+		if len(reply) == 2 {
+			claim.stored = reply[1]
+		}
+		return nil
+	})
+	return claim, ok
+}
+
+// storedToken is what the token key holds, sealed.
+type storedToken struct {
+	Value     string `json:"value"`
+	ExpiresMS int64  `json:"expires_ms"`
+}
+
+// sealToken is t as stored: its fingerprint, then t sealed.
+func (s *redisTokenStore) sealToken(t accessToken) string {
+	sealed := s.fleet.seal(sealedToken, s.keys[0], storedToken{Value: t.value, ExpiresMS: t.expires.UnixMilli()})
+	return s.fleet.hide([]byte(t.value)) + string(sealed)
+}
+
+// openToken reads a stored token; one that does not open (tampered with),
+// or whose fingerprint is not its own, is not trusted.
+func (s *redisTokenStore) openToken(stored string) (accessToken, error) {
+	fingerprintLen := len(s.fleet.hide(nil))
+	if len(stored) <= fingerprintLen || stored[fingerprintLen] != sealedToken {
+		return accessToken{}, errors.New("not a stored token")
+	}
+	var st storedToken
+	if err := s.fleet.open(s.keys[0], stored[fingerprintLen:], &st); err != nil {
+		return accessToken{}, err
+	}
+	if !isTokenValue(st.Value) || s.fleet.hide([]byte(st.Value)) != stored[:fingerprintLen] {
+		return accessToken{}, errors.New("a stored token that does not match its fingerprint")
+	}
+	return accessToken{value: st.Value, expires: time.UnixMilli(st.ExpiresMS)}, nil
+}
+
+func (s *redisTokenStore) allowForcedRefresh(ctx context.Context, now time.Time) (bool, error) {
+	clockArg := ""
+	if s.scriptClock != nil {
+		clockArg = strconv.FormatInt(s.scriptClock().UnixMilli(), 10)
+	}
+	var allowed bool
+	served := s.fleet.redis.do(ctx, "token_forced_refresh", func(ctx context.Context) error {
+		n, err := forcedRefreshScript.Run(ctx, s.fleet.redis.client, []string{s.ledger},
+			forcedRefreshSpacing.Milliseconds(), forcedRefreshesPerDay, (24 * time.Hour).Milliseconds(), newLockToken(), clockArg).Int()
+		allowed = n == 1
+		return err
+	})
+	if !served {
+		return s.local.allowForcedRefresh(ctx, now)
+	}
+	if allowed {
+		// Should Redis fail later, this gateway's own ledger knows of it.
+		s.local.forced.spend(now)
+	}
+	return allowed, nil
+}
