@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -217,7 +218,11 @@ func (h *APIHandler) Cleanup() error {
 // ServeHTTP answers a token request from the managed token, and sends any
 // other request on to WeChat with the token set.
 func (h *APIHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	if r.URL.Path == classicTokenPath || r.URL.Path == stableTokenPath {
+	// Matched as WeChat would route it: "//cgi-bin/token" or
+	// "/cgi-bin/./token" must not reach WeChat with a backend's guess at
+	// the secret (and invalidate the fleet's token).
+	cleanPath := path.Clean("/" + r.URL.Path)
+	if cleanPath == classicTokenPath || cleanPath == stableTokenPath {
 		t, err := h.tokens.token(r.Context(), time.Duration(h.Timeout))
 		if err != nil {
 			return h.refuse(w, r, tokenRefusal(err))
@@ -226,7 +231,7 @@ func (h *APIHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 		return writeTokenAnswer(w, t, h.tokens.now())
 	}
 	start := time.Now()
-	answer, outcome, refusal := h.call(r)
+	answer, outcome, refusal := h.call(r, cleanPath)
 	if refusal != nil {
 		h.logCall(r, refusal.status, refusal.code, start)
 		return h.refuse(w, r, refusal)
@@ -245,7 +250,7 @@ func (h *APIHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 // client has gone, so that the access log reflects the disconnect.
 func (h *APIHandler) refuse(w http.ResponseWriter, r *http.Request, e *loginError) error {
 	if r.Context().Err() != nil {
-		w.WriteHeader(499)
+		w.WriteHeader(statusClientClosedRequest)
 		return nil
 	}
 	h.metrics.call(e.code)
@@ -256,7 +261,11 @@ func (h *APIHandler) refuse(w http.ResponseWriter, r *http.Request, e *loginErro
 // call sends r on to WeChat with the app's token, and once more with a new
 // token if WeChat refuses the first (the refused call did nothing). It
 // returns WeChat's answer and the outcome, or the refusal to send instead.
-func (h *APIHandler) call(r *http.Request) (*http.Response, string, *loginError) {
+//
+// Only APIs called with the app's access token can refuse it: the /sns/
+// APIs take a player's credentials, so their 40001 says nothing of the
+// app's token, and must not make the fleet replace it.
+func (h *APIHandler) call(r *http.Request, cleanPath string) (*http.Response, string, *loginError) {
 	ctx, timeout := r.Context(), time.Duration(h.Timeout)
 	body, err := readRequestBody(r)
 	if err != nil {
@@ -274,7 +283,7 @@ func (h *APIHandler) call(r *http.Request) (*http.Response, string, *loginError)
 		return nil, "", refusal
 	}
 	errcode := inspectAnswer(answer)
-	if !refusesToken(errcode) {
+	if !refusesToken(errcode) || strings.HasPrefix(cleanPath, "/sns/") {
 		return answer, callForwarded, nil
 	}
 	if !body.repeatable() {

@@ -3,11 +3,13 @@ package wechatlogin
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -354,5 +356,42 @@ func TestClientGoneRecorded499(t *testing.T) {
 	r := httptest.NewRequestWithContext(ctx, http.MethodPost, "/wxa/msg_sec_check", strings.NewReader("{}"))
 	if err := h.ServeHTTP(w, r, nil); err != nil || w.Code != 499 || w.Body.Len() != 0 {
 		t.Errorf("got %d %q, %v; want 499 and no body", w.Code, w.Body, err)
+	}
+}
+
+// TestOnlyTheAppsTokenCanBeRefused: a 40001 from an API that takes a
+// player's credentials (/sns/) does not replace the app's token; a token
+// path in another spelling is answered by the gateway, never sent to WeChat.
+func TestOnlyTheAppsTokenCanBeRefused(t *testing.T) {
+	var stableCalls, forwarded atomic.Int32
+	fake := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case stableTokenPath:
+			stableCalls.Add(1)
+			fmt.Fprint(w, `{"access_token":"app-token-1","expires_in":7200}`)
+		default:
+			forwarded.Add(1)
+			fmt.Fprint(w, `{"errcode":40001,"errmsg":"invalid credential"}`)
+		}
+	}))
+	t.Cleanup(fake.Close)
+	h := &APIHandler{AppID: tokAppID, AppSecret: tokSecret, Endpoint: fake.URL}
+	provisionAPI(t, h)
+
+	w := httptest.NewRecorder()
+	if err := h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/sns/auth?openid=o1", nil), nil); err != nil || w.Code != http.StatusOK {
+		t.Fatalf("/sns/auth: %d %v", w.Code, err)
+	}
+	if stableCalls.Load() != 1 || forwarded.Load() != 1 {
+		t.Errorf("/sns/ answered 40001: %d stable_token calls and %d calls forwarded, want 1 and 1 (no new token, no repeat)", stableCalls.Load(), forwarded.Load())
+	}
+	for _, spelling := range []string{"//cgi-bin/token", "/cgi-bin/./token", "/cgi-bin//stable_token"} {
+		w := httptest.NewRecorder()
+		if err := h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "http://gateway"+spelling+"?grant_type=client_credential", nil), nil); err != nil || !strings.Contains(w.Body.String(), `"access_token":"app-token-1"`) {
+			t.Errorf("%s: %d %s, want the gateway's token", spelling, w.Code, w.Body)
+		}
+	}
+	if forwarded.Load() != 1 {
+		t.Errorf("a token path in another spelling reached WeChat: %d calls forwarded", forwarded.Load())
 	}
 }
