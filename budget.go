@@ -45,6 +45,10 @@ type budgetStore interface {
 	spend(ctx context.Context, key string) (wait time.Duration, ok bool)
 	// check reports what spend would, without charging.
 	check(ctx context.Context, key string) (wait time.Duration, ok bool)
+	// reserve is spend, made undoable: undo gives the charge back, when
+	// what it paid for did not happen; calling it again does nothing. undo
+	// is nil when nothing was charged.
+	reserve(ctx context.Context, key string) (undo func(), wait time.Duration, ok bool)
 }
 
 // budgetSlots is how many slots a window is cut into. A budget counts the
@@ -67,12 +71,11 @@ type slidingWindow struct {
 }
 
 // charge is spend (or check, when spend is false) for one key at now, under
-// events per window.
-func (w *slidingWindow) charge(now time.Time, events int, window time.Duration, spend bool) (time.Duration, bool) {
+// events per window. When it charges, chargedSlot is where, for uncharge.
+func (w *slidingWindow) charge(now time.Time, events int, window time.Duration, spend bool) (wait time.Duration, ok bool, chargedSlot int64) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	// Rounded up: the counted slots must cover at least the window.
-	slot := max((window+budgetSlots-1)/budgetSlots, 1)
+	slot := slotLength(window)
 	if w.slot != slot {
 		w.rescale(slot, now.UnixNano()/int64(slot))
 	}
@@ -87,18 +90,36 @@ func (w *slidingWindow) charge(now time.Time, events int, window time.Duration, 
 		if spend {
 			w.counts[current%int64(len(w.counts))]++
 		}
-		return 0, true
+		return 0, true, current
 	}
 	// Refused: wait until enough of the oldest slots have left the window.
 	for oldest := current - budgetSlots; oldest <= current; oldest++ {
 		counted -= int(w.counts[oldest%int64(len(w.counts))])
 		if counted < events {
 			leaves := time.Unix(0, (oldest+budgetSlots+1)*int64(slot))
-			return max(leaves.Sub(now), time.Millisecond), false
+			return max(leaves.Sub(now), time.Millisecond), false, 0
 		}
 	}
 	// Only reachable when events shrank below what one slot holds.
-	return window, false
+	return window, false, 0
+}
+
+// uncharge gives back a charge made in slot under slotLength, if it is
+// still counted: a charge that has left the window, or that a new window
+// length moved, is not given back twice.
+func (w *slidingWindow) uncharge(slot int64, slotLength time.Duration) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	i := slot % int64(len(w.counts))
+	if w.slot == slotLength && slot > w.last-int64(len(w.counts)) && w.counts[i] > 0 {
+		w.counts[i]--
+	}
+}
+
+// slotLength is the length of one of a window's slots, rounded up: the
+// counted slots must cover at least the window.
+func slotLength(window time.Duration) time.Duration {
+	return max((window+budgetSlots-1)/budgetSlots, 1)
 }
 
 // advance empties the slots between the last one seen and current.
@@ -156,14 +177,25 @@ func (b memoryBudget) window(key string) *slidingWindow {
 	return w
 }
 
-func (b memoryBudget) spend(_ context.Context, key string) (time.Duration, bool) {
+func (b memoryBudget) spend(ctx context.Context, key string) (time.Duration, bool) {
+	_, wait, ok := b.reserve(ctx, key)
+	return wait, ok
+}
+
+func (b memoryBudget) reserve(_ context.Context, key string) (func(), time.Duration, bool) {
+	w, window := b.window(key), time.Duration(b.limit.Window)
 	// The clock is read here, at the charge, never earlier: a slow request
 	// cannot hand its budget a time that has passed.
-	return b.window(key).charge(b.now(), b.limit.Events, time.Duration(b.limit.Window), true)
+	wait, ok, slot := w.charge(b.now(), b.limit.Events, window, true)
+	if !ok {
+		return nil, wait, false
+	}
+	return onlyOnce(func() { w.uncharge(slot, slotLength(window)) }), 0, true
 }
 
 func (b memoryBudget) check(_ context.Context, key string) (time.Duration, bool) {
-	return b.window(key).charge(b.now(), b.limit.Events, time.Duration(b.limit.Window), false)
+	wait, ok, _ := b.window(key).charge(b.now(), b.limit.Events, time.Duration(b.limit.Window), false)
+	return wait, ok
 }
 
 // unlimited is the budget of ip_budget off.
@@ -171,6 +203,16 @@ type unlimited struct{}
 
 func (unlimited) spend(context.Context, string) (time.Duration, bool) { return 0, true }
 func (unlimited) check(context.Context, string) (time.Duration, bool) { return 0, true }
+func (unlimited) reserve(context.Context, string) (func(), time.Duration, bool) {
+	return nil, 0, true
+}
+
+// onlyOnce makes an undo safe to call more than once: a second call must not
+// give back another charge of the same slot.
+func onlyOnce(undo func()) func() {
+	var once sync.Once
+	return func() { once.Do(undo) }
+}
 
 // ipBudgetKey is the budget key of a client address: an IPv4 address as it
 // is, an IPv6 address by its /64, the prefix one subscriber is given, so

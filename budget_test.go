@@ -435,3 +435,41 @@ func heapAlloc() int64 {
 	runtime.ReadMemStats(&m)
 	return int64(m.HeapAlloc)
 }
+
+// A reserved charge given back leaves the budget as if it had not been
+// made; one that has left the window, or that a new window moved, is not
+// given back.
+func TestBudgetReserveUndo(t *testing.T) {
+	ctx := context.Background()
+	clock := newTestClock()
+	budget := memoryBudgetAt(clock, 2, time.Minute, 10)
+	undo, _, ok := budget.reserve(ctx, "oAlice")
+	if !ok {
+		t.Fatal("a fresh budget refused")
+	}
+	budget.spend(ctx, "oAlice")
+	undo()
+	undo() // a second time gives back nothing more
+	if passed, _ := spendAll(budget, "oAlice"); passed != 1 {
+		t.Errorf("after giving back one of two charges, %d passed, want 1", passed)
+	}
+
+	clock.Advance(time.Hour)
+	undo, _, _ = budget.reserve(ctx, "oBob")
+	clock.Advance(2 * time.Minute) // the charge has left the window
+	budget.spend(ctx, "oBob")
+	budget.spend(ctx, "oBob")
+	undo()
+	if _, ok := budget.spend(ctx, "oBob"); ok {
+		t.Error("giving back a charge that had left the window refilled the budget")
+	}
+
+	undo, _, _ = budget.reserve(ctx, "oCarol")
+	budget.spend(ctx, "oCarol")
+	rewindowed := newMemoryBudget(budget.table, Budget{Events: 2, Window: caddy.Duration(time.Hour)}, clock.Now)
+	rewindowed.check(ctx, "oCarol") // the new window moves both charges
+	undo()
+	if _, ok := rewindowed.spend(ctx, "oCarol"); ok {
+		t.Error("a charge moved by a new window was given back")
+	}
+}

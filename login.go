@@ -64,18 +64,26 @@ func (h *Handler) authenticateLogin(r *http.Request, codeHeader, session string)
 // exchangeOnce is the one WeChat call for a code, made on behalf of every
 // login waiting for it, and charged once to the player: before the call when
 // the login carries a session of this gateway's (so a player in a login loop
-// is stopped before WeChat), after it otherwise. An identity that the budget
-// refuses is still returned, for the cache: the code is spent at WeChat.
+// is stopped before WeChat), after it otherwise. A charge made before is
+// given back when the call does not prove that player (WeChat refused the
+// code, or it is another player's): whoever holds a player's token cannot
+// spend the player's budget with codes that are not the player's. An
+// identity that the budget refuses is still returned, for the cache: the
+// code is spent at WeChat.
 //
 // It runs on its own deadline, bounded by the retry policy, so that the first
 // client hanging up does not fail the others.
 func (h *Handler) exchangeOnce(reqCtx context.Context, code, sessionPlayer string) (Identity, *loginError) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(reqCtx), h.client.worstCase())
 	defer cancel()
+	var undoSessionCharge func()
 	if sessionPlayer != "" {
-		if refusal := h.chargePlayer(ctx, sessionPlayer); refusal != nil {
-			return Identity{}, refusal
+		undo, wait, ok := h.players.reserve(ctx, sessionPlayer)
+		if !ok {
+			h.metrics.budgetRejected("player")
+			return Identity{}, playerRateLimited(wait)
 		}
+		undoSessionCharge = undo
 	}
 
 	start := time.Now()
@@ -85,11 +93,15 @@ func (h *Handler) exchangeOnce(reqCtx context.Context, code, sessionPlayer strin
 	if err != nil {
 		refusal := loginErrorFor(err, h.client.retry, h.now())
 		h.logExchange(refusal.code, res, elapsed, err)
+		if refusal.code == errInvalidCode || refusal.code == errCodeUsed {
+			giveBack(undoSessionCharge)
+		}
 		return Identity{}, refusal
 	}
 	h.logExchange("ok", res, elapsed, nil)
 
 	if id.OpenID != sessionPlayer {
+		giveBack(undoSessionCharge)
 		if refusal := h.chargePlayer(ctx, id.OpenID); refusal != nil {
 			return id, refusal
 		}
@@ -97,8 +109,15 @@ func (h *Handler) exchangeOnce(reqCtx context.Context, code, sessionPlayer strin
 	return id, nil
 }
 
-// chargePlayer spends one event of the player's budget: the one place a
-// WeChat call is charged.
+// giveBack undoes a charge, if one was made.
+func giveBack(undo func()) {
+	if undo != nil {
+		undo()
+	}
+}
+
+// chargePlayer spends one event of the player's budget for a WeChat call
+// that proved this player.
 func (h *Handler) chargePlayer(ctx context.Context, openID string) *loginError {
 	if wait, ok := h.players.spend(ctx, openID); !ok {
 		h.metrics.budgetRejected("player")

@@ -3,6 +3,7 @@ package wechatlogin
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strconv"
 	"sync"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
 	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
+	"github.com/caddyserver/caddy/v2"
 )
 
 // Retry-After is the wait rounded up to whole seconds: a client that waits
@@ -154,5 +156,44 @@ func TestCodeStoreLooksAgainInsideTheFlight(t *testing.T) {
 	}
 	if refusal != nil || id != alice || outcome != redeemedFromCache {
 		t.Errorf("got %+v %v %v, want alice from the cache", id, outcome, refusal)
+	}
+}
+
+// Whoever holds a player's token (even one that expired, within the day it
+// still names the player) cannot spend the player's budget with codes that
+// are not the player's: the charge made before the call is given back when
+// WeChat refuses the code, or proves another player.
+func TestSessionChargeGivenBackWhenTheCallProvesAnotherPlayer(t *testing.T) {
+	sim, endpoint := newTestSim(t)
+	clock := newTestClock()
+	h := newClockedHandler(t, endpoint, clock, func(h *Handler) {
+		withTestSessions(h)
+		h.Budget = &Budget{Events: 2, Window: caddy.Duration(time.Minute)}
+	})
+	first := serveLoginWith(context.Background(), h, "alice.1", nil)
+	token := first.w.Header().Get(headerSession)
+	if !first.forwarded() || token == "" {
+		t.Fatalf("alice's first login: %d %s", first.w.Code, first.w.Body)
+	}
+	clock.Advance(3 * time.Hour) // the token has expired, but still names alice for a day
+	for i := range 5 {
+		res := serveLoginWith(context.Background(), h, fmt.Sprintf("invalid.%d", i), sessionHeader(token))
+		if res.w.Code != http.StatusUnauthorized {
+			t.Fatalf("a junk code with alice's token: %d %s, want 401 invalid_code", res.w.Code, res.w.Body)
+		}
+	}
+	for i := range 3 {
+		if res := serveLoginWith(context.Background(), h, fmt.Sprintf("bob.%d", i), sessionHeader(token)); i < 2 && !res.forwarded() {
+			t.Fatalf("bob's code %d with alice's token: %d %s", i, res.w.Code, res.w.Body)
+		}
+	}
+	// Alice's budget holds none of those: two logins of hers pass.
+	for i := 2; i <= 3; i++ {
+		if res := serveLoginWith(context.Background(), h, fmt.Sprintf("alice.%d", i), sessionHeader(token)); !res.forwarded() {
+			t.Errorf("alice's login %d after the others' codes: %d %s", i, res.w.Code, res.w.Body)
+		}
+	}
+	if got := sim.CallsFor(wechatsim.OpenID(testAppID, "bob")); got != 3 {
+		t.Errorf("bob's codes made %d calls, want 3 (charged to bob, refused on the third)", got)
 	}
 }

@@ -63,40 +63,83 @@ func fleetShare(limit Budget, fleetSize int) Budget {
 }
 
 func (b *redisBudget) spend(ctx context.Context, key string) (time.Duration, bool) {
-	return b.run(ctx, key, true)
+	_, wait, ok := b.reserve(ctx, key)
+	return wait, ok
 }
 
 func (b *redisBudget) check(ctx context.Context, key string) (time.Duration, bool) {
-	return b.run(ctx, key, false)
+	answer, served := b.run(ctx, "check", key, "0")
+	if !served {
+		return b.fallback.check(ctx, key)
+	}
+	return answer.wait, answer.ok
 }
 
-func (b *redisBudget) run(ctx context.Context, key string, charge bool) (time.Duration, bool) {
-	operation, chargeArg := "check", "0"
-	if charge {
-		operation, chargeArg = "spend", "1"
+func (b *redisBudget) reserve(ctx context.Context, key string) (func(), time.Duration, bool) {
+	answer, served := b.run(ctx, "spend", key, "1")
+	if !served {
+		return b.fallback.reserve(ctx, key)
 	}
+	if !answer.ok {
+		return nil, answer.wait, false
+	}
+	return onlyOnce(func() { b.refund(key, answer.slot) }), 0, true
+}
+
+// budgetAnswer is what the budget script said.
+type budgetAnswer struct {
+	ok   bool
+	wait time.Duration
+	slot int64 // where the charge was made, when ok and charged
+}
+
+// run runs the budget script; served is false when Redis did not answer,
+// and the fallback must.
+func (b *redisBudget) run(ctx context.Context, operation, key, chargeArg string) (answer budgetAnswer, served bool) {
 	clockArg := ""
 	if b.scriptClock != nil {
 		clockArg = strconv.FormatInt(b.scriptClock().UnixMilli(), 10)
 	}
-	var answer []int64
-	served := b.fleet.redis.do(ctx, operation, func(ctx context.Context) error {
+	var reply []int64
+	served = b.fleet.redis.do(ctx, operation, func(ctx context.Context) error {
 		var err error
-		answer, err = budgetScript.Run(ctx, b.fleet.redis.client, []string{b.prefix + b.fleet.hide([]byte(key))},
+		reply, err = budgetScript.Run(ctx, b.fleet.redis.client, []string{b.key(key)},
 			b.events, b.slotMS, chargeArg, clockArg).Int64Slice()
-		if err == nil && len(answer) != 2 {
-			err = fmt.Errorf("the budget script answered %d values, not 2", len(answer))
+		if err == nil && len(reply) != 2 && len(reply) != 3 {
+			err = fmt.Errorf("the budget script answered %d values, not 2 or 3", len(reply))
 		}
 		return err
 	})
 	if !served {
-		if charge {
-			return b.fallback.spend(ctx, key)
+		return budgetAnswer{}, false
+	}
+	if reply[0] == 1 {
+		answer = budgetAnswer{ok: true}
+		if len(reply) == 3 {
+			answer.slot = reply[2]
 		}
-		return b.fallback.check(ctx, key)
+		return answer, true
 	}
-	if answer[0] == 1 {
-		return 0, true
-	}
-	return time.Duration(answer[1]) * time.Millisecond, false
+	return budgetAnswer{wait: time.Duration(reply[1]) * time.Millisecond}, true
+}
+
+func (b *redisBudget) key(key string) string { return b.prefix + b.fleet.hide([]byte(key)) }
+
+// refundScript gives back one charge in a slot, if it is still counted under
+// the same slot length (a window changed since has moved it).
+var refundScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'slot') == ARGV[2] and tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') > 0 then
+	redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+end
+return 0
+`)
+
+// refund gives back a charge made in slot. It runs on its own deadline: the
+// login that made it may be gone, and a refund that Redis misses only keeps
+// a budget stricter than it needs to be.
+func (b *redisBudget) refund(key string, slot int64) {
+	b.fleet.redis.do(context.Background(), "refund", func(ctx context.Context) error {
+		return refundScript.Run(ctx, b.fleet.redis.client, []string{b.key(key)},
+			strconv.FormatInt(slot, 10), strconv.FormatInt(b.slotMS, 10)).Err()
+	})
 }

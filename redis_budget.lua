@@ -10,8 +10,8 @@
 -- ARGV[3]  "1" to charge, "0" only to check
 -- ARGV[4]  the time in milliseconds, given by tests only; otherwise the
 --          server's clock, so that the gateways' clocks do not matter
--- Returns {1, 0} when there was room (and the charge was made), or
--- {0, wait}: the milliseconds until there is room.
+-- Returns {1, 0, slot} when there was room (and the charge was made in that
+-- slot, for a refund), or {0, wait}: the milliseconds until there is room.
 
 -- Scripts that read TIME must replicate their effects (the default since
 -- Redis 5; this asks for it on older servers).
@@ -83,7 +83,7 @@ if counted < events then
 		-- The last charge leaves the window (k + 1) slots after its own.
 		redis.call('PEXPIRE', KEYS[1], (k + 1) * slot)
 	end
-	return {1, 0}
+	return {1, 0, i}
 end
 
 -- Full: room comes back when the oldest slots that must go have left the

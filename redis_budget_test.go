@@ -227,3 +227,26 @@ func benchmarkSpend(b *testing.B, budget budgetStore) {
 		}
 	})
 }
+
+// A charge reserved through Redis and given back leaves the fleet's budget
+// as if it had not been made; giving it back twice gives back nothing more.
+func TestRedisBudgetReserveUndo(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	gw := newGateway(t, srv.Addr(), 0, nil)
+	ctx := context.Background()
+	clock := testkit.NewClock(time.UnixMilli(1_767_225_600_000))
+	budget := scriptBudget(gw, "player", Budget{Events: 2, Window: caddy.Duration(time.Minute)}, clock)
+	undo, _, ok := budget.reserve(ctx, "oAlice")
+	if !ok || undo == nil {
+		t.Fatal("a fresh budget refused")
+	}
+	budget.spend(ctx, "oAlice")
+	undo()
+	undo()
+	if _, ok := budget.spend(ctx, "oAlice"); !ok {
+		t.Fatal("the charge given back was still counted")
+	}
+	if _, ok := budget.spend(ctx, "oAlice"); ok {
+		t.Error("giving back twice gave back two charges")
+	}
+}
