@@ -38,10 +38,7 @@ func newAPIWalkthrough(apiURL string, sim *wechatsim.Server) *walkthrough {
 // printAPIGuide tells a person what to try against wechat_api.
 func (w *walkthrough) printAPIGuide(out io.Writer) {
 	fmt.Fprintf(out, "wechat_api listens on %s, for the game backend only (loopback):\n", w.baseURL)
-	for i, s := range w.steps {
-		fmt.Fprintf(out, "\n%s\n%s\n", comment(fmt.Sprintf("%d. %s", i+1, s.title)), w.curl(s))
-	}
-	fmt.Fprintln(out)
+	w.printSteps(out)
 }
 
 // wechatCalls is every call the simulator has received.

@@ -8,9 +8,12 @@
 // then runs on free loopback ports, except those given by flags, so that it
 // never collides with anything else on the machine (CI runs it).
 //
+// With -fleet it runs three gateways sharing one redis-server instead, as
+// behind a load balancer (see fleet.go).
+//
 // Usage:
 //
-//	go run ./cmd/demo [-listen 127.0.0.1:8080] [-backend 127.0.0.1:9000] [-wechat 127.0.0.1:8931] [-check]
+//	go run ./cmd/demo [-listen 127.0.0.1:8080] [-backend 127.0.0.1:9000] [-wechat 127.0.0.1:8931] [-api 127.0.0.1:8081] [-fleet] [-check]
 package main
 
 import (
@@ -47,10 +50,15 @@ var caddyfile []byte
 var demoApp = wechatsim.App{AppID: "wx1234567890abcdef", Secret: "demo-secret-0123456789abcdef", UnionBound: true}
 
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == fleetGatewayCommand {
+		runFleetGateway()
+		return
+	}
 	listen := flag.String("listen", "127.0.0.1:8080", "`address` of the Caddy gateway (what you curl)")
 	backend := flag.String("backend", "127.0.0.1:9000", "`address` of the sample game backend")
 	wechat := flag.String("wechat", "127.0.0.1:8931", "`address` of the WeChat simulator")
 	api := flag.String("api", "127.0.0.1:8081", "`address` of wechat_api, for the backend's WeChat API calls (see api.go)")
+	fleet := flag.Bool("fleet", false, "run three gateways sharing one redis-server (it must be installed) on -listen's port and the next two, or on free ports with -check; -api is not used")
 	check := flag.Bool("check", false, "run the walk-through against the demo on free ports, print every answer, and exit non-zero if any is wrong")
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -75,6 +83,9 @@ func main() {
 	host, port, err := net.SplitHostPort(*listen)
 	if err != nil || host == "" {
 		fatalf("-listen %q: want host:port, such as 127.0.0.1:8080", *listen)
+	}
+	if *fleet {
+		os.Exit(runFleet(demoAddresses{host: host, port: port, backend: *backend, wechat: *wechat}, sim, wechatHandler, *check))
 	}
 	apiHost, apiPort, err := net.SplitHostPort(*api)
 	if err != nil || apiHost == "" {
@@ -155,7 +166,6 @@ func (d *demo) serve(addr string, h http.Handler) (string, error) {
 	return ln.Addr().String(), nil
 }
 
-// start runs the simulator, the backend and Caddy.
 // demoAddresses are where the demo's parts listen: Caddy's gateway and
 // wechat_api sites on host:port and apiHost:apiPort, the simulator and the
 // backend on their own addresses.
@@ -163,17 +173,13 @@ type demoAddresses struct {
 	host, port, backend, wechat, apiHost, apiPort string
 }
 
+// start runs the simulator, the backend and Caddy.
 func start(at demoAddresses, wechatHandler, backendHandler http.Handler) (*demo, error) {
-	d := &demo{}
-	var err error
-	if d.wechat, err = d.serve(at.wechat, wechatHandler); err != nil {
-		return nil, fmt.Errorf("WeChat simulator: %w", err)
+	d, err := startServers(at, wechatHandler, backendHandler)
+	if err != nil {
+		return nil, err
 	}
-	if d.backend, err = d.serve(at.backend, backendHandler); err != nil {
-		d.stop()
-		return nil, fmt.Errorf("game backend: %w", err)
-	}
-	if err := startCaddy(map[string]string{
+	if err := startCaddy(caddyfile, "cmd/demo/Caddyfile", map[string]string{
 		"DEMO_HOST":     at.host,
 		"DEMO_PORT":     at.port,
 		"DEMO_BACKEND":  d.backend,
@@ -183,6 +189,20 @@ func start(at demoAddresses, wechatHandler, backendHandler http.Handler) (*demo,
 	}); err != nil {
 		d.stop()
 		return nil, fmt.Errorf("caddy: %w", err)
+	}
+	return d, nil
+}
+
+// startServers runs the simulator and the backend, without Caddy.
+func startServers(at demoAddresses, wechatHandler, backendHandler http.Handler) (*demo, error) {
+	d := &demo{}
+	var err error
+	if d.wechat, err = d.serve(at.wechat, wechatHandler); err != nil {
+		return nil, fmt.Errorf("WeChat simulator: %w", err)
+	}
+	if d.backend, err = d.serve(at.backend, backendHandler); err != nil {
+		d.stop()
+		return nil, fmt.Errorf("game backend: %w", err)
 	}
 	return d, nil
 }
@@ -198,16 +218,17 @@ func freePort(host string) (string, error) {
 	return port, err
 }
 
-// startCaddy adapts the embedded Caddyfile, as `caddy run` would, and runs
-// it in this process. The Caddyfile reads its addresses from the environment
-// ({$DEMO_PORT} and so on), so they are set first.
-func startCaddy(env map[string]string) error {
+// startCaddy adapts an embedded Caddyfile (filename names it in errors), as
+// `caddy run` would, and runs it in this process. The Caddyfile reads its
+// addresses from the environment ({$DEMO_PORT} and so on), so they are set
+// first.
+func startCaddy(config []byte, filename string, env map[string]string) error {
 	for k, v := range env {
 		if err := os.Setenv(k, v); err != nil {
 			return err
 		}
 	}
-	cfgJSON, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt(caddyfile, map[string]any{"filename": "cmd/demo/Caddyfile"})
+	cfgJSON, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt(config, map[string]any{"filename": filename})
 	if err != nil {
 		return err
 	}

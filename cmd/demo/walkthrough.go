@@ -2,10 +2,12 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/gamebackend"
@@ -25,7 +27,13 @@ type step struct {
 	bearer bool
 	// saveToken keeps the answer's X-WX-SESSION as $TOKEN.
 	saveToken bool
-	expect    func(a *answer) error
+	// at are the gateways (base URLs) the step is sent to, all at once;
+	// by default the walk-through's own.
+	at []string
+	// before is done first by -check: a fault, such as Redis stopping,
+	// that the title describes.
+	before func() error
+	expect func(a *answer) error
 }
 
 // answer is what -check received for a step.
@@ -39,6 +47,9 @@ type answer struct {
 	// backendHeaders are the X-WX- headers of the latest, in any spelling.
 	forwarded      int
 	backendHeaders http.Header
+	// replies are each gateway's answer (status, header and body) when the
+	// step went to several; the counts above are the step's.
+	replies []*answer
 }
 
 // backend decodes the game backend's echo of what it received.
@@ -138,12 +149,24 @@ func newWalkthrough(baseURL string, sim *wechatsim.Server, backend *backendLog) 
 	return w
 }
 
-// curl is the command a person runs for s.
+// targets are the base URLs s is sent to.
+func (w *walkthrough) targets(s step) []string {
+	if len(s.at) > 0 {
+		return s.at
+	}
+	return []string{w.baseURL}
+}
+
+// curl is the command a person runs for s: several at once, in the
+// background, when s goes to several gateways.
 func (w *walkthrough) curl(s step) string {
 	args := []string{"curl"}
-	if s.saveToken {
+	switch {
+	case s.saveToken:
 		args = append(args, "-s", "-o", "/dev/null", "-D", "-")
-	} else {
+	case len(s.at) > 1:
+		args = append(args, "-s") // answers arriving together: the bodies only, a line each
+	default:
 		args = append(args, "-i")
 	}
 	for _, h := range s.header {
@@ -155,8 +178,14 @@ func (w *walkthrough) curl(s step) string {
 	if s.jsonBody != "" {
 		args = append(args, "-H", shellQuote("Content-Type: application/json"), "-d", shellQuote(s.jsonBody))
 	}
-	args = append(args, shellQuote(w.baseURL+s.path))
-	cmd := strings.Join(args, " ")
+	var cmds []string
+	for _, base := range w.targets(s) {
+		cmds = append(cmds, strings.Join(append(args, shellQuote(base+s.path)), " "))
+	}
+	if len(cmds) > 1 {
+		return strings.Join(cmds, " & ") + " & wait"
+	}
+	cmd := cmds[0]
 	if s.saveToken {
 		return `TOKEN=$(` + cmd + ` | awk 'tolower($1) == "x-wx-session:" {print $2}' | tr -d '\r'); echo "$TOKEN"`
 	}
@@ -194,6 +223,11 @@ The wechat_login demo is running (Ctrl-C stops it):
 Try these in another terminal (bash or zsh). This one shows each WeChat call,
 and Caddy's access log, in which no login code appears.
 `, w.baseURL, backend, wechat)
+	w.printSteps(out)
+}
+
+// printSteps prints each step as a numbered comment and its command.
+func (w *walkthrough) printSteps(out io.Writer) {
 	for i, s := range w.steps {
 		fmt.Fprintf(out, "\n%s\n%s\n", comment(fmt.Sprintf("%d. %s", i+1, s.title)), w.curl(s))
 	}
@@ -207,7 +241,14 @@ func (w *walkthrough) check(out io.Writer) bool {
 	failed := 0
 	for i, s := range w.steps {
 		fmt.Fprintf(out, "\n== %d. %s\n$ %s\n", i+1, s.title, w.curl(s))
-		a, err := w.send(client, s)
+		var a *answer
+		var err error
+		if s.before != nil {
+			err = s.before()
+		}
+		if err == nil {
+			a, err = w.send(client, s)
+		}
 		if err == nil {
 			printAnswer(out, a)
 			err = s.expect(a)
@@ -230,12 +271,37 @@ func (w *walkthrough) check(out io.Writer) bool {
 	return true
 }
 
+// send sends s to each of its targets at once and counts what it caused.
 func (w *walkthrough) send(client *http.Client, s step) (*answer, error) {
+	callsBefore := wechatCalls(w.sim)
+	forwardedBefore, _ := w.backend.seen()
+	targets := w.targets(s)
+	replies := make([]*answer, len(targets))
+	errs := make([]error, len(targets))
+	var wg sync.WaitGroup
+	for i, base := range targets {
+		wg.Go(func() { replies[i], errs[i] = w.request(client, s, base) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	a := replies[0]
+	if len(replies) > 1 {
+		a = &answer{replies: replies}
+	}
+	forwarded, backendHeaders := w.backend.seen()
+	a.wechatCalls, a.forwarded, a.backendHeaders = wechatCalls(w.sim)-callsBefore, forwarded-forwardedBefore, backendHeaders
+	return a, nil
+}
+
+// request sends s to the gateway at base.
+func (w *walkthrough) request(client *http.Client, s step, base string) (*answer, error) {
 	method, body := http.MethodGet, io.Reader(nil)
 	if s.jsonBody != "" {
 		method, body = http.MethodPost, strings.NewReader(s.jsonBody)
 	}
-	req, err := http.NewRequest(method, w.baseURL+s.path, body)
+	req, err := http.NewRequest(method, base+s.path, body)
 	if err != nil {
 		return nil, err
 	}
@@ -248,8 +314,6 @@ func (w *walkthrough) send(client *http.Client, s step) (*answer, error) {
 	if s.jsonBody != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	callsBefore := wechatCalls(w.sim)
-	forwardedBefore, _ := w.backend.seen()
 	resp, err := client.Do(req)
 	if err != nil {
 		return nil, err
@@ -259,19 +323,24 @@ func (w *walkthrough) send(client *http.Client, s step) (*answer, error) {
 	if err != nil {
 		return nil, err
 	}
-	forwarded, backendHeaders := w.backend.seen()
-	return &answer{status: resp.StatusCode, header: resp.Header, body: respBody, wechatCalls: wechatCalls(w.sim) - callsBefore,
-		forwarded: forwarded - forwardedBefore, backendHeaders: backendHeaders}, nil
+	return &answer{status: resp.StatusCode, header: resp.Header, body: respBody}, nil
 }
 
 func printAnswer(out io.Writer, a *answer) {
-	fmt.Fprintf(out, "HTTP %d %s   (WeChat calls: %d)\n", a.status, http.StatusText(a.status), a.wechatCalls)
-	for _, name := range []string{"X-WX-SESSION", "Retry-After"} {
-		if v := a.header.Get(name); v != "" {
-			fmt.Fprintf(out, "%s: %s\n", http.CanonicalHeaderKey(name), v)
-		}
+	replies, calls := []*answer{a}, fmt.Sprintf("   (WeChat calls: %d)", a.wechatCalls)
+	if len(a.replies) > 0 {
+		fmt.Fprintf(out, "%d answers%s\n", len(a.replies), calls)
+		replies, calls = a.replies, ""
 	}
-	fmt.Fprintln(out, strings.TrimSuffix(string(a.body), "\n")) // WeChat ends its JSON without a newline
+	for _, r := range replies {
+		fmt.Fprintf(out, "HTTP %d %s%s\n", r.status, http.StatusText(r.status), calls)
+		for _, name := range []string{"X-WX-SESSION", "Retry-After"} {
+			if v := r.header.Get(name); v != "" {
+				fmt.Fprintf(out, "%s: %s\n", http.CanonicalHeaderKey(name), v)
+			}
+		}
+		fmt.Fprintln(out, strings.TrimSuffix(string(r.body), "\n")) // WeChat ends its JSON without a newline
+	}
 }
 
 // all passes when every check does, reporting the first failure.
@@ -289,20 +358,46 @@ func all(checks ...func(*answer) error) func(*answer) error {
 // forwardedAs expects the backend to have received openid (and the demo
 // app's appid) after exactly wechatCalls calls to WeChat.
 func forwardedAs(openid string, wechatCalls int64) func(*answer) error {
+	return all(sawIdentity(openid), forwardedRequests(1), madeWechatCalls(wechatCalls))
+}
+
+// sawIdentity expects the backend's answer to show openid and the demo
+// app's appid.
+func sawIdentity(openid string) func(*answer) error {
 	return func(a *answer) error {
 		got, err := a.backend()
-		if err != nil {
-			return err
-		}
 		switch {
-		case a.forwarded != 1:
-			return fmt.Errorf("%d requests reached the backend, want 1", a.forwarded)
+		case err != nil:
+			return err
 		case got.OpenID != openid:
 			return fmt.Errorf("the backend saw X-WX-OPENID %q, want %q", got.OpenID, openid)
 		case got.AppID != demoApp.AppID:
 			return fmt.Errorf("the backend saw X-WX-APPID %q, want %q", got.AppID, demoApp.AppID)
-		case a.wechatCalls != wechatCalls:
-			return fmt.Errorf("%d WeChat calls, want %d", a.wechatCalls, wechatCalls)
+		}
+		return nil
+	}
+}
+
+func forwardedRequests(n int) func(*answer) error {
+	return func(a *answer) error {
+		if a.forwarded != n {
+			return fmt.Errorf("%d requests reached the backend, want %d", a.forwarded, n)
+		}
+		return nil
+	}
+}
+
+// everyReply applies check to each gateway's answer of a step sent to
+// several.
+func everyReply(check func(*answer) error) func(*answer) error {
+	return func(a *answer) error {
+		if len(a.replies) == 0 {
+			return errors.New("the step went to one gateway, want several")
+		}
+		for i, r := range a.replies {
+			if err := check(r); err != nil {
+				return fmt.Errorf("answer %d: %w", i+1, err)
+			}
 		}
 		return nil
 	}

@@ -1,0 +1,178 @@
+// Package redisserver runs a redis-server of one's own, never the system's
+// service: on a free loopback port, in a directory the caller gives, with
+// nothing saved to disk. The tests (through testkit) and the demo's -fleet
+// mode use it.
+package redisserver
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// ErrNotInstalled is returned by Start when redis-server is not on the PATH.
+var ErrNotInstalled = errors.New("redis-server is not installed: apt-get install redis-server (Debian) / brew install redis")
+
+// startWithin bounds how long a starting redis-server may take to answer
+// PING.
+const startWithin = 10 * time.Second
+
+// Server is a running (or killed) redis-server.
+type Server struct {
+	bin  string
+	dir  string
+	port int
+
+	mu     sync.Mutex // guards cmd and exited
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when cmd has exited
+}
+
+// Start starts a redis-server with its files in dir, on a free loopback
+// port.
+func Start(dir string) (*Server, error) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return nil, ErrNotInstalled
+	}
+	s := &Server{bin: bin, dir: dir}
+	// A port free a moment ago may be taken before redis-server binds it.
+	for attempt := 1; ; attempt++ {
+		if s.port, err = freePort(); err == nil {
+			err = s.start()
+		}
+		if err == nil {
+			return s, nil
+		}
+		if attempt == 3 {
+			return nil, err
+		}
+	}
+}
+
+// Addr is the server's host:port.
+func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
+
+// Port is the server's port.
+func (s *Server) Port() int { return s.port }
+
+// Pid is the running server's process id, 0 when it is not running.
+func (s *Server) Pid() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
+func (s *Server) start() error {
+	cmd := exec.Command(s.bin,
+		"--port", strconv.Itoa(s.port),
+		"--bind", "127.0.0.1",
+		"--dir", s.dir,
+		"--save", "",
+		"--appendonly", "no",
+		"--daemonize", "no",
+		"--logfile", "",
+	)
+	out := new(bytes.Buffer) // read once the server has exited, as Wait has copied all
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	s.mu.Lock()
+	s.cmd, s.exited = cmd, exited
+	s.mu.Unlock()
+	deadline := time.Now().Add(startWithin)
+	for time.Now().Before(deadline) {
+		select {
+		case <-exited:
+			s.Kill()
+			return fmt.Errorf("redis-server exited: %s", strings.TrimSpace(out.String()))
+		default:
+		}
+		if ping(s.Addr()) == nil {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s.Kill()
+	return fmt.Errorf("redis-server did not answer PING within %s", startWithin)
+}
+
+// Kill kills the server (frozen or not), as a crash would, and waits for it
+// to exit. It does nothing when the server is not running.
+func (s *Server) Kill() {
+	s.mu.Lock()
+	cmd, exited := s.cmd, s.exited
+	s.cmd = nil
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Kill()
+	<-exited
+}
+
+// Restart kills the server if it runs and starts an empty one on the same
+// port, as a crashed Redis without persistence comes back.
+func (s *Server) Restart() error {
+	s.Kill()
+	return s.start()
+}
+
+// Signal sends sig to the running server: SIGSTOP freezes it (connections
+// stay open and nothing answers, as with a server stalled on a slow disk),
+// SIGCONT lets it go on.
+func (s *Server) Signal(sig os.Signal) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return errors.New("redis-server is not running")
+	}
+	return s.cmd.Process.Signal(sig)
+}
+
+// ping speaks just enough of the protocol to see the server answer.
+func ping(addr string) error {
+	conn, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(time.Second))
+	if _, err := conn.Write([]byte("PING\r\n")); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if line != "+PONG\r\n" {
+		return fmt.Errorf("PING answered %q", line)
+	}
+	return nil
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
