@@ -147,7 +147,7 @@ func (c *redisClient) markDown(operation string, err error) {
 	} else {
 		c.probeWait = c.probeEvery
 	}
-	c.logger.Warn("redis failed: serving logins from this gateway's memory, budgets divided by fleet_size, until it answers again",
+	c.logger.Warn("redis failed: this gateway serves from its own memory (budgets divided by fleet_size, its own access token) until redis answers again",
 		zap.String("redis", c.addrs), zap.String("operation", operation), zap.Error(err), zap.Duration("probe_every", c.probeWait))
 	c.probing.Add(1)
 	go c.probe(c.probeWait)
@@ -174,7 +174,7 @@ func (c *redisClient) probe(interval time.Duration) {
 				c.upSince = time.Now()
 				c.down.Store(false)
 				storeMetrics.fallback.Dec()
-				c.logger.Info("redis answers again: budgets and codes are shared with the fleet", zap.String("redis", c.addrs))
+				c.logger.Info("redis answers again: budgets, codes and access tokens are shared with the fleet", zap.String("redis", c.addrs))
 			}
 			c.mu.Unlock()
 			return
