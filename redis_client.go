@@ -147,7 +147,7 @@ func (c *redisClient) markDown(operation string, err error) {
 	} else {
 		c.probeWait = c.probeEvery
 	}
-	c.logger.Warn("redis failed: this gateway serves from its own memory (budgets divided by fleet_size, its own access token) until redis answers again",
+	c.logger.Warn("redis failed: this gateway serves from its own memory (budgets divided by fleet_size, its own access token) until Redis is reachable",
 		zap.String("redis", c.addrs), zap.String("operation", operation), zap.Error(err), zap.Duration("probe_every", c.probeWait))
 	c.probing.Add(1)
 	go c.probe(c.probeWait)
