@@ -65,9 +65,10 @@ func (h *Handler) authenticateLogin(r *http.Request, codeHeader, session string)
 // login waiting for it, and charged once to the player: before the call when
 // the login carries a session of this gateway's (so a player in a login loop
 // is stopped before WeChat), after it otherwise. A charge made before is
-// given back when the call does not prove that player (WeChat refused the
-// code, or it is another player's): whoever holds a player's token cannot
-// spend the player's budget with codes that are not the player's. An
+// given back when WeChat refuses the code, which then proved nobody: junk
+// codes sent with a player's token do not spend the player's budget. It is
+// kept when the code proves another player, who is charged too: what stops
+// a login loop before WeChat must hold whoever the codes belong to. An
 // identity that the budget refuses is still returned, for the cache: the
 // code is spent at WeChat.
 //
@@ -101,7 +102,6 @@ func (h *Handler) exchangeOnce(reqCtx context.Context, code, sessionPlayer strin
 	h.logExchange("ok", res, elapsed, nil)
 
 	if id.OpenID != sessionPlayer {
-		giveBack(undoSessionCharge)
 		if refusal := h.chargePlayer(ctx, id.OpenID); refusal != nil {
 			return id, refusal
 		}
