@@ -4,6 +4,7 @@ import (
 	"context"
 	_ "embed"
 	"fmt"
+	mathrand "math/rand/v2"
 	"strconv"
 	"time"
 
@@ -83,14 +84,17 @@ func (b *redisBudget) reserve(ctx context.Context, key string) (func(), time.Dur
 	if !answer.ok {
 		return nil, answer.wait, false
 	}
-	return onlyOnce(func() { b.refund(key, answer.slot) }), 0, true
+	return onlyOnce(func() { b.refund(key, answer.slot, answer.generation) }), 0, true
 }
 
 // budgetAnswer is what the budget script said.
 type budgetAnswer struct {
 	ok   bool
 	wait time.Duration
-	slot int64 // where the charge was made, when ok and charged
+	// Where the charge was made, when ok and charged: the slot, and the
+	// generation of the budget (a budget Redis lost and made anew has
+	// another), so that a refund gives back this charge and no other.
+	slot, generation int64
 }
 
 // run runs the budget script; served is false when Redis did not answer,
@@ -104,9 +108,9 @@ func (b *redisBudget) run(ctx context.Context, operation, key, chargeArg string)
 	served = b.fleet.redis.do(ctx, operation, func(ctx context.Context) error {
 		var err error
 		reply, err = budgetScript.Run(ctx, b.fleet.redis.client, []string{b.key(key)},
-			b.events, b.slotMS, chargeArg, clockArg).Int64Slice()
-		if err == nil && len(reply) != 2 && len(reply) != 3 {
-			err = fmt.Errorf("the budget script answered %d values, not 2 or 3", len(reply))
+			b.events, b.slotMS, chargeArg, clockArg, mathrand.Int64N(1<<48)+1).Int64Slice()
+		if err == nil && len(reply) != 2 && len(reply) != 4 {
+			err = fmt.Errorf("the budget script answered %d values, not 2 or 4", len(reply))
 		}
 		return err
 	})
@@ -115,8 +119,8 @@ func (b *redisBudget) run(ctx context.Context, operation, key, chargeArg string)
 	}
 	if reply[0] == 1 {
 		answer = budgetAnswer{ok: true}
-		if len(reply) == 3 {
-			answer.slot = reply[2]
+		if len(reply) == 4 {
+			answer.slot, answer.generation = reply[2], reply[3]
 		}
 		return answer, true
 	}
@@ -125,21 +129,23 @@ func (b *redisBudget) run(ctx context.Context, operation, key, chargeArg string)
 
 func (b *redisBudget) key(key string) string { return b.prefix + b.fleet.hide([]byte(key)) }
 
-// refundScript gives back one charge in a slot, if it is still counted under
+// refundScript gives back one charge in a slot, if it is still counted: in
+// the same generation of the budget (Redis did not lose it since) and under
 // the same slot length (a window changed since has moved it).
 var refundScript = redis.NewScript(`
-if redis.call('HGET', KEYS[1], 'slot') == ARGV[2] and tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') > 0 then
+if redis.call('HGET', KEYS[1], 'gen') == ARGV[3] and redis.call('HGET', KEYS[1], 'slot') == ARGV[2]
+	and tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') > 0 then
 	redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
 end
 return 0
 `)
 
-// refund gives back a charge made in slot. It runs on its own deadline: the
-// login that made it may be gone, and a refund that Redis misses only keeps
-// a budget stricter than it needs to be.
-func (b *redisBudget) refund(key string, slot int64) {
+// refund gives back a charge made in slot of generation. It runs on its own
+// deadline: the login that made it may be gone, and a refund that Redis
+// misses only keeps a budget stricter than it needs to be.
+func (b *redisBudget) refund(key string, slot, generation int64) {
 	b.fleet.redis.do(context.Background(), "refund", func(ctx context.Context) error {
 		return refundScript.Run(ctx, b.fleet.redis.client, []string{b.key(key)},
-			strconv.FormatInt(slot, 10), strconv.FormatInt(b.slotMS, 10)).Err()
+			strconv.FormatInt(slot, 10), strconv.FormatInt(b.slotMS, 10), strconv.FormatInt(generation, 10)).Err()
 	})
 }

@@ -8,10 +8,14 @@
 -- ARGV[1]  events allowed in any window
 -- ARGV[2]  slot length in milliseconds: the window / 20, rounded up
 -- ARGV[3]  "1" to charge, "0" only to check
+-- ARGV[5]  a random generation, kept in "gen" by a budget made anew, so
+--          that a refund made after Redis lost the budget gives back
+--          nothing (see redis_budget.go)
 -- ARGV[4]  the time in milliseconds, given by tests only; otherwise the
 --          server's clock, so that the gateways' clocks do not matter
--- Returns {1, 0, slot} when there was room (and the charge was made in that
--- slot, for a refund), or {0, wait}: the milliseconds until there is room.
+-- Returns {1, 0, slot, gen} when there was room (and the charge was made in
+-- that slot of that generation of the budget, for a refund), or {0, wait}:
+-- the milliseconds until there is room.
 
 -- Scripts that read TIME must replicate their effects (the default since
 -- Redis 5; this asks for it on older servers).
@@ -30,7 +34,7 @@ if not t then
 end
 
 local i = math.floor(t / slot)
-local counts, last, slotOfCounts = {}, nil, nil
+local counts, last, slotOfCounts, gen = {}, nil, nil, nil
 local fields = redis.call('HGETALL', KEYS[1])
 for n = 1, #fields, 2 do
 	local name, value = fields[n], tonumber(fields[n + 1])
@@ -38,6 +42,8 @@ for n = 1, #fields, 2 do
 		last = value
 	elseif name == 'slot' then
 		slotOfCounts = value
+	elseif name == 'gen' then
+		gen = value
 	else
 		counts[tonumber(name)] = value
 	end
@@ -50,11 +56,12 @@ if slotOfCounts and slotOfCounts ~= slot then
 	for _, n in pairs(counts) do
 		total = total + n
 	end
-	counts, last = {[i] = total}, nil
+	counts, last, gen = {[i] = total}, nil, nil
 	redis.call('DEL', KEYS[1])
 	if total > 0 then
 		local field = string.format('%.0f', i)
-		redis.call('HSET', KEYS[1], field, total, 'last', field, 'slot', slot)
+		gen = tonumber(ARGV[5])
+		redis.call('HSET', KEYS[1], field, total, 'last', field, 'slot', slot, 'gen', ARGV[5])
 		redis.call('PEXPIRE', KEYS[1], (k + 1) * slot)
 	end
 end
@@ -80,10 +87,14 @@ if counted < events then
 		local field = string.format('%.0f', i)
 		redis.call('HINCRBY', KEYS[1], field, 1)
 		redis.call('HSET', KEYS[1], 'last', field, 'slot', slot)
+		if not gen then
+			gen = tonumber(ARGV[5])
+			redis.call('HSET', KEYS[1], 'gen', ARGV[5])
+		end
 		-- The last charge leaves the window (k + 1) slots after its own.
 		redis.call('PEXPIRE', KEYS[1], (k + 1) * slot)
 	end
-	return {1, 0, i}
+	return {1, 0, i, gen or 0}
 end
 
 -- Full: room comes back when the oldest slots that must go have left the

@@ -250,3 +250,28 @@ func TestRedisBudgetReserveUndo(t *testing.T) {
 		t.Error("giving back twice gave back two charges")
 	}
 }
+
+// A refund made after Redis lost the budget (restarted empty, or evicted)
+// gives back nothing: the charge it was for is gone, and the budget now
+// counts others.
+func TestRedisBudgetRefundAfterTheBudgetWasLost(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	gw := newGateway(t, srv.Addr(), 0, nil)
+	ctx := context.Background()
+	clock := testkit.NewClock(time.UnixMilli(1_767_225_600_000))
+	budget := scriptBudget(gw, "player", Budget{Events: 1, Window: caddy.Duration(time.Minute)}, clock)
+	undo, _, ok := budget.reserve(ctx, "oAlice")
+	if !ok {
+		t.Fatal("a fresh budget refused")
+	}
+	if err := gw.redis.client.FlushAll(ctx).Err(); err != nil { // as a restart empty would
+		t.Fatal(err)
+	}
+	if _, ok := budget.spend(ctx, "oAlice"); !ok {
+		t.Fatal("the budget made anew refused")
+	}
+	undo()
+	if _, ok := budget.spend(ctx, "oAlice"); ok {
+		t.Error("the refund of a lost charge gave back another")
+	}
+}
