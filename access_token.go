@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,6 +26,10 @@ import (
 const (
 	stableTokenPath  = "/cgi-bin/stable_token"
 	classicTokenPath = "/cgi-bin/token"
+	// tokenCheckPath is the cheapest API that takes the app's access token
+	// and nothing else (it lists WeChat's API addresses): asked before a
+	// forced refresh, whether WeChat really refuses the token.
+	tokenCheckPath = "/cgi-bin/get_api_domain_ip"
 
 	// tokenExpirySafety: a token is not put on a call in its last minute, so
 	// that the call reaches WeChat before the token runs out, whatever the
@@ -90,6 +95,7 @@ func renewalDelay(t accessToken, now time.Time) time.Duration {
 type stableTokenClient struct {
 	http          *http.Client
 	url           string
+	checkURL      string // tokenCheckPath at the endpoint
 	appID, secret string
 }
 
@@ -131,6 +137,31 @@ func (c *stableTokenClient) fetch(ctx context.Context, force bool, now time.Time
 		return accessToken{}, aerr
 	}
 	return accessToken{value: value, expires: now.Add(lifetime)}, nil
+}
+
+// refuses reports whether WeChat refuses t itself: an API that takes the
+// app's token and nothing else answers 40001, 40014 or 42001. Any other
+// answer, or none, says no: a forced refresh invalidates the token for every
+// gateway and tool of the app, and WeChat allows few, so it is only spent on
+// a token that is refused for sure.
+func (c *stableTokenClient) refuses(ctx context.Context, t accessToken) bool {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.checkURL+"?access_token="+url.QueryEscape(t.value), nil)
+	if err != nil {
+		return false
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenAnswer))
+	if err != nil {
+		return false
+	}
+	var a struct {
+		ErrCode int `json:"errcode"`
+	}
+	return json.Unmarshal(answer, &a) == nil && refusesToken(a.ErrCode)
 }
 
 // decodeStableToken reads a stable_token answer: the token and its lifetime,
@@ -210,8 +241,9 @@ func newTokenManager(appID, endpoint, secret string, metrics *apiMetrics) *token
 	return &tokenManager{
 		appID: appID,
 		client: &stableTokenClient{
-			http: newHTTPClient(maxAPITimeout), // each fetch is bounded by its own deadline
-			url:  endpoint + stableTokenPath,
+			http:     newHTTPClient(maxAPITimeout), // each fetch is bounded by its own deadline
+			url:      endpoint + stableTokenPath,
+			checkURL: endpoint + tokenCheckPath,
 			// The secret stays in memory, in this one place, for the life of the manager.
 			appID: appID, secret: secret,
 		},
@@ -312,6 +344,14 @@ func (m *tokenManager) fetchReplacing(ctx context.Context, stale accessToken, re
 	t, err := m.fetch(ctx, false)
 	if err != nil || refusedWith == 0 || t.value != stale.value {
 		return t, err
+	}
+	if !m.client.refuses(ctx, t) {
+		// The refusal was of something else (another credential the
+		// backend's call carried): the token stays, and the call's answer
+		// goes back as it is.
+		m.logger().Debug("an API refused a call with the app's access token, but WeChat accepts the token itself: no forced refresh",
+			zap.String("app_id", m.appID), zap.Int("errcode", refusedWith))
+		return t, nil
 	}
 	allowed, err := m.store.allowForcedRefresh(ctx, m.now())
 	if err != nil {

@@ -250,6 +250,10 @@ func newStuckWechat(t *testing.T) (*stuckWechat, string) {
 	server := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		w.mu.Lock()
 		defer w.mu.Unlock()
+		if r.URL.Path == tokenCheckPath { // the stuck token is refused by every API
+			fmt.Fprint(rw, `{"errcode":40001,"errmsg":"invalid credential"}`)
+			return
+		}
 		body, _ := io.ReadAll(r.Body)
 		if strings.Contains(string(body), `"force_refresh":true`) {
 			w.forced++

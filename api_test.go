@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -393,5 +394,41 @@ func TestOnlyTheAppsTokenCanBeRefused(t *testing.T) {
 	}
 	if forwarded.Load() != 1 {
 		t.Errorf("a token path in another spelling reached WeChat: %d calls forwarded", forwarded.Load())
+	}
+}
+
+// TestAnotherCredentialsRefusalForcesNoRefresh: an API that refuses some
+// other credential a backend's call carried answers 40001 too; before a
+// forced refresh, which would invalidate the token for the whole app, the
+// gateway asks WeChat whether the token itself is refused.
+func TestAnotherCredentialsRefusalForcesNoRefresh(t *testing.T) {
+	var forced, checks atomic.Int32
+	fake := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case stableTokenPath:
+			body, _ := io.ReadAll(r.Body)
+			if strings.Contains(string(body), `"force_refresh":true`) {
+				forced.Add(1)
+			}
+			fmt.Fprint(w, `{"access_token":"app-token-1","expires_in":7200}`)
+		case tokenCheckPath:
+			checks.Add(1)
+			fmt.Fprint(w, `{"ip_list":["101.226.103.0/25"]}`)
+		default:
+			fmt.Fprint(w, `{"errcode":40001,"errmsg":"invalid credential"}`) // the component_access_token is bogus
+		}
+	}))
+	t.Cleanup(fake.Close)
+	h := &APIHandler{AppID: tokAppID, AppSecret: tokSecret, Endpoint: fake.URL}
+	provisionAPI(t, h)
+	for range 3 {
+		w := httptest.NewRecorder()
+		r := httptest.NewRequest(http.MethodPost, "/cgi-bin/component/api_query_auth?component_access_token=bogus", strings.NewReader("{}"))
+		if err := h.ServeHTTP(w, r, nil); err != nil || !strings.Contains(w.Body.String(), `"errcode":40001`) {
+			t.Fatalf("got %d %s, %v; want WeChat's 40001 passed back", w.Code, w.Body, err)
+		}
+	}
+	if forced.Load() != 0 || checks.Load() == 0 {
+		t.Errorf("%d forced refreshes after %d checks of the token, want none forced and the token checked", forced.Load(), checks.Load())
 	}
 }

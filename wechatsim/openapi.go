@@ -14,6 +14,7 @@ import (
 const (
 	msgSecCheckPath  = "/wxa/msg_sec_check"
 	checkSessionPath = "/wxa/checksession"
+	apiDomainIPPath  = "/cgi-bin/get_api_domain_ip"
 )
 
 // maxReceived bounds the requests APIRequests remembers, so that a
@@ -128,6 +129,18 @@ func (s *Server) checkSession(r *http.Request, body []byte) any {
 		return s.fail(87009, "invalid signature")
 	}
 	return failure{ErrMsg: "ok"}
+}
+
+// apiDomainIP answers GET /cgi-bin/get_api_domain_ip: the addresses of
+// WeChat's API, for a valid token. Callers hold s.mu.
+func (s *Server) apiDomainIP(r *http.Request, body []byte) any {
+	s.record(r, body)
+	if failed := s.checkToken(r); failed != nil {
+		return failed
+	}
+	return struct {
+		IPList []string `json:"ip_list"`
+	}{[]string{"101.226.103.0/25", "101.226.62.0/26", "183.3.234.0/26"}}
 }
 
 // SessionSignature is the signature checksession expects for sessionKey:

@@ -249,6 +249,7 @@ var routes = map[string]func(*Server, *http.Request, []byte) any{
 	classicTokenPath:   (*Server).classicToken,
 	msgSecCheckPath:    (*Server).msgSecCheck,
 	checkSessionPath:   (*Server).checkSession,
+	apiDomainIPPath:    (*Server).apiDomainIP,
 }
 
 // maxRequestBody caps what the simulator reads of a request body (WeChat
