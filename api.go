@@ -218,11 +218,17 @@ func (h *APIHandler) Cleanup() error {
 // ServeHTTP answers a token request from the managed token, and sends any
 // other request on to WeChat with the token set.
 func (h *APIHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	// Matched as WeChat would route it: "//cgi-bin/token" or
-	// "/cgi-bin/./token" must not reach WeChat with a backend's guess at
-	// the secret (and invalidate the fleet's token).
+	// What is checked is what is sent: the path cleaned, in the characters
+	// WeChat's API paths are made of, and compared ignoring case, so that
+	// no spelling of /cgi-bin/token ("//cgi-bin/token", "/CGI-BIN/TOKEN",
+	// "/cgi-bin/token%00") reaches WeChat with a backend's guess at the
+	// secret (and invalidates the fleet's token).
 	cleanPath := path.Clean("/" + r.URL.Path)
-	if cleanPath == classicTokenPath || cleanPath == stableTokenPath {
+	if !isAPIPath(cleanPath) {
+		return h.refuse(w, r, badRequest("not a WeChat API path"))
+	}
+	r.URL.Path, r.URL.RawPath = cleanPath, ""
+	if strings.EqualFold(cleanPath, classicTokenPath) || strings.EqualFold(cleanPath, stableTokenPath) {
 		t, err := h.tokens.token(r.Context(), time.Duration(h.Timeout))
 		if err != nil {
 			return h.refuse(w, r, tokenRefusal(err))
@@ -283,7 +289,7 @@ func (h *APIHandler) call(r *http.Request, cleanPath string) (*http.Response, st
 		return nil, "", refusal
 	}
 	errcode := inspectAnswer(answer)
-	if !refusesToken(errcode) || strings.HasPrefix(cleanPath, "/sns/") {
+	if !refusesToken(errcode) || hasPrefixFold(cleanPath, "/sns/") {
 		return answer, callForwarded, nil
 	}
 	if !body.repeatable() {
@@ -300,6 +306,23 @@ func (h *APIHandler) call(r *http.Request, cleanPath string) (*http.Response, st
 		return nil, "", refusal
 	}
 	return answer, callRepeated, nil
+}
+
+// isAPIPath reports whether p is made of what WeChat's API paths are made
+// of: letters, digits, '/', '_', '-' and '.'.
+func isAPIPath(p string) bool {
+	for i := range len(p) {
+		switch c := p[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '/', c == '_', c == '-', c == '.':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
 }
 
 // send makes one call of r at WeChat with token t: the same method, path,

@@ -386,10 +386,16 @@ func TestOnlyTheAppsTokenCanBeRefused(t *testing.T) {
 	if stableCalls.Load() != 1 || forwarded.Load() != 1 {
 		t.Errorf("/sns/ answered 40001: %d stable_token calls and %d calls forwarded, want 1 and 1 (no new token, no repeat)", stableCalls.Load(), forwarded.Load())
 	}
-	for _, spelling := range []string{"//cgi-bin/token", "/cgi-bin/./token", "/cgi-bin//stable_token"} {
+	for _, spelling := range []string{"//cgi-bin/token", "/cgi-bin/./token", "/cgi-bin//stable_token", "/CGI-BIN/TOKEN", "/cgi-bin/x/../token"} {
 		w := httptest.NewRecorder()
 		if err := h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "http://gateway"+spelling+"?grant_type=client_credential", nil), nil); err != nil || !strings.Contains(w.Body.String(), `"access_token":"app-token-1"`) {
 			t.Errorf("%s: %d %s, want the gateway's token", spelling, w.Code, w.Body)
+		}
+	}
+	for _, odd := range []string{"/cgi-bin/token%00", "/cgi-bin/token;x", "/cgi-bin/token%20"} {
+		w := httptest.NewRecorder()
+		if err := h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "http://gateway"+odd+"?grant_type=client_credential", nil), nil); err != nil || w.Code != http.StatusBadRequest {
+			t.Errorf("%s: %d %s, want 400: not a WeChat API path", odd, w.Code, w.Body)
 		}
 	}
 	if forwarded.Load() != 1 {
