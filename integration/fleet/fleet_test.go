@@ -246,3 +246,31 @@ func TestFleetReloadLosesNothing(t *testing.T) {
 		t.Errorf("erin after the reload: %v, want 429: the reload must not refill her budget", resp)
 	}
 }
+
+// Non-login requests never touch Redis: with Redis gone, session-verified
+// requests are served on every gateway, and no gateway even notices that
+// Redis is gone (its fallback gauge stays 0: nothing asked Redis anything).
+func TestFleetSessionsNeverTouchRedis(t *testing.T) {
+	f := startFleet(t)
+	first, _ := f.login(t, 0, "ivan.1", "")
+	token := first.Header.Get("X-Wx-Session")
+	if first.StatusCode != http.StatusOK || token == "" {
+		t.Fatalf("login: %v", first)
+	}
+	f.redis.Stop()
+	want := wechatsim.OpenID(fleetApp.AppID, "ivan")
+	for i, g := range f.gateways {
+		req := mustRequest(t, g.URL+"/game/state")
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := testkit.Do(req)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("gateway %d with Redis gone: %v %v", i, resp, err)
+		}
+		if got := f.backend.Last(t).Header.Get("X-Wx-Openid"); got != want {
+			t.Errorf("gateway %d forwarded openid %q, want %q", i, got, want)
+		}
+		if strings.Contains(scrapeAdminMetrics(t, g), "caddy_wechat_login_store_fallback 1") {
+			t.Errorf("gateway %d asked Redis something for a session-verified request", i)
+		}
+	}
+}
