@@ -698,3 +698,15 @@ func BenchmarkTokenVerify(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkTokenIssue is the signing of a session token, which every
+// successful login pays.
+func BenchmarkTokenIssue(b *testing.B) {
+	tokens := newTestTokens(testkit.NewClock(tokenEpoch), tokenAppID, tokenSecret)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, err := tokens.issue(tokenAlice); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
