@@ -82,6 +82,9 @@ type Handler struct {
 	fleet    *fleet         // nil without a redis block
 	metrics  *appMetrics
 	logger   *zap.Logger
+	// appIDPlaceholder is AppID as the placeholder's value, boxed once
+	// rather than on every request.
+	appIDPlaceholder any
 	// now is the clock; tests swap it.
 	now func() time.Time
 }
@@ -103,6 +106,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.setDefaults()
 	h.resolveSecrets()
+	h.appIDPlaceholder = h.AppID
 	// Shared state is only touched by a valid config, so a bad reload
 	// cannot disturb the running one.
 	if err := h.Validate(); err != nil {
@@ -221,7 +225,7 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, next caddyh
 	}
 	dropCode(r, h.CodeField)
 	h.attachIdentity(r, id)
-	h.metrics.login("ok")
+	h.metrics.login(loginOK)
 	if h.sessions == nil {
 		return next.ServeHTTP(w, r)
 	}
@@ -235,7 +239,7 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, next caddyh
 	if h.Session.Respond {
 		return respondLogin(w, id, token, expires)
 	}
-	return next.ServeHTTP(&sessionIssuingWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, token: token}, r)
+	return next.ServeHTTP(newSessionIssuingWriter(w, token), r)
 }
 
 // refuse answers with the documented JSON error; nothing is forwarded. A
@@ -272,7 +276,7 @@ func (h *Handler) attachIdentity(r *http.Request, id Identity) {
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set("http.wechat.openid", id.OpenID)
 		repl.Set("http.wechat.unionid", id.UnionID)
-		repl.Set("http.wechat.appid", h.AppID)
+		repl.Set("http.wechat.appid", h.appIDPlaceholder)
 	}
 }
 
