@@ -340,17 +340,36 @@ fi
 
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
-# caddy_cpu SCENARIO: CPU time (user + system, µs) used so far by the Caddy
-# processes that serve SCENARIO: the gateways for the fleet, else the one.
+# caddy_cpu SCENARIO: CPU time (µs) used so far by the Caddy processes that
+# serve SCENARIO: the gateways for the fleet, else the one.
 caddy_cpu() {
-	local pids=("$CADDY_PID")
-	case $1 in memfleet-* | redisfleet-*) pids=("${GATEWAY_PIDS[@]}") ;; esac
+	case $1 in
+	memfleet-* | redisfleet-*) pid_cpu "${GATEWAY_PIDS[@]}" ;;
+	*) pid_cpu "$CADDY_PID" ;;
+	esac
+}
+
+# pid_cpu PID...: CPU time (user + system, µs) the processes have used.
+pid_cpu() {
 	local pid ticks=0
-	for pid in "${pids[@]}"; do
-		# Fields 14 and 15 of stat, counted after the command name's ")".
-		ticks=$((ticks + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{ print $12 + $13 }')))
+	for pid in "$@"; do
+		# Fields 14 and 15 of stat, counted after the command name's ")";
+		# 0 for a process that has gone.
+		ticks=$((ticks + $(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ n = $12 + $13 } END { print n + 0 }')))
 	done
 	echo $((ticks * TICK_US))
+}
+
+# machine_cpu: CPU time (µs) the whole machine has been busy: user, nice,
+# system, irq, softirq, steal.
+machine_cpu() {
+	awk -v tick="$TICK_US" '$1 == "cpu" { printf "%.0f\n", ($2 + $3 + $4 + $7 + $8 + $9) * tick }' /proc/stat
+}
+
+# children_cpu: CPU time (µs) of the processes this shell has waited for
+# (wrk, above all), from the builtin times.
+children_cpu() {
+	times | tail -1 | awk '{ n = 0; for (i = 1; i <= 2; i++) { split($i, t, "m"); n += t[1] * 60 + t[2] } printf "%.0f\n", n * 1e6 }'
 }
 
 # redis_counters: the fleet's Redis operations and failed ones so far.
@@ -373,7 +392,13 @@ for round in $(seq "$ROUNDS"); do
 		file=$OUT/wrk-round$round-$s.txt
 		read -r ops_before errors_before < <(redis_counters)
 		cpu_before=$(caddy_cpu "$s")
+		ours_before=$(($(pid_cpu "${PIDS[@]}") + $(children_cpu)))
+		machine_before=$(machine_cpu)
+		start_us=$(date +%s%6N)
 		run_wrk "$s" "$round" "$DURATION" "$file"
+		elapsed_us=$(($(date +%s%6N) - start_us))
+		machine_after=$(machine_cpu)
+		ours_after=$(($(pid_cpu "${PIDS[@]}") + $(children_cpu)))
 		cpu_after=$(caddy_cpu "$s")
 		read -r ops_after errors_after < <(redis_counters)
 		result=$(grep '^RESULT ' "$file" || true)
@@ -389,9 +414,14 @@ for round in $(seq "$ROUNDS"); do
 		# Caddy's CPU per request: the module's cost without the co-hosted
 		# processes (wrk, backend, simulator, Redis).
 		cpu=$(awk -v n=$((cpu_after - cpu_before)) -v r="$requests" 'BEGIN { printf "%.1f", (r > 0 ? n / r : 0) }')
-		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$s" "$rps" "$p50" "$p99" "$non2xx" "$bad" "$sockerr" \
-			"$((errors_after - errors_before))" "$ops" "$cpu" >>"$OUT/results.tsv"
-		awk -F'\t' '{ printf "   round %s  %-18s %9.0f req/s  p50 %6.2f ms  p99 %6.2f ms  Caddy CPU %6.1f µs/req  non-2xx %s  bad %s  socket errors %s  Redis ops/req %s  Redis errors %s\n", $1, $2, $3, $4 / 1000, $5 / 1000, $11, $6, $7, $8, $10, $9 }' \
+		# The share of the machine that went to anything but the
+		# benchmark's processes during the run: other users, the kernel's
+		# own threads. High means a noisy round.
+		others=$(awk -v n=$((machine_after - machine_before - (ours_after - ours_before))) -v t="$elapsed_us" -v cpus="$(nproc)" \
+			'BEGIN { printf "%.0f", (n > 0 ? 100 * n / (t * cpus) : 0) }')
+		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$s" "$rps" "$p50" "$p99" "$non2xx" "$bad" "$sockerr" \
+			"$((errors_after - errors_before))" "$ops" "$cpu" "$others" >>"$OUT/results.tsv"
+		awk -F'\t' '{ printf "   round %s  %-18s %9.0f req/s  p50 %6.2f ms  p99 %6.2f ms  Caddy CPU %6.1f µs/req  others %3s%%  non-2xx %s  bad %s  socket errors %s  Redis ops/req %s  Redis errors %s\n", $1, $2, $3, $4 / 1000, $5 / 1000, $11, $12, $6, $7, $8, $10, $9 }' \
 			<<<"$(tail -1 "$OUT/results.tsv")"
 	done
 done
@@ -427,8 +457,8 @@ per_round() {
 
 MISSED=()
 {
-	echo "| scenario | req/s | p50 ms | p99 ms | ratio | of | per round | goal | met | Caddy CPU µs/req | non-2xx | bad answers | socket errors | Redis ops/req | Redis errors |"
-	echo "|---|--:|--:|--:|--:|---|---|---|---|--:|--:|--:|--:|--:|--:|"
+	echo "| scenario | req/s | p50 ms | p99 ms | ratio | of | per round | goal | met | Caddy CPU µs/req | others' CPU | non-2xx | bad answers | socket errors | Redis ops/req | Redis errors |"
+	echo "|---|--:|--:|--:|--:|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|"
 	for s in "${SCENARIOS[@]}"; do
 		rps=$(column "$s" 3 | median)
 		p50=$(column "$s" 4 | median)
@@ -441,6 +471,7 @@ MISSED=()
 		storeerr=$(column "$s" 9 | awk '{ n += $1 } END { print n + 0 }')
 		ops=$(column "$s" 10 | median)
 		cpu=$(column "$s" 11 | median)
+		others=$(column "$s" 12 | median)
 		goal=${GOAL[$s]:-}
 		met="—"
 		if [ -n "$goal" ]; then
@@ -456,8 +487,8 @@ MISSED=()
 		fi
 		base=${BASE[$s]:-plain}
 		awk -v t="${TITLE[$s]}" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v ratio="$ratio" -v of="(${NUMBER[$base]})" -v pr="$per_round" \
-			-v goal="${goal:+≥ $goal}" -v met="$met" -v n="$non2xx" -v b="$bad" -v e="$sockerr" -v ops="$ops" -v se="$storeerr" -v cpu="$cpu" \
-			'BEGIN { printf "| %s | %.0f | %.2f | %.2f | %.2f | %s | %s | %s | %s | %.1f | %d | %d | %d | %.2f | %d |\n", t, rps, p50 / 1000, p99 / 1000, ratio, of, pr, (goal == "" ? "—" : goal), met, cpu, n, b, e, ops, se }'
+			-v goal="${goal:+≥ $goal}" -v met="$met" -v n="$non2xx" -v b="$bad" -v e="$sockerr" -v ops="$ops" -v se="$storeerr" -v cpu="$cpu" -v others="$others" \
+			'BEGIN { printf "| %s | %.0f | %.2f | %.2f | %.2f | %s | %s | %s | %s | %.1f | %d%% | %d | %d | %d | %.2f | %d |\n", t, rps, p50 / 1000, p99 / 1000, ratio, of, pr, (goal == "" ? "—" : goal), met, cpu, others, n, b, e, ops, se }'
 	done
 	echo
 	printf '3 over 1b (the same request bytes through plain reverse_proxy): %.2f (per round: %s)\n' \
