@@ -516,7 +516,7 @@ profile() {
 	go tool pprof -top -nodecount=30 "$OUT/caddy" "$OUT/profile-$s.pprof" >"$OUT/profile-$s-top.txt" 2>&1
 	# The module's own functions, by cumulative share.
 	go tool pprof -top -cum -nodecount=1000 "$OUT/caddy" "$OUT/profile-$s.pprof" 2>/dev/null |
-		grep -E 'Total|caddy-wechat-login' | head -25 >"$OUT/profile-$s-module.txt"
+		grep -E 'Total|caddy-wechat-login' | awk 'NR <= 25' >"$OUT/profile-$s-module.txt"
 }
 
 case $PROFILE in
