@@ -494,7 +494,10 @@ func hmacSum[S string | []byte](k hmacKey, signed S, buf []byte) []byte {
 
 // bearerToken is the token of an Authorization: Bearer header, if any.
 func bearerToken(r *http.Request) string {
-	auth := r.Header.Get("Authorization")
+	var auth string
+	if values := r.Header["Authorization"]; len(values) > 0 { // Get, with the name already canonical
+		auth = values[0]
+	}
 	if len(auth) > 7 && strings.EqualFold(auth[:7], "bearer ") {
 		return strings.TrimSpace(auth[7:])
 	}
@@ -524,7 +527,7 @@ func (t *sessionTokens) presentedSession(r *http.Request, session string) (Ident
 	if bearer != "" {
 		id, err := t.verify(bearer)
 		if err == nil {
-			r.Header.Del("Authorization")
+			delete(r.Header, "Authorization")
 			return id, nil
 		}
 		if refused == nil {
