@@ -25,14 +25,15 @@
 #
 # Environment (defaults in brackets):
 #   BENCH_THREADS [2]  BENCH_CONNS [32]  BENCH_DURATION [10s]   wrk settings
-#   BENCH_ROUNDS [3]        rounds; the order alternates, medians are quoted
+#   BENCH_ROUNDS [5]        rounds; the order alternates, medians are quoted
 #   BENCH_WARMUP [3s]       unrecorded warm-up per scenario; 0 skips it
 #   BENCH_PLAYERS [1000000] players for the memory run; 0 skips it
 #   BENCH_PROFILE [auto]    auto: CPU-profile scenarios that miss their goal;
-#                           all: profile every wechat_login scenario; off
+#                           all: profile every scenario run; off
 #   BENCH_FLEET [1]         0 skips 6-9 (and Redis)
 #   BENCH_SCENARIOS [all]   a subset to run, by name (plain ... redisfleet-session);
-#                           a ratio needs its base in the subset
+#                           a ratio needs its base in the subset; without a
+#                           fleet scenario, no fleet is started
 #   BENCH_PORT_BASE [18180] ports base..base+3 (admin, sites), base+11..13
 #                           (backend, simulator, Redis), base+20..28 (fleet)
 #
@@ -43,7 +44,7 @@ cd "$(dirname "$0")/.."
 THREADS=${BENCH_THREADS:-2}
 CONNS=${BENCH_CONNS:-32}
 DURATION=${BENCH_DURATION:-10s}
-ROUNDS=${BENCH_ROUNDS:-3}
+ROUNDS=${BENCH_ROUNDS:-5}
 WARMUP=${BENCH_WARMUP:-3s}
 PLAYERS=${BENCH_PLAYERS:-1000000}
 PROFILE=${BENCH_PROFILE:-auto}
@@ -57,6 +58,7 @@ if [ "$FLEET" != 0 ]; then
 fi
 if [ -n "${BENCH_SCENARIOS:-}" ]; then
 	read -r -a SCENARIOS <<<"$BENCH_SCENARIOS"
+	[[ " ${SCENARIOS[*]} " == *fleet-* ]] || FLEET=0
 fi
 # Each scenario's req/s is divided by its base's, in the same round.
 declare -A BASE=([redisfleet-login]=memfleet-login [redisfleet-session]=memfleet-session)
