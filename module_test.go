@@ -305,18 +305,27 @@ func BenchmarkLoginCacheHit(b *testing.B) {
 	}
 }
 
-// BenchmarkLoginCacheHitWithSession is the cached login of a game with
-// sessions: every login, cached or not, answers with a session token.
-func BenchmarkLoginCacheHitWithSession(b *testing.B) {
+// benchmarkSessionGame is a game with sessions in front of an upstream
+// that answers 200, for the login benchmarks; logins log nothing, as in
+// production (exchanges are logged at debug level).
+func benchmarkSessionGame(b *testing.B) (*wechatsim.Server, *Handler, caddyhttp.Handler) {
 	sim, simURL := testkit.NewSim(b, wechatsim.Options{Apps: []wechatsim.App{{AppID: testAppID, Secret: testSecret}}})
 	h := newTestHandler(b, simURL, func(h *Handler) {
 		h.IPBudget = &Budget{Off: true}
 		sessConfigured(nil)(h)
 	})
+	h.logger = zap.NewNop()
 	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
 		w.WriteHeader(http.StatusOK)
 		return nil
 	})
+	return sim, h, next
+}
+
+// BenchmarkLoginCacheHitWithSession is the cached login of a game with
+// sessions: every login, cached or not, answers with a session token.
+func BenchmarkLoginCacheHitWithSession(b *testing.B) {
+	sim, h, next := benchmarkSessionGame(b)
 	w := httptest.NewRecorder()
 	b.ReportAllocs()
 	for b.Loop() {
@@ -331,16 +340,7 @@ func BenchmarkLoginCacheHitWithSession(b *testing.B) {
 // BenchmarkLoginFreshCode is a login with a code never seen before: one
 // simulator call each, over loopback.
 func BenchmarkLoginFreshCode(b *testing.B) {
-	_, simURL := testkit.NewSim(b, wechatsim.Options{Apps: []wechatsim.App{{AppID: testAppID, Secret: testSecret}}})
-	h := newTestHandler(b, simURL, func(h *Handler) {
-		h.IPBudget = &Budget{Off: true}
-		sessConfigured(nil)(h)
-	})
-	h.logger = zap.NewNop() // as in production: exchanges are logged at debug level
-	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
-		w.WriteHeader(http.StatusOK)
-		return nil
-	})
+	_, h, next := benchmarkSessionGame(b)
 	w := httptest.NewRecorder()
 	n := 0
 	b.ReportAllocs()
