@@ -219,8 +219,8 @@ func onlyOnce(undo func()) func() {
 // that the 2^64 addresses of one subscriber share one budget.
 func ipBudgetKey(ip string) string {
 	addr, err := netip.ParseAddr(ip)
-	if err != nil {
-		return ip
+	if err != nil || addr.Is4() {
+		return ip // an IPv4 address parses only in its one dotted-decimal form
 	}
 	addr = addr.Unmap()
 	if addr.Is4() {

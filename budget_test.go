@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"runtime"
 	"strconv"
 	"sync/atomic"
@@ -235,6 +236,12 @@ func TestIPBudgetKeyGroupsIPv6By64(t *testing.T) {
 	} {
 		if got := ipBudgetKey(tc.a) == ipBudgetKey(tc.b); got != tc.same {
 			t.Errorf("%s and %s share a budget: %v, want %v", tc.a, tc.b, got, tc.same)
+		}
+	}
+	// An IPv4 address is its own key, in the one form netip writes it.
+	for _, ip := range []string{"198.51.100.1", "::ffff:198.51.100.1", "0.0.0.0", "255.255.255.255"} {
+		if got, want := ipBudgetKey(ip), netip.MustParseAddr(ip).Unmap().String(); got != want {
+			t.Errorf("ipBudgetKey(%s) = %s, want %s", ip, got, want)
 		}
 	}
 }

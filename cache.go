@@ -13,13 +13,8 @@ import (
 type codeKey [sha256.Size]byte
 
 func newCodeKey(appID, code string) codeKey {
-	h := sha256.New()
-	h.Write([]byte(appID))
-	h.Write([]byte{0})
-	h.Write([]byte(code))
-	var k codeKey
-	h.Sum(k[:0])
-	return k
+	var buf [256]byte // on the stack: hashing allocates nothing for codes of up to maxCodeLen
+	return sha256.Sum256(append(append(append(buf[:0], appID...), 0), code...))
 }
 
 // redeemOutcome says how a code was redeemed: for the metrics, and for the
@@ -82,6 +77,12 @@ func (c memoryCodes) redeem(ctx context.Context, key codeKey, lead func() (Ident
 	if id, ok := c.cached(key); ok {
 		return id, redeemedFromCache, nil
 	}
+	return c.redeemInFlight(ctx, key, lead)
+}
+
+// redeemInFlight is redeem for a code not in the cache: apart, so that a
+// cache hit allocates nothing for the flight.
+func (c memoryCodes) redeemInFlight(ctx context.Context, key codeKey, lead func() (Identity, *loginError)) (Identity, redeemOutcome, *loginError) {
 	ranLead := false
 	ch := c.flights.DoChan(string(key[:]), func() (any, error) {
 		// A flight for this code may have finished between the look above

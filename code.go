@@ -28,8 +28,8 @@ const maxLoginBody = 1 << 20
 // took it out). A body that was read is put back so the upstream receives it
 // byte for byte.
 func loginCode(r *http.Request, field, headerValue string) (string, *loginError) {
-	if values, ok := r.URL.Query()[field]; ok {
-		return checkCode(values[0])
+	if code, ok := queryValue(r.URL.RawQuery, field); ok {
+		return checkCode(code)
 	}
 	code, found, lerr := bodyCode(r, field)
 	if lerr != nil {
@@ -42,6 +42,32 @@ func loginCode(r *http.Request, field, headerValue string) (string, *loginError)
 		return checkCode(headerValue)
 	}
 	return "", badRequest("no login code: send the code from wx.login as the " + field + " query parameter, JSON or form field, or the X-WX-CODE header")
+}
+
+// maxPlainQuery bounds the query strings queryValue reads in place: far
+// below url.ParseQuery's limit on the number of parameters.
+const maxPlainQuery = 4 << 10
+
+// queryValue is the first value of field in a raw query string, as
+// url.ParseQuery reads it. A query with nothing to unescape and no
+// semicolon, as logins send them, is read in place: a login then builds no
+// map of every parameter. Any other goes through url.ParseQuery.
+func queryValue(rawQuery, field string) (string, bool) {
+	if len(rawQuery) > maxPlainQuery || strings.ContainsAny(rawQuery, "%+;") {
+		values, _ := url.ParseQuery(rawQuery)
+		if v, ok := values[field]; ok {
+			return v[0], true
+		}
+		return "", false
+	}
+	for rest := rawQuery; rest != ""; {
+		var pair string
+		pair, rest, _ = strings.Cut(rest, "&")
+		if key, value, _ := strings.Cut(pair, "="); key == field && pair != "" {
+			return value, true
+		}
+	}
+	return "", false
 }
 
 // bodyCode looks for the code in a JSON or form body. Other bodies are left

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 )
@@ -125,6 +126,26 @@ func TestDropCode(t *testing.T) {
 			t.Errorf("%q: RequestURI still holds the code: %q", tc.query, r.RequestURI)
 		}
 	}
+}
+
+// queryValue reads plain queries in place; it must agree with
+// url.ParseQuery on every query and field.
+func FuzzQueryValueAgreesWithParseQuery(f *testing.F) {
+	for _, seed := range [][2]string{
+		{"code=alice.1", "code"}, {"x=1&code=a&code=b", "code"}, {"code", "code"}, {"=v&&code=", "code"},
+		{"=v", ""}, {"code=a;b", "code"}, {"c%6Fde=a%2Eb", "code"}, {"code=a+b", "code"}, {"co+de=1", "co de"},
+		{"code=%zz&code=2", "code"}, {"a=1&", "a"}, {"&", ""},
+	} {
+		f.Add(seed[0], seed[1])
+	}
+	f.Fuzz(func(t *testing.T, rawQuery, field string) {
+		values, _ := url.ParseQuery(rawQuery)
+		want, wantOK := values[field]
+		got, ok := queryValue(rawQuery, field)
+		if ok != wantOK || (ok && got != want[0]) {
+			t.Fatalf("queryValue(%q, %q) = %q, %v; url.ParseQuery reads %q", rawQuery, field, got, ok, want)
+		}
+	})
 }
 
 func FuzzLoginCode(f *testing.F) {

@@ -150,14 +150,18 @@ func isIdentityHeader(name string) bool {
 }
 
 // setIdentityHeaders gives the upstream the trusted identity. The caller has
-// already stripped the client's copies.
+// already stripped the client's copies. The values share one allocation,
+// each header a full-capacity slice of its own, so that a later append to
+// one copies it rather than overwriting another.
 func (h *Handler) setIdentityHeaders(header http.Header, id Identity) {
-	header[headerOpenID] = []string{id.OpenID}
+	values := &[4]string{id.OpenID, h.AppID, id.UnionID}
+	header[headerOpenID] = values[0:1:1]
+	header[headerAppID] = values[1:2:2]
 	if id.UnionID != "" {
-		header[headerUnionID] = []string{id.UnionID}
+		header[headerUnionID] = values[2:3:3]
 	}
-	header[headerAppID] = []string{h.AppID}
 	if h.ForwardSessionKey && id.SessionKey != "" {
-		header[headerSessionKey] = []string{id.SessionKey}
+		values[3] = id.SessionKey
+		header[headerSessionKey] = values[3:4:4]
 	}
 }

@@ -49,6 +49,7 @@ func initWechatMetrics() {
 // provision so that the hot path does no label lookups.
 type appMetrics struct {
 	appID            string
+	loginsOK         prometheus.Counter
 	wechatCalls      prometheus.Counter
 	wechatRetries    prometheus.Counter
 	exchangeDuration prometheus.Observer
@@ -70,6 +71,7 @@ func newAppMetrics(registry *prometheus.Registry, appID string) (*appMetrics, er
 	}
 	return &appMetrics{
 		appID:            appID,
+		loginsOK:         m.logins.WithLabelValues(appID, loginOK),
 		wechatCalls:      m.wechatCalls.WithLabelValues(appID),
 		wechatRetries:    m.wechatRetries.WithLabelValues(appID),
 		exchangeDuration: m.exchangeDuration.WithLabelValues(appID),
@@ -79,8 +81,16 @@ func newAppMetrics(registry *prometheus.Registry, appID string) (*appMetrics, er
 	}, nil
 }
 
-// login counts a finished login; result is "ok" or a documented error code.
+// loginOK is the result label of a successful login.
+const loginOK = "ok"
+
+// login counts a finished login; result is loginOK or a documented error
+// code.
 func (m *appMetrics) login(result string) {
+	if result == loginOK {
+		m.loginsOK.Inc() // every successful login: resolved once
+		return
+	}
 	wechatMetrics.logins.WithLabelValues(m.appID, result).Inc()
 }
 

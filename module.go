@@ -82,6 +82,9 @@ type Handler struct {
 	fleet    *fleet         // nil without a redis block
 	metrics  *appMetrics
 	logger   *zap.Logger
+	// appIDPlaceholder is AppID as the placeholder's value, boxed once
+	// rather than on every request.
+	appIDPlaceholder any
 	// now is the clock; tests swap it.
 	now func() time.Time
 }
@@ -103,6 +106,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.setDefaults()
 	h.resolveSecrets()
+	h.appIDPlaceholder = h.AppID
 	// Shared state is only touched by a valid config, so a bad reload
 	// cannot disturb the running one.
 	if err := h.Validate(); err != nil {
@@ -223,7 +227,7 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, next caddyh
 		h.refuse(w, refusal)
 		return nil
 	}
-	h.metrics.login("ok")
+	h.metrics.login(loginOK)
 	dropCode(r, h.CodeField)
 	h.attachIdentity(r, id)
 	switch {
@@ -232,7 +236,7 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, next caddyh
 	case h.Session.Respond:
 		return respondLogin(w, id, token, expires)
 	}
-	return next.ServeHTTP(&sessionIssuingWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, token: token}, r)
+	return next.ServeHTTP(newSessionIssuingWriter(w, token), r)
 }
 
 // decideLogin is authenticateLogin and, with sessions, the token the login
@@ -280,7 +284,7 @@ func (h *Handler) attachIdentity(r *http.Request, id Identity) {
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set("http.wechat.openid", id.OpenID)
 		repl.Set("http.wechat.unionid", id.UnionID)
-		repl.Set("http.wechat.appid", h.AppID)
+		repl.Set("http.wechat.appid", h.appIDPlaceholder)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -301,6 +302,55 @@ func BenchmarkLoginCacheHit(b *testing.B) {
 	}
 	if sim.Calls() != 1 {
 		b.Fatalf("cache missed: %d calls", sim.Calls())
+	}
+}
+
+// benchmarkSessionGame is a game with sessions in front of an upstream
+// that answers 200, for the login benchmarks; logins log nothing, as in
+// production (exchanges are logged at debug level).
+func benchmarkSessionGame(b *testing.B) (*wechatsim.Server, *Handler, caddyhttp.Handler) {
+	sim, simURL := testkit.NewSim(b, wechatsim.Options{Apps: []wechatsim.App{{AppID: testAppID, Secret: testSecret}}})
+	h := newTestHandler(b, simURL, func(h *Handler) {
+		h.IPBudget = &Budget{Off: true}
+		sessConfigured(nil)(h)
+	})
+	h.logger = zap.NewNop()
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
+		w.WriteHeader(http.StatusOK)
+		return nil
+	})
+	return sim, h, next
+}
+
+// BenchmarkLoginCacheHitWithSession is the cached login of a game with
+// sessions: every login, cached or not, answers with a session token.
+func BenchmarkLoginCacheHitWithSession(b *testing.B) {
+	sim, h, next := benchmarkSessionGame(b)
+	w := httptest.NewRecorder()
+	b.ReportAllocs()
+	for b.Loop() {
+		r, _ := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.bench", nil)
+		_ = h.ServeHTTP(w, r, next)
+	}
+	if sim.Calls() != 1 || w.Header().Get(headerSession) == "" {
+		b.Fatalf("cache missed (%d calls) or no token issued", sim.Calls())
+	}
+}
+
+// BenchmarkLoginFreshCode is a login with a code never seen before: one
+// simulator call each, over loopback.
+func BenchmarkLoginFreshCode(b *testing.B) {
+	_, h, next := benchmarkSessionGame(b)
+	w := httptest.NewRecorder()
+	n := 0
+	b.ReportAllocs()
+	for b.Loop() {
+		n++
+		r, _ := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code=p"+strconv.Itoa(n)+".fresh", nil)
+		_ = h.ServeHTTP(w, r, next)
+		if w.Code != http.StatusOK {
+			b.Fatalf("login %d: %d %s", n, w.Code, w.Body)
+		}
 	}
 }
 

@@ -57,17 +57,27 @@ func sessionRejection(err error) string {
 // caching the upstream allowed, so that no shared cache keeps one player's
 // token for another. Any other response goes out without a token.
 type sessionIssuingWriter struct {
-	*caddyhttp.ResponseWriterWrapper
+	caddyhttp.ResponseWriterWrapper
 	token       string
 	wroteHeader bool
+	// values backs the two header values it sets, so that a login's writer
+	// and its headers cost one allocation.
+	values [2]string
+}
+
+func newSessionIssuingWriter(w http.ResponseWriter, token string) *sessionIssuingWriter {
+	return &sessionIssuingWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, token: token}
 }
 
 func (w *sessionIssuingWriter) WriteHeader(status int) {
 	if !w.wroteHeader && status >= 200 {
 		w.wroteHeader = true
 		if status < 300 {
-			w.Header().Set(headerSession, w.token)
-			w.Header().Set("Cache-Control", "no-store")
+			// Header().Set with the names already canonical, each value a
+			// slice of its own (full capacity: an append copies it).
+			w.values = [2]string{w.token, "no-store"}
+			w.Header()[headerSession] = w.values[0:1:1]
+			w.Header()["Cache-Control"] = w.values[1:2:2]
 		} else {
 			w.Header().Del(headerSession)
 		}

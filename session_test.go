@@ -60,7 +60,7 @@ func TestSessionIssuingWriterOnlyOnSuccess(t *testing.T) {
 			// they do behind Caddy.
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				w.Header().Set("Cache-Control", "public, max-age=600")
-				tc.upstream(&sessionIssuingWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, token: "the-token"})
+				tc.upstream(newSessionIssuingWriter(w, "the-token"))
 			}))
 			defer srv.Close()
 			client := srv.Client()

@@ -186,6 +186,53 @@ func TestTokenRoundTrip(t *testing.T) {
 	}
 }
 
+// issue writes the claims by hand; they must be byte for byte what
+// encoding/json writes, whatever WeChat puts in an openid or unionid, and
+// the token must verify to the same identity, signed as golang-jwt signs.
+func FuzzTokenIssueWritesClaimsAsEncodingJSON(f *testing.F) {
+	f.Add(tokenAlice.OpenID, tokenAlice.UnionID, int64(0))
+	f.Add(tokenBob.OpenID, "", int64(3600))
+	f.Add(`o"quoted\\`, "<u&n>", int64(-1))
+	f.Add("o\u00e9t\u00e9\u2028", "\xff\xfe", int64(1<<40))
+	f.Add("o\x00\x1f\x7f", "u\tv", int64(-1<<40))
+	f.Fuzz(func(t *testing.T, openID, unionID string, offset int64) {
+		if openID == "" {
+			return
+		}
+		clock := testkit.NewClock(time.Unix(offset, 0))
+		tokens := newTestTokens(clock, tokenAppID, tokenSecret)
+		id := Identity{OpenID: openID, UnionID: unionID}
+		token, expires, err := tokens.issue(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		parts := strings.Split(token, ".")
+		if len(parts) != 3 {
+			t.Fatalf("token %q has %d parts", token, len(parts))
+		}
+		want, _ := json.Marshal(sessionClaims{Subject: openID, AppID: tokenAppID, UnionID: unionID, IssuedAt: offset, ExpiresAt: expires.Unix()})
+		if got := decodeSegment(t, parts[1]); string(got) != string(want) {
+			t.Fatalf("claims\n%s\nwant what encoding/json writes\n%s", got, want)
+		}
+		signed, _ := jwt.SigningMethodHS256.Sign(parts[0]+"."+parts[1], []byte(tokenSecret))
+		if want := base64.RawURLEncoding.EncodeToString(signed); parts[2] != want {
+			t.Fatalf("signature %s, golang-jwt signs %s", parts[2], want)
+		}
+		var read sessionClaims
+		if err := json.Unmarshal(want, &read); err != nil {
+			t.Fatal(err)
+		}
+		got, err := tokens.verify(token)
+		if !isHeaderValue(read.Subject) || !isHeaderValue(read.UnionID) {
+			if err != errMalformedSession {
+				t.Fatalf("verify: %+v %v, want %v (not a header value)", got, err, errMalformedSession)
+			}
+		} else if want := (Identity{OpenID: read.Subject, UnionID: read.UnionID}); err != nil || got != want {
+			t.Fatalf("verify: %+v %v, want %+v", got, err, want)
+		}
+	})
+}
+
 // Every rule of verification, each shown by a token signed with the right
 // key by golang-jwt (a third-party library) or by hand, and differing from
 // a valid one in one way; the reason is the sessions_rejected_total label.
@@ -702,4 +749,16 @@ func BenchmarkTokenVerify(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkTokenIssue is the signing of a session token, which every
+// successful login pays.
+func BenchmarkTokenIssue(b *testing.B) {
+	tokens := newTestTokens(testkit.NewClock(tokenEpoch), tokenAppID, tokenSecret)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, err := tokens.issue(tokenAlice); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

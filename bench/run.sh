@@ -14,32 +14,55 @@
 #   3 session   a game request with a session token, verified
 #   4 login     logins with codes never seen before (one simulator call each)
 #   5 cached    logins with a handful of already redeemed codes (code cache)
+# and, with three more Caddy processes (bench/fleet.Caddyfile) and one
+# redis-server, a fleet of three gateways, wrk's threads spread over them:
+#   6 memfleet-login      4's logins, each gateway on its own memory
+#   7 redisfleet-login    4's logins, the gateways sharing Redis (goal: of 6)
+#   8 memfleet-session    3's requests, each gateway on its own memory
+#   9 redisfleet-session  3's requests, with the redis block (goal: of 8)
 # then Caddy's memory as BENCH_PLAYERS distinct players log in. Raw outputs
 # and the table go to bench/out/.
 #
 # Environment (defaults in brackets):
 #   BENCH_THREADS [2]  BENCH_CONNS [32]  BENCH_DURATION [10s]   wrk settings
-#   BENCH_ROUNDS [3]        rounds; the order alternates, medians are quoted
+#   BENCH_ROUNDS [5]        rounds; the order alternates, medians are quoted
 #   BENCH_WARMUP [3s]       unrecorded warm-up per scenario; 0 skips it
 #   BENCH_PLAYERS [1000000] players for the memory run; 0 skips it
 #   BENCH_PROFILE [auto]    auto: CPU-profile scenarios that miss their goal;
-#                           all: profile every wechat_login scenario; off
-#   BENCH_PORT_BASE [18180] ports base..base+3 (admin, sites), base+11, +12
+#                           all: profile every scenario run; off
+#   BENCH_FLEET [1]         0 skips 6-9 (and Redis)
+#   BENCH_SCENARIOS [all]   a subset to run, by name (plain ... redisfleet-session);
+#                           a ratio needs its base in the subset; without a
+#                           fleet scenario, no fleet is started
+#   BENCH_PORT_BASE [18180] ports base..base+3 (admin, sites), base+11..13
+#                           (backend, simulator, Redis), base+20..28 (fleet)
+#
+# wrk and redis-server are installed with apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 THREADS=${BENCH_THREADS:-2}
 CONNS=${BENCH_CONNS:-32}
 DURATION=${BENCH_DURATION:-10s}
-ROUNDS=${BENCH_ROUNDS:-3}
+ROUNDS=${BENCH_ROUNDS:-5}
 WARMUP=${BENCH_WARMUP:-3s}
 PLAYERS=${BENCH_PLAYERS:-1000000}
 PROFILE=${BENCH_PROFILE:-auto}
 PORT_BASE=${BENCH_PORT_BASE:-18180}
+FLEET=${BENCH_FLEET:-1}
 
 OUT=bench/out
 SCENARIOS=(plain plainauth strip session login cached)
-declare -A GOAL=([strip]=0.95 [session]=0.95 [login]=0.50 [cached]=0.90)
+if [ "$FLEET" != 0 ]; then
+	SCENARIOS+=(memfleet-login redisfleet-login memfleet-session redisfleet-session)
+fi
+if [ -n "${BENCH_SCENARIOS:-}" ]; then
+	read -r -a SCENARIOS <<<"$BENCH_SCENARIOS"
+	[[ " ${SCENARIOS[*]} " == *fleet-* ]] || FLEET=0
+fi
+# Each scenario's req/s is divided by its base's, in the same round.
+declare -A BASE=([redisfleet-login]=memfleet-login [redisfleet-session]=memfleet-session)
+declare -A GOAL=([strip]=0.97 [session]=0.97 [login]=0.50 [cached]=0.90 [redisfleet-login]=0.90 [redisfleet-session]=0.97)
 declare -A TITLE=(
 	[plain]="1 plain reverse_proxy (ceiling)"
 	[plainauth]="1b plain reverse_proxy, 3's request"
@@ -47,7 +70,13 @@ declare -A TITLE=(
 	[session]="3 session-verified request"
 	[login]="4 login, distinct codes (WeChat call)"
 	[cached]="5 login, cached codes"
+	[memfleet-login]="6 fleet of 3, each in memory: 4's logins"
+	[redisfleet-login]="7 fleet of 3 sharing Redis: 4's logins"
+	[memfleet-session]="8 fleet of 3, each in memory: 3's requests"
+	[redisfleet-session]="9 fleet of 3 with a redis block: 3's requests"
 )
+declare -A NUMBER=([plain]=1 [plainauth]=1b [strip]=2 [session]=3 [login]=4 [cached]=5
+	[memfleet-login]=6 [redisfleet-login]=7 [memfleet-session]=8 [redisfleet-session]=9)
 
 export BENCH_ADMIN_PORT=$PORT_BASE
 export BENCH_PLAIN_PORT=$((PORT_BASE + 1))
@@ -55,8 +84,14 @@ export BENCH_STRIP_PORT=$((PORT_BASE + 2))
 export BENCH_GAME_PORT=$((PORT_BASE + 3))
 export BENCH_BACKEND_PORT=$((PORT_BASE + 11))
 export BENCH_SIM_PORT=$((PORT_BASE + 12))
+export BENCH_REDIS_PORT=$((PORT_BASE + 13))
 export BENCH_STRIP_APPID=wxbench0000strip
 export BENCH_GAME_APPID=wxbench00000game
+export BENCH_FLEET_MEMORY_APPID=wxbench0fleetmem
+export BENCH_FLEET_REDIS_APPID=wxbench0fleetred
+# Fleet gateway i (0, 1, 2): admin port, then its memory site, then its
+# redis site.
+gateway_port() { echo $((PORT_BASE + 20 + 3 * $1 + $2)); }
 # Throwaway credentials that only the local simulator knows.
 export BENCH_APP_SECRET=bench-app-secret-0123456789
 export BENCH_SESSION_SECRET=bench-session-secret-0123456789abcdef
@@ -67,7 +102,7 @@ ADMIN=http://127.0.0.1:$BENCH_ADMIN_PORT
 GAME=http://127.0.0.1:$BENCH_GAME_PORT
 
 mkdir -p "$OUT"
-rm -f "$OUT"/wrk-*.txt "$OUT"/profile-* "$OUT"/*.log "$OUT"/results.tsv "$OUT"/memory.tsv "$OUT"/results.md
+rm -f "$OUT"/wrk-*.txt "$OUT"/profile-* "$OUT"/*.log "$OUT"/results.tsv "$OUT"/memory.tsv "$OUT"/results.md "$OUT"/redis.txt
 
 # --- processes -------------------------------------------------------------
 
@@ -122,10 +157,11 @@ stop_caddy() {
 	PIDS=("${kept[@]}")
 }
 
-# login CODE: one login at the game site; prints the session token.
+# login CODE [SITE]: one login at SITE (the game site); prints the session
+# token.
 login() {
 	local headers
-	headers=$(curl -s -D - -o /dev/null -w '%{http_code}' "$GAME/wx/login?code=$1")
+	headers=$(curl -s -D - -o /dev/null -w '%{http_code}' "${2:-$GAME}/wx/login?code=$1")
 	if [ "${headers: -3}" != 200 ]; then
 		echo "a setup login failed with HTTP ${headers: -3}" >&2
 		exit 1
@@ -144,11 +180,25 @@ login() {
 	echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min averages at the start; the machine may be shared)"
 } >"$OUT/machine.txt"
 
-if ! command -v wrk >/dev/null; then
-	echo "== installing wrk"
-	apt-get update >/dev/null && apt-get install -y wrk >/dev/null
-fi
+APT_UPDATED=0
+# need COMMAND PACKAGE: installs PACKAGE with apt-get when COMMAND is missing.
+need() {
+	if command -v "$1" >/dev/null; then
+		return
+	fi
+	echo "== installing $2"
+	if [ "$APT_UPDATED" = 0 ]; then
+		apt-get update >/dev/null
+		APT_UPDATED=1
+	fi
+	apt-get install -y "$2" >/dev/null
+}
+need wrk wrk
 echo "wrk:     $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2)" >>"$OUT/machine.txt"
+if [ "$FLEET" != 0 ]; then
+	need redis-server redis-server
+	echo "redis:   $(redis-server --version | cut -d' ' -f1-3)" >>"$OUT/machine.txt"
+fi
 cat "$OUT/machine.txt"
 
 echo "== building"
@@ -159,18 +209,81 @@ go build -o "$OUT/logindriver" ./bench/logindriver
 
 start gamebackend "$OUT/gamebackend" -listen "127.0.0.1:$BENCH_BACKEND_PORT"
 start wechatsim "$OUT/wechatsim" -listen "127.0.0.1:$BENCH_SIM_PORT" \
-	-app "$BENCH_STRIP_APPID:$BENCH_APP_SECRET" -app "$BENCH_GAME_APPID:$BENCH_APP_SECRET"
+	-app "$BENCH_STRIP_APPID:$BENCH_APP_SECRET" -app "$BENCH_GAME_APPID:$BENCH_APP_SECRET" \
+	-app "$BENCH_FLEET_MEMORY_APPID:$BENCH_APP_SECRET" -app "$BENCH_FLEET_REDIS_APPID:$BENCH_APP_SECRET"
 wait_up "http://127.0.0.1:$BENCH_BACKEND_PORT/"
 wait_up "http://127.0.0.1:$BENCH_SIM_PORT/"
 start_caddy
 
+# redis_ping: whether the benchmark's redis-server answers PING.
+redis_ping() {
+	local reply
+	exec 3<>"/dev/tcp/127.0.0.1/$BENCH_REDIS_PORT" || return 1
+	printf 'PING\r\n' >&3
+	read -r -t 1 reply <&3 || true
+	exec 3<&-
+	[ "${reply%$'\r'}" = +PONG ]
+}
+
+# metric_sum ADMIN_PORT NAME: the sum of a Prometheus metric's samples at a
+# Caddy's admin endpoint (0 when absent).
+metric_sum() {
+	curl -s "http://127.0.0.1:$1/metrics" | awk -v name="$2" '$1 == name || index($1, name "{") == 1 { n += $2 } END { printf "%.0f\n", n }'
+}
+
+# fleet_metric NAME: metric_sum over the three gateways.
+fleet_metric() {
+	local i n=0
+	for i in 0 1 2; do
+		n=$((n + $(metric_sum "$(gateway_port "$i" 0)" "$1")))
+	done
+	echo "$n"
+}
+
+FLEET_ADMIN=""
+if [ "$FLEET" != 0 ]; then
+	# Nothing saved, nothing appended: the store lives in memory only.
+	start redis redis-server --port "$BENCH_REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no
+	for _ in $(seq 100); do
+		if redis_ping 2>/dev/null; then
+			break
+		fi
+		sleep 0.1
+	done
+	if ! redis_ping 2>/dev/null; then
+		echo "redis-server does not answer on port $BENCH_REDIS_PORT; see $OUT/redis.log" >&2
+		exit 1
+	fi
+	GATEWAY_PIDS=()
+	for i in 0 1 2; do
+		start "caddy-gateway$i" env BENCH_GW_ADMIN_PORT="$(gateway_port "$i" 0)" \
+			BENCH_GW_MEMORY_PORT="$(gateway_port "$i" 1)" BENCH_GW_REDIS_PORT="$(gateway_port "$i" 2)" \
+			"$OUT/caddy" run --config bench/fleet.Caddyfile --adapter caddyfile
+		GATEWAY_PIDS+=("$LAST_PID")
+		wait_up "http://127.0.0.1:$(gateway_port "$i" 0)/config/"
+		wait_up "http://127.0.0.1:$(gateway_port "$i" 2)/"
+	done
+	FLEET_ADMIN=http://127.0.0.1:$(gateway_port 0 0)
+fi
+
 # --- throughput ------------------------------------------------------------
 
-export BENCH_TOKEN
-BENCH_TOKEN=$(login token-player)
-if [ -z "$BENCH_TOKEN" ]; then
-	echo "the setup login got no X-WX-SESSION header" >&2
-	exit 1
+# token SITE: a session token from one login at SITE.
+token() {
+	local t
+	t=$(login "token-player.1" "$1")
+	if [ -z "$t" ]; then
+		echo "the setup login at $1 got no X-WX-SESSION header" >&2
+		exit 1
+	fi
+	echo "$t"
+}
+declare -A TOKEN=([session]=$(token "$GAME") [plainauth]=)
+TOKEN[plainauth]=${TOKEN[session]}
+if [ "$FLEET" != 0 ]; then
+	# Issued by gateway 0, verified by all three.
+	TOKEN[memfleet-session]=$(token "http://127.0.0.1:$(gateway_port 0 1)")
+	TOKEN[redisfleet-session]=$(token "http://127.0.0.1:$(gateway_port 0 2)")
 fi
 
 # use_cached_codes TAG: redeems a handful of codes once, for the cached
@@ -191,17 +304,33 @@ url_of() {
 	plain | plainauth) echo "http://127.0.0.1:$BENCH_PLAIN_PORT/game/state" ;;
 	strip) echo "http://127.0.0.1:$BENCH_STRIP_PORT/game/state" ;;
 	session) echo "$GAME/game/state" ;;
+	memfleet-session) echo "http://127.0.0.1:$(gateway_port 0 1)/game/state" ;;
+	redisfleet-session) echo "http://127.0.0.1:$(gateway_port 0 2)/game/state" ;;
+	memfleet-login) echo "http://127.0.0.1:$(gateway_port 0 1)/wx/login" ;;
+	redisfleet-login) echo "http://127.0.0.1:$(gateway_port 0 2)/wx/login" ;;
 	*) echo "$GAME/wx/login" ;;
 	esac
 }
 
+# The fleet scenarios run one wrk thread per gateway, with as many
+# connections in all as the others (rounded down to a multiple of 3).
+FLEET_CONNS=$((CONNS / 3 * 3))
+
 # run_wrk SCENARIO TAG DURATION OUTFILE
 run_wrk() {
-	if [ "$1" = cached ]; then
-		use_cached_codes "$2"
-	fi
-	BENCH_SCENARIO=$1 BENCH_TAG=$2 wrk -t"$THREADS" -c"$CONNS" -d"$3" --latency \
-		-s bench/scenario.lua "$(url_of "$1")" >"$4" 2>&1
+	local threads=$THREADS conns=$CONNS script_scenario=$1 ports=""
+	case $1 in
+	cached) use_cached_codes "$2" ;;
+	memfleet-* | redisfleet-*)
+		threads=3 conns=$FLEET_CONNS script_scenario=fleet${1#*-}
+		local site=1
+		[ "${1%%-*}" = redisfleet ] && site=2
+		ports="$(gateway_port 0 $site),$(gateway_port 1 $site),$(gateway_port 2 $site)"
+		;;
+	esac
+	# The tag names the scenario too: codes are never reused across scenarios.
+	BENCH_SCENARIO=$script_scenario BENCH_TAG=$1$2 BENCH_TOKEN=${TOKEN[$1]:-} BENCH_FLEET_PORTS=$ports \
+		wrk -t"$threads" -c"$conns" -d"$3" --latency -s bench/scenario.lua "$(url_of "$1")" >"$4" 2>&1
 }
 
 if [ "$WARMUP" != 0 ]; then
@@ -211,7 +340,50 @@ if [ "$WARMUP" != 0 ]; then
 	done
 fi
 
-echo "== $ROUNDS rounds of wrk -t$THREADS -c$CONNS -d$DURATION"
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+
+# caddy_cpu SCENARIO: CPU time (µs) used so far by the Caddy processes that
+# serve SCENARIO: the gateways for the fleet, else the one.
+caddy_cpu() {
+	case $1 in
+	memfleet-* | redisfleet-*) pid_cpu "${GATEWAY_PIDS[@]}" ;;
+	*) pid_cpu "$CADDY_PID" ;;
+	esac
+}
+
+# pid_cpu PID...: CPU time (user + system, µs) the processes have used.
+pid_cpu() {
+	local pid ticks=0
+	for pid in "$@"; do
+		# Fields 14 and 15 of stat, counted after the command name's ")";
+		# 0 for a process that has gone.
+		ticks=$((ticks + $(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ n = $12 + $13 } END { print n + 0 }')))
+	done
+	echo $((ticks * TICK_US))
+}
+
+# machine_cpu: CPU time (µs) the whole machine has been busy: user, nice,
+# system, irq, softirq, steal.
+machine_cpu() {
+	awk -v tick="$TICK_US" '$1 == "cpu" { printf "%.0f\n", ($2 + $3 + $4 + $7 + $8 + $9) * tick }' /proc/stat
+}
+
+# children_cpu: CPU time (µs) of the processes this shell has waited for
+# (wrk, above all), from the builtin times.
+children_cpu() {
+	times | tail -1 | awk '{ n = 0; for (i = 1; i <= 2; i++) { split($i, t, "m"); n += t[1] * 60 + t[2] } printf "%.0f\n", n * 1e6 }'
+}
+
+# redis_counters: the fleet's Redis operations and failed ones so far.
+redis_counters() {
+	if [ "$FLEET" = 0 ]; then
+		echo 0 0
+		return
+	fi
+	echo "$(fleet_metric caddy_wechat_login_store_duration_seconds_count) $(fleet_metric caddy_wechat_login_store_errors_total)"
+}
+
+echo "== $ROUNDS rounds of wrk -t$THREADS -c$CONNS -d$DURATION (fleet: -t3 -c$FLEET_CONNS)"
 for round in $(seq "$ROUNDS"); do
 	order=("${SCENARIOS[@]}")
 	if ((round % 2 == 0)); then
@@ -220,16 +392,38 @@ for round in $(seq "$ROUNDS"); do
 	fi
 	for s in "${order[@]}"; do
 		file=$OUT/wrk-round$round-$s.txt
+		read -r ops_before errors_before < <(redis_counters)
+		cpu_before=$(caddy_cpu "$s")
+		ours_before=$(($(pid_cpu "${PIDS[@]}") + $(children_cpu)))
+		machine_before=$(machine_cpu)
+		start_us=$(date +%s%6N)
 		run_wrk "$s" "$round" "$DURATION" "$file"
+		elapsed_us=$(($(date +%s%6N) - start_us))
+		machine_after=$(machine_cpu)
+		ours_after=$(($(pid_cpu "${PIDS[@]}") + $(children_cpu)))
+		cpu_after=$(caddy_cpu "$s")
+		read -r ops_after errors_after < <(redis_counters)
 		result=$(grep '^RESULT ' "$file" || true)
 		if [ -z "$result" ]; then
 			echo "wrk printed no result for $s; see $file" >&2
 			exit 1
 		fi
 		# RESULT requests= rps= p50_us= p99_us= non2xx= bad= socket_errors=
-		read -r rps p50 p99 non2xx bad sockerr < <(sed 's/[a-z0-9_]*=//g' <<<"${result#RESULT }" | cut -d' ' -f2-)
-		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$s" "$rps" "$p50" "$p99" "$non2xx" "$bad" "$sockerr" >>"$OUT/results.tsv"
-		awk -F'\t' '{ printf "   round %s  %-8s %9.0f req/s  p50 %6.2f ms  p99 %6.2f ms  non-2xx %s  bad %s  socket errors %s\n", $1, $2, $3, $4 / 1000, $5 / 1000, $6, $7, $8 }' \
+		read -r requests rps p50 p99 non2xx bad sockerr < <(sed 's/[a-z0-9_]*=//g' <<<"${result#RESULT }")
+		# Redis operations per request, and failed ones (then some logins
+		# were served from memory: flagged).
+		ops=$(awk -v n=$((ops_after - ops_before)) -v r="$requests" 'BEGIN { printf "%.2f", (r > 0 ? n / r : 0) }')
+		# Caddy's CPU per request: the module's cost without the co-hosted
+		# processes (wrk, backend, simulator, Redis).
+		cpu=$(awk -v n=$((cpu_after - cpu_before)) -v r="$requests" 'BEGIN { printf "%.1f", (r > 0 ? n / r : 0) }')
+		# The share of the machine that went to anything but the
+		# benchmark's processes during the run: other users, the kernel's
+		# own threads. High means a noisy round.
+		others=$(awk -v n=$((machine_after - machine_before - (ours_after - ours_before))) -v t="$elapsed_us" -v cpus="$(nproc)" \
+			'BEGIN { printf "%.0f", (n > 0 ? 100 * n / (t * cpus) : 0) }')
+		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$s" "$rps" "$p50" "$p99" "$non2xx" "$bad" "$sockerr" \
+			"$((errors_after - errors_before))" "$ops" "$cpu" "$others" >>"$OUT/results.tsv"
+		awk -F'\t' '{ printf "   round %s  %-18s %9.0f req/s  p50 %6.2f ms  p99 %6.2f ms  Caddy CPU %6.1f µs/req  others %3s%%  non-2xx %s  bad %s  socket errors %s  Redis ops/req %s  Redis errors %s\n", $1, $2, $3, $4 / 1000, $5 / 1000, $11, $12, $6, $7, $8, $10, $9 }' \
 			<<<"$(tail -1 "$OUT/results.tsv")"
 	done
 done
@@ -245,10 +439,17 @@ column() {
 	awk -F'\t' -v s="$1" -v c="$2" '$2 == s { print $c }' "$OUT/results.tsv"
 }
 
-# ratios SCENARIO [BASE]: its req/s over BASE's (plain), round by round.
+# ratios SCENARIO [BASE]: its req/s over BASE's (its own base, or plain),
+# round by round.
 ratios() {
-	awk -F'\t' -v s="$1" -v base="${2:-plain}" '{ rps[$1 FS $2] = $3 } END {
+	awk -F'\t' -v s="$1" -v base="${2:-${BASE[$1]:-plain}}" '{ rps[$1 FS $2] = $3 } END {
 		for (r = 1; (r FS base) in rps; r++) if ((r FS s) in rps) print rps[r FS s] / rps[r FS base] }' "$OUT/results.tsv"
+}
+
+# cpu_ratios A B: A's Caddy CPU per request over B's, round by round.
+cpu_ratios() {
+	awk -F'\t' -v a="$1" -v b="$2" '{ cpu[$1 FS $2] = $11 } END {
+		for (r = 1; (r FS a) in cpu; r++) if ((r FS b) in cpu && cpu[r FS b] > 0) print cpu[r FS a] / cpu[r FS b] }' "$OUT/results.tsv"
 }
 
 # per_round: the ratios on one line.
@@ -258,8 +459,8 @@ per_round() {
 
 MISSED=()
 {
-	echo "| scenario | req/s | p50 ms | p99 ms | req/s ÷ (1) | per round | goal | met | non-2xx | bad answers | socket errors |"
-	echo "|---|--:|--:|--:|--:|---|---|---|--:|--:|--:|"
+	echo "| scenario | req/s | p50 ms | p99 ms | ratio | of | per round | goal | met | Caddy CPU µs/req | others' CPU | non-2xx | bad answers | socket errors | Redis ops/req | Redis errors |"
+	echo "|---|--:|--:|--:|--:|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|"
 	for s in "${SCENARIOS[@]}"; do
 		rps=$(column "$s" 3 | median)
 		p50=$(column "$s" 4 | median)
@@ -269,6 +470,10 @@ MISSED=()
 		non2xx=$(column "$s" 6 | awk '{ n += $1 } END { print n + 0 }')
 		bad=$(column "$s" 7 | awk '{ n += $1 } END { print n + 0 }')
 		sockerr=$(column "$s" 8 | awk '{ n += $1 } END { print n + 0 }')
+		storeerr=$(column "$s" 9 | awk '{ n += $1 } END { print n + 0 }')
+		ops=$(column "$s" 10 | median)
+		cpu=$(column "$s" 11 | median)
+		others=$(column "$s" 12 | median)
 		goal=${GOAL[$s]:-}
 		met="—"
 		if [ -n "$goal" ]; then
@@ -279,37 +484,45 @@ MISSED=()
 				MISSED+=("$s")
 			fi
 		fi
-		if [ $((non2xx + bad + sockerr)) -gt 0 ]; then
+		if [ $((non2xx + bad + sockerr + storeerr)) -gt 0 ]; then
 			met="$met, FLAGGED: errors"
 		fi
-		awk -v t="${TITLE[$s]}" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v ratio="$ratio" -v pr="$per_round" \
-			-v goal="${goal:+≥ $goal}" -v met="$met" -v n="$non2xx" -v b="$bad" -v e="$sockerr" \
-			'BEGIN { printf "| %s | %.0f | %.2f | %.2f | %.2f | %s | %s | %s | %d | %d | %d |\n", t, rps, p50 / 1000, p99 / 1000, ratio, pr, (goal == "" ? "—" : goal), met, n, b, e }'
+		base=${BASE[$s]:-plain}
+		awk -v t="${TITLE[$s]}" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v ratio="$ratio" -v of="(${NUMBER[$base]})" -v pr="$per_round" \
+			-v goal="${goal:+≥ $goal}" -v met="$met" -v n="$non2xx" -v b="$bad" -v e="$sockerr" -v ops="$ops" -v se="$storeerr" -v cpu="$cpu" -v others="$others" \
+			'BEGIN { printf "| %s | %.0f | %.2f | %.2f | %.2f | %s | %s | %s | %s | %.1f | %d%% | %d | %d | %d | %.2f | %d |\n", t, rps, p50 / 1000, p99 / 1000, ratio, of, pr, (goal == "" ? "—" : goal), met, cpu, others, n, b, e, ops, se }'
 	done
 	echo
 	printf '3 over 1b (the same request bytes through plain reverse_proxy): %.2f (per round: %s)\n' \
 		"$(ratios session plainauth | median)" "$(ratios session plainauth | per_round)"
+	if [ "$FLEET" != 0 ]; then
+		echo
+		printf "The gateways' CPU per login, 6 over 7 (what a gateway whose Redis runs elsewhere could serve, relative): %.2f (per round: %s)\n" \
+			"$(cpu_ratios memfleet-login redisfleet-login | median)" "$(cpu_ratios memfleet-login redisfleet-login | per_round)"
+	fi
 } >"$OUT/table.md"
 
 # --- profiles ----------------------------------------------------------------
 
-# profile SCENARIO: a 10 s CPU profile of Caddy while wrk drives SCENARIO.
+# profile SCENARIO: a 10 s CPU profile of Caddy (of gateway 0 in the fleet)
+# while wrk drives SCENARIO.
 profile() {
-	local s=$1 wrk_pid
+	local s=$1 wrk_pid admin=$ADMIN
+	case $s in memfleet-* | redisfleet-*) admin=$FLEET_ADMIN ;; esac
 	run_wrk "$s" prof 13s "$OUT/wrk-profile-$s.txt" &
 	wrk_pid=$!
 	PIDS+=("$wrk_pid")
 	sleep 1
-	curl -s -o "$OUT/profile-$s.pprof" "$ADMIN/debug/pprof/profile?seconds=10"
+	curl -s -o "$OUT/profile-$s.pprof" "$admin/debug/pprof/profile?seconds=10"
 	wait "$wrk_pid"
 	go tool pprof -top -nodecount=30 "$OUT/caddy" "$OUT/profile-$s.pprof" >"$OUT/profile-$s-top.txt" 2>&1
 	# The module's own functions, by cumulative share.
 	go tool pprof -top -cum -nodecount=1000 "$OUT/caddy" "$OUT/profile-$s.pprof" 2>/dev/null |
-		grep -E 'Total|caddy-wechat-login' | head -25 >"$OUT/profile-$s-module.txt"
+		grep -E 'Total|caddy-wechat-login' | awk 'NR <= 25' >"$OUT/profile-$s-module.txt"
 }
 
 case $PROFILE in
-all) PROFILED=(strip session login cached) ;;
+all) PROFILED=("${SCENARIOS[@]}") ;;
 auto) PROFILED=("${MISSED[@]}") ;;
 *) PROFILED=() ;;
 esac
@@ -367,6 +580,10 @@ fi
 	echo
 	echo "## Throughput (wrk -t$THREADS -c$CONNS -d$DURATION, medians of $ROUNDS alternating rounds)"
 	echo
+	if [ "$FLEET" != 0 ]; then
+		echo "6-9: three Caddy processes, one wrk thread each (wrk -t3 -c$FLEET_CONNS), one redis-server."
+		echo
+	fi
 	cat "$OUT/table.md"
 	if [ -s "$OUT/memory.tsv" ]; then
 		echo
@@ -378,6 +595,9 @@ fi
 	fi
 	echo
 	echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
+	if [ "$FLEET" != 0 ]; then
+		echo "Fleet gateways serving from memory because Redis failed, at the end: $(fleet_metric caddy_wechat_login_store_fallback) of 3."
+	fi
 	if [ "${#MISSED[@]}" -eq 0 ]; then
 		echo "All throughput goals met."
 	else

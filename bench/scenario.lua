@@ -4,6 +4,9 @@
 --   plainauth     session's request, sent to the plain reverse_proxy
 --   login         GET /wx/login with a code no other request uses
 --   cached        GET /wx/login cycling through the codes in $BENCH_CODES
+--   fleetlogin, fleetsession  login's and session's requests, to the three
+--                 gateways of the fleet: wrk thread i sends to port i of
+--                 $BENCH_FLEET_PORTS (comma-separated), cycling
 -- Requests are built in init() where they can be, and cheaply in request()
 -- where they cannot, so that wrk (which shares the CPUs with Caddy) spends
 -- about the same per request whichever the scenario. response() checks each answer; done()
@@ -12,10 +15,23 @@
 local scenario = os.getenv("BENCH_SCENARIO") or error("BENCH_SCENARIO is not set")
 local tag = os.getenv("BENCH_TAG") or "0"
 
+-- The fleet's gateways, one per wrk thread, in the fleet scenarios.
+local fleet_ports = {}
+if string.find(scenario, "^fleet") then
+	for port in string.gmatch(os.getenv("BENCH_FLEET_PORTS") or "", "[^,]+") do
+		table.insert(fleet_ports, port)
+	end
+	if #fleet_ports == 0 then error("BENCH_FLEET_PORTS is not set") end
+	scenario = string.sub(scenario, 6) -- the requests are login's or session's
+end
+
 local threads = {}
 
 function setup(thread)
 	thread:set("tid", #threads)
+	if #fleet_ports > 0 then
+		thread.addr = wrk.lookup("127.0.0.1", fleet_ports[#threads % #fleet_ports + 1])[1]
+	end
 	table.insert(threads, thread)
 end
 
