@@ -193,17 +193,20 @@ func TestBudgetSlotCoversTheWindow(t *testing.T) {
 	}
 }
 
-// BenchmarkBudgetSpendMemoryOrRedis compares a charge in memory with one through a real
-// Redis on loopback: one EVALSHA round trip.
+// BenchmarkBudgetSpendMemoryOrRedis compares a charge in memory with one
+// through a real Redis on loopback (one EVALSHA round trip), with the
+// processor time each costs this process and Redis.
 func BenchmarkBudgetSpendMemoryOrRedis(b *testing.B) {
 	limit := Budget{Events: 1 << 30, Window: caddy.Duration(time.Minute)}
 	b.Run("memory", func(b *testing.B) {
-		benchmarkSpend(b, newMemoryBudget(leasedBudgetTable(100000), limit, time.Now))
+		budget := newMemoryBudget(leasedBudgetTable(100000), limit, time.Now)
+		reportCPU(b, nil, func() { benchmarkSpend(b, budget) })
 	})
 	b.Run("redis", func(b *testing.B) {
 		srv := testkit.StartRedis(b)
 		gw := newGateway(b, srv.Addr(), 0, func(c *RedisConfig) { c.Timeout = caddy.Duration(time.Second) })
-		benchmarkSpend(b, gw.budget("player", limit, leasedBudgetTable(100000), time.Now))
+		budget := gw.budget("player", limit, leasedBudgetTable(100000), time.Now)
+		reportCPU(b, srv, func() { benchmarkSpend(b, budget) })
 		if gw.redis.down.Load() {
 			b.Fatal("Redis failed during the benchmark: the numbers are memory's")
 		}

@@ -84,6 +84,27 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 	}
 }
 
+// reportCPU runs a benchmark's operations and reports what each cost in
+// processor time: this process's (the gateway's side), and Redis's when srv
+// is not nil. Side by side, the memory and Redis variants tell how many
+// logins a core serves either way, which the latency alone does not.
+func reportCPU(b *testing.B, srv *testkit.Redis, run func()) {
+	perOp := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 / float64(b.N) }
+	self := testkit.ProcessCPUTime()
+	var redisBefore time.Duration
+	redisOK := false
+	if srv != nil {
+		redisBefore, redisOK = srv.CPUTime()
+	}
+	run()
+	b.ReportMetric(perOp(testkit.ProcessCPUTime()-self), "cpu-µs/op")
+	if redisOK {
+		if after, ok := srv.CPUTime(); ok {
+			b.ReportMetric(perOp(after-redisBefore), "redis-cpu-µs/op")
+		}
+	}
+}
+
 func gaugeValue(g prometheus.Gauge) float64 {
 	var m dto.Metric
 	_ = g.Write(&m)

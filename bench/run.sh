@@ -20,8 +20,10 @@
 #   7 redisfleet-login    4's logins, the gateways sharing Redis (goal: of 6)
 #   8 memfleet-session    3's requests, each gateway on its own memory
 #   9 redisfleet-session  3's requests, with the redis block (goal: of 8)
-# then Caddy's memory as BENCH_PLAYERS distinct players log in. Raw outputs
-# and the table go to bench/out/.
+# then, with BENCH_INSTRUCTIONS=1, the instructions Caddy executes per
+# request in 1-5 (under valgrind's callgrind: a count the machine's noise
+# does not move), then Caddy's memory as BENCH_PLAYERS distinct players log
+# in. Raw outputs and the tables go to bench/out/.
 #
 # Environment (defaults in brackets):
 #   BENCH_THREADS [2]  BENCH_CONNS [32]  BENCH_DURATION [10s]   wrk settings
@@ -31,6 +33,8 @@
 #   BENCH_PROFILE [auto]    auto: CPU-profile scenarios that miss their goal;
 #                           all: profile every scenario run; off
 #   BENCH_FLEET [1]         0 skips 6-9 (and Redis)
+#   BENCH_INSTRUCTIONS [0]  1 counts Caddy's instructions per request in 1-5
+#                           under callgrind (installs valgrind when missing)
 #   BENCH_SCENARIOS [all]   a subset to run, by name (plain ... redisfleet-session);
 #                           a ratio needs its base in the subset; without a
 #                           fleet scenario, no fleet is started
@@ -50,6 +54,7 @@ PLAYERS=${BENCH_PLAYERS:-1000000}
 PROFILE=${BENCH_PROFILE:-auto}
 PORT_BASE=${BENCH_PORT_BASE:-18180}
 FLEET=${BENCH_FLEET:-1}
+INSTRUCTIONS=${BENCH_INSTRUCTIONS:-0}
 
 OUT=bench/out
 SCENARIOS=(plain plainauth strip session login cached)
@@ -102,7 +107,8 @@ ADMIN=http://127.0.0.1:$BENCH_ADMIN_PORT
 GAME=http://127.0.0.1:$BENCH_GAME_PORT
 
 mkdir -p "$OUT"
-rm -f "$OUT"/wrk-*.txt "$OUT"/profile-* "$OUT"/*.log "$OUT"/results.tsv "$OUT"/memory.tsv "$OUT"/results.md "$OUT"/redis.txt
+rm -f "$OUT"/wrk-*.txt "$OUT"/profile-* "$OUT"/*.log "$OUT"/results.tsv "$OUT"/memory.tsv "$OUT"/results.md "$OUT"/redis.txt \
+	"$OUT"/instructions.tsv "$OUT"/callgrind.out.*
 
 # --- processes -------------------------------------------------------------
 
@@ -194,6 +200,9 @@ need() {
 	apt-get install -y "$2" >/dev/null
 }
 need wrk wrk
+if [ "$INSTRUCTIONS" != 0 ]; then
+	need valgrind valgrind
+fi
 echo "wrk:     $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2)" >>"$OUT/machine.txt"
 if [ "$FLEET" != 0 ]; then
 	need redis-server redis-server
@@ -535,6 +544,77 @@ if [ "${#PROFILED[@]}" -gt 0 ]; then
 	done
 fi
 
+# --- instructions ----------------------------------------------------------------
+
+# Throughput on a shared machine moves by several percent from one round to
+# the next; the instructions Caddy executes per request do not (they repeat
+# within about 1%), so they tell the module's own cost apart from the
+# machine's noise. Valgrind runs Caddy some 50 times slower, with no SHA
+# instructions (HMAC-SHA256 counts about 4 times what it costs natively):
+# a count, not a speed. The kernel's share (the syscalls, the same in every
+# scenario) is not counted.
+
+# start_caddy_counted: Caddy under callgrind, counting only when told.
+start_caddy_counted() {
+	start caddy-callgrind env GODEBUG=asyncpreemptoff=1 valgrind --tool=callgrind --instr-atstart=no \
+		--callgrind-out-file="$PWD/$OUT/callgrind.out.%p" "$OUT/caddy" run --config bench/Caddyfile --adapter caddyfile
+	CADDY_PID=$LAST_PID
+	for _ in $(seq 600); do
+		curl -s -o /dev/null "http://127.0.0.1:$BENCH_PLAIN_PORT/" && return
+		sleep 0.1
+	done
+	echo "Caddy under callgrind does not answer; see $OUT/caddy-callgrind.log" >&2
+	exit 1
+}
+
+# count SCENARIO REPEAT: Caddy's instructions per request while wrk drives
+# SCENARIO for 5 s (after 2 s uncounted), appended to instructions.tsv.
+count() {
+	local s=$1 file=$OUT/wrk-instructions$2-$1.txt requests ir
+	(THREADS=1 CONNS=4 run_wrk "$s" "i$2w" 2s /dev/null)
+	callgrind_control -z "$CADDY_PID" >/dev/null
+	callgrind_control -i on "$CADDY_PID" >/dev/null
+	(THREADS=1 CONNS=4 run_wrk "$s" "i$2" 5s "$file")
+	callgrind_control -i off "$CADDY_PID" >/dev/null
+	rm -f "$OUT"/callgrind.out.*
+	callgrind_control -d "$CADDY_PID" >/dev/null
+	requests=$(sed -n 's/^RESULT requests=\([0-9]*\).*/\1/p' "$file")
+	ir=$(cat "$OUT"/callgrind.out.* | awk '$1 == "summary:" || $1 == "totals:" { print $2 }' | sort -n | tail -1)
+	printf '%s\t%s\t%s\n' "$2" "$s" $((ir / requests)) >>"$OUT/instructions.tsv"
+	printf '   repeat %s  %-10s %8d instructions/request (%d requests)\n' "$2" "$s" $((ir / requests)) "$requests"
+}
+
+if [ "$INSTRUCTIONS" != 0 ]; then
+	COUNTED=()
+	for s in "${SCENARIOS[@]}"; do
+		[[ $s == *fleet-* ]] || COUNTED+=("$s")
+	done
+	echo "== instructions per request, under callgrind: ${COUNTED[*]}"
+	stop_caddy
+	start_caddy_counted
+	for repeat in 1 2; do
+		for s in "${COUNTED[@]}"; do
+			count "$s" "$repeat"
+		done
+	done
+	stop_caddy
+	start_caddy
+	# Each scenario's count, and plain's over it (the throughput ratio
+	# this count alone would give), per repeat.
+	{
+		echo "| scenario | instructions/request | plain's over it | 1b's over it | per repeat |"
+		echo "|---|--:|--:|--:|---|"
+		for s in "${COUNTED[@]}"; do
+			awk -F'\t' -v s="$s" -v title="${TITLE[$s]}" '{ ir[$1 FS $2] = $3 } END {
+				n = 0; for (r = 1; (r FS s) in ir; r++) { n++; sum += ir[r FS s]; each = each sprintf("%s%d", (r > 1 ? " " : ""), ir[r FS s]) }
+				mean = sum / n
+				ratio = ((1 FS "plain") in ir) ? sprintf("%.3f", (ir[1 FS "plain"] + ir[2 FS "plain"]) / 2 / mean) : "—"
+				ratioauth = ((1 FS "plainauth") in ir) ? sprintf("%.3f", (ir[1 FS "plainauth"] + ir[2 FS "plainauth"]) / 2 / mean) : "—"
+				printf "| %s | %d | %s | %s | %s |\n", title, mean, ratio, ratioauth, each }' "$OUT/instructions.tsv"
+		done
+	} >"$OUT/instructions.md"
+fi
+
 # --- memory --------------------------------------------------------------------
 
 # sample PLAYERS: Caddy's resident memory and, after a forced GC, its heap in use.
@@ -585,6 +665,12 @@ fi
 		echo
 	fi
 	cat "$OUT/table.md"
+	if [ -s "$OUT/instructions.md" ]; then
+		echo
+		echo "## Caddy's instructions per request (callgrind, wrk -t1 -c4 -d5s, two repeats)"
+		echo
+		cat "$OUT/instructions.md"
+	fi
 	if [ -s "$OUT/memory.tsv" ]; then
 		echo
 		echo "## Caddy's memory as distinct players log in (budget_size 100000, cache_size 10000)"
