@@ -1,7 +1,6 @@
 package wechatlogin
 
 import (
-	"errors"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,12 +37,8 @@ type apiMetrics struct {
 func newAPIMetrics(registry *prometheus.Registry, appID string) (*apiMetrics, error) {
 	apiMetricsSet.once.Do(initAPIMetrics)
 	m := &apiMetricsSet
-	if registry != nil {
-		for _, c := range []prometheus.Collector{m.calls, m.tokenFetches} {
-			if err := registry.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
-				return nil, err
-			}
-		}
+	if err := registerAll(registry, m.calls, m.tokenFetches); err != nil {
+		return nil, err
 	}
 	return &apiMetrics{appID: appID, forwarded: m.calls.WithLabelValues(appID, callForwarded)}, nil
 }

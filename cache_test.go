@@ -131,11 +131,7 @@ func TestCodeStoreJoinersShareOneCall(t *testing.T) {
 			}
 		})
 	}
-	for deadline := time.Now().Add(10 * time.Second); calls.Load() == 0; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("no redeem reached the lead")
-		}
-	}
+	testkit.WaitFor(t, "a redeem reaches the lead", func() bool { return calls.Load() > 0 })
 	close(release)
 	wg.Wait()
 	close(outcomes)

@@ -61,13 +61,9 @@ type appMetrics struct {
 func newAppMetrics(registry *prometheus.Registry, appID string) (*appMetrics, error) {
 	wechatMetrics.once.Do(initWechatMetrics)
 	m := &wechatMetrics
-	if registry != nil {
-		for _, c := range []prometheus.Collector{m.logins, m.wechatCalls, m.wechatRetries, m.exchangeDuration,
-			m.budgetRejections, m.cacheHits, m.coalesced, m.sessionsIssued, m.sessionsRejected} {
-			if err := registry.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
-				return nil, err
-			}
-		}
+	if err := registerAll(registry, m.logins, m.wechatCalls, m.wechatRetries, m.exchangeDuration,
+		m.budgetRejections, m.cacheHits, m.coalesced, m.sessionsIssued, m.sessionsRejected); err != nil {
+		return nil, err
 	}
 	return &appMetrics{
 		appID:            appID,
@@ -79,6 +75,21 @@ func newAppMetrics(registry *prometheus.Registry, appID string) (*appMetrics, er
 		coalescedLogins:  m.coalesced.WithLabelValues(appID),
 		sessionsIssued:   m.sessionsIssued.WithLabelValues(appID),
 	}, nil
+}
+
+// registerAll registers process-wide collectors with a config's registry
+// (none when nil). One already registered is fine: every handler of the
+// config registers the same ones.
+func registerAll(registry *prometheus.Registry, collectors ...prometheus.Collector) error {
+	if registry == nil {
+		return nil
+	}
+	for _, c := range collectors {
+		if err := registry.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
+			return err
+		}
+	}
+	return nil
 }
 
 // loginOK is the result label of a successful login.

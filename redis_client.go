@@ -215,15 +215,7 @@ func registerStoreMetrics(registry *prometheus.Registry) error {
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
 		}, []string{"operation"})
 	})
-	if registry == nil {
-		return nil
-	}
-	for _, c := range []prometheus.Collector{m.fallback, m.errors, m.duration} {
-		if err := registry.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
-			return err
-		}
-	}
-	return nil
+	return registerAll(registry, m.fallback, m.errors, m.duration)
 }
 
 // redisLogs sends go-redis' own log lines (one per failed dial, say) to

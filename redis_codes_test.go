@@ -109,7 +109,7 @@ func joinInFlight(t *testing.T, rdb *redis.Client, second codeStore, key codeKey
 	for range n {
 		waiters = append(waiters, redeemIn(second, key, wechat))
 	}
-	waitFor(t, "the second gateway finds the call in flight", func() bool { return redisCalls(t, rdb, "evalsha") > claimsBefore })
+	testkit.WaitFor(t, "the second gateway finds the call in flight", func() bool { return redisCalls(t, rdb, "evalsha") > claimsBefore })
 	return waiters
 }
 
@@ -208,7 +208,7 @@ func TestRedisCodesWaiterTakesOverFromAVanishedHolder(t *testing.T) {
 	wechat := released(fleetIdentity, nil)
 	claimsBefore := redisCalls(t, rdb, "evalsha")
 	waiter := redeemIn(b, key, wechat)
-	waitFor(t, "gateway B waits on the lock", func() bool { return redisCalls(t, rdb, "evalsha") > claimsBefore })
+	testkit.WaitFor(t, "gateway B waits on the lock", func() bool { return redisCalls(t, rdb, "evalsha") > claimsBefore })
 	if calls := wechat.calls.Load(); calls != 0 {
 		t.Fatal("gateway B called WeChat while the lock was held")
 	}

@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
 	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
@@ -190,11 +189,7 @@ func TestMetrics(t *testing.T) {
 			}()
 			wechat.AwaitArrivals(t, arrived+1)
 		}
-		for deadline := time.Now().Add(10 * time.Second); inFlight() < logins; time.Sleep(10 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("%v of %d logins are in flight", inFlight(), logins)
-			}
-		}
+		testkit.WaitFor(t, fmt.Sprintf("%d logins are in flight", logins), func() bool { return inFlight() >= logins })
 		wechat.Open()
 		for range logins {
 			if status := <-statuses; status != http.StatusOK {

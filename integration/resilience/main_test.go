@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"os"
 	"testing"
-	"time"
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
@@ -24,14 +23,4 @@ func errcodeOf(r testkit.Response) int {
 	var body struct{ Errcode int }
 	_ = json.Unmarshal(r.Body, &body)
 	return body.Errcode
-}
-
-// waitFor polls until done reports true, failing the test after 10 seconds.
-func waitFor(t *testing.T, what string, done func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !done(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-	}
 }

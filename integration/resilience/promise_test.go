@@ -32,7 +32,7 @@ const withMetrics = "metrics"
 // a route (testkit.Route), failing the test after 10 seconds.
 func awaitInFlight(t *testing.T, n int) {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("%d requests in flight", n), func() bool {
+	testkit.WaitFor(t, fmt.Sprintf("%d requests in flight", n), func() bool {
 		req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("http://localhost:%d/metrics", testkit.AdminPort), nil)
 		resp, err := testkit.Do(req)
 		if err != nil {

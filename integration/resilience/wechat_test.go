@@ -103,7 +103,7 @@ func TestSilentWechat(t *testing.T) {
 	if got := backend.Count(); got != 0 {
 		t.Errorf("the backend received %d timed-out logins", got)
 	}
-	waitFor(t, "the gateway to close its connections to WeChat", func() bool { return wechat.openConnections() == 0 })
+	testkit.WaitFor(t, "the gateway to close its connections to WeChat", func() bool { return wechat.openConnections() == 0 })
 }
 
 // Codes the scripted fake WeChat answers with a body that is not a login

@@ -1,11 +1,8 @@
 package testkit
 
 import (
-	"bytes"
 	"errors"
 	"os"
-	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -67,27 +64,9 @@ func (r *Redis) Restart() {
 }
 
 // CPUTime is the processor time (user and system) the server has used so
-// far, from /proc: benchmarks divide it by their operations to tell what a
-// round trip costs Redis. ok is false where there is no /proc.
-func (r *Redis) CPUTime() (used time.Duration, ok bool) {
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(r.server.Pid()) + "/stat")
-	if err != nil {
-		return 0, false
-	}
-	// utime and stime are the 12th and 13th fields after the command
-	// name's closing parenthesis, in ticks of USER_HZ, which Linux fixes at
-	// 100 for every architecture it exports /proc on.
-	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-	if len(fields) < 13 {
-		return 0, false
-	}
-	user, err1 := strconv.ParseInt(fields[11], 10, 64)
-	system, err2 := strconv.ParseInt(fields[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, false
-	}
-	return time.Duration(user+system) * 10 * time.Millisecond, true
-}
+// far: benchmarks divide it by their operations to tell what a round trip
+// costs Redis. ok is false where it cannot be read (outside Linux).
+func (r *Redis) CPUTime() (used time.Duration, ok bool) { return processCPUTime(r.server.Pid()) }
 
 // ProcessCPUTime is the processor time (user and system) this process has
 // used so far.

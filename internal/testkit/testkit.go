@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/caddytest"
 	"golang.org/x/sys/unix"
@@ -175,4 +176,15 @@ func captureStderr() (func() string, error) {
 		return buf.String()
 	}
 	return restore, nil
+}
+
+// WaitFor polls done until it reports true, failing t after 10 seconds: for
+// what takes a probe or a turn of the scheduler, never a fixed sleep.
+func WaitFor(t testing.TB, what string, done func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !done(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+	}
 }
