@@ -149,6 +149,9 @@ type exchangeResult struct {
 // stops when ctx ends.
 func (c *wechatClient) redeemCode(ctx context.Context, code string) (Identity, exchangeResult, *attemptError) {
 	var res exchangeResult
+	// Whether an earlier attempt may have reached WeChat and spent the code
+	// even though its answer was lost.
+	answerLost := false
 	for {
 		res.attempts++
 		id, err := c.attempt(ctx, code)
@@ -156,14 +159,8 @@ func (c *wechatClient) redeemCode(ctx context.Context, code string) (Identity, e
 			res.last = nil
 			return id, res, nil
 		}
-		var spentEarlier bool
-		if res.last != nil {
-			// An earlier attempt may have reached WeChat and spent the code
-			// even though its answer was lost.
-			spentEarlier = res.last.kind == kindTimeout || res.last.kind == kindUnavailable
-		}
 		res.last = err
-		if err.kind == kindErrcode && err.errcode == errcodeCodeUsed && spentEarlier {
+		if err.kind == kindErrcode && err.errcode == errcodeCodeUsed && answerLost {
 			err = &attemptError{kind: kindUnavailable, detail: "the code was spent by an attempt whose answer was lost"}
 			res.last = err
 			return Identity{}, res, err
@@ -171,6 +168,7 @@ func (c *wechatClient) redeemCode(ctx context.Context, code string) (Identity, e
 		if !err.retryable() || res.attempts >= c.retry.attempts {
 			return Identity{}, res, err
 		}
+		answerLost = answerLost || err.kind == kindTimeout || err.kind == kindUnavailable
 		if ctx.Err() != nil {
 			return Identity{}, res, err
 		}

@@ -80,6 +80,7 @@ func TestExchangeRetries(t *testing.T) {
 		{name: "code used after a timeout", bodies: []string{"hang", `{"errcode":40163}`}, attempts: 3, wantErr: kindUnavailable, calls: 2},
 		{name: "code used after a 5xx", bodies: []string{"500", `{"errcode":40163}`}, attempts: 3, wantErr: kindUnavailable, calls: 2},
 		{name: "code used after busy stays code used", bodies: []string{busy, `{"errcode":40163}`}, attempts: 3, wantErr: kindErrcode, calls: 2},
+		{name: "code used after a timeout, then busy", bodies: []string{"hang", busy, `{"errcode":40163}`}, attempts: 3, wantErr: kindUnavailable, calls: 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv, calls := exScript(t, tc.bodies...)

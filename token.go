@@ -514,34 +514,37 @@ func bearerToken(r *http.Request) string {
 // presentedSession returns the identity of a valid session on r: session,
 // the X-WX-SESSION value the client sent (read before the X-WX- headers were
 // stripped), or an Authorization: Bearer token; either valid one will do.
-// A verified bearer token is removed so that it does not reach the upstream;
-// one that does not verify may be the backend's own and stays. The error
-// says why there is no session: errNoSession, or why the first token
-// presented was refused.
+// A bearer token that verifies is removed, whichever token names the
+// identity, so that the gateway's token never reaches the upstream; one
+// that does not verify may be the backend's own and stays. The error says
+// why there is no session: errNoSession, or why the first token presented
+// was refused.
 func (t *sessionTokens) presentedSession(r *http.Request, session string) (Identity, error) {
 	bearer := bearerToken(r)
 	if session == "" && bearer == "" {
 		return Identity{}, errNoSession
 	}
+	var id Identity
 	var refused error
 	if session != "" {
-		id, err := t.verify(session)
-		if err == nil {
-			return id, nil
-		}
-		refused = err
+		id, refused = t.verify(session)
 	}
 	if bearer != "" {
-		id, err := t.verify(bearer)
-		if err == nil {
+		bearerID, err := t.verify(bearer)
+		switch {
+		case err == nil:
 			delete(r.Header, "Authorization")
-			return id, nil
-		}
-		if refused == nil {
+			if session == "" || refused != nil {
+				id, refused = bearerID, nil
+			}
+		case session == "":
 			refused = err
 		}
 	}
-	return Identity{}, refused
+	if refused != nil {
+		return Identity{}, refused
+	}
+	return id, nil
 }
 
 // presentedPlayer returns the openid of a token on r (session, as for

@@ -480,6 +480,7 @@ func TestPresentedSession(t *testing.T) {
 		{name: "invalid X-WX-SESSION", session: "nope", reason: "malformed"},
 		{name: "invalid X-WX-SESSION, valid bearer", session: expired, authorization: "Bearer " + valid},
 		{name: "valid X-WX-SESSION, the backend's own bearer", session: valid, authorization: "Bearer backend-token", left: "Bearer backend-token"},
+		{name: "valid X-WX-SESSION and bearer: the gateway's token never goes upstream", session: valid, authorization: "Bearer " + valid},
 		{name: "both invalid: the X-WX-SESSION's reason", session: expired, authorization: "Bearer nope", reason: "expired", left: "Bearer nope"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
