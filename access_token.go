@@ -47,9 +47,9 @@ const (
 	// maxTokenLifetime: an expires_in beyond a day is not WeChat's (it says
 	// "within 7200 seconds") and is refused rather than trusted.
 	maxTokenLifetime = 24 * time.Hour
-	// maxTokenLength: WeChat asks for 512 characters of storage; four times
+	// maxAccessTokenLen: WeChat asks for 512 characters of storage; four times
 	// that is not a token.
-	maxTokenLength = 2048
+	maxAccessTokenLen = 2048
 	// maxTokenAnswer caps a stable_token answer; a real one is under 1 KiB.
 	maxTokenAnswer = 16 << 10
 )
@@ -189,7 +189,7 @@ func decodeStableToken(answer []byte) (string, time.Duration, *attemptError) {
 // isTokenValue reports whether s can be an access_token: visible ASCII, of a
 // sane length.
 func isTokenValue(s string) bool {
-	if s == "" || len(s) > maxTokenLength {
+	if s == "" || len(s) > maxAccessTokenLen {
 		return false
 	}
 	for i := range len(s) {

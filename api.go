@@ -2,8 +2,6 @@ package wechatlogin
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -105,13 +103,14 @@ func parseAPICaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, err
 //		redis      { … }
 //	}
 func (h *APIHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	return eachSubdirective(d, func(sub string) error {
+	directive := *d // names the directive's line for what is missing from its block
+	err := eachSubdirective(d, func(sub string) error {
 		var err error
 		switch sub {
 		case "app_id":
-			h.AppID, err = oneArg(d)
+			h.AppID, err = stringArg(d, checkAppID)
 		case "app_secret":
-			h.AppSecret, err = oneArg(d)
+			h.AppSecret, err = stringArg(d, func(s string) error { return checkAppSecret(s, s) })
 		case "endpoint":
 			h.Endpoint, err = stringArg(d, checkEndpoint)
 		case "timeout":
@@ -123,6 +122,10 @@ func (h *APIHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 		return err
 	})
+	if err != nil {
+		return err
+	}
+	return requireApp(directive, h.AppID, h.AppSecret)
 }
 
 func checkAPITimeout(timeout caddy.Duration) error {
@@ -154,9 +157,8 @@ func (h *APIHandler) Provision(ctx caddy.Context) error {
 	if h.metrics, err = newAPIMetrics(ctx.GetMetricsRegistry(), h.AppID); err != nil {
 		return err
 	}
-	secretHash := sha256.Sum256([]byte(h.secret))
 	endpoint := canonicalEndpoint(h.Endpoint)
-	key := h.AppID + "\x00" + endpoint + "\x00" + hex.EncodeToString(secretHash[:])
+	key := stateKey(h.AppID, endpoint, h.secret)
 	if h.Redis != nil {
 		// Every handler of the manager holds the client it uses, so that
 		// the client outlives the manager whichever handler goes first.
@@ -183,15 +185,13 @@ func (h *APIHandler) Provision(ctx caddy.Context) error {
 
 // Validate refuses a config that cannot work, naming the field at fault.
 func (h *APIHandler) Validate() error {
-	switch {
-	case h.AppID == "":
-		return errors.New("app_id is required")
-	case h.AppSecret == "":
-		return errors.New("app_secret is required")
-	case h.secret == "":
-		return errors.New("app_secret is empty once its placeholders are resolved (is the environment variable or file there?)")
-	}
-	for _, err := range []error{checkEndpoint(h.Endpoint), checkAPITimeout(h.Timeout), checkRedis(h.Redis)} {
+	for _, err := range []error{
+		checkAppID(h.AppID),
+		checkAppSecret(h.AppSecret, h.secret),
+		checkEndpoint(h.Endpoint),
+		checkAPITimeout(h.Timeout),
+		checkRedis(h.Redis),
+	} {
 		if err != nil {
 			return err
 		}

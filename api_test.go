@@ -57,6 +57,9 @@ func TestAPIUnmarshalCaddyfileErrors(t *testing.T) {
 		{"timeout soon", `timeout: bad duration "soon"`},
 		{"timeout 0s", "timeout must be positive and at most 1m0s"},
 		{"timeout 2m", "timeout must be positive and at most 1m0s"},
+		{"app_secret s", "app_id is required"},
+		{"app_id wx1", "app_secret is required"},
+		{"app_id wx/1\napp_secret s", "app_id is not a WeChat AppID"},
 	})
 }
 

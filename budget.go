@@ -55,7 +55,8 @@ type budgetStore interface {
 // slots that overlap the last window, one more than fit in it, so a steady
 // client gets Events per Window + Window/budgetSlots: 20/21 of the nominal
 // rate (57 a minute under the default 60 per 1m), in exchange for a promise
-// that holds for every interval and costs a fixed 84 bytes a key.
+// that holds for every interval and costs a fixed 108 bytes a key (84 of
+// them counters).
 const budgetSlots = 20
 
 // slidingWindow is one key's charges, counted per slot of its window.

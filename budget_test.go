@@ -20,8 +20,6 @@ import (
 	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
 )
 
-// rlReload is what a reload does to a budget: the same buckets, resized,
-// under the new handler's limits.
 // memoryBudgetAt is a fresh in-memory budget of events per window on clock,
 // over a table of size keys.
 func memoryBudgetAt(clock *testkit.Clock, events int, window time.Duration, size int) memoryBudget {

@@ -47,6 +47,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			optional
 //			respond
 //		}
+//		redis [<address>...] {
+//			... (see redis_config.go)
+//		}
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	directive := *d // names the directive's line for what is missing from its block
@@ -94,11 +97,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if err != nil {
 		return err
 	}
+	return requireApp(directive, h.AppID, h.AppSecret)
+}
+
+// requireApp refuses a block without app_id or app_secret, naming the
+// directive's line (directive is the dispenser as it was on the directive).
+func requireApp(directive caddyfile.Dispenser, appID, appSecret string) error {
 	directive.Next()
-	if err := checkAppID(h.AppID); err != nil {
+	if err := checkAppID(appID); err != nil {
 		return directive.WrapErr(err)
 	}
-	if err := checkAppSecret(h.AppSecret, h.AppSecret); err != nil {
+	if err := checkAppSecret(appSecret, appSecret); err != nil {
 		return directive.WrapErr(err)
 	}
 	return nil

@@ -15,15 +15,6 @@ import (
 	"time"
 )
 
-// Identity is what a login proves about a player.
-type Identity struct {
-	OpenID  string
-	UnionID string
-	// SessionKey is WeChat's key for the player's encrypted data. It is kept
-	// only to be forwarded upstream with forward_session_key, never shown.
-	SessionKey string
-}
-
 // WeChat errcodes the exchange treats specially.
 const (
 	errcodeBusy        = -1
@@ -217,7 +208,7 @@ func (c *wechatClient) attempt(ctx context.Context, code string) (Identity, *att
 	if len(body) > maxWechatBody {
 		return Identity{}, &attemptError{kind: kindBadResponse, detail: "wechat response is too large"}
 	}
-	return decodeSession(body)
+	return decodeJscode2Session(body)
 }
 
 // transportError classifies a failed round trip. Go wraps those in a
@@ -248,8 +239,8 @@ func redact(s string) string {
 	return s
 }
 
-// wechatSession is jscode2session's answer.
-type wechatSession struct {
+// jscode2sessionAnswer is jscode2session's answer.
+type jscode2sessionAnswer struct {
 	OpenID     string `json:"openid"`
 	UnionID    string `json:"unionid"`
 	SessionKey string `json:"session_key"`
@@ -257,10 +248,10 @@ type wechatSession struct {
 	ErrMsg     string `json:"errmsg"`
 }
 
-// decodeSession reads a jscode2session body. WeChat labels it text/plain, so
+// decodeJscode2Session reads a jscode2session body. WeChat labels it text/plain, so
 // the Content-Type is not consulted.
-func decodeSession(body []byte) (Identity, *attemptError) {
-	var s wechatSession
+func decodeJscode2Session(body []byte) (Identity, *attemptError) {
+	var s jscode2sessionAnswer
 	if err := json.Unmarshal(body, &s); err != nil {
 		return Identity{}, &attemptError{kind: kindBadResponse, detail: "wechat response is not the expected JSON"}
 	}

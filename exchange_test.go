@@ -188,7 +188,7 @@ func TestExchangeCapsTheBody(t *testing.T) {
 	}
 }
 
-func TestDecodeSession(t *testing.T) {
+func TestDecodeJscode2Session(t *testing.T) {
 	for _, tc := range []struct {
 		body    string
 		want    Identity
@@ -209,7 +209,7 @@ func TestDecodeSession(t *testing.T) {
 		{body: `<html><body>502 Bad Gateway</body></html>`, kind: kindBadResponse},
 		{body: ``, kind: kindBadResponse},
 	} {
-		id, err := decodeSession([]byte(tc.body))
+		id, err := decodeJscode2Session([]byte(tc.body))
 		if tc.want.OpenID != "" {
 			if err != nil || id != tc.want {
 				t.Errorf("%s: got %+v, %v; want %+v", tc.body, id, err, tc.want)
@@ -222,12 +222,12 @@ func TestDecodeSession(t *testing.T) {
 	}
 }
 
-func FuzzDecodeSession(f *testing.F) {
+func FuzzDecodeJscode2Session(f *testing.F) {
 	for _, seed := range []string{exOK, `{"errcode":40029,"errmsg":"x, rid: 1-2"}`, `{"openid":"o"}`, `<html>`, `{"errcode":1e99}`, `null`} {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		id, err := decodeSession(body)
+		id, err := decodeJscode2Session(body)
 		if err == nil && (id.OpenID == "" || id.SessionKey == "") {
 			t.Fatalf("accepted a body without openid or session_key: %q", body)
 		}

@@ -17,9 +17,32 @@ import (
 // WeChat, not after.
 const expiredSessionGrace = 24 * time.Hour
 
+// Identity is what a login proves about a player.
+type Identity struct {
+	OpenID  string
+	UnionID string
+	// SessionKey is WeChat's key for the player's encrypted data. It is kept
+	// only to be forwarded upstream with forward_session_key, never shown.
+	SessionKey string
+}
+
+// decideLogin is authenticateLogin and, with sessions, the token the login
+// earns: everything a login can be refused for is decided here.
+func (h *Handler) decideLogin(r *http.Request, codeHeader, session string) (id Identity, token string, expires time.Time, refusal *loginError) {
+	if id, refusal = h.authenticateLogin(r, codeHeader, session); refusal != nil || h.sessions == nil {
+		return id, "", time.Time{}, refusal
+	}
+	token, expires, err := h.sessions.issue(id)
+	if err != nil {
+		return Identity{}, "", time.Time{}, newLoginError(http.StatusInternalServerError, errSessionUnavailable, "the session could not be signed; log in again")
+	}
+	h.metrics.sessionIssued()
+	return id, token, expires, nil
+}
+
 // authenticateLogin decides a login: the identity its code proves, or the
 // refusal to answer with. It charges the budgets on the way and writes
-// nothing; ServeHTTP acts on the decision. codeHeader and session are the
+// nothing; serveLogin acts on the decision. codeHeader and session are the
 // X-WX-CODE and X-WX-SESSION values the client sent.
 func (h *Handler) authenticateLogin(r *http.Request, codeHeader, session string) (Identity, *loginError) {
 	ctx := r.Context()

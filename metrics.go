@@ -38,7 +38,7 @@ func initWechatMetrics() {
 		Help:    "Time to exchange a code at WeChat, retries included.",
 		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 	}, []string{"app_id"})
-	m.budgetRejections = counter("budget_rejections_total", "Logins refused by a local budget.", "budget")
+	m.budgetRejections = counter("budget_rejections_total", "Logins refused by a budget: the player's or the address's, in memory or shared through Redis.", "budget")
 	m.cacheHits = counter("cache_hits_total", "Logins served from the code cache.")
 	m.coalesced = counter("coalesced_total", "Logins that joined a WeChat call already in flight for the same code.")
 	m.sessionsIssued = counter("sessions_issued_total", "Session tokens issued.")

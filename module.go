@@ -239,20 +239,6 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, next caddyh
 	return next.ServeHTTP(newSessionIssuingWriter(w, token), r)
 }
 
-// decideLogin is authenticateLogin and, with sessions, the token the login
-// earns: everything a login can be refused for is decided here.
-func (h *Handler) decideLogin(r *http.Request, codeHeader, session string) (id Identity, token string, expires time.Time, refusal *loginError) {
-	if id, refusal = h.authenticateLogin(r, codeHeader, session); refusal != nil || h.sessions == nil {
-		return id, "", time.Time{}, refusal
-	}
-	token, expires, err := h.sessions.issue(id)
-	if err != nil {
-		return Identity{}, "", time.Time{}, newLoginError(http.StatusInternalServerError, errSessionUnavailable, "the session could not be signed; log in again")
-	}
-	h.metrics.sessionIssued()
-	return id, token, expires, nil
-}
-
 // refuse answers with the documented JSON error; nothing is forwarded. A
 // client that went away is recorded as 499, as reverse_proxy does, so the
 // access log reflects the disconnect.

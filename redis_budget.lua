@@ -8,11 +8,11 @@
 -- ARGV[1]  events allowed in any window
 -- ARGV[2]  slot length in milliseconds: the window / 20, rounded up
 -- ARGV[3]  "1" to charge, "0" only to check
+-- ARGV[4]  the time in milliseconds, given by tests only; otherwise the
+--          server's clock, so that the gateways' clocks do not matter
 -- ARGV[5]  a random generation, kept in "gen" by a budget made anew, so
 --          that a refund made after Redis lost the budget gives back
 --          nothing (see redis_budget.go)
--- ARGV[4]  the time in milliseconds, given by tests only; otherwise the
---          server's clock, so that the gateways' clocks do not matter
 -- Returns {1, 0, slot, gen} when there was room (and the charge was made in
 -- that slot of that generation of the budget, for a refund), or {0, wait}:
 -- the milliseconds until there is room.

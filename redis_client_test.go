@@ -65,7 +65,7 @@ func newGateway(t testing.TB, addr string, n int, configure func(*RedisConfig)) 
 	return gateway{fleet: f, logs: logs}
 }
 
-// newRedisClient is a plain client, for tests that look inside Redis.
+// newTestRedisClient is a plain client, for tests that look inside Redis.
 func newTestRedisClient(t testing.TB, addr string) *redis.Client {
 	t.Helper()
 	rdb := redis.NewClient(&redis.Options{Addr: addr})

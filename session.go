@@ -3,10 +3,16 @@ package wechatlogin
 import (
 	"io"
 	"net/http"
+	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
+
+// headerSession carries a session token: on a login response to the client,
+// and on later requests from it (as does Authorization: Bearer).
+const headerSession = "X-Wx-Session"
 
 // minSessionSecret is the shortest HMAC key accepted: HS256 is only as strong
 // as its key, and 32 bytes matches the hash size.
@@ -99,4 +105,75 @@ func (w *sessionIssuingWriter) ReadFrom(r io.Reader) (int64, error) {
 		w.WriteHeader(http.StatusOK)
 	}
 	return w.ResponseWriterWrapper.ReadFrom(r)
+}
+
+// bearerToken is the token of an Authorization: Bearer header, if any.
+func bearerToken(r *http.Request) string {
+	var auth string
+	if values := r.Header["Authorization"]; len(values) > 0 { // Get, with the name already canonical
+		auth = values[0]
+	}
+	if len(auth) > 7 && strings.EqualFold(auth[:7], "bearer ") {
+		return strings.TrimSpace(auth[7:])
+	}
+	return ""
+}
+
+// presentedSession returns the identity of a valid session on r: session,
+// the X-WX-SESSION value the client sent (read before the X-WX- headers were
+// stripped), or an Authorization: Bearer token; either valid one will do.
+// A bearer token that verifies is removed, whichever token names the
+// identity, so that the gateway's token never reaches the upstream; one
+// that does not verify may be the backend's own and stays. The error says
+// why there is no session: errNoSession, or why the first token presented
+// was refused.
+func (t *sessionTokens) presentedSession(r *http.Request, session string) (Identity, error) {
+	bearer := bearerToken(r)
+	if session == "" && bearer == "" {
+		return Identity{}, errNoSession
+	}
+	var id Identity
+	var refused error
+	if session != "" {
+		id, refused = t.verify(session)
+	}
+	if bearer != "" {
+		bearerID, err := t.verify(bearer)
+		switch {
+		case err == nil:
+			delete(r.Header, "Authorization")
+			if session == "" || refused != nil {
+				id, refused = bearerID, nil
+			}
+		case session == "":
+			refused = err
+		}
+	}
+	if refused != nil {
+		return Identity{}, refused
+	}
+	return id, nil
+}
+
+// presentedPlayer returns the openid of a token on r (session, as for
+// presentedSession, or a bearer token) that this gateway signed for its
+// app_id and that is valid or expired less than grace ago: the signature
+// still proves whose it is, so a login loop can be charged to its player
+// before any WeChat call. A bearer token it recognizes is removed, as
+// presentedSession does: the gateway's own token never reaches the upstream.
+func (t *sessionTokens) presentedPlayer(r *http.Request, session string, grace time.Duration) (openid string, ok bool) {
+	if session != "" {
+		if id, err := t.verifyWithin(session, grace); err == nil {
+			openid, ok = id.OpenID, true
+		}
+	}
+	if bearer := bearerToken(r); bearer != "" {
+		if id, err := t.verifyWithin(bearer, grace); err == nil {
+			r.Header.Del("Authorization")
+			if !ok {
+				openid, ok = id.OpenID, true
+			}
+		}
+	}
+	return openid, ok
 }

@@ -32,16 +32,11 @@ import (
 	"errors"
 	"hash"
 	"math"
-	"net/http"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 )
-
-// headerSession carries a session token: on a login response to the client,
-// and on later requests from it (as does Authorization: Bearer).
-const headerSession = "X-Wx-Session"
 
 // maxClockSkew is the leeway given to a token's exp, nbf and iat, as RFC 7519
 // allows: gateways behind one load balancer verify each other's tokens, and
@@ -58,9 +53,9 @@ var tokenHeader = base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"HS256","t
 // unpadded base64url.
 const signatureLen = 43
 
-// maxTokenLen bounds a token: the claims issue writes come to about 300
+// maxSessionTokenLen bounds a token: the claims issue writes come to about 300
 // bytes, and a client must not make the gateway hash megabytes per request.
-const maxTokenLen = 4096
+const maxSessionTokenLen = 4096
 
 // strictRawURL refuses the spellings of a segment that differ only in unused
 // trailing bits, so that a token has exactly one valid form.
@@ -211,15 +206,15 @@ func appendJSONString(buf []byte, s string) ([]byte, error) {
 
 // verify returns the identity a token proves now, or why it proves none.
 func (t *sessionTokens) verify(token string) (Identity, error) {
-	return t.check(token, 0)
+	return t.verifyWithin(token, 0)
 }
 
-// check verifies a token, accepting it up to expiredFor past its expiry.
+// verifyWithin verifies a token, accepting it up to expiredFor past its expiry.
 // It runs on every game request: the header is compared as a string, the
 // signature checked with a pooled hash before anything of the payload is
 // read, and the claims as issue writes them are read without reflection.
-func (t *sessionTokens) check(token string, expiredFor time.Duration) (Identity, error) {
-	if len(token) > maxTokenLen { // refused before any hashing: a huge token costs nothing
+func (t *sessionTokens) verifyWithin(token string, expiredFor time.Duration) (Identity, error) {
+	if len(token) > maxSessionTokenLen { // refused before any hashing: a huge token costs nothing
 		return Identity{}, errMalformedSession
 	}
 	header, rest, ok := strings.Cut(token, ".")
@@ -497,75 +492,4 @@ func hmacSum[S string | []byte](k hmacKey, signed S, buf []byte) []byte {
 	}
 	k.macs.Put(m)
 	return buf
-}
-
-// bearerToken is the token of an Authorization: Bearer header, if any.
-func bearerToken(r *http.Request) string {
-	var auth string
-	if values := r.Header["Authorization"]; len(values) > 0 { // Get, with the name already canonical
-		auth = values[0]
-	}
-	if len(auth) > 7 && strings.EqualFold(auth[:7], "bearer ") {
-		return strings.TrimSpace(auth[7:])
-	}
-	return ""
-}
-
-// presentedSession returns the identity of a valid session on r: session,
-// the X-WX-SESSION value the client sent (read before the X-WX- headers were
-// stripped), or an Authorization: Bearer token; either valid one will do.
-// A bearer token that verifies is removed, whichever token names the
-// identity, so that the gateway's token never reaches the upstream; one
-// that does not verify may be the backend's own and stays. The error says
-// why there is no session: errNoSession, or why the first token presented
-// was refused.
-func (t *sessionTokens) presentedSession(r *http.Request, session string) (Identity, error) {
-	bearer := bearerToken(r)
-	if session == "" && bearer == "" {
-		return Identity{}, errNoSession
-	}
-	var id Identity
-	var refused error
-	if session != "" {
-		id, refused = t.verify(session)
-	}
-	if bearer != "" {
-		bearerID, err := t.verify(bearer)
-		switch {
-		case err == nil:
-			delete(r.Header, "Authorization")
-			if session == "" || refused != nil {
-				id, refused = bearerID, nil
-			}
-		case session == "":
-			refused = err
-		}
-	}
-	if refused != nil {
-		return Identity{}, refused
-	}
-	return id, nil
-}
-
-// presentedPlayer returns the openid of a token on r (session, as for
-// presentedSession, or a bearer token) that this gateway signed for its
-// app_id and that is valid or expired less than grace ago: the signature
-// still proves whose it is, so a login loop can be charged to its player
-// before any WeChat call. A bearer token it recognizes is removed, as
-// presentedSession does: the gateway's own token never reaches the upstream.
-func (t *sessionTokens) presentedPlayer(r *http.Request, session string, grace time.Duration) (openid string, ok bool) {
-	if session != "" {
-		if id, err := t.check(session, grace); err == nil {
-			openid, ok = id.OpenID, true
-		}
-	}
-	if bearer := bearerToken(r); bearer != "" {
-		if id, err := t.check(bearer, grace); err == nil {
-			r.Header.Del("Authorization")
-			if !ok {
-				openid, ok = id.OpenID, true
-			}
-		}
-	}
-	return openid, ok
 }

@@ -9,8 +9,6 @@ import (
 	"fmt"
 	"maps"
 	"math"
-	"net/http"
-	"net/http/httptest"
 	"slices"
 	"strings"
 	"testing"
@@ -430,126 +428,6 @@ func TestTokenSecretRotation(t *testing.T) {
 	}
 }
 
-func TestBearerToken(t *testing.T) {
-	for _, tc := range []struct {
-		authorization []string
-		token         string
-	}{
-		{nil, ""},
-		{[]string{"Bearer tok"}, "tok"},
-		{[]string{"bearer tok"}, "tok"},
-		{[]string{"BEARER tok"}, "tok"},
-		{[]string{"BeArEr   tok  "}, "tok"},
-		{[]string{"Basic dXNlcjpwYXNz"}, ""},
-		{[]string{"Bearer"}, ""},
-		{[]string{"Bearer "}, ""},
-		{[]string{"Bearertok"}, ""},
-		{[]string{"Bearer first", "Bearer second"}, "first"},
-	} {
-		r := httptest.NewRequest(http.MethodGet, "/", nil)
-		if tc.authorization != nil {
-			r.Header["Authorization"] = tc.authorization
-		}
-		if got := bearerToken(r); got != tc.token {
-			t.Errorf("Authorization %q: token %q, want %q", tc.authorization, got, tc.token)
-		}
-	}
-}
-
-// Either token a request presents will do; a bearer token is removed only
-// once verified, since an invalid one may be the backend's own.
-func TestPresentedSession(t *testing.T) {
-	clock := testkit.NewClock(tokenEpoch)
-	tokens := newTestTokens(clock, tokenAppID, tokenSecret)
-	expired := issueToken(t, tokens, tokenAlice)
-	clock.Advance(tokenTTL + maxClockSkew)
-	valid := issueToken(t, tokens, tokenAlice)
-	const basic = "Basic dXNlcjpwYXNz"
-
-	for _, tc := range []struct {
-		name          string
-		session       string // the X-WX-SESSION value
-		authorization string
-		reason        string // "" when accepted
-		left          string // Authorization afterwards
-	}{
-		{name: "none", authorization: basic, reason: "missing", left: basic},
-		{name: "valid bearer", authorization: "Bearer " + valid},
-		{name: "valid X-WX-SESSION", session: valid, authorization: basic, left: basic},
-		{name: "invalid bearer", authorization: "Bearer nope", reason: "malformed", left: "Bearer nope"},
-		{name: "invalid X-WX-SESSION", session: "nope", reason: "malformed"},
-		{name: "invalid X-WX-SESSION, valid bearer", session: expired, authorization: "Bearer " + valid},
-		{name: "valid X-WX-SESSION, the backend's own bearer", session: valid, authorization: "Bearer backend-token", left: "Bearer backend-token"},
-		{name: "valid X-WX-SESSION and bearer: the gateway's token never goes upstream", session: valid, authorization: "Bearer " + valid},
-		{name: "both invalid: the X-WX-SESSION's reason", session: expired, authorization: "Bearer nope", reason: "expired", left: "Bearer nope"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			r := httptest.NewRequest(http.MethodGet, "/", nil)
-			if tc.authorization != "" {
-				r.Header.Set("Authorization", tc.authorization)
-			}
-			id, err := tokens.presentedSession(r, tc.session)
-			if reason := rejectionReason(err); reason != tc.reason {
-				t.Fatalf("%v (reason %q), want reason %q", err, reason, tc.reason)
-			}
-			if err == nil && id != publicIdentity(tokenAlice) {
-				t.Errorf("identity %+v", id)
-			}
-			if got := r.Header.Get("Authorization"); got != tc.left {
-				t.Errorf("Authorization left %q, want %q", got, tc.left)
-			}
-		})
-	}
-}
-
-// The login budget is charged to the player a token names while its
-// signature proves it, up to a grace period past its expiry.
-func TestPresentedPlayer(t *testing.T) {
-	clock := testkit.NewClock(tokenEpoch)
-	tokens := newTestTokens(clock, tokenAppID, tokenSecret)
-	const grace = 24 * time.Hour
-	token := issueToken(t, tokens, tokenAlice)
-	forged := issueToken(t, newTestTokens(clock, tokenAppID, tokenOtherSecret), tokenAlice)
-	foreign := issueToken(t, newTestTokens(clock, "wxanotherapp", tokenSecret), tokenAlice)
-
-	for _, tc := range []struct {
-		name                   string
-		at                     time.Duration // after issue
-		session, authorization string
-		player                 bool
-	}{
-		{name: "valid X-WX-SESSION", session: token, player: true},
-		{name: "valid bearer", authorization: "Bearer " + token, player: true},
-		{name: "invalid X-WX-SESSION, valid bearer", session: forged, authorization: "Bearer " + token, player: true},
-		{name: "expired an hour ago", at: tokenTTL + time.Hour, session: token, player: true},
-		{name: "expired just under the grace ago", at: tokenTTL + maxClockSkew + grace - time.Second, session: token, player: true},
-		{name: "expired the grace ago", at: tokenTTL + maxClockSkew + grace, session: token},
-		{name: "another key", session: forged},
-		{name: "another app", authorization: "Bearer " + foreign},
-		{name: "none"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			clock.Set(tokenEpoch.Add(tc.at))
-			r := httptest.NewRequest(http.MethodGet, "/wx/login", nil)
-			if tc.authorization != "" {
-				r.Header.Set("Authorization", tc.authorization)
-			}
-			openid, ok := tokens.presentedPlayer(r, tc.session, grace)
-			if ok != tc.player || (ok && openid != tokenAlice.OpenID) {
-				t.Errorf("got %q %v, want the player: %v", openid, ok, tc.player)
-			}
-			// The gateway's own bearer token is removed; another stays.
-			wantAuthorization := tc.authorization
-			if tc.player && strings.HasSuffix(tc.authorization, token) {
-				wantAuthorization = ""
-			}
-			if got := r.Header.Get("Authorization"); got != wantAuthorization {
-				t.Errorf("Authorization after presentedPlayer: %q, want %q", got, wantAuthorization)
-			}
-		})
-	}
-}
-
 func TestTokenClaimsFastPathAgreesWithJSON(t *testing.T) {
 	for _, payload := range []string{
 		`{"appid":"wx1","unionid":"u1","sub":"o1","exp":1795470000,"iat":1795462800}`,
@@ -653,56 +531,6 @@ func FuzzTokenAgreesWithGolangJWT(f *testing.F) {
 		libID, libErr := libraryVerify(token, tokenAppID, now, tokenSecret, tokenOtherSecret)
 		if (err == nil) != (libErr == nil) || id != libID {
 			t.Fatalf("payload %s at %s: the gateway says %+v %v; golang-jwt says %+v %v", payload, now, id, err, libID, libErr)
-		}
-	})
-}
-
-// FuzzPresentedSession feeds arbitrary X-WX-SESSION and Authorization
-// values: nothing panics, anything accepted is a token issued with one of
-// the keys (the signed part byte for byte), proving the identity issued,
-// and only a verified bearer token is removed.
-func FuzzPresentedSession(f *testing.F) {
-	clock := testkit.NewClock(tokenEpoch)
-	verifier := newTestTokens(clock, tokenAppID, tokenSecret, tokenOtherSecret)
-	issued := map[string]Identity{} // signed part (header.payload) → identity
-	for _, signer := range []*sessionTokens{verifier, newTestTokens(clock, tokenAppID, tokenOtherSecret)} {
-		for _, id := range []Identity{tokenAlice, tokenBob} {
-			token := issueToken(f, signer, id)
-			issued[token[:strings.LastIndexByte(token, '.')]] = publicIdentity(id)
-			f.Add(token, "")
-			f.Add("", "Bearer "+token)
-			f.Add("nope", "bearer "+token)
-		}
-	}
-	f.Add(issueToken(f, newTestTokens(clock, "wxanotherapp", tokenSecret), tokenAlice), "Bearer a.b.c")
-	f.Add("", "")
-	f.Add(encodeSegment(`{"alg":"none","typ":"JWT"}`)+".e30.", "Basic dXNlcjpwYXNz")
-
-	f.Fuzz(func(t *testing.T, session, authorization string) {
-		r := httptest.NewRequest(http.MethodGet, "/", nil)
-		r.Header["Authorization"] = []string{authorization}
-		bearer := bearerToken(r)
-		id, err := verifier.presentedSession(r, session)
-		if (err == errNoSession) != (session == "" && bearer == "") {
-			t.Fatalf("no session: %v, for session %q and bearer %q", err, session, bearer)
-		}
-		if err != nil {
-			if r.Header.Get("Authorization") != authorization {
-				t.Fatal("an unverified Authorization header was removed")
-			}
-			return
-		}
-		var from string
-		if _, sessionErr := verifier.verify(session); sessionErr == nil {
-			from = session
-		} else {
-			from = bearer
-			if r.Header.Get("Authorization") != "" {
-				t.Fatal("a verified bearer token was left for the upstream")
-			}
-		}
-		if want, ok := issued[from[:strings.LastIndexByte(from, '.')]]; !ok || id != want {
-			t.Fatalf("accepted %q as %+v; issued: %v %+v", from, id, ok, want)
 		}
 	})
 }

@@ -1,0 +1,129 @@
+package wechatlogin
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	mathrand "math/rand/v2"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/redis/go-redis/v9"
+)
+
+// fleet is one app's share of a Redis: its key space, the keys that hide
+// what it stores, and how many gateways share it. State is shared by the
+// handlers of one (app_id, endpoint, app_secret), as in memory: a staging
+// site pointing at a simulator never meets the production site's state,
+// even in the same Redis under the same key_prefix.
+type fleet struct {
+	redis   *redisClient
+	poolKey string
+	prefix  string // key_prefix and the app's scope
+	nameKey []byte // names keys without revealing what they count
+	sealer  cipher.AEAD
+	size    int
+}
+
+// newFleet resolves cfg and attaches to the shared client for its settings.
+// Release it in Cleanup.
+func newFleet(ctx caddy.Context, cfg *RedisConfig, appID, endpoint, appSecret string) (*fleet, error) {
+	settings, err := cfg.resolve(caddy.NewReplacer())
+	if err != nil {
+		return nil, err
+	}
+	if err := registerStoreMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return nil, err
+	}
+	redisLogs.Do(func() { redis.SetLogger(redisLogger{}) })
+	key := settings.poolKey()
+	value, _, err := redisClients.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return newRedisClient(settings, ctx.Logger()), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	salt := appID + "\x00" + endpoint
+	derive := func(purpose string, n int) []byte {
+		k, _ := hkdf.Key(sha256.New, []byte(appSecret), []byte(salt), "wechat_login redis "+purpose, n) // n is far below HKDF's limit
+		return k
+	}
+	block, _ := aes.NewCipher(derive("seal", 32)) // a 32-byte key is always valid
+	sealer, _ := cipher.NewGCM(block)
+	return &fleet{
+		redis:   value.(*redisClient),
+		poolKey: key,
+		prefix:  cfg.keyPrefix() + hex.EncodeToString(derive("scope", 8)) + ":",
+		nameKey: derive("name", 32),
+		sealer:  sealer,
+		size:    cfg.fleetSize(),
+	}, nil
+}
+
+// release lets go of the shared client; the last one closes it.
+func (f *fleet) release() error {
+	_, err := redisClients.Delete(f.poolKey)
+	return err
+}
+
+// hide names an id (a player, an address, a code) by a MAC under a key
+// derived from the app secret: nothing in Redis can be read back, nor
+// tested against a guess, without the secret.
+func (f *fleet) hide(id []byte) string {
+	mac := hmac.New(sha256.New, f.nameKey)
+	mac.Write(id)
+	return hex.EncodeToString(mac.Sum(nil)[:16])
+}
+
+// seal encrypts v (AES-GCM under a key derived from the app secret) bound
+// to the key it is stored under, behind a clear kind byte for the scripts.
+func (f *fleet) seal(kind byte, name string, v any) []byte {
+	plain, _ := json.Marshal(v) // plain strings and numbers always encode
+	out := make([]byte, 1+f.sealer.NonceSize(), 1+f.sealer.NonceSize()+len(plain)+f.sealer.Overhead())
+	out[0] = kind
+	nonce := out[1:]
+	_, _ = rand.Read(nonce) // crypto/rand never fails
+	return f.sealer.Seal(out, nonce, plain, sealedFor(kind, name))
+}
+
+func (f *fleet) open(name, stored string, v any) error {
+	if len(stored) < 1+f.sealer.NonceSize() {
+		return errors.New("a stored value too short to open")
+	}
+	nonce, sealed := stored[1:1+f.sealer.NonceSize()], stored[1+f.sealer.NonceSize():]
+	plain, err := f.sealer.Open(nil, []byte(nonce), []byte(sealed), sealedFor(stored[0], name))
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(plain, v)
+}
+
+// sealedFor is the data a sealed value is bound to: its kind and its key,
+// so that no value can be moved to another key or read as another kind.
+func sealedFor(kind byte, name string) []byte {
+	return append([]byte{kind}, name...)
+}
+
+// newLockToken names one holder of a lock, so that a holder whose lock ran
+// out never lets go of the next holder's.
+func newLockToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand never fails
+	return hex.EncodeToString(b[:])
+}
+
+// Waiters (on a code's call, on the fleet's token) poll every 10-25ms,
+// jittered so that gateways do not poll in step.
+const (
+	pollMin = 10 * time.Millisecond
+	pollMax = 25 * time.Millisecond
+)
+
+// pollPause is one waiter's pause between two looks at Redis.
+func pollPause() time.Duration { return pollMin + mathrand.N(pollMax-pollMin) }
