@@ -149,12 +149,15 @@ func leasedBudgetTable(size int) *budgetTable {
 	return table
 }
 
-// testSessionSecret signs the sessions of handlers made withTestSessions.
-const testSessionSecret = "unit-test-session-secret-0123456789abcdef"
-
-// withTestSessions turns sessions on.
-func withTestSessions(h *Handler) {
-	h.Session = &SessionConfig{Secrets: []string{testSessionSecret}}
+// withSessions turns sessions on, signed with tokenSecret, and lets
+// configure (if any) change the rest of the session block.
+func withSessions(configure func(*SessionConfig)) func(*Handler) {
+	return func(h *Handler) {
+		h.Session = &SessionConfig{Secrets: []string{tokenSecret}}
+		if configure != nil {
+			configure(h.Session)
+		}
+	}
 }
 
 // withBudget sets the player budget to events per window.
@@ -194,8 +197,8 @@ func goLogin(ctx context.Context, h *Handler, code string, header http.Header) <
 	return done
 }
 
-// sessionHeader presents token as a session.
-func sessionHeader(token string) http.Header {
+// bearerHeader presents token as a session, in Authorization: Bearer.
+func bearerHeader(token string) http.Header {
 	return http.Header{"Authorization": {"Bearer " + token}}
 }
 

@@ -80,7 +80,7 @@ func TestLoopingPlayerStaysWithinEveryWindow(t *testing.T) {
 	clock := newTestClock()
 	sim, endpoint := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: testAppID, Secret: testSecret}}, Now: clock.Now})
 	h := newClockedHandler(t, endpoint, clock, func(h *Handler) {
-		withTestSessions(h)
+		withSessions(nil)(h)
 		withBudget(60, time.Minute)(h)
 		h.IPBudget = &Budget{Off: true} // one player's loop, not its address, is under test
 	})
@@ -96,7 +96,7 @@ func TestLoopingPlayerStaysWithinEveryWindow(t *testing.T) {
 	for n := 1; clock.Now().Sub(start) < 3*time.Minute; n++ {
 		clock.Advance(step)
 		before := sim.Calls()
-		res := serveLoginWith(context.Background(), h, "alice."+strconv.Itoa(n), sessionHeader(token))
+		res := serveLoginWith(context.Background(), h, "alice."+strconv.Itoa(n), bearerHeader(token))
 		if sim.Calls() > before {
 			calls = append(calls, clock.Now())
 		}
@@ -168,7 +168,7 @@ func TestSessionChargeGivenBackWhenWechatRefusesTheCode(t *testing.T) {
 	sim, endpoint := newTestSim(t)
 	clock := newTestClock()
 	h := newClockedHandler(t, endpoint, clock, func(h *Handler) {
-		withTestSessions(h)
+		withSessions(nil)(h)
 		h.Budget = &Budget{Events: 2, Window: caddy.Duration(time.Minute)}
 	})
 	first := serveLoginWith(context.Background(), h, "alice.1", nil)
@@ -178,19 +178,19 @@ func TestSessionChargeGivenBackWhenWechatRefusesTheCode(t *testing.T) {
 	}
 	clock.Advance(3 * time.Hour) // the token has expired, but still names alice for a day
 	for i := range 5 {
-		res := serveLoginWith(context.Background(), h, fmt.Sprintf("invalid.%d", i), sessionHeader(token))
+		res := serveLoginWith(context.Background(), h, fmt.Sprintf("invalid.%d", i), bearerHeader(token))
 		if res.w.Code != http.StatusUnauthorized {
 			t.Fatalf("a junk code with alice's token: %d %s, want 401 invalid_code", res.w.Code, res.w.Body)
 		}
 	}
-	if res := serveLoginWith(context.Background(), h, "alice.2", sessionHeader(token)); !res.forwarded() {
+	if res := serveLoginWith(context.Background(), h, "alice.2", bearerHeader(token)); !res.forwarded() {
 		t.Errorf("alice after the junk codes: %d %s, want her budget untouched", res.w.Code, res.w.Body)
 	}
 
 	// Alice's token with bob's codes: charged to both, so the loop stops
 	// at alice's budget, before WeChat.
 	for i := range 10 {
-		serveLoginWith(context.Background(), h, fmt.Sprintf("bob.%d", i), sessionHeader(token))
+		serveLoginWith(context.Background(), h, fmt.Sprintf("bob.%d", i), bearerHeader(token))
 	}
 	if got := sim.CallsFor(wechatsim.OpenID(testAppID, "bob")); got != 1 {
 		t.Errorf("bob's codes with alice's token made %d WeChat calls, want 1: the loop stops at alice's budget", got)

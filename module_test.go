@@ -312,7 +312,7 @@ func benchmarkSessionGame(b *testing.B) (*wechatsim.Server, *Handler, caddyhttp.
 	sim, simURL := testkit.NewSim(b, wechatsim.Options{Apps: []wechatsim.App{{AppID: testAppID, Secret: testSecret}}})
 	h := newTestHandler(b, simURL, func(h *Handler) {
 		h.IPBudget = &Budget{Off: true}
-		sessConfigured(nil)(h)
+		withSessions(nil)(h)
 	})
 	h.logger = zap.NewNop()
 	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {

@@ -88,16 +88,6 @@ func TestSessionIssuingWriterOnlyOnSuccess(t *testing.T) {
 	}
 }
 
-// sessConfigured turns sessions on for a handler of the test app.
-func sessConfigured(configure func(*SessionConfig)) func(*Handler) {
-	return func(h *Handler) {
-		h.Session = &SessionConfig{Secrets: []string{tokenSecret}}
-		if configure != nil {
-			configure(h.Session)
-		}
-	}
-}
-
 // sessLogin logs in through h with an upstream answering status, and
 // returns the response.
 func sessLogin(t testing.TB, h *Handler, code string, status int, header http.Header) *httptest.ResponseRecorder {
@@ -120,7 +110,7 @@ func sessLogin(t testing.TB, h *Handler, code string, status int, header http.He
 func TestSessionIssuedAtLogin(t *testing.T) {
 	_, endpoint := newTestSim(t)
 	clock := newTestClock()
-	h := newClockedHandler(t, endpoint, clock, sessConfigured(nil))
+	h := newClockedHandler(t, endpoint, clock, withSessions(nil))
 
 	w := sessLogin(t, h, "alice.1", http.StatusNoContent, nil)
 	token := w.Header().Get(headerSession)
@@ -159,7 +149,7 @@ func TestSessionRequiredOrOptional(t *testing.T) {
 		{"optional, bearer", true, http.Header{"Authorization": {"Bearer " + valid}}, 0, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := newClockedHandler(t, endpoint, clock, sessConfigured(func(s *SessionConfig) { s.Optional = tc.optional }))
+			h := newClockedHandler(t, endpoint, clock, withSessions(func(s *SessionConfig) { s.Optional = tc.optional }))
 			r, _ := newTestRequest(context.Background(), http.MethodGet, "/game/state", nil)
 			for k, v := range tc.header {
 				r.Header[k] = v
@@ -205,7 +195,7 @@ func TestSessionRequiredOrOptional(t *testing.T) {
 func TestSessionRespondAnswersAtTheGateway(t *testing.T) {
 	sim, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: testAppID, Secret: testSecret, UnionBound: true}}})
 	clock := newTestClock()
-	h := newClockedHandler(t, simURL, clock, sessConfigured(func(s *SessionConfig) { s.Respond = true }))
+	h := newClockedHandler(t, simURL, clock, withSessions(func(s *SessionConfig) { s.Respond = true }))
 
 	r, _ := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.1", nil)
 	up := &recordingUpstream{}
@@ -242,7 +232,7 @@ func TestSessionLoginOverBudgetRefusedBeforeWechat(t *testing.T) {
 	sim, endpoint := newTestSim(t)
 	clock := newTestClock()
 	h := newClockedHandler(t, endpoint, clock, func(h *Handler) {
-		sessConfigured(nil)(h)
+		withSessions(nil)(h)
 		h.Budget = &Budget{Events: 2, Window: caddy.Duration(time.Minute)}
 	})
 	token := sessLogin(t, h, "alice.1", http.StatusNoContent, nil).Header().Get(headerSession)
@@ -273,7 +263,7 @@ func sessBenchmarkGameRequest(b *testing.B, h *Handler, token string) *http.Requ
 
 func BenchmarkSessionVerifiedRequest(b *testing.B) {
 	clock := newTestClock()
-	h := newClockedHandler(b, "http://127.0.0.1:1", clock, sessConfigured(nil))
+	h := newClockedHandler(b, "http://127.0.0.1:1", clock, withSessions(nil))
 	token := issueToken(b, h.sessions, tokenAlice)
 	if r := sessBenchmarkGameRequest(b, h, token); r.Header.Get(headerOpenID) != tokenAlice.OpenID {
 		b.Fatal("the session was not verified")
@@ -292,7 +282,7 @@ func BenchmarkSessionlessRequest(b *testing.B) {
 func TestSessionRejectionReasonsAreCounted(t *testing.T) {
 	_, endpoint := newTestSim(t)
 	clock := newTestClock()
-	h := newClockedHandler(t, endpoint, clock, sessConfigured(nil))
+	h := newClockedHandler(t, endpoint, clock, withSessions(nil))
 	signed := func(claims string) string {
 		return signRaw(`{"alg":"HS256","typ":"JWT"}`, fmt.Sprintf(`{"sub":"o1","appid":%q,%s}`, testAppID, claims), tokenSecret)
 	}
@@ -330,7 +320,7 @@ func TestSessionConcurrentLoopsStayWithinBudget(t *testing.T) {
 	sim, endpoint := newTestSim(t)
 	clock := newTestClock()
 	h := newClockedHandler(t, endpoint, clock, func(h *Handler) {
-		sessConfigured(nil)(h)
+		withSessions(nil)(h)
 		h.Budget = &Budget{Events: 5, Window: caddy.Duration(time.Hour)}
 	})
 	sim.SetLatency(20 * time.Millisecond) // let the loops overlap
@@ -358,17 +348,17 @@ func TestSessionConcurrentLoopsStayWithinBudget(t *testing.T) {
 // either; a bearer token that is not the gateway's may be the backend's own.
 func TestLoginDropsTheGatewaysBearerToken(t *testing.T) {
 	_, endpoint := newTestSim(t)
-	h := newTestHandler(t, endpoint, withTestSessions)
+	h := newTestHandler(t, endpoint, withSessions(nil))
 	first := serveLoginWith(context.Background(), h, "alice.1", nil)
 	token := first.w.Header().Get(headerSession)
 	if token == "" {
 		t.Fatalf("no token issued: %d %s", first.w.Code, first.w.Body)
 	}
-	res := serveLoginWith(context.Background(), h, "alice.2", sessionHeader(token))
+	res := serveLoginWith(context.Background(), h, "alice.2", bearerHeader(token))
 	if !res.forwarded() || res.upstream.Get("Authorization") != "" {
 		t.Errorf("login with the gateway's token: forwarded %v, upstream Authorization %q, want none", res.forwarded(), res.upstream.Get("Authorization"))
 	}
-	res = serveLoginWith(context.Background(), h, "alice.3", sessionHeader("the-backends-own"))
+	res = serveLoginWith(context.Background(), h, "alice.3", bearerHeader("the-backends-own"))
 	if !res.forwarded() || res.upstream.Get("Authorization") != "Bearer the-backends-own" {
 		t.Errorf("login with another bearer token: forwarded %v, upstream Authorization %q, want it kept", res.forwarded(), res.upstream.Get("Authorization"))
 	}
@@ -376,7 +366,7 @@ func TestLoginDropsTheGatewaysBearerToken(t *testing.T) {
 
 func TestHugeTokensAreRefusedUnread(t *testing.T) {
 	clock := newTestClock()
-	tokens := newSessionTokens(testAppID, [][]byte{[]byte(testSessionSecret)}, time.Hour, clock.Now)
+	tokens := newSessionTokens(testAppID, [][]byte{[]byte(tokenSecret)}, time.Hour, clock.Now)
 	valid, _, err := tokens.issue(Identity{OpenID: "oAlice"})
 	if err != nil {
 		t.Fatal(err)
