@@ -117,7 +117,7 @@ func (h *Handler) exchangeOnce(reqCtx context.Context, code, sessionPlayer strin
 	if err != nil {
 		refusal := loginErrorFor(err, h.client.retry, h.now())
 		h.logExchange(refusal.code, res, elapsed, err)
-		if refusal.code == errInvalidCode || refusal.code == errCodeUsed {
+		if refusedTheCode(err) {
 			giveBack(undoSessionCharge)
 		}
 		return Identity{}, refusal
@@ -130,6 +130,22 @@ func (h *Handler) exchangeOnce(reqCtx context.Context, code, sessionPlayer strin
 		}
 	}
 	return id, nil
+}
+
+// refusedTheCode reports whether WeChat refused the code itself (invalid,
+// already used, or a high-risk account's), naming no player: the call
+// proved nobody, so a charge made for it before is given back. A timeout, a
+// 5xx or -1 may have spent the code; 45011 says the code's player is over
+// WeChat's quota, which may be the token's: those charges are kept.
+func refusedTheCode(err *attemptError) bool {
+	if err.kind != kindErrcode {
+		return false
+	}
+	switch err.errcode {
+	case errcodeInvalidCode, errcodeCodeUsed, errcodeBlocked:
+		return true
+	}
+	return false
 }
 
 // giveBack undoes a charge, if one was made.

@@ -182,6 +182,11 @@ func TestSessionChargeGivenBackWhenWechatRefusesTheCode(t *testing.T) {
 		if res.w.Code != http.StatusUnauthorized {
 			t.Fatalf("a junk code with alice's token: %d %s, want 401 invalid_code", res.w.Code, res.w.Body)
 		}
+		// A high-risk account's codes (a bot farm's) prove nobody either.
+		res = serveLoginWith(context.Background(), h, fmt.Sprintf("blocked.%d", i), bearerHeader(token))
+		if res.w.Code != http.StatusForbidden {
+			t.Fatalf("a blocked account's code with alice's token: %d %s, want 403 user_blocked", res.w.Code, res.w.Body)
+		}
 	}
 	if res := serveLoginWith(context.Background(), h, "alice.2", bearerHeader(token)); !res.forwarded() {
 		t.Errorf("alice after the junk codes: %d %s, want her budget untouched", res.w.Code, res.w.Body)
