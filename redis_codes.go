@@ -185,10 +185,12 @@ func (c *redisCodes) leadForFleet(ctx context.Context, k codeKeys, token string,
 			}
 		}
 	}
-	if lerr != nil {
-		c.finish(ctx, k, token, c.sealRefusal(k, lerr), c.lockTTL)
+	if id.OpenID != "" {
+		// Stored even alongside a refusal (a player over budget): the code
+		// is spent at WeChat, and a retry elsewhere must find its result.
+		c.finish(ctx, k, token, c.sealIdentity(k, id, lerr), c.identityTTL)
 	} else {
-		c.finish(ctx, k, token, c.sealIdentity(k, id), c.identityTTL)
+		c.finish(ctx, k, token, c.sealRefusal(k, lerr), c.lockTTL)
 	}
 	return id, redeemedByCall, lerr
 }
@@ -227,17 +229,23 @@ func (c *redisCodes) finish(ctx context.Context, k codeKeys, token string, resul
 
 // answer turns a stored result into the login's answer; one that does not
 // open (written under another secret, or tampered with) is not trusted and
-// the code is redeemed at WeChat instead.
+// the code is redeemed at WeChat instead. A waiter gets what the call's own
+// logins got; a login served from the cache gets the identity alone, which
+// the login checks against the budget as it is now.
 func (c *redisCodes) answer(k codeKeys, stored string, outcome redeemOutcome, lead func() (Identity, *loginError)) (Identity, redeemOutcome, *loginError) {
 	id, lerr, err := c.openResult(k, stored)
 	if err != nil {
 		return leadAlone(lead)
 	}
+	if outcome == redeemedFromCache && id.OpenID != "" {
+		lerr = nil
+	}
 	return id, outcome, lerr
 }
 
-// storedResult is what the result key holds, sealed: an identity, or a
-// refusal for the waiters.
+// storedResult is what the result key holds, sealed: an identity (with the
+// refusal its call's logins got, if any: a player over budget), or a
+// refusal alone, for the waiters.
 type storedResult struct {
 	OpenID       string `json:"openid,omitempty"`
 	UnionID      string `json:"unionid,omitempty"`
@@ -249,16 +257,26 @@ type storedResult struct {
 	RetryAfterMS int64  `json:"retry_after_ms,omitempty"`
 }
 
-func (c *redisCodes) sealIdentity(k codeKeys, id Identity) []byte {
-	return c.fleet.seal(resultIdentity, k.result, storedResult{OpenID: id.OpenID, UnionID: id.UnionID, SessionKey: id.SessionKey})
+func (c *redisCodes) sealIdentity(k codeKeys, id Identity, refusal *loginError) []byte {
+	r := storedRefusal(refusal)
+	r.OpenID, r.UnionID, r.SessionKey = id.OpenID, id.UnionID, id.SessionKey
+	return c.fleet.seal(resultIdentity, k.result, r)
 }
 
 func (c *redisCodes) sealRefusal(k codeKeys, e *loginError) []byte {
+	return c.fleet.seal(resultRefusal, k.result, storedRefusal(e))
+}
+
+// storedRefusal is e's part of a stored result (none when e is nil).
+func storedRefusal(e *loginError) storedResult {
+	if e == nil {
+		return storedResult{}
+	}
 	r := storedResult{Status: e.status, Code: e.code, Message: e.message, RetryAfterMS: e.retryAfter.Milliseconds()}
 	if e.hasErrcode {
 		r.Errcode = &e.errcode
 	}
-	return c.fleet.seal(resultRefusal, k.result, r)
+	return r
 }
 
 func (c *redisCodes) openResult(k codeKeys, stored string) (Identity, *loginError, error) {
@@ -266,20 +284,23 @@ func (c *redisCodes) openResult(k codeKeys, stored string) (Identity, *loginErro
 	if err := c.fleet.open(k.result, stored, &r); err != nil {
 		return Identity{}, nil, err
 	}
-	switch stored[0] {
-	case resultIdentity:
-		if r.OpenID == "" {
-			return Identity{}, nil, errors.New("a stored identity without openid")
-		}
-		return Identity{OpenID: r.OpenID, UnionID: r.UnionID, SessionKey: r.SessionKey}, nil, nil
-	default:
+	var refusal *loginError
+	if r.Status != 0 || r.Code != "" {
 		if r.Status == 0 || r.Code == "" {
-			return Identity{}, nil, errors.New("a stored refusal without status")
+			return Identity{}, nil, errors.New("a stored refusal without status or code")
 		}
-		e := &loginError{status: r.Status, code: r.Code, message: r.Message, retryAfter: time.Duration(r.RetryAfterMS) * time.Millisecond}
+		refusal = &loginError{status: r.Status, code: r.Code, message: r.Message, retryAfter: time.Duration(r.RetryAfterMS) * time.Millisecond}
 		if r.Errcode != nil {
-			e.errcode, e.hasErrcode = *r.Errcode, true
+			refusal.errcode, refusal.hasErrcode = *r.Errcode, true
 		}
-		return Identity{}, e, nil
 	}
+	switch {
+	case stored[0] == resultIdentity && r.OpenID == "":
+		return Identity{}, nil, errors.New("a stored identity without openid")
+	case stored[0] == resultIdentity:
+		return Identity{OpenID: r.OpenID, UnionID: r.UnionID, SessionKey: r.SessionKey}, refusal, nil
+	case refusal == nil:
+		return Identity{}, nil, errors.New("a stored refusal without status or code")
+	}
+	return Identity{}, refusal, nil
 }

@@ -51,7 +51,7 @@ func twoGateways(t *testing.T, cacheTTL time.Duration) (rdb *redis.Client, a, b 
 }
 
 // countingLead is WeChat for a test: it counts its calls and answers with
-// answer, once released.
+// identity and refusal (both, for a player over budget), once released.
 type countingLead struct {
 	calls    atomic.Int32
 	started  chan struct{} // closed at the first call
@@ -77,10 +77,7 @@ func (l *countingLead) lead() (Identity, *loginError) {
 	l.calls.Add(1)
 	l.once.Do(func() { close(l.started) })
 	<-l.release
-	if l.refusal != nil {
-		return Identity{}, l.refusal
-	}
-	return l.identity, nil
+	return l.identity, l.refusal
 }
 
 type redeemed struct {
@@ -194,6 +191,38 @@ func TestRedisCodesRefusalReachesWaitersButIsNotCached(t *testing.T) {
 	}
 }
 
+// A code that proved a player over budget is spent at WeChat all the same:
+// its identity is shared, so that the client's retry at another gateway is
+// answered from it (and checked against the budget there), not with a new
+// call and 40163. The logins of the call itself get the refusal, as in
+// memory.
+func TestRedisCodesOverBudgetIdentityIsSharedForRetries(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	rdb := newTestRedisClient(t, srv.Addr())
+	_, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
+	_, b := gatewayCodes(t, srv.Addr(), 1, time.Minute)
+	_, c := gatewayCodes(t, srv.Addr(), 2, time.Minute)
+	key := newCodeKey(fleetAppID, fleetCode)
+	overBudget := playerRateLimited(time.Minute)
+	wechat := newCountingLead(fleetIdentity, overBudget)
+
+	first := redeemIn(a, key, wechat)
+	waiter := joinInFlight(t, rdb, b, key, wechat, 1)[0]
+	close(wechat.release)
+	for name, r := range map[string]redeemed{"A": <-first, "B": <-waiter} {
+		if r.lerr == nil || r.lerr.code != errRateLimited {
+			t.Errorf("gateway %s, in the call: %+v, want the budget's refusal", name, r)
+		}
+	}
+	id, outcome, lerr := c.redeem(context.Background(), key, wechat.lead)
+	if lerr != nil || id != fleetIdentity || outcome != redeemedFromCache {
+		t.Errorf("the retry at gateway C: %+v %v %v, want the shared identity, from the cache", id, outcome, lerr)
+	}
+	if calls := wechat.calls.Load(); calls != 1 {
+		t.Errorf("%d WeChat calls, want 1: the retry spent the code again (40163)", calls)
+	}
+}
+
 func TestRedisCodesWaiterTakesOverFromAVanishedHolder(t *testing.T) {
 	srv := testkit.StartRedis(t)
 	rdb := newTestRedisClient(t, srv.Addr())
@@ -229,7 +258,7 @@ func TestRedisCodesCodeUsedLooksForAnotherGatewaysResult(t *testing.T) {
 	// B calls WeChat and hears 40163: gateway A (whose lock had run out)
 	// spent the code and stored the identity meanwhile.
 	usedAtWeChat := func() (Identity, *loginError) {
-		rdb.Set(context.Background(), k.result, a.sealIdentity(k, fleetIdentity), time.Minute)
+		rdb.Set(context.Background(), k.result, a.sealIdentity(k, fleetIdentity, nil), time.Minute)
 		return Identity{}, newLoginError(http.StatusUnauthorized, errCodeUsed, "the login code was already used")
 	}
 	id, outcome, lerr := b.redeem(context.Background(), key, usedAtWeChat)
