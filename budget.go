@@ -64,6 +64,12 @@ const budgetSlots = 20
 // Any interval of length Window lies within budgetSlots+1 consecutive slots,
 // and a charge is only made while the last budgetSlots+1 slots hold fewer
 // than Events: so no interval of length Window ever holds more than Events.
+//
+// Handlers of one app with different window lengths share the key's
+// window (two sites, or a reload or a fleet's rolling change midway). The
+// slots only ever get longer while they hold charges: a shorter window is
+// judged over the longer slots, counting as many as cover it (stricter,
+// never looser), so no handler's charges can make another's forgotten.
 type slidingWindow struct {
 	mu     sync.Mutex // guards the fields below
 	slot   time.Duration
@@ -72,42 +78,66 @@ type slidingWindow struct {
 }
 
 // charge is spend (or check, when spend is false) for one key at now, under
-// events per window. When it charges, chargedSlot is where, for uncharge.
-func (w *slidingWindow) charge(now time.Time, events int, window time.Duration, spend bool) (wait time.Duration, ok bool, chargedSlot int64) {
+// events per window. When it charges, chargedSlot is where, in slots of
+// unit, for uncharge.
+func (w *slidingWindow) charge(now time.Time, events int, window time.Duration, spend bool) (wait time.Duration, ok bool, chargedSlot int64, unit time.Duration) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	slot := slotLength(window)
-	if w.slot != slot {
-		w.rescale(slot, now.UnixNano()/int64(slot))
+	want := slotLength(window)
+	if want > w.slot {
+		// The first charge, or a longer window than the slots cover.
+		w.rescale(want, now.UnixNano()/int64(want))
 	}
-	current := max(now.UnixNano()/int64(slot), w.last)
+	current := max(now.UnixNano()/int64(w.slot), w.last)
 	w.advance(current)
-
-	counted := 0
-	for _, n := range w.counts {
-		counted += int(n)
+	if want < w.slot && w.counted(current, budgetSlots+1) == 0 {
+		// A shorter window, and nothing counted that shorter slots would
+		// lose: take them.
+		w.slot, w.last = want, now.UnixNano()/int64(want)
+		current = w.last
 	}
+	unit = w.slot
+	span := slotsCovering(want, unit)
+
+	counted := w.counted(current, span)
 	if counted < events {
 		if spend {
 			w.counts[current%int64(len(w.counts))]++
 		}
-		return 0, true, current
+		return 0, true, current, unit
 	}
 	// Refused: wait until enough of the oldest slots have left the window.
-	for oldest := current - budgetSlots; oldest <= current; oldest++ {
+	for oldest := current - span + 1; oldest <= current; oldest++ {
 		counted -= int(w.counts[oldest%int64(len(w.counts))])
 		if counted < events {
-			leaves := time.Unix(0, (oldest+budgetSlots+1)*int64(slot))
-			return max(leaves.Sub(now), time.Millisecond), false, 0
+			leaves := time.Unix(0, (oldest+span)*int64(unit))
+			return max(leaves.Sub(now), time.Millisecond), false, 0, 0
 		}
 	}
 	// Only reachable when events shrank below what one slot holds.
-	return window, false, 0
+	return window, false, 0, 0
+}
+
+// slotsCovering is how many consecutive slots of length unit any interval
+// of a window whose own slots are want long lies within: the window's own
+// budgetSlots+1 when unit is want, fewer longer ones otherwise. The window
+// is taken as budgetSlots*want, which is at least its length.
+func slotsCovering(want, unit time.Duration) int64 {
+	return min((budgetSlots*int64(want)+int64(unit)-1)/int64(unit), budgetSlots) + 1
+}
+
+// counted is the sum of the span slots up to current.
+func (w *slidingWindow) counted(current, span int64) int {
+	n := 0
+	for i := current - span + 1; i <= current; i++ {
+		n += int(w.counts[i%int64(len(w.counts))])
+	}
+	return n
 }
 
 // uncharge gives back a charge made in slot under slotLength, if it is
-// still counted: a charge that has left the window, or that a new window
-// length moved, is not given back twice.
+// still counted: a charge that has left the window, or that longer slots
+// moved, is not given back twice.
 func (w *slidingWindow) uncharge(slot int64, slotLength time.Duration) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -131,9 +161,9 @@ func (w *slidingWindow) advance(current int64) {
 	w.last = max(w.last, current)
 }
 
-// rescale adopts another slot length (a reload changed the window): every
-// charge counted so far moves to the current slot, so it is forgiven no
-// earlier than a full new window from now. Never a refill.
+// rescale adopts longer slots (a longer window): every charge counted so
+// far moves to the current slot, so it is forgiven no earlier than a full
+// new window from now. Never a refill.
 func (w *slidingWindow) rescale(slot time.Duration, current int64) {
 	var total uint32
 	for i, n := range w.counts {
@@ -187,15 +217,15 @@ func (b memoryBudget) reserve(_ context.Context, key string) (func(), time.Durat
 	w, window := b.window(key), time.Duration(b.limit.Window)
 	// The clock is read here, at the charge, never earlier: a slow request
 	// cannot hand its budget a time that has passed.
-	wait, ok, slot := w.charge(b.now(), b.limit.Events, window, true)
+	wait, ok, slot, unit := w.charge(b.now(), b.limit.Events, window, true)
 	if !ok {
 		return nil, wait, false
 	}
-	return onlyOnce(func() { w.uncharge(slot, slotLength(window)) }), 0, true
+	return onlyOnce(func() { w.uncharge(slot, unit) }), 0, true
 }
 
 func (b memoryBudget) check(_ context.Context, key string) (time.Duration, bool) {
-	wait, ok, _ := b.window(key).charge(b.now(), b.limit.Events, time.Duration(b.limit.Window), false)
+	wait, ok, _, _ := b.window(key).charge(b.now(), b.limit.Events, time.Duration(b.limit.Window), false)
 	return wait, ok
 }
 

@@ -84,17 +84,18 @@ func (b *redisBudget) reserve(ctx context.Context, key string) (func(), time.Dur
 	if !answer.ok {
 		return nil, answer.wait, false
 	}
-	return onlyOnce(func() { b.refund(key, answer.slot, answer.generation) }), 0, true
+	return onlyOnce(func() { b.refund(key, answer.slot, answer.unitMS, answer.generation) }), 0, true
 }
 
 // budgetAnswer is what the budget script said.
 type budgetAnswer struct {
 	ok   bool
 	wait time.Duration
-	// Where the charge was made, when ok and charged: the slot, and the
-	// generation of the budget (a budget Redis lost and made anew has
-	// another), so that a refund gives back this charge and no other.
-	slot, generation int64
+	// Where the charge was made, when ok and charged: the slot, its length
+	// in milliseconds, and the generation of the budget (a budget Redis
+	// lost and made anew has another), so that a refund gives back this
+	// charge and no other.
+	slot, unitMS, generation int64
 }
 
 // run runs the budget script; served is false when Redis did not answer,
@@ -109,8 +110,8 @@ func (b *redisBudget) run(ctx context.Context, operation, key, chargeArg string)
 		var err error
 		reply, err = budgetScript.Run(ctx, b.fleet.redis.client, []string{b.key(key)},
 			b.events, b.slotMS, chargeArg, clockArg, mathrand.Int64N(1<<48)+1).Int64Slice()
-		if err == nil && len(reply) != 2 && len(reply) != 4 {
-			err = fmt.Errorf("the budget script answered %d values, not 2 or 4", len(reply))
+		if err == nil && len(reply) != 2 && len(reply) != 5 {
+			err = fmt.Errorf("the budget script answered %d values, not 2 or 5", len(reply))
 		}
 		return err
 	})
@@ -119,8 +120,8 @@ func (b *redisBudget) run(ctx context.Context, operation, key, chargeArg string)
 	}
 	if reply[0] == 1 {
 		answer = budgetAnswer{ok: true}
-		if len(reply) == 4 {
-			answer.slot, answer.generation = reply[2], reply[3]
+		if len(reply) == 5 {
+			answer.slot, answer.generation, answer.unitMS = reply[2], reply[3], reply[4]
 		}
 		return answer, true
 	}
@@ -131,7 +132,7 @@ func (b *redisBudget) key(key string) string { return b.prefix + b.fleet.hide([]
 
 // refundScript gives back one charge in a slot, if it is still counted: in
 // the same generation of the budget (Redis did not lose it since) and under
-// the same slot length (a window changed since has moved it).
+// the same slot length (a longer window since has moved it).
 var refundScript = redis.NewScript(`
 if redis.call('HGET', KEYS[1], 'gen') == ARGV[3] and redis.call('HGET', KEYS[1], 'slot') == ARGV[2]
 	and tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') > 0 then
@@ -140,12 +141,13 @@ end
 return 0
 `)
 
-// refund gives back a charge made in slot of generation. It runs on its own
-// deadline: the login that made it may be gone, and a refund that Redis
-// misses only keeps a budget stricter than it needs to be.
-func (b *redisBudget) refund(key string, slot, generation int64) {
+// refund gives back a charge made in slot, of unitMS milliseconds, of
+// generation. It runs on its own deadline: the login that made it may be
+// gone, and a refund that Redis misses only keeps a budget stricter than it
+// needs to be.
+func (b *redisBudget) refund(key string, slot, unitMS, generation int64) {
 	b.fleet.redis.do(context.Background(), "refund", func(ctx context.Context) error {
 		return refundScript.Run(ctx, b.fleet.redis.client, []string{b.key(key)},
-			strconv.FormatInt(slot, 10), strconv.FormatInt(b.slotMS, 10), strconv.FormatInt(generation, 10)).Err()
+			strconv.FormatInt(slot, 10), strconv.FormatInt(unitMS, 10), strconv.FormatInt(generation, 10)).Err()
 	})
 }
