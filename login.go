@@ -134,9 +134,11 @@ func (h *Handler) exchangeOnce(reqCtx context.Context, code, sessionPlayer strin
 
 // refusedTheCode reports whether WeChat refused the code itself (invalid,
 // already used, or a high-risk account's), naming no player: the call
-// proved nobody, so a charge made for it before is given back. A timeout, a
-// 5xx or -1 may have spent the code; 45011 says the code's player is over
-// WeChat's quota, which may be the token's: those charges are kept.
+// proved nobody, so a charge made for it before is given back. The charge
+// is kept when WeChat did not judge the code: a timeout or a 5xx (which may
+// have spent it) or -1 (busy: the code may still be the player's own); and
+// on 45011, which says the code's player, maybe the token's, is over
+// WeChat's quota.
 func refusedTheCode(err *attemptError) bool {
 	if err.kind != kindErrcode {
 		return false

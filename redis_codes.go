@@ -25,7 +25,8 @@ import (
 // claimScript, in one round trip, returns a result the caller accepts
 // (ARGV[3]: "any" for a waiter, "identity" for a new login, "none" when the
 // cache is off), or takes the lock, or says to wait. Taking the lock drops
-// an old refusal, so that the new call's waiters never read it.
+// an old result (a refusal, or with the cache off an identity), so that
+// the new call's waiters never read it.
 var claimScript = redis.NewScript(`
 local result = redis.call('GET', KEYS[1])
 if result then
@@ -35,7 +36,7 @@ if result then
 	end
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-	if result and string.sub(result, 1, 1) == 'e' then
+	if result then
 		redis.call('DEL', KEYS[1])
 	end
 	return {'lead'}

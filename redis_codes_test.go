@@ -283,9 +283,18 @@ func TestRedisCodesCacheOffStillAnswersWaiters(t *testing.T) {
 	if got := <-waiter; got.lerr != nil || got.id != fleetIdentity || got.outcome != redeemedByJoining {
 		t.Fatalf("gateway B: %+v", got)
 	}
-	// With cache_ttl 0, a later login is a new exchange.
-	if _, outcome, _ := b.redeem(context.Background(), key, wechat.lead); outcome != redeemedByCall || wechat.calls.Load() != 2 {
-		t.Errorf("a later login with the cache off: %v after %d calls, want a new call", outcome, wechat.calls.Load())
+	// With cache_ttl 0, a later login is a new exchange, and whoever waits
+	// for it gets its answer, not the earlier call's.
+	used := newLoginError(http.StatusUnauthorized, errCodeUsed, "the login code was already used")
+	again := newCountingLead(Identity{}, used)
+	later := redeemIn(b, key, again)
+	laterWaiter := joinInFlight(t, rdb, a, key, again, 1)[0]
+	close(again.release)
+	if got := <-later; got.outcome != redeemedByCall || again.calls.Load() != 1 {
+		t.Errorf("a later login with the cache off: %+v after %d calls, want a new call", got, again.calls.Load())
+	}
+	if got := <-laterWaiter; got.lerr == nil || got.lerr.code != errCodeUsed {
+		t.Errorf("a waiter on the later call: %+v, want its code_used", got)
 	}
 }
 
