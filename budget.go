@@ -86,7 +86,7 @@ func (w *slidingWindow) charge(now time.Time, events int, window time.Duration, 
 	want := slotLength(window)
 	if want > w.slot {
 		// The first charge, or a longer window than the slots cover.
-		w.rescale(want, now.UnixNano()/int64(want))
+		w.rescale(now, want)
 	}
 	current := max(now.UnixNano()/int64(w.slot), w.last)
 	w.advance(current)
@@ -161,15 +161,19 @@ func (w *slidingWindow) advance(current int64) {
 	w.last = max(w.last, current)
 }
 
-// rescale adopts longer slots (a longer window): every charge counted so
-// far moves to the current slot, so it is forgiven no earlier than a full
-// new window from now. Never a refill.
-func (w *slidingWindow) rescale(slot time.Duration, current int64) {
+// rescale adopts longer slots (a longer window): every charge still
+// counted at now moves to the current slot, so it is forgiven no earlier
+// than a full new window from now. Never a refill.
+func (w *slidingWindow) rescale(now time.Time, slot time.Duration) {
+	if w.slot > 0 {
+		w.advance(max(now.UnixNano()/int64(w.slot), w.last)) // what has left the old slots stays gone
+	}
 	var total uint32
 	for i, n := range w.counts {
 		total += n
 		w.counts[i] = 0
 	}
+	current := now.UnixNano() / int64(slot)
 	w.slot, w.last = slot, current
 	w.counts[current%int64(len(w.counts))] = total
 }

@@ -478,3 +478,71 @@ func TestBudgetReserveUndo(t *testing.T) {
 		t.Error("a charge moved by a new window was given back")
 	}
 }
+
+// The promise, for every handler of a key whatever the others' windows:
+// whenever one admits a charge at t, the charges (any handler's, not given
+// back) in the last min(its window, theirs) are at most its events; and a
+// refusal's wait, with nothing else happening, lets it pass then. Random
+// handlers of four window lengths, gaps from 10ms to a minute, refunds.
+func TestBudgetPromiseHoldsForEveryWindow(t *testing.T) {
+	limits := []Budget{
+		{Events: 10, Window: caddy.Duration(time.Minute)},
+		{Events: 10, Window: caddy.Duration(10 * time.Second)},
+		{Events: 3, Window: caddy.Duration(time.Second)},
+		{Events: 50, Window: caddy.Duration(time.Hour)},
+	}
+	gaps := []time.Duration{10 * time.Millisecond, 300 * time.Millisecond, 3 * time.Second, time.Minute}
+	type charge struct {
+		at       time.Time
+		window   time.Duration
+		refunded bool
+	}
+	type reservation struct {
+		c          *charge
+		slot       int64
+		slotLength time.Duration
+	}
+	for seed := range uint64(50) {
+		rng := rand.New(rand.NewPCG(seed, 9))
+		now := time.UnixMilli(1_767_225_600_000)
+		w := new(slidingWindow)
+		var charges []*charge
+		var reserved []reservation
+		for step := range 3000 {
+			now = now.Add(time.Duration(rng.ExpFloat64() * float64(gaps[rng.IntN(len(gaps))])))
+			limit := limits[rng.IntN(len(limits))]
+			window := time.Duration(limit.Window)
+			if rng.IntN(10) == 0 && len(reserved) > 0 {
+				i := rng.IntN(len(reserved))
+				r := reserved[i]
+				reserved = append(reserved[:i], reserved[i+1:]...)
+				before := w.counts
+				w.uncharge(r.slot, r.slotLength)
+				r.c.refunded = before != w.counts
+				continue
+			}
+			before := slidingWindow{slot: w.slot, last: w.last, counts: w.counts}
+			wait, ok, slot, slotLength := w.charge(now, limit.Events, window, true)
+			if !ok {
+				if _, ok, _, _ := before.charge(now.Add(wait), limit.Events, window, true); !ok {
+					t.Fatalf("seed %d step %d: %d per %s said wait %v, and still refused then", seed, step, limit.Events, window, wait)
+				}
+				continue
+			}
+			c := &charge{at: now, window: window}
+			charges = append(charges, c)
+			counted := 0
+			for _, x := range charges {
+				if !x.refunded && x.at.After(now.Add(-min(window, x.window))) {
+					counted++
+				}
+			}
+			if counted > limit.Events {
+				t.Fatalf("seed %d step %d: %d per %s admitted a charge making %d in its window", seed, step, limit.Events, window, counted)
+			}
+			if rng.IntN(3) == 0 {
+				reserved = append(reserved, reservation{c, slot, slotLength})
+			}
+		}
+	}
+}

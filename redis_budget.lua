@@ -55,25 +55,6 @@ for n = 1, #fields, 2 do
 end
 slot = slot or want
 
--- A longer window than the slots cover: indexes in another unit mean
--- nothing, so every charge counted so far moves to the current slot. It is
--- forgiven no earlier than a full new window from now: never a refill.
-if want > slot then
-	local i = math.floor(t / want)
-	local total = 0
-	for _, n in pairs(counts) do
-		total = total + n
-	end
-	counts, last, gen, slot = {[i] = total}, nil, nil, want
-	redis.call('DEL', KEYS[1])
-	if total > 0 then
-		local field = string.format('%.0f', i)
-		gen = tonumber(ARGV[5])
-		redis.call('HSET', KEYS[1], field, total, 'last', field, 'slot', slot, 'gen', ARGV[5])
-		redis.call('PEXPIRE', KEYS[1], (k + 1) * slot)
-	end
-end
-
 -- sum is the charges in the span slots up to i.
 local function sum(i, span)
 	local n = 0
@@ -83,6 +64,22 @@ local function sum(i, span)
 		end
 	end
 	return n
+end
+
+-- A longer window than the slots cover: indexes in another unit mean
+-- nothing, so every charge still counted moves to the current slot. It is
+-- forgiven no earlier than a full new window from now: never a refill.
+if want > slot then
+	local total = sum(math.max(math.floor(t / slot), last or 0), k + 1)
+	local i = math.floor(t / want)
+	counts, last, gen, slot = {[i] = total}, nil, nil, want
+	redis.call('DEL', KEYS[1])
+	if total > 0 then
+		local field = string.format('%.0f', i)
+		gen = tonumber(ARGV[5])
+		redis.call('HSET', KEYS[1], field, total, 'last', field, 'slot', slot, 'gen', ARGV[5])
+		redis.call('PEXPIRE', KEYS[1], (k + 1) * slot)
+	end
 end
 
 local i = math.floor(t / slot)

@@ -37,7 +37,7 @@ func TestRedisBudgetAgreesWithMemory(t *testing.T) {
 			shared := scriptBudget(gw, "player", limit, clock)
 			memory := newMemoryBudget(leasedBudgetTable(100), limit, clock.Now)
 			rng := rand.New(rand.NewPCG(1, uint64(limit.Events)))
-			assertBudgetsAgree(t, gw, clock, rng, 2000, time.Duration(limit.Window)/time.Duration(limit.Events),
+			assertBudgetsAgree(t, gw, clock, rng, 2000, time.Duration(limit.Window)/time.Duration(2*limit.Events),
 				func(int) (budgetStore, budgetStore) { return shared, memory })
 		})
 	}
@@ -75,28 +75,44 @@ func TestRedisBudgetAgreesWithMemoryAcrossWindowLengths(t *testing.T) {
 }
 
 // assertBudgetsAgree drives a Redis and a memory budget (as pick chooses
-// them at each step) through the same charges and checks, gap apart on
-// average in whole milliseconds (Redis' unit), and fails at the first
-// answer they disagree on, waits included.
+// them at each step) through the same charges, checks and refunds, gap
+// apart on average in whole milliseconds (Redis' unit) with now and then a
+// pause of 30 gaps, and fails at the first answer they disagree on, waits
+// included.
 func assertBudgetsAgree(t *testing.T, gw gateway, clock *testkit.Clock, rng *rand.Rand, steps int, gap time.Duration, pick func(step int) (shared, memory budgetStore)) {
 	t.Helper()
 	ctx := context.Background()
 	refused := 0
+	var undos [][2]func() // reservations of both, to give back later
 	for step := range steps {
-		clock.Advance(time.Duration(rng.ExpFloat64()*float64(gap)) / time.Millisecond * time.Millisecond)
+		pause := gap
+		if rng.IntN(30) == 0 {
+			pause = 30 * gap
+		}
+		clock.Advance(time.Duration(rng.ExpFloat64()*float64(pause)) / time.Millisecond * time.Millisecond)
 		shared, memory := pick(step)
-		charge := rng.IntN(4) > 0
 		var gotWait, wantWait time.Duration
 		var gotOK, wantOK bool
-		if charge {
-			gotWait, gotOK = shared.spend(ctx, t.Name())
-			wantWait, wantOK = memory.spend(ctx, t.Name())
-		} else {
+		switch op := rng.IntN(8); {
+		case op < 2:
 			gotWait, gotOK = shared.check(ctx, t.Name())
 			wantWait, wantOK = memory.check(ctx, t.Name())
+		case op == 2 && len(undos) > 0:
+			i := rng.IntN(len(undos))
+			undos[i][0]()
+			undos[i][1]()
+			undos = append(undos[:i], undos[i+1:]...)
+			continue
+		default:
+			var gotUndo, wantUndo func()
+			gotUndo, gotWait, gotOK = shared.reserve(ctx, t.Name())
+			wantUndo, wantWait, wantOK = memory.reserve(ctx, t.Name())
+			if gotOK && wantOK && rng.IntN(4) == 0 {
+				undos = append(undos, [2]func(){gotUndo, wantUndo})
+			}
 		}
 		if gotOK != wantOK || gotWait != wantWait {
-			t.Fatalf("step %d (charge %v): Redis says (%v, %v), memory (%v, %v)", step, charge, gotWait, gotOK, wantWait, wantOK)
+			t.Fatalf("step %d: Redis says (%v, %v), memory (%v, %v)", step, gotWait, gotOK, wantWait, wantOK)
 		}
 		if !gotOK {
 			refused++
@@ -107,6 +123,55 @@ func assertBudgetsAgree(t *testing.T, gw gateway, clock *testkit.Clock, rng *ran
 	}
 	if gw.redis.down.Load() {
 		t.Fatal("Redis failed: the answers came from memory")
+	}
+}
+
+// A longer window moves to the present only the charges still counted:
+// not those the shorter window has already let go of, whether or not a
+// request has been seen since (the memory budget empties old slots on
+// every request, the script only when it charges).
+func TestBudgetLongerWindowMovesOnlyWhatIsStillCounted(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	gw := newGateway(t, srv.Addr(), 0, nil)
+	ctx := context.Background()
+	short := Budget{Events: 6, Window: caddy.Duration(2 * time.Second)}
+	long := Budget{Events: 8, Window: caddy.Duration(6 * time.Second)}
+	for _, pause := range []time.Duration{time.Second, time.Hour} {
+		t.Run(pause.String(), func(t *testing.T) {
+			clock := testkit.NewClock(time.UnixMilli(1_767_225_600_000))
+			table := leasedBudgetTable(10)
+			stores := map[string][2]budgetStore{
+				"redis":  {scriptBudget(gw, "player", short, clock), scriptBudget(gw, "player", long, clock)},
+				"memory": {newMemoryBudget(table, short, clock.Now), newMemoryBudget(table, long, clock.Now)},
+			}
+			key := t.Name()
+			for _, s := range stores {
+				for range 5 {
+					s[0].spend(ctx, key)
+				}
+			}
+			clock.Advance(1500 * time.Millisecond)
+			for _, s := range stores {
+				s[0].spend(ctx, key) // the sixth, in the short window until 3.6s
+				s[0].check(ctx, key)
+			}
+			clock.Advance(pause) // the first five have left the short window; after an hour, all
+			stillCounted := 1
+			if pause == time.Hour {
+				stillCounted = 0
+			}
+			for name, s := range stores {
+				passed := 0
+				for range 10 {
+					if _, ok := s[1].spend(ctx, key); ok {
+						passed++
+					}
+				}
+				if want := long.Events - stillCounted; passed != want {
+					t.Errorf("%s: the 6s window let %d charges through, want %d: only what the 2s window still counted may move", name, passed, want)
+				}
+			}
+		})
 	}
 }
 
