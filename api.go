@@ -103,14 +103,9 @@ func parseAPICaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, err
 //		redis      { … }
 //	}
 func (h *APIHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	directive := *d // names the directive's line for what is missing from its block
-	err := eachSubdirective(d, func(sub string) error {
+	return eachAppSubdirective(d, &h.AppID, &h.AppSecret, func(sub string) error {
 		var err error
 		switch sub {
-		case "app_id":
-			h.AppID, err = stringArg(d, checkAppID)
-		case "app_secret":
-			h.AppSecret, err = stringArg(d, func(s string) error { return checkAppSecret(s, s) })
 		case "endpoint":
 			h.Endpoint, err = stringArg(d, checkEndpoint)
 		case "timeout":
@@ -122,10 +117,6 @@ func (h *APIHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 		return err
 	})
-	if err != nil {
-		return err
-	}
-	return requireApp(directive, h.AppID, h.AppSecret)
 }
 
 func checkAPITimeout(timeout caddy.Duration) error {

@@ -504,7 +504,7 @@ func TestBudgetPromiseHoldsForEveryWindow(t *testing.T) {
 	}
 	for seed := range uint64(50) {
 		rng := rand.New(rand.NewPCG(seed, 9))
-		now := time.UnixMilli(1_767_225_600_000)
+		now := testEpoch
 		w := new(slidingWindow)
 		var charges []*charge
 		var reserved []reservation

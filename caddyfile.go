@@ -52,15 +52,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		}
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	directive := *d // names the directive's line for what is missing from its block
-	err := eachSubdirective(d, func(sub string) error {
+	return eachAppSubdirective(d, &h.AppID, &h.AppSecret, func(sub string) error {
 		var err error
 		switch sub {
-		case "app_id":
-			h.AppID, err = stringArg(d, checkAppID)
-		case "app_secret":
-			// Placeholders are resolved, and checked, at provision.
-			h.AppSecret, err = stringArg(d, func(s string) error { return checkAppSecret(s, s) })
 		case "login_path":
 			h.LoginPath, err = stringArg(d, checkLoginPath)
 		case "code_field":
@@ -94,20 +88,35 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 		return err
 	})
+}
+
+// eachAppSubdirective is eachSubdirective for the block of a handler of
+// one app: it reads app_id and app_secret into appID and appSecret itself,
+// hands every other subdirective to parse, and refuses a block without
+// them, naming the directive's line. Placeholders in the secret are
+// resolved, and checked, at provision.
+func eachAppSubdirective(d *caddyfile.Dispenser, appID, appSecret *string, parse func(sub string) error) error {
+	directive := *d
+	err := eachSubdirective(d, func(sub string) error {
+		var err error
+		switch sub {
+		case "app_id":
+			*appID, err = stringArg(d, checkAppID)
+		case "app_secret":
+			*appSecret, err = stringArg(d, func(s string) error { return checkAppSecret(s, s) })
+		default:
+			err = parse(sub)
+		}
+		return err
+	})
 	if err != nil {
 		return err
 	}
-	return requireApp(directive, h.AppID, h.AppSecret)
-}
-
-// requireApp refuses a block without app_id or app_secret, naming the
-// directive's line (directive is the dispenser as it was on the directive).
-func requireApp(directive caddyfile.Dispenser, appID, appSecret string) error {
 	directive.Next()
-	if err := checkAppID(appID); err != nil {
+	if err := checkAppID(*appID); err != nil {
 		return directive.WrapErr(err)
 	}
-	if err := checkAppSecret(appSecret, appSecret); err != nil {
+	if err := checkAppSecret(*appSecret, *appSecret); err != nil {
 		return directive.WrapErr(err)
 	}
 	return nil

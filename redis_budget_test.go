@@ -25,15 +25,14 @@ func TestRedisBudgetAgreesWithMemory(t *testing.T) {
 	// The script and the memory budget are one algorithm: driven by the same
 	// clock through the same requests, they give the same answers, waits
 	// included.
-	srv := testkit.StartRedis(t)
-	gw := newGateway(t, srv.Addr(), 0, nil)
+	gw := newRedisGateway(t)
 	for _, limit := range []Budget{
 		{Events: 5, Window: caddy.Duration(2 * time.Second)},
 		{Events: 60, Window: caddy.Duration(time.Minute)},
 		{Events: 1, Window: caddy.Duration(20 * time.Millisecond)},
 	} {
 		t.Run(fmt.Sprintf("%d per %s", limit.Events, time.Duration(limit.Window)), func(t *testing.T) {
-			clock := testkit.NewClock(time.UnixMilli(1_767_225_600_000))
+			clock := newTestClock()
 			shared := scriptBudget(gw, "player", limit, clock)
 			memory := newMemoryBudget(leasedBudgetTable(100), limit, clock.Now)
 			rng := rand.New(rand.NewPCG(1, uint64(limit.Events)))
@@ -48,14 +47,13 @@ func TestRedisBudgetAgreesWithMemory(t *testing.T) {
 // same answers in memory and in Redis, whichever of them each request
 // meets.
 func TestRedisBudgetAgreesWithMemoryAcrossWindowLengths(t *testing.T) {
-	srv := testkit.StartRedis(t)
-	gw := newGateway(t, srv.Addr(), 0, nil)
+	gw := newRedisGateway(t)
 	limits := []Budget{
 		{Events: 6, Window: caddy.Duration(2 * time.Second)},
 		{Events: 4, Window: caddy.Duration(400 * time.Millisecond)},
 		{Events: 8, Window: caddy.Duration(6 * time.Second)},
 	}
-	clock := testkit.NewClock(time.UnixMilli(1_767_225_600_000))
+	clock := newTestClock()
 	table := leasedBudgetTable(100)
 	var shared, memory []budgetStore
 	for _, limit := range limits {
@@ -131,14 +129,13 @@ func assertBudgetsAgree(t *testing.T, gw gateway, clock *testkit.Clock, rng *ran
 // request has been seen since (the memory budget empties old slots on
 // every request, the script only when it charges).
 func TestBudgetLongerWindowMovesOnlyWhatIsStillCounted(t *testing.T) {
-	srv := testkit.StartRedis(t)
-	gw := newGateway(t, srv.Addr(), 0, nil)
+	gw := newRedisGateway(t)
 	ctx := context.Background()
 	short := Budget{Events: 6, Window: caddy.Duration(2 * time.Second)}
 	long := Budget{Events: 8, Window: caddy.Duration(6 * time.Second)}
 	for _, pause := range []time.Duration{time.Second, time.Hour} {
 		t.Run(pause.String(), func(t *testing.T) {
-			clock := testkit.NewClock(time.UnixMilli(1_767_225_600_000))
+			clock := newTestClock()
 			table := leasedBudgetTable(10)
 			stores := map[string][2]budgetStore{
 				"redis":  {scriptBudget(gw, "player", short, clock), scriptBudget(gw, "player", long, clock)},
@@ -189,7 +186,7 @@ func TestBudgetShorterWindowNeverForgivesALongerOnesCharges(t *testing.T) {
 			return newMemoryBudget(table, long, clock.Now), newMemoryBudget(table, short, clock.Now)
 		},
 		"redis": func(t *testing.T, clock *testkit.Clock) (budgetStore, budgetStore) {
-			gw := newGateway(t, testkit.StartRedis(t).Addr(), 0, nil)
+			gw := newRedisGateway(t)
 			return scriptBudget(gw, "player", long, clock), scriptBudget(gw, "player", short, clock)
 		},
 	}
@@ -198,7 +195,7 @@ func TestBudgetShorterWindowNeverForgivesALongerOnesCharges(t *testing.T) {
 			// A charge made under the shorter window, over the longer
 			// one's slots, is given back where it was made.
 			ctx := context.Background()
-			clock := testkit.NewClock(time.UnixMilli(1_767_225_600_000))
+			clock := newTestClock()
 			longer, shorter := newStores(t, clock)
 			longer.spend(ctx, "oAlice")
 			undo, _, ok := shorter.reserve(ctx, "oAlice")
@@ -219,7 +216,7 @@ func TestBudgetShorterWindowNeverForgivesALongerOnesCharges(t *testing.T) {
 		})
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
-			clock := testkit.NewClock(time.UnixMilli(1_767_225_600_000))
+			clock := newTestClock()
 			longer, shorter := newStores(t, clock)
 			passed := 0
 			for range 6 { // a minute: fill the long window, touch the short one, wait
@@ -241,10 +238,9 @@ func TestBudgetShorterWindowNeverForgivesALongerOnesCharges(t *testing.T) {
 }
 
 func TestRedisBudgetClockNeverMovesBack(t *testing.T) {
-	srv := testkit.StartRedis(t)
-	gw := newGateway(t, srv.Addr(), 0, nil)
+	gw := newRedisGateway(t)
 	ctx := context.Background()
-	start := time.UnixMilli(1_767_225_600_000)
+	start := testEpoch
 	clock := testkit.NewClock(start)
 	budget := scriptBudget(gw, "player", Budget{Events: 2, Window: caddy.Duration(time.Second)}, clock)
 	budget.spend(ctx, "oAlice")
@@ -264,10 +260,9 @@ func TestRedisBudgetNewWindowKeepsItsCharges(t *testing.T) {
 	// A reload that changes the window moves the charges counted so far to
 	// the present, as the memory budget does: no refill, and no budget
 	// stranded by slot indexes counted in another unit.
-	srv := testkit.StartRedis(t)
-	gw := newGateway(t, srv.Addr(), 0, nil)
+	gw := newRedisGateway(t)
 	ctx := context.Background()
-	clock := testkit.NewClock(time.UnixMilli(1_767_225_600_000))
+	clock := newTestClock()
 	minute := scriptBudget(gw, "player", Budget{Events: 2, Window: caddy.Duration(time.Minute)}, clock)
 	minute.spend(ctx, "oAlice")
 	minute.spend(ctx, "oAlice")
@@ -404,10 +399,9 @@ func benchmarkSpend(b *testing.B, budget budgetStore) {
 // A charge reserved through Redis and given back leaves the fleet's budget
 // as if it had not been made; giving it back twice gives back nothing more.
 func TestRedisBudgetReserveUndo(t *testing.T) {
-	srv := testkit.StartRedis(t)
-	gw := newGateway(t, srv.Addr(), 0, nil)
+	gw := newRedisGateway(t)
 	ctx := context.Background()
-	clock := testkit.NewClock(time.UnixMilli(1_767_225_600_000))
+	clock := newTestClock()
 	budget := scriptBudget(gw, "player", Budget{Events: 2, Window: caddy.Duration(time.Minute)}, clock)
 	undo, _, ok := budget.reserve(ctx, "oAlice")
 	if !ok || undo == nil {
@@ -428,10 +422,9 @@ func TestRedisBudgetReserveUndo(t *testing.T) {
 // gives back nothing: the charge it was for is gone, and the budget now
 // counts others.
 func TestRedisBudgetRefundAfterTheBudgetWasLost(t *testing.T) {
-	srv := testkit.StartRedis(t)
-	gw := newGateway(t, srv.Addr(), 0, nil)
+	gw := newRedisGateway(t)
 	ctx := context.Background()
-	clock := testkit.NewClock(time.UnixMilli(1_767_225_600_000))
+	clock := newTestClock()
 	budget := scriptBudget(gw, "player", Budget{Events: 1, Window: caddy.Duration(time.Minute)}, clock)
 	undo, _, ok := budget.reserve(ctx, "oAlice")
 	if !ok {

@@ -67,6 +67,12 @@ func newGateway(t testing.TB, addr string, n int, configure func(*RedisConfig)) 
 	return gateway{fleet: f, logs: logs}
 }
 
+// newRedisGateway is gateway 0 of a fleet on a Redis of the test's own.
+func newRedisGateway(t testing.TB) gateway {
+	t.Helper()
+	return newGateway(t, testkit.StartRedis(t).Addr(), 0, nil)
+}
+
 // newTestRedisClient is a plain client, for tests that look inside Redis.
 func newTestRedisClient(t testing.TB, addr string) *redis.Client {
 	t.Helper()
