@@ -245,7 +245,7 @@ func (h *APIHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 
 // refuse answers with the documented JSON error, or records 499 when the
 // client has gone, so that the access log reflects the disconnect.
-func (h *APIHandler) refuse(w http.ResponseWriter, r *http.Request, e *loginError) error {
+func (h *APIHandler) refuse(w http.ResponseWriter, r *http.Request, e *jsonRefusal) error {
 	if r.Context().Err() != nil {
 		w.WriteHeader(statusClientClosedRequest)
 		return nil
@@ -262,12 +262,12 @@ func (h *APIHandler) refuse(w http.ResponseWriter, r *http.Request, e *loginErro
 // Only APIs called with the app's access token can refuse it: the /sns/
 // APIs take a player's credentials, so their 40001 says nothing of the
 // app's token, and must not make the fleet replace it.
-func (h *APIHandler) call(r *http.Request, cleanPath string) (*http.Response, string, *loginError) {
+func (h *APIHandler) call(r *http.Request, cleanPath string) (*http.Response, string, *jsonRefusal) {
 	ctx, timeout := r.Context(), time.Duration(h.Timeout)
 	body, err := readRequestBody(r)
 	if err != nil {
 		if errors.As(err, new(*http.MaxBytesError)) {
-			return nil, "", newLoginError(http.StatusRequestEntityTooLarge, errInvalidRequest, "the request body is too large")
+			return nil, "", newRefusal(http.StatusRequestEntityTooLarge, errInvalidRequest, "the request body is too large")
 		}
 		return nil, "", badRequest("the request body could not be read")
 	}
@@ -318,7 +318,7 @@ func hasPrefixFold(s, prefix string) bool {
 
 // send makes one call of r at WeChat with token t: the same method, path,
 // query (its access_token replaced), body and Content-Type.
-func (h *APIHandler) send(r *http.Request, body requestBody, t accessToken) (*http.Response, *loginError) {
+func (h *APIHandler) send(r *http.Request, body requestBody, t accessToken) (*http.Response, *jsonRefusal) {
 	ctx := r.Context()
 	target := h.endpoint + r.URL.EscapedPath() + "?" + withAccessToken(r.URL.RawQuery, t.value)
 	req, err := http.NewRequestWithContext(ctx, r.Method, target, body.reader())
@@ -465,25 +465,25 @@ func writeTokenAnswer(w http.ResponseWriter, t accessToken, now time.Time) error
 }
 
 // tokenRefusal maps a failure to get a token to the documented refusal.
-func tokenRefusal(err *attemptError) *loginError {
+func tokenRefusal(err *attemptError) *jsonRefusal {
 	switch {
 	case err.kind == kindBadResponse:
-		return newLoginError(http.StatusBadGateway, errWechatTokenUnavailable, "WeChat's answer holds no access token the gateway can use")
+		return newRefusal(http.StatusBadGateway, errWechatTokenUnavailable, "WeChat's answer holds no access token the gateway can use")
 	case err.kind != kindErrcode || err.errcode == errcodeBusy:
 		return callRefusal(err)
 	}
-	e := newLoginError(http.StatusBadGateway, errWechatTokenUnavailable, "WeChat gives no access token; the operator has been told")
+	e := newRefusal(http.StatusBadGateway, errWechatTokenUnavailable, "WeChat gives no access token; the operator has been told")
 	e.errcode, e.hasErrcode = err.errcode, true
 	return e
 }
 
 // callRefusal maps a WeChat call that got no answer, or errcode -1, to the
 // documented refusal.
-func callRefusal(err *attemptError) *loginError {
+func callRefusal(err *attemptError) *jsonRefusal {
 	if err.kind == kindTimeout {
-		return newLoginError(http.StatusGatewayTimeout, errWechatTimeout, "WeChat did not answer in time")
+		return newRefusal(http.StatusGatewayTimeout, errWechatTimeout, "WeChat did not answer in time")
 	}
-	e := newLoginError(http.StatusServiceUnavailable, errWechatUnavailable, "WeChat is unavailable; retry later")
+	e := newRefusal(http.StatusServiceUnavailable, errWechatUnavailable, "WeChat is unavailable; retry later")
 	e.retryAfter = apiRetryAfter
 	if err.kind == kindErrcode {
 		e.errcode, e.hasErrcode = err.errcode, true

@@ -40,7 +40,7 @@ type codeStore interface {
 	// the login that started it (it serves every login waiting for the
 	// code), so it must not depend on ctx; redeem itself returns when ctx
 	// ends.
-	redeem(ctx context.Context, key codeKey, lead func() (Identity, *loginError)) (Identity, redeemOutcome, *loginError)
+	redeem(ctx context.Context, key codeKey, lead func() (Identity, *jsonRefusal)) (Identity, redeemOutcome, *jsonRefusal)
 }
 
 // codeTable holds one configuration's cached results, shared by its handlers
@@ -70,10 +70,10 @@ type memoryCodes struct {
 type flightResult struct {
 	id      Identity
 	outcome redeemOutcome
-	refusal *loginError
+	refusal *jsonRefusal
 }
 
-func (c memoryCodes) redeem(ctx context.Context, key codeKey, lead func() (Identity, *loginError)) (Identity, redeemOutcome, *loginError) {
+func (c memoryCodes) redeem(ctx context.Context, key codeKey, lead func() (Identity, *jsonRefusal)) (Identity, redeemOutcome, *jsonRefusal) {
 	if id, ok := c.cached(key); ok {
 		return id, redeemedFromCache, nil
 	}
@@ -82,7 +82,7 @@ func (c memoryCodes) redeem(ctx context.Context, key codeKey, lead func() (Ident
 
 // redeemInFlight is redeem for a code not in the cache: apart, so that a
 // cache hit allocates nothing for the flight.
-func (c memoryCodes) redeemInFlight(ctx context.Context, key codeKey, lead func() (Identity, *loginError)) (Identity, redeemOutcome, *loginError) {
+func (c memoryCodes) redeemInFlight(ctx context.Context, key codeKey, lead func() (Identity, *jsonRefusal)) (Identity, redeemOutcome, *jsonRefusal) {
 	ranLead := false
 	ch := c.flights.DoChan(string(key[:]), func() (any, error) {
 		// A flight for this code may have finished between the look above
@@ -138,6 +138,6 @@ func (c memoryCodes) add(key codeKey, id Identity) {
 // clientGone is the refusal recorded when the client hung up before its
 // login was decided: 499, as reverse_proxy records it, so the access log
 // shows the disconnect. Nobody reads the body.
-func clientGone() *loginError {
-	return newLoginError(statusClientClosedRequest, errInvalidRequest, "the client went away")
+func clientGone() *jsonRefusal {
+	return newRefusal(statusClientClosedRequest, errInvalidRequest, "the client went away")
 }

@@ -34,8 +34,8 @@ func memoryCodesAt(clock *testkit.Clock, ttl time.Duration, size int) memoryCode
 }
 
 // redeemWith redeems key with a lead that returns id and counts its calls.
-func redeemWith(c codeStore, key codeKey, id Identity, calls *atomic.Int32) (Identity, redeemOutcome, *loginError) {
-	return c.redeem(context.Background(), key, func() (Identity, *loginError) {
+func redeemWith(c codeStore, key codeKey, id Identity, calls *atomic.Int32) (Identity, redeemOutcome, *jsonRefusal) {
+	return c.redeem(context.Background(), key, func() (Identity, *jsonRefusal) {
 		calls.Add(1)
 		return id, nil
 	})
@@ -85,7 +85,7 @@ func TestCodeStoreWithoutTTLRemembersNothing(t *testing.T) {
 func TestCodeStoreCachesTheIdentityOfARefusedLogin(t *testing.T) {
 	c := memoryCodesAt(newTestClock(), time.Minute, 10)
 	k := newCodeKey("wx", "alice")
-	_, _, refusal := c.redeem(context.Background(), k, func() (Identity, *loginError) {
+	_, _, refusal := c.redeem(context.Background(), k, func() (Identity, *jsonRefusal) {
 		return Identity{OpenID: "oAlice"}, playerRateLimited(time.Second)
 	})
 	if refusal == nil || refusal.code != errRateLimited {
@@ -102,9 +102,9 @@ func TestCodeStoreCachesTheIdentityOfARefusedLogin(t *testing.T) {
 func TestCodeStoreLooksAgainOnCodeUsed(t *testing.T) {
 	c := memoryCodesAt(newTestClock(), time.Minute, 10)
 	k := newCodeKey("wx", "alice")
-	id, outcome, refusal := c.redeem(context.Background(), k, func() (Identity, *loginError) {
+	id, outcome, refusal := c.redeem(context.Background(), k, func() (Identity, *jsonRefusal) {
 		c.add(k, Identity{OpenID: "oAlice"}) // another flight finished meanwhile
-		return Identity{}, newLoginError(http.StatusUnauthorized, errCodeUsed, "used")
+		return Identity{}, newRefusal(http.StatusUnauthorized, errCodeUsed, "used")
 	})
 	if refusal != nil || id.OpenID != "oAlice" || outcome != redeemedFromCache {
 		t.Errorf("got %+v %v %v, want oAlice from the cache", id, outcome, refusal)
@@ -116,7 +116,7 @@ func TestCodeStoreJoinersShareOneCall(t *testing.T) {
 	k := newCodeKey("wx", "alice")
 	release := make(chan struct{})
 	var calls atomic.Int32
-	lead := func() (Identity, *loginError) {
+	lead := func() (Identity, *jsonRefusal) {
 		calls.Add(1)
 		<-release
 		return Identity{OpenID: "oAlice"}, nil
@@ -150,7 +150,7 @@ func TestCodeStoreReturnsWhenTheClientGoes(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
 	cancel()
-	_, _, refusal := c.redeem(ctx, newCodeKey("wx", "alice"), func() (Identity, *loginError) {
+	_, _, refusal := c.redeem(ctx, newCodeKey("wx", "alice"), func() (Identity, *jsonRefusal) {
 		<-release
 		return Identity{OpenID: "oAlice"}, nil
 	})

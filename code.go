@@ -27,13 +27,13 @@ const maxLoginBody = 1 << 20
 // headerValue, the X-WX-CODE header the client sent (stripClientIdentity
 // took it out). A body that was read is put back so the upstream receives it
 // byte for byte.
-func loginCode(r *http.Request, field, headerValue string) (string, *loginError) {
+func loginCode(r *http.Request, field, headerValue string) (string, *jsonRefusal) {
 	if code, ok := queryValue(r.URL.RawQuery, field); ok {
 		return checkCode(code)
 	}
-	code, found, lerr := bodyCode(r, field)
-	if lerr != nil {
-		return "", lerr
+	code, found, refusal := bodyCode(r, field)
+	if refusal != nil {
+		return "", refusal
 	}
 	if found {
 		return checkCode(code)
@@ -72,7 +72,7 @@ func queryValue(rawQuery, field string) (string, bool) {
 
 // bodyCode looks for the code in a JSON or form body. Other bodies are left
 // unread.
-func bodyCode(r *http.Request, field string) (code string, found bool, lerr *loginError) {
+func bodyCode(r *http.Request, field string) (code string, found bool, refusal *jsonRefusal) {
 	if r.Body == nil || r.Body == http.NoBody {
 		return "", false, nil
 	}
@@ -86,9 +86,9 @@ func bodyCode(r *http.Request, field string) (code string, found bool, lerr *log
 		return "", false, nil
 	}
 
-	body, lerr := readBody(r)
-	if lerr != nil {
-		return "", false, lerr
+	body, refusal := readBody(r)
+	if refusal != nil {
+		return "", false, refusal
 	}
 	if isJSON {
 		return jsonCode(body, field)
@@ -97,7 +97,7 @@ func bodyCode(r *http.Request, field string) (code string, found bool, lerr *log
 }
 
 // readBody reads the whole body and replaces it with a replayable copy.
-func readBody(r *http.Request) ([]byte, *loginError) {
+func readBody(r *http.Request) ([]byte, *jsonRefusal) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxLoginBody+1))
 	_ = r.Body.Close()
 	if err != nil {
@@ -115,11 +115,11 @@ func readBody(r *http.Request) ([]byte, *loginError) {
 	return body, nil
 }
 
-func bodyTooLarge() *loginError {
-	return newLoginError(http.StatusRequestEntityTooLarge, errInvalidRequest, "request body too large")
+func bodyTooLarge() *jsonRefusal {
+	return newRefusal(http.StatusRequestEntityTooLarge, errInvalidRequest, "request body too large")
 }
 
-func jsonCode(body []byte, field string) (string, bool, *loginError) {
+func jsonCode(body []byte, field string) (string, bool, *jsonRefusal) {
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(body, &fields); err != nil {
 		return "", false, badRequest("malformed JSON body")
@@ -135,7 +135,7 @@ func jsonCode(body []byte, field string) (string, bool, *loginError) {
 	return code, true, nil
 }
 
-func formCode(body []byte, field string) (string, bool, *loginError) {
+func formCode(body []byte, field string) (string, bool, *jsonRefusal) {
 	values, err := url.ParseQuery(string(body))
 	if err != nil {
 		return "", false, badRequest("malformed form body")
@@ -178,7 +178,7 @@ func dropCode(r *http.Request, field string) {
 
 // checkCode refuses what cannot be a WeChat code before it reaches WeChat.
 // The message never repeats the code.
-func checkCode(code string) (string, *loginError) {
+func checkCode(code string) (string, *jsonRefusal) {
 	if code == "" {
 		return "", badRequest("the login code is empty")
 	}

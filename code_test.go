@@ -51,20 +51,20 @@ func TestLoginCode(t *testing.T) {
 			if tc.contentType != "" {
 				r.Header.Set("Content-Type", tc.contentType)
 			}
-			code, lerr := loginCode(r, "code", tc.header)
+			code, refusal := loginCode(r, "code", tc.header)
 			if tc.wantStatus != 0 {
-				if lerr == nil || lerr.status != tc.wantStatus || lerr.code != errInvalidRequest {
-					t.Fatalf("got %q, %v; want status %d", code, lerr, tc.wantStatus)
+				if refusal == nil || refusal.status != tc.wantStatus || refusal.code != errInvalidRequest {
+					t.Fatalf("got %q, %v; want status %d", code, refusal, tc.wantStatus)
 				}
 				// Every refused input above holds "alice", as a code or
 				// near one: no message may repeat it.
-				if strings.Contains(lerr.message, "alice") {
-					t.Errorf("the error message repeats the code: %q", lerr.message)
+				if strings.Contains(refusal.message, "alice") {
+					t.Errorf("the error message repeats the code: %q", refusal.message)
 				}
 				return
 			}
-			if lerr != nil || code != tc.want {
-				t.Fatalf("got %q, %v; want %q", code, lerr, tc.want)
+			if refusal != nil || code != tc.want {
+				t.Fatalf("got %q, %v; want %q", code, refusal, tc.want)
 			}
 			if tc.body != "" {
 				forwarded, _ := io.ReadAll(r.Body)
@@ -80,8 +80,8 @@ func TestLoginCodeCustomField(t *testing.T) {
 	r := httptest.NewRequest(http.MethodPost, "/login?code=wrong", strings.NewReader(`{"wxcode":"alice.1"}`))
 	r.Header.Set("Content-Type", "application/json")
 	// code_field renames the query and body fields, not the header.
-	if code, lerr := loginCode(r, "wxcode", ""); lerr != nil || code != "alice.1" {
-		t.Fatalf("got %q, %v", code, lerr)
+	if code, refusal := loginCode(r, "wxcode", ""); refusal != nil || code != "alice.1" {
+		t.Fatalf("got %q, %v", code, refusal)
 	}
 }
 
@@ -98,14 +98,14 @@ func TestLoginCodeBodyTooLarge(t *testing.T) {
 	} {
 		r := httptest.NewRequest(http.MethodPost, "/wx/login", body)
 		r.Header.Set("Content-Type", "application/json")
-		if _, lerr := loginCode(r, "code", ""); lerr == nil || lerr.status != http.StatusRequestEntityTooLarge {
-			t.Errorf("%s: got %v, want 413", name, lerr)
+		if _, refusal := loginCode(r, "code", ""); refusal == nil || refusal.status != http.StatusRequestEntityTooLarge {
+			t.Errorf("%s: got %v, want 413", name, refusal)
 		}
 	}
 	r := httptest.NewRequest(http.MethodPost, "/wx/login", errAfterReader{errors.New("connection reset")})
 	r.Header.Set("Content-Type", "application/json")
-	if _, lerr := loginCode(r, "code", ""); lerr == nil || lerr.status != http.StatusBadRequest {
-		t.Errorf("a failed read: got %v, want 400", lerr)
+	if _, refusal := loginCode(r, "code", ""); refusal == nil || refusal.status != http.StatusBadRequest {
+		t.Errorf("a failed read: got %v, want 400", refusal)
 	}
 }
 
@@ -160,12 +160,12 @@ func FuzzLoginCode(f *testing.F) {
 		}
 		r.URL.RawQuery = query
 		r.Header.Set("Content-Type", contentType)
-		code, lerr := loginCode(r, "code", header)
-		if lerr != nil {
-			if lerr.status != http.StatusBadRequest && lerr.status != http.StatusRequestEntityTooLarge {
-				t.Fatalf("unexpected status %d", lerr.status)
+		code, refusal := loginCode(r, "code", header)
+		if refusal != nil {
+			if refusal.status != http.StatusBadRequest && refusal.status != http.StatusRequestEntityTooLarge {
+				t.Fatalf("unexpected status %d", refusal.status)
 			}
-			if code != "" && strings.Contains(lerr.message, code) {
+			if code != "" && strings.Contains(refusal.message, code) {
 				t.Fatal("the error message repeats the code")
 			}
 			return

@@ -25,9 +25,9 @@ const (
 	errSessionUnavailable  = "session_unavailable"
 )
 
-// loginError is a refusal the client sees as a JSON body. Its message is
+// jsonRefusal is a refusal the client sees as a JSON body. Its message is
 // written for humans and must never carry a code, a secret or a session_key.
-type loginError struct {
+type jsonRefusal struct {
 	status     int
 	code       string
 	message    string
@@ -36,23 +36,23 @@ type loginError struct {
 	retryAfter time.Duration
 }
 
-func (e *loginError) Error() string {
+func (e *jsonRefusal) Error() string {
 	if e.hasErrcode {
 		return fmt.Sprintf("%s (%d): %s", e.code, e.errcode, e.message)
 	}
 	return e.code + ": " + e.message
 }
 
-func newLoginError(status int, code, message string) *loginError {
-	return &loginError{status: status, code: code, message: message}
+func newRefusal(status int, code, message string) *jsonRefusal {
+	return &jsonRefusal{status: status, code: code, message: message}
 }
 
-func badRequest(message string) *loginError {
-	return newLoginError(http.StatusBadRequest, errInvalidRequest, message)
+func badRequest(message string) *jsonRefusal {
+	return newRefusal(http.StatusBadRequest, errInvalidRequest, message)
 }
 
-func rateLimited(message string, wait time.Duration) *loginError {
-	e := newLoginError(http.StatusTooManyRequests, errRateLimited, message)
+func rateLimited(message string, wait time.Duration) *jsonRefusal {
+	e := newRefusal(http.StatusTooManyRequests, errRateLimited, message)
 	e.retryAfter = wait
 	return e
 }
@@ -65,7 +65,7 @@ type errorBody struct {
 }
 
 // write sends the refusal. Nothing has been forwarded upstream when this runs.
-func (e *loginError) write(w http.ResponseWriter) {
+func (e *jsonRefusal) write(w http.ResponseWriter) {
 	body := errorBody{Error: e.code, Message: e.message}
 	if e.hasErrcode {
 		body.Errcode = &e.errcode

@@ -282,33 +282,33 @@ func isRidChar(c byte) bool {
 	return c == '-' || ('0' <= c && c <= '9') || ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z')
 }
 
-// loginErrorFor maps a failed exchange to the documented response.
-func loginErrorFor(err *attemptError, retry retryPolicy, now time.Time) *loginError {
+// exchangeRefusal maps a failed exchange to the documented response.
+func exchangeRefusal(err *attemptError, retry retryPolicy, now time.Time) *jsonRefusal {
 	switch err.kind {
 	case kindTimeout:
-		return newLoginError(http.StatusGatewayTimeout, errWechatTimeout, "WeChat did not answer in time; call wx.login again and retry")
+		return newRefusal(http.StatusGatewayTimeout, errWechatTimeout, "WeChat did not answer in time; call wx.login again and retry")
 	case kindUnavailable:
-		e := newLoginError(http.StatusServiceUnavailable, errWechatUnavailable, "WeChat is unavailable; call wx.login again and retry")
+		e := newRefusal(http.StatusServiceUnavailable, errWechatUnavailable, "WeChat is unavailable; call wx.login again and retry")
 		e.retryAfter = max(retry.max, time.Second)
 		return e
 	case kindBadResponse:
-		return newLoginError(http.StatusBadGateway, errWechatBadResponse, "WeChat answered with something other than a login result")
+		return newRefusal(http.StatusBadGateway, errWechatBadResponse, "WeChat answered with something other than a login result")
 	}
-	var e *loginError
+	var e *jsonRefusal
 	switch err.errcode {
 	case errcodeBusy:
-		e = newLoginError(http.StatusServiceUnavailable, errWechatUnavailable, "WeChat is busy; call wx.login again and retry")
+		e = newRefusal(http.StatusServiceUnavailable, errWechatUnavailable, "WeChat is busy; call wx.login again and retry")
 		e.retryAfter = max(retry.max, time.Second)
 	case errcodeInvalidCode:
-		e = newLoginError(http.StatusUnauthorized, errInvalidCode, "the login code is invalid or expired; call wx.login again")
+		e = newRefusal(http.StatusUnauthorized, errInvalidCode, "the login code is invalid or expired; call wx.login again")
 	case errcodeCodeUsed:
-		e = newLoginError(http.StatusUnauthorized, errCodeUsed, "the login code was already used; call wx.login again")
+		e = newRefusal(http.StatusUnauthorized, errCodeUsed, "the login code was already used; call wx.login again")
 	case errcodeBlocked:
-		e = newLoginError(http.StatusForbidden, errUserBlocked, "WeChat refused this player as high risk")
+		e = newRefusal(http.StatusForbidden, errUserBlocked, "WeChat refused this player as high risk")
 	case errcodeRateLimited:
 		e = rateLimited("WeChat's per-player login limit was reached; retry next minute", untilNextMinute(now))
 	default:
-		e = newLoginError(http.StatusBadGateway, errWechatMisconfigured, "the login service is misconfigured; the operator has been told")
+		e = newRefusal(http.StatusBadGateway, errWechatMisconfigured, "the login service is misconfigured; the operator has been told")
 	}
 	e.errcode, e.hasErrcode = err.errcode, true
 	return e

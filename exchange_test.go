@@ -154,8 +154,8 @@ func TestExchangeErrorsAreRedacted(t *testing.T) {
 	if aerr == nil || aerr.kind != kindUnavailable {
 		t.Fatalf("got %v, want unavailable", aerr)
 	}
-	lerr := loginErrorFor(aerr, c.retry, time.Now())
-	for _, text := range []string{aerr.Error(), lerr.Error(), lerr.message} {
+	refusal := exchangeRefusal(aerr, c.retry, time.Now())
+	for _, text := range []string{aerr.Error(), refusal.Error(), refusal.message} {
 		if strings.Contains(text, exTestSecret) || strings.Contains(text, "alice.secretcode") || strings.Contains(text, "js_code") {
 			t.Errorf("error text leaks the request: %q", text)
 		}
@@ -238,7 +238,7 @@ func FuzzDecodeJscode2Session(f *testing.F) {
 			if len(err.rid) > 64 {
 				t.Fatalf("rid not bounded: %d bytes", len(err.rid))
 			}
-			_ = loginErrorFor(err, retryPolicy{attempts: 1}, time.Now())
+			_ = exchangeRefusal(err, retryPolicy{attempts: 1}, time.Now())
 		}
 	})
 }
@@ -295,7 +295,7 @@ func TestLoginErrorFor(t *testing.T) {
 		{attemptError{kind: kindUnavailable}, 503, errWechatUnavailable, false, true},
 		{attemptError{kind: kindTimeout}, 504, errWechatTimeout, false, false},
 	} {
-		e := loginErrorFor(&tc.err, retry, time.Date(2026, 11, 23, 10, 0, 50, 0, time.UTC))
+		e := exchangeRefusal(&tc.err, retry, time.Date(2026, 11, 23, 10, 0, 50, 0, time.UTC))
 		if e.status != tc.status || e.code != tc.code || e.hasErrcode != tc.errcode || (e.retryAfter > 0) != tc.retryAfter {
 			t.Errorf("%+v: got %d %s errcode=%v retryAfter=%v", tc.err, e.status, e.code, e.hasErrcode, e.retryAfter)
 		}

@@ -1,6 +1,7 @@
 package wechatlogin
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"io"
@@ -68,8 +69,10 @@ func newTestRequest(ctx context.Context, method, target string, body io.Reader) 
 	return r.WithContext(ctx), repl
 }
 
-// recordingUpstream records what reached the next handler.
+// recordingUpstream records what reached the next handler, which answers
+// status (204 if 0).
 type recordingUpstream struct {
+	status  int
 	mu      sync.Mutex
 	headers []http.Header
 }
@@ -79,7 +82,7 @@ func (u *recordingUpstream) handler() caddyhttp.Handler {
 		u.mu.Lock()
 		u.headers = append(u.headers, r.Header.Clone())
 		u.mu.Unlock()
-		w.WriteHeader(http.StatusNoContent)
+		w.WriteHeader(cmp.Or(u.status, http.StatusNoContent))
 		return nil
 	})
 }
@@ -119,14 +122,11 @@ func newClockedHandler(t testing.TB, endpoint string, clock *testkit.Clock, conf
 // whether it was forwarded.
 func serveTestLogin(t testing.TB, h *Handler, code, ip string) (*httptest.ResponseRecorder, bool) {
 	t.Helper()
-	r, _ := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code="+code, nil)
-	caddyhttp.SetVar(r.Context(), caddyhttp.ClientIPVarKey, ip)
-	up := &recordingUpstream{}
-	w := httptest.NewRecorder()
-	if err := h.ServeHTTP(w, r, up.handler()); err != nil {
-		t.Fatal(err)
+	res := testLogin{code: code, ip: ip}.serve(context.Background(), h)
+	if res.err != nil {
+		t.Fatal(res.err)
 	}
-	return w, up.count() == 1
+	return res.w, res.forwarded()
 }
 
 // wantRateLimited checks a 429 as the contract words it.
@@ -165,6 +165,14 @@ func withBudget(events int, window time.Duration) func(*Handler) {
 	return func(h *Handler) { h.Budget = &Budget{Events: events, Window: caddy.Duration(window)} }
 }
 
+// testLogin is a login request for a test to serve through a handler.
+type testLogin struct {
+	code   string
+	ip     string      // the client address Caddy determined; newTestRequest's if empty
+	header http.Header // added to the request
+	status int         // the upstream's answer; 204 if 0
+}
+
 // loginResult is what one login through a handler gave.
 type loginResult struct {
 	w        *httptest.ResponseRecorder
@@ -174,14 +182,27 @@ type loginResult struct {
 
 func (r loginResult) forwarded() bool { return r.upstream != nil }
 
-// serveLoginWith serves a login with code on ctx, adding header to the
-// request. It touches no testing.T, so any goroutine may call it.
-func serveLoginWith(ctx context.Context, h *Handler, code string, header http.Header) loginResult {
-	r, _ := newTestRequest(ctx, http.MethodGet, "/wx/login?code="+code, nil)
-	for name, values := range header {
+// checked reports an error ServeHTTP returned on t, with Error (so any
+// goroutine may call it), and returns r.
+func (r loginResult) checked(t testing.TB) loginResult {
+	t.Helper()
+	if r.err != nil {
+		t.Error(r.err)
+	}
+	return r
+}
+
+// serve serves l through h on ctx. It touches no testing.T, so any goroutine
+// may call it.
+func (l testLogin) serve(ctx context.Context, h *Handler) loginResult {
+	r, _ := newTestRequest(ctx, http.MethodGet, "/wx/login?code="+l.code, nil)
+	if l.ip != "" {
+		caddyhttp.SetVar(r.Context(), caddyhttp.ClientIPVarKey, l.ip)
+	}
+	for name, values := range l.header {
 		r.Header[name] = values
 	}
-	up := &recordingUpstream{}
+	up := &recordingUpstream{status: l.status}
 	res := loginResult{w: httptest.NewRecorder()}
 	res.err = h.ServeHTTP(res.w, r, up.handler())
 	if up.count() > 0 {
@@ -190,10 +211,10 @@ func serveLoginWith(ctx context.Context, h *Handler, code string, header http.He
 	return res
 }
 
-// goLogin is serveLoginWith on a goroutine of its own.
-func goLogin(ctx context.Context, h *Handler, code string, header http.Header) <-chan loginResult {
+// goLogin serves l on a goroutine of its own.
+func goLogin(ctx context.Context, h *Handler, l testLogin) <-chan loginResult {
 	done := make(chan loginResult, 1)
-	go func() { done <- serveLoginWith(ctx, h, code, header) }()
+	go func() { done <- l.serve(ctx, h) }()
 	return done
 }
 

@@ -28,13 +28,13 @@ type Identity struct {
 
 // decideLogin is authenticateLogin and, with sessions, the token the login
 // earns: everything a login can be refused for is decided here.
-func (h *Handler) decideLogin(r *http.Request, codeHeader, session string) (id Identity, token string, expires time.Time, refusal *loginError) {
+func (h *Handler) decideLogin(r *http.Request, codeHeader, session string) (id Identity, token string, expires time.Time, refusal *jsonRefusal) {
 	if id, refusal = h.authenticateLogin(r, codeHeader, session); refusal != nil || h.sessions == nil {
 		return id, "", time.Time{}, refusal
 	}
 	token, expires, err := h.sessions.issue(id)
 	if err != nil {
-		return Identity{}, "", time.Time{}, newLoginError(http.StatusInternalServerError, errSessionUnavailable, "the session could not be signed; log in again")
+		return Identity{}, "", time.Time{}, newRefusal(http.StatusInternalServerError, errSessionUnavailable, "the session could not be signed; log in again")
 	}
 	h.metrics.sessionIssued()
 	return id, token, expires, nil
@@ -44,7 +44,7 @@ func (h *Handler) decideLogin(r *http.Request, codeHeader, session string) (id I
 // refusal to answer with. It charges the budgets on the way and writes
 // nothing; serveLogin acts on the decision. codeHeader and session are the
 // X-WX-CODE and X-WX-SESSION values the client sent.
-func (h *Handler) authenticateLogin(r *http.Request, codeHeader, session string) (Identity, *loginError) {
+func (h *Handler) authenticateLogin(r *http.Request, codeHeader, session string) (Identity, *jsonRefusal) {
 	ctx := r.Context()
 	if wait, ok := h.ips.spend(ctx, ipBudgetKey(clientIP(r))); !ok {
 		h.metrics.budgetRejected("ip")
@@ -58,7 +58,7 @@ func (h *Handler) authenticateLogin(r *http.Request, codeHeader, session string)
 	if h.sessions != nil {
 		sessionPlayer, _ = h.sessions.presentedPlayer(r, session, expiredSessionGrace)
 	}
-	id, outcome, refusal := h.codes.redeem(ctx, newCodeKey(h.AppID, code), func() (Identity, *loginError) {
+	id, outcome, refusal := h.codes.redeem(ctx, newCodeKey(h.AppID, code), func() (Identity, *jsonRefusal) {
 		return h.exchangeOnce(ctx, code, sessionPlayer)
 	})
 	if refusal != nil && refusal.status == statusClientClosedRequest {
@@ -97,7 +97,7 @@ func (h *Handler) authenticateLogin(r *http.Request, codeHeader, session string)
 //
 // It runs on its own deadline, bounded by the retry policy, so that the first
 // client hanging up does not fail the others.
-func (h *Handler) exchangeOnce(reqCtx context.Context, code, sessionPlayer string) (Identity, *loginError) {
+func (h *Handler) exchangeOnce(reqCtx context.Context, code, sessionPlayer string) (Identity, *jsonRefusal) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(reqCtx), h.client.worstCase())
 	defer cancel()
 	var undoSessionCharge func()
@@ -115,7 +115,7 @@ func (h *Handler) exchangeOnce(reqCtx context.Context, code, sessionPlayer strin
 	elapsed := time.Since(start)
 	h.metrics.exchanged(res.attempts, elapsed)
 	if err != nil {
-		refusal := loginErrorFor(err, h.client.retry, h.now())
+		refusal := exchangeRefusal(err, h.client.retry, h.now())
 		h.logExchange(refusal.code, res, elapsed, err)
 		if refusedTheCode(err) {
 			giveBack(undoSessionCharge)
@@ -159,7 +159,7 @@ func giveBack(undo func()) {
 
 // chargePlayer spends one event of the player's budget for a WeChat call
 // that proved this player.
-func (h *Handler) chargePlayer(ctx context.Context, openID string) *loginError {
+func (h *Handler) chargePlayer(ctx context.Context, openID string) *jsonRefusal {
 	if wait, ok := h.players.spend(ctx, openID); !ok {
 		h.metrics.budgetRejected("player")
 		return playerRateLimited(wait)
@@ -167,7 +167,7 @@ func (h *Handler) chargePlayer(ctx context.Context, openID string) *loginError {
 	return nil
 }
 
-func playerRateLimited(wait time.Duration) *loginError {
+func playerRateLimited(wait time.Duration) *jsonRefusal {
 	return rateLimited("too many logins for this player", wait)
 }
 

@@ -48,12 +48,12 @@ func TestCallInFlightIsSharedAcrossAReload(t *testing.T) {
 	sim, _ := newTestSim(t)
 	gate := testkit.NewGate(t, sim)
 	old := newTestHandler(t, gate.URL, nil)
-	first := goLogin(context.Background(), old, "alice.reload", nil)
+	first := goLogin(context.Background(), old, testLogin{code: "alice.reload"})
 	gate.AwaitArrivals(t, 1)
 
 	reloaded := newTestHandler(t, gate.URL, withBudget(50, time.Minute)) // a changed config of the same app
 	waiting := newWaitingContext(context.Background())
-	second := goLogin(waiting, reloaded, "alice.reload", nil)
+	second := goLogin(waiting, reloaded, testLogin{code: "alice.reload"})
 	waiting.await(t)
 	if err := old.Cleanup(); err != nil {
 		t.Fatal(err)
@@ -84,7 +84,7 @@ func TestLoopingPlayerStaysWithinEveryWindow(t *testing.T) {
 		withBudget(60, time.Minute)(h)
 		h.IPBudget = &Budget{Off: true} // one player's loop, not its address, is under test
 	})
-	first := serveLoginWith(context.Background(), h, "alice.0", nil)
+	first := testLogin{code: "alice.0"}.serve(context.Background(), h)
 	token := first.w.Header().Get(headerSession)
 	if !first.forwarded() || token == "" {
 		t.Fatalf("first login: %d %s, session %q", first.w.Code, first.w.Body, token)
@@ -96,7 +96,7 @@ func TestLoopingPlayerStaysWithinEveryWindow(t *testing.T) {
 	for n := 1; clock.Now().Sub(start) < 3*time.Minute; n++ {
 		clock.Advance(step)
 		before := sim.Calls()
-		res := serveLoginWith(context.Background(), h, "alice."+strconv.Itoa(n), bearerHeader(token))
+		res := testLogin{code: "alice." + strconv.Itoa(n), header: bearerHeader(token)}.serve(context.Background(), h)
 		if sim.Calls() > before {
 			calls = append(calls, clock.Now())
 		}
@@ -147,9 +147,9 @@ func TestCodeStoreLooksAgainInsideTheFlight(t *testing.T) {
 		return clock.Now()
 	}
 	var calls atomic.Int32
-	id, outcome, refusal := c.redeem(context.Background(), k, func() (Identity, *loginError) {
+	id, outcome, refusal := c.redeem(context.Background(), k, func() (Identity, *jsonRefusal) {
 		calls.Add(1)
-		return Identity{}, newLoginError(http.StatusUnauthorized, errCodeUsed, "the login code was already used")
+		return Identity{}, newRefusal(http.StatusUnauthorized, errCodeUsed, "the login code was already used")
 	})
 	if calls.Load() != 0 {
 		t.Errorf("the flight called WeChat %d times for a code whose result was cached", calls.Load())
@@ -171,31 +171,31 @@ func TestSessionChargeGivenBackWhenWechatRefusesTheCode(t *testing.T) {
 		withSessions(nil)(h)
 		h.Budget = &Budget{Events: 2, Window: caddy.Duration(time.Minute)}
 	})
-	first := serveLoginWith(context.Background(), h, "alice.1", nil)
+	first := testLogin{code: "alice.1"}.serve(context.Background(), h)
 	token := first.w.Header().Get(headerSession)
 	if !first.forwarded() || token == "" {
 		t.Fatalf("alice's first login: %d %s", first.w.Code, first.w.Body)
 	}
 	clock.Advance(3 * time.Hour) // the token has expired, but still names alice for a day
 	for i := range 5 {
-		res := serveLoginWith(context.Background(), h, fmt.Sprintf("invalid.%d", i), bearerHeader(token))
+		res := testLogin{code: fmt.Sprintf("invalid.%d", i), header: bearerHeader(token)}.serve(context.Background(), h)
 		if res.w.Code != http.StatusUnauthorized {
 			t.Fatalf("a junk code with alice's token: %d %s, want 401 invalid_code", res.w.Code, res.w.Body)
 		}
 		// A high-risk account's codes (a bot farm's) prove nobody either.
-		res = serveLoginWith(context.Background(), h, fmt.Sprintf("blocked.%d", i), bearerHeader(token))
+		res = testLogin{code: fmt.Sprintf("blocked.%d", i), header: bearerHeader(token)}.serve(context.Background(), h)
 		if res.w.Code != http.StatusForbidden {
 			t.Fatalf("a blocked account's code with alice's token: %d %s, want 403 user_blocked", res.w.Code, res.w.Body)
 		}
 	}
-	if res := serveLoginWith(context.Background(), h, "alice.2", bearerHeader(token)); !res.forwarded() {
+	if res := (testLogin{code: "alice.2", header: bearerHeader(token)}).serve(context.Background(), h); !res.forwarded() {
 		t.Errorf("alice after the junk codes: %d %s, want her budget untouched", res.w.Code, res.w.Body)
 	}
 
 	// Alice's token with bob's codes: charged to both, so the loop stops
 	// at alice's budget, before WeChat.
 	for i := range 10 {
-		serveLoginWith(context.Background(), h, fmt.Sprintf("bob.%d", i), bearerHeader(token))
+		testLogin{code: fmt.Sprintf("bob.%d", i), header: bearerHeader(token)}.serve(context.Background(), h)
 	}
 	if got := sim.CallsFor(wechatsim.OpenID(testAppID, "bob")); got != 1 {
 		t.Errorf("bob's codes with alice's token made %d WeChat calls, want 1: the loop stops at alice's budget", got)

@@ -209,7 +209,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return next.ServeHTTP(w, r)
 		}
 		h.metrics.sessionRejected(sessionRejection(err))
-		h.refuse(w, newLoginError(http.StatusUnauthorized, errInvalidSession, "a valid session is required: log in again"))
+		h.refuse(w, newRefusal(http.StatusUnauthorized, errInvalidSession, "a valid session is required: log in again"))
 		return nil
 	}
 	h.attachIdentity(r, id)
@@ -242,7 +242,7 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, next caddyh
 // refuse answers with the documented JSON error; nothing is forwarded. A
 // client that went away is recorded as 499, as reverse_proxy does, so the
 // access log reflects the disconnect.
-func (h *Handler) refuse(w http.ResponseWriter, refusal *loginError) {
+func (h *Handler) refuse(w http.ResponseWriter, refusal *jsonRefusal) {
 	if refusal.status == statusClientClosedRequest {
 		w.WriteHeader(statusClientClosedRequest)
 		return

@@ -196,13 +196,13 @@ func TestConcurrentLoginsShareOneCall(t *testing.T) {
 
 	firstCtx, leave := context.WithCancel(context.Background())
 	defer leave()
-	first := goLogin(firstCtx, h, "alice.shared", nil)
+	first := goLogin(firstCtx, h, testLogin{code: "alice.shared"})
 	gate.AwaitArrivals(t, 1)
 	const others = 49
 	results := make([]<-chan loginResult, others)
 	for i := range results {
 		waiting := newWaitingContext(context.Background())
-		results[i] = goLogin(waiting, h, "alice.shared", nil)
+		results[i] = goLogin(waiting, h, testLogin{code: "alice.shared"})
 		waiting.await(t)
 	}
 	leave()
@@ -222,7 +222,7 @@ func TestConcurrentLoginsShareOneCall(t *testing.T) {
 	}
 
 	// Later logins with the same code are served from the cache.
-	if res := serveLoginWith(context.Background(), h, "alice.shared", nil); !res.forwarded() || gate.Arrivals() != 1 {
+	if res := (testLogin{code: "alice.shared"}).serve(context.Background(), h); !res.forwarded() || gate.Arrivals() != 1 {
 		t.Fatalf("repeat login: %d %s, WeChat calls %d", res.w.Code, res.w.Body, gate.Arrivals())
 	}
 }
@@ -364,7 +364,7 @@ func TestConcurrentLoginsOfOneCodeShareOneCharge(t *testing.T) {
 	var results []<-chan loginResult
 	for range 5 {
 		waiting := newWaitingContext(context.Background())
-		results = append(results, goLogin(waiting, h, "alice.together", nil))
+		results = append(results, goLogin(waiting, h, testLogin{code: "alice.together"}))
 		waiting.await(t)
 	}
 	gate.Open()
@@ -377,6 +377,6 @@ func TestConcurrentLoginsOfOneCodeShareOneCharge(t *testing.T) {
 		t.Fatalf("%d WeChat calls for one code, want 1", gate.Arrivals())
 	}
 	// Replaying the code later is refused while the budget is spent.
-	res := serveLoginWith(context.Background(), h, "alice.together", nil)
+	res := testLogin{code: "alice.together"}.serve(context.Background(), h)
 	wantRateLimited(t, res.w, res.forwarded(), "63")
 }

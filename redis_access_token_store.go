@@ -143,7 +143,7 @@ func (s *redisTokenStore) refresh(ctx context.Context, now time.Time, stale acce
 // stale. A waiter waits as long as ctx lets it, which is no longer than the
 // lock it waits on lasts.
 func (s *redisTokenStore) refreshShared(ctx context.Context, now time.Time, stale accessToken, fetch func(context.Context) (accessToken, error)) (accessToken, error) {
-	lock := newLockToken()
+	lock := newUniqueID()
 	lockTTL := s.lockTTL(ctx)
 	// held is the fingerprint of the token this gateway will not take.
 	held := s.fleet.hide([]byte(stale.value))
@@ -264,7 +264,7 @@ func (s *redisTokenStore) allowForcedRefresh(ctx context.Context, now time.Time)
 	var allowed bool
 	served := s.fleet.redis.do(ctx, "token_forced_refresh", func(ctx context.Context) error {
 		n, err := forcedRefreshScript.Run(ctx, s.fleet.redis.client, []string{s.ledger},
-			forcedRefreshSpacing.Milliseconds(), forcedRefreshesPerDay, (24 * time.Hour).Milliseconds(), newLockToken(), clockArg).Int()
+			forcedRefreshSpacing.Milliseconds(), forcedRefreshesPerDay, (24 * time.Hour).Milliseconds(), newUniqueID(), clockArg).Int()
 		allowed = n == 1
 		return err
 	})

@@ -381,12 +381,12 @@ func TestFleetWorksWithTheDocumentedACL(t *testing.T) {
 	if undo, _, ok := budget.reserve(ctx, "oAlice"); ok {
 		undo()
 	}
-	lead := func() (Identity, *loginError) { return fleetIdentity, nil }
-	if _, _, lerr := codes.redeem(ctx, newCodeKey(fleetAppID, fleetCode), lead); lerr != nil {
-		t.Fatal(lerr)
+	lead := func() (Identity, *jsonRefusal) { return fleetIdentity, nil }
+	if _, _, refusal := codes.redeem(ctx, newCodeKey(fleetAppID, fleetCode), lead); refusal != nil {
+		t.Fatal(refusal)
 	}
-	refuse := func() (Identity, *loginError) {
-		return Identity{}, &loginError{status: http.StatusUnauthorized, code: errInvalidCode}
+	refuse := func() (Identity, *jsonRefusal) {
+		return Identity{}, &jsonRefusal{status: http.StatusUnauthorized, code: errInvalidCode}
 	}
 	codes.redeem(ctx, newCodeKey(fleetAppID, "refused-code"), refuse)
 	tokens := gw.tokenStore()

@@ -104,19 +104,19 @@ func (f *fleet) codes(local codeStore, cacheTTL, lockTTL time.Duration) codeStor
 	return c
 }
 
-func (c *redisCodes) redeem(ctx context.Context, key codeKey, lead func() (Identity, *loginError)) (Identity, redeemOutcome, *loginError) {
+func (c *redisCodes) redeem(ctx context.Context, key codeKey, lead func() (Identity, *jsonRefusal)) (Identity, redeemOutcome, *jsonRefusal) {
 	// The local store reports redeemedByCall to the login whose function
 	// ran; what that function found in Redis says how it was really redeemed.
 	var shared atomic.Int32
-	id, outcome, lerr := c.local.redeem(ctx, key, func() (Identity, *loginError) {
-		id, how, lerr := c.redeemShared(ctx, key, lead)
+	id, outcome, refusal := c.local.redeem(ctx, key, func() (Identity, *jsonRefusal) {
+		id, how, refusal := c.redeemShared(ctx, key, lead)
 		shared.Store(int32(how))
-		return id, lerr
+		return id, refusal
 	})
 	if outcome == redeemedByCall {
 		outcome = redeemOutcome(shared.Load())
 	}
-	return id, outcome, lerr
+	return id, outcome, refusal
 }
 
 // codeKeys are the Redis keys of one code.
@@ -133,9 +133,9 @@ func (c *redisCodes) keysFor(key codeKey) codeKeys {
 }
 
 // redeemShared runs on behalf of every login for key at this gateway.
-func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, lead func() (Identity, *loginError)) (Identity, redeemOutcome, *loginError) {
+func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, lead func() (Identity, *jsonRefusal)) (Identity, redeemOutcome, *jsonRefusal) {
 	k := c.keysFor(key)
-	token := newLockToken()
+	token := newUniqueID()
 	claim, ok := c.claim(ctx, k, token, c.fresh)
 	if !ok {
 		return leadAlone(lead)
@@ -167,16 +167,16 @@ func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, lead func() 
 
 // leadAlone calls WeChat without the fleet: Redis is down, or said nothing
 // usable.
-func leadAlone(lead func() (Identity, *loginError)) (Identity, redeemOutcome, *loginError) {
-	id, lerr := lead()
-	return id, redeemedByCall, lerr
+func leadAlone(lead func() (Identity, *jsonRefusal)) (Identity, redeemOutcome, *jsonRefusal) {
+	id, refusal := lead()
+	return id, redeemedByCall, refusal
 }
 
 // leadForFleet calls WeChat holding the lock and stores the result for the
 // other gateways.
-func (c *redisCodes) leadForFleet(ctx context.Context, k codeKeys, token string, lead func() (Identity, *loginError)) (Identity, redeemOutcome, *loginError) {
-	id, lerr := lead()
-	if lerr != nil && lerr.code == errCodeUsed && c.fresh == acceptIdentity {
+func (c *redisCodes) leadForFleet(ctx context.Context, k codeKeys, token string, lead func() (Identity, *jsonRefusal)) (Identity, redeemOutcome, *jsonRefusal) {
+	id, refusal := lead()
+	if refusal != nil && refusal.code == errCodeUsed && c.fresh == acceptIdentity {
 		// A gateway whose lock ran out may have spent the code and stored
 		// what it proved.
 		if claim, ok := c.claim(ctx, k, token, acceptIdentity); ok && claim.kind == "result" {
@@ -189,11 +189,11 @@ func (c *redisCodes) leadForFleet(ctx context.Context, k codeKeys, token string,
 	if id.OpenID != "" {
 		// Stored even alongside a refusal (a player over budget): the code
 		// is spent at WeChat, and a retry elsewhere must find its result.
-		c.finish(ctx, k, token, c.sealIdentity(k, id, lerr), c.identityTTL)
+		c.finish(ctx, k, token, c.sealIdentity(k, id, refusal), c.identityTTL)
 	} else {
-		c.finish(ctx, k, token, c.sealRefusal(k, lerr), c.lockTTL)
+		c.finish(ctx, k, token, c.sealRefusal(k, refusal), c.lockTTL)
 	}
-	return id, redeemedByCall, lerr
+	return id, redeemedByCall, refusal
 }
 
 type claimAnswer struct {
@@ -233,15 +233,15 @@ func (c *redisCodes) finish(ctx context.Context, k codeKeys, token string, resul
 // the code is redeemed at WeChat instead. A waiter gets what the call's own
 // logins got; a login served from the cache gets the identity alone, which
 // the login checks against the budget as it is now.
-func (c *redisCodes) answer(k codeKeys, stored string, outcome redeemOutcome, lead func() (Identity, *loginError)) (Identity, redeemOutcome, *loginError) {
-	id, lerr, err := c.openResult(k, stored)
+func (c *redisCodes) answer(k codeKeys, stored string, outcome redeemOutcome, lead func() (Identity, *jsonRefusal)) (Identity, redeemOutcome, *jsonRefusal) {
+	id, refusal, err := c.openResult(k, stored)
 	if err != nil {
 		return leadAlone(lead)
 	}
 	if outcome == redeemedFromCache && id.OpenID != "" {
-		lerr = nil
+		refusal = nil
 	}
-	return id, outcome, lerr
+	return id, outcome, refusal
 }
 
 // storedResult is what the result key holds, sealed: an identity (with the
@@ -258,18 +258,18 @@ type storedResult struct {
 	RetryAfterMS int64  `json:"retry_after_ms,omitempty"`
 }
 
-func (c *redisCodes) sealIdentity(k codeKeys, id Identity, refusal *loginError) []byte {
+func (c *redisCodes) sealIdentity(k codeKeys, id Identity, refusal *jsonRefusal) []byte {
 	r := storedRefusal(refusal)
 	r.OpenID, r.UnionID, r.SessionKey = id.OpenID, id.UnionID, id.SessionKey
 	return c.fleet.seal(resultIdentity, k.result, r)
 }
 
-func (c *redisCodes) sealRefusal(k codeKeys, e *loginError) []byte {
+func (c *redisCodes) sealRefusal(k codeKeys, e *jsonRefusal) []byte {
 	return c.fleet.seal(resultRefusal, k.result, storedRefusal(e))
 }
 
 // storedRefusal is e's part of a stored result (none when e is nil).
-func storedRefusal(e *loginError) storedResult {
+func storedRefusal(e *jsonRefusal) storedResult {
 	if e == nil {
 		return storedResult{}
 	}
@@ -280,17 +280,17 @@ func storedRefusal(e *loginError) storedResult {
 	return r
 }
 
-func (c *redisCodes) openResult(k codeKeys, stored string) (Identity, *loginError, error) {
+func (c *redisCodes) openResult(k codeKeys, stored string) (Identity, *jsonRefusal, error) {
 	var r storedResult
 	if err := c.fleet.open(k.result, stored, &r); err != nil {
 		return Identity{}, nil, err
 	}
-	var refusal *loginError
+	var refusal *jsonRefusal
 	if r.Status != 0 || r.Code != "" {
 		if r.Status == 0 || r.Code == "" {
 			return Identity{}, nil, errors.New("a stored refusal without status or code")
 		}
-		refusal = &loginError{status: r.Status, code: r.Code, message: r.Message, retryAfter: time.Duration(r.RetryAfterMS) * time.Millisecond}
+		refusal = &jsonRefusal{status: r.Status, code: r.Code, message: r.Message, retryAfter: time.Duration(r.RetryAfterMS) * time.Millisecond}
 		if r.Errcode != nil {
 			refusal.errcode, refusal.hasErrcode = *r.Errcode, true
 		}

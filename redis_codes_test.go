@@ -58,22 +58,22 @@ type countingLead struct {
 	release  chan struct{} // closed to let calls answer
 	once     sync.Once
 	identity Identity
-	refusal  *loginError
+	refusal  *jsonRefusal
 }
 
-func newCountingLead(id Identity, refusal *loginError) *countingLead {
+func newCountingLead(id Identity, refusal *jsonRefusal) *countingLead {
 	l := &countingLead{started: make(chan struct{}), release: make(chan struct{}), identity: id, refusal: refusal}
 	return l
 }
 
 // released is a lead that answers at once.
-func released(id Identity, refusal *loginError) *countingLead {
+func released(id Identity, refusal *jsonRefusal) *countingLead {
 	l := newCountingLead(id, refusal)
 	close(l.release)
 	return l
 }
 
-func (l *countingLead) lead() (Identity, *loginError) {
+func (l *countingLead) lead() (Identity, *jsonRefusal) {
 	l.calls.Add(1)
 	l.once.Do(func() { close(l.started) })
 	<-l.release
@@ -83,14 +83,14 @@ func (l *countingLead) lead() (Identity, *loginError) {
 type redeemed struct {
 	id      Identity
 	outcome redeemOutcome
-	lerr    *loginError
+	refusal *jsonRefusal
 }
 
 func redeemIn(codes codeStore, key codeKey, lead *countingLead) <-chan redeemed {
 	done := make(chan redeemed, 1)
 	go func() {
-		id, outcome, lerr := codes.redeem(context.Background(), key, lead.lead)
-		done <- redeemed{id, outcome, lerr}
+		id, outcome, refusal := codes.redeem(context.Background(), key, lead.lead)
+		done <- redeemed{id, outcome, refusal}
 	}()
 	return done
 }
@@ -122,13 +122,13 @@ func TestRedisCodesOneCallAcrossGateways(t *testing.T) {
 	close(wechat.release)
 
 	got := <-first
-	if got.lerr != nil || got.id != fleetIdentity || got.outcome != redeemedByCall {
+	if got.refusal != nil || got.id != fleetIdentity || got.outcome != redeemedByCall {
 		t.Fatalf("gateway A: %+v", got)
 	}
 	joined := 0
 	for _, r := range results {
 		got := <-r
-		if got.lerr != nil || got.id != fleetIdentity {
+		if got.refusal != nil || got.id != fleetIdentity {
 			t.Fatalf("gateway B: %+v", got)
 		}
 		if got.outcome == redeemedByCall {
@@ -151,13 +151,13 @@ func TestRedisCodesRetryOnAnotherGatewayIsServedFromCache(t *testing.T) {
 	key := newCodeKey(fleetAppID, fleetCode)
 	wechat := released(fleetIdentity, nil)
 	ctx := context.Background()
-	if _, outcome, lerr := a.redeem(ctx, key, wechat.lead); lerr != nil || outcome != redeemedByCall {
-		t.Fatalf("first login: %v %v", outcome, lerr)
+	if _, outcome, refusal := a.redeem(ctx, key, wechat.lead); refusal != nil || outcome != redeemedByCall {
+		t.Fatalf("first login: %v %v", outcome, refusal)
 	}
 	// The client did not get the answer and retries; the balancer picks B.
-	id, outcome, lerr := b.redeem(ctx, key, wechat.lead)
-	if lerr != nil || id != fleetIdentity || outcome != redeemedFromCache {
-		t.Fatalf("retry at gateway B: %+v %v %v", id, outcome, lerr)
+	id, outcome, refusal := b.redeem(ctx, key, wechat.lead)
+	if refusal != nil || id != fleetIdentity || outcome != redeemedFromCache {
+		t.Fatalf("retry at gateway B: %+v %v %v", id, outcome, refusal)
 	}
 	if calls := wechat.calls.Load(); calls != 1 {
 		t.Errorf("%d WeChat calls, want 1: the retry spent the code again (40163)", calls)
@@ -167,7 +167,7 @@ func TestRedisCodesRetryOnAnotherGatewayIsServedFromCache(t *testing.T) {
 func TestRedisCodesRefusalReachesWaitersButIsNotCached(t *testing.T) {
 	rdb, a, b := twoGateways(t, time.Minute)
 	key := newCodeKey(fleetAppID, fleetCode)
-	refusal := &loginError{status: http.StatusUnauthorized, code: errInvalidCode, message: "the login code is invalid", errcode: 40029, hasErrcode: true}
+	refusal := &jsonRefusal{status: http.StatusUnauthorized, code: errInvalidCode, message: "the login code is invalid", errcode: 40029, hasErrcode: true}
 	wechat := newCountingLead(Identity{}, refusal)
 
 	first := redeemIn(a, key, wechat)
@@ -175,16 +175,16 @@ func TestRedisCodesRefusalReachesWaitersButIsNotCached(t *testing.T) {
 	close(wechat.release)
 
 	for name, r := range map[string]redeemed{"A": <-first, "B": <-waiter} {
-		if r.lerr == nil || r.lerr.status != refusal.status || r.lerr.code != refusal.code || r.lerr.errcode != 40029 || !r.lerr.hasErrcode || r.lerr.message != refusal.message {
-			t.Errorf("gateway %s answered %+v, want %+v", name, r.lerr, refusal)
+		if r.refusal == nil || r.refusal.status != refusal.status || r.refusal.code != refusal.code || r.refusal.errcode != 40029 || !r.refusal.hasErrcode || r.refusal.message != refusal.message {
+			t.Errorf("gateway %s answered %+v, want %+v", name, r.refusal, refusal)
 		}
 	}
 	if calls := wechat.calls.Load(); calls != 1 {
 		t.Fatalf("%d WeChat calls while one was in flight, want 1", calls)
 	}
 	// A new login with the code asks WeChat again: refusals are not cached.
-	if _, outcome, lerr := b.redeem(context.Background(), key, wechat.lead); lerr == nil || outcome != redeemedByCall {
-		t.Errorf("a later login: %v %v, want a new call", outcome, lerr)
+	if _, outcome, refusal := b.redeem(context.Background(), key, wechat.lead); refusal == nil || outcome != redeemedByCall {
+		t.Errorf("a later login: %v %v, want a new call", outcome, refusal)
 	}
 	if calls := wechat.calls.Load(); calls != 2 {
 		t.Errorf("%d WeChat calls, want 2", calls)
@@ -210,13 +210,13 @@ func TestRedisCodesOverBudgetIdentityIsSharedForRetries(t *testing.T) {
 	waiter := joinInFlight(t, rdb, b, key, wechat, 1)[0]
 	close(wechat.release)
 	for name, r := range map[string]redeemed{"A": <-first, "B": <-waiter} {
-		if r.lerr == nil || r.lerr.code != errRateLimited {
+		if r.refusal == nil || r.refusal.code != errRateLimited {
 			t.Errorf("gateway %s, in the call: %+v, want the budget's refusal", name, r)
 		}
 	}
-	id, outcome, lerr := c.redeem(context.Background(), key, wechat.lead)
-	if lerr != nil || id != fleetIdentity || outcome != redeemedFromCache {
-		t.Errorf("the retry at gateway C: %+v %v %v, want the shared identity, from the cache", id, outcome, lerr)
+	id, outcome, refusal := c.redeem(context.Background(), key, wechat.lead)
+	if refusal != nil || id != fleetIdentity || outcome != redeemedFromCache {
+		t.Errorf("the retry at gateway C: %+v %v %v, want the shared identity, from the cache", id, outcome, refusal)
 	}
 	if calls := wechat.calls.Load(); calls != 1 {
 		t.Errorf("%d WeChat calls, want 1: the retry spent the code again (40163)", calls)
@@ -243,7 +243,7 @@ func TestRedisCodesWaiterTakesOverFromAVanishedHolder(t *testing.T) {
 	}
 	rdb.Del(ctx, k.lock) // its expiry, without waiting for it
 	got := <-waiter
-	if got.lerr != nil || got.id != fleetIdentity || got.outcome != redeemedByCall || wechat.calls.Load() != 1 {
+	if got.refusal != nil || got.id != fleetIdentity || got.outcome != redeemedByCall || wechat.calls.Load() != 1 {
 		t.Fatalf("gateway B: %+v after %d calls", got, wechat.calls.Load())
 	}
 }
@@ -257,13 +257,13 @@ func TestRedisCodesCodeUsedLooksForAnotherGatewaysResult(t *testing.T) {
 	k := a.keysFor(key)
 	// B calls WeChat and hears 40163: gateway A (whose lock had run out)
 	// spent the code and stored the identity meanwhile.
-	usedAtWeChat := func() (Identity, *loginError) {
+	usedAtWeChat := func() (Identity, *jsonRefusal) {
 		rdb.Set(context.Background(), k.result, a.sealIdentity(k, fleetIdentity, nil), time.Minute)
-		return Identity{}, newLoginError(http.StatusUnauthorized, errCodeUsed, "the login code was already used")
+		return Identity{}, newRefusal(http.StatusUnauthorized, errCodeUsed, "the login code was already used")
 	}
-	id, outcome, lerr := b.redeem(context.Background(), key, usedAtWeChat)
-	if lerr != nil || id != fleetIdentity || outcome != redeemedFromCache {
-		t.Fatalf("got %+v %v %v, want A's identity from the cache", id, outcome, lerr)
+	id, outcome, refusal := b.redeem(context.Background(), key, usedAtWeChat)
+	if refusal != nil || id != fleetIdentity || outcome != redeemedFromCache {
+		t.Fatalf("got %+v %v %v, want A's identity from the cache", id, outcome, refusal)
 	}
 	if gwA.redis.down.Load() {
 		t.Fatal("Redis failed")
@@ -277,15 +277,15 @@ func TestRedisCodesCacheOffStillAnswersWaiters(t *testing.T) {
 	first := redeemIn(a, key, wechat)
 	waiter := joinInFlight(t, rdb, b, key, wechat, 1)[0]
 	close(wechat.release)
-	if got := <-first; got.lerr != nil || got.id != fleetIdentity {
+	if got := <-first; got.refusal != nil || got.id != fleetIdentity {
 		t.Fatalf("gateway A: %+v", got)
 	}
-	if got := <-waiter; got.lerr != nil || got.id != fleetIdentity || got.outcome != redeemedByJoining {
+	if got := <-waiter; got.refusal != nil || got.id != fleetIdentity || got.outcome != redeemedByJoining {
 		t.Fatalf("gateway B: %+v", got)
 	}
 	// With cache_ttl 0, a later login is a new exchange, and whoever waits
 	// for it gets its answer, not the earlier call's.
-	used := newLoginError(http.StatusUnauthorized, errCodeUsed, "the login code was already used")
+	used := newRefusal(http.StatusUnauthorized, errCodeUsed, "the login code was already used")
 	again := newCountingLead(Identity{}, used)
 	later := redeemIn(b, key, again)
 	laterWaiter := joinInFlight(t, rdb, a, key, again, 1)[0]
@@ -293,7 +293,7 @@ func TestRedisCodesCacheOffStillAnswersWaiters(t *testing.T) {
 	if got := <-later; got.outcome != redeemedByCall || again.calls.Load() != 1 {
 		t.Errorf("a later login with the cache off: %+v after %d calls, want a new call", got, again.calls.Load())
 	}
-	if got := <-laterWaiter; got.lerr == nil || got.lerr.code != errCodeUsed {
+	if got := <-laterWaiter; got.refusal == nil || got.refusal.code != errCodeUsed {
 		t.Errorf("a waiter on the later call: %+v, want its code_used", got)
 	}
 }
@@ -305,15 +305,15 @@ func TestRedisCodesResultIsBoundToItsCode(t *testing.T) {
 	_, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
 	ctx := context.Background()
 	alice, mallory := newCodeKey(fleetAppID, "alice-code"), newCodeKey(fleetAppID, "mallory-code")
-	if _, _, lerr := a.redeem(ctx, mallory, released(Identity{OpenID: "oMallory"}, nil).lead); lerr != nil {
-		t.Fatal(lerr)
+	if _, _, refusal := a.redeem(ctx, mallory, released(Identity{OpenID: "oMallory"}, nil).lead); refusal != nil {
+		t.Fatal(refusal)
 	}
 	stored := rdb.Get(ctx, a.keysFor(mallory).result).Val()
 	rdb.Set(ctx, a.keysFor(alice).result, stored, time.Minute)
 	_, b := gatewayCodes(t, srv.Addr(), 1, time.Minute)
-	id, outcome, lerr := b.redeem(ctx, alice, released(Identity{OpenID: "oAlice"}, nil).lead)
-	if lerr != nil || id.OpenID != "oAlice" || outcome != redeemedByCall {
-		t.Fatalf("a moved result was believed: %+v %v %v", id, outcome, lerr)
+	id, outcome, refusal := b.redeem(ctx, alice, released(Identity{OpenID: "oAlice"}, nil).lead)
+	if refusal != nil || id.OpenID != "oAlice" || outcome != redeemedByCall {
+		t.Fatalf("a moved result was believed: %+v %v %v", id, outcome, refusal)
 	}
 }
 
@@ -325,9 +325,9 @@ func TestRedisCodesServeWhileRedisIsDown(t *testing.T) {
 	defer srv.Resume()
 	wechat := released(fleetIdentity, nil)
 	key := newCodeKey(fleetAppID, fleetCode)
-	id, outcome, lerr := a.redeem(context.Background(), key, wechat.lead)
-	if lerr != nil || id != fleetIdentity || outcome != redeemedByCall {
-		t.Fatalf("with Redis frozen: %+v %v %v", id, outcome, lerr)
+	id, outcome, refusal := a.redeem(context.Background(), key, wechat.lead)
+	if refusal != nil || id != fleetIdentity || outcome != redeemedByCall {
+		t.Fatalf("with Redis frozen: %+v %v %v", id, outcome, refusal)
 	}
 	if !gw.redis.down.Load() || gaugeValue(storeMetrics.fallback) != fallbackBefore+1 {
 		t.Error("the fallback is not shown")
@@ -355,8 +355,8 @@ func TestNothingReadableInRedis(t *testing.T) {
 	wechat := newCountingLead(fleetIdentity, nil)
 	inFlight := redeemIn(a, key, wechat)
 	<-wechat.started
-	refusal := newLoginError(http.StatusUnauthorized, errInvalidCode, "the login code is invalid")
-	if _, _, lerr := b.redeem(ctx, refusedKey, released(Identity{}, refusal).lead); lerr == nil {
+	refusal := newRefusal(http.StatusUnauthorized, errInvalidCode, "the login code is invalid")
+	if _, _, refusal := b.redeem(ctx, refusedKey, released(Identity{}, refusal).lead); refusal == nil {
 		t.Fatal("the refusal was lost")
 	}
 	players.spend(ctx, fleetIdentity.OpenID)
@@ -426,7 +426,7 @@ func dumpRedis(t *testing.T, rdb *redis.Client) map[string]string {
 // each costs: on a machine whose cores Redis shares with the gateways, that
 // time, not the latency, is what bounds the fleet's logins per second.
 func BenchmarkRedeemFreshCode(b *testing.B) {
-	lead := func() (Identity, *loginError) { return fleetIdentity, nil }
+	lead := func() (Identity, *jsonRefusal) { return fleetIdentity, nil }
 	b.Run("memory", func(b *testing.B) {
 		reportCPU(b, nil, func() { benchmarkRedeem(b, newLocalCodes(time.Minute), lead) })
 	})
@@ -441,14 +441,14 @@ func BenchmarkRedeemFreshCode(b *testing.B) {
 	})
 }
 
-func benchmarkRedeem(b *testing.B, codes codeStore, lead func() (Identity, *loginError)) {
+func benchmarkRedeem(b *testing.B, codes codeStore, lead func() (Identity, *jsonRefusal)) {
 	ctx := context.Background()
 	var n atomic.Int64
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			key := newCodeKey(fleetAppID, fmt.Sprintf("bench-code-%d", n.Add(1)))
-			if _, _, lerr := codes.redeem(ctx, key, lead); lerr != nil {
-				b.Error(lerr)
+			if _, _, refusal := codes.redeem(ctx, key, lead); refusal != nil {
+				b.Error(refusal)
 				return
 			}
 		}

@@ -110,9 +110,9 @@ func sealedFor(kind byte, name string) []byte {
 	return append([]byte{kind}, name...)
 }
 
-// newLockToken names one holder of a lock, so that a holder whose lock ran
-// out never lets go of the next holder's.
-func newLockToken() string {
+// newUniqueID names one holder of a lock, so that a holder whose lock ran
+// out never lets go of the next holder's, and one entry of a ledger.
+func newUniqueID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:]) // crypto/rand never fails
 	return hex.EncodeToString(b[:])

@@ -88,40 +88,21 @@ func TestSessionIssuingWriterOnlyOnSuccess(t *testing.T) {
 	}
 }
 
-// sessLogin logs in through h with an upstream answering status, and
-// returns the response.
-func sessLogin(t testing.TB, h *Handler, code string, status int, header http.Header) *httptest.ResponseRecorder {
-	t.Helper()
-	r, _ := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code="+code, nil)
-	for k, v := range header {
-		r.Header[k] = v
-	}
-	w := httptest.NewRecorder()
-	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-		w.WriteHeader(status)
-		return nil
-	})
-	if err := h.ServeHTTP(w, r, next); err != nil {
-		t.Error(err) // not Fatal: concurrent logins call this off the test's goroutine
-	}
-	return w
-}
-
 func TestSessionIssuedAtLogin(t *testing.T) {
 	_, endpoint := newTestSim(t)
 	clock := newTestClock()
 	h := newClockedHandler(t, endpoint, clock, withSessions(nil))
 
-	w := sessLogin(t, h, "alice.1", http.StatusNoContent, nil)
+	w := testLogin{code: "alice.1"}.serve(context.Background(), h).checked(t).w
 	token := w.Header().Get(headerSession)
 	id, err := h.sessions.verify(token)
 	if err != nil || id.OpenID != wechatsim.OpenID(testAppID, "alice") {
 		t.Fatalf("login answered %d with token %q: %+v %v", w.Code, token, id, err)
 	}
-	if w := sessLogin(t, h, "bob.1", http.StatusInternalServerError, nil); w.Header().Get(headerSession) != "" {
+	if w := (testLogin{code: "bob.1", status: http.StatusInternalServerError}).serve(context.Background(), h).checked(t).w; w.Header().Get(headerSession) != "" {
 		t.Error("a failed upstream login response carried a session")
 	}
-	if w := sessLogin(t, h, "invalid.1", http.StatusNoContent, nil); w.Header().Get(headerSession) != "" {
+	if w := (testLogin{code: "invalid.1"}).serve(context.Background(), h).checked(t).w; w.Header().Get(headerSession) != "" {
 		t.Errorf("a refused login (%d) carried a session", w.Code)
 	}
 }
@@ -235,10 +216,10 @@ func TestSessionLoginOverBudgetRefusedBeforeWechat(t *testing.T) {
 		withSessions(nil)(h)
 		h.Budget = &Budget{Events: 2, Window: caddy.Duration(time.Minute)}
 	})
-	token := sessLogin(t, h, "alice.1", http.StatusNoContent, nil).Header().Get(headerSession)
-	sessLogin(t, h, "alice.2", http.StatusNoContent, nil)
+	token := testLogin{code: "alice.1"}.serve(context.Background(), h).checked(t).w.Header().Get(headerSession)
+	testLogin{code: "alice.2"}.serve(context.Background(), h).checked(t)
 
-	w := sessLogin(t, h, "alice.3", http.StatusNoContent, http.Header{"Authorization": {"Bearer " + token}})
+	w := testLogin{code: "alice.3", header: bearerHeader(token)}.serve(context.Background(), h).checked(t).w
 	wantRateLimited(t, w, w.Code == http.StatusNoContent, "63")
 	if sim.Calls() != 2 {
 		t.Errorf("WeChat saw %d calls, want 2: the third login had to be refused before calling", sim.Calls())
@@ -331,7 +312,7 @@ func TestSessionConcurrentLoopsStayWithinBudget(t *testing.T) {
 	for loop := range 8 {
 		wg.Go(func() {
 			for i := range 10 {
-				w := sessLogin(t, h, fmt.Sprintf("alice.%d-%d", loop, i), http.StatusNoContent, http.Header{"Authorization": {"Bearer " + token}})
+				w := testLogin{code: fmt.Sprintf("alice.%d-%d", loop, i), header: bearerHeader(token)}.serve(context.Background(), h).checked(t).w
 				if w.Code == http.StatusNoContent {
 					forwarded.Add(1)
 				}
@@ -349,16 +330,16 @@ func TestSessionConcurrentLoopsStayWithinBudget(t *testing.T) {
 func TestLoginDropsTheGatewaysBearerToken(t *testing.T) {
 	_, endpoint := newTestSim(t)
 	h := newTestHandler(t, endpoint, withSessions(nil))
-	first := serveLoginWith(context.Background(), h, "alice.1", nil)
+	first := testLogin{code: "alice.1"}.serve(context.Background(), h)
 	token := first.w.Header().Get(headerSession)
 	if token == "" {
 		t.Fatalf("no token issued: %d %s", first.w.Code, first.w.Body)
 	}
-	res := serveLoginWith(context.Background(), h, "alice.2", bearerHeader(token))
+	res := testLogin{code: "alice.2", header: bearerHeader(token)}.serve(context.Background(), h)
 	if !res.forwarded() || res.upstream.Get("Authorization") != "" {
 		t.Errorf("login with the gateway's token: forwarded %v, upstream Authorization %q, want none", res.forwarded(), res.upstream.Get("Authorization"))
 	}
-	res = serveLoginWith(context.Background(), h, "alice.3", bearerHeader("the-backends-own"))
+	res = testLogin{code: "alice.3", header: bearerHeader("the-backends-own")}.serve(context.Background(), h)
 	if !res.forwarded() || res.upstream.Get("Authorization") != "Bearer the-backends-own" {
 		t.Errorf("login with another bearer token: forwarded %v, upstream Authorization %q, want it kept", res.forwarded(), res.upstream.Get("Authorization"))
 	}
