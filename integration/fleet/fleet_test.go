@@ -3,6 +3,7 @@ package fleet
 import (
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -16,10 +17,16 @@ import (
 // that three separate budgets (15) would be told from one shared (5).
 const fleetBudget = 5
 
-// loginBound is how long any login may take while Redis is slow or gone: the
-// Redis timeout (100ms) for the operations that find it gone, plus the
-// simulator's answer, with room for a loaded machine.
-const loginBound = 2 * time.Second
+// redisTimeout is the gateways' Redis timeout: the longest a Redis
+// operation may hold a login.
+const redisTimeout = 250 * time.Millisecond
+
+// loginBound is how long any login may take while Redis is frozen or gone:
+// one Redis operation that times out (after which the gateway serves from
+// memory without asking Redis again), the simulator's answer (at once), and
+// room for a loaded machine. A gateway that waited for Redis four times the
+// timeout would exceed it.
+const loginBound = redisTimeout + 750*time.Millisecond
 
 // fleet is three gateways sharing one Redis, in front of one backend and one
 // simulator.
@@ -41,7 +48,7 @@ func startFleet(t *testing.T) *fleet {
 			fmt.Sprintf("budget %d 1m", fleetBudget),
 			"ip_budget off",
 			"retry 1",
-			fmt.Sprintf("redis {\n\t\taddress %s\n\t\tfleet_size 3\n\t\ttimeout 100ms\n\t}", f.redis.Addr()),
+			fmt.Sprintf("redis {\n\t\taddress %s\n\t\tfleet_size 3\n\t\ttimeout %s\n\t}", f.redis.Addr(), redisTimeout),
 			"session {\n\t\tsecret "+sessionSecret+"\n\t}",
 		), testkit.ProxyTo(f.backend))
 	}
@@ -55,12 +62,8 @@ func startFleet(t *testing.T) *fleet {
 // and returns the response and how long it took.
 func (f *fleet) login(t *testing.T, i int, code, token string) (testkit.Response, time.Duration) {
 	t.Helper()
-	req := mustRequest(t, f.gateways[i%len(f.gateways)].URL+"/wx/login?code="+code)
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
 	start := time.Now()
-	resp, err := testkit.Do(req)
+	resp, err := f.loginOn(code, token)(f.gateways[i%len(f.gateways)])
 	if err != nil {
 		t.Fatalf("login %s on gateway %d: %v", code, i, err)
 	}
@@ -252,17 +255,11 @@ func TestFleetReloadLosesNothing(t *testing.T) {
 // Redis is gone (its fallback gauge stays 0: nothing asked Redis anything).
 func TestFleetSessionsNeverTouchRedis(t *testing.T) {
 	f := startFleet(t)
-	first, _ := f.login(t, 0, "ivan.1", "")
-	token := first.Header.Get("X-Wx-Session")
-	if first.StatusCode != http.StatusOK || token == "" {
-		t.Fatalf("login: %v", first)
-	}
+	token := f.session(t, "ivan.1")
 	f.redis.Stop()
 	want := wechatsim.OpenID(fleetApp.AppID, "ivan")
 	for i, g := range f.gateways {
-		req := mustRequest(t, g.URL+"/game/state")
-		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := testkit.Do(req)
+		resp, err := gameRequest(g, token)
 		if err != nil || resp.StatusCode != http.StatusOK {
 			t.Fatalf("gateway %d with Redis gone: %v %v", i, resp, err)
 		}
@@ -273,4 +270,88 @@ func TestFleetSessionsNeverTouchRedis(t *testing.T) {
 			t.Errorf("gateway %d asked Redis something for a session-verified request", i)
 		}
 	}
+}
+
+// What each request costs Redis, as docs/fleet.md tells operators sizing
+// it, counted by the gateway's store_duration_seconds (one observation per
+// Redis operation). The fleet's ip_budget is off.
+func TestFleetRedisOperationsPerRequest(t *testing.T) {
+	f := startFleet(t)
+	token := f.session(t, "judy.1")
+	steps := []struct {
+		what    string
+		gateway int
+		send    func(g *testkit.Gateway) (testkit.Response, error)
+		want    float64
+	}{
+		{"a login with a new code", 1, f.loginOn("judy.2", ""), 3},
+		{"the same code again at that gateway (its cache)", 1, f.loginOn("judy.2", ""), 1},
+		{"the same code at another gateway (the fleet's result)", 2, f.loginOn("judy.2", ""), 2},
+		{"a login with the player's session and a new code", 1, f.loginOn("judy.3", token), 3},
+		{"a login with the player's session and another player's code", 1, f.loginOn("kate.1", token), 4},
+		{"a session-verified game request", 2, func(g *testkit.Gateway) (testkit.Response, error) { return gameRequest(g, token) }, 0},
+	}
+	for _, step := range steps {
+		g := f.gateways[step.gateway]
+		before := redisOperations(t, g)
+		if resp, err := step.send(g); err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %v %v", step.what, resp, err)
+		}
+		if got := redisOperations(t, g) - before; got != step.want {
+			t.Errorf("%s: %v Redis operations, want %v", step.what, got, step.want)
+		}
+	}
+}
+
+// loginOn is a login with code (and token, if any) for a step to send.
+func (f *fleet) loginOn(code, token string) func(g *testkit.Gateway) (testkit.Response, error) {
+	return func(g *testkit.Gateway) (testkit.Response, error) {
+		req, err := http.NewRequest(http.MethodGet, g.URL+"/wx/login?code="+code, nil)
+		if err != nil {
+			return testkit.Response{}, err
+		}
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		return testkit.Do(req)
+	}
+}
+
+// session logs in on gateway 0 with code and returns the session token.
+func (f *fleet) session(t *testing.T, code string) string {
+	t.Helper()
+	resp, _ := f.login(t, 0, code, "")
+	token := resp.Header.Get("X-Wx-Session")
+	if resp.StatusCode != http.StatusOK || token == "" {
+		t.Fatalf("login with %s: %v", code, resp)
+	}
+	return token
+}
+
+// gameRequest is a game request to g with a session token.
+func gameRequest(g *testkit.Gateway, token string) (testkit.Response, error) {
+	req, err := http.NewRequest(http.MethodGet, g.URL+"/game/state", nil)
+	if err != nil {
+		return testkit.Response{}, err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	return testkit.Do(req)
+}
+
+// redisOperations is how many Redis operations a gateway has made: the sum
+// of store_duration_seconds_count over its operations.
+func redisOperations(t *testing.T, g *testkit.Gateway) float64 {
+	t.Helper()
+	var sum float64
+	for line := range strings.Lines(scrapeAdminMetrics(t, g)) {
+		if !strings.HasPrefix(line, "caddy_wechat_login_store_duration_seconds_count{") {
+			continue
+		}
+		n, err := strconv.ParseFloat(strings.TrimSpace(line[strings.LastIndexByte(line, ' ')+1:]), 64)
+		if err != nil {
+			t.Fatalf("metrics line %q: %v", line, err)
+		}
+		sum += n
+	}
+	return sum
 }
