@@ -22,7 +22,6 @@ const (
 	errWechatBadResponse   = "wechat_bad_response"
 	errWechatUnavailable   = "wechat_unavailable"
 	errWechatTimeout       = "wechat_timeout"
-	errSessionUnavailable  = "session_unavailable"
 )
 
 // jsonRefusal is a refusal the client sees as a JSON body. Its message is

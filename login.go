@@ -32,10 +32,7 @@ func (h *Handler) decideLogin(r *http.Request, codeHeader, session string) (id I
 	if id, refusal = h.authenticateLogin(r, codeHeader, session); refusal != nil || h.sessions == nil {
 		return id, "", time.Time{}, refusal
 	}
-	token, expires, err := h.sessions.issue(id)
-	if err != nil {
-		return Identity{}, "", time.Time{}, newRefusal(http.StatusInternalServerError, errSessionUnavailable, "the session could not be signed; log in again")
-	}
+	token, expires = h.sessions.issue(id)
 	h.metrics.sessionIssued()
 	return id, token, expires, nil
 }
