@@ -19,19 +19,19 @@ func TestMemoryTokenStoreFetchesOnlyForTheStaleToken(t *testing.T) {
 	fetch := func(value string) func(context.Context) (accessToken, error) {
 		return func(context.Context) (accessToken, error) {
 			fetches++
-			return accessToken{value: value, expires: tokenT0.Add(2 * time.Hour)}, nil
+			return accessToken{value: value, expires: accessTokenEpoch.Add(2 * time.Hour)}, nil
 		}
 	}
 	ctx := context.Background()
-	a, _ := s.refresh(ctx, tokenT0, accessToken{}, fetch("a"))
-	if got, _ := s.refresh(ctx, tokenT0, accessToken{}, fetch("x")); got != a || fetches != 1 {
+	a, _ := s.refresh(ctx, accessTokenEpoch, accessToken{}, fetch("a"))
+	if got, _ := s.refresh(ctx, accessTokenEpoch, accessToken{}, fetch("x")); got != a || fetches != 1 {
 		t.Fatalf("a caller with no token got %q after %d fetches; want the stored one, 1 fetch", got.value, fetches)
 	}
-	b, _ := s.refresh(ctx, tokenT0, a, fetch("b"))
+	b, _ := s.refresh(ctx, accessTokenEpoch, a, fetch("b"))
 	if b.value != "b" || fetches != 2 {
 		t.Fatalf("a caller with the stored token got %q after %d fetches; want a fetch", b.value, fetches)
 	}
-	if got, _ := s.refresh(ctx, tokenT0, a, fetch("x")); got != b || fetches != 2 {
+	if got, _ := s.refresh(ctx, accessTokenEpoch, a, fetch("x")); got != b || fetches != 2 {
 		t.Errorf("a late caller with the old token got %q after %d fetches; want the replacement, no fetch", got.value, fetches)
 	}
 	if got, _ := s.refresh(ctx, b.usableUntil(), a, fetch("c")); got.value != "c" || fetches != 3 {

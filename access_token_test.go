@@ -2,30 +2,14 @@ package wechatlogin
 
 import (
 	"context"
-	"fmt"
-	"io"
 	"net/http"
-	"net/http/httptest"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest/observer"
-
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
-	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
 )
-
-const (
-	tokAppID  = "wxtokens"
-	tokSecret = "token-test-secret"
-)
-
-// tokenT0 is 10:00 in Beijing.
-var tokenT0 = time.Date(2024, 5, 1, 2, 0, 0, 0, time.UTC)
 
 // renewalWait is one wait the renewal asked for; the test fires it.
 type renewalWait struct {
@@ -55,50 +39,6 @@ func (w renewalWaits) next(t *testing.T) renewalWait {
 	}
 }
 
-// testTokenManager is a token manager on a test clock, with its renewal's
-// waits and its log lines in the test's hands.
-type testTokenManager struct {
-	*tokenManager
-	clock *testkit.Clock
-	waits renewalWaits
-	logs  *observer.ObservedLogs
-}
-
-func newTestTokenManager(t *testing.T, endpoint string, clock *testkit.Clock) testTokenManager {
-	t.Helper()
-	metrics, err := newAPIMetrics(nil, tokAppID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	core, logs := observer.New(zap.DebugLevel)
-	logger := zap.New(core)
-	waits := make(renewalWaits, 16)
-	m := newTokenManager(tokAppID, endpoint, tokSecret, metrics)
-	m.now, m.after, m.logger = clock.Now, waits.after, func() *zap.Logger { return logger }
-	t.Cleanup(func() {
-		stopped := make(chan struct{})
-		go func() { m.Destruct(); close(stopped) }()
-		select {
-		case <-stopped:
-		case <-time.After(10 * time.Second):
-			t.Error("Destruct did not stop the renewal")
-		}
-		for _, entry := range logs.All() {
-			line := fmt.Sprint(entry.Message, entry.ContextMap())
-			if leaks := testkit.Leaks(line); len(leaks) > 0 {
-				t.Errorf("a log line carries %d secret(s) or token(s)", len(leaks))
-			}
-		}
-	})
-	return testTokenManager{m, clock, waits, logs}
-}
-
-// newTokenSim starts a simulator of the test app on clock.
-func newTokenSim(t *testing.T, clock *testkit.Clock) (*wechatsim.Server, string) {
-	t.Helper()
-	return testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: tokAppID, Secret: tokSecret}}, Now: clock.Now})
-}
-
 func (m testTokenManager) mustToken(t *testing.T) accessToken {
 	t.Helper()
 	tok, err := m.token(context.Background(), 5*time.Second)
@@ -109,7 +49,7 @@ func (m testTokenManager) mustToken(t *testing.T) accessToken {
 }
 
 func TestTokenRenewedAheadOfExpiryWithoutMakingRequestsWait(t *testing.T) {
-	clock := testkit.NewClock(tokenT0)
+	clock := testkit.NewClock(accessTokenEpoch)
 	sim, simURL := newTokenSim(t, clock)
 	m := newTestTokenManager(t, simURL, clock)
 	stableCalls := func() int64 { return sim.CallsTo(stableTokenPath) }
@@ -142,13 +82,13 @@ func TestTokenRenewedAheadOfExpiryWithoutMakingRequestsWait(t *testing.T) {
 	}
 	// WeChat still takes the old token until it runs out, as the renewal
 	// landed inside its switch-over.
-	if !sim.TokenValid(tokAppID, first.value) || !sim.TokenValid(tokAppID, renewed.value) {
+	if !sim.TokenValid(apiAppID, first.value) || !sim.TokenValid(apiAppID, renewed.value) {
 		t.Error("the renewal invalidated the token in use")
 	}
 }
 
 func TestTokenRenewalFailureKeepsTheTokenAndRetries(t *testing.T) {
-	clock := testkit.NewClock(tokenT0)
+	clock := testkit.NewClock(accessTokenEpoch)
 	sim, simURL := newTokenSim(t, clock)
 	m := newTestTokenManager(t, simURL, clock)
 	first := m.mustToken(t)
@@ -187,7 +127,7 @@ func TestTokenRenewalFailureKeepsTheTokenAndRetries(t *testing.T) {
 }
 
 func TestConcurrentRequestsOnAColdStartMakeOneFetch(t *testing.T) {
-	clock := testkit.NewClock(tokenT0)
+	clock := testkit.NewClock(accessTokenEpoch)
 	sim, simURL := newTokenSim(t, clock)
 	sim.SetLatency(20 * time.Millisecond) // long enough for the requests to meet
 	m := newTestTokenManager(t, simURL, clock)
@@ -207,11 +147,11 @@ func TestConcurrentRequestsOnAColdStartMakeOneFetch(t *testing.T) {
 }
 
 func TestRefusedTokenReplacedInNormalMode(t *testing.T) {
-	clock := testkit.NewClock(tokenT0)
+	clock := testkit.NewClock(accessTokenEpoch)
 	sim, simURL := newTokenSim(t, clock)
 	m := newTestTokenManager(t, simURL, clock)
 	refused := m.mustToken(t)
-	sim.RevokeTokens(tokAppID)
+	sim.RevokeTokens(apiAppID)
 
 	var wg sync.WaitGroup
 	replacements := make([]accessToken, 20)
@@ -222,11 +162,11 @@ func TestRefusedTokenReplacedInNormalMode(t *testing.T) {
 	}
 	wg.Wait()
 	for _, r := range replacements {
-		if r.value == refused.value || r != replacements[0] || !sim.TokenValid(tokAppID, r.value) {
+		if r.value == refused.value || r != replacements[0] || !sim.TokenValid(apiAppID, r.value) {
 			t.Fatal("the refused token was not replaced by one valid token for every caller")
 		}
 	}
-	if calls, forced := sim.CallsTo(stableTokenPath), sim.ForcedRefreshes(tokAppID); calls != 2 || forced != 0 {
+	if calls, forced := sim.CallsTo(stableTokenPath), sim.ForcedRefreshes(apiAppID); calls != 2 || forced != 0 {
 		t.Errorf("%d stable_token calls, %d forced; want 2 (the first token and its replacement), none forced", calls, forced)
 	}
 	// A call refused with the token already replaced costs nothing more.
@@ -244,27 +184,6 @@ type stuckWechat struct {
 	forced int
 }
 
-func newStuckWechat(t *testing.T) (*stuckWechat, string) {
-	w := &stuckWechat{latest: "stuck-token-0"}
-	testkit.Forbid(tokSecret)
-	server := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		w.mu.Lock()
-		defer w.mu.Unlock()
-		if r.URL.Path == tokenCheckPath { // the stuck token is refused by every API
-			fmt.Fprint(rw, `{"errcode":40001,"errmsg":"invalid credential"}`)
-			return
-		}
-		body, _ := io.ReadAll(r.Body)
-		if strings.Contains(string(body), `"force_refresh":true`) {
-			w.forced++
-			w.latest = fmt.Sprintf("stuck-token-%d", w.forced)
-		}
-		fmt.Fprintf(rw, `{"access_token":%q,"expires_in":7200}`, w.latest)
-	}))
-	t.Cleanup(server.Close)
-	return w, server.URL
-}
-
 func (w *stuckWechat) forcedRefreshes() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -272,7 +191,7 @@ func (w *stuckWechat) forcedRefreshes() int {
 }
 
 func TestForceRefreshOnlyForATokenHandedBackAndWithinWechatLimits(t *testing.T) {
-	clock := testkit.NewClock(tokenT0)
+	clock := testkit.NewClock(accessTokenEpoch)
 	wechat, url := newStuckWechat(t)
 	m := newTestTokenManager(t, url, clock)
 	refused := m.mustToken(t)
@@ -297,56 +216,22 @@ func TestForceRefreshOnlyForATokenHandedBackAndWithinWechatLimits(t *testing.T) 
 	}
 }
 
-// assertForcedRefreshRule checks that spend, a ledger of forced refreshes
-// asked to spend one at the given time, keeps to WeChat's limits.
-func assertForcedRefreshRule(t *testing.T, spend func(time.Time) bool) {
-	t.Helper()
-	at := func(d time.Duration) time.Time { return tokenT0.Add(d) }
-	if !spend(at(0)) || spend(at(29*time.Second)) || !spend(at(30*time.Second)) {
-		t.Fatal("forced refreshes are not kept 30 s apart")
-	}
-	for i := 2; i < forcedRefreshesPerDay; i++ {
-		if !spend(at(time.Duration(i) * time.Minute)) {
-			t.Fatalf("forced refresh %d of the day refused", i+1)
-		}
-	}
-	if spend(at(time.Hour)) {
-		t.Fatal("a 21st forced refresh within a day was allowed")
-	}
-	// Each allowance comes back 24 hours after it was spent.
-	if spend(at(24*time.Hour - time.Second)) {
-		t.Error("allowed before a day had passed since the first")
-	}
-	if !spend(at(24 * time.Hour)) {
-		t.Error("refused a day after the first")
-	}
-	if spend(at(24*time.Hour + 29*time.Second)) {
-		t.Error("allowed 29 s after the last")
-	}
-	if !spend(at(24*time.Hour + 30*time.Second)) {
-		t.Error("refused a day after the second")
-	}
-	if spend(at(24*time.Hour + time.Minute)) {
-		t.Error("allowed a 21st within 24 hours")
-	}
-}
-
 func TestRenewalDelay(t *testing.T) {
-	tok := accessToken{value: "t", expires: tokenT0.Add(2 * time.Hour)}
+	tok := accessToken{value: "t", expires: accessTokenEpoch.Add(2 * time.Hour)}
 	for _, tt := range []struct {
 		now  time.Time
 		want time.Duration
 	}{
-		{tokenT0, 2*time.Hour - tokenRenewAhead},
-		{tokenT0.Add(2*time.Hour - tokenRenewAhead - time.Second), time.Second},
-		{tokenT0.Add(2*time.Hour - tokenRenewAhead), tokenRenewRetry},
-		{tokenT0.Add(3 * time.Hour), tokenRenewRetry},
+		{accessTokenEpoch, 2*time.Hour - tokenRenewAhead},
+		{accessTokenEpoch.Add(2*time.Hour - tokenRenewAhead - time.Second), time.Second},
+		{accessTokenEpoch.Add(2*time.Hour - tokenRenewAhead), tokenRenewRetry},
+		{accessTokenEpoch.Add(3 * time.Hour), tokenRenewRetry},
 	} {
 		if got := renewalDelay(tok, tt.now); got != tt.want {
-			t.Errorf("renewalDelay at %v = %v; want %v", tt.now.Sub(tokenT0), got, tt.want)
+			t.Errorf("renewalDelay at %v = %v; want %v", tt.now.Sub(accessTokenEpoch), got, tt.want)
 		}
 	}
-	if !tok.usable(tokenT0.Add(2*time.Hour-tokenExpirySafety-time.Nanosecond)) || tok.usable(tokenT0.Add(2*time.Hour-tokenExpirySafety)) {
+	if !tok.usable(accessTokenEpoch.Add(2*time.Hour-tokenExpirySafety-time.Nanosecond)) || tok.usable(accessTokenEpoch.Add(2*time.Hour-tokenExpirySafety)) {
 		t.Error("a token is not usable until exactly a minute before it runs out")
 	}
 }

@@ -294,11 +294,11 @@ func provisionAPI(t *testing.T, h *APIHandler) {
 // shares nothing.
 func TestTokenManagersSharedByAppEndpointAndSecret(t *testing.T) {
 	handler := func(secret string) *APIHandler {
-		h := &APIHandler{AppID: tokAppID, AppSecret: secret, Endpoint: "http://127.0.0.1:1/"}
+		h := &APIHandler{AppID: apiAppID, AppSecret: secret, Endpoint: "http://127.0.0.1:1/"}
 		provisionAPI(t, h)
 		return h
 	}
-	a, b, other := handler(tokSecret), handler(tokSecret), handler("another-secret")
+	a, b, other := handler(apiSecret), handler(apiSecret), handler("another-secret")
 	if a.tokens != b.tokens || a.tokens == other.tokens {
 		t.Error("token managers are not shared by exactly the handlers of one app, endpoint and secret")
 	}
@@ -312,13 +312,13 @@ func TestAPIRedisSharesTheClientAndTheToken(t *testing.T) {
 	srv := testkit.StartRedis(t)
 	const endpoint = "http://127.0.0.1:1"
 	handler := func(redis *RedisConfig) *APIHandler {
-		h := &APIHandler{AppID: tokAppID, AppSecret: tokSecret, Endpoint: endpoint, Redis: redis}
+		h := &APIHandler{AppID: apiAppID, AppSecret: apiSecret, Endpoint: endpoint, Redis: redis}
 		provisionAPI(t, h)
 		return h
 	}
 	shared := &RedisConfig{Address: []string{srv.Addr()}}
 	// a, the first, is cleaned up by the test itself.
-	a := &APIHandler{AppID: tokAppID, AppSecret: tokSecret, Endpoint: endpoint, Redis: shared}
+	a := &APIHandler{AppID: apiAppID, AppSecret: apiSecret, Endpoint: endpoint, Redis: shared}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
 	if err := a.Provision(ctx); err != nil {
@@ -349,10 +349,10 @@ func TestAPIRedisSharesTheClientAndTheToken(t *testing.T) {
 // TestClientGoneRecorded499: a client that goes away while the token is
 // fetched is recorded as 499, so that the access log shows the disconnect.
 func TestClientGoneRecorded499(t *testing.T) {
-	clock := testkit.NewClock(tokenT0)
+	clock := testkit.NewClock(accessTokenEpoch)
 	sim, simURL := newTokenSim(t, clock)
 	sim.SetLatency(time.Hour)
-	h := &APIHandler{AppID: tokAppID, AppSecret: tokSecret, Endpoint: simURL}
+	h := &APIHandler{AppID: apiAppID, AppSecret: apiSecret, Endpoint: simURL}
 	provisionAPI(t, h)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -379,7 +379,7 @@ func TestOnlyTheAppsTokenCanBeRefused(t *testing.T) {
 		}
 	}))
 	t.Cleanup(fake.Close)
-	h := &APIHandler{AppID: tokAppID, AppSecret: tokSecret, Endpoint: fake.URL}
+	h := &APIHandler{AppID: apiAppID, AppSecret: apiSecret, Endpoint: fake.URL}
 	provisionAPI(t, h)
 
 	w := httptest.NewRecorder()
@@ -428,7 +428,7 @@ func TestAnotherCredentialsRefusalForcesNoRefresh(t *testing.T) {
 		}
 	}))
 	t.Cleanup(fake.Close)
-	h := &APIHandler{AppID: tokAppID, AppSecret: tokSecret, Endpoint: fake.URL}
+	h := &APIHandler{AppID: apiAppID, AppSecret: apiSecret, Endpoint: fake.URL}
 	provisionAPI(t, h)
 	for range 3 {
 		w := httptest.NewRecorder()

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
-	"golang.org/x/sync/singleflight"
 )
 
 func TestCodeKeyHidesTheCode(t *testing.T) {
@@ -24,13 +23,6 @@ func TestCodeKeyHidesTheCode(t *testing.T) {
 	if k == newCodeKey("wxother", "alice.1") || newCodeKey("wx", "a1") == newCodeKey("wxa", "1") {
 		t.Fatal("codes of different apps share a key")
 	}
-}
-
-// memoryCodesAt is a code store caching for ttl, at most size codes, on clock.
-func memoryCodesAt(clock *testkit.Clock, ttl time.Duration, size int) memoryCodes {
-	table := newCodeTable()
-	table.lease(size)
-	return memoryCodes{table: table, ttl: ttl, flights: new(singleflight.Group), now: clock.Now}
 }
 
 // redeemWith redeems key with a lead that returns id and counts its calls.

@@ -178,11 +178,6 @@ func assertHandlersRoundTrip(t *testing.T, config []byte) {
 	}
 }
 
-func mustJSON(v any) string {
-	b, _ := json.Marshal(v)
-	return string(b)
-}
-
 // TestDocumentedJSONShowsTheDefaults keeps the JSON examples of README.md
 // and docs/configuration.md honest: each must decode to exactly what
 // Provision makes of the minimal config.

@@ -12,17 +12,12 @@ import (
 	"time"
 )
 
-const (
-	exTestSecret = "exchange-test-secret-0123456789"
-	exTestAppID  = "wxexchange"
-)
-
 // exClient points a wechatClient at url; its sleeps are recorded, not slept.
 func exClient(url string, attempts int, timeout time.Duration) (*wechatClient, *[]time.Duration) {
 	var slept []time.Duration
 	return &wechatClient{
 		http:       newHTTPClient(timeout),
-		requestURL: jscode2sessionURL(url, exTestAppID, exTestSecret),
+		requestURL: jscode2sessionURL(url, exchangeAppID, exchangeSecret),
 		timeout:    timeout,
 		retry:      retryPolicy{attempts: attempts, base: 100 * time.Millisecond, max: time.Second},
 		sleep: func(ctx context.Context, d time.Duration) error {
@@ -156,7 +151,7 @@ func TestExchangeErrorsAreRedacted(t *testing.T) {
 	}
 	refusal := exchangeRefusal(aerr, c.retry, time.Now())
 	for _, text := range []string{aerr.Error(), refusal.Error(), refusal.message} {
-		if strings.Contains(text, exTestSecret) || strings.Contains(text, "alice.secretcode") || strings.Contains(text, "js_code") {
+		if strings.Contains(text, exchangeSecret) || strings.Contains(text, "alice.secretcode") || strings.Contains(text, "js_code") {
 			t.Errorf("error text leaks the request: %q", text)
 		}
 	}

@@ -3,15 +3,26 @@ package wechatlogin
 import (
 	"cmp"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
 	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
@@ -149,11 +160,11 @@ func leasedBudgetTable(size int) *budgetTable {
 	return table
 }
 
-// withSessions turns sessions on, signed with tokenSecret, and lets
+// withSessions turns sessions on, signed with sessionSecret, and lets
 // configure (if any) change the rest of the session block.
 func withSessions(configure func(*SessionConfig)) func(*Handler) {
 	return func(h *Handler) {
-		h.Session = &SessionConfig{Secrets: []string{tokenSecret}}
+		h.Session = &SessionConfig{Secrets: []string{sessionSecret}}
 		if configure != nil {
 			configure(h.Session)
 		}
@@ -263,4 +274,354 @@ func awaitLogin(t testing.TB, done <-chan loginResult) loginResult {
 		t.Fatal("gave up waiting for a login to finish")
 		return loginResult{}
 	}
+}
+
+// Session tokens.
+
+const (
+	sessionAppID       = "wxtokentest0001"
+	sessionSecret      = "session-test-secret-0123456789abcdef"
+	otherSessionSecret = "session-test-other-secret-0123456789"
+	sessionTTL         = 2 * time.Hour
+)
+
+var (
+	sessionEpoch  = time.Date(2026, 11, 23, 12, 0, 20, 0, time.UTC)
+	aliceIdentity = Identity{OpenID: "oAliceAliceAliceAliceAlice01", UnionID: "oUnionAliceUnionAliceUnion01", SessionKey: "c2Vzc2lvbi1rZXktYWxpY2U="}
+	bobIdentity   = Identity{OpenID: "oBobBobBobBobBobBobBobBobB01", SessionKey: "c2Vzc2lvbi1rZXktYm9i"}
+)
+
+// newTestTokens makes the tokens of appID on clock; the first secret signs.
+func newTestSessionTokens(clock *testkit.Clock, appID string, secrets ...string) *sessionTokens {
+	keys := make([][]byte, len(secrets))
+	for i, s := range secrets {
+		keys[i] = []byte(s)
+	}
+	return newSessionTokens(appID, keys, sessionTTL, clock.Now)
+}
+
+// issueToken is the token tokens issue for id.
+func issueToken(tokens *sessionTokens, id Identity) string {
+	token, _ := tokens.issue(id)
+	return token
+}
+
+// publicIdentity is what a verified session proves: the identity without
+// the session_key, which a token never carries.
+func publicIdentity(id Identity) Identity { return Identity{OpenID: id.OpenID, UnionID: id.UnionID} }
+
+func encodeSegment(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
+
+// signRaw signs a header and a payload, both as written, with HS256 and key:
+// a token whatever its JSON, as a holder of the key could make.
+func signRaw(header, payload, key string) string {
+	signed := encodeSegment(header) + "." + encodeSegment(payload)
+	mac := hmac.New(sha256.New, []byte(key))
+	mac.Write([]byte(signed))
+	return signed + "." + base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
+}
+
+// rejectionReason is sessionRejection, with "" for no error.
+func rejectionReason(err error) string {
+	if err == nil {
+		return ""
+	}
+	return sessionRejection(err)
+}
+
+// wechat_api's access tokens.
+
+const (
+	apiAppID  = "wxtokens"
+	apiSecret = "token-test-secret"
+)
+
+// accessTokenEpoch is 10:00 in Beijing.
+var accessTokenEpoch = time.Date(2024, 5, 1, 2, 0, 0, 0, time.UTC)
+
+// testTokenManager is a token manager on a test clock, with its renewal's
+// waits and its log lines in the test's hands.
+type testTokenManager struct {
+	*tokenManager
+	clock *testkit.Clock
+	waits renewalWaits
+	logs  *observer.ObservedLogs
+}
+
+func newTestTokenManager(t *testing.T, endpoint string, clock *testkit.Clock) testTokenManager {
+	t.Helper()
+	metrics, err := newAPIMetrics(nil, apiAppID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zap.DebugLevel)
+	logger := zap.New(core)
+	waits := make(renewalWaits, 16)
+	m := newTokenManager(apiAppID, endpoint, apiSecret, metrics)
+	m.now, m.after, m.logger = clock.Now, waits.after, func() *zap.Logger { return logger }
+	t.Cleanup(func() {
+		stopped := make(chan struct{})
+		go func() { m.Destruct(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(10 * time.Second):
+			t.Error("Destruct did not stop the renewal")
+		}
+		for _, entry := range logs.All() {
+			line := fmt.Sprint(entry.Message, entry.ContextMap())
+			if leaks := testkit.Leaks(line); len(leaks) > 0 {
+				t.Errorf("a log line carries %d secret(s) or token(s)", len(leaks))
+			}
+		}
+	})
+	return testTokenManager{m, clock, waits, logs}
+}
+
+// newTokenSim starts a simulator of the test app on clock.
+func newTokenSim(t *testing.T, clock *testkit.Clock) (*wechatsim.Server, string) {
+	t.Helper()
+	return testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: apiAppID, Secret: apiSecret}}, Now: clock.Now})
+}
+
+func newStuckWechat(t *testing.T) (*stuckWechat, string) {
+	w := &stuckWechat{latest: "stuck-token-0"}
+	testkit.Forbid(apiSecret)
+	server := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if r.URL.Path == tokenCheckPath { // the stuck token is refused by every API
+			fmt.Fprint(rw, `{"errcode":40001,"errmsg":"invalid credential"}`)
+			return
+		}
+		body, _ := io.ReadAll(r.Body)
+		if strings.Contains(string(body), `"force_refresh":true`) {
+			w.forced++
+			w.latest = fmt.Sprintf("stuck-token-%d", w.forced)
+		}
+		fmt.Fprintf(rw, `{"access_token":%q,"expires_in":7200}`, w.latest)
+	}))
+	t.Cleanup(server.Close)
+	return w, server.URL
+}
+
+// assertForcedRefreshRule checks that spend, a ledger of forced refreshes
+// asked to spend one at the given time, keeps to WeChat's limits.
+func assertForcedRefreshRule(t *testing.T, spend func(time.Time) bool) {
+	t.Helper()
+	at := func(d time.Duration) time.Time { return accessTokenEpoch.Add(d) }
+	if !spend(at(0)) || spend(at(29*time.Second)) || !spend(at(30*time.Second)) {
+		t.Fatal("forced refreshes are not kept 30 s apart")
+	}
+	for i := 2; i < forcedRefreshesPerDay; i++ {
+		if !spend(at(time.Duration(i) * time.Minute)) {
+			t.Fatalf("forced refresh %d of the day refused", i+1)
+		}
+	}
+	if spend(at(time.Hour)) {
+		t.Fatal("a 21st forced refresh within a day was allowed")
+	}
+	// Each allowance comes back 24 hours after it was spent.
+	if spend(at(24*time.Hour - time.Second)) {
+		t.Error("allowed before a day had passed since the first")
+	}
+	if !spend(at(24 * time.Hour)) {
+		t.Error("refused a day after the first")
+	}
+	if spend(at(24*time.Hour + 29*time.Second)) {
+		t.Error("allowed 29 s after the last")
+	}
+	if !spend(at(24*time.Hour + 30*time.Second)) {
+		t.Error("refused a day after the second")
+	}
+	if spend(at(24*time.Hour + time.Minute)) {
+		t.Error("allowed a 21st within 24 hours")
+	}
+}
+
+// The exchange with WeChat.
+
+const (
+	exchangeSecret = "exchange-test-secret-0123456789"
+	exchangeAppID  = "wxexchange"
+)
+
+// The code cache.
+
+// memoryCodesAt is a code store caching for ttl, at most size codes, on clock.
+func memoryCodesAt(clock *testkit.Clock, ttl time.Duration, size int) memoryCodes {
+	table := newCodeTable()
+	table.lease(size)
+	return memoryCodes{table: table, ttl: ttl, flights: new(singleflight.Group), now: clock.Now}
+}
+
+// Configuration.
+
+func mustJSON(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+// A fleet on a real Redis.
+
+const (
+	fleetAppID    = "wxfleettest"
+	fleetEndpoint = "https://api.weixin.qq.com"
+	fleetSecret   = "fleet-test-app-secret-0123456789"
+)
+
+func init() { testkit.Forbid(fleetSecret) }
+
+// gateway is one gateway's view of a shared Redis: a fleet attached as
+// Provision would attach it.
+type gateway struct {
+	*fleet
+	logs *observer.ObservedLogs
+}
+
+// newGateway attaches gateway number n of a fleet to the Redis at addr,
+// and releases it when t ends. Gateways are separate processes with a
+// client each; in one test process, each gets its own client through
+// settings that differ in a nanosecond of timeout. The client probes a
+// Redis that failed every 20ms, so that tests wait for recovery briefly.
+func newGateway(t testing.TB, addr string, n int, configure func(*RedisConfig)) gateway {
+	t.Helper()
+	cfg := &RedisConfig{Address: []string{addr}, Timeout: caddy.Duration(defaultRedisTimeout + time.Duration(n))}
+	if configure != nil {
+		configure(cfg)
+	}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	f, err := newFleet(ctx, cfg, fleetAppID, fleetEndpoint, fleetSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := f.release(); err != nil {
+			t.Error(err)
+		}
+	})
+	core, logs := observer.New(zapcore.InfoLevel)
+	f.redis.logger = zap.New(core)
+	f.redis.probeEvery = 20 * time.Millisecond
+	return gateway{fleet: f, logs: logs}
+}
+
+// newRedisGateway is gateway 0 of a fleet on a Redis of the test's own.
+func newRedisGateway(t testing.TB) gateway {
+	t.Helper()
+	return newGateway(t, testkit.StartRedis(t).Addr(), 0, nil)
+}
+
+// newTestRedisClient is a plain client, for tests that look inside Redis.
+func newTestRedisClient(t testing.TB, addr string) *redis.Client {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	return rdb
+}
+
+// reportCPU runs a benchmark's operations and reports the processor time
+// they cost per operation, in µs: this process's (cpu-us/op: the caller's
+// side, summed over its threads, so under RunParallel it can exceed the
+// time per operation) and, when srv is not nil, Redis's (redis-cpu-us/op).
+// Both include what waiting costs, such as the runtime looking for work
+// while a reply is on its way, which a busier process would spend on other
+// requests: read them side by side with the memory variant, as an upper
+// bound of what a fleet's Redis adds to a login on shared cores.
+func reportCPU(b *testing.B, srv *testkit.Redis, run func()) {
+	perOp := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 / float64(b.N) }
+	self := testkit.ProcessCPUTime()
+	var redisBefore time.Duration
+	redisOK := false
+	if srv != nil {
+		redisBefore, redisOK = srv.CPUTime()
+	}
+	run()
+	b.ReportMetric(perOp(testkit.ProcessCPUTime()-self), "cpu-us/op")
+	if redisOK {
+		if after, ok := srv.CPUTime(); ok {
+			b.ReportMetric(perOp(after-redisBefore), "redis-cpu-us/op")
+		}
+	}
+}
+
+func gaugeValue(g prometheus.Gauge) float64 {
+	var m dto.Metric
+	_ = g.Write(&m)
+	return m.GetGauge().GetValue()
+}
+
+// redisCalls is how many times the server ran command, from its own
+// statistics: proof of what reached Redis, whatever the client believes.
+func redisCalls(t testing.TB, rdb *redis.Client, command string) int {
+	t.Helper()
+	info, err := rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(info, "\n") {
+		rest, found := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_"+command+":calls=")
+		if found {
+			n, _ := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
+			return n
+		}
+	}
+	return 0
+}
+
+// addFleetUser adds the user of the documented ACL, with password, to the
+// Redis rdb talks to, and returns the settings that log in as it.
+func addFleetUser(t testing.TB, rdb *redis.Client, password string) func(*RedisConfig) {
+	t.Helper()
+	testkit.Forbid(password)
+	if err := rdb.Do(context.Background(), append([]any{"ACL", "SETUSER", "gateway", ">" + password}, documentedACL(t)...)...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	return func(c *RedisConfig) { c.Username, c.Password = "gateway", password }
+}
+
+// The fleet's codes.
+
+const (
+	fleetCode       = "fleet-code-0a1b2c3d4e5f"
+	fleetSessionKey = "fleet-session-key-tGzv3JOkF0XG5Qx2TlKWIA=="
+)
+
+func init() { testkit.Forbid(fleetCode, fleetSessionKey) }
+
+var fleetIdentity = Identity{OpenID: "oFleetPlayer", UnionID: "uFleetPlayer", SessionKey: fleetSessionKey}
+
+// newLocalCodes is a gateway's in-memory code store, which a Redis code
+// store keeps in front.
+func newLocalCodes(cacheTTL time.Duration) codeStore {
+	table := newCodeTable()
+	table.lease(1000)
+	return memoryCodes{table: table, ttl: cacheTTL, flights: new(singleflight.Group), now: time.Now}
+}
+
+// dumpRedis reads every key with its value, failing t for a key without
+// an expiry.
+func dumpRedis(t *testing.T, rdb *redis.Client) map[string]string {
+	t.Helper()
+	ctx := context.Background()
+	out := map[string]string{}
+	iter := rdb.Scan(ctx, 0, "*", 100).Iterator()
+	for iter.Next(ctx) {
+		k := iter.Val()
+		if ttl := rdb.PTTL(ctx, k).Val(); ttl <= 0 {
+			t.Errorf("key %q has no expiry (PTTL %v)", k, ttl)
+		}
+		switch typ := rdb.Type(ctx, k).Val(); typ {
+		case "string":
+			out[k] = rdb.Get(ctx, k).Val()
+		case "hash":
+			out[k] = fmt.Sprint(rdb.HGetAll(ctx, k).Val())
+		default:
+			t.Errorf("key %q is a %s, which no store writes", k, typ)
+		}
+	}
+	if err := iter.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

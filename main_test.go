@@ -13,6 +13,6 @@ import (
 // error, so every exchange line is written and scanned; the run fails too
 // if none was seen.
 func TestMain(m *testing.M) {
-	testkit.Forbid(exTestSecret, "alice.secretcode", testSecret, tokenSecret, tokenOtherSecret)
+	testkit.Forbid(exchangeSecret, "alice.secretcode", testSecret, sessionSecret, otherSessionSecret)
 	os.Exit(testkit.RunScanningLogs(m, "wechat exchange"))
 }

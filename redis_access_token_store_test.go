@@ -56,7 +56,7 @@ func concurrently(n int, fns ...func()) {
 }
 
 func TestRedisTokenStoreColdStartMakesOneFetchForTheFleet(t *testing.T) {
-	clock := testkit.NewClock(tokenT0)
+	clock := testkit.NewClock(accessTokenEpoch)
 	sim, simURL := newTokenSim(t, clock)
 	sim.SetLatency(20 * time.Millisecond) // long enough for the gateways to meet
 	_, a, b := twoTokenGateways(t, simURL, clock)
@@ -80,7 +80,7 @@ func TestRedisTokenStoreColdStartMakesOneFetchForTheFleet(t *testing.T) {
 		t.Fatalf("two gateways on a cold start got %d distinct answers with %d stable_token calls; want one token, 1 call", len(got), sim.CallsTo(stableTokenPath))
 	}
 	for value := range got {
-		if !sim.TokenValid(tokAppID, value) {
+		if !sim.TokenValid(apiAppID, value) {
 			t.Error("the fleet's token is not valid")
 		}
 	}
@@ -90,14 +90,14 @@ func TestRedisTokenStoreColdStartMakesOneFetchForTheFleet(t *testing.T) {
 }
 
 func TestRedisTokenStoreRefusedTokenReplacedOnceForTheFleet(t *testing.T) {
-	clock := testkit.NewClock(tokenT0)
+	clock := testkit.NewClock(accessTokenEpoch)
 	sim, simURL := newTokenSim(t, clock)
 	_, a, b := twoTokenGateways(t, simURL, clock)
 	refused := a.mustToken(t)
 	if b.mustToken(t).value != refused.value || sim.CallsTo(stableTokenPath) != 1 {
 		t.Fatal("the gateways do not share their first token")
 	}
-	sim.RevokeTokens(tokAppID)
+	sim.RevokeTokens(apiAppID)
 
 	var mu sync.Mutex
 	replacements := map[string]int{}
@@ -117,17 +117,17 @@ func TestRedisTokenStoreRefusedTokenReplacedOnceForTheFleet(t *testing.T) {
 		t.Fatalf("the gateways got %d different replacements; want one for the fleet", len(replacements))
 	}
 	for r := range replacements {
-		if r == refused.value || !sim.TokenValid(tokAppID, r) {
+		if r == refused.value || !sim.TokenValid(apiAppID, r) {
 			t.Fatal("the refused token was not replaced by a valid one")
 		}
 	}
-	if calls, forced := sim.CallsTo(stableTokenPath), sim.ForcedRefreshes(tokAppID); calls != 2 || forced != 0 {
+	if calls, forced := sim.CallsTo(stableTokenPath), sim.ForcedRefreshes(apiAppID); calls != 2 || forced != 0 {
 		t.Errorf("%d stable_token calls, %d forced; want 2 (the first token and one replacement for the fleet), none forced", calls, forced)
 	}
 }
 
 func TestRedisTokenStoreForcedRefreshesSpacedForTheFleet(t *testing.T) {
-	clock := testkit.NewClock(tokenT0)
+	clock := testkit.NewClock(accessTokenEpoch)
 	wechat, url := newStuckWechat(t)
 	_, a, b := twoTokenGateways(t, url, clock)
 	refused := a.mustToken(t)
@@ -158,7 +158,7 @@ func TestRedisTokenStoreForcedRefreshesSpacedForTheFleet(t *testing.T) {
 
 func TestRedisForcedRefreshLedgerKeepsWechatLimits(t *testing.T) {
 	srv := testkit.StartRedis(t)
-	clock := testkit.NewClock(tokenT0)
+	clock := testkit.NewClock(accessTokenEpoch)
 	gw := newGateway(t, srv.Addr(), 0, nil)
 	store := gw.tokenStore()
 	store.scriptClock = clock.Now
@@ -176,7 +176,7 @@ func TestRedisForcedRefreshLedgerKeepsWechatLimits(t *testing.T) {
 }
 
 func TestRedisTokenStoreServesWhileRedisIsFrozen(t *testing.T) {
-	clock := testkit.NewClock(tokenT0)
+	clock := testkit.NewClock(accessTokenEpoch)
 	sim, simURL := newTokenSim(t, clock)
 	srv := testkit.StartRedis(t)
 	a := newFleetTokenManager(t, simURL, clock, srv.Addr(), 0, nil)
@@ -184,12 +184,12 @@ func TestRedisTokenStoreServesWhileRedisIsFrozen(t *testing.T) {
 	defer srv.Resume()
 
 	tok := a.mustToken(t)
-	if !sim.TokenValid(tokAppID, tok.value) || !a.gateway.redis.down.Load() {
+	if !sim.TokenValid(apiAppID, tok.value) || !a.gateway.redis.down.Load() {
 		t.Fatal("with Redis frozen, the token was not fetched by the gateway alone")
 	}
 	// Refused, it is replaced without Redis too, force_refresh included.
-	sim.RevokeTokens(tokAppID)
-	if r, err := a.replace(context.Background(), 5*time.Second, tok, errcodeInvalidCredential); err != nil || !sim.TokenValid(tokAppID, r.value) {
+	sim.RevokeTokens(apiAppID)
+	if r, err := a.replace(context.Background(), 5*time.Second, tok, errcodeInvalidCredential); err != nil || !sim.TokenValid(apiAppID, r.value) {
 		t.Fatalf("with Redis frozen, a refused token was not replaced: %v", err)
 	}
 	if allowed, err := a.store.allowForcedRefresh(context.Background(), clock.Now()); err != nil || !allowed {
@@ -198,7 +198,7 @@ func TestRedisTokenStoreServesWhileRedisIsFrozen(t *testing.T) {
 }
 
 func TestRedisTokenStoreWaiterTakesOverFromAVanishedHolder(t *testing.T) {
-	clock := testkit.NewClock(tokenT0)
+	clock := testkit.NewClock(accessTokenEpoch)
 	sim, simURL := newTokenSim(t, clock)
 	rdb, a, _ := twoTokenGateways(t, simURL, clock)
 	// A gateway took the lock and vanished; the lock runs out on its own.
@@ -206,13 +206,13 @@ func TestRedisTokenStoreWaiterTakesOverFromAVanishedHolder(t *testing.T) {
 		t.Fatal(err)
 	}
 	tok := a.mustToken(t)
-	if !sim.TokenValid(tokAppID, tok.value) || sim.CallsTo(stableTokenPath) != 1 {
+	if !sim.TokenValid(apiAppID, tok.value) || sim.CallsTo(stableTokenPath) != 1 {
 		t.Errorf("after the lock ran out: %d stable_token calls; want the waiter's 1", sim.CallsTo(stableTokenPath))
 	}
 }
 
 func TestRedisTokenStoreDistrustsWhatDoesNotOpen(t *testing.T) {
-	clock := testkit.NewClock(tokenT0)
+	clock := testkit.NewClock(accessTokenEpoch)
 	sim, simURL := newTokenSim(t, clock)
 	rdb, a, b := twoTokenGateways(t, simURL, clock)
 	ctx := context.Background()
@@ -220,7 +220,7 @@ func TestRedisTokenStoreDistrustsWhatDoesNotOpen(t *testing.T) {
 		{"short", "x"},
 		{"garbage", strings.Repeat("f", 32) + "t" + strings.Repeat("0", 64)},
 		// A token sealed for another key: bound to its own.
-		{"moved", b.store.fleet.hide([]byte("80_moved")) + string(b.store.fleet.seal(sealedToken, "elsewhere", storedToken{Value: "80_moved", ExpiresMS: tokenT0.Add(time.Hour).UnixMilli()}))},
+		{"moved", b.store.fleet.hide([]byte("80_moved")) + string(b.store.fleet.seal(sealedToken, "elsewhere", storedToken{Value: "80_moved", ExpiresMS: accessTokenEpoch.Add(time.Hour).UnixMilli()}))},
 	} {
 		if err := rdb.Set(ctx, a.store.keys[0], tc.stored, time.Hour).Err(); err != nil {
 			t.Fatal(err)
@@ -229,7 +229,7 @@ func TestRedisTokenStoreDistrustsWhatDoesNotOpen(t *testing.T) {
 		tok, err := a.store.refresh(ctx, clock.Now(), accessToken{}, func(ctx context.Context) (accessToken, error) {
 			return a.fetch(ctx, false)
 		})
-		if err != nil || !sim.TokenValid(tokAppID, tok.value) || sim.CallsTo(stableTokenPath) != calls+1 {
+		if err != nil || !sim.TokenValid(apiAppID, tok.value) || sim.CallsTo(stableTokenPath) != calls+1 {
 			t.Errorf("%s: the stored value was trusted, or not replaced: %v", tc.name, err)
 		}
 		a.store.local.token = accessToken{} // the next case starts cold again
@@ -239,7 +239,7 @@ func TestRedisTokenStoreDistrustsWhatDoesNotOpen(t *testing.T) {
 func TestRedisTokenStoreKeepsNothingReadable(t *testing.T) {
 	srv := testkit.StartRedis(t)
 	rdb := newTestRedisClient(t, srv.Addr())
-	clock := testkit.NewClock(tokenT0)
+	clock := testkit.NewClock(accessTokenEpoch)
 	const token = "80_fleet-token-never-readable"
 	testkit.Forbid(token)
 	started, release := make(chan struct{}), make(chan struct{})
@@ -277,7 +277,7 @@ func TestRedisTokenStoreKeepsNothingReadable(t *testing.T) {
 
 	kinds := map[string]int{}
 	for k, v := range seen {
-		for _, f := range []string{token, tokSecret, fleetSecret} {
+		for _, f := range []string{token, apiSecret, fleetSecret} {
 			if strings.Contains(k, f) || strings.Contains(v, f) {
 				t.Errorf("key %q holds %q in readable form", k, f)
 			}
@@ -296,7 +296,7 @@ func TestRedisTokenStoreKeepsNothingReadable(t *testing.T) {
 }
 
 func TestRedisTokenStoreWorksWithTheDocumentedACL(t *testing.T) {
-	clock := testkit.NewClock(tokenT0)
+	clock := testkit.NewClock(accessTokenEpoch)
 	wechat, url := newStuckWechat(t)
 	srv := testkit.StartRedis(t)
 	rdb := newTestRedisClient(t, srv.Addr())
@@ -322,7 +322,7 @@ func TestRedisTokenStoreWorksWithTheDocumentedACL(t *testing.T) {
 func FuzzOpenToken(f *testing.F) {
 	// No Redis is needed to seal and open; the client never connects.
 	store := newGateway(f, "127.0.0.1:1", 0, nil).tokenStore()
-	sealed := store.sealToken(accessToken{value: "80_sealed", expires: tokenT0.Add(time.Hour)})
+	sealed := store.sealToken(accessToken{value: "80_sealed", expires: accessTokenEpoch.Add(time.Hour)})
 	f.Add(sealed)
 	f.Add(sealed[:len(sealed)-1])
 	f.Add(strings.Repeat("0", 32) + sealed[32:])
@@ -334,7 +334,7 @@ func FuzzOpenToken(f *testing.F) {
 		}
 		// Only what the fleet's key sealed opens (each fuzzing process seals
 		// the seed anew, with another nonce, under the same key).
-		if tok.value != "80_sealed" || !tok.expires.Equal(tokenT0.Add(time.Hour)) {
+		if tok.value != "80_sealed" || !tok.expires.Equal(accessTokenEpoch.Add(time.Hour)) {
 			t.Fatalf("%q opened to a token the fleet never sealed", stored)
 		}
 	})

@@ -8,127 +8,16 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
 )
-
-const (
-	fleetAppID    = "wxfleettest"
-	fleetEndpoint = "https://api.weixin.qq.com"
-	fleetSecret   = "fleet-test-app-secret-0123456789"
-)
-
-func init() { testkit.Forbid(fleetSecret) }
-
-// gateway is one gateway's view of a shared Redis: a fleet attached as
-// Provision would attach it.
-type gateway struct {
-	*fleet
-	logs *observer.ObservedLogs
-}
-
-// newGateway attaches gateway number n of a fleet to the Redis at addr,
-// and releases it when t ends. Gateways are separate processes with a
-// client each; in one test process, each gets its own client through
-// settings that differ in a nanosecond of timeout. The client probes a
-// Redis that failed every 20ms, so that tests wait for recovery briefly.
-func newGateway(t testing.TB, addr string, n int, configure func(*RedisConfig)) gateway {
-	t.Helper()
-	cfg := &RedisConfig{Address: []string{addr}, Timeout: caddy.Duration(defaultRedisTimeout + time.Duration(n))}
-	if configure != nil {
-		configure(cfg)
-	}
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	t.Cleanup(cancel)
-	f, err := newFleet(ctx, cfg, fleetAppID, fleetEndpoint, fleetSecret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := f.release(); err != nil {
-			t.Error(err)
-		}
-	})
-	core, logs := observer.New(zapcore.InfoLevel)
-	f.redis.logger = zap.New(core)
-	f.redis.probeEvery = 20 * time.Millisecond
-	return gateway{fleet: f, logs: logs}
-}
-
-// newRedisGateway is gateway 0 of a fleet on a Redis of the test's own.
-func newRedisGateway(t testing.TB) gateway {
-	t.Helper()
-	return newGateway(t, testkit.StartRedis(t).Addr(), 0, nil)
-}
-
-// newTestRedisClient is a plain client, for tests that look inside Redis.
-func newTestRedisClient(t testing.TB, addr string) *redis.Client {
-	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: addr})
-	t.Cleanup(func() { _ = rdb.Close() })
-	return rdb
-}
-
-// reportCPU runs a benchmark's operations and reports the processor time
-// they cost per operation, in µs: this process's (cpu-us/op: the caller's
-// side, summed over its threads, so under RunParallel it can exceed the
-// time per operation) and, when srv is not nil, Redis's (redis-cpu-us/op).
-// Both include what waiting costs, such as the runtime looking for work
-// while a reply is on its way, which a busier process would spend on other
-// requests: read them side by side with the memory variant, as an upper
-// bound of what a fleet's Redis adds to a login on shared cores.
-func reportCPU(b *testing.B, srv *testkit.Redis, run func()) {
-	perOp := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 / float64(b.N) }
-	self := testkit.ProcessCPUTime()
-	var redisBefore time.Duration
-	redisOK := false
-	if srv != nil {
-		redisBefore, redisOK = srv.CPUTime()
-	}
-	run()
-	b.ReportMetric(perOp(testkit.ProcessCPUTime()-self), "cpu-us/op")
-	if redisOK {
-		if after, ok := srv.CPUTime(); ok {
-			b.ReportMetric(perOp(after-redisBefore), "redis-cpu-us/op")
-		}
-	}
-}
-
-func gaugeValue(g prometheus.Gauge) float64 {
-	var m dto.Metric
-	_ = g.Write(&m)
-	return m.GetGauge().GetValue()
-}
-
-// redisCalls is how many times the server ran command, from its own
-// statistics: proof of what reached Redis, whatever the client believes.
-func redisCalls(t testing.TB, rdb *redis.Client, command string) int {
-	t.Helper()
-	info, err := rdb.Info(context.Background(), "commandstats").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for line := range strings.SplitSeq(info, "\n") {
-		rest, found := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_"+command+":calls=")
-		if found {
-			n, _ := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
-			return n
-		}
-	}
-	return 0
-}
 
 func TestGatewaysWithTheSameSettingsShareOneClient(t *testing.T) {
 	srv := testkit.StartRedis(t)
@@ -320,17 +209,6 @@ func documentedACL(t testing.TB) []any {
 	}
 	t.Fatalf("docs/fleet.md has no line starting %q", prefix)
 	return nil
-}
-
-// addFleetUser adds the user of the documented ACL, with password, to the
-// Redis rdb talks to, and returns the settings that log in as it.
-func addFleetUser(t testing.TB, rdb *redis.Client, password string) func(*RedisConfig) {
-	t.Helper()
-	testkit.Forbid(password)
-	if err := rdb.Do(context.Background(), append([]any{"ACL", "SETUSER", "gateway", ">" + password}, documentedACL(t)...)...).Err(); err != nil {
-		t.Fatal(err)
-	}
-	return func(c *RedisConfig) { c.Username, c.Password = "gateway", password }
 }
 
 // Every command a script calls is in the documented ACL, whether or not a

@@ -12,27 +12,9 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
 )
-
-const (
-	fleetCode       = "fleet-code-0a1b2c3d4e5f"
-	fleetSessionKey = "fleet-session-key-tGzv3JOkF0XG5Qx2TlKWIA=="
-)
-
-func init() { testkit.Forbid(fleetCode, fleetSessionKey) }
-
-var fleetIdentity = Identity{OpenID: "oFleetPlayer", UnionID: "uFleetPlayer", SessionKey: fleetSessionKey}
-
-// newLocalCodes is a gateway's in-memory code store, which a Redis code
-// store keeps in front.
-func newLocalCodes(cacheTTL time.Duration) codeStore {
-	table := newCodeTable()
-	table.lease(1000)
-	return memoryCodes{table: table, ttl: cacheTTL, flights: new(singleflight.Group), now: time.Now}
-}
 
 // gatewayCodes is gateway n's code store on the Redis at addr.
 func gatewayCodes(t testing.TB, addr string, n int, cacheTTL time.Duration) (gateway, *redisCodes) {
@@ -391,33 +373,6 @@ func TestNothingReadableInRedis(t *testing.T) {
 			t.Errorf("no %s key was seen: the test looked at less than it should", kind)
 		}
 	}
-}
-
-// dumpRedis reads every key with its value, failing t for a key without
-// an expiry.
-func dumpRedis(t *testing.T, rdb *redis.Client) map[string]string {
-	t.Helper()
-	ctx := context.Background()
-	out := map[string]string{}
-	iter := rdb.Scan(ctx, 0, "*", 100).Iterator()
-	for iter.Next(ctx) {
-		k := iter.Val()
-		if ttl := rdb.PTTL(ctx, k).Val(); ttl <= 0 {
-			t.Errorf("key %q has no expiry (PTTL %v)", k, ttl)
-		}
-		switch typ := rdb.Type(ctx, k).Val(); typ {
-		case "string":
-			out[k] = rdb.Get(ctx, k).Val()
-		case "hash":
-			out[k] = fmt.Sprint(rdb.HGetAll(ctx, k).Val())
-		default:
-			t.Errorf("key %q is a %s, which no store writes", k, typ)
-		}
-	}
-	if err := iter.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
 }
 
 // BenchmarkRedeemFreshCode compares redeeming codes never seen before (one

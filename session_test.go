@@ -110,8 +110,8 @@ func TestSessionIssuedAtLogin(t *testing.T) {
 func TestSessionRequiredOrOptional(t *testing.T) {
 	_, endpoint := newTestSim(t)
 	clock := newTestClock()
-	valid := issueToken(newTestTokens(clock, testAppID, tokenSecret), tokenAlice)
-	forged := issueToken(newTestTokens(clock, testAppID, tokenOtherSecret), tokenAlice)
+	valid := issueToken(newTestSessionTokens(clock, testAppID, sessionSecret), aliceIdentity)
+	forged := issueToken(newTestSessionTokens(clock, testAppID, otherSessionSecret), aliceIdentity)
 
 	for _, tc := range []struct {
 		name     string
@@ -122,11 +122,11 @@ func TestSessionRequiredOrOptional(t *testing.T) {
 	}{
 		{"required, none", false, http.Header{}, http.StatusUnauthorized, false},
 		{"required, forged", false, http.Header{"Authorization": {"Bearer " + forged}}, http.StatusUnauthorized, false},
-		{"required, spoofed identity", false, http.Header{"X-Wx-Openid": {tokenAlice.OpenID}}, http.StatusUnauthorized, false},
+		{"required, spoofed identity", false, http.Header{"X-Wx-Openid": {aliceIdentity.OpenID}}, http.StatusUnauthorized, false},
 		{"required, bearer", false, http.Header{"Authorization": {"bearer " + valid}}, 0, true},
 		{"required, X-WX-SESSION", false, http.Header{"X-Wx-Session": {valid}}, 0, true},
 		{"optional, none", true, http.Header{}, 0, false},
-		{"optional, forged and spoofed", true, http.Header{"X-Wx-Session": {forged}, "X_WX_OPENID": {tokenAlice.OpenID}}, 0, false},
+		{"optional, forged and spoofed", true, http.Header{"X-Wx-Session": {forged}, "X_WX_OPENID": {aliceIdentity.OpenID}}, 0, false},
 		{"optional, bearer", true, http.Header{"Authorization": {"Bearer " + valid}}, 0, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -154,7 +154,7 @@ func TestSessionRequiredOrOptional(t *testing.T) {
 			got := up.headers[0]
 			want := http.Header{}
 			if tc.identity {
-				want = http.Header{"X-Wx-Openid": {tokenAlice.OpenID}, "X-Wx-Unionid": {tokenAlice.UnionID}, "X-Wx-Appid": {testAppID}}
+				want = http.Header{"X-Wx-Openid": {aliceIdentity.OpenID}, "X-Wx-Unionid": {aliceIdentity.UnionID}, "X-Wx-Appid": {testAppID}}
 			}
 			for name := range got {
 				if isIdentityHeader(name) && !slices.Equal(got[name], want[name]) {
@@ -194,8 +194,8 @@ func TestSessionRespondAnswersAtTheGateway(t *testing.T) {
 	if body["openid"] != wechatsim.OpenID(testAppID, "alice") || body["unionid"] != wechatsim.UnionID("alice") {
 		t.Errorf("body %v: wrong identity", body)
 	}
-	if body["expires_at"] != testEpoch.Add(tokenTTL).Format(time.RFC3339) {
-		t.Errorf("expires_at %q, want %q", body["expires_at"], testEpoch.Add(tokenTTL).Format(time.RFC3339))
+	if body["expires_at"] != testEpoch.Add(sessionTTL).Format(time.RFC3339) {
+		t.Errorf("expires_at %q, want %q", body["expires_at"], testEpoch.Add(sessionTTL).Format(time.RFC3339))
 	}
 	if id, err := h.sessions.verify(body["token"]); err != nil || id.OpenID != body["openid"] {
 		t.Errorf("token does not verify: %+v %v", id, err)
@@ -245,8 +245,8 @@ func sessBenchmarkGameRequest(b *testing.B, h *Handler, token string) *http.Requ
 func BenchmarkSessionVerifiedRequest(b *testing.B) {
 	clock := newTestClock()
 	h := newClockedHandler(b, "http://127.0.0.1:1", clock, withSessions(nil))
-	token := issueToken(h.sessions, tokenAlice)
-	if r := sessBenchmarkGameRequest(b, h, token); r.Header.Get(headerOpenID) != tokenAlice.OpenID {
+	token := issueToken(h.sessions, aliceIdentity)
+	if r := sessBenchmarkGameRequest(b, h, token); r.Header.Get(headerOpenID) != aliceIdentity.OpenID {
 		b.Fatal("the session was not verified")
 	}
 }
@@ -256,7 +256,7 @@ func BenchmarkSessionVerifiedRequest(b *testing.B) {
 func BenchmarkSessionlessRequest(b *testing.B) {
 	clock := newTestClock()
 	h := newClockedHandler(b, "http://127.0.0.1:1", clock, nil)
-	sessBenchmarkGameRequest(b, h, issueToken(newTestTokens(clock, testAppID, tokenSecret), tokenAlice))
+	sessBenchmarkGameRequest(b, h, issueToken(newTestSessionTokens(clock, testAppID, sessionSecret), aliceIdentity))
 }
 
 // Operators see why sessions are refused, by a bounded reason label.
@@ -265,17 +265,17 @@ func TestSessionRejectionReasonsAreCounted(t *testing.T) {
 	clock := newTestClock()
 	h := newClockedHandler(t, endpoint, clock, withSessions(nil))
 	signed := func(claims string) string {
-		return signRaw(`{"alg":"HS256","typ":"JWT"}`, fmt.Sprintf(`{"sub":"o1","appid":%q,%s}`, testAppID, claims), tokenSecret)
+		return signRaw(`{"alg":"HS256","typ":"JWT"}`, fmt.Sprintf(`{"sub":"o1","appid":%q,%s}`, testAppID, claims), sessionSecret)
 	}
 	now := clock.Now().Unix()
 	for _, tc := range []struct{ reason, token string }{
 		{"missing", ""},
 		{"malformed", "garbage"},
-		{"bad_signature", issueToken(newTestTokens(clock, testAppID, tokenOtherSecret), tokenAlice)},
+		{"bad_signature", issueToken(newTestSessionTokens(clock, testAppID, otherSessionSecret), aliceIdentity)},
 		{"expired", signed(fmt.Sprintf(`"exp":%d`, now-3600))},
 		{"not_yet_valid", signed(fmt.Sprintf(`"exp":%d,"nbf":%d`, now+7200, now+3600))},
 		{"wrong_audience", signed(fmt.Sprintf(`"exp":%d,"aud":"api"`, now+3600))},
-		{"other_app", issueToken(newTestTokens(clock, "wxanotherapp", tokenSecret), tokenAlice)},
+		{"other_app", issueToken(newTestSessionTokens(clock, "wxanotherapp", sessionSecret), aliceIdentity)},
 	} {
 		counter := wechatMetrics.sessionsRejected.WithLabelValues(testAppID, tc.reason)
 		before := counterValue(counter)
@@ -347,7 +347,7 @@ func TestLoginDropsTheGatewaysBearerToken(t *testing.T) {
 
 func TestHugeTokensAreRefusedUnread(t *testing.T) {
 	clock := newTestClock()
-	tokens := newSessionTokens(testAppID, [][]byte{[]byte(tokenSecret)}, time.Hour, clock.Now)
+	tokens := newSessionTokens(testAppID, [][]byte{[]byte(sessionSecret)}, time.Hour, clock.Now)
 	valid, _ := tokens.issue(Identity{OpenID: "oAlice"})
 	huge := valid[:strings.LastIndexByte(valid, '.')] + strings.Repeat("A", maxSessionTokenLen) + valid[strings.LastIndexByte(valid, '.'):]
 	if _, err := tokens.verify(huge); err != errMalformedSession {
@@ -384,11 +384,11 @@ func TestBearerToken(t *testing.T) {
 // Either token a request presents will do; a bearer token is removed only
 // once verified, since an invalid one may be the backend's own.
 func TestPresentedSession(t *testing.T) {
-	clock := testkit.NewClock(tokenEpoch)
-	tokens := newTestTokens(clock, tokenAppID, tokenSecret)
-	expired := issueToken(tokens, tokenAlice)
-	clock.Advance(tokenTTL + maxClockSkew)
-	valid := issueToken(tokens, tokenAlice)
+	clock := testkit.NewClock(sessionEpoch)
+	tokens := newTestSessionTokens(clock, sessionAppID, sessionSecret)
+	expired := issueToken(tokens, aliceIdentity)
+	clock.Advance(sessionTTL + maxClockSkew)
+	valid := issueToken(tokens, aliceIdentity)
 	const basic = "Basic dXNlcjpwYXNz"
 
 	for _, tc := range []struct {
@@ -417,7 +417,7 @@ func TestPresentedSession(t *testing.T) {
 			if reason := rejectionReason(err); reason != tc.reason {
 				t.Fatalf("%v (reason %q), want reason %q", err, reason, tc.reason)
 			}
-			if err == nil && id != publicIdentity(tokenAlice) {
+			if err == nil && id != publicIdentity(aliceIdentity) {
 				t.Errorf("identity %+v", id)
 			}
 			if got := r.Header.Get("Authorization"); got != tc.left {
@@ -430,12 +430,12 @@ func TestPresentedSession(t *testing.T) {
 // The login budget is charged to the player a token names while its
 // signature proves it, up to a grace period past its expiry.
 func TestPresentedPlayer(t *testing.T) {
-	clock := testkit.NewClock(tokenEpoch)
-	tokens := newTestTokens(clock, tokenAppID, tokenSecret)
+	clock := testkit.NewClock(sessionEpoch)
+	tokens := newTestSessionTokens(clock, sessionAppID, sessionSecret)
 	const grace = 24 * time.Hour
-	token := issueToken(tokens, tokenAlice)
-	forged := issueToken(newTestTokens(clock, tokenAppID, tokenOtherSecret), tokenAlice)
-	foreign := issueToken(newTestTokens(clock, "wxanotherapp", tokenSecret), tokenAlice)
+	token := issueToken(tokens, aliceIdentity)
+	forged := issueToken(newTestSessionTokens(clock, sessionAppID, otherSessionSecret), aliceIdentity)
+	foreign := issueToken(newTestSessionTokens(clock, "wxanotherapp", sessionSecret), aliceIdentity)
 
 	for _, tc := range []struct {
 		name                   string
@@ -446,21 +446,21 @@ func TestPresentedPlayer(t *testing.T) {
 		{name: "valid X-WX-SESSION", session: token, player: true},
 		{name: "valid bearer", authorization: "Bearer " + token, player: true},
 		{name: "invalid X-WX-SESSION, valid bearer", session: forged, authorization: "Bearer " + token, player: true},
-		{name: "expired an hour ago", at: tokenTTL + time.Hour, session: token, player: true},
-		{name: "expired just under the grace ago", at: tokenTTL + maxClockSkew + grace - time.Second, session: token, player: true},
-		{name: "expired the grace ago", at: tokenTTL + maxClockSkew + grace, session: token},
+		{name: "expired an hour ago", at: sessionTTL + time.Hour, session: token, player: true},
+		{name: "expired just under the grace ago", at: sessionTTL + maxClockSkew + grace - time.Second, session: token, player: true},
+		{name: "expired the grace ago", at: sessionTTL + maxClockSkew + grace, session: token},
 		{name: "another key", session: forged},
 		{name: "another app", authorization: "Bearer " + foreign},
 		{name: "none"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			clock.Set(tokenEpoch.Add(tc.at))
+			clock.Set(sessionEpoch.Add(tc.at))
 			r := httptest.NewRequest(http.MethodGet, "/wx/login", nil)
 			if tc.authorization != "" {
 				r.Header.Set("Authorization", tc.authorization)
 			}
 			openid, ok := tokens.presentedPlayer(r, tc.session, grace)
-			if ok != tc.player || (ok && openid != tokenAlice.OpenID) {
+			if ok != tc.player || (ok && openid != aliceIdentity.OpenID) {
 				t.Errorf("got %q %v, want the player: %v", openid, ok, tc.player)
 			}
 			// The gateway's own bearer token is removed; another stays.
@@ -480,11 +480,11 @@ func TestPresentedPlayer(t *testing.T) {
 // the keys (the signed part byte for byte), proving the identity issued,
 // and only a verified bearer token is removed.
 func FuzzPresentedSession(f *testing.F) {
-	clock := testkit.NewClock(tokenEpoch)
-	verifier := newTestTokens(clock, tokenAppID, tokenSecret, tokenOtherSecret)
+	clock := testkit.NewClock(sessionEpoch)
+	verifier := newTestSessionTokens(clock, sessionAppID, sessionSecret, otherSessionSecret)
 	issued := map[string]Identity{} // signed part (header.payload) → identity
-	for _, signer := range []*sessionTokens{verifier, newTestTokens(clock, tokenAppID, tokenOtherSecret)} {
-		for _, id := range []Identity{tokenAlice, tokenBob} {
+	for _, signer := range []*sessionTokens{verifier, newTestSessionTokens(clock, sessionAppID, otherSessionSecret)} {
+		for _, id := range []Identity{aliceIdentity, bobIdentity} {
 			token := issueToken(signer, id)
 			issued[token[:strings.LastIndexByte(token, '.')]] = publicIdentity(id)
 			f.Add(token, "")
@@ -492,7 +492,7 @@ func FuzzPresentedSession(f *testing.F) {
 			f.Add("nope", "bearer "+token)
 		}
 	}
-	f.Add(issueToken(newTestTokens(clock, "wxanotherapp", tokenSecret), tokenAlice), "Bearer a.b.c")
+	f.Add(issueToken(newTestSessionTokens(clock, "wxanotherapp", sessionSecret), aliceIdentity), "Bearer a.b.c")
 	f.Add("", "")
 	f.Add(encodeSegment(`{"alg":"none","typ":"JWT"}`)+".e30.", "Basic dXNlcjpwYXNz")
 

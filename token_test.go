@@ -1,8 +1,6 @@
 package wechatlogin
 
 import (
-	"crypto/hmac"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -19,38 +17,6 @@ import (
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
 )
 
-const (
-	tokenAppID       = "wxtokentest0001"
-	tokenSecret      = "session-test-secret-0123456789abcdef"
-	tokenOtherSecret = "session-test-other-secret-0123456789"
-	tokenTTL         = 2 * time.Hour
-)
-
-var (
-	tokenEpoch = time.Date(2026, 11, 23, 12, 0, 20, 0, time.UTC)
-	tokenAlice = Identity{OpenID: "oAliceAliceAliceAliceAlice01", UnionID: "oUnionAliceUnionAliceUnion01", SessionKey: "c2Vzc2lvbi1rZXktYWxpY2U="}
-	tokenBob   = Identity{OpenID: "oBobBobBobBobBobBobBobBobB01", SessionKey: "c2Vzc2lvbi1rZXktYm9i"}
-)
-
-// newTestTokens makes the tokens of appID on clock; the first secret signs.
-func newTestTokens(clock *testkit.Clock, appID string, secrets ...string) *sessionTokens {
-	keys := make([][]byte, len(secrets))
-	for i, s := range secrets {
-		keys[i] = []byte(s)
-	}
-	return newSessionTokens(appID, keys, tokenTTL, clock.Now)
-}
-
-// issueToken is the token tokens issue for id.
-func issueToken(tokens *sessionTokens, id Identity) string {
-	token, _ := tokens.issue(id)
-	return token
-}
-
-// publicIdentity is what a verified session proves: the identity without
-// the session_key, which a token never carries.
-func publicIdentity(id Identity) Identity { return Identity{OpenID: id.OpenID, UnionID: id.UnionID} }
-
 // decodeSegment decodes one base64url segment of a token.
 func decodeSegment(t testing.TB, segment string) []byte {
 	t.Helper()
@@ -59,17 +25,6 @@ func decodeSegment(t testing.TB, segment string) []byte {
 		t.Fatal(err)
 	}
 	return b
-}
-
-func encodeSegment(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
-
-// signRaw signs a header and a payload, both as written, with HS256 and key:
-// a token whatever its JSON, as a holder of the key could make.
-func signRaw(header, payload, key string) string {
-	signed := encodeSegment(header) + "." + encodeSegment(payload)
-	mac := hmac.New(sha256.New, []byte(key))
-	mac.Write([]byte(signed))
-	return signed + "." + base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
 }
 
 // signWithLibrary signs claims with golang-jwt, a third-party library, with
@@ -133,18 +88,18 @@ func libraryVerify(token, appID string, now time.Time, secrets ...string) (Ident
 }
 
 func TestTokenRoundTrip(t *testing.T) {
-	clock := testkit.NewClock(tokenEpoch)
-	tokens := newTestTokens(clock, tokenAppID, tokenSecret)
-	for _, id := range []Identity{tokenAlice, tokenBob} {
+	clock := testkit.NewClock(sessionEpoch)
+	tokens := newTestSessionTokens(clock, sessionAppID, sessionSecret)
+	for _, id := range []Identity{aliceIdentity, bobIdentity} {
 		token, expires := tokens.issue(id)
-		if !expires.Equal(tokenEpoch.Add(tokenTTL)) {
-			t.Errorf("expires %s, want now+ttl %s", expires, tokenEpoch.Add(tokenTTL))
+		if !expires.Equal(sessionEpoch.Add(sessionTTL)) {
+			t.Errorf("expires %s, want now+ttl %s", expires, sessionEpoch.Add(sessionTTL))
 		}
 		got, err := tokens.verify(token)
 		if err != nil || got != publicIdentity(id) {
 			t.Fatalf("verify: %+v %v, want %+v", got, err, publicIdentity(id))
 		}
-		if got, err := libraryVerify(token, tokenAppID, clock.Now(), tokenSecret); err != nil || got != publicIdentity(id) {
+		if got, err := libraryVerify(token, sessionAppID, clock.Now(), sessionSecret); err != nil || got != publicIdentity(id) {
 			t.Errorf("golang-jwt reads %+v %v, want %+v", got, err, publicIdentity(id))
 		}
 
@@ -161,9 +116,9 @@ func TestTokenRoundTrip(t *testing.T) {
 		}
 		want := map[string]any{
 			"sub":   id.OpenID,
-			"appid": tokenAppID,
-			"iat":   float64(tokenEpoch.Unix()),
-			"exp":   float64(tokenEpoch.Add(tokenTTL).Unix()),
+			"appid": sessionAppID,
+			"iat":   float64(sessionEpoch.Unix()),
+			"exp":   float64(sessionEpoch.Add(sessionTTL).Unix()),
 		}
 		if id.UnionID != "" {
 			want["unionid"] = id.UnionID
@@ -181,8 +136,8 @@ func TestTokenRoundTrip(t *testing.T) {
 // encoding/json writes, whatever WeChat puts in an openid or unionid, and
 // the token must verify to the same identity, signed as golang-jwt signs.
 func FuzzTokenIssueWritesClaimsAsEncodingJSON(f *testing.F) {
-	f.Add(tokenAlice.OpenID, tokenAlice.UnionID, int64(0))
-	f.Add(tokenBob.OpenID, "", int64(3600))
+	f.Add(aliceIdentity.OpenID, aliceIdentity.UnionID, int64(0))
+	f.Add(bobIdentity.OpenID, "", int64(3600))
 	f.Add(`o"quoted\\`, "<u&n>", int64(-1))
 	f.Add("o\u00e9t\u00e9\u2028", "\xff\xfe", int64(1<<40))
 	f.Add("o\x00\x1f\x7f", "u\tv", int64(-1<<40))
@@ -191,18 +146,18 @@ func FuzzTokenIssueWritesClaimsAsEncodingJSON(f *testing.F) {
 			return
 		}
 		clock := testkit.NewClock(time.Unix(offset, 0))
-		tokens := newTestTokens(clock, tokenAppID, tokenSecret)
+		tokens := newTestSessionTokens(clock, sessionAppID, sessionSecret)
 		id := Identity{OpenID: openID, UnionID: unionID}
 		token, expires := tokens.issue(id)
 		parts := strings.Split(token, ".")
 		if len(parts) != 3 {
 			t.Fatalf("token %q has %d parts", token, len(parts))
 		}
-		want, _ := json.Marshal(sessionClaims{Subject: openID, AppID: tokenAppID, UnionID: unionID, IssuedAt: offset, ExpiresAt: expires.Unix()})
+		want, _ := json.Marshal(sessionClaims{Subject: openID, AppID: sessionAppID, UnionID: unionID, IssuedAt: offset, ExpiresAt: expires.Unix()})
 		if got := decodeSegment(t, parts[1]); string(got) != string(want) {
 			t.Fatalf("claims\n%s\nwant what encoding/json writes\n%s", got, want)
 		}
-		signed, _ := jwt.SigningMethodHS256.Sign(parts[0]+"."+parts[1], []byte(tokenSecret))
+		signed, _ := jwt.SigningMethodHS256.Sign(parts[0]+"."+parts[1], []byte(sessionSecret))
 		if want := base64.RawURLEncoding.EncodeToString(signed); parts[2] != want {
 			t.Fatalf("signature %s, golang-jwt signs %s", parts[2], want)
 		}
@@ -225,30 +180,30 @@ func FuzzTokenIssueWritesClaimsAsEncodingJSON(f *testing.F) {
 // key by golang-jwt (a third-party library) or by hand, and differing from
 // a valid one in one way; the reason is the sessions_rejected_total label.
 func TestTokenVerification(t *testing.T) {
-	clock := testkit.NewClock(tokenEpoch)
-	tokens := newTestTokens(clock, tokenAppID, tokenSecret)
+	clock := testkit.NewClock(sessionEpoch)
+	tokens := newTestSessionTokens(clock, sessionAppID, sessionSecret)
 	now := clock.Now()
 	valid := func(edit func(jwt.MapClaims)) jwt.MapClaims {
-		c := jwt.MapClaims{"sub": tokenAlice.OpenID, "appid": tokenAppID, "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
+		c := jwt.MapClaims{"sub": aliceIdentity.OpenID, "appid": sessionAppID, "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
 		if edit != nil {
 			edit(c)
 		}
 		return c
 	}
 	sign := func(edit func(jwt.MapClaims)) string {
-		return signWithLibrary(t, jwt.SigningMethodHS256, valid(edit), nil, tokenSecret)
+		return signWithLibrary(t, jwt.SigningMethodHS256, valid(edit), nil, sessionSecret)
 	}
 	withHeader := func(edit func(map[string]any)) string {
-		return signWithLibrary(t, jwt.SigningMethodHS256, valid(nil), edit, tokenSecret)
+		return signWithLibrary(t, jwt.SigningMethodHS256, valid(nil), edit, sessionSecret)
 	}
 	const hs256 = `{"alg":"HS256","typ":"JWT"}`
-	rawPayload := func(payload string) string { return signRaw(hs256, payload, tokenSecret) }
+	rawPayload := func(payload string) string { return signRaw(hs256, payload, sessionSecret) }
 	claimsJSON := func(extra string) string {
-		return fmt.Sprintf(`{"sub":%q,"appid":%q,"iat":%d,"exp":%d%s}`, tokenAlice.OpenID, tokenAppID, now.Unix(), now.Add(time.Hour).Unix(), extra)
+		return fmt.Sprintf(`{"sub":%q,"appid":%q,"iat":%d,"exp":%d%s}`, aliceIdentity.OpenID, sessionAppID, now.Unix(), now.Add(time.Hour).Unix(), extra)
 	}
-	issued := issueToken(tokens, tokenAlice)
+	issued := issueToken(tokens, aliceIdentity)
 	parts := strings.Split(issued, ".")
-	alice := Identity{OpenID: tokenAlice.OpenID}
+	alice := Identity{OpenID: aliceIdentity.OpenID}
 
 	for _, tc := range []struct {
 		name   string
@@ -260,28 +215,28 @@ func TestTokenVerification(t *testing.T) {
 		headerOnly bool
 	}{
 		{name: "valid, signed by the library", token: sign(nil), want: alice},
-		{name: "valid, unionid", token: sign(func(c jwt.MapClaims) { c["unionid"] = tokenAlice.UnionID }), want: publicIdentity(tokenAlice)},
+		{name: "valid, unionid", token: sign(func(c jwt.MapClaims) { c["unionid"] = aliceIdentity.UnionID }), want: publicIdentity(aliceIdentity)},
 		{name: "unknown claims are ignored", token: sign(func(c jwt.MapClaims) { c["role"] = "admin"; c["lvl"] = []int{1} }), want: alice},
 		{name: "iss and jti as strings", token: sign(func(c jwt.MapClaims) { c["iss"] = "https://game.example"; c["jti"] = "1" }), want: alice},
 		{name: "a fractional exp", token: sign(func(c jwt.MapClaims) { c["exp"] = float64(now.Add(time.Hour).Unix()) + 0.5 }), want: alice},
 		{name: "a fractional exp, past", token: sign(func(c jwt.MapClaims) { c["exp"] = float64(now.Add(-maxClockSkew).Unix()) - 0.5 }), reason: "expired"},
 		{name: "a fractional exp within the leeway", token: sign(func(c jwt.MapClaims) { c["exp"] = float64(now.Add(-maxClockSkew).Unix()) + 1.5 }), want: alice},
-		{name: "escaped strings", token: rawPayload(strings.Replace(claimsJSON(""), tokenAlice.OpenID[:2], `\u006f\u0041`, 1)), want: alice},
+		{name: "escaped strings", token: rawPayload(strings.Replace(claimsJSON(""), aliceIdentity.OpenID[:2], `\u006f\u0041`, 1)), want: alice},
 		{name: "a repeated claim keeps the last value", token: rawPayload(claimsJSON(`,"sub":"oSomeoneElse"`)), want: Identity{OpenID: "oSomeoneElse"}},
-		{name: "the issued token", token: issued, want: publicIdentity(tokenAlice)},
+		{name: "the issued token", token: issued, want: publicIdentity(aliceIdentity)},
 
 		{name: "header with a kid", token: withHeader(func(h map[string]any) { h["kid"] = "1" }), reason: "malformed", headerOnly: true},
 		{name: "header without typ", token: withHeader(func(h map[string]any) { delete(h, "typ") }), reason: "malformed", headerOnly: true},
 		{name: "header with typ jwt", token: withHeader(func(h map[string]any) { h["typ"] = "jwt" }), reason: "malformed", headerOnly: true},
-		{name: "header members reordered", token: signRaw(`{"typ":"JWT","alg":"HS256"}`, claimsJSON(""), tokenSecret), reason: "malformed", headerOnly: true},
+		{name: "header members reordered", token: signRaw(`{"typ":"JWT","alg":"HS256"}`, claimsJSON(""), sessionSecret), reason: "malformed", headerOnly: true},
 		{name: "header with crit", token: withHeader(func(h map[string]any) { h["crit"] = []string{"b64"}; h["b64"] = false }), reason: "malformed", headerOnly: true},
-		{name: "HS384 with the same key", token: signWithLibrary(t, jwt.SigningMethodHS384, valid(nil), nil, tokenSecret), reason: "malformed"},
-		{name: "HS512 with the same key", token: signWithLibrary(t, jwt.SigningMethodHS512, valid(nil), nil, tokenSecret), reason: "malformed"},
+		{name: "HS384 with the same key", token: signWithLibrary(t, jwt.SigningMethodHS384, valid(nil), nil, sessionSecret), reason: "malformed"},
+		{name: "HS512 with the same key", token: signWithLibrary(t, jwt.SigningMethodHS512, valid(nil), nil, sessionSecret), reason: "malformed"},
 		{name: "alg none", token: signWithLibrary(t, jwt.SigningMethodNone, valid(nil), nil, ""), reason: "malformed"},
 		{name: "alg none with a valid signature", token: encodeSegment(`{"alg":"none","typ":"JWT"}`) + "." + parts[1] + "." + parts[2], reason: "malformed"},
 
-		{name: "another key", token: signWithLibrary(t, jwt.SigningMethodHS256, valid(nil), nil, tokenOtherSecret), reason: "bad_signature"},
-		{name: "edited payload", token: parts[0] + "." + encodeSegment(strings.Replace(string(decodeSegment(t, parts[1])), tokenAlice.OpenID, tokenBob.OpenID, 1)) + "." + parts[2], reason: "bad_signature"},
+		{name: "another key", token: signWithLibrary(t, jwt.SigningMethodHS256, valid(nil), nil, otherSessionSecret), reason: "bad_signature"},
+		{name: "edited payload", token: parts[0] + "." + encodeSegment(strings.Replace(string(decodeSegment(t, parts[1])), aliceIdentity.OpenID, bobIdentity.OpenID, 1)) + "." + parts[2], reason: "bad_signature"},
 		{name: "edited signature", token: parts[0] + "." + parts[1] + "." + encodeSegment(strings.Repeat("x", 32)), reason: "bad_signature"},
 
 		{name: "no exp", token: sign(func(c jwt.MapClaims) { delete(c, "exp") }), reason: "malformed"},
@@ -302,7 +257,7 @@ func TestTokenVerification(t *testing.T) {
 		{name: "payload with trailing data", token: rawPayload(claimsJSON("") + " {}"), reason: "malformed"},
 
 		{name: "aud the gateway does not claim", token: sign(func(c jwt.MapClaims) { c["aud"] = "wxsomeoneelse" }), reason: "wrong_audience"},
-		{name: "aud naming the app_id", token: sign(func(c jwt.MapClaims) { c["aud"] = []string{tokenAppID} }), reason: "wrong_audience"},
+		{name: "aud naming the app_id", token: sign(func(c jwt.MapClaims) { c["aud"] = []string{sessionAppID} }), reason: "wrong_audience"},
 
 		{name: "expired", token: sign(func(c jwt.MapClaims) { c["exp"] = now.Add(-maxClockSkew).Unix() }), reason: "expired"},
 		{name: "expired, within the leeway", token: sign(func(c jwt.MapClaims) { c["exp"] = now.Add(-maxClockSkew + time.Second).Unix() }), want: alice},
@@ -332,7 +287,7 @@ func TestTokenVerification(t *testing.T) {
 			}
 			// The gateway and a backend's JWT library agree on every token
 			// of our header.
-			libID, libErr := libraryVerify(tc.token, tokenAppID, now, tokenSecret)
+			libID, libErr := libraryVerify(tc.token, sessionAppID, now, sessionSecret)
 			switch {
 			case tc.headerOnly:
 				if libErr != nil {
@@ -345,14 +300,6 @@ func TestTokenVerification(t *testing.T) {
 	}
 }
 
-// rejectionReason is sessionRejection, with "" for no error.
-func rejectionReason(err error) string {
-	if err == nil {
-		return ""
-	}
-	return sessionRejection(err)
-}
-
 // respell changes the unused low bits of a segment's last character:
 // lenient base64 decodes it to the same bytes.
 func respell(segment string) string {
@@ -362,7 +309,7 @@ func respell(segment string) string {
 }
 
 func TestRespellKeepsTheBytes(t *testing.T) {
-	token := issueToken(newTestTokens(testkit.NewClock(tokenEpoch), tokenAppID, tokenSecret), tokenAlice)
+	token := issueToken(newTestSessionTokens(testkit.NewClock(sessionEpoch), sessionAppID, sessionSecret), aliceIdentity)
 	signature := strings.Split(token, ".")[2]
 	if slices.Equal(decodeSegment(t, respell(signature)), decodeSegment(t, signature)) == false {
 		t.Fatal("respell no longer makes a lenient spelling of the same signature")
@@ -373,9 +320,9 @@ func TestRespellKeepsTheBytes(t *testing.T) {
 // as documented: gateways a little apart in time accept each other's
 // tokens, and a token does not live much longer than its ttl.
 func TestTokenLifetime(t *testing.T) {
-	clock := testkit.NewClock(tokenEpoch)
-	tokens := newTestTokens(clock, tokenAppID, tokenSecret)
-	token := issueToken(tokens, tokenAlice)
+	clock := testkit.NewClock(sessionEpoch)
+	tokens := newTestSessionTokens(clock, sessionAppID, sessionSecret)
+	token := issueToken(tokens, aliceIdentity)
 	for _, tc := range []struct {
 		at     time.Duration // from issue
 		reason string
@@ -384,11 +331,11 @@ func TestTokenLifetime(t *testing.T) {
 		{-time.Minute - time.Second, "not_yet_valid"},
 		{-time.Minute, ""},
 		{0, ""},
-		{tokenTTL + time.Minute - time.Nanosecond, ""},
-		{tokenTTL + time.Minute, "expired"},
-		{tokenTTL + 2*time.Minute, "expired"},
+		{sessionTTL + time.Minute - time.Nanosecond, ""},
+		{sessionTTL + time.Minute, "expired"},
+		{sessionTTL + 2*time.Minute, "expired"},
 	} {
-		clock.Set(tokenEpoch.Add(tc.at))
+		clock.Set(sessionEpoch.Add(tc.at))
 		if _, err := tokens.verify(token); rejectionReason(err) != tc.reason {
 			t.Errorf("at issue%+v: %v, want reason %q", tc.at, err, tc.reason)
 		}
@@ -397,16 +344,16 @@ func TestTokenLifetime(t *testing.T) {
 
 // Putting a new secret first rotates without logging anybody out.
 func TestTokenSecretRotation(t *testing.T) {
-	clock := testkit.NewClock(tokenEpoch)
-	before := newTestTokens(clock, tokenAppID, tokenOtherSecret)
-	rotating := newTestTokens(clock, tokenAppID, tokenSecret, tokenOtherSecret)
-	after := newTestTokens(clock, tokenAppID, tokenSecret)
+	clock := testkit.NewClock(sessionEpoch)
+	before := newTestSessionTokens(clock, sessionAppID, otherSessionSecret)
+	rotating := newTestSessionTokens(clock, sessionAppID, sessionSecret, otherSessionSecret)
+	after := newTestSessionTokens(clock, sessionAppID, sessionSecret)
 
-	oldToken := issueToken(before, tokenAlice)
-	if id, err := rotating.verify(oldToken); err != nil || id != publicIdentity(tokenAlice) {
+	oldToken := issueToken(before, aliceIdentity)
+	if id, err := rotating.verify(oldToken); err != nil || id != publicIdentity(aliceIdentity) {
 		t.Errorf("a token signed by the old secret was refused during rotation: %v", err)
 	}
-	newToken := issueToken(rotating, tokenBob)
+	newToken := issueToken(rotating, bobIdentity)
 	if _, err := after.verify(newToken); err != nil {
 		t.Errorf("the first secret did not sign: %v", err)
 	}
@@ -447,9 +394,9 @@ func TestTokenClaimsFastPathAgreesWithJSON(t *testing.T) {
 		}
 	}
 	// What issue writes always takes the fast path.
-	token := issueToken(newTestTokens(testkit.NewClock(tokenEpoch), tokenAppID, tokenSecret), tokenAlice)
+	token := issueToken(newTestSessionTokens(testkit.NewClock(sessionEpoch), sessionAppID, sessionSecret), aliceIdentity)
 	var c sessionClaims
-	if !c.parseFlat(decodeSegment(t, strings.Split(token, ".")[1]), tokenAppID) || c.Subject != tokenAlice.OpenID || c.UnionID != tokenAlice.UnionID || c.AppID != tokenAppID {
+	if !c.parseFlat(decodeSegment(t, strings.Split(token, ".")[1]), sessionAppID) || c.Subject != aliceIdentity.OpenID || c.UnionID != aliceIdentity.UnionID || c.AppID != sessionAppID {
 		t.Errorf("an issued token's claims missed the fast path: %+v", c)
 	}
 }
@@ -479,10 +426,10 @@ func FuzzTokenClaimsFastPath(f *testing.F) {
 // fuzzer spends its time on claim values rather than on JSON syntax.
 func FuzzTokenAgreesWithGolangJWT(f *testing.F) {
 	const hs256 = `{"alg":"HS256","typ":"JWT"}`
-	clock := testkit.NewClock(tokenEpoch)
-	tokens := newTestTokens(clock, tokenAppID, tokenSecret, tokenOtherSecret)
-	secrets := []string{tokenSecret, tokenOtherSecret, "an-unknown-secret-0123456789abcdef"}
-	epoch := tokenEpoch.Unix()
+	clock := testkit.NewClock(sessionEpoch)
+	tokens := newTestSessionTokens(clock, sessionAppID, sessionSecret, otherSessionSecret)
+	secrets := []string{sessionSecret, otherSessionSecret, "an-unknown-secret-0123456789abcdef"}
+	epoch := sessionEpoch.Unix()
 	later := fmt.Sprint(epoch + 3600)
 	for _, seed := range []struct{ sub, exp, nbf, iat, rest string }{
 		{`"o1"`, later, "", fmt.Sprint(epoch), ""},
@@ -501,14 +448,14 @@ func FuzzTokenAgreesWithGolangJWT(f *testing.F) {
 	f.Add(hs256, `"o1"`, later, "", "", "", uint8(2), int64(-7200))
 
 	f.Fuzz(func(t *testing.T, header, sub, exp, nbf, iat, rest string, key uint8, offset int64) {
-		payload := `{"appid":"` + tokenAppID + `"`
+		payload := `{"appid":"` + sessionAppID + `"`
 		for _, claim := range []struct{ name, value string }{{"sub", sub}, {"exp", exp}, {"nbf", nbf}, {"iat", iat}} {
 			if claim.value != "" {
 				payload += `,"` + claim.name + `":` + claim.value
 			}
 		}
 		payload += rest + "}"
-		now := tokenEpoch.Add(time.Duration(offset%(1<<32)) * time.Second) // within ±136 years: no Duration overflow
+		now := sessionEpoch.Add(time.Duration(offset%(1<<32)) * time.Second) // within ±136 years: no Duration overflow
 		clock.Set(now)
 		token := signRaw(header, payload, secrets[int(key)%len(secrets)])
 		id, err := tokens.verify(token)
@@ -518,7 +465,7 @@ func FuzzTokenAgreesWithGolangJWT(f *testing.F) {
 			}
 			return
 		}
-		libID, libErr := libraryVerify(token, tokenAppID, now, tokenSecret, tokenOtherSecret)
+		libID, libErr := libraryVerify(token, sessionAppID, now, sessionSecret, otherSessionSecret)
 		if (err == nil) != (libErr == nil) || id != libID {
 			t.Fatalf("payload %s at %s: the gateway says %+v %v; golang-jwt says %+v %v", payload, now, id, err, libID, libErr)
 		}
@@ -534,7 +481,7 @@ type libraryClaims struct {
 }
 
 func (c *libraryClaims) Validate() error {
-	if len(c.Audience) > 0 || c.Subject == "" || c.AppID != tokenAppID {
+	if len(c.Audience) > 0 || c.Subject == "" || c.AppID != sessionAppID {
 		return errors.New("not the gateway's")
 	}
 	return nil
@@ -544,13 +491,13 @@ func (c *libraryClaims) Validate() error {
 // that checks the same rules, side by side in one run; token.go's comment
 // records the numbers.
 func BenchmarkTokenVerify(b *testing.B) {
-	clock := testkit.NewClock(tokenEpoch)
-	tokens := newTestTokens(clock, tokenAppID, tokenSecret, tokenOtherSecret)
-	token := issueToken(tokens, tokenAlice)
+	clock := testkit.NewClock(sessionEpoch)
+	tokens := newTestSessionTokens(clock, sessionAppID, sessionSecret, otherSessionSecret)
+	token := issueToken(tokens, aliceIdentity)
 	b.Run("handwritten", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if id, err := tokens.verify(token); err != nil || id.OpenID != tokenAlice.OpenID {
+			if id, err := tokens.verify(token); err != nil || id.OpenID != aliceIdentity.OpenID {
 				b.Fatal(id, err)
 			}
 		}
@@ -558,12 +505,12 @@ func BenchmarkTokenVerify(b *testing.B) {
 	b.Run("golang-jwt", func(b *testing.B) {
 		parser := jwt.NewParser(jwt.WithValidMethods([]string{"HS256"}), jwt.WithStrictDecoding(), jwt.WithLeeway(maxClockSkew),
 			jwt.WithExpirationRequired(), jwt.WithIssuedAt(), jwt.WithTimeFunc(clock.Now))
-		keys := jwt.VerificationKeySet{Keys: []jwt.VerificationKey{[]byte(tokenSecret), []byte(tokenOtherSecret)}}
+		keys := jwt.VerificationKeySet{Keys: []jwt.VerificationKey{[]byte(sessionSecret), []byte(otherSessionSecret)}}
 		keyfunc := func(*jwt.Token) (any, error) { return keys, nil }
 		b.ReportAllocs()
 		for b.Loop() {
 			var claims libraryClaims
-			if _, err := parser.ParseWithClaims(token, &claims, keyfunc); err != nil || claims.Subject != tokenAlice.OpenID {
+			if _, err := parser.ParseWithClaims(token, &claims, keyfunc); err != nil || claims.Subject != aliceIdentity.OpenID {
 				b.Fatal(err)
 			}
 		}
@@ -573,9 +520,9 @@ func BenchmarkTokenVerify(b *testing.B) {
 // BenchmarkTokenIssue is the signing of a session token, which every
 // successful login pays.
 func BenchmarkTokenIssue(b *testing.B) {
-	tokens := newTestTokens(testkit.NewClock(tokenEpoch), tokenAppID, tokenSecret)
+	tokens := newTestSessionTokens(testkit.NewClock(sessionEpoch), sessionAppID, sessionSecret)
 	b.ReportAllocs()
 	for b.Loop() {
-		tokens.issue(tokenAlice)
+		tokens.issue(aliceIdentity)
 	}
 }
