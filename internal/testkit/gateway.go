@@ -22,6 +22,7 @@ type Gateway struct {
 	URL       string
 	HTTPPort  int
 	AdminPort int
+	httpsPort int // unused (auto_https is off): set so that nothing defaults to 443
 	cmd       *exec.Cmd
 	logs      *lockedBuffer
 	dir       string
@@ -62,7 +63,7 @@ func caddyBinary(t testing.TB) string {
 // scanned) and no HTTPS.
 func (g *Gateway) globalOptions() string {
 	return fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\thttp_port %d\n\thttps_port %d\n\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n\tdebug\n}\n",
-		g.AdminPort, g.HTTPPort, FreePort())
+		g.AdminPort, g.HTTPPort, g.httpsPort)
 }
 
 // Site is a site block of the gateway, on its HTTP port.
@@ -76,7 +77,7 @@ func (g *Gateway) Site(directives ...string) string {
 func StartGateway(t testing.TB, configure func(g *Gateway) string) *Gateway {
 	t.Helper()
 	bin := caddyBinary(t)
-	g := &Gateway{HTTPPort: FreePort(), AdminPort: FreePort(), logs: new(lockedBuffer), dir: t.TempDir()}
+	g := &Gateway{HTTPPort: FreePort(), AdminPort: FreePort(), httpsPort: FreePort(), logs: new(lockedBuffer), dir: t.TempDir()}
 	g.URL = fmt.Sprintf("http://127.0.0.1:%d", g.HTTPPort)
 	path := filepath.Join(g.dir, "Caddyfile")
 	if err := os.WriteFile(path, []byte(g.globalOptions()+configure(g)), 0o600); err != nil {
@@ -121,6 +122,8 @@ func (g *Gateway) Reload(t testing.TB, configure func(g *Gateway) string) {
 		t.Fatal(err)
 	}
 	req.Header.Set("Content-Type", "text/caddyfile")
+	// Caddy skips a reload whose config is unchanged, unless told not to.
+	req.Header.Set("Cache-Control", "must-revalidate")
 	resp, err := Do(req)
 	if err != nil {
 		t.Fatal(err)
