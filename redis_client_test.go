@@ -243,17 +243,15 @@ func TestDocumentedACLNamesEveryScriptCommand(t *testing.T) {
 	}
 }
 
-func TestFleetWorksWithTheDocumentedACL(t *testing.T) {
-	srv := testkit.StartRedis(t)
-	rdb := newTestRedisClient(t, srv.Addr())
+// runEveryScript runs every script the gateways run, each path that touches
+// Redis: a charge, a check, a charge given back, a code redeemed and one
+// refused, and wechat_api's token fetched and force-refreshed. It fails t if
+// any of them failed (the gateway then serves from memory).
+func runEveryScript(t *testing.T, gw gateway) {
+	t.Helper()
 	ctx := context.Background()
-	const password = "acl-test-password-x9"
-	gw := newGateway(t, srv.Addr(), 0, addFleetUser(t, rdb, password))
 	budget := gw.budget("player", Budget{Events: 5, Window: caddy.Duration(time.Minute)}, leasedBudgetTable(100), time.Now)
 	codes := gw.codes(newLocalCodes(time.Minute), time.Minute, 10*time.Second)
-	// Every script the gateways run, each path that touches Redis: a
-	// charge, a check, a charge given back, a code redeemed and one refused,
-	// and wechat_api's token fetched and force-refreshed.
 	budget.spend(ctx, "oAlice")
 	budget.check(ctx, "oAlice")
 	if undo, _, ok := budget.reserve(ctx, "oAlice"); ok {
@@ -269,7 +267,7 @@ func TestFleetWorksWithTheDocumentedACL(t *testing.T) {
 	codes.redeem(ctx, newCodeKey(fleetAppID, "refused-code"), refuse)
 	tokens := gw.tokenStore()
 	fetch := func(context.Context) (accessToken, error) {
-		return accessToken{value: "acl-test-access-token", expires: time.Now().Add(time.Hour)}, nil
+		return accessToken{value: "every-script-access-token", expires: time.Now().Add(time.Hour)}, nil
 	}
 	if _, err := tokens.refresh(ctx, time.Now(), accessToken{}, fetch); err != nil {
 		t.Fatal(err)
@@ -278,8 +276,17 @@ func TestFleetWorksWithTheDocumentedACL(t *testing.T) {
 		t.Fatal(err)
 	}
 	if gw.redis.down.Load() || gw.logs.Len() > 0 {
-		t.Fatalf("the documented ACL is not enough: %v", gw.logs.All())
+		t.Fatalf("a script failed: %v", gw.logs.All())
 	}
+}
+
+func TestFleetWorksWithTheDocumentedACL(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	rdb := newTestRedisClient(t, srv.Addr())
+	ctx := context.Background()
+	const password = "acl-test-password-x9"
+	gw := newGateway(t, srv.Addr(), 0, addFleetUser(t, rdb, password))
+	runEveryScript(t, gw)
 	if rdb.DBSize(ctx).Val() < 2 {
 		t.Error("nothing was stored")
 	}
@@ -288,5 +295,41 @@ func TestFleetWorksWithTheDocumentedACL(t *testing.T) {
 	impostor.budget("player", Budget{Events: 5, Window: caddy.Duration(time.Minute)}, leasedBudgetTable(100), time.Now).spend(ctx, "oAlice")
 	if !impostor.redis.down.Load() {
 		t.Error("a gateway with a wrong password was let in")
+	}
+}
+
+// A fleet on Redis Cluster: every script's keys hash to one slot (one whose
+// keys did not would fail with CROSSSLOT and put the gateway on memory), and
+// two gateways share one budget through it.
+func TestFleetWorksOnRedisCluster(t *testing.T) {
+	addrs := testkit.StartRedisCluster(t)
+	onCluster := func(c *RedisConfig) { c.Address = addrs }
+	runEveryScript(t, newGateway(t, addrs[0], 0, onCluster))
+
+	ctx := context.Background()
+	limit := Budget{Events: 3, Window: caddy.Duration(time.Minute)}
+	var budgets []budgetStore
+	for n := 1; n <= 2; n++ {
+		budgets = append(budgets, newGateway(t, addrs[0], n, onCluster).budget("player", limit, leasedBudgetTable(100), time.Now))
+	}
+	passed := 0
+	for i := range 6 {
+		if _, ok := budgets[i%2].spend(ctx, "oClusterPlayer"); ok {
+			passed++
+		}
+	}
+	if passed != limit.Events {
+		t.Errorf("%d charges passed over two gateways on the cluster, want %d: one budget", passed, limit.Events)
+	}
+}
+
+// A fleet through Redis Sentinel: the gateways ask the Sentinel for the
+// master and keep their state there.
+func TestFleetWorksThroughSentinel(t *testing.T) {
+	master := testkit.StartRedis(t)
+	sentinel := testkit.StartRedisSentinel(t, master, "mymaster")
+	runEveryScript(t, newGateway(t, sentinel.Addr(), 0, func(c *RedisConfig) { c.MasterName = "mymaster" }))
+	if n := newTestRedisClient(t, master.Addr()).DBSize(context.Background()).Val(); n < 2 {
+		t.Errorf("the master holds %d keys: the state went elsewhere", n)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,9 +28,11 @@ const startWithin = 10 * time.Second
 
 // Server is a running (or killed) redis-server.
 type Server struct {
-	bin  string
-	dir  string
-	port int
+	bin    string
+	dir    string
+	port   int
+	config string   // a config file to read first, if any
+	args   []string // more arguments, after the defaults
 
 	mu     sync.Mutex // guards cmd and exited
 	cmd    *exec.Cmd
@@ -37,13 +40,32 @@ type Server struct {
 }
 
 // Start starts a redis-server with its files in dir, on a free loopback
-// port.
-func Start(dir string) (*Server, error) {
+// port, with args added to the defaults (e.g. "--cluster-enabled", "yes").
+func Start(dir string, args ...string) (*Server, error) {
+	return start(&Server{dir: dir, args: args})
+}
+
+// StartSentinel starts a Redis Sentinel with its files in dir, on a free
+// loopback port, watching the master at masterAddr under masterName.
+func StartSentinel(dir, masterName, masterAddr string) (*Server, error) {
+	host, port, err := net.SplitHostPort(masterAddr)
+	if err != nil {
+		return nil, err
+	}
+	// Sentinel rewrites its config file as it learns: it must be its own.
+	config := filepath.Join(dir, "sentinel.conf")
+	if err := os.WriteFile(config, []byte(fmt.Sprintf("sentinel monitor %s %s %s 1\n", masterName, host, port)), 0o600); err != nil {
+		return nil, err
+	}
+	return start(&Server{dir: dir, config: config, args: []string{"--sentinel"}})
+}
+
+func start(s *Server) (*Server, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return nil, ErrNotInstalled
 	}
-	s := &Server{bin: bin, dir: dir}
+	s.bin = bin
 	// A port free a moment ago may be taken before redis-server binds it.
 	for attempt := 1; ; attempt++ {
 		if s.port, err = freePort(); err == nil {
@@ -75,7 +97,11 @@ func (s *Server) Pid() int {
 }
 
 func (s *Server) start() error {
-	cmd := exec.Command(s.bin,
+	var args []string
+	if s.config != "" {
+		args = append(args, s.config) // redis-server reads a config file only as its first argument
+	}
+	args = append(args,
 		"--port", strconv.Itoa(s.port),
 		"--bind", "127.0.0.1",
 		"--dir", s.dir,
@@ -84,6 +110,7 @@ func (s *Server) start() error {
 		"--daemonize", "no",
 		"--logfile", "",
 	)
+	cmd := exec.Command(s.bin, append(args, s.args...)...)
 	out := new(bytes.Buffer) // read once the server has exited, as Wait has copied all
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {

@@ -1,13 +1,17 @@
 package testkit
 
 import (
+	"context"
 	"errors"
+	"net"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/redisserver"
+	"github.com/redis/go-redis/v9"
 )
 
 // Redis is a redis-server of a test's own, on a free loopback port, with
@@ -22,7 +26,12 @@ type Redis struct {
 // redis-server; .ci/run installs it).
 func StartRedis(t testing.TB) *Redis {
 	t.Helper()
-	server, err := redisserver.Start(t.TempDir())
+	return startRedis(t, func(dir string) (*redisserver.Server, error) { return redisserver.Start(dir) })
+}
+
+func startRedis(t testing.TB, start func(dir string) (*redisserver.Server, error)) *Redis {
+	t.Helper()
+	server, err := start(t.TempDir())
 	if errors.Is(err, redisserver.ErrNotInstalled) {
 		t.Skip("redis-server is not installed (apt-get install redis-server): skipping the tests against a real Redis")
 	}
@@ -32,6 +41,62 @@ func StartRedis(t testing.TB) *Redis {
 	r := &Redis{t: t, server: server}
 	t.Cleanup(r.Stop)
 	return r
+}
+
+// StartRedisCluster starts a Redis Cluster of three masters (no replicas),
+// each slot assigned, for t, and returns the nodes' addresses once the
+// cluster says it is ok.
+func StartRedisCluster(t testing.TB) []string {
+	t.Helper()
+	var addrs []string
+	var clients []*redis.Client
+	for range 3 {
+		node := startRedis(t, func(dir string) (*redisserver.Server, error) {
+			return redisserver.Start(dir, "--cluster-enabled", "yes")
+		})
+		addrs = append(addrs, node.Addr())
+		client := redis.NewClient(&redis.Options{Addr: node.Addr()})
+		t.Cleanup(func() { _ = client.Close() })
+		clients = append(clients, client)
+	}
+	ctx := context.Background()
+	const slots = 16384
+	for i, client := range clients {
+		if err := client.Do(ctx, "CLUSTER", "ADDSLOTSRANGE", i*slots/3, (i+1)*slots/3-1).Err(); err != nil {
+			t.Fatalf("testkit: assigning slots: %v", err)
+		}
+		if i > 0 {
+			host, port, _ := net.SplitHostPort(addrs[i])
+			if err := clients[0].Do(ctx, "CLUSTER", "MEET", host, port).Err(); err != nil {
+				t.Fatalf("testkit: joining the cluster: %v", err)
+			}
+		}
+	}
+	WaitFor(t, "the Redis Cluster is ok on every node", func() bool {
+		for _, client := range clients {
+			if info, err := client.ClusterInfo(ctx).Result(); err != nil || !strings.Contains(info, "cluster_state:ok") {
+				return false
+			}
+		}
+		return true
+	})
+	return addrs
+}
+
+// StartRedisSentinel starts a Redis Sentinel for t, watching master under
+// masterName, and returns it once it knows the master.
+func StartRedisSentinel(t testing.TB, master *Redis, masterName string) *Redis {
+	t.Helper()
+	sentinel := startRedis(t, func(dir string) (*redisserver.Server, error) {
+		return redisserver.StartSentinel(dir, masterName, master.Addr())
+	})
+	client := redis.NewSentinelClient(&redis.Options{Addr: sentinel.Addr()})
+	t.Cleanup(func() { _ = client.Close() })
+	WaitFor(t, "the Sentinel knows its master", func() bool {
+		addr, err := client.GetMasterAddrByName(context.Background(), masterName).Result()
+		return err == nil && net.JoinHostPort(addr[0], addr[1]) == master.Addr()
+	})
+	return sentinel
 }
 
 // Addr is the server's host:port.
