@@ -261,7 +261,32 @@ func decodeJscode2Session(body []byte) (Identity, *attemptError) {
 	if s.OpenID == "" || s.SessionKey == "" {
 		return Identity{}, &attemptError{kind: kindBadResponse, detail: "wechat response lacks openid or session_key"}
 	}
+	if !isWechatValue(s.OpenID) || !isWechatValue(s.SessionKey) || (s.UnionID != "" && !isWechatValue(s.UnionID)) {
+		return Identity{}, &attemptError{kind: kindBadResponse, detail: "wechat response has an openid, unionid or session_key that is not short printable ASCII"}
+	}
 	return Identity{OpenID: s.OpenID, UnionID: s.UnionID, SessionKey: s.SessionKey}, nil
+}
+
+// maxWechatValueLen bounds an openid, unionid or session_key (WeChat's are
+// 24 to 29 bytes), so that every session token fits maxSessionTokenLen.
+const maxWechatValueLen = 128
+
+// isWechatValue reports whether s looks like an openid, unionid or
+// session_key: up to maxWechatValueLen bytes of printable ASCII without
+// spaces. They become header values and session claims: an endpoint that
+// answers anything else (a misconfigured endpoint, a broken proxy) proves
+// nobody, rather than signing a token verify would refuse or sending a
+// control character upstream.
+func isWechatValue(s string) bool {
+	if len(s) > maxWechatValueLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
 }
 
 // ridOf extracts the request id WeChat appends to errmsg ("..., rid: 6543-ab").

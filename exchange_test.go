@@ -218,13 +218,22 @@ func TestDecodeJscode2Session(t *testing.T) {
 }
 
 func FuzzDecodeJscode2Session(f *testing.F) {
-	for _, seed := range []string{exOK, `{"errcode":40029,"errmsg":"x, rid: 1-2"}`, `{"openid":"o"}`, `<html>`, `{"errcode":1e99}`, `null`} {
+	for _, seed := range []string{exOK, `{"errcode":40029,"errmsg":"x, rid: 1-2"}`, `{"openid":"o"}`, `<html>`, `{"errcode":1e99}`, `null`,
+		`{"openid":"o\n\u0000x","session_key":"k"}`, `{"openid":"o","session_key":"k","unionid":"` + strings.Repeat("u", 3000) + `"}`} {
 		f.Add([]byte(seed))
 	}
+	tokens := newTestSessionTokens(newTestClock(), sessionAppID, sessionSecret)
 	f.Fuzz(func(t *testing.T, body []byte) {
 		id, err := decodeJscode2Session(body)
 		if err == nil && (id.OpenID == "" || id.SessionKey == "") {
 			t.Fatalf("accepted a body without openid or session_key: %q", body)
+		}
+		if err == nil {
+			// Every identity accepted earns a session that verifies as itself.
+			token, _ := tokens.issue(id)
+			if got, verr := tokens.verify(token); verr != nil || got != publicIdentity(id) {
+				t.Fatalf("accepted %q, whose session verifies as %+v, %v", body, got, verr)
+			}
 		}
 		if err != nil && err.kind == kindErrcode {
 			if err.errcode == 0 {
