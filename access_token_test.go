@@ -11,34 +11,6 @@ import (
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
 )
 
-// renewalWait is one wait the renewal asked for; the test fires it.
-type renewalWait struct {
-	d    time.Duration
-	fire chan time.Time
-}
-
-// renewalWaits stands in for time.After in the renewal, so that a test
-// decides when each wait ends.
-type renewalWaits chan renewalWait
-
-func (w renewalWaits) after(d time.Duration) <-chan time.Time {
-	fire := make(chan time.Time, 1)
-	w <- renewalWait{d, fire}
-	return fire
-}
-
-// next is the renewal's next wait; the test fails if it never comes.
-func (w renewalWaits) next(t *testing.T) renewalWait {
-	t.Helper()
-	select {
-	case wait := <-w:
-		return wait
-	case <-time.After(10 * time.Second):
-		t.Fatal("the renewal never waited")
-		return renewalWait{}
-	}
-}
-
 func (m testTokenManager) mustToken(t *testing.T) accessToken {
 	t.Helper()
 	tok, err := m.token(context.Background(), 5*time.Second)
@@ -173,21 +145,6 @@ func TestRefusedTokenReplacedInNormalMode(t *testing.T) {
 	if r, err := m.replace(context.Background(), 5*time.Second, refused, errcodeTokenExpired); err != nil || r != replacements[0] || sim.CallsTo(stableTokenPath) != 2 {
 		t.Errorf("a late refusal of the old token made a call or changed the token: %v", err)
 	}
-}
-
-// stuckWechat is a stable_token that keeps handing out its latest token in
-// normal mode, whatever WeChat's API says of it: only force_refresh makes a
-// new one.
-type stuckWechat struct {
-	mu     sync.Mutex
-	latest string
-	forced int
-}
-
-func (w *stuckWechat) forcedRefreshes() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.forced
 }
 
 func TestForceRefreshOnlyForATokenHandedBackAndWithinWechatLimits(t *testing.T) {

@@ -11,7 +11,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -276,7 +276,9 @@ func awaitLogin(t testing.TB, done <-chan loginResult) loginResult {
 	}
 }
 
-// Session tokens.
+// Session tokens. The token format is tested on its own app and clock
+// (sessionAppID, sessionEpoch), with no handler or simulator; a handler
+// that issues sessions uses the test app and testEpoch, with sessionSecret.
 
 const (
 	sessionAppID       = "wxtokentest0001"
@@ -291,7 +293,7 @@ var (
 	bobIdentity   = Identity{OpenID: "oBobBobBobBobBobBobBobBobB01", SessionKey: "c2Vzc2lvbi1rZXktYm9i"}
 )
 
-// newTestTokens makes the tokens of appID on clock; the first secret signs.
+// newTestSessionTokens makes the tokens of appID on clock; the first secret signs.
 func newTestSessionTokens(clock *testkit.Clock, appID string, secrets ...string) *sessionTokens {
 	keys := make([][]byte, len(secrets))
 	for i, s := range secrets {
@@ -438,6 +440,49 @@ func assertForcedRefreshRule(t *testing.T, spend func(time.Time) bool) {
 	}
 }
 
+// renewalWait is one wait the renewal asked for; the test fires it.
+type renewalWait struct {
+	d    time.Duration
+	fire chan time.Time
+}
+
+// renewalWaits stands in for time.After in the renewal, so that a test
+// decides when each wait ends.
+type renewalWaits chan renewalWait
+
+func (w renewalWaits) after(d time.Duration) <-chan time.Time {
+	fire := make(chan time.Time, 1)
+	w <- renewalWait{d, fire}
+	return fire
+}
+
+// next is the renewal's next wait; the test fails if it never comes.
+func (w renewalWaits) next(t *testing.T) renewalWait {
+	t.Helper()
+	select {
+	case wait := <-w:
+		return wait
+	case <-time.After(10 * time.Second):
+		t.Fatal("the renewal never waited")
+		return renewalWait{}
+	}
+}
+
+// stuckWechat is a stable_token that keeps handing out its latest token in
+// normal mode, whatever WeChat's API says of it: only force_refresh makes a
+// new one.
+type stuckWechat struct {
+	mu     sync.Mutex
+	latest string
+	forced int
+}
+
+func (w *stuckWechat) forcedRefreshes() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.forced
+}
+
 // The exchange with WeChat.
 
 const (
@@ -551,24 +596,6 @@ func gaugeValue(g prometheus.Gauge) float64 {
 	return m.GetGauge().GetValue()
 }
 
-// redisCalls is how many times the server ran command, from its own
-// statistics: proof of what reached Redis, whatever the client believes.
-func redisCalls(t testing.TB, rdb *redis.Client, command string) int {
-	t.Helper()
-	info, err := rdb.Info(context.Background(), "commandstats").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for line := range strings.SplitSeq(info, "\n") {
-		rest, found := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_"+command+":calls=")
-		if found {
-			n, _ := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
-			return n
-		}
-	}
-	return 0
-}
-
 // addFleetUser adds the user of the documented ACL, with password, to the
 // Redis rdb talks to, and returns the settings that log in as it.
 func addFleetUser(t testing.TB, rdb *redis.Client, password string) func(*RedisConfig) {
@@ -578,6 +605,29 @@ func addFleetUser(t testing.TB, rdb *redis.Client, password string) func(*RedisC
 		t.Fatal(err)
 	}
 	return func(c *RedisConfig) { c.Username, c.Password = "gateway", password }
+}
+
+// documentedACL is the ACL line of docs/fleet.md, after its
+// "ACL SETUSER gateway on >PASSWORD": what the docs tell users to give the
+// gateways' Redis user, read from the docs so that the two cannot drift.
+func documentedACL(t testing.TB) []any {
+	t.Helper()
+	doc, err := os.ReadFile("docs/fleet.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const prefix = "ACL SETUSER gateway on >PASSWORD "
+	for line := range strings.Lines(string(doc)) {
+		if rules, ok := strings.CutPrefix(strings.TrimSpace(line), prefix); ok {
+			acl := []any{"on"}
+			for _, rule := range strings.Fields(rules) {
+				acl = append(acl, rule)
+			}
+			return acl
+		}
+	}
+	t.Fatalf("docs/fleet.md has no line starting %q", prefix)
+	return nil
 }
 
 // The fleet's codes.

@@ -188,29 +188,6 @@ func TestRedisThatFailsAgainSoonIsProbedLessOften(t *testing.T) {
 	}
 }
 
-// documentedACL is the ACL line of docs/fleet.md, after its
-// "ACL SETUSER gateway on >PASSWORD": what the docs tell users to give the
-// gateways' Redis user, read from the docs so that the two cannot drift.
-func documentedACL(t testing.TB) []any {
-	t.Helper()
-	doc, err := os.ReadFile("docs/fleet.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	const prefix = "ACL SETUSER gateway on >PASSWORD "
-	for line := range strings.Lines(string(doc)) {
-		if rules, ok := strings.CutPrefix(strings.TrimSpace(line), prefix); ok {
-			acl := []any{"on"}
-			for _, rule := range strings.Fields(rules) {
-				acl = append(acl, rule)
-			}
-			return acl
-		}
-	}
-	t.Fatalf("docs/fleet.md has no line starting %q", prefix)
-	return nil
-}
-
 // Every command a script calls is in the documented ACL, whether or not a
 // test reaches the branch that calls it (a slot pruned, a ledger entry a
 // day old): a command the ACL lacks fails only when that branch runs.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -408,4 +409,22 @@ func benchmarkRedeem(b *testing.B, codes codeStore, lead func() (Identity, *json
 			}
 		}
 	})
+}
+
+// redisCalls is how many times the server ran command, from its own
+// statistics: proof of what reached Redis, whatever the client believes.
+func redisCalls(t testing.TB, rdb *redis.Client, command string) int {
+	t.Helper()
+	info, err := rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(info, "\n") {
+		rest, found := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_"+command+":calls=")
+		if found {
+			n, _ := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
+			return n
+		}
+	}
+	return 0
 }
