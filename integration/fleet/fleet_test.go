@@ -199,8 +199,18 @@ func TestFleetSurvivesRedisFailures(t *testing.T) {
 	}
 	loadWhile("frozen", func() {
 		f.redis.Freeze()
-		time.Sleep(time.Second)
-		f.redis.Resume()
+		defer f.redis.Resume()
+		// Once a gateway has found Redis down, its logins leave Redis alone
+		// (only the background probe asks it) until it answers again.
+		if !f.waitAllDown(t) {
+			return
+		}
+		time.Sleep(2 * redisTimeout) // operations begun before it was marked down end
+		before := f.redisOperations(t)
+		time.Sleep(500 * time.Millisecond)
+		if after := f.redisOperations(t); after != before {
+			t.Errorf("with Redis frozen and found down, the gateways still made %v Redis operations", after-before)
+		}
 	})
 	f.waitShared(t)
 	loadWhile("restarted", f.redis.Restart)
@@ -211,22 +221,49 @@ func TestFleetSurvivesRedisFailures(t *testing.T) {
 	}
 }
 
+// waitAllDown waits until every gateway has found Redis down, reporting
+// false (and failing t) if they do not.
+func (f *fleet) waitAllDown(t *testing.T) bool {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); f.gatewaysDown(t) < len(f.gateways); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Error("the gateways did not find Redis down")
+			return false
+		}
+	}
+	return true
+}
+
+// gatewaysDown is how many gateways serve from memory (their fallback
+// gauge is 1).
+func (f *fleet) gatewaysDown(t *testing.T) int {
+	down := 0
+	for _, g := range f.gateways {
+		if strings.Contains(scrapeAdminMetrics(t, g), "caddy_wechat_login_store_fallback 1") {
+			down++
+		}
+	}
+	return down
+}
+
+// redisOperations is the fleet's Redis operations so far.
+func (f *fleet) redisOperations(t *testing.T) float64 {
+	var sum float64
+	for _, g := range f.gateways {
+		sum += redisOperations(t, g)
+	}
+	return sum
+}
+
 // waitShared waits until every gateway uses Redis again (its fallback gauge
 // is 0): the prober reconnects within a couple of seconds.
 func (f *fleet) waitShared(t *testing.T) {
 	t.Helper()
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		down := 0
-		for _, g := range f.gateways {
-			if strings.Contains(scrapeAdminMetrics(t, g), "caddy_wechat_login_store_fallback 1") {
-				down++
-			}
-		}
-		if down == 0 {
-			return
+	for deadline := time.Now().Add(20 * time.Second); f.gatewaysDown(t) > 0; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the gateways did not return to Redis")
 		}
 	}
-	t.Fatal("the gateways did not return to Redis")
 }
 
 // 5. A reload of one gateway loses nothing: the fleet's budgets and cached
