@@ -124,6 +124,7 @@ func (g *Gateway) Reload(t testing.TB, configure func(g *Gateway) string) {
 	req.Header.Set("Content-Type", "text/caddyfile")
 	// Caddy skips a reload whose config is unchanged, unless told not to.
 	req.Header.Set("Cache-Control", "must-revalidate")
+	before := g.lastReload(t)
 	resp, err := Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -131,6 +132,30 @@ func (g *Gateway) Reload(t testing.TB, configure func(g *Gateway) string) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("reload refused: %v", resp)
 	}
+	if g.lastReload(t) == before {
+		t.Fatal("the gateway answered the reload without reloading")
+	}
+}
+
+// lastReload is when the gateway last loaded a config, as its metrics say.
+func (g *Gateway) lastReload(t testing.TB) string {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/metrics", g.AdminPort), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := Do(req)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("metrics: %v %v", resp, err)
+	}
+	const name = "caddy_config_last_reload_success_timestamp_seconds "
+	for line := range strings.Lines(string(resp.Body)) {
+		if value, ok := strings.CutPrefix(line, name); ok {
+			return value
+		}
+	}
+	t.Fatalf("the gateway's metrics have no %s", name)
+	return ""
 }
 
 func (g *Gateway) stop(t testing.TB) {
