@@ -28,11 +28,12 @@ const startWithin = 10 * time.Second
 
 // Server is a running (or killed) redis-server.
 type Server struct {
-	bin    string
-	dir    string
-	port   int
-	config string   // a config file to read first, if any
-	args   []string // more arguments, after the defaults
+	bin     string
+	dir     string
+	port    int
+	config  string   // a config file to read first, if any
+	args    []string // more arguments, after the defaults
+	maxPort int      // the highest port it may take, if not 65535
 
 	mu     sync.Mutex // guards cmd and exited
 	cmd    *exec.Cmd
@@ -43,6 +44,13 @@ type Server struct {
 // port, with args added to the defaults (e.g. "--cluster-enabled", "yes").
 func Start(dir string, args ...string) (*Server, error) {
 	return start(&Server{dir: dir, args: args})
+}
+
+// StartClusterNode starts a redis-server in cluster mode, with its files
+// in dir, on a free loopback port of at most 55535: a cluster node also
+// listens on its port + 10000.
+func StartClusterNode(dir string) (*Server, error) {
+	return start(&Server{dir: dir, args: []string{"--cluster-enabled", "yes"}, maxPort: 65535 - 10000})
 }
 
 // StartSentinel starts a Redis Sentinel with its files in dir, on a free
@@ -68,7 +76,7 @@ func start(s *Server) (*Server, error) {
 	s.bin = bin
 	// A port free a moment ago may be taken before redis-server binds it.
 	for attempt := 1; ; attempt++ {
-		if s.port, err = freePort(); err == nil {
+		if s.port, err = freePort(s.maxPort); err == nil {
 			err = s.start()
 		}
 		if err == nil {
@@ -195,11 +203,18 @@ func ping(addr string) error {
 	return nil
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+// freePort is a free loopback port, at most highest when highest is not 0.
+func freePort(highest int) (int, error) {
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if highest == 0 || port <= highest {
+			return port, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, fmt.Errorf("no free port at most %d", highest)
 }

@@ -51,9 +51,7 @@ func StartRedisCluster(t testing.TB) []string {
 	var addrs []string
 	var clients []*redis.Client
 	for range 3 {
-		node := startRedis(t, func(dir string) (*redisserver.Server, error) {
-			return redisserver.Start(dir, "--cluster-enabled", "yes")
-		})
+		node := startRedis(t, redisserver.StartClusterNode)
 		addrs = append(addrs, node.Addr())
 		client := redis.NewClient(&redis.Options{Addr: node.Addr()})
 		t.Cleanup(func() { _ = client.Close() })
@@ -62,7 +60,12 @@ func StartRedisCluster(t testing.TB) []string {
 	ctx := context.Background()
 	const slots = 16384
 	for i, client := range clients {
-		if err := client.Do(ctx, "CLUSTER", "ADDSLOTSRANGE", i*slots/3, (i+1)*slots/3-1).Err(); err != nil {
+		// ADDSLOTS, not ADDSLOTSRANGE, which Redis 6 lacks.
+		args := []any{"CLUSTER", "ADDSLOTS"}
+		for slot := i * slots / len(clients); slot < (i+1)*slots/len(clients); slot++ {
+			args = append(args, slot)
+		}
+		if err := client.Do(ctx, args...).Err(); err != nil {
 			t.Fatalf("testkit: assigning slots: %v", err)
 		}
 		if i > 0 {
@@ -72,15 +75,23 @@ func StartRedisCluster(t testing.TB) []string {
 			}
 		}
 	}
-	WaitFor(t, "the Redis Cluster is ok on every node", func() bool {
-		for _, client := range clients {
-			if info, err := client.ClusterInfo(ctx).Result(); err != nil || !strings.Contains(info, "cluster_state:ok") {
-				return false
-			}
+	// The nodes learn of each other by gossip, a few seconds here.
+	for deadline := time.Now().Add(30 * time.Second); !clusterOK(ctx, clients); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("testkit: the Redis Cluster was not ok on every node after 30s")
 		}
-		return true
-	})
+	}
 	return addrs
+}
+
+// clusterOK reports whether every node says the cluster is ok.
+func clusterOK(ctx context.Context, nodes []*redis.Client) bool {
+	for _, node := range nodes {
+		if info, err := node.ClusterInfo(ctx).Result(); err != nil || !strings.Contains(info, "cluster_state:ok") {
+			return false
+		}
+	}
+	return true
 }
 
 // StartRedisSentinel starts a Redis Sentinel for t, watching master under
