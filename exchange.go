@@ -261,10 +261,19 @@ func decodeJscode2Session(body []byte) (Identity, *attemptError) {
 	if s.OpenID == "" || s.SessionKey == "" {
 		return Identity{}, &attemptError{kind: kindBadResponse, detail: "wechat response lacks openid or session_key"}
 	}
-	if !isWechatValue(s.OpenID) || !isWechatValue(s.SessionKey) || (s.UnionID != "" && !isWechatValue(s.UnionID)) {
+	id := Identity{OpenID: s.OpenID, UnionID: s.UnionID, SessionKey: s.SessionKey}
+	if !id.wellFormed() {
 		return Identity{}, &attemptError{kind: kindBadResponse, detail: "wechat response has an openid, unionid or session_key that is not short printable ASCII"}
 	}
-	return Identity{OpenID: s.OpenID, UnionID: s.UnionID, SessionKey: s.SessionKey}, nil
+	return id, nil
+}
+
+// wellFormed reports whether id has an openid and every value of it is as
+// WeChat writes them (isWechatValue).
+func (id Identity) wellFormed() bool {
+	return id.OpenID != "" && isWechatValue(id.OpenID) &&
+		(id.UnionID == "" || isWechatValue(id.UnionID)) &&
+		(id.SessionKey == "" || isWechatValue(id.SessionKey))
 }
 
 // maxWechatValueLen bounds an openid, unionid or session_key (WeChat's are

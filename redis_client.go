@@ -109,7 +109,10 @@ func (c *redisClient) Destruct() error {
 // whatever ctx allows (a client hanging up does not make Redis look
 // broken), and records its latency. It reports false, without calling op,
 // when Redis is marked down, and false when op fails, marking Redis down:
-// either way the caller serves the login from memory.
+// either way the caller serves the login from memory. Every operation of
+// both handlers goes through do, never through client directly (only the
+// prober does): so none is made while Redis is down, and every one is
+// counted by store_duration_seconds.
 func (c *redisClient) do(ctx context.Context, operation string, op func(context.Context) error) bool {
 	if c.down.Load() {
 		return false

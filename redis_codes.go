@@ -295,11 +295,14 @@ func (c *redisCodes) openResult(k codeKeys, stored string) (Identity, *jsonRefus
 			refusal.errcode, refusal.hasErrcode = *r.Errcode, true
 		}
 	}
+	id := Identity{OpenID: r.OpenID, UnionID: r.UnionID, SessionKey: r.SessionKey}
 	switch {
-	case stored[0] == resultIdentity && r.OpenID == "":
-		return Identity{}, nil, errors.New("a stored identity without openid")
+	case stored[0] == resultIdentity && !id.wellFormed():
+		// Written by a gateway that did not check what WeChat sent (an
+		// older version), or by whoever holds the secret.
+		return Identity{}, nil, errors.New("a stored identity unlike WeChat's")
 	case stored[0] == resultIdentity:
-		return Identity{OpenID: r.OpenID, UnionID: r.UnionID, SessionKey: r.SessionKey}, refusal, nil
+		return id, refusal, nil
 	case refusal == nil:
 		return Identity{}, nil, errors.New("a stored refusal without status or code")
 	}

@@ -281,6 +281,22 @@ func TestRedisCodesCacheOffStillAnswersWaiters(t *testing.T) {
 	}
 }
 
+func TestRedisCodesStoredIdentityIsCheckedAsWechatsIs(t *testing.T) {
+	// A stored identity is not forwarded unless WeChat could have sent it:
+	// it becomes header values and session claims.
+	srv := testkit.StartRedis(t)
+	rdb := newTestRedisClient(t, srv.Addr())
+	_, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
+	ctx := context.Background()
+	key := newCodeKey(fleetAppID, fleetCode)
+	k := a.keysFor(key)
+	rdb.Set(ctx, k.result, a.sealIdentity(k, Identity{OpenID: "oAlice\r\nX-Wx-Openid: oMallory"}, nil), time.Minute)
+	id, outcome, refusal := a.redeem(ctx, key, released(fleetIdentity, nil).lead)
+	if refusal != nil || id != fleetIdentity || outcome != redeemedByCall {
+		t.Fatalf("a stored identity WeChat could not have sent was used: %+v %v %v", id, outcome, refusal)
+	}
+}
+
 func TestRedisCodesResultIsBoundToItsCode(t *testing.T) {
 	// Whoever can write to Redis cannot give one code another's identity.
 	srv := testkit.StartRedis(t)
