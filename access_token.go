@@ -188,17 +188,7 @@ func decodeStableToken(answer []byte) (string, time.Duration, *attemptError) {
 
 // isTokenValue reports whether s can be an access_token: visible ASCII, of a
 // sane length.
-func isTokenValue(s string) bool {
-	if s == "" || len(s) > maxAccessTokenLen {
-		return false
-	}
-	for i := range len(s) {
-		if s[i] <= ' ' || s[i] > '~' {
-			return false
-		}
-	}
-	return true
-}
+func isTokenValue(s string) bool { return isVisibleASCII(s, maxAccessTokenLen) }
 
 // tokenManagers holds a tokenManager per (app_id, endpoint, app_secret), so
 // that the token, the fetches in flight and the renewal outlive config

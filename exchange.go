@@ -269,28 +269,29 @@ func decodeJscode2Session(body []byte) (Identity, *attemptError) {
 }
 
 // wellFormed reports whether id has an openid and every value of it is as
-// WeChat writes them (isWechatValue).
+// WeChat writes them: up to maxWechatValueLen bytes of visible ASCII. They
+// become header values and session claims: an endpoint that answers
+// anything else (a misconfigured endpoint, a broken proxy) proves nobody,
+// rather than signing a token verify would refuse or sending a control
+// character upstream.
 func (id Identity) wellFormed() bool {
-	return id.OpenID != "" && isWechatValue(id.OpenID) &&
-		(id.UnionID == "" || isWechatValue(id.UnionID)) &&
-		(id.SessionKey == "" || isWechatValue(id.SessionKey))
+	return isVisibleASCII(id.OpenID, maxWechatValueLen) &&
+		(id.UnionID == "" || isVisibleASCII(id.UnionID, maxWechatValueLen)) &&
+		(id.SessionKey == "" || isVisibleASCII(id.SessionKey, maxWechatValueLen))
 }
 
 // maxWechatValueLen bounds an openid, unionid or session_key (WeChat's are
 // 24 to 29 bytes), so that every session token fits maxSessionTokenLen.
 const maxWechatValueLen = 128
 
-// isWechatValue reports whether s looks like an openid, unionid or
-// session_key: up to maxWechatValueLen bytes of printable ASCII without
-// spaces. They become header values and session claims: an endpoint that
-// answers anything else (a misconfigured endpoint, a broken proxy) proves
-// nobody, rather than signing a token verify would refuse or sending a
-// control character upstream.
-func isWechatValue(s string) bool {
-	if len(s) > maxWechatValueLen {
+// isVisibleASCII reports whether s is 1 to maxLen bytes of printable ASCII
+// without spaces: what WeChat's ids, keys and tokens are made of, and what
+// the gateway accepts of them.
+func isVisibleASCII(s string, maxLen int) bool {
+	if s == "" || len(s) > maxLen {
 		return false
 	}
-	for i := 0; i < len(s); i++ {
+	for i := range len(s) {
 		if s[i] <= ' ' || s[i] > '~' {
 			return false
 		}

@@ -3,8 +3,6 @@ package wechatlogin
 import (
 	"context"
 	"errors"
-	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -154,13 +152,13 @@ func (s *redisTokenStore) refreshShared(ctx context.Context, now time.Time, stal
 		}
 		switch claim.kind {
 		case "token":
-			t, err := s.openToken(claim.stored)
+			t, err := s.openToken(claim.value)
 			if err == nil && t.usable(now) {
 				return t, nil
 			}
 			// Not usable (expiring, or unreadable): to be replaced like
 			// the caller's own.
-			held = claim.stored[:min(len(claim.stored), len(held))]
+			held = claim.value[:min(len(claim.value), len(held))]
 			continue
 		case "lead":
 			return s.leadForFleet(ctx, now, lock, held, fetch)
@@ -202,27 +200,12 @@ func (s *redisTokenStore) leadForFleet(ctx context.Context, now time.Time, lock,
 	return t, err
 }
 
-type tokenClaim struct {
-	kind   string // token, lead or wait
-	stored string
-}
-
 // claim runs tokenClaimScript; ok is false when Redis failed or is down.
-func (s *redisTokenStore) claim(ctx context.Context, held, lock string, lockTTL time.Duration) (tokenClaim, bool) {
-	var claim tokenClaim
-	ok := s.fleet.redis.do(ctx, "token_claim", func(ctx context.Context) error {
-		reply, err := tokenClaimScript.Run(ctx, s.fleet.redis.client, s.keys, held, lock, lockTTL.Milliseconds()).StringSlice()
-		if err != nil {
-			return err
-		}
-		if len(reply) == 0 || (reply[0] == "token") != (len(reply) == 2) {
-			return fmt.Errorf("the token claim script answered %d values", len(reply))
-		}
-		claim.kind = reply[0]
-		if len(reply) == 2 {
-			claim.stored = reply[1]
-		}
-		return nil
+func (s *redisTokenStore) claim(ctx context.Context, held, lock string, lockTTL time.Duration) (claim claimReply, ok bool) {
+	ok = s.fleet.redis.do(ctx, "token_claim", func(ctx context.Context) error {
+		var err error
+		claim, err = parseClaim(tokenClaimScript.Run(ctx, s.fleet.redis.client, s.keys, held, lock, lockTTL.Milliseconds()), "token")
+		return err
 	})
 	return claim, ok
 }
@@ -257,14 +240,10 @@ func (s *redisTokenStore) openToken(stored string) (accessToken, error) {
 }
 
 func (s *redisTokenStore) allowForcedRefresh(ctx context.Context, now time.Time) (bool, error) {
-	clockArg := ""
-	if s.scriptClock != nil {
-		clockArg = strconv.FormatInt(s.scriptClock().UnixMilli(), 10)
-	}
 	var allowed bool
 	served := s.fleet.redis.do(ctx, "token_forced_refresh", func(ctx context.Context) error {
 		n, err := forcedRefreshScript.Run(ctx, s.fleet.redis.client, []string{s.ledger},
-			forcedRefreshSpacing.Milliseconds(), forcedRefreshesPerDay, (24 * time.Hour).Milliseconds(), newUniqueID(), clockArg).Int()
+			forcedRefreshSpacing.Milliseconds(), forcedRefreshesPerDay, (24 * time.Hour).Milliseconds(), newUniqueID(), scriptTime(s.scriptClock)).Int()
 		allowed = n == 1
 		return err
 	})

@@ -101,15 +101,11 @@ type budgetAnswer struct {
 // run runs the budget script; served is false when Redis did not answer,
 // and the fallback must.
 func (b *redisBudget) run(ctx context.Context, operation, key, chargeArg string) (answer budgetAnswer, served bool) {
-	clockArg := ""
-	if b.scriptClock != nil {
-		clockArg = strconv.FormatInt(b.scriptClock().UnixMilli(), 10)
-	}
 	var reply []int64
 	served = b.fleet.redis.do(ctx, operation, func(ctx context.Context) error {
 		var err error
 		reply, err = budgetScript.Run(ctx, b.fleet.redis.client, []string{b.key(key)},
-			b.events, b.slotMS, chargeArg, clockArg, mathrand.Int64N(1<<48)+1).Int64Slice()
+			b.events, b.slotMS, chargeArg, scriptTime(b.scriptClock), mathrand.Int64N(1<<48)+1).Int64Slice()
 		if err == nil && len(reply) != 2 && len(reply) != 5 {
 			err = fmt.Errorf("the budget script answered %d values, not 2 or 5", len(reply))
 		}

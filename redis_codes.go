@@ -3,7 +3,6 @@ package wechatlogin
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -142,7 +141,7 @@ func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, lead func() 
 	}
 	switch claim.kind {
 	case "result":
-		return c.answer(k, claim.result, redeemedFromCache, lead)
+		return c.answer(k, claim.value, redeemedFromCache, lead)
 	case "lead":
 		return c.leadForFleet(ctx, k, token, lead)
 	}
@@ -157,7 +156,7 @@ func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, lead func() 
 		}
 		switch claim.kind {
 		case "result":
-			return c.answer(k, claim.result, redeemedByJoining, lead)
+			return c.answer(k, claim.value, redeemedByJoining, lead)
 		case "lead":
 			return c.leadForFleet(ctx, k, token, lead)
 		}
@@ -180,7 +179,7 @@ func (c *redisCodes) leadForFleet(ctx context.Context, k codeKeys, token string,
 		// A gateway whose lock ran out may have spent the code and stored
 		// what it proved.
 		if claim, ok := c.claim(ctx, k, token, acceptIdentity); ok && claim.kind == "result" {
-			if stored, _, err := c.openResult(k, claim.result); err == nil {
+			if stored, _, err := c.openResult(k, claim.value); err == nil {
 				c.finish(ctx, k, token, nil, 0)
 				return stored, redeemedFromCache, nil
 			}
@@ -196,29 +195,14 @@ func (c *redisCodes) leadForFleet(ctx context.Context, k codeKeys, token string,
 	return id, redeemedByCall, refusal
 }
 
-type claimAnswer struct {
-	kind   string // result, lead or wait
-	result string
-}
-
 // claim runs claimScript; ok is false when Redis failed or is down.
-func (c *redisCodes) claim(ctx context.Context, k codeKeys, token, accept string) (claimAnswer, bool) {
-	var answer claimAnswer
-	ok := c.fleet.redis.do(ctx, "claim", func(ctx context.Context) error {
-		reply, err := claimScript.Run(ctx, c.fleet.redis.client, k.keys, token, c.lockTTL.Milliseconds(), accept).StringSlice()
-		if err != nil {
-			return err
-		}
-		if len(reply) == 0 || (reply[0] == "result") != (len(reply) == 2) {
-			return fmt.Errorf("the claim script answered %d values", len(reply))
-		}
-		answer.kind = reply[0]
-		if len(reply) == 2 {
-			answer.result = reply[1]
-		}
-		return nil
+func (c *redisCodes) claim(ctx context.Context, k codeKeys, token, accept string) (claim claimReply, ok bool) {
+	ok = c.fleet.redis.do(ctx, "claim", func(ctx context.Context) error {
+		var err error
+		claim, err = parseClaim(claimScript.Run(ctx, c.fleet.redis.client, k.keys, token, c.lockTTL.Milliseconds(), accept), "result")
+		return err
 	})
-	return answer, ok
+	return claim, ok
 }
 
 // finish stores result (none when nil) and releases the lock.
@@ -285,11 +269,11 @@ func (c *redisCodes) openResult(k codeKeys, stored string) (Identity, *jsonRefus
 	if err := c.fleet.open(k.result, stored, &r); err != nil {
 		return Identity{}, nil, err
 	}
+	if (r.Status != 0) != (r.Code != "") {
+		return Identity{}, nil, errors.New("a stored refusal with a status and no code, or a code and no status")
+	}
 	var refusal *jsonRefusal
-	if r.Status != 0 || r.Code != "" {
-		if r.Status == 0 || r.Code == "" {
-			return Identity{}, nil, errors.New("a stored refusal without status or code")
-		}
+	if r.Status != 0 {
 		refusal = &jsonRefusal{status: r.Status, code: r.Code, message: r.Message, retryAfter: time.Duration(r.RetryAfterMS) * time.Millisecond}
 		if r.Errcode != nil {
 			refusal.errcode, refusal.hasErrcode = *r.Errcode, true
@@ -304,7 +288,7 @@ func (c *redisCodes) openResult(k codeKeys, stored string) (Identity, *jsonRefus
 	case stored[0] == resultIdentity:
 		return id, refusal, nil
 	case refusal == nil:
-		return Identity{}, nil, errors.New("a stored refusal without status or code")
+		return Identity{}, nil, errors.New("a stored refusal that refuses nothing")
 	}
 	return Identity{}, refusal, nil
 }

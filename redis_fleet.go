@@ -10,7 +10,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	mathrand "math/rand/v2"
+	"strconv"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -127,3 +129,38 @@ const (
 
 // pollPause is one waiter's pause between two looks at Redis.
 func pollPause() time.Duration { return pollMin + mathrand.N(pollMax-pollMin) }
+
+// claimReply is what a claim script answers: {found, value} when it found
+// what the caller takes, {"lead"} when the caller took the lock, or
+// {"wait"}.
+type claimReply struct {
+	kind  string
+	value string
+}
+
+// parseClaim reads a claim script's answer, whose kind found carries a
+// value.
+func parseClaim(cmd *redis.Cmd, found string) (claimReply, error) {
+	reply, err := cmd.StringSlice()
+	if err != nil {
+		return claimReply{}, err
+	}
+	if len(reply) == 0 || (reply[0] == found) != (len(reply) == 2) {
+		return claimReply{}, fmt.Errorf("a claim script answered %d values", len(reply))
+	}
+	claim := claimReply{kind: reply[0]}
+	if len(reply) == 2 {
+		claim.value = reply[1]
+	}
+	return claim, nil
+}
+
+// scriptTime is the time a script is to use, in milliseconds: clock's, which
+// only tests set, or else "", for the Redis server's own (the gateways'
+// clocks then do not matter).
+func scriptTime(clock func() time.Time) string {
+	if clock == nil {
+		return ""
+	}
+	return strconv.FormatInt(clock().UnixMilli(), 10)
+}

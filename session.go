@@ -128,6 +128,21 @@ func bearerToken(r *http.Request) string {
 // why there is no session: errNoSession, or why the first token presented
 // was refused.
 func (t *sessionTokens) presentedSession(r *http.Request, session string) (Identity, error) {
+	return t.presentedWithin(r, session, 0)
+}
+
+// presentedPlayer returns the openid of a token on r, as presentedSession
+// finds it, that may also have expired less than grace ago: the signature
+// still proves whose it is, so a login loop can be charged to its player
+// before any WeChat call.
+func (t *sessionTokens) presentedPlayer(r *http.Request, session string, grace time.Duration) (openid string, ok bool) {
+	id, err := t.presentedWithin(r, session, grace)
+	return id.OpenID, err == nil
+}
+
+// presentedWithin is presentedSession, accepting tokens up to expiredFor
+// past their expiry.
+func (t *sessionTokens) presentedWithin(r *http.Request, session string, expiredFor time.Duration) (Identity, error) {
 	bearer := bearerToken(r)
 	if session == "" && bearer == "" {
 		return Identity{}, errNoSession
@@ -135,10 +150,10 @@ func (t *sessionTokens) presentedSession(r *http.Request, session string) (Ident
 	var id Identity
 	var refused error
 	if session != "" {
-		id, refused = t.verify(session)
+		id, refused = t.verifyWithin(session, expiredFor)
 	}
 	if bearer != "" {
-		bearerID, err := t.verify(bearer)
+		bearerID, err := t.verifyWithin(bearer, expiredFor)
 		switch {
 		case err == nil:
 			delete(r.Header, "Authorization")
@@ -153,27 +168,4 @@ func (t *sessionTokens) presentedSession(r *http.Request, session string) (Ident
 		return Identity{}, refused
 	}
 	return id, nil
-}
-
-// presentedPlayer returns the openid of a token on r (session, as for
-// presentedSession, or a bearer token) that this gateway signed for its
-// app_id and that is valid or expired less than grace ago: the signature
-// still proves whose it is, so a login loop can be charged to its player
-// before any WeChat call. A bearer token it recognizes is removed, as
-// presentedSession does: the gateway's own token never reaches the upstream.
-func (t *sessionTokens) presentedPlayer(r *http.Request, session string, grace time.Duration) (openid string, ok bool) {
-	if session != "" {
-		if id, err := t.verifyWithin(session, grace); err == nil {
-			openid, ok = id.OpenID, true
-		}
-	}
-	if bearer := bearerToken(r); bearer != "" {
-		if id, err := t.verifyWithin(bearer, grace); err == nil {
-			r.Header.Del("Authorization")
-			if !ok {
-				openid, ok = id.OpenID, true
-			}
-		}
-	}
-	return openid, ok
 }
