@@ -300,9 +300,7 @@ func TestBudgetIPIsChargedBeforeWechat(t *testing.T) {
 func TestBudgetPlayerIsChargedPerOpenID(t *testing.T) {
 	sim, endpoint := newTestSim(t)
 	clock := newTestClock()
-	h := newClockedHandler(t, endpoint, clock, func(h *Handler) {
-		h.Budget = &Budget{Events: 2, Window: caddy.Duration(time.Minute)}
-	})
+	h := newClockedHandler(t, endpoint, clock, withBudget(2, time.Minute))
 	for _, code := range []string{"alice.1", "alice.2", "bob.1"} {
 		if w, forwarded := serveTestLogin(t, h, code, "198.51.100.1"); !forwarded {
 			t.Fatalf("%s: %d %s", code, w.Code, w.Body)
@@ -330,7 +328,7 @@ func TestBudgetWechatQuotaIsRateLimited(t *testing.T) {
 	t.Cleanup(fake.Close)
 	clock := newTestClock()
 	clock.Advance(15*time.Second + 500*time.Millisecond) // 12:00:45.5, 14.5s before the next minute
-	h := newClockedHandler(t, fake.URL, clock, nil)
+	h := newClockedHandler(t, fake.URL, clock)
 
 	w, forwarded := serveTestLogin(t, h, "alice.1", "198.51.100.1")
 	if w.Code != http.StatusTooManyRequests || forwarded {

@@ -58,11 +58,11 @@ func provisionHandler(t testing.TB, h *Handler) error {
 	return h.Validate()
 }
 
-func newTestHandler(t testing.TB, endpoint string, configure func(*Handler)) *Handler {
+func newTestHandler(t testing.TB, endpoint string, configure ...func(*Handler)) *Handler {
 	t.Helper()
 	h := &Handler{AppID: testAppID, AppSecret: testSecret, Endpoint: endpoint}
-	if configure != nil {
-		configure(h)
+	for _, c := range configure {
+		c(h)
 	}
 	if err := provisionHandler(t, h); err != nil {
 		t.Fatal(err)
@@ -119,14 +119,9 @@ var testEpoch = time.Date(2026, 11, 23, 12, 0, 30, 0, time.UTC)
 func newTestClock() *testkit.Clock { return testkit.NewClock(testEpoch) }
 
 // newClockedHandler provisions a handler for the test app on clock.
-func newClockedHandler(t testing.TB, endpoint string, clock *testkit.Clock, configure func(*Handler)) *Handler {
+func newClockedHandler(t testing.TB, endpoint string, clock *testkit.Clock, configure ...func(*Handler)) *Handler {
 	t.Helper()
-	return newTestHandler(t, endpoint, func(h *Handler) {
-		h.AppID, h.AppSecret, h.now = testAppID, testSecret, clock.Now
-		if configure != nil {
-			configure(h)
-		}
-	})
+	return newTestHandler(t, endpoint, append([]func(*Handler){func(h *Handler) { h.now = clock.Now }}, configure...)...)
 }
 
 // serveTestLogin serves a login with code from ip and reports the response and

@@ -13,7 +13,6 @@ import (
 
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
 	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
-	"github.com/caddyserver/caddy/v2"
 )
 
 // Retry-After is the wait rounded up to whole seconds: a client that waits
@@ -47,7 +46,7 @@ func TestRetryAfterRoundsTheWaitUp(t *testing.T) {
 func TestCallInFlightIsSharedAcrossAReload(t *testing.T) {
 	sim, _ := newTestSim(t)
 	gate := testkit.NewGate(t, sim)
-	old := newTestHandler(t, gate.URL, nil)
+	old := newTestHandler(t, gate.URL)
 	first := goLogin(context.Background(), old, testLogin{code: "alice.reload"})
 	gate.AwaitArrivals(t, 1)
 
@@ -79,9 +78,7 @@ func TestCallInFlightIsSharedAcrossAReload(t *testing.T) {
 func TestLoopingPlayerStaysWithinEveryWindow(t *testing.T) {
 	clock := newTestClock()
 	sim, endpoint := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: testAppID, Secret: testSecret}}, Now: clock.Now})
-	h := newClockedHandler(t, endpoint, clock, func(h *Handler) {
-		withSessions(nil)(h)
-		withBudget(60, time.Minute)(h)
+	h := newClockedHandler(t, endpoint, clock, withSessions(nil), withBudget(60, time.Minute), func(h *Handler) {
 		h.IPBudget = &Budget{Off: true} // one player's loop, not its address, is under test
 	})
 	first := testLogin{code: "alice.0"}.serve(context.Background(), h)
@@ -167,10 +164,7 @@ func TestCodeStoreLooksAgainInsideTheFlight(t *testing.T) {
 func TestSessionChargeGivenBackWhenWechatRefusesTheCode(t *testing.T) {
 	sim, endpoint := newTestSim(t)
 	clock := newTestClock()
-	h := newClockedHandler(t, endpoint, clock, func(h *Handler) {
-		withSessions(nil)(h)
-		h.Budget = &Budget{Events: 2, Window: caddy.Duration(time.Minute)}
-	})
+	h := newClockedHandler(t, endpoint, clock, withSessions(nil), withBudget(2, time.Minute))
 	first := testLogin{code: "alice.1"}.serve(context.Background(), h)
 	token := first.w.Header().Get(headerSession)
 	if !first.forwarded() || token == "" {

@@ -87,7 +87,7 @@ func TestProvisionResolvesSecretPlaceholders(t *testing.T) {
 
 func TestLoginSetsIdentityHeadersAndPlaceholders(t *testing.T) {
 	_, endpoint := newTestSim(t)
-	h := newTestHandler(t, endpoint, nil)
+	h := newTestHandler(t, endpoint)
 	r, repl := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.1&level=3", nil)
 	// The module overwrites X-WX-OPENID, but sets no session_key without
 	// forward_session_key: only stripping keeps the client's copies out.
@@ -138,7 +138,7 @@ func spelledValues(h http.Header, want string) []string {
 
 func TestRefusedLoginsForwardNothing(t *testing.T) {
 	sim, endpoint := newTestSim(t)
-	h := newTestHandler(t, endpoint, nil)
+	h := newTestHandler(t, endpoint)
 	for _, tc := range []struct {
 		target string
 		status int
@@ -172,7 +172,7 @@ func TestRefusedLoginsForwardNothing(t *testing.T) {
 }
 
 func TestNonLoginRequestsPassStrippedWithoutSessions(t *testing.T) {
-	h := newTestHandler(t, "http://127.0.0.1:1", nil)
+	h := newTestHandler(t, "http://127.0.0.1:1")
 	r, _ := newTestRequest(context.Background(), http.MethodGet, "/game/state", nil)
 	r.Header["X_WX_OPENID"] = []string{"spoofed"}
 	r.Header.Set("X-WX-APPID", "spoofed")
@@ -192,7 +192,7 @@ func TestNonLoginRequestsPassStrippedWithoutSessions(t *testing.T) {
 func TestConcurrentLoginsShareOneCall(t *testing.T) {
 	sim, _ := newTestSim(t)
 	gate := testkit.NewGate(t, sim)
-	h := newTestHandler(t, gate.URL, nil)
+	h := newTestHandler(t, gate.URL)
 
 	firstCtx, leave := context.WithCancel(context.Background())
 	defer leave()
@@ -310,10 +310,7 @@ func BenchmarkLoginCacheHit(b *testing.B) {
 // production (exchanges are logged at debug level).
 func benchmarkSessionGame(b *testing.B) (*wechatsim.Server, *Handler, caddyhttp.Handler) {
 	sim, simURL := testkit.NewSim(b, wechatsim.Options{Apps: []wechatsim.App{{AppID: testAppID, Secret: testSecret}}})
-	h := newTestHandler(b, simURL, func(h *Handler) {
-		h.IPBudget = &Budget{Off: true}
-		withSessions(nil)(h)
-	})
+	h := newTestHandler(b, simURL, withSessions(nil), func(h *Handler) { h.IPBudget = &Budget{Off: true} })
 	h.logger = zap.NewNop()
 	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
 		w.WriteHeader(http.StatusOK)

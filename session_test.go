@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
@@ -212,10 +211,7 @@ func TestSessionRespondAnswersAtTheGateway(t *testing.T) {
 func TestSessionLoginOverBudgetRefusedBeforeWechat(t *testing.T) {
 	sim, endpoint := newTestSim(t)
 	clock := newTestClock()
-	h := newClockedHandler(t, endpoint, clock, func(h *Handler) {
-		withSessions(nil)(h)
-		h.Budget = &Budget{Events: 2, Window: caddy.Duration(time.Minute)}
-	})
+	h := newClockedHandler(t, endpoint, clock, withSessions(nil), withBudget(2, time.Minute))
 	token := testLogin{code: "alice.1"}.serve(context.Background(), h).checked(t).w.Header().Get(headerSession)
 	testLogin{code: "alice.2"}.serve(context.Background(), h).checked(t)
 
@@ -300,10 +296,7 @@ func TestSessionRejectionReasonsAreCounted(t *testing.T) {
 func TestSessionConcurrentLoopsStayWithinBudget(t *testing.T) {
 	sim, endpoint := newTestSim(t)
 	clock := newTestClock()
-	h := newClockedHandler(t, endpoint, clock, func(h *Handler) {
-		withSessions(nil)(h)
-		h.Budget = &Budget{Events: 5, Window: caddy.Duration(time.Hour)}
-	})
+	h := newClockedHandler(t, endpoint, clock, withSessions(nil), withBudget(5, time.Hour))
 	sim.SetLatency(20 * time.Millisecond) // let the loops overlap
 	player := Identity{OpenID: wechatsim.OpenID(testAppID, "alice")}
 	token := issueToken(h.sessions, player)

@@ -20,17 +20,14 @@ func stateReferences(endpoint string) int {
 func TestStateReloadKeepsBudgets(t *testing.T) {
 	_, endpoint := newTestSim(t)
 	clock := newTestClock()
-	withBudget := func(events int) func(*Handler) {
-		return func(h *Handler) { h.Budget = &Budget{Events: events, Window: caddy.Duration(time.Minute)} }
-	}
-	old := newClockedHandler(t, endpoint, clock, withBudget(1))
+	old := newClockedHandler(t, endpoint, clock, withBudget(1, time.Minute))
 	if w, forwarded := serveTestLogin(t, old, "alice.1", "198.51.100.1"); !forwarded {
 		t.Fatalf("first login: %d %s", w.Code, w.Body)
 	}
 	w, forwarded := serveTestLogin(t, old, "alice.2", "198.51.100.1")
 	wantRateLimited(t, w, forwarded, "63")
 
-	reloaded := newClockedHandler(t, endpoint, clock, withBudget(1))
+	reloaded := newClockedHandler(t, endpoint, clock, withBudget(1, time.Minute))
 	if refs := stateReferences(endpoint); refs != 2 {
 		t.Fatalf("%d references to the app state during the reload, want 2", refs)
 	}
@@ -42,7 +39,7 @@ func TestStateReloadKeepsBudgets(t *testing.T) {
 
 	// A reload that raises the budget applies it without refilling: the
 	// window that counted one login has room for one more.
-	raised := newClockedHandler(t, endpoint, clock, withBudget(2))
+	raised := newClockedHandler(t, endpoint, clock, withBudget(2, time.Minute))
 	if err := reloaded.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +57,7 @@ func TestStateReloadKeepsBudgets(t *testing.T) {
 	if refs, ok := appStates.References(stateKey(testAppID, endpoint, testSecret)); ok || refs != 0 {
 		t.Fatalf("the app state is still held (%d references) after the last cleanup", refs)
 	}
-	fresh := newClockedHandler(t, endpoint, clock, withBudget(1))
+	fresh := newClockedHandler(t, endpoint, clock, withBudget(1, time.Minute))
 	if w, forwarded := serveTestLogin(t, fresh, "alice.6", "198.51.100.1"); !forwarded {
 		t.Errorf("a fresh config kept released state: %d %s", w.Code, w.Body)
 	}
@@ -70,9 +67,7 @@ func TestStateReloadKeepsBudgets(t *testing.T) {
 func TestStateFailedProvisionTouchesNothing(t *testing.T) {
 	_, endpoint := newTestSim(t)
 	clock := newTestClock()
-	running := newClockedHandler(t, endpoint, clock, func(h *Handler) {
-		h.Budget = &Budget{Events: 1, Window: caddy.Duration(time.Minute)}
-	})
+	running := newClockedHandler(t, endpoint, clock, withBudget(1, time.Minute))
 	serveTestLogin(t, running, "alice.1", "198.51.100.1")
 
 	bad := &Handler{AppID: testAppID, AppSecret: testSecret, Endpoint: endpoint, now: clock.Now,
@@ -125,14 +120,11 @@ func TestStateReloadKeepsCodeCache(t *testing.T) {
 func TestStateAbandonedReloadChangesNothing(t *testing.T) {
 	sim, endpoint := newTestSim(t)
 	clock := newTestClock()
-	running := newClockedHandler(t, endpoint, clock, func(h *Handler) {
-		h.Budget = &Budget{Events: 2, Window: caddy.Duration(time.Hour)}
-	})
+	running := newClockedHandler(t, endpoint, clock, withBudget(2, time.Hour))
 	if w, forwarded := serveTestLogin(t, running, "carol.1", "198.51.100.9"); !forwarded {
 		t.Fatalf("carol's login: %d %s", w.Code, w.Body)
 	}
-	abandoned := newClockedHandler(t, endpoint, clock, func(h *Handler) {
-		h.Budget = &Budget{Events: 60, Window: caddy.Duration(time.Minute)}
+	abandoned := newClockedHandler(t, endpoint, clock, withBudget(60, time.Minute), func(h *Handler) {
 		h.BudgetSize = 1
 		ttl := caddy.Duration(time.Minute)
 		h.CacheTTL = &ttl
@@ -153,7 +145,7 @@ func TestStateAbandonedReloadChangesNothing(t *testing.T) {
 	// The next good reload still has carol's code cached: her client's
 	// retry gets her identity, not 40163.
 	calls := sim.Calls()
-	next := newClockedHandler(t, endpoint, clock, nil)
+	next := newClockedHandler(t, endpoint, clock)
 	if err := running.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
