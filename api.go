@@ -41,9 +41,9 @@ const (
 	apiRetryAfter = 5 * time.Second
 )
 
-// errWechatTokenUnavailable is wechat_api's refusal when WeChat gives no
+// refusalTokenUnavailable is wechat_api's refusal when WeChat gives no
 // access token; the other codes are wechat_login's.
-const errWechatTokenUnavailable = "wechat_token_unavailable"
+const refusalTokenUnavailable = "wechat_token_unavailable"
 
 // APIHandler is the wechat_api HTTP handler: it sends each request on to
 // WeChat's server API with the app's access_token set, so that backends call
@@ -267,7 +267,7 @@ func (h *APIHandler) call(r *http.Request, cleanPath string) (*http.Response, st
 	body, err := readRequestBody(r)
 	if err != nil {
 		if errors.As(err, new(*http.MaxBytesError)) {
-			return nil, "", newRefusal(http.StatusRequestEntityTooLarge, errInvalidRequest, "the request body is too large")
+			return nil, "", newRefusal(http.StatusRequestEntityTooLarge, refusalInvalidRequest, "the request body is too large")
 		}
 		return nil, "", badRequest("the request body could not be read")
 	}
@@ -465,29 +465,27 @@ func writeTokenAnswer(w http.ResponseWriter, t accessToken, now time.Time) error
 }
 
 // tokenRefusal maps a failure to get a token to the documented refusal.
-func tokenRefusal(err *attemptError) *jsonRefusal {
+func tokenRefusal(err *platformError) *jsonRefusal {
 	switch {
 	case err.kind == kindBadResponse:
-		return newRefusal(http.StatusBadGateway, errWechatTokenUnavailable, "WeChat's answer holds no access token the gateway can use")
-	case err.kind != kindErrcode || err.errcode == errcodeBusy:
+		return newRefusal(http.StatusBadGateway, refusalTokenUnavailable, "WeChat's answer holds no access token the gateway can use")
+	case err.retryable():
 		return callRefusal(err)
 	}
-	e := newRefusal(http.StatusBadGateway, errWechatTokenUnavailable, "WeChat gives no access token; the operator has been told")
+	e := newRefusal(http.StatusBadGateway, refusalTokenUnavailable, "WeChat gives no access token; the operator has been told")
 	e.errcode, e.hasErrcode = err.errcode, true
 	return e
 }
 
 // callRefusal maps a WeChat call that got no answer, or errcode -1, to the
 // documented refusal.
-func callRefusal(err *attemptError) *jsonRefusal {
+func callRefusal(err *platformError) *jsonRefusal {
 	if err.kind == kindTimeout {
-		return newRefusal(http.StatusGatewayTimeout, errWechatTimeout, "WeChat did not answer in time")
+		return newRefusal(http.StatusGatewayTimeout, refusalTimeout, "WeChat did not answer in time")
 	}
-	e := newRefusal(http.StatusServiceUnavailable, errWechatUnavailable, "WeChat is unavailable; retry later")
+	e := newRefusal(http.StatusServiceUnavailable, refusalUnavailable, "WeChat is unavailable; retry later")
 	e.retryAfter = apiRetryAfter
-	if err.kind == kindErrcode {
-		e.errcode, e.hasErrcode = err.errcode, true
-	}
+	e.errcode, e.hasErrcode = err.errcode, err.hasErrcode
 	return e
 }
 

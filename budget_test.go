@@ -335,7 +335,7 @@ func TestBudgetWechatQuotaIsRateLimited(t *testing.T) {
 		t.Fatalf("got %d %s, want 429", w.Code, w.Body)
 	}
 	var body errorBody
-	if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || body.Error != errRateLimited || body.Errcode == nil || *body.Errcode != 45011 {
+	if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || body.Error != refusalRateLimited || body.Errcode == nil || *body.Errcode != 45011 {
 		t.Errorf("body %s, want rate_limited with errcode 45011", w.Body)
 	}
 	if n := calls.Load(); n != 1 {

@@ -11,9 +11,6 @@ import (
 	"strings"
 )
 
-// headerCode is the last place a login code is looked for.
-const headerCode = "X-Wx-Code"
-
 // maxCodeLen bounds a code: WeChat's are 32 characters; anything much longer
 // is not a code and is refused before it costs a WeChat call.
 const maxCodeLen = 128
@@ -116,7 +113,7 @@ func readBody(r *http.Request) ([]byte, *jsonRefusal) {
 }
 
 func bodyTooLarge() *jsonRefusal {
-	return newRefusal(http.StatusRequestEntityTooLarge, errInvalidRequest, "request body too large")
+	return newRefusal(http.StatusRequestEntityTooLarge, refusalInvalidRequest, "request body too large")
 }
 
 func jsonCode(body []byte, field string) (string, bool, *jsonRefusal) {

@@ -53,7 +53,7 @@ func TestLoginCode(t *testing.T) {
 			}
 			code, refusal := loginCode(r, "code", tc.header)
 			if tc.wantStatus != 0 {
-				if refusal == nil || refusal.status != tc.wantStatus || refusal.code != errInvalidRequest {
+				if refusal == nil || refusal.status != tc.wantStatus || refusal.code != refusalInvalidRequest {
 					t.Fatalf("got %q, %v; want status %d", code, refusal, tc.wantStatus)
 				}
 				// Every refused input above holds "alice", as a code or

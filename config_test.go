@@ -171,7 +171,7 @@ func TestBoundsAreAllowed(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.setDefaults()
-	client := wechatClient{timeout: time.Duration(h.Timeout),
+	client := exchangeClient{timeout: time.Duration(h.Timeout),
 		retry: retryPolicy{attempts: h.Retry.Attempts, base: time.Duration(h.Retry.Base), max: time.Duration(h.Retry.Max)}}
 	if got, want := client.worstCase(), 19*time.Minute; got != want {
 		t.Errorf("worst case %s, want %s", got, want)

@@ -140,7 +140,7 @@ func wantRateLimited(t *testing.T, w *httptest.ResponseRecorder, forwarded bool,
 	t.Helper()
 	var body errorBody
 	_ = json.Unmarshal(w.Body.Bytes(), &body)
-	if w.Code != http.StatusTooManyRequests || body.Error != errRateLimited || forwarded {
+	if w.Code != http.StatusTooManyRequests || body.Error != refusalRateLimited || forwarded {
 		t.Fatalf("got %d %s (forwarded: %v), want 429 rate_limited and nothing forwarded", w.Code, w.Body, forwarded)
 	}
 	if got := w.Header().Get("Retry-After"); got != retryAfter {

@@ -131,7 +131,7 @@ func TestLoopingPlayerStaysWithinEveryWindow(t *testing.T) {
 func TestCodeStoreLooksAgainInsideTheFlight(t *testing.T) {
 	clock := newTestClock()
 	c := memoryCodesAt(clock, time.Minute, 10)
-	k := newCodeKey("wx", "alice")
+	k := newCodeKey("wx", credentials{code: "alice"})
 	alice := Identity{OpenID: "oAlice"}
 	// A look reads the clock only when it finds an entry, so the first look
 	// is given an expired one, and the other flight finishes, storing its
@@ -144,15 +144,15 @@ func TestCodeStoreLooksAgainInsideTheFlight(t *testing.T) {
 		return clock.Now()
 	}
 	var calls atomic.Int32
-	id, outcome, refusal := c.redeem(context.Background(), k, func() (Identity, *jsonRefusal) {
+	res, outcome, _ := c.redeem(context.Background(), k, func() codeResult {
 		calls.Add(1)
-		return Identity{}, newRefusal(http.StatusUnauthorized, errCodeUsed, "the login code was already used")
+		return codeResult{failure: wechatErrcodes.failure(errcodeCodeUsed, "")}
 	})
 	if calls.Load() != 0 {
 		t.Errorf("the flight called WeChat %d times for a code whose result was cached", calls.Load())
 	}
-	if refusal != nil || id != alice || outcome != redeemedFromCache {
-		t.Errorf("got %+v %v %v, want alice from the cache", id, outcome, refusal)
+	if res.failure != nil || res.id != alice || outcome != redeemedFromCache {
+		t.Errorf("got %+v %v, want alice from the cache", res, outcome)
 	}
 }
 

@@ -72,7 +72,7 @@ type Handler struct {
 	Redis *RedisConfig `json:"redis,omitempty"`
 
 	resolved resolvedSecrets
-	client   *wechatClient
+	client   *exchangeClient
 	players  budgetStore
 	ips      budgetStore // unlimited when ip_budget is off
 	codes    codeStore
@@ -114,9 +114,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.warnIfCleartext(h.logger)
 
-	h.client = &wechatClient{
+	h.client = &exchangeClient{
+		platform:   wechatPlatform,
 		http:       newHTTPClient(time.Duration(h.Timeout)),
-		requestURL: jscode2sessionURL(h.Endpoint, h.AppID, h.resolved.app),
+		requestURL: wechatPlatform.exchangeURL(h.Endpoint, h.AppID, h.resolved.app),
 		timeout:    time.Duration(h.Timeout),
 		retry:      retryPolicy{attempts: h.Retry.Attempts, base: time.Duration(h.Retry.Base), max: time.Duration(h.Retry.Max)},
 		sleep:      sleepContext,
@@ -196,9 +197,10 @@ func (h *Handler) Cleanup() error {
 // request on with the identity of its session, if any. Every refusal is
 // written in one place, refuse.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	code, session := stripClientIdentity(r)
+	presented := stripClientIdentity(r)
+	session := presented.session
 	if r.URL.Path == h.LoginPath {
-		return h.serveLogin(w, r, next, code, session)
+		return h.serveLogin(w, r, next, presented.code, session)
 	}
 	if h.sessions == nil {
 		return next.ServeHTTP(w, r)
@@ -209,7 +211,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return next.ServeHTTP(w, r)
 		}
 		h.metrics.sessionRejected(sessionRejection(err))
-		h.refuse(w, newRefusal(http.StatusUnauthorized, errInvalidSession, "a valid session is required: log in again"))
+		h.refuse(w, newRefusal(http.StatusUnauthorized, refusalInvalidSession, "a valid session is required: log in again"))
 		return nil
 	}
 	h.attachIdentity(r, id)
@@ -266,7 +268,7 @@ func respondLogin(w http.ResponseWriter, id Identity, token string, expires time
 
 // attachIdentity sets the identity headers and placeholders.
 func (h *Handler) attachIdentity(r *http.Request, id Identity) {
-	h.setIdentityHeaders(r.Header, id)
+	setIdentityHeaders(r.Header, wechatHeaders, h.AppID, id, h.ForwardSessionKey)
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set("http.wechat.openid", id.OpenID)
 		repl.Set("http.wechat.unionid", id.UnionID)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -234,14 +233,12 @@ func runEveryScript(t *testing.T, gw gateway) {
 	if undo, _, ok := budget.reserve(ctx, "oAlice"); ok {
 		undo()
 	}
-	lead := func() (Identity, *jsonRefusal) { return fleetIdentity, nil }
-	if _, _, refusal := codes.redeem(ctx, newCodeKey(fleetAppID, fleetCode), lead); refusal != nil {
-		t.Fatal(refusal)
+	exchange := func() codeResult { return codeResult{id: fleetIdentity} }
+	if res, _, _ := codes.redeem(ctx, newCodeKey(fleetAppID, credentials{code: fleetCode}), exchange); !res.proved() {
+		t.Fatalf("%+v", res)
 	}
-	refuse := func() (Identity, *jsonRefusal) {
-		return Identity{}, &jsonRefusal{status: http.StatusUnauthorized, code: errInvalidCode}
-	}
-	codes.redeem(ctx, newCodeKey(fleetAppID, "refused-code"), refuse)
+	refuse := func() codeResult { return codeResult{failure: wechatErrcodes.failure(errcodeInvalidCode, "")} }
+	codes.redeem(ctx, newCodeKey(fleetAppID, credentials{code: "refused-code"}), refuse)
 	tokens := gw.tokenStore()
 	fetch := func(context.Context) (accessToken, error) {
 		return accessToken{value: "every-script-access-token", expires: time.Now().Add(time.Hour)}, nil

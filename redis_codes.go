@@ -24,13 +24,13 @@ import (
 // claimScript, in one round trip, returns a result the caller accepts
 // (ARGV[3]: "any" for a waiter, "identity" for a new login, "none" when the
 // cache is off), or takes the lock, or says to wait. Taking the lock drops
-// an old result (a refusal, or with the cache off an identity), so that
+// an old result (a failure, or with the cache off an identity), so that
 // the new call's waiters never read it.
 var claimScript = redis.NewScript(`
 local result = redis.call('GET', KEYS[1])
 if result then
 	local kind = string.sub(result, 1, 1)
-	if ARGV[3] == 'any' or (ARGV[3] == 'identity' and kind == 'i') then
+	if ARGV[3] == 'any' or (ARGV[3] == 'identity' and (kind == 'i' or kind == 'o')) then
 		return {'result', result}
 	end
 end
@@ -44,11 +44,12 @@ return {'wait'}
 `)
 
 // finishScript stores a result (ARGV[2], if any, for ARGV[3] ms) and lets go
-// of the lock if it is still the caller's (ARGV[1]). A refusal never
+// of the lock if it is still the caller's (ARGV[1]). A failure never
 // replaces an identity.
 var finishScript = redis.NewScript(`
 if ARGV[2] ~= '' then
-	if string.sub(ARGV[2], 1, 1) == 'i' then
+	local kind = string.sub(ARGV[2], 1, 1)
+	if kind == 'i' or kind == 'o' then
 		redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 	else
 		redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3], 'NX')
@@ -67,10 +68,17 @@ const (
 	acceptNone     = "none"     // a new login, with the cache off
 )
 
-// Stored results start with their kind, readable by the scripts.
+// Stored results start with their kind, readable by the scripts: an
+// identity; an identity whose player was over budget (the call's logins
+// were refused, a later retry may use it); or no identity (a failure, or a
+// budget that refused before the call), for the call's waiters only. A
+// gateway from before platforms stored refusals as 'e', with HTTP wording:
+// such a value is not opened, and the code is asked about anew; and an
+// older gateway opens none of 'o' and 'f', and asks its platform too.
 const (
-	resultIdentity = 'i'
-	resultRefusal  = 'e'
+	resultIdentity           = 'i'
+	resultIdentityOverBudget = 'o'
+	resultFailure            = 'f'
 )
 
 // minResultTTL keeps a result long enough for every waiter to poll it.
@@ -103,19 +111,19 @@ func (f *fleet) codes(local codeStore, cacheTTL, lockTTL time.Duration) codeStor
 	return c
 }
 
-func (c *redisCodes) redeem(ctx context.Context, key codeKey, lead func() (Identity, *jsonRefusal)) (Identity, redeemOutcome, *jsonRefusal) {
+func (c *redisCodes) redeem(ctx context.Context, key codeKey, exchange func() codeResult) (codeResult, redeemOutcome, error) {
 	// The local store reports redeemedByCall to the login whose function
 	// ran; what that function found in Redis says how it was really redeemed.
 	var shared atomic.Int32
-	id, outcome, refusal := c.local.redeem(ctx, key, func() (Identity, *jsonRefusal) {
-		id, how, refusal := c.redeemShared(ctx, key, lead)
+	res, outcome, err := c.local.redeem(ctx, key, func() codeResult {
+		res, how := c.redeemShared(ctx, key, exchange)
 		shared.Store(int32(how))
-		return id, refusal
+		return res
 	})
 	if outcome == redeemedByCall {
 		outcome = redeemOutcome(shared.Load())
 	}
-	return id, outcome, refusal
+	return res, outcome, err
 }
 
 // codeKeys are the Redis keys of one code.
@@ -132,20 +140,20 @@ func (c *redisCodes) keysFor(key codeKey) codeKeys {
 }
 
 // redeemShared runs on behalf of every login for key at this gateway.
-func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, lead func() (Identity, *jsonRefusal)) (Identity, redeemOutcome, *jsonRefusal) {
+func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, exchange func() codeResult) (codeResult, redeemOutcome) {
 	k := c.keysFor(key)
 	token := newUniqueID()
 	claim, ok := c.claim(ctx, k, token, c.fresh)
 	if !ok {
-		return leadAlone(lead)
+		return leadAlone(exchange)
 	}
 	switch claim.kind {
 	case "result":
-		return c.answer(k, claim.value, redeemedFromCache, lead)
+		return c.answer(k, claim.value, redeemedFromCache, exchange)
 	case "lead":
-		return c.leadForFleet(ctx, k, token, lead)
+		return c.leadForFleet(ctx, k, token, exchange)
 	}
-	// Another gateway is calling WeChat for this code. Its lock expires by
+	// Another gateway is calling the platform for this code. Its lock expires by
 	// lockTTL; the deadline only guards against a Redis that misbehaves.
 	deadline := time.Now().Add(2 * c.lockTTL)
 	for time.Now().Before(deadline) {
@@ -156,43 +164,42 @@ func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, lead func() 
 		}
 		switch claim.kind {
 		case "result":
-			return c.answer(k, claim.value, redeemedByJoining, lead)
+			return c.answer(k, claim.value, redeemedByJoining, exchange)
 		case "lead":
-			return c.leadForFleet(ctx, k, token, lead)
+			return c.leadForFleet(ctx, k, token, exchange)
 		}
 	}
-	return leadAlone(lead)
+	return leadAlone(exchange)
 }
 
-// leadAlone calls WeChat without the fleet: Redis is down, or said nothing
-// usable.
-func leadAlone(lead func() (Identity, *jsonRefusal)) (Identity, redeemOutcome, *jsonRefusal) {
-	id, refusal := lead()
-	return id, redeemedByCall, refusal
+// leadAlone calls the platform without the fleet: Redis is down, or said
+// nothing usable.
+func leadAlone(exchange func() codeResult) (codeResult, redeemOutcome) {
+	return exchange(), redeemedByCall
 }
 
 // leadForFleet calls WeChat holding the lock and stores the result for the
 // other gateways.
-func (c *redisCodes) leadForFleet(ctx context.Context, k codeKeys, token string, lead func() (Identity, *jsonRefusal)) (Identity, redeemOutcome, *jsonRefusal) {
-	id, refusal := lead()
-	if refusal != nil && refusal.code == errCodeUsed && c.fresh == acceptIdentity {
+func (c *redisCodes) leadForFleet(ctx context.Context, k codeKeys, token string, exchange func() codeResult) (codeResult, redeemOutcome) {
+	res := exchange()
+	if res.failure != nil && res.failure.kind == kindCodeUsed && c.fresh == acceptIdentity {
 		// A gateway whose lock ran out may have spent the code and stored
 		// what it proved.
 		if claim, ok := c.claim(ctx, k, token, acceptIdentity); ok && claim.kind == "result" {
-			if stored, _, err := c.openResult(k, claim.value); err == nil {
+			if stored, err := c.openResult(k, claim.value); err == nil {
 				c.finish(ctx, k, token, nil, 0)
-				return stored, redeemedFromCache, nil
+				return codeResult{id: stored.id}, redeemedFromCache
 			}
 		}
 	}
-	if id.OpenID != "" {
-		// Stored even alongside a refusal (a player over budget): the code
-		// is spent at WeChat, and a retry elsewhere must find its result.
-		c.finish(ctx, k, token, c.sealIdentity(k, id, refusal), c.identityTTL)
+	if res.proved() {
+		// Stored even for a player over budget: the code is spent at the
+		// platform, and a retry elsewhere must find its result.
+		c.finish(ctx, k, token, c.sealResult(k, res), c.identityTTL)
 	} else {
-		c.finish(ctx, k, token, c.sealRefusal(k, refusal), c.lockTTL)
+		c.finish(ctx, k, token, c.sealResult(k, res), c.lockTTL)
 	}
-	return id, redeemedByCall, refusal
+	return res, redeemedByCall
 }
 
 // claim runs claimScript; ok is false when Redis failed or is down.
@@ -217,78 +224,87 @@ func (c *redisCodes) finish(ctx context.Context, k codeKeys, token string, resul
 // the code is redeemed at WeChat instead. A waiter gets what the call's own
 // logins got; a login served from the cache gets the identity alone, which
 // the login checks against the budget as it is now.
-func (c *redisCodes) answer(k codeKeys, stored string, outcome redeemOutcome, lead func() (Identity, *jsonRefusal)) (Identity, redeemOutcome, *jsonRefusal) {
-	id, refusal, err := c.openResult(k, stored)
+func (c *redisCodes) answer(k codeKeys, stored string, outcome redeemOutcome, exchange func() codeResult) (codeResult, redeemOutcome) {
+	res, err := c.openResult(k, stored)
 	if err != nil {
-		return leadAlone(lead)
+		return leadAlone(exchange)
 	}
-	if outcome == redeemedFromCache && id.OpenID != "" {
-		refusal = nil
+	if outcome == redeemedFromCache && res.proved() {
+		res = codeResult{id: res.id}
 	}
-	return id, outcome, refusal
+	return res, outcome
 }
 
-// storedResult is what the result key holds, sealed: an identity (with the
-// refusal its call's logins got, if any: a player over budget), or a
-// refusal alone, for the waiters.
+// storedResult is what the result key holds, sealed: an identity, or why
+// there is none (the platform's failure, by kind and the platform's own
+// errcode), and how long the player's budget said to wait, if it refused.
+// Nothing in it is HTTP: the refusal is each gateway's to write.
 type storedResult struct {
-	OpenID       string `json:"openid,omitempty"`
-	UnionID      string `json:"unionid,omitempty"`
-	SessionKey   string `json:"session_key,omitempty"`
-	Status       int    `json:"status,omitempty"`
-	Code         string `json:"code,omitempty"`
-	Message      string `json:"message,omitempty"`
-	Errcode      *int   `json:"errcode,omitempty"`
-	RetryAfterMS int64  `json:"retry_after_ms,omitempty"`
+	OpenID          string `json:"openid,omitempty"`
+	UnionID         string `json:"unionid,omitempty"`
+	SessionKey      string `json:"session_key,omitempty"`
+	AnonymousOpenID string `json:"anonymous_openid,omitempty"`
+	Failure         string `json:"failure,omitempty"`
+	Errcode         *int   `json:"errcode,omitempty"`
+	BudgetWaitMS    int64  `json:"budget_wait_ms,omitempty"`
 }
 
-func (c *redisCodes) sealIdentity(k codeKeys, id Identity, refusal *jsonRefusal) []byte {
-	r := storedRefusal(refusal)
-	r.OpenID, r.UnionID, r.SessionKey = id.OpenID, id.UnionID, id.SessionKey
-	return c.fleet.seal(resultIdentity, k.result, r)
-}
-
-func (c *redisCodes) sealRefusal(k codeKeys, e *jsonRefusal) []byte {
-	return c.fleet.seal(resultRefusal, k.result, storedRefusal(e))
-}
-
-// storedRefusal is e's part of a stored result (none when e is nil).
-func storedRefusal(e *jsonRefusal) storedResult {
-	if e == nil {
-		return storedResult{}
+func (c *redisCodes) sealResult(k codeKeys, res codeResult) []byte {
+	r := storedResult{
+		OpenID: res.id.OpenID, UnionID: res.id.UnionID, SessionKey: res.id.SessionKey, AnonymousOpenID: res.id.AnonymousOpenID,
+		BudgetWaitMS: res.budgetWait.Milliseconds(),
 	}
-	r := storedResult{Status: e.status, Code: e.code, Message: e.message, RetryAfterMS: e.retryAfter.Milliseconds()}
-	if e.hasErrcode {
-		r.Errcode = &e.errcode
-	}
-	return r
-}
-
-func (c *redisCodes) openResult(k codeKeys, stored string) (Identity, *jsonRefusal, error) {
-	var r storedResult
-	if err := c.fleet.open(k.result, stored, &r); err != nil {
-		return Identity{}, nil, err
-	}
-	if (r.Status != 0) != (r.Code != "") {
-		return Identity{}, nil, errors.New("a stored refusal with a status and no code, or a code and no status")
-	}
-	var refusal *jsonRefusal
-	if r.Status != 0 {
-		refusal = &jsonRefusal{status: r.Status, code: r.Code, message: r.Message, retryAfter: time.Duration(r.RetryAfterMS) * time.Millisecond}
-		if r.Errcode != nil {
-			refusal.errcode, refusal.hasErrcode = *r.Errcode, true
+	if res.failure != nil {
+		r.Failure = kindNames[res.failure.kind]
+		if res.failure.hasErrcode {
+			r.Errcode = &res.failure.errcode
 		}
 	}
-	id := Identity{OpenID: r.OpenID, UnionID: r.UnionID, SessionKey: r.SessionKey}
+	kind := byte(resultIdentity)
 	switch {
-	case stored[0] == resultIdentity && !id.wellFormed():
-		// Written by a gateway that did not check what WeChat sent (an
-		// older version), or by whoever holds the secret.
-		return Identity{}, nil, errors.New("a stored identity unlike WeChat's")
-	case stored[0] == resultIdentity:
-		return id, refusal, nil
-	case refusal == nil:
-		return Identity{}, nil, errors.New("a stored refusal that refuses nothing")
+	case !res.proved():
+		kind = resultFailure
+	case res.budgetWait > 0:
+		kind = resultIdentityOverBudget
 	}
-	return Identity{}, refusal, nil
+	return c.fleet.seal(kind, k.result, r)
+}
+
+// openResult reads a stored result, refusing what a gateway of this
+// version cannot have written.
+func (c *redisCodes) openResult(k codeKeys, stored string) (codeResult, error) {
+	if stored == "" || (stored[0] != resultIdentity && stored[0] != resultIdentityOverBudget && stored[0] != resultFailure) {
+		return codeResult{}, errors.New("a stored result of a kind this gateway does not know")
+	}
+	var r storedResult
+	if err := c.fleet.open(k.result, stored, &r); err != nil {
+		return codeResult{}, err
+	}
+	res := codeResult{
+		id:         Identity{OpenID: r.OpenID, UnionID: r.UnionID, SessionKey: r.SessionKey, AnonymousOpenID: r.AnonymousOpenID},
+		budgetWait: time.Duration(r.BudgetWaitMS) * time.Millisecond,
+	}
+	if r.Failure != "" {
+		kind, ok := kindNamed(r.Failure)
+		if !ok {
+			return codeResult{}, errors.New("a stored failure of a kind this gateway does not know")
+		}
+		res.failure = &platformError{kind: kind, detail: "stored by the fleet"}
+		if r.Errcode != nil {
+			res.failure.errcode, res.failure.hasErrcode = *r.Errcode, true
+		}
+	}
+	switch stored[0] {
+	case resultFailure:
+		if res.id.proves() || (res.failure == nil) == (res.budgetWait <= 0) {
+			return codeResult{}, errors.New("a stored failure that is not exactly one failure")
+		}
+	default:
+		if !res.id.wellFormed() || res.failure != nil || (stored[0] == resultIdentityOverBudget) != (res.budgetWait > 0) {
+			// Written by whoever holds the secret, or by a gateway that did
+			// not check what the platform sent.
+			return codeResult{}, errors.New("a stored identity unlike a platform's")
+		}
+	}
+	return res, nil
 }

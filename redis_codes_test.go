@@ -3,7 +3,6 @@ package wechatlogin
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,47 +32,56 @@ func twoGateways(t *testing.T, cacheTTL time.Duration) (rdb *redis.Client, a, b 
 	return newTestRedisClient(t, srv.Addr()), a, b
 }
 
-// countingLead is WeChat for a test: it counts its calls and answers with
-// identity and refusal (both, for a player over budget), once released.
-type countingLead struct {
-	calls    atomic.Int32
-	started  chan struct{} // closed at the first call
-	release  chan struct{} // closed to let calls answer
-	once     sync.Once
-	identity Identity
-	refusal  *jsonRefusal
+// countingExchange is WeChat for a test: it counts its calls and answers
+// with result, once released.
+type countingExchange struct {
+	calls   atomic.Int32
+	started chan struct{} // closed at the first call
+	release chan struct{} // closed to let calls answer
+	once    sync.Once
+	result  codeResult
 }
 
-func newCountingLead(id Identity, refusal *jsonRefusal) *countingLead {
-	l := &countingLead{started: make(chan struct{}), release: make(chan struct{}), identity: id, refusal: refusal}
-	return l
+func newCountingExchange(result codeResult) *countingExchange {
+	return &countingExchange{started: make(chan struct{}), release: make(chan struct{}), result: result}
 }
 
-// released is a lead that answers at once.
-func released(id Identity, refusal *jsonRefusal) *countingLead {
-	l := newCountingLead(id, refusal)
+// released is an exchange that answers at once.
+func released(result codeResult) *countingExchange {
+	l := newCountingExchange(result)
 	close(l.release)
 	return l
 }
 
-func (l *countingLead) lead() (Identity, *jsonRefusal) {
+func (l *countingExchange) exchange() codeResult {
 	l.calls.Add(1)
 	l.once.Do(func() { close(l.started) })
 	<-l.release
-	return l.identity, l.refusal
+	return l.result
 }
+
+// proving is the result of an exchange that proved id.
+func proving(id Identity) codeResult { return codeResult{id: id} }
+
+// failing is the result of an exchange WeChat refused with errcode.
+func failing(errcode int) codeResult { return codeResult{failure: wechatErrcodes.failure(errcode, "")} }
 
 type redeemed struct {
-	id      Identity
+	res     codeResult
 	outcome redeemOutcome
-	refusal *jsonRefusal
+	err     error
 }
 
-func redeemIn(codes codeStore, key codeKey, lead *countingLead) <-chan redeemed {
+// proved reports whether the login was answered with id alone.
+func (r redeemed) proved(id Identity) bool {
+	return r.err == nil && r.res.failure == nil && r.res.budgetWait == 0 && r.res.id == id
+}
+
+func redeemIn(codes codeStore, key codeKey, l *countingExchange) <-chan redeemed {
 	done := make(chan redeemed, 1)
 	go func() {
-		id, outcome, refusal := codes.redeem(context.Background(), key, lead.lead)
-		done <- redeemed{id, outcome, refusal}
+		res, outcome, err := codes.redeem(context.Background(), key, l.exchange)
+		done <- redeemed{res, outcome, err}
 	}()
 	return done
 }
@@ -81,7 +89,7 @@ func redeemIn(codes codeStore, key codeKey, lead *countingLead) <-chan redeemed 
 // joinInFlight starts n logins with key at a second gateway while the call
 // that wechat holds back is in flight for the first, and returns once the
 // second gateway has asked Redis (and so found the call).
-func joinInFlight(t *testing.T, rdb *redis.Client, second codeStore, key codeKey, wechat *countingLead, n int) []<-chan redeemed {
+func joinInFlight(t *testing.T, rdb *redis.Client, second codeStore, key codeKey, wechat *countingExchange, n int) []<-chan redeemed {
 	t.Helper()
 	<-wechat.started
 	claimsBefore := redisCalls(t, rdb, "evalsha")
@@ -95,8 +103,8 @@ func joinInFlight(t *testing.T, rdb *redis.Client, second codeStore, key codeKey
 
 func TestRedisCodesOneCallAcrossGateways(t *testing.T) {
 	rdb, a, b := twoGateways(t, time.Minute)
-	key := newCodeKey(fleetAppID, fleetCode)
-	wechat := newCountingLead(fleetIdentity, nil)
+	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
+	wechat := newCountingExchange(proving(fleetIdentity))
 
 	// Gateway A calls WeChat; the same code reaches gateway B, many times,
 	// while A's call is in flight.
@@ -105,13 +113,13 @@ func TestRedisCodesOneCallAcrossGateways(t *testing.T) {
 	close(wechat.release)
 
 	got := <-first
-	if got.refusal != nil || got.id != fleetIdentity || got.outcome != redeemedByCall {
+	if !got.proved(fleetIdentity) || got.outcome != redeemedByCall {
 		t.Fatalf("gateway A: %+v", got)
 	}
 	joined := 0
 	for _, r := range results {
 		got := <-r
-		if got.refusal != nil || got.id != fleetIdentity {
+		if !got.proved(fleetIdentity) {
 			t.Fatalf("gateway B: %+v", got)
 		}
 		if got.outcome == redeemedByCall {
@@ -131,16 +139,16 @@ func TestRedisCodesOneCallAcrossGateways(t *testing.T) {
 
 func TestRedisCodesRetryOnAnotherGatewayIsServedFromCache(t *testing.T) {
 	_, a, b := twoGateways(t, time.Minute)
-	key := newCodeKey(fleetAppID, fleetCode)
-	wechat := released(fleetIdentity, nil)
+	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
+	wechat := released(proving(fleetIdentity))
 	ctx := context.Background()
-	if _, outcome, refusal := a.redeem(ctx, key, wechat.lead); refusal != nil || outcome != redeemedByCall {
-		t.Fatalf("first login: %v %v", outcome, refusal)
+	if res, outcome, _ := a.redeem(ctx, key, wechat.exchange); !res.proved() || outcome != redeemedByCall {
+		t.Fatalf("first login: %v %+v", outcome, res)
 	}
 	// The client did not get the answer and retries; the balancer picks B.
-	id, outcome, refusal := b.redeem(ctx, key, wechat.lead)
-	if refusal != nil || id != fleetIdentity || outcome != redeemedFromCache {
-		t.Fatalf("retry at gateway B: %+v %v %v", id, outcome, refusal)
+	res, outcome, _ := b.redeem(ctx, key, wechat.exchange)
+	if res != proving(fleetIdentity) || outcome != redeemedFromCache {
+		t.Fatalf("retry at gateway B: %+v %v", res, outcome)
 	}
 	if calls := wechat.calls.Load(); calls != 1 {
 		t.Errorf("%d WeChat calls, want 1: the retry spent the code again (40163)", calls)
@@ -149,25 +157,24 @@ func TestRedisCodesRetryOnAnotherGatewayIsServedFromCache(t *testing.T) {
 
 func TestRedisCodesRefusalReachesWaitersButIsNotCached(t *testing.T) {
 	rdb, a, b := twoGateways(t, time.Minute)
-	key := newCodeKey(fleetAppID, fleetCode)
-	refusal := &jsonRefusal{status: http.StatusUnauthorized, code: errInvalidCode, message: "the login code is invalid", errcode: 40029, hasErrcode: true}
-	wechat := newCountingLead(Identity{}, refusal)
+	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
+	wechat := newCountingExchange(failing(errcodeInvalidCode))
 
 	first := redeemIn(a, key, wechat)
 	waiter := joinInFlight(t, rdb, b, key, wechat, 1)[0]
 	close(wechat.release)
 
 	for name, r := range map[string]redeemed{"A": <-first, "B": <-waiter} {
-		if r.refusal == nil || r.refusal.status != refusal.status || r.refusal.code != refusal.code || r.refusal.errcode != 40029 || !r.refusal.hasErrcode || r.refusal.message != refusal.message {
-			t.Errorf("gateway %s answered %+v, want %+v", name, r.refusal, refusal)
+		if f := r.res.failure; f == nil || f.kind != kindInvalidCode || f.errcode != 40029 || !f.hasErrcode || r.res.id.proves() {
+			t.Errorf("gateway %s answered %+v, want the invalid code of errcode 40029", name, r.res)
 		}
 	}
 	if calls := wechat.calls.Load(); calls != 1 {
 		t.Fatalf("%d WeChat calls while one was in flight, want 1", calls)
 	}
 	// A new login with the code asks WeChat again: refusals are not cached.
-	if _, outcome, refusal := b.redeem(context.Background(), key, wechat.lead); refusal == nil || outcome != redeemedByCall {
-		t.Errorf("a later login: %v %v, want a new call", outcome, refusal)
+	if res, outcome, _ := b.redeem(context.Background(), key, wechat.exchange); res.failure == nil || outcome != redeemedByCall {
+		t.Errorf("a later login: %v %+v, want a new call", outcome, res)
 	}
 	if calls := wechat.calls.Load(); calls != 2 {
 		t.Errorf("%d WeChat calls, want 2", calls)
@@ -185,21 +192,20 @@ func TestRedisCodesOverBudgetIdentityIsSharedForRetries(t *testing.T) {
 	_, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
 	_, b := gatewayCodes(t, srv.Addr(), 1, time.Minute)
 	_, c := gatewayCodes(t, srv.Addr(), 2, time.Minute)
-	key := newCodeKey(fleetAppID, fleetCode)
-	overBudget := playerRateLimited(time.Minute)
-	wechat := newCountingLead(fleetIdentity, overBudget)
+	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
+	wechat := newCountingExchange(codeResult{id: fleetIdentity, budgetWait: time.Minute})
 
 	first := redeemIn(a, key, wechat)
 	waiter := joinInFlight(t, rdb, b, key, wechat, 1)[0]
 	close(wechat.release)
 	for name, r := range map[string]redeemed{"A": <-first, "B": <-waiter} {
-		if r.refusal == nil || r.refusal.code != errRateLimited {
-			t.Errorf("gateway %s, in the call: %+v, want the budget's refusal", name, r)
+		if r.res.budgetWait != time.Minute {
+			t.Errorf("gateway %s, in the call: %+v, want the budget's wait", name, r)
 		}
 	}
-	id, outcome, refusal := c.redeem(context.Background(), key, wechat.lead)
-	if refusal != nil || id != fleetIdentity || outcome != redeemedFromCache {
-		t.Errorf("the retry at gateway C: %+v %v %v, want the shared identity, from the cache", id, outcome, refusal)
+	res, outcome, _ := c.redeem(context.Background(), key, wechat.exchange)
+	if res != proving(fleetIdentity) || outcome != redeemedFromCache {
+		t.Errorf("the retry at gateway C: %+v %v, want the shared identity, from the cache", res, outcome)
 	}
 	if calls := wechat.calls.Load(); calls != 1 {
 		t.Errorf("%d WeChat calls, want 1: the retry spent the code again (40163)", calls)
@@ -210,14 +216,14 @@ func TestRedisCodesWaiterTakesOverFromAVanishedHolder(t *testing.T) {
 	srv := testkit.StartRedis(t)
 	rdb := newTestRedisClient(t, srv.Addr())
 	_, b := gatewayCodes(t, srv.Addr(), 1, time.Minute)
-	key := newCodeKey(fleetAppID, fleetCode)
+	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
 	k := b.keysFor(key)
 	ctx := context.Background()
 	// A gateway took the lock and died.
 	if err := rdb.Set(ctx, k.lock, "a-dead-gateway", time.Minute).Err(); err != nil {
 		t.Fatal(err)
 	}
-	wechat := released(fleetIdentity, nil)
+	wechat := released(proving(fleetIdentity))
 	claimsBefore := redisCalls(t, rdb, "evalsha")
 	waiter := redeemIn(b, key, wechat)
 	testkit.WaitFor(t, "gateway B waits on the lock", func() bool { return redisCalls(t, rdb, "evalsha") > claimsBefore })
@@ -226,7 +232,7 @@ func TestRedisCodesWaiterTakesOverFromAVanishedHolder(t *testing.T) {
 	}
 	rdb.Del(ctx, k.lock) // its expiry, without waiting for it
 	got := <-waiter
-	if got.refusal != nil || got.id != fleetIdentity || got.outcome != redeemedByCall || wechat.calls.Load() != 1 {
+	if !got.proved(fleetIdentity) || got.outcome != redeemedByCall || wechat.calls.Load() != 1 {
 		t.Fatalf("gateway B: %+v after %d calls", got, wechat.calls.Load())
 	}
 }
@@ -236,17 +242,17 @@ func TestRedisCodesCodeUsedLooksForAnotherGatewaysResult(t *testing.T) {
 	gwA, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
 	_, b := gatewayCodes(t, srv.Addr(), 1, time.Minute)
 	rdb := newTestRedisClient(t, srv.Addr())
-	key := newCodeKey(fleetAppID, fleetCode)
+	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
 	k := a.keysFor(key)
 	// B calls WeChat and hears 40163: gateway A (whose lock had run out)
 	// spent the code and stored the identity meanwhile.
-	usedAtWeChat := func() (Identity, *jsonRefusal) {
-		rdb.Set(context.Background(), k.result, a.sealIdentity(k, fleetIdentity, nil), time.Minute)
-		return Identity{}, newRefusal(http.StatusUnauthorized, errCodeUsed, "the login code was already used")
+	usedAtWeChat := func() codeResult {
+		rdb.Set(context.Background(), k.result, a.sealResult(k, proving(fleetIdentity)), time.Minute)
+		return failing(errcodeCodeUsed)
 	}
-	id, outcome, refusal := b.redeem(context.Background(), key, usedAtWeChat)
-	if refusal != nil || id != fleetIdentity || outcome != redeemedFromCache {
-		t.Fatalf("got %+v %v %v, want A's identity from the cache", id, outcome, refusal)
+	res, outcome, _ := b.redeem(context.Background(), key, usedAtWeChat)
+	if res != proving(fleetIdentity) || outcome != redeemedFromCache {
+		t.Fatalf("got %+v %v, want A's identity from the cache", res, outcome)
 	}
 	if gwA.redis.down.Load() {
 		t.Fatal("Redis failed")
@@ -255,28 +261,27 @@ func TestRedisCodesCodeUsedLooksForAnotherGatewaysResult(t *testing.T) {
 
 func TestRedisCodesCacheOffStillAnswersWaiters(t *testing.T) {
 	rdb, a, b := twoGateways(t, 0)
-	key := newCodeKey(fleetAppID, fleetCode)
-	wechat := newCountingLead(fleetIdentity, nil)
+	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
+	wechat := newCountingExchange(proving(fleetIdentity))
 	first := redeemIn(a, key, wechat)
 	waiter := joinInFlight(t, rdb, b, key, wechat, 1)[0]
 	close(wechat.release)
-	if got := <-first; got.refusal != nil || got.id != fleetIdentity {
+	if got := <-first; !got.proved(fleetIdentity) {
 		t.Fatalf("gateway A: %+v", got)
 	}
-	if got := <-waiter; got.refusal != nil || got.id != fleetIdentity || got.outcome != redeemedByJoining {
+	if got := <-waiter; !got.proved(fleetIdentity) || got.outcome != redeemedByJoining {
 		t.Fatalf("gateway B: %+v", got)
 	}
 	// With cache_ttl 0, a later login is a new exchange, and whoever waits
 	// for it gets its answer, not the earlier call's.
-	used := newRefusal(http.StatusUnauthorized, errCodeUsed, "the login code was already used")
-	again := newCountingLead(Identity{}, used)
+	again := newCountingExchange(failing(errcodeCodeUsed))
 	later := redeemIn(b, key, again)
 	laterWaiter := joinInFlight(t, rdb, a, key, again, 1)[0]
 	close(again.release)
 	if got := <-later; got.outcome != redeemedByCall || again.calls.Load() != 1 {
 		t.Errorf("a later login with the cache off: %+v after %d calls, want a new call", got, again.calls.Load())
 	}
-	if got := <-laterWaiter; got.refusal == nil || got.refusal.code != errCodeUsed {
+	if got := <-laterWaiter; got.res.failure == nil || got.res.failure.kind != kindCodeUsed {
 		t.Errorf("a waiter on the later call: %+v, want its code_used", got)
 	}
 }
@@ -288,12 +293,12 @@ func TestRedisCodesStoredIdentityIsCheckedAsWechatsIs(t *testing.T) {
 	rdb := newTestRedisClient(t, srv.Addr())
 	_, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
 	ctx := context.Background()
-	key := newCodeKey(fleetAppID, fleetCode)
+	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
 	k := a.keysFor(key)
-	rdb.Set(ctx, k.result, a.sealIdentity(k, Identity{OpenID: "oAlice\r\nX-Wx-Openid: oMallory"}, nil), time.Minute)
-	id, outcome, refusal := a.redeem(ctx, key, released(fleetIdentity, nil).lead)
-	if refusal != nil || id != fleetIdentity || outcome != redeemedByCall {
-		t.Fatalf("a stored identity WeChat could not have sent was used: %+v %v %v", id, outcome, refusal)
+	rdb.Set(ctx, k.result, a.sealResult(k, proving(Identity{OpenID: "oAlice\r\nX-Wx-Openid: oMallory"})), time.Minute)
+	res, outcome, _ := a.redeem(ctx, key, released(proving(fleetIdentity)).exchange)
+	if res != proving(fleetIdentity) || outcome != redeemedByCall {
+		t.Fatalf("a stored identity WeChat could not have sent was used: %+v %v", res, outcome)
 	}
 }
 
@@ -303,16 +308,16 @@ func TestRedisCodesResultIsBoundToItsCode(t *testing.T) {
 	rdb := newTestRedisClient(t, srv.Addr())
 	_, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
 	ctx := context.Background()
-	alice, mallory := newCodeKey(fleetAppID, "alice-code"), newCodeKey(fleetAppID, "mallory-code")
-	if _, _, refusal := a.redeem(ctx, mallory, released(Identity{OpenID: "oMallory"}, nil).lead); refusal != nil {
-		t.Fatal(refusal)
+	alice, mallory := newCodeKey(fleetAppID, credentials{code: "alice-code"}), newCodeKey(fleetAppID, credentials{code: "mallory-code"})
+	if res, _, _ := a.redeem(ctx, mallory, released(proving(Identity{OpenID: "oMallory"})).exchange); !res.proved() {
+		t.Fatal(res)
 	}
 	stored := rdb.Get(ctx, a.keysFor(mallory).result).Val()
 	rdb.Set(ctx, a.keysFor(alice).result, stored, time.Minute)
 	_, b := gatewayCodes(t, srv.Addr(), 1, time.Minute)
-	id, outcome, refusal := b.redeem(ctx, alice, released(Identity{OpenID: "oAlice"}, nil).lead)
-	if refusal != nil || id.OpenID != "oAlice" || outcome != redeemedByCall {
-		t.Fatalf("a moved result was believed: %+v %v %v", id, outcome, refusal)
+	res, outcome, _ := b.redeem(ctx, alice, released(proving(Identity{OpenID: "oAlice"})).exchange)
+	if res.id.OpenID != "oAlice" || outcome != redeemedByCall {
+		t.Fatalf("a moved result was believed: %+v %v", res, outcome)
 	}
 }
 
@@ -322,17 +327,17 @@ func TestRedisCodesServeWhileRedisIsDown(t *testing.T) {
 	fallbackBefore := gaugeValue(storeMetrics.fallback)
 	srv.Freeze()
 	defer srv.Resume()
-	wechat := released(fleetIdentity, nil)
-	key := newCodeKey(fleetAppID, fleetCode)
-	id, outcome, refusal := a.redeem(context.Background(), key, wechat.lead)
-	if refusal != nil || id != fleetIdentity || outcome != redeemedByCall {
-		t.Fatalf("with Redis frozen: %+v %v %v", id, outcome, refusal)
+	wechat := released(proving(fleetIdentity))
+	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
+	res, outcome, _ := a.redeem(context.Background(), key, wechat.exchange)
+	if res != proving(fleetIdentity) || outcome != redeemedByCall {
+		t.Fatalf("with Redis frozen: %+v %v", res, outcome)
 	}
 	if !gw.redis.down.Load() || gaugeValue(storeMetrics.fallback) != fallbackBefore+1 {
 		t.Error("the fallback is not shown")
 	}
 	// The gateway's own cache still serves the retry.
-	if _, outcome, _ := a.redeem(context.Background(), key, wechat.lead); outcome != redeemedFromCache || wechat.calls.Load() != 1 {
+	if _, outcome, _ := a.redeem(context.Background(), key, wechat.exchange); outcome != redeemedFromCache || wechat.calls.Load() != 1 {
 		t.Errorf("retry at the same gateway: %v after %d calls", outcome, wechat.calls.Load())
 	}
 }
@@ -346,17 +351,16 @@ func TestNothingReadableInRedis(t *testing.T) {
 	players := gw.budget("player", Budget{Events: 10, Window: caddy.Duration(time.Minute)}, leasedBudgetTable(100), time.Now)
 	ips := gw.budget("ip", Budget{Events: 10, Window: caddy.Duration(time.Minute)}, leasedBudgetTable(100), time.Now)
 	const ip = "203.0.113.77"
-	key := newCodeKey(fleetAppID, fleetCode)
-	refusedKey := newCodeKey(fleetAppID, fleetCode+"-refused")
+	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
+	refusedKey := newCodeKey(fleetAppID, credentials{code: fleetCode + "-refused"})
 
 	// A call in flight (its lock), one refused with waiters (a refusal),
 	// one answered (an identity), and budgets charged.
-	wechat := newCountingLead(fleetIdentity, nil)
+	wechat := newCountingExchange(proving(fleetIdentity))
 	inFlight := redeemIn(a, key, wechat)
 	<-wechat.started
-	refusal := newRefusal(http.StatusUnauthorized, errInvalidCode, "the login code is invalid")
-	if _, _, refusal := b.redeem(ctx, refusedKey, released(Identity{}, refusal).lead); refusal == nil {
-		t.Fatal("the refusal was lost")
+	if res, _, _ := b.redeem(ctx, refusedKey, released(failing(errcodeInvalidCode)).exchange); res.failure == nil {
+		t.Fatal("the failure was lost")
 	}
 	players.spend(ctx, fleetIdentity.OpenID)
 	ips.spend(ctx, ip)
@@ -371,7 +375,7 @@ func TestNothingReadableInRedis(t *testing.T) {
 	}
 
 	hex := fmt.Sprintf("%x", key[:])
-	forbidden := []string{fleetCode, fleetSessionKey, fleetSecret, fleetIdentity.OpenID, fleetIdentity.UnionID, ip, hex, "40029", "invalid"}
+	forbidden := []string{fleetCode, fleetSessionKey, fleetSecret, fleetIdentity.OpenID, fleetIdentity.UnionID, ip, hex, "40029", "invalid_code"}
 	kinds := map[string]int{}
 	for k, v := range seen {
 		for _, f := range forbidden {
@@ -398,29 +402,29 @@ func TestNothingReadableInRedis(t *testing.T) {
 // each costs: on a machine whose cores Redis shares with the gateways, that
 // time, not the latency, is what bounds the fleet's logins per second.
 func BenchmarkRedeemFreshCode(b *testing.B) {
-	lead := func() (Identity, *jsonRefusal) { return fleetIdentity, nil }
+	exchange := func() codeResult { return proving(fleetIdentity) }
 	b.Run("memory", func(b *testing.B) {
-		reportCPU(b, nil, func() { benchmarkRedeem(b, newLocalCodes(time.Minute), lead) })
+		reportCPU(b, nil, func() { benchmarkRedeem(b, newLocalCodes(time.Minute), exchange) })
 	})
 	b.Run("redis", func(b *testing.B) {
 		srv := testkit.StartRedis(b)
 		gw := newGateway(b, srv.Addr(), 0, func(c *RedisConfig) { c.Timeout = caddy.Duration(time.Second) })
 		codes := gw.codes(newLocalCodes(time.Minute), time.Minute, 10*time.Second)
-		reportCPU(b, srv, func() { benchmarkRedeem(b, codes, lead) })
+		reportCPU(b, srv, func() { benchmarkRedeem(b, codes, exchange) })
 		if gw.redis.down.Load() {
 			b.Fatal("Redis failed during the benchmark: the numbers are memory's")
 		}
 	})
 }
 
-func benchmarkRedeem(b *testing.B, codes codeStore, lead func() (Identity, *jsonRefusal)) {
+func benchmarkRedeem(b *testing.B, codes codeStore, exchange func() codeResult) {
 	ctx := context.Background()
 	var n atomic.Int64
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			key := newCodeKey(fleetAppID, fmt.Sprintf("bench-code-%d", n.Add(1)))
-			if _, _, refusal := codes.redeem(ctx, key, lead); refusal != nil {
-				b.Error(refusal)
+			key := newCodeKey(fleetAppID, credentials{code: fmt.Sprintf("bench-code-%d", n.Add(1))})
+			if res, _, _ := codes.redeem(ctx, key, exchange); !res.proved() {
+				b.Error(res)
 				return
 			}
 		}

@@ -142,7 +142,7 @@ func TestSessionRequiredOrOptional(t *testing.T) {
 			if tc.status != 0 {
 				var body errorBody
 				_ = json.Unmarshal(w.Body.Bytes(), &body)
-				if w.Code != tc.status || body.Error != errInvalidSession || up.count() != 0 {
+				if w.Code != tc.status || body.Error != refusalInvalidSession || up.count() != 0 {
 					t.Fatalf("got %d %s, forwarded %d; want %d invalid_session", w.Code, w.Body, up.count(), tc.status)
 				}
 				return
@@ -153,7 +153,7 @@ func TestSessionRequiredOrOptional(t *testing.T) {
 			got := up.headers[0]
 			want := http.Header{}
 			if tc.identity {
-				want = http.Header{"X-Wx-Openid": {aliceIdentity.OpenID}, "X-Wx-Unionid": {aliceIdentity.UnionID}, "X-Wx-Appid": {testAppID}}
+				want = http.Header{"X-Wx-Openid": {aliceIdentity.OpenID}, "X-Wx-Unionid": {aliceIdentity.UnionID}, "X-Wx-Appid": {testAppID}, "X-Wx-Source": {"wx_client"}}
 			}
 			for name := range got {
 				if isIdentityHeader(name) && !slices.Equal(got[name], want[name]) {
@@ -242,7 +242,7 @@ func BenchmarkSessionVerifiedRequest(b *testing.B) {
 	clock := newTestClock()
 	h := newClockedHandler(b, "http://127.0.0.1:1", clock, withSessions(nil))
 	token := issueToken(h.sessions, aliceIdentity)
-	if r := sessBenchmarkGameRequest(b, h, token); r.Header.Get(headerOpenID) != aliceIdentity.OpenID {
+	if r := sessBenchmarkGameRequest(b, h, token); r.Header.Get(wechatHeaders.openID) != aliceIdentity.OpenID {
 		b.Fatal("the session was not verified")
 	}
 }

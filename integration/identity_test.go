@@ -30,7 +30,7 @@ func assertNoClientFamily(t *testing.T, h http.Header) {
 	t.Helper()
 	for name, values := range h {
 		folded := foldHeaderName(name)
-		if strings.HasPrefix(folded, "x-wx-") && folded != "x-wx-openid" && folded != "x-wx-unionid" && folded != "x-wx-appid" {
+		if strings.HasPrefix(folded, "x-wx-") && folded != "x-wx-openid" && folded != "x-wx-unionid" && folded != "x-wx-appid" && folded != "x-wx-source" {
 			t.Errorf("the backend saw %s: %q", name, values)
 		}
 	}
