@@ -259,7 +259,7 @@ func TestBudgetWithinWechatQuota(t *testing.T) {
 		{10, time.Second, false},      // 600 per minute as a rate
 		{100, 59 * time.Second, false},
 	} {
-		err := Budget{Events: tc.events, Window: caddy.Duration(tc.window)}.withinWechatQuota()
+		err := Budget{Events: tc.events, Window: caddy.Duration(tc.window)}.withinQuota(wechatPlatform)
 		if (err == nil) != tc.ok {
 			t.Errorf("%d per %s: got %v, want ok=%v", tc.events, tc.window, err, tc.ok)
 		}

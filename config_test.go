@@ -224,7 +224,7 @@ func TestValidateUsesTheSecretsResolvedOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if h.resolved.app != "app-secret" || string(h.resolved.session[0]) != longSessionSecret {
+	if h.resolved.apps[0] != "app-secret" || string(h.resolved.session[0]) != longSessionSecret {
 		t.Error("the secrets were not resolved at provision")
 	}
 }
@@ -269,8 +269,7 @@ func TestWarnIfCleartext(t *testing.T) {
 		"http://127.0.0.1:8931":             0,
 	} {
 		core, logs := observer.New(zapcore.DebugLevel)
-		h := &Handler{AppID: "wx1234567890abcdef", Endpoint: endpoint}
-		h.warnIfCleartext(zap.New(core))
+		warnIfCleartext(zap.New(core), "wx1234567890abcdef", endpoint)
 		if got := logs.FilterLevelExact(zapcore.WarnLevel).Len(); got != wantWarnings || logs.Len() != wantWarnings {
 			t.Errorf("%s: %d warnings of %d lines, want %d", endpoint, got, logs.Len(), wantWarnings)
 		}
@@ -333,11 +332,11 @@ func FuzzHandlerConfig(f *testing.F) {
 		if err := h.Validate(); err != nil {
 			t.Fatalf("provisioned, then refused: %v", err)
 		}
-		if d := h.client.worstCase(); d <= 0 {
+		if d := h.apps[0].client.worstCase(); d <= 0 {
 			t.Fatalf("an exchange's deadline is %s from its start", d)
 		}
-		for attempt := 1; attempt < h.client.retry.attempts; attempt++ {
-			h.client.retry.backoff(attempt)
+		for attempt := 1; attempt < h.apps[0].client.retry.attempts; attempt++ {
+			h.apps[0].client.retry.backoff(attempt)
 		}
 	})
 }

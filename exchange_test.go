@@ -233,8 +233,8 @@ func FuzzReadWechatAnswer(f *testing.F) {
 		}
 		if err == nil {
 			// Every identity accepted earns a session that verifies as itself.
-			token, _ := tokens.issue(id)
-			if got, verr := tokens.verify(token); verr != nil || got != publicIdentity(id) {
+			token, _ := tokens.issue(tokens.apps[0], id)
+			if got, verr := verified(tokens, token); verr != nil || got != publicIdentity(id) {
 				t.Fatalf("accepted %q, whose session verifies as %+v, %v", body, got, verr)
 			}
 		}

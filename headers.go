@@ -47,12 +47,24 @@ var (
 		source: "X-Qq-Source", sourceValue: "qq_client",
 		code: "X-Qq-Code", session: "X-Qq-Session",
 	}
+	taptapHeaders = &headerFamily{
+		prefix: "x-tap-",
+		openID: "X-Tap-Openid", unionID: "X-Tap-Unionid", appID: "X-Tap-Appid", sessionKey: "X-Tap-Session-Key",
+		source: "X-Tap-Source", sourceValue: "tap_client",
+		code: "X-Tap-Code", session: "X-Tap-Session",
+	}
+	bilibiliHeaders = &headerFamily{
+		prefix: "x-bili-",
+		openID: "X-Bili-Openid", unionID: "X-Bili-Unionid", appID: "X-Bili-Appid", sessionKey: "X-Bili-Session-Key",
+		source: "X-Bili-Source", sourceValue: "bili_client",
+		code: "X-Bili-Code", session: "X-Bili-Session",
+	}
 )
 
 // headerFamilies are every family the gateway knows: all of them are
 // stripped from every client request, whatever platforms are configured,
 // since a backend may trust any of them.
-var headerFamilies = [...]*headerFamily{wechatHeaders, douyinHeaders, qqHeaders}
+var headerFamilies = [...]*headerFamily{wechatHeaders, douyinHeaders, qqHeaders, taptapHeaders, bilibiliHeaders}
 
 // presentedHeaders are the values of the family headers the gateway reads
 // from a client (each the first value of its canonical spelling, in the

@@ -21,6 +21,7 @@ func TestStripClientIdentity(t *testing.T) {
 		"X-Tt-Openid", "x_tt_openid", "X.TT.ANONYMOUS.OPENID", "X-Tt-Unionid", "X-TT-APPID", "x-tt-source", "X-Tt-Env", "X-Tt-Logid",
 		"X-Tt-Session", "X-Tt-Code", "X-Tt-Anonymous-Code", "X_TT_SESSION_KEY",
 		"X-Qq-Openid", "x_qq_openid", "X.QQ.APPID", "X-Qq-Unionid", "X-Qq-Source", "X-Qq-Session", "X-Qq-Code", "X-QQ-SESSION-KEY",
+		"X-Tap-Openid", "x_tap_appid", "X.TAP.SOURCE", "X-Bili-Openid", "x_bili_unionid", "X.BILI.SESSION",
 	}
 	for _, name := range family {
 		r.Header[name] = []string{"spoofed", "twice"} // raw map access keeps the spelling, as HTTP/2 and server options can
@@ -28,7 +29,7 @@ func TestStripClientIdentity(t *testing.T) {
 	r.Header["X-Wx-Code"] = []string{"the-code", "second"}
 	r.Header["X-Wx-Session"] = []string{"the-token"}
 	kept := []string{"Authorization", "Xx-Wx-Appid", "X-Wx", "X-Wxopenid", "Wx-Openid", "X-Forwarded-For",
-		"X-Tt", "X-Ttopenid", "Tt-Openid", "X-Qqopenid", "X-Q-Openid", "X-Ttt-Openid"}
+		"X-Tt", "X-Ttopenid", "Tt-Openid", "X-Qqopenid", "X-Q-Openid", "X-Ttt-Openid", "X-Tapopenid", "X-Bilibili-Openid", "X-Ta-Openid"}
 	for _, name := range kept {
 		r.Header[name] = []string{"kept"}
 	}
@@ -90,6 +91,7 @@ func TestIsIdentityHeader(t *testing.T) {
 		"X-Wy-Openid": false, "X-Wx:Openid": false, " X-Wx-Openid": false,
 		"X-Tt-Openid": true, "x_tt_anonymous_openid": true, "X.TT.": true, "X-Tt": false, "X-Ttopenid": false,
 		"X-Qq-Openid": true, "x.qq.appid": true, "X-Qq": false, "X-Q-Openid": false, "X-Tx-Openid": false,
+		"X-Tap-Openid": true, "x_bili_source": true, "X-Bilibili-Openid": false, "X-Tapx": false,
 	} {
 		if got := isIdentityHeader(name); got != want {
 			t.Errorf("isIdentityHeader(%q) = %v, want %v", name, got, want)
@@ -114,7 +116,7 @@ func TestStripClientIdentityAllocatesNothing(t *testing.T) {
 // FuzzStripClientIdentity: whatever names and Connection tokens a client
 // sends, nothing of any identity family is left, everything else is, and
 // the codes and session the gateway reads are the ones sent, in the family
-// given (0 WeChat, 1 Douyin, 2 QQ).
+// given (0 WeChat, 1 Douyin, 2 QQ, 3 TapTap, 4 Bilibili).
 func FuzzStripClientIdentity(f *testing.F) {
 	f.Add("X_WX_OPENID", "v", "keep-alive, X-Wx-Openid", "code", "token", uint8(0))
 	f.Add("x.wx.from-openid", "", "X-Wx-Appid,,Upgrade", "", "", uint8(0))
@@ -122,6 +124,8 @@ func FuzzStripClientIdentity(f *testing.F) {
 	f.Add("X-Wx-Session", "v", "", "", "", uint8(2))
 	f.Add("x_tt_openid", "v", "X-TT-APPID, close", "c", "t", uint8(1))
 	f.Add("X.QQ.UNIONID", "v", "x_qq_openid", "c", "t", uint8(2))
+	f.Add("x_tap_openid", "v", "X-Bili-Appid", "c", "t", uint8(3))
+	f.Add("X.BILI.OPENID", "v", "X_TAP_SOURCE", "c", "t", uint8(4))
 	f.Fuzz(func(t *testing.T, name, value, connection, code, session string, family uint8) {
 		f := headerFamilies[int(family)%len(headerFamilies)]
 		r := httptest.NewRequest(http.MethodGet, "/", nil)
@@ -151,7 +155,10 @@ func FuzzStripClientIdentity(f *testing.F) {
 			t.Fatalf("read %+v from %v, want %+v", read, before, wantRead)
 		}
 		folded := strings.NewReplacer("_", "-", ".", "-").Replace(strings.ToLower(name))
-		inFamily := strings.HasPrefix(folded, "x-wx-") || strings.HasPrefix(folded, "x-tt-") || strings.HasPrefix(folded, "x-qq-")
+		inFamily := false
+		for _, prefix := range []string{"x-wx-", "x-tt-", "x-qq-", "x-tap-", "x-bili-"} {
+			inFamily = inFamily || strings.HasPrefix(folded, prefix)
+		}
 		if inFamily != isIdentityHeader(name) {
 			t.Fatalf("%q: of a family %v, taken for one %v", name, inFamily, isIdentityHeader(name))
 		}

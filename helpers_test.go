@@ -294,12 +294,18 @@ func newTestSessionTokens(clock *testkit.Clock, appID string, secrets ...string)
 	for i, s := range secrets {
 		keys[i] = []byte(s)
 	}
-	return newSessionTokens(appID, keys, sessionTTL, clock.Now)
+	return newSessionTokens([]*loginApp{{platform: wechatPlatform, appID: appID}}, keys, sessionTTL, clock.Now)
+}
+
+// verified is the identity token proves now, or why it proves none.
+func verified(tokens *sessionTokens, token string) (Identity, error) {
+	id, _, err := tokens.verifyWithin(token, 0)
+	return id, err
 }
 
 // issueToken is the token tokens issue for id.
 func issueToken(tokens *sessionTokens, id Identity) string {
-	token, _ := tokens.issue(id)
+	token, _ := tokens.issue(tokens.apps[0], id)
 	return token
 }
 

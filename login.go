@@ -34,57 +34,66 @@ type Identity struct {
 // proves reports whether id names a player, logged in or anonymous.
 func (id Identity) proves() bool { return id.OpenID != "" || id.AnonymousOpenID != "" }
 
+// player is whose budget id's logins spend: the openid, or an anonymous
+// player's anonymous_openid (marked, so that it never names another
+// player's budget).
+func (id Identity) player() string {
+	if id.OpenID != "" {
+		return id.OpenID
+	}
+	return "anonymous:" + id.AnonymousOpenID
+}
+
 // decideLogin is authenticateLogin and, with sessions, the token the login
 // earns: everything a login can be refused for is decided here.
-func (h *Handler) decideLogin(r *http.Request, codeHeader, session string) (id Identity, token string, expires time.Time, refusal *jsonRefusal) {
-	if id, refusal = h.authenticateLogin(r, codeHeader, session); refusal != nil || h.sessions == nil {
+func (h *Handler) decideLogin(r *http.Request, app *loginApp, presented presentedHeaders) (id Identity, token string, expires time.Time, refusal *jsonRefusal) {
+	if id, refusal = h.authenticateLogin(r, app, presented); refusal != nil || h.sessions == nil {
 		return id, "", time.Time{}, refusal
 	}
-	token, expires = h.sessions.issue(id)
-	h.metrics.sessionIssued()
+	token, expires = h.sessions.issue(app, id)
+	app.metrics.sessionIssued()
 	return id, token, expires, nil
 }
 
-// authenticateLogin decides a login: the identity its code proves, or the
-// refusal to answer with. It charges the budgets on the way and writes
-// nothing; serveLogin acts on the decision. codeHeader and session are the
-// X-WX-CODE and X-WX-SESSION values the client sent.
-func (h *Handler) authenticateLogin(r *http.Request, codeHeader, session string) (Identity, *jsonRefusal) {
+// authenticateLogin decides a login at app: the identity its code proves,
+// or the refusal to answer with. It charges the budgets on the way and
+// writes nothing; serveLogin acts on the decision. presented holds the
+// codes and session the client sent in headers.
+func (h *Handler) authenticateLogin(r *http.Request, app *loginApp, presented presentedHeaders) (Identity, *jsonRefusal) {
 	ctx := r.Context()
 	if wait, ok := h.ips.spend(ctx, ipBudgetKey(clientIP(r))); !ok {
-		h.metrics.budgetRejected("ip")
+		app.metrics.budgetRejected("ip")
 		return Identity{}, rateLimited("too many logins from this address", wait)
 	}
-	code, refusal := loginCode(r, h.CodeField, codeHeader)
+	creds, refusal := loginCredentials(r, h.CodeField, app.platform, presented)
 	if refusal != nil {
 		return Identity{}, refusal
 	}
-	creds := credentials{code: code}
 	var sessionPlayer string
 	if h.sessions != nil {
-		sessionPlayer, _ = h.sessions.presentedPlayer(r, session, expiredSessionGrace)
+		sessionPlayer = h.sessions.presentedPlayer(r, app, presented.session, expiredSessionGrace)
 	}
-	res, outcome, err := h.codes.redeem(ctx, newCodeKey(h.AppID, creds), func() codeResult {
-		return h.exchangeOnce(ctx, creds, sessionPlayer)
+	res, outcome, err := app.codes.redeem(ctx, newCodeKey(app.appID, creds), func() codeResult {
+		return h.exchangeOnce(ctx, app, creds, sessionPlayer)
 	})
 	if err != nil {
 		return Identity{}, clientGone() // nobody is waiting for the answer
 	}
 	switch outcome {
 	case redeemedFromCache:
-		h.metrics.cacheHit()
+		app.metrics.cacheHit()
 		// Reusing a result costs no call, so it is checked, not charged; a
 		// client replaying one code in a loop is still stopped.
-		if wait, ok := h.players.check(ctx, res.id.OpenID); !ok {
-			h.metrics.budgetRejected("player")
+		if wait, ok := app.players.check(ctx, res.id.player()); !ok {
+			app.metrics.budgetRejected("player")
 			return Identity{}, playerRateLimited(wait)
 		}
 	case redeemedByJoining:
-		h.metrics.coalesced()
+		app.metrics.coalesced()
 	}
 	switch {
 	case res.failure != nil:
-		return Identity{}, failureRefusal(h.client.platform, res.failure, h.client.retry, h.now())
+		return Identity{}, failureRefusal(app.platform, res.failure, app.client.retry, h.now())
 	case res.budgetWait > 0:
 		return Identity{}, playerRateLimited(res.budgetWait)
 	}
@@ -111,24 +120,24 @@ func clientGone() *jsonRefusal {
 //
 // It runs on its own deadline, bounded by the retry policy, so that the first
 // client hanging up does not fail the others.
-func (h *Handler) exchangeOnce(reqCtx context.Context, creds credentials, sessionPlayer string) codeResult {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(reqCtx), h.client.worstCase())
+func (h *Handler) exchangeOnce(reqCtx context.Context, app *loginApp, creds credentials, sessionPlayer string) codeResult {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(reqCtx), app.client.worstCase())
 	defer cancel()
 	var undoSessionCharge func()
 	if sessionPlayer != "" {
-		undo, wait, ok := h.players.reserve(ctx, sessionPlayer)
+		undo, wait, ok := app.players.reserve(ctx, sessionPlayer)
 		if !ok {
-			h.metrics.budgetRejected("player")
+			app.metrics.budgetRejected("player")
 			return codeResult{budgetWait: wait}
 		}
 		undoSessionCharge = undo
 	}
 
 	start := time.Now()
-	id, attempts, err := h.client.redeem(ctx, creds)
+	id, attempts, err := app.client.redeem(ctx, creds)
 	elapsed := time.Since(start)
-	h.metrics.exchanged(attempts, elapsed)
-	h.logExchange(attempts, elapsed, err)
+	app.metrics.exchanged(attempts, elapsed)
+	h.logExchange(app, attempts, elapsed, err)
 	if err != nil {
 		// The charge is kept when the platform did not judge the code: a
 		// timeout or a 5xx (which may have spent it), busy (the code may
@@ -139,9 +148,9 @@ func (h *Handler) exchangeOnce(reqCtx context.Context, creds credentials, sessio
 		}
 		return codeResult{failure: err}
 	}
-	if id.OpenID != sessionPlayer {
-		if wait, ok := h.players.spend(ctx, id.OpenID); !ok {
-			h.metrics.budgetRejected("player")
+	if id.player() != sessionPlayer {
+		if wait, ok := app.players.spend(ctx, id.player()); !ok {
+			app.metrics.budgetRejected("player")
 			return codeResult{id: id, budgetWait: wait}
 		}
 	}
@@ -162,21 +171,21 @@ func playerRateLimited(wait time.Duration) *jsonRefusal {
 // logExchange writes one line per exchange: at debug level normally, at
 // error level when the platform says our configuration is wrong. It logs
 // the platform's rid, never its errmsg or anything of the request.
-func (h *Handler) logExchange(attempts int, elapsed time.Duration, err *platformError) {
+func (h *Handler) logExchange(app *loginApp, attempts int, elapsed time.Duration, err *platformError) {
 	level, msg, result := zapcore.DebugLevel, "wechat exchange", loginOK
 	if err != nil {
 		result = failureRefusals[err.kind].code
 	}
 	if err != nil && err.kind == kindMisconfigured {
-		level, msg = zapcore.ErrorLevel, h.client.platform.name+" refused the configured app_id or app_secret"
+		level, msg = zapcore.ErrorLevel, app.platform.name+" refused the configured app_id or app_secret"
 	}
 	ce := h.logger.Check(level, msg)
 	if ce == nil {
 		return
 	}
 	fields := []zap.Field{
-		zap.String("platform", h.client.platform.name),
-		zap.String("app_id", h.AppID),
+		zap.String("platform", app.platform.name),
+		zap.String("app_id", app.appID),
 		zap.String("result", result),
 		zap.Int("attempts", attempts),
 		zap.Duration("duration", elapsed),

@@ -82,7 +82,7 @@ func TestLoopingPlayerStaysWithinEveryWindow(t *testing.T) {
 		h.IPBudget = &Budget{Off: true} // one player's loop, not its address, is under test
 	})
 	first := testLogin{code: "alice.0"}.serve(context.Background(), h)
-	token := first.w.Header().Get(headerSession)
+	token := first.w.Header().Get(wechatHeaders.session)
 	if !first.forwarded() || token == "" {
 		t.Fatalf("first login: %d %s, session %q", first.w.Code, first.w.Body, token)
 	}
@@ -166,7 +166,7 @@ func TestSessionChargeGivenBackWhenWechatRefusesTheCode(t *testing.T) {
 	clock := newTestClock()
 	h := newClockedHandler(t, endpoint, clock, withSessions(nil), withBudget(2, time.Minute))
 	first := testLogin{code: "alice.1"}.serve(context.Background(), h)
-	token := first.w.Header().Get(headerSession)
+	token := first.w.Header().Get(wechatHeaders.session)
 	if !first.forwarded() || token == "" {
 		t.Fatalf("alice's first login: %d %s", first.w.Code, first.w.Body)
 	}

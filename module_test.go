@@ -329,7 +329,7 @@ func BenchmarkLoginCacheHitWithSession(b *testing.B) {
 		r, _ := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.bench", nil)
 		_ = h.ServeHTTP(w, r, next)
 	}
-	if sim.Calls() != 1 || w.Header().Get(headerSession) == "" {
+	if sim.Calls() != 1 || w.Header().Get(wechatHeaders.session) == "" {
 		b.Fatalf("cache missed (%d calls) or no token issued", sim.Calls())
 	}
 }

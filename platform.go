@@ -3,7 +3,9 @@ package wechatlogin
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/url"
+	"slices"
 	"strings"
 )
 
@@ -24,8 +26,9 @@ type platform struct {
 	// an anonymous player's code, "" where the platform has none.
 	codeParam, anonymousCodeParam string
 	// quota is how many exchanges per player per minute the platform allows
-	// (a player budget above it is refused at load); 0 when it documents none.
-	quota int
+	// (a player budget above it is refused at load), and quotaErrcode what
+	// it answers past it; 0 when it documents none.
+	quota, quotaErrcode int
 	// answer reads what the exchange answered.
 	answer answerReader
 	// headers are the identity headers the upstream gets.
@@ -48,7 +51,8 @@ func registerPlatform(p *platform) *platform {
 
 // platformNames lists the platforms' names, for messages.
 func platformNames() string {
-	return "wechat, qq, douyin, taptap or bilibili"
+	names := slices.Sorted(maps.Keys(platforms))
+	return "one of " + strings.Join(names, ", ")
 }
 
 // exchangeURL is the exchange's URL for one app, every parameter but the

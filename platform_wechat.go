@@ -24,15 +24,16 @@ var wechatErrcodes = errcodeTable{
 // wechatPlatform: code2Session (jscode2session), 100 calls per player per
 // minute (45011 past it).
 var wechatPlatform = registerPlatform(&platform{
-	name:        "wechat",
-	title:       "WeChat",
-	clientLogin: "wx.login",
-	endpoint:    "https://api.weixin.qq.com",
-	path:        "/sns/jscode2session",
-	loginPath:   "/wx/login",
-	query:       url.Values{"grant_type": {"authorization_code"}},
-	codeParam:   "js_code",
-	quota:       100,
-	answer:      wechatShaped{errcodes: wechatErrcodes},
-	headers:     wechatHeaders,
+	name:         "wechat",
+	title:        "WeChat",
+	clientLogin:  "wx.login",
+	endpoint:     "https://api.weixin.qq.com",
+	path:         "/sns/jscode2session",
+	loginPath:    "/wx/login",
+	query:        url.Values{"grant_type": {"authorization_code"}},
+	codeParam:    "js_code",
+	quota:        100,
+	quotaErrcode: errcodeRateLimited,
+	answer:       wechatShaped{errcodes: wechatErrcodes},
+	headers:      wechatHeaders,
 })
