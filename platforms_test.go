@@ -13,6 +13,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
 )
 
 // badApps are app configurations refused at load, as a Caddyfile block
@@ -430,4 +432,50 @@ func FuzzReadDouyinAnswer(f *testing.F) {
 			t.Fatalf("accepted %q, whose session verifies as %+v %v", body, got, verr)
 		}
 	})
+}
+
+// What the fleet stores is platform-neutral: a failure is its kind and the
+// platform's errcode, under a tag an older gateway does not open (its 'e'
+// refusals held HTTP status and message), an identity over budget is not
+// an older gateway's plain identity ('i'), and a refusal an older gateway
+// stored is not believed: the code is asked about anew.
+func TestStoredResultsArePlatformNeutral(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	_, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
+	k := a.keysFor(newCodeKey(fleetAppID, credentials{code: fleetCode}))
+	var plain map[string]any
+	open := func(stored []byte) {
+		t.Helper()
+		plain = nil
+		if err := a.fleet.open(k.result, string(stored), &plain); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	failure := a.sealResult(k, failing(errcodeInvalidCode))
+	open(failure)
+	if failure[0] != 'f' || len(plain) != 2 || plain["failure"] != "invalid_code" || plain["errcode"] != float64(40029) {
+		t.Errorf("a stored failure: %c %v, want 'f' with its kind and errcode alone", failure[0], plain)
+	}
+	overBudget := a.sealResult(k, codeResult{id: fleetIdentity, budgetWait: 1500 * time.Millisecond})
+	open(overBudget)
+	if overBudget[0] != 'o' || plain["budget_wait_ms"] != float64(1500) || plain["openid"] != fleetIdentity.OpenID {
+		t.Errorf("a stored identity over budget: %c %v", overBudget[0], plain)
+	}
+	identity := a.sealResult(k, proving(fleetIdentity))
+	open(identity)
+	if identity[0] != 'i' || len(plain) != 3 {
+		t.Errorf("a stored identity: %c %v, want 'i' with openid, unionid and session_key as before", identity[0], plain)
+	}
+
+	// What a gateway before platforms stored for the waiters of a call
+	// WeChat refused.
+	legacy := a.fleet.seal('e', k.result, map[string]any{"status": 401, "code": "invalid_code", "message": "the login code is invalid or expired; call wx.login again", "errcode": 40029})
+	if _, err := a.openResult(k, string(legacy)); err == nil {
+		t.Error("an older gateway's refusal was opened")
+	}
+	exchange := released(proving(fleetIdentity))
+	if res, outcome := a.answer(k, string(legacy), redeemedByJoining, exchange.exchange); res != proving(fleetIdentity) || outcome != redeemedByCall || exchange.calls.Load() != 1 {
+		t.Errorf("a waiter on an older gateway's refusal: %+v %v after %d calls, want the platform asked", res, outcome, exchange.calls.Load())
+	}
 }
