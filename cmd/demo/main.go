@@ -49,6 +49,9 @@ var caddyfile []byte
 // bound to an Open Platform account so that logins show a unionid too.
 var demoApp = wechatsim.App{AppID: "wx1234567890abcdef", Secret: "demo-secret-0123456789abcdef", UnionBound: true}
 
+// demoDouyinApp is the same game on Douyin, as in the Caddyfile.
+var demoDouyinApp = wechatsim.App{Platform: wechatsim.Douyin, AppID: "tt1234567890abcdef", Secret: demoApp.Secret, UnionBound: true}
+
 func main() {
 	if len(os.Args) == 2 && os.Args[1] == fleetGatewayCommand {
 		runFleetGateway()
@@ -74,7 +77,7 @@ func main() {
 		}
 	}
 
-	sim := wechatsim.New(wechatsim.Options{Apps: []wechatsim.App{demoApp}})
+	sim := wechatsim.New(wechatsim.Options{Apps: []wechatsim.App{demoApp, demoDouyinApp}})
 	// -check prints the calls of each step itself.
 	wechatHandler := http.Handler(sim)
 	if !*check {

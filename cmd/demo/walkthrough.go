@@ -126,6 +126,16 @@ func newWalkthrough(baseURL string, sim *wechatsim.Server, backend *backendLog) 
 			expect: refused(http.StatusUnauthorized, "invalid_session"),
 		},
 		{
+			title:  "The same game on Douyin: alice logs in with tt.login's code at /tt/login. The same backend gets her Douyin identity in Douyin Cloud's headers (X-TT-OPENID, X-TT-UNIONID, X-TT-APPID: its platform is douyin), and the response carries her Douyin session in X-TT-SESSION.",
+			path:   "/tt/login?code=alice.1",
+			expect: all(sawPlatformIdentity("douyin", wechatsim.Douyin.OpenID(demoDouyinApp.AppID, "alice"), ""), forwardedRequests(1), hasHeader("X-TT-SESSION")),
+		},
+		{
+			title:  "A Douyin player who is not logged in to Douyin sends tt.login's anonymous_code: the backend gets X-TT-ANONYMOUS-OPENID, and no openid.",
+			path:   "/tt/login?anonymous_code=phone.1",
+			expect: all(sawPlatformIdentity("douyin", "", wechatsim.AnonymousOpenID(demoDouyinApp.AppID, "phone")), forwardedRequests(1), hasHeader("X-TT-SESSION")),
+		},
+		{
 			title:  "A login without a code: 400 invalid_request.",
 			path:   "/wx/login",
 			expect: refused(http.StatusBadRequest, "invalid_request"),
@@ -373,6 +383,24 @@ func sawIdentity(openid string) func(*answer) error {
 			return fmt.Errorf("the backend saw X-WX-OPENID %q, want %q", got.OpenID, openid)
 		case got.AppID != demoApp.AppID:
 			return fmt.Errorf("the backend saw X-WX-APPID %q, want %q", got.AppID, demoApp.AppID)
+		}
+		return nil
+	}
+}
+
+// sawPlatformIdentity expects the backend's answer to show an identity of
+// the demo game's app on platform: openid and anonymousOpenID ("" for
+// none), in that platform's headers.
+func sawPlatformIdentity(platform, openid, anonymousOpenID string) func(*answer) error {
+	return func(a *answer) error {
+		got, err := a.backend()
+		switch {
+		case err != nil:
+			return err
+		case got.Platform != platform || got.AppID != demoDouyinApp.AppID:
+			return fmt.Errorf("the backend saw an identity of %s app %q, want %s app %q", got.Platform, got.AppID, platform, demoDouyinApp.AppID)
+		case got.OpenID != openid || got.AnonymousOpenID != anonymousOpenID:
+			return fmt.Errorf("the backend saw openid %q and anonymous_openid %q, want %q and %q", got.OpenID, got.AnonymousOpenID, openid, anonymousOpenID)
 		}
 		return nil
 	}
