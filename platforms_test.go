@@ -305,8 +305,10 @@ func TestDouyinAnonymousLogin(t *testing.T) {
 	wantHeaders(t, "login with both codes", both.upstream, map[string]string{"X-Tt-Openid": "ttOpenBob", "X-Tt-Anonymous-Openid": "ttAnonPhone2"})
 
 	// WeChat has no anonymous codes: one alone is no login code.
-	if res := serveAt(h, "/wx/login?anonymous_code=phone.3", nil); res.forwarded() || res.w.Code != http.StatusBadRequest {
-		t.Errorf("a WeChat login with an anonymous code only: %d %s", res.w.Code, res.w.Body)
+	for _, header := range []http.Header{nil, {"X-Tt-Anonymous-Code": {"phone.3"}}} {
+		if res := serveAt(h, "/wx/login?anonymous_code=phone.3", header); res.forwarded() || res.w.Code != http.StatusBadRequest {
+			t.Errorf("a WeChat login with an anonymous code only: %d %s", res.w.Code, res.w.Body)
+		}
 	}
 }
 
