@@ -98,6 +98,19 @@ test('a token the gateway refuses (401 invalid_session) gets one new login and o
   ]);
 });
 
+test('20 concurrent requests whose token the gateway refuses make one new login, and each retries once', async () => {
+  const now = Math.floor(Date.now() / 1000);
+  const rotated = signToken({ sub: 'o-rotated', appid: app.appid, iat: now, exp: now + 3600 }, 'a-key-rotated-out-long-ago-0123456789abcdef');
+  const storage = new Map([[storageKey(gw.demoURL), { token: rotated, expiresAt: (now + 3600) * 1000 }]]);
+  const rt = fakeRuntime({ player: 'rotated-many', storage });
+  const client = createClient({ baseURL: gw.demoURL, runtime: rt });
+  const answers = await Promise.all(Array.from({ length: 20 }, () => client.request({ url: '/game/state' })));
+  assert.ok(answers.every((a) => a.statusCode === 200 && a.data.openid === answers[0].data.openid));
+  assert.equal(rt.logins, 1, 'wx.login calls');
+  assert.equal(loginRequests(rt).length, 1, 'login requests');
+  assert.equal(rt.requests.length, 41, '20 refused, one login, 20 retried');
+});
+
 test('a blocked player gets user_blocked, with no second login', async () => {
   const rt = fakeRuntime({ player: 'blocked' });
   const err = await createClient({ baseURL: gw.demoURL, runtime: rt }).request({ url: '/game/state' }).then(

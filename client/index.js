@@ -31,9 +31,9 @@ class GatewayError extends Error {
 function resolveRuntime(runtime) {
   if (runtime && typeof runtime === 'object') return runtime;
   var globals = {
-    wx: typeof wx !== 'undefined' ? wx : undefined, // eslint-disable-line no-undef
-    tt: typeof tt !== 'undefined' ? tt : undefined, // eslint-disable-line no-undef
-    qq: typeof qq !== 'undefined' ? qq : undefined // eslint-disable-line no-undef
+    wx: typeof wx !== 'undefined' ? wx : undefined,
+    tt: typeof tt !== 'undefined' ? tt : undefined,
+    qq: typeof qq !== 'undefined' ? qq : undefined
   };
   var name = runtime || 'wx';
   if (!Object.prototype.hasOwnProperty.call(globals, name)) {
