@@ -102,7 +102,17 @@ test('20 concurrent requests whose token the gateway refuses make one new login,
   const now = Math.floor(Date.now() / 1000);
   const rotated = signToken({ sub: 'o-rotated', appid: app.appid, iat: now, exp: now + 3600 }, 'a-key-rotated-out-long-ago-0123456789abcdef');
   const storage = new Map([[storageKey(gw.demoURL), { token: rotated, expiresAt: (now + 3600) * 1000 }]]);
-  const rt = fakeRuntime({ player: 'rotated-many', storage });
+  // Half of the refusals arrive only once the new login is done: they must
+  // not drop its token and log in again.
+  let loginDelivered;
+  const afterLogin = new Promise((resolve) => { loginDelivered = resolve; });
+  let refusals = 0;
+  const hold = (seen) => {
+    if (new URL(seen.url).pathname === '/wx/login') setTimeout(loginDelivered, 0);
+    else if (seen.status === 401 && ++refusals > 10) return afterLogin;
+    return undefined;
+  };
+  const rt = fakeRuntime({ player: 'rotated-many', storage, hold });
   const client = createClient({ baseURL: gw.demoURL, runtime: rt });
   const answers = await Promise.all(Array.from({ length: 20 }, () => client.request({ url: '/game/state' })));
   assert.ok(answers.every((a) => a.statusCode === 200 && a.data.openid === answers[0].data.openid));

@@ -2,8 +2,10 @@
 // fakeRuntime is a mini-game runtime (wx, tt or qq) for Node: login answers
 // simulator codes for one player (<player>.1, <player>.2, …), request is real
 // HTTP, storage is a Map that a test may share between clients. It records
-// every login and request, and what each request was answered.
-function fakeRuntime({ player, storage = new Map(), anonymousCode } = {}) {
+// every login and request, and what each request was answered. hold(seen),
+// when given, may return a promise that delays an answer's delivery, as a
+// slow network would.
+function fakeRuntime({ player, storage = new Map(), anonymousCode, hold = () => undefined } = {}) {
   const rt = {
     storage,
     logins: 0,
@@ -24,6 +26,7 @@ function fakeRuntime({ player, storage = new Map(), anonymousCode } = {}) {
         try { parsed = JSON.parse(text); } catch (e) { /* wx.request leaves a non-JSON body a string */ }
         seen.status = res.status;
         seen.responseHeader = Object.fromEntries(res.headers);
+        await hold(seen);
         success({ statusCode: res.status, header: seen.responseHeader, data: parsed, errMsg: 'request:ok' });
       }, (err) => fail({ errMsg: 'request:fail ' + err.message }));
     },
