@@ -101,7 +101,14 @@ async function startAll() {
     }, caddyEnv))
   ];
   const urls = ['http://' + addr(wechat), 'http://' + addr(backend), 'http://' + addr(demo), 'http://' + addr(respond)];
+  // A test process that ends without its after hook leaves nothing running.
+  const killAll = () => {
+    for (const child of children) if (child.exitCode === null) child.kill('SIGKILL');
+    fs.rmSync(home, { recursive: true, force: true });
+  };
+  process.once('exit', killAll);
   const stop = async () => {
+    process.removeListener('exit', killAll);
     for (const child of children) if (child.exitCode === null) child.kill('SIGTERM');
     await Promise.all(children.map((c) => c.exited));
     fs.rmSync(home, { recursive: true, force: true });
