@@ -1,6 +1,6 @@
 'use strict';
 // The client module against the real gateway and simulator (see
-// test-support/gateway.js): `node --test client/`.
+// test-support/gateway.js): `node --test client/*.test.js`.
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
