@@ -96,6 +96,7 @@ test('a token the gateway refuses (401 invalid_session) gets one new login and o
   assert.deepEqual(rt.requests.map((r) => [new URL(r.url).pathname, r.status]), [
     ['/game/state', 401], ['/wx/login', 200], ['/game/state', 200]
   ]);
+  assert.equal(rt.requests[1].header.Authorization, 'Bearer ' + rotated, 'the login presents the refused token');
 });
 
 test('20 concurrent requests whose token the gateway refuses make one new login, and each retries once', async () => {

@@ -290,9 +290,10 @@ function createClient(options) {
       var err = errorFromResponse(res, now());
       if (err.status === 401 && err.code === 'invalid_session' && !renewed) {
         renewed = true;
-        // Only the token this request sent is dropped: another request may
-        // already have logged in again.
-        if (session && session.token === token) save(null);
+        // Only the token this request sent is given up: another request may
+        // already have logged in again. It is kept, expired, for the login
+        // to present (the gateway charges the player before WeChat).
+        if (session && session.token === token) save({ token: token, expiresAt: 0 });
         continue;
       }
       var pause = isRetryable(err) && wait(err);
