@@ -158,13 +158,14 @@ test('WeChat busy (503): each attempt waits Retry-After and takes a new code, up
 });
 
 test('a 429 waits its Retry-After, then the same code logs in (respond mode)', async () => {
-  // The test gateway's budget is one exchange per player in any 2s: a
-  // second client of the player, with no token to show, is refused after
-  // its exchange, whose result the gateway keeps for the retry.
+  // The test gateway's budget is one exchange per player in any 5s (room
+  // for a loaded machine): a second client of the player, with no token to
+  // show, is refused after its exchange, whose result the gateway keeps for
+  // the retry.
   await createClient({ baseURL: gw.respondURL, loginPath: '/tt/login', runtime: fakeRuntime({ player: 'limited' }) }).login();
   const rt = fakeRuntime({ player: 'limited' });
   const sleep = recordingSleep(rt, { real: true });
-  const client = createClient({ baseURL: gw.respondURL, loginPath: '/tt/login', runtime: rt, sleep, maxRetryWaitMs: 5000 });
+  const client = createClient({ baseURL: gw.respondURL, loginPath: '/tt/login', runtime: rt, sleep, maxRetryWaitMs: 10000 });
   const login = await client.login();
   assert.ok(login.token);
   assert.deepEqual(rt.requests.map((r) => r.status), [429, 200]);
