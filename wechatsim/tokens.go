@@ -126,7 +126,7 @@ func (s *Server) classicToken(r *http.Request, _ []byte) any {
 func (s *Server) checkCredentials(grantType, appid, secret string) *failure {
 	s.remember(secret)
 	var f failure
-	app, known := s.apps[appid]
+	app, known := s.apps[appKey{WeChat, appid}]
 	switch {
 	case grantType != "client_credential":
 		f = s.fail(40002, "invalid grant_type")

@@ -16,14 +16,19 @@
 //
 // There is no real wx.login, so the js_code itself names the player: a code is
 // "<player>" or "<player>.<anything>", the suffix making several codes for one
-// player distinct. Three players are reserved to provoke failures:
+// player distinct. Four players are reserved to provoke failures:
 //
 //	invalid  → 40029 invalid code
 //	blocked  → 40226 code blocked (high-risk user)
 //	busy     → -1 system error
+//	quota    → 45011 minute quota reached
 //
 // Any other player logs in and gets OpenID(appid, player), plus
 // UnionID(player) when the app is UnionBound.
+//
+// The same server answers other mini-game platforms' logins, each under its
+// own prefix and in its own words (see platforms.go): QQ, Douyin, TapTap and
+// Bilibili.
 //
 // Tests start one with wechatsimtest.NewTestServer.
 package wechatsim
@@ -45,18 +50,16 @@ import (
 	"time"
 )
 
-const (
-	jscode2sessionPath = "/sns/jscode2session"
-
-	// quotaPerMinute is WeChat's limit on code2Session calls per user per minute.
-	quotaPerMinute = 100
-	quotaWindow    = time.Minute
-)
+// jscode2sessionPath is WeChat's (and QQ's) login path.
+const jscode2sessionPath = "/sns/jscode2session"
 
 // App is a mini-game registered with the simulator.
 type App struct {
-	AppID  string
-	Secret string
+	// Platform the app is registered with; "" is WeChat. An app answers only
+	// on its own platform's endpoints.
+	Platform Platform
+	AppID    string
+	Secret   string
 	// UnionBound: the app is bound to an Open Platform account, so responses
 	// carry unionid.
 	UnionBound bool
@@ -91,7 +94,7 @@ type Server struct {
 
 	mu          sync.Mutex
 	rng         *rand.Rand
-	apps        map[string]App
+	apps        map[appKey]App
 	callsTo     map[string]int64 // path → requests received
 	used        map[codeKey]bool
 	recent      map[string][]time.Time // openid → successful exchanges in the current window
@@ -103,9 +106,22 @@ type Server struct {
 	received    []Request             // the latest requests to the API endpoints (openapi.go)
 }
 
-// codeKey identifies a code: WeChat issues codes per app, so the same string
-// under two appids is two codes.
-type codeKey struct{ appid, code string }
+// appKey identifies an app: an appid is unique on its platform only.
+type appKey struct {
+	platform Platform
+	appid    string
+}
+
+func keyOf(a App) appKey { return appKey{a.Platform.orWeChat(), a.AppID} }
+
+// codeKey identifies a code: platforms issue codes per app, so the same
+// string under two apps is two codes (and Douyin's anonymous codes are apart
+// from its codes).
+type codeKey struct {
+	app       appKey
+	code      string
+	anonymous bool
+}
 
 // New returns a Server configured by opts.
 func New(opts Options) *Server {
@@ -116,7 +132,7 @@ func New(opts Options) *Server {
 	s := &Server{
 		now:         opts.Now,
 		rng:         rand.New(rand.NewPCG(seed, 0)),
-		apps:        make(map[string]App, len(opts.Apps)),
+		apps:        make(map[appKey]App, len(opts.Apps)),
 		callsTo:     make(map[string]int64),
 		used:        make(map[codeKey]bool),
 		recent:      make(map[string][]time.Time),
@@ -130,18 +146,18 @@ func New(opts Options) *Server {
 		s.now = time.Now
 	}
 	for _, a := range opts.Apps {
-		s.apps[a.AppID] = a
+		s.apps[keyOf(a)] = a
 	}
 	s.SetBusyRate(opts.BusyRate)
 	s.SetLatency(opts.Latency)
 	return s
 }
 
-// AddApp registers a, replacing any app with the same AppID.
+// AddApp registers a, replacing any app with the same Platform and AppID.
 func (s *Server) AddApp(a App) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.apps[a.AppID] = a
+	s.apps[keyOf(a)] = a
 }
 
 // SetBusyRate changes the probability that a call fails with errcode -1.
@@ -154,6 +170,10 @@ func (s *Server) SetLatency(d time.Duration) { s.latency.Store(int64(d)) }
 // their outcome: CallsTo("/sns/jscode2session").
 func (s *Server) Calls() int64 { return s.CallsTo(jscode2sessionPath) }
 
+// CallsOn reports the login requests p's endpoint received, whatever their
+// outcome: CallsTo(p.LoginPath()).
+func (s *Server) CallsOn(p Platform) int64 { return s.CallsTo(p.LoginPath()) }
+
 // CallsTo reports the requests received for path (one of the package's
 // endpoints, such as "/cgi-bin/stable_token"), whatever their outcome.
 func (s *Server) CallsTo(path string) int64 {
@@ -162,7 +182,8 @@ func (s *Server) CallsTo(path string) int64 {
 	return s.callsTo[path]
 }
 
-// CallsFor reports the successful exchanges that returned openid.
+// CallsFor reports the successful exchanges that returned openid (on
+// Douyin, also anonymous_openid).
 func (s *Server) CallsFor(openid string) int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -228,36 +249,33 @@ func PlayerOf(code string) string {
 	return player
 }
 
-// session is the success body. WeChat omits errcode on success, and unionid
-// unless the app is bound to an Open Platform account.
-type session struct {
-	SessionKey string `json:"session_key"`
-	OpenID     string `json:"openid"`
-	UnionID    string `json:"unionid,omitempty"`
+// route is one endpoint: the body to answer a request with (computed
+// holding s.mu) and the Content-Type the platform labels it with.
+type route struct {
+	answer      func(*Server, *http.Request, []byte) any
+	contentType string
 }
 
-type failure struct {
-	ErrCode int    `json:"errcode"`
-	ErrMsg  string `json:"errmsg"`
-}
+// wechatJSON is the Content-Type of WeChat's answers other than
+// jscode2session's.
+const wechatJSON = "application/json; encoding=utf-8"
 
-// routes are the endpoints served: each answers a request with the body to
-// send, holding s.mu.
-var routes = map[string]func(*Server, *http.Request, []byte) any{
-	jscode2sessionPath: (*Server).redeemCode,
-	stableTokenPath:    (*Server).stableToken,
-	classicTokenPath:   (*Server).classicToken,
-	msgSecCheckPath:    (*Server).msgSecCheck,
-	checkSessionPath:   (*Server).checkSession,
-	apiDomainIPPath:    (*Server).apiDomainIP,
-}
+// routes are the endpoints served: WeChat's at the root, every platform's
+// login under its prefix.
+var routes = withLogins(map[string]route{
+	stableTokenPath:  {(*Server).stableToken, wechatJSON},
+	classicTokenPath: {(*Server).classicToken, wechatJSON},
+	msgSecCheckPath:  {(*Server).msgSecCheck, wechatJSON},
+	checkSessionPath: {(*Server).checkSession, wechatJSON},
+	apiDomainIPPath:  {(*Server).apiDomainIP, wechatJSON},
+})
 
 // maxRequestBody caps what the simulator reads of a request body (WeChat
 // takes media uploads of up to 10 MB).
 const maxRequestBody = 16 << 20
 
-// ServeHTTP answers the package's endpoints as WeChat does; any other path
-// is 404.
+// ServeHTTP answers the package's endpoints as their platforms do; any
+// other path is 404.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	route, ok := routes[r.URL.Path]
 	if !ok {
@@ -272,17 +290,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return // the caller has gone; answering (or consuming the code) is pointless
 	}
 	s.mu.Lock()
-	answer := route(s, r, body)
+	answer := route.answer(s, r, body)
 	s.mu.Unlock()
 	// Marshalling structs of strings, ints and slices of them cannot fail.
 	out, _ := json.Marshal(answer)
-	// WeChat reports every error with HTTP 200. jscode2session labels its
-	// JSON text/plain, the rest with a JSON type of their own spelling.
-	contentType := "application/json; encoding=utf-8"
-	if r.URL.Path == jscode2sessionPath {
-		contentType = "text/plain"
-	}
-	w.Header().Set("Content-Type", contentType)
+	// Every platform reports its errors with HTTP 200.
+	w.Header().Set("Content-Type", route.contentType)
 	w.Write(out)
 }
 
@@ -303,80 +316,16 @@ func (s *Server) delay(ctx context.Context) bool {
 	}
 }
 
-// redeemCode validates a jscode2session request and redeems its code,
-// returning the body to send. Callers hold s.mu.
-func (s *Server) redeemCode(r *http.Request, _ []byte) any {
-	if r.Method != http.MethodGet {
-		return s.fail(43001, "require GET method")
-	}
-	q := r.URL.Query()
-	appid, secret, code := q.Get("appid"), q.Get("secret"), q.Get("js_code")
-	switch {
-	case appid == "":
-		return s.fail(41002, "appid missing")
-	case secret == "":
-		return s.fail(41004, "appsecret missing")
-	case code == "":
-		return s.fail(41008, "missing code")
-	}
-	s.remember(code)
-	s.remember(secret)
-	app, ok := s.apps[appid]
-	switch {
-	case !ok:
-		return s.fail(40013, "invalid appid")
-	case secret != app.Secret:
-		return s.fail(40125, "invalid appsecret")
-	case q.Get("grant_type") != "authorization_code":
-		return s.fail(40002, "invalid grant_type")
-	case s.busy():
-		return s.fail(-1, "system error")
-	}
-
-	player := PlayerOf(code)
-	switch player {
-	case "", "invalid":
-		return s.fail(40029, "invalid code")
-	case "blocked":
-		return s.fail(40226, "code blocked")
-	case "busy":
-		return s.fail(-1, "system error")
-	}
-	key := codeKey{appid, code}
-	if s.used[key] {
-		return s.fail(40163, "code been used")
-	}
-
-	openid := OpenID(appid, player)
-	now := s.now()
-	// Filter rather than trim a prefix: a test clock may move backwards.
-	recent := s.recent[openid][:0]
-	for _, t := range s.recent[openid] {
-		if now.Sub(t) < quotaWindow {
-			recent = append(recent, t)
-		}
-	}
-	if len(recent) >= quotaPerMinute {
-		s.recent[openid] = recent
-		return s.fail(45011, "api minute-quota reach limit  mustslower  retry next minute")
-	}
-	s.recent[openid] = append(recent, now)
-	s.used[key] = true
-	s.callsFor[openid]++
-
-	resp := session{SessionKey: s.sessionKey(), OpenID: openid}
-	s.remember(resp.SessionKey)
-	s.sessionKeys[openid] = resp.SessionKey
-	if app.UnionBound {
-		resp.UnionID = UnionID(player)
-	}
-	return resp
-}
-
 // busy decides at random, by the busy rate, whether this call fails with
 // errcode -1. Callers hold s.mu (for s.rng).
 func (s *Server) busy() bool {
 	return s.rng.Float64() < math.Float64frombits(s.busyRate.Load())
+}
+
+// failure is a WeChat-shaped error body.
+type failure struct {
+	ErrCode int    `json:"errcode"`
+	ErrMsg  string `json:"errmsg"`
 }
 
 // fail builds an error body. WeChat appends a request id to every errmsg;

@@ -76,8 +76,8 @@ func fetchPath(ts *httptest.Server, method, path string, q url.Values, body stri
 	}
 	defer resp.Body.Close()
 	r := result{path: path, status: resp.StatusCode, contentType: resp.Header.Get("Content-Type")}
-	if err := json.NewDecoder(resp.Body).Decode(&r.fields); err != nil {
-		return result{}, fmt.Errorf("decoding body: %w", err)
+	if err := decodeJSON(resp, &r.fields); err != nil {
+		return result{}, err
 	}
 	return r, nil
 }
@@ -246,6 +246,8 @@ func TestReservedPlayers(t *testing.T) {
 		{"blocked.x", 40226, "code blocked"},
 		{"busy", -1, "system error"},
 		{"busy.x", -1, "system error"},
+		{"quota", 45011, "api minute-quota reach limit  mustslower  retry next minute"},
+		{"quota.x", 45011, "api minute-quota reach limit  mustslower  retry next minute"},
 	}
 	for _, tt := range tests {
 		// Twice: failures never consume the code, so the answer repeats.

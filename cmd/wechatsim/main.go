@@ -1,14 +1,19 @@
 // Command wechatsim serves a simulated WeChat server API (login, access
-// tokens, a few APIs that need one) for local development and end-to-end
-// tests. See package wechatsim for its behaviour.
+// tokens, a few APIs that need one) and the logins of QQ, Douyin, TapTap and
+// Bilibili mini-games, each under its own prefix (/qq, /douyin, /taptap,
+// /bilibili), for local development and end-to-end tests. See package
+// wechatsim for its behaviour.
 //
 // Usage:
 //
-//	wechatsim [-listen 127.0.0.1:8931] [-app appid:secret[:unionid]]... \
+//	wechatsim [-listen 127.0.0.1:8931] [-app [platform/]appid:secret[:unionid]]... \
 //	          [-busy-rate 0.0] [-latency 0s] [-seed 0]
 //
-// Without -app, a demo app wx1234567890abcdef with secret
-// demo-secret-0123456789abcdef is registered.
+// An -app without a platform is a WeChat app. Without -app, one demo app
+// per platform is registered, each with the secret
+// demo-secret-0123456789abcdef: WeChat's wx1234567890abcdef, QQ's
+// 1112223334, Douyin's tt1234567890abcdef, TapTap's tap1234567890 and
+// Bilibili's bili1234567890.
 //
 // POST /sim/revoke-tokens?appid=<appid> revokes the app's current access
 // tokens, as if they had leaked and been reset: calls made with them get
@@ -31,14 +36,25 @@ import (
 	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
 )
 
-var demoApp = wechatsim.App{AppID: "wx1234567890abcdef", Secret: "demo-secret-0123456789abcdef"}
+const demoSecret = "demo-secret-0123456789abcdef"
+
+var demoApp = wechatsim.App{AppID: "wx1234567890abcdef", Secret: demoSecret}
+
+// demoApps are registered when no -app is given: one per platform.
+var demoApps = []wechatsim.App{
+	demoApp,
+	{Platform: wechatsim.QQ, AppID: "1112223334", Secret: demoSecret},
+	{Platform: wechatsim.Douyin, AppID: "tt1234567890abcdef", Secret: demoSecret},
+	{Platform: wechatsim.TapTap, AppID: "tap1234567890", Secret: demoSecret},
+	{Platform: wechatsim.Bilibili, AppID: "bili1234567890", Secret: demoSecret},
+}
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:8931", "`address` to listen on")
 	// -app values are parsed after flag.Parse: the flag package would echo an
 	// invalid value, secret included, in its error.
 	var appSpecs []string
-	flag.Func("app", "register a mini-game as `appid:secret[:unionid]` (repeatable); a literal third field \"unionid\" makes answers carry unionid", func(v string) error {
+	flag.Func("app", "register a mini-game as `[platform/]appid:secret[:unionid]` (repeatable); platform is wechat (the default), qq, douyin, taptap or bilibili; a literal third field \"unionid\" makes answers carry unionid", func(v string) error {
 		appSpecs = append(appSpecs, v)
 		return nil
 	})
@@ -62,22 +78,23 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	desc := "demo app " + demoApp.AppID + " (no -app given)"
+	desc := "demo apps"
 	if len(apps) == 0 {
-		apps = []wechatsim.App{demoApp}
+		apps = demoApps
 	} else {
-		ids := make([]string, len(apps))
-		for i, a := range apps {
-			ids[i] = a.AppID
-		}
-		desc = "apps " + strings.Join(ids, ", ")
+		desc = "apps"
 	}
+	names := make([]string, len(apps))
+	for i, a := range apps {
+		names[i] = appName(a)
+	}
+	desc += " " + strings.Join(names, ", ")
 
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		log.Fatal(err)
 	}
-	log.Printf("serving WeChat's API on http://%s for %s", ln.Addr(), desc)
+	log.Printf("serving WeChat's API on http://%s, and QQ's, Douyin's, TapTap's and Bilibili's logins under /qq, /douyin, /taptap and /bilibili, for %s", ln.Addr(), desc)
 	sim := wechatsim.New(wechatsim.Options{Apps: apps, BusyRate: *busyRate, Latency: *latency, Seed: *seed})
 	// Allow for the latency so that answers already being delayed are delivered.
 	if err := serve(ln, withAdmin(sim), *latency+5*time.Second); err != nil {
@@ -85,22 +102,42 @@ func main() {
 	}
 }
 
-// parseApps parses -app values. Errors name the appid but never the secret.
+// parseApps parses -app values. Errors name the platform and appid but
+// never the secret.
 func parseApps(specs []string) ([]wechatsim.App, error) {
 	apps := make([]wechatsim.App, 0, len(specs))
 	seen := make(map[string]bool)
 	for i, spec := range specs {
-		f := strings.Split(spec, ":")
+		// A platform is a prefix before the first colon: a slash in the
+		// secret is part of the secret.
+		platform, rest := string(wechatsim.WeChat), spec
+		if slash, colon := strings.IndexByte(spec, '/'), strings.IndexByte(spec, ':'); slash >= 0 && (colon < 0 || slash < colon) {
+			platform, rest = spec[:slash], spec[slash+1:]
+		}
+		f := strings.Split(rest, ":")
 		if len(f) < 2 || len(f) > 3 || f[0] == "" || f[1] == "" || (len(f) == 3 && f[2] != "unionid") {
-			return nil, fmt.Errorf("-app #%d: want appid:secret or appid:secret:unionid", i+1)
+			return nil, fmt.Errorf("-app #%d: want [platform/]appid:secret or [platform/]appid:secret:unionid", i+1)
 		}
-		if seen[f[0]] {
-			return nil, fmt.Errorf("-app %s given twice", f[0])
+		a := wechatsim.App{Platform: wechatsim.Platform(platform), AppID: f[0], Secret: f[1], UnionBound: len(f) == 3}
+		if !a.Platform.Known() {
+			return nil, fmt.Errorf("-app #%d: unknown platform %q", i+1, platform)
 		}
-		seen[f[0]] = true
-		apps = append(apps, wechatsim.App{AppID: f[0], Secret: f[1], UnionBound: len(f) == 3})
+		if seen[appName(a)] {
+			return nil, fmt.Errorf("-app %s given twice", appName(a))
+		}
+		seen[appName(a)] = true
+		apps = append(apps, a)
 	}
 	return apps, nil
+}
+
+// appName is how the command names an app: platform/appid.
+func appName(a wechatsim.App) string {
+	p := a.Platform
+	if p == "" {
+		p = wechatsim.WeChat
+	}
+	return string(p) + "/" + a.AppID
 }
 
 // withAdmin serves sim, and the simulator's own admin endpoint beside it.

@@ -41,3 +41,69 @@ func TestRevokeTokensEndpoint(t *testing.T) {
 		t.Error("the token is still valid after the revocation")
 	}
 }
+
+func TestParseApps(t *testing.T) {
+	apps, err := parseApps([]string{"wx1:s1", "douyin/tt1:s2:unionid", "wx2:se/cret", "qq/wx1:s3", "wechat/wx3:s4"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []wechatsim.App{
+		{Platform: wechatsim.WeChat, AppID: "wx1", Secret: "s1"},
+		{Platform: wechatsim.Douyin, AppID: "tt1", Secret: "s2", UnionBound: true},
+		{Platform: wechatsim.WeChat, AppID: "wx2", Secret: "se/cret"},
+		{Platform: wechatsim.QQ, AppID: "wx1", Secret: "s3"},
+		{Platform: wechatsim.WeChat, AppID: "wx3", Secret: "s4"},
+	}
+	if len(apps) != len(want) {
+		t.Fatalf("parseApps = %+v; want %+v", apps, want)
+	}
+	for i := range want {
+		if apps[i] != want[i] {
+			t.Errorf("app #%d = %+v; want %+v", i+1, apps[i], want[i])
+		}
+	}
+
+	for _, specs := range [][]string{
+		{"kuaishou/k1:top-secret"},
+		{"wx1:top-secret", "wechat/wx1:top-secret"},
+		{"qq/1:top-secret:bound"},
+		{"douyin/:top-secret"},
+		{"top-secret"},
+	} {
+		_, err := parseApps(specs)
+		if err == nil {
+			t.Errorf("parseApps(%q) accepted", specs)
+		} else if strings.Contains(err.Error(), "top-secret") {
+			t.Errorf("parseApps(%q) error shows the secret: %v", specs, err)
+		}
+	}
+}
+
+// Without -app, every platform has a demo app to log in to.
+func TestDemoAppsLogInOnEveryPlatform(t *testing.T) {
+	sim := wechatsim.New(wechatsim.Options{Apps: demoApps})
+	ts := httptest.NewServer(withAdmin(sim))
+	defer ts.Close()
+	for _, a := range demoApps {
+		p := a.Platform
+		q := "?appid=" + a.AppID + "&secret=" + a.Secret + "&js_code=alice&grant_type=authorization_code"
+		if p == wechatsim.Douyin {
+			q = "?appid=" + a.AppID + "&secret=" + a.Secret + "&code=alice"
+		}
+		resp, err := http.Get(ts.URL + p.LoginPath() + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var answer struct {
+			OpenID string `json:"openid"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&answer)
+		resp.Body.Close()
+		if err != nil || answer.OpenID != p.OpenID(a.AppID, "alice") {
+			t.Errorf("%s demo login: openid %q, %v; want %s", appName(a), answer.OpenID, err, p.OpenID(a.AppID, "alice"))
+		}
+	}
+	if len(demoApps) != len(wechatsim.Platforms()) {
+		t.Errorf("%d demo apps for %d platforms", len(demoApps), len(wechatsim.Platforms()))
+	}
+}

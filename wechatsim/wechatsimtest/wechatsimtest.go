@@ -11,7 +11,8 @@ import (
 
 // NewTestServer starts an httptest.Server running wechatsim.New(opts) and
 // registers t.Cleanup to close it. Point the code under test's WeChat
-// endpoint at ts.URL.
+// endpoint at ts.URL, and its endpoint for another platform at
+// Endpoint(ts, platform).
 func NewTestServer(t testing.TB, opts wechatsim.Options) (*wechatsim.Server, *httptest.Server) {
 	t.Helper()
 	s := wechatsim.New(opts)
@@ -19,3 +20,9 @@ func NewTestServer(t testing.TB, opts wechatsim.Options) (*wechatsim.Server, *ht
 	t.Cleanup(ts.Close)
 	return s, ts
 }
+
+// Endpoint is the base URL that sends platform p's API calls to ts:
+// ts.URL for WeChat, ts.URL+"/qq" for QQ, ts.URL+"/douyin" for Douyin, and
+// so on. A client appending the platform's real path to it (such as
+// /mgplatform/api/apps/jscode2session) reaches the simulated endpoint.
+func Endpoint(ts *httptest.Server, p wechatsim.Platform) string { return p.Endpoint(ts.URL) }
