@@ -157,6 +157,23 @@ test('WeChat busy (503): each attempt waits Retry-After and takes a new code, up
   assert.deepEqual(sleep.waits, [{ ms: retryAfter * 1000, afterRequests: 1 }, { ms: retryAfter * 1000, afterRequests: 2 }]);
 });
 
+test('options given as undefined take their defaults: a busy WeChat still ends after maxLoginAttempts\' 3 codes', { timeout: 20000 }, async () => {
+  const rt = fakeRuntime({ player: 'busy.defaults' }) // codes busy.defaults.1…: the simulator's busy player;
+  const sleep = recordingSleep(rt);
+  const err = await createClient({ baseURL: gw.demoURL, runtime: rt, sleep, maxLoginAttempts: undefined, maxRetryWaitMs: undefined })
+    .login().then(() => assert.fail('the login succeeded'), (e) => e);
+  assert.equal(err.code, 'wechat_unavailable');
+  assert.equal(rt.logins, 3);
+});
+
+test('a bound or login path that cannot work is refused at createClient', () => {
+  const rt = fakeRuntime({ player: 'options' });
+  for (const bad of [{ maxRetryWaitMs: '5000' }, { maxRetryWaitMs: NaN }, { maxLoginAttempts: -1 }, { refreshMarginMs: Infinity }]) {
+    assert.throws(() => createClient(Object.assign({ baseURL: gw.demoURL, runtime: rt }, bad)), /must be a number of 0 or more/, JSON.stringify(bad));
+  }
+  assert.throws(() => createClient({ baseURL: gw.demoURL, runtime: rt, loginPath: 'wx/login' }), /loginPath must be a path/);
+});
+
 test('a 429 waits its Retry-After, then the same code logs in (respond mode)', async () => {
   // The test gateway's budget is one exchange per player in any 5s (room
   // for a loaded machine): a second client of the player, with no token to

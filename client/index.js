@@ -134,11 +134,30 @@ function defaultSleep(ms) {
   });
 }
 
-function createClient(options) {
-  var opts = Object.assign({}, DEFAULTS, options);
+// clientOptions is options over DEFAULTS, checked. An option given as
+// undefined (a game's config without the field) takes its default: a bound
+// that compared as undefined would never stop a retry.
+function clientOptions(options) {
+  var opts = Object.assign({}, DEFAULTS);
+  Object.keys(options || {}).forEach(function (name) {
+    if (options[name] !== undefined) opts[name] = options[name];
+  });
   if (typeof opts.baseURL !== 'string' || !/^https?:\/\//.test(opts.baseURL)) {
     throw new TypeError('baseURL must be an http(s) URL, such as https://game.example.com');
   }
+  if (typeof opts.loginPath !== 'string' || opts.loginPath.charAt(0) !== '/') {
+    throw new TypeError('loginPath must be a path, such as /wx/login');
+  }
+  ['maxRetryWaitMs', 'maxLoginAttempts', 'refreshMarginMs'].forEach(function (name) {
+    if (typeof opts[name] !== 'number' || !(opts[name] >= 0) || opts[name] === Infinity) {
+      throw new TypeError(name + ' must be a number of 0 or more, got ' + String(opts[name]));
+    }
+  });
+  return opts;
+}
+
+function createClient(options) {
+  var opts = clientOptions(options);
   var baseURL = opts.baseURL.replace(/\/+$/, '');
   var rt = resolveRuntime(opts.runtime);
   var now = opts.now || Date.now;
