@@ -192,6 +192,28 @@ test('a 429 waits its Retry-After, then the same code logs in (respond mode)', a
   assert.equal(rt.logins, 1, 'the same code was sent again');
 });
 
+test('a busy game server (503 Retry-After 1): the request waits and retries while its waits stay within maxRetryWaitMs', async () => {
+  const rt = fakeRuntime({ player: 'busy-server' });
+  const sleep = recordingSleep(rt);
+  const err = await createClient({ baseURL: gw.respondURL, loginPath: '/tt/login', runtime: rt, sleep, maxRetryWaitMs: 2500 })
+    .request({ url: '/busy' }).then(() => assert.fail('the request succeeded'), (e) => e);
+  assert.equal(err.code, 'busy', 'the backend\'s own error code');
+  assert.equal(err.status, 503);
+  assert.deepEqual(rt.requests.map((r) => [new URL(r.url).pathname, r.status]), [['/tt/login', 200], ['/busy', 503], ['/busy', 503], ['/busy', 503]]);
+  assert.deepEqual(sleep.waits, [{ ms: 1000, afterRequests: 2 }, { ms: 1000, afterRequests: 3 }]);
+});
+
+test('Retry-After 0 (or a date past) still waits a second a retry, so maxRetryWaitMs ends the retries', { timeout: 20000 }, async () => {
+  const rt = fakeRuntime({ player: 'busy-now' });
+  const sleep = recordingSleep(rt);
+  const err = await createClient({ baseURL: gw.respondURL, loginPath: '/tt/login', runtime: rt, sleep, maxRetryWaitMs: 2500 })
+    .request({ url: '/busy-now' }).then(() => assert.fail('the request succeeded'), (e) => e);
+  assert.equal(err.status, 503);
+  assert.equal(err.retryAfter, 0);
+  assert.deepEqual(sleep.waits.map((w) => w.ms), [1000, 1000]);
+  assert.equal(rt.requests.length, 4, 'one login, three tries');
+});
+
 test('a Retry-After beyond maxRetryWaitMs rejects at once with rate_limited and retryAfter', async () => {
   await createClient({ baseURL: gw.respondURL, loginPath: '/tt/login', runtime: fakeRuntime({ player: 'impatient' }) }).login();
   const rt = fakeRuntime({ player: 'impatient' });

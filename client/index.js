@@ -219,12 +219,16 @@ function createClient(options) {
   }
 
   // waiter bounds one call's waits on Retry-After to maxRetryWaitMs in all.
+  // Each retry waits at least a second: a Retry-After of 0, or of a date
+  // already past, would otherwise retry at once and without end.
   function waiter() {
     var waited = 0;
     return function (err) {
-      if (err.retryAfter === undefined || waited + err.retryAfter * 1000 > opts.maxRetryWaitMs) return null;
-      waited += err.retryAfter * 1000;
-      return sleep(err.retryAfter * 1000);
+      if (err.retryAfter === undefined) return null;
+      var ms = Math.max(1000, err.retryAfter * 1000);
+      if (waited + ms > opts.maxRetryWaitMs) return null;
+      waited += ms;
+      return sleep(ms);
     };
   }
 
