@@ -143,6 +143,16 @@ test('a code already spent (401 code_used): the login asks the runtime for a new
   assert.deepEqual(rt.requests.map((r) => [new URL(r.url).searchParams.get('code'), r.status]), [['spent.1', 401], ['spent.2', 200]]);
 });
 
+test('a failed login leaves no login in flight: the next call logs in afresh', async () => {
+  await spendCode(gw.wechatURL, 'relogin.1');
+  const rt = fakeRuntime({ player: 'relogin' });
+  const client = createClient({ baseURL: gw.demoURL, runtime: rt, maxLoginAttempts: 1 });
+  await assert.rejects(client.login(), (e) => e.code === 'code_used');
+  const answer = await client.request({ url: '/game/state' });
+  assert.equal(answer.statusCode, 200);
+  assert.equal(rt.logins, 2);
+});
+
 test('WeChat busy (503): each attempt waits Retry-After and takes a new code, up to maxLoginAttempts', async () => {
   const rt = fakeRuntime({ player: 'busy' });
   const sleep = recordingSleep(rt);
