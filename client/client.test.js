@@ -53,6 +53,17 @@ test('a token is stored, reused by a new client with no login, and logout clears
   assert.equal(third.logins, 1, 'after logout a new client logs in');
 });
 
+test('logout while a login is in flight: that login\'s token is not stored', async () => {
+  const rt = fakeRuntime({ player: 'switching' });
+  const client = createClient({ baseURL: gw.demoURL, runtime: rt });
+  const answer = client.request({ url: '/game/state' });
+  client.logout();
+  assert.equal((await answer).statusCode, 200, 'the call in flight still completes');
+  assert.equal(rt.storage.size, 0, 'nothing stored after logout');
+  await client.request({ url: '/game/state' });
+  assert.equal(rt.logins, 2, 'the next call logs in again');
+});
+
 test('a stored token past its exp makes one login before the request; the stale token is never sent to the game', async () => {
   const now = Math.floor(Date.now() / 1000);
   // The token the demo gateway issued two hours ago (ttl 2h).

@@ -165,6 +165,7 @@ function createClient(options) {
   var storageKey = 'wechat_login:' + baseURL + opts.loginPath;
   var session = load();
   var loginInFlight = null;
+  var logouts = 0; // a login that outlives a logout() does not store its token
 
   function load() {
     try {
@@ -239,6 +240,7 @@ function createClient(options) {
   async function exchange() {
     var wait = waiter();
     var answer = null;
+    var logoutsBefore = logouts;
     for (var attempt = 1; ; ) {
       if (!answer) answer = await platformLogin();
       var header = {};
@@ -249,7 +251,7 @@ function createClient(options) {
       if (res.statusCode >= 200 && res.statusCode < 300) {
         var fresh = sessionFrom(res);
         if (!fresh) throw new GatewayError('no_session', 'the login answer carries no session token', { status: res.statusCode, data: res.data });
-        save(fresh);
+        if (logouts === logoutsBefore) save(fresh);
         return { token: fresh.token, expiresAt: fresh.expiresAt, data: res.data };
       }
       var err = errorFromResponse(res, now());
@@ -326,6 +328,7 @@ function createClient(options) {
   }
 
   function logout() {
+    logouts++;
     save(null);
   }
 
