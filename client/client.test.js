@@ -53,6 +53,17 @@ test('a token is stored, reused by a new client with no login, and logout clears
   assert.equal(third.logins, 1, 'after logout a new client logs in');
 });
 
+test('logout while a login is in flight: that login\'s token is not stored', async () => {
+  const rt = fakeRuntime({ player: 'switching' });
+  const client = createClient({ baseURL: gw.demoURL, runtime: rt });
+  const answer = client.request({ url: '/game/state' });
+  client.logout();
+  assert.equal((await answer).statusCode, 200, 'the call in flight still completes');
+  assert.equal(rt.storage.size, 0, 'nothing stored after logout');
+  await client.request({ url: '/game/state' });
+  assert.equal(rt.logins, 2, 'the next call logs in again');
+});
+
 test('a stored token past its exp makes one login before the request; the stale token is never sent to the game', async () => {
   const now = Math.floor(Date.now() / 1000);
   // The token the demo gateway issued two hours ago (ttl 2h).
@@ -143,6 +154,16 @@ test('a code already spent (401 code_used): the login asks the runtime for a new
   assert.deepEqual(rt.requests.map((r) => [new URL(r.url).searchParams.get('code'), r.status]), [['spent.1', 401], ['spent.2', 200]]);
 });
 
+test('a failed login leaves no login in flight: the next call logs in afresh', async () => {
+  await spendCode(gw.wechatURL, 'relogin.1');
+  const rt = fakeRuntime({ player: 'relogin' });
+  const client = createClient({ baseURL: gw.demoURL, runtime: rt, maxLoginAttempts: 1 });
+  await assert.rejects(client.login(), (e) => e.code === 'code_used');
+  const answer = await client.request({ url: '/game/state' });
+  assert.equal(answer.statusCode, 200);
+  assert.equal(rt.logins, 2);
+});
+
 test('WeChat busy (503): each attempt waits Retry-After and takes a new code, up to maxLoginAttempts', async () => {
   const rt = fakeRuntime({ player: 'busy' });
   const sleep = recordingSleep(rt);
@@ -155,6 +176,23 @@ test('WeChat busy (503): each attempt waits Retry-After and takes a new code, up
   assert.equal(err.retryAfter, retryAfter);
   assert.deepEqual(rt.requests.map((r) => new URL(r.url).searchParams.get('code')), ['busy.1', 'busy.2', 'busy.3']);
   assert.deepEqual(sleep.waits, [{ ms: retryAfter * 1000, afterRequests: 1 }, { ms: retryAfter * 1000, afterRequests: 2 }]);
+});
+
+test('options given as undefined take their defaults: a busy WeChat still ends after maxLoginAttempts\' 3 codes', { timeout: 20000 }, async () => {
+  const rt = fakeRuntime({ player: 'busy.defaults' }) // codes busy.defaults.1…: the simulator's busy player;
+  const sleep = recordingSleep(rt);
+  const err = await createClient({ baseURL: gw.demoURL, runtime: rt, sleep, maxLoginAttempts: undefined, maxRetryWaitMs: undefined })
+    .login().then(() => assert.fail('the login succeeded'), (e) => e);
+  assert.equal(err.code, 'wechat_unavailable');
+  assert.equal(rt.logins, 3);
+});
+
+test('a bound or login path that cannot work is refused at createClient', () => {
+  const rt = fakeRuntime({ player: 'options' });
+  for (const bad of [{ maxRetryWaitMs: '5000' }, { maxRetryWaitMs: NaN }, { maxLoginAttempts: -1 }, { refreshMarginMs: Infinity }]) {
+    assert.throws(() => createClient(Object.assign({ baseURL: gw.demoURL, runtime: rt }, bad)), /must be a number of 0 or more/, JSON.stringify(bad));
+  }
+  assert.throws(() => createClient({ baseURL: gw.demoURL, runtime: rt, loginPath: 'wx/login' }), /loginPath must be a path/);
 });
 
 test('a 429 waits its Retry-After, then the same code logs in (respond mode)', async () => {
@@ -173,6 +211,28 @@ test('a 429 waits its Retry-After, then the same code logs in (respond mode)', a
   assert.ok(retryAfter >= 1);
   assert.deepEqual(sleep.waits, [{ ms: retryAfter * 1000, afterRequests: 1 }], 'waited Retry-After between the two');
   assert.equal(rt.logins, 1, 'the same code was sent again');
+});
+
+test('a busy game server (503 Retry-After 1): the request waits and retries while its waits stay within maxRetryWaitMs', async () => {
+  const rt = fakeRuntime({ player: 'busy-server' });
+  const sleep = recordingSleep(rt);
+  const err = await createClient({ baseURL: gw.respondURL, loginPath: '/tt/login', runtime: rt, sleep, maxRetryWaitMs: 2500 })
+    .request({ url: '/busy' }).then(() => assert.fail('the request succeeded'), (e) => e);
+  assert.equal(err.code, 'busy', 'the backend\'s own error code');
+  assert.equal(err.status, 503);
+  assert.deepEqual(rt.requests.map((r) => [new URL(r.url).pathname, r.status]), [['/tt/login', 200], ['/busy', 503], ['/busy', 503], ['/busy', 503]]);
+  assert.deepEqual(sleep.waits, [{ ms: 1000, afterRequests: 2 }, { ms: 1000, afterRequests: 3 }]);
+});
+
+test('Retry-After 0 (or a date past) still waits a second a retry, so maxRetryWaitMs ends the retries', { timeout: 20000 }, async () => {
+  const rt = fakeRuntime({ player: 'busy-now' });
+  const sleep = recordingSleep(rt);
+  const err = await createClient({ baseURL: gw.respondURL, loginPath: '/tt/login', runtime: rt, sleep, maxRetryWaitMs: 2500 })
+    .request({ url: '/busy-now' }).then(() => assert.fail('the request succeeded'), (e) => e);
+  assert.equal(err.status, 503);
+  assert.equal(err.retryAfter, 0);
+  assert.deepEqual(sleep.waits.map((w) => w.ms), [1000, 1000]);
+  assert.equal(rt.requests.length, 4, 'one login, three tries');
 });
 
 test('a Retry-After beyond maxRetryWaitMs rejects at once with rate_limited and retryAfter', async () => {

@@ -70,7 +70,7 @@ export interface Client {
   request(options: RequestOptions): Promise<Response>;
   /** Logs in now (one login at a time, shared by every caller while it runs). */
   login(): Promise<Session>;
-  /** Forgets the token, in memory and in storage. */
+  /** Forgets the token, in memory and in storage; a login in flight still answers its callers but stores nothing. */
   logout(): void;
 }
 

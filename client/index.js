@@ -134,11 +134,30 @@ function defaultSleep(ms) {
   });
 }
 
-function createClient(options) {
-  var opts = Object.assign({}, DEFAULTS, options);
+// clientOptions is options over DEFAULTS, checked. An option given as
+// undefined (a game's config without the field) takes its default: a bound
+// that compared as undefined would never stop a retry.
+function clientOptions(options) {
+  var opts = Object.assign({}, DEFAULTS);
+  Object.keys(options || {}).forEach(function (name) {
+    if (options[name] !== undefined) opts[name] = options[name];
+  });
   if (typeof opts.baseURL !== 'string' || !/^https?:\/\//.test(opts.baseURL)) {
     throw new TypeError('baseURL must be an http(s) URL, such as https://game.example.com');
   }
+  if (typeof opts.loginPath !== 'string' || opts.loginPath.charAt(0) !== '/') {
+    throw new TypeError('loginPath must be a path, such as /wx/login');
+  }
+  ['maxRetryWaitMs', 'maxLoginAttempts', 'refreshMarginMs'].forEach(function (name) {
+    if (typeof opts[name] !== 'number' || !(opts[name] >= 0) || opts[name] === Infinity) {
+      throw new TypeError(name + ' must be a number of 0 or more, got ' + String(opts[name]));
+    }
+  });
+  return opts;
+}
+
+function createClient(options) {
+  var opts = clientOptions(options);
   var baseURL = opts.baseURL.replace(/\/+$/, '');
   var rt = resolveRuntime(opts.runtime);
   var now = opts.now || Date.now;
@@ -146,6 +165,7 @@ function createClient(options) {
   var storageKey = 'wechat_login:' + baseURL + opts.loginPath;
   var session = load();
   var loginInFlight = null;
+  var logouts = 0; // a login that outlives a logout() does not store its token
 
   function load() {
     try {
@@ -200,12 +220,16 @@ function createClient(options) {
   }
 
   // waiter bounds one call's waits on Retry-After to maxRetryWaitMs in all.
+  // Each retry waits at least a second: a Retry-After of 0, or of a date
+  // already past, would otherwise retry at once and without end.
   function waiter() {
     var waited = 0;
     return function (err) {
-      if (err.retryAfter === undefined || waited + err.retryAfter * 1000 > opts.maxRetryWaitMs) return null;
-      waited += err.retryAfter * 1000;
-      return sleep(err.retryAfter * 1000);
+      if (err.retryAfter === undefined) return null;
+      var ms = Math.max(1000, err.retryAfter * 1000);
+      if (waited + ms > opts.maxRetryWaitMs) return null;
+      waited += ms;
+      return sleep(ms);
     };
   }
 
@@ -216,6 +240,7 @@ function createClient(options) {
   async function exchange() {
     var wait = waiter();
     var answer = null;
+    var logoutsBefore = logouts;
     for (var attempt = 1; ; ) {
       if (!answer) answer = await platformLogin();
       var header = {};
@@ -226,7 +251,7 @@ function createClient(options) {
       if (res.statusCode >= 200 && res.statusCode < 300) {
         var fresh = sessionFrom(res);
         if (!fresh) throw new GatewayError('no_session', 'the login answer carries no session token', { status: res.statusCode, data: res.data });
-        save(fresh);
+        if (logouts === logoutsBefore) save(fresh);
         return { token: fresh.token, expiresAt: fresh.expiresAt, data: res.data };
       }
       var err = errorFromResponse(res, now());
@@ -303,6 +328,7 @@ function createClient(options) {
   }
 
   function logout() {
+    logouts++;
     save(null);
   }
 
