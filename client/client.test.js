@@ -284,6 +284,15 @@ test('the token goes to baseURL only', async () => {
   await assert.rejects(client.request({ url: 'https://elsewhere.example/steal' }), /url must be a path, or start with/);
 });
 
+test('request refuses wx.request\'s callbacks, which it would never call as the game expects', async () => {
+  const rt = fakeRuntime({ player: 'callbacks' });
+  const client = createClient({ baseURL: gw.demoURL, runtime: rt });
+  for (const name of ['success', 'fail', 'complete']) {
+    await assert.rejects(client.request({ url: '/game/state', [name]: () => {} }), new RegExp(name + ' is not used; the answer is the promise'));
+  }
+  assert.equal(rt.requests.length, 0);
+});
+
 test('index.js stays ES2017 with no Node API (mini-game runtimes load it as is)', () => {
   const source = fs.readFileSync(path.join(__dirname, 'index.js'), 'utf8').replace(/\/\/.*$/gm, '');
   for (const [pattern, what] of [[/\?\./, 'optional chaining'], [/\?\?/, 'nullish coalescing'], [/\.\.\./, 'spread or rest'],

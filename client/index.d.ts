@@ -46,6 +46,10 @@ export interface RequestOptions {
   dataType?: string;
   responseType?: string;
   timeout?: number;
+  /** Not used: the answer is the promise. */
+  success?: never;
+  fail?: never;
+  complete?: never;
   [option: string]: any;
 }
 

@@ -305,6 +305,11 @@ function createClient(options) {
 
   async function request(options) {
     var url = requestURL(options && options.url);
+    // The runtime would call them once per attempt, with refusals the client
+    // itself handles; the promise is the one answer.
+    ['success', 'fail', 'complete'].forEach(function (name) {
+      if (options[name] !== undefined) throw new TypeError('request: ' + name + ' is not used; the answer is the promise');
+    });
     var wait = waiter();
     var renewed = false;
     for (;;) {
