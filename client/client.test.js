@@ -95,6 +95,16 @@ test('a token within refreshMarginMs of its exp is renewed first; one further ou
   assert.equal(rt.logins, 2, 'inside the margin: one new login');
 });
 
+test('a device clock set hours ahead: the token still serves its lifetime, with no login before each request', async () => {
+  const ahead = 5 * 3600 * 1000; // past the demo's ttl of 2h
+  const rt = fakeRuntime({ player: 'clock-ahead' });
+  const client = createClient({ baseURL: gw.demoURL, runtime: rt, now: () => Date.now() + ahead });
+  for (let i = 0; i < 5; i++) await client.request({ url: '/game/state' });
+  assert.equal(rt.logins, 1);
+  const { expiresAt } = rt.storage.get(storageKey(gw.demoURL));
+  assert.ok(Math.abs(expiresAt - (Date.now() + ahead + 2 * 3600 * 1000)) < 60000, 'two hours on the device\'s clock');
+});
+
 test('a token the gateway refuses (401 invalid_session) gets one new login and one retry', async () => {
   const now = Math.floor(Date.now() / 1000);
   // Signed with a key the gateway no longer has, as after a rotation.
@@ -253,7 +263,7 @@ test('respond mode: login() gives the gateway answer; the token and expires_at a
   const client = createClient({ baseURL: gw.respondURL, loginPath: '/tt/login', runtime: rt });
   const login = await client.login();
   assert.equal(login.token, login.data.token);
-  assert.equal(login.expiresAt, Date.parse(login.data.expires_at));
+  assert.ok(Math.abs(login.expiresAt - Date.parse(login.data.expires_at)) < 60000, 'expires_at, on a clock that is right');
   assert.deepEqual(rt.storage.get(storageKey(gw.respondURL, '/tt/login')), { token: login.token, expiresAt: login.expiresAt });
   const answer = await client.request({ url: '/game/state' });
   assert.equal(answer.data.openid, login.data.openid);

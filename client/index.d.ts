@@ -63,7 +63,7 @@ export interface Response {
 
 export interface Session {
   token: string;
-  /** When the token expires, in milliseconds since the epoch; undefined when the token does not say. */
+  /** When the token expires, in milliseconds of the client's clock (now): its lifetime counted from the login's answer; undefined when the token does not say. */
   expiresAt?: number;
   /** The login's answer: the backend's, or the gateway's own in respond mode ({openid, unionid?, token, expires_at}). */
   data: any;

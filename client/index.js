@@ -86,9 +86,9 @@ function errorFromResponse(res, now) {
 
 var BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
 
-// jwtExpiry is a JWT's exp in milliseconds, read without verification (the
-// gateway verifies; the client only wants to know when to log in again).
-function jwtExpiry(token) {
+// jwtClaims are a JWT's claims, read without verification (the gateway
+// verifies; the client only wants to know when to log in again).
+function jwtClaims(token) {
   var part = String(token).split('.')[1];
   if (!part) return undefined;
   var bytes = '';
@@ -106,7 +106,7 @@ function jwtExpiry(token) {
   }
   try {
     var claims = JSON.parse(decodeURIComponent(bytes));
-    return typeof claims.exp === 'number' ? claims.exp * 1000 : undefined;
+    return claims && typeof claims === 'object' ? claims : undefined;
   } catch (e) {
     return undefined;
   }
@@ -114,8 +114,12 @@ function jwtExpiry(token) {
 
 // sessionFrom reads a successful login's token: the X-WX-SESSION header of a
 // login answered by the upstream, or the body of one answered by the gateway
-// itself (respond mode).
-function sessionFrom(res) {
+// itself (respond mode). Its expiry is the token's lifetime (exp - iat)
+// counted on this device's clock from receivedAt: a device clock set hours
+// ahead, as players do to skip a game's timers, would otherwise find every
+// token expired and log in before every request. Without iat, the server's
+// expires_at or exp is all there is.
+function sessionFrom(res, receivedAt) {
   var body = jsonBody(res.data);
   var token = headerValue(res.header, 'X-WX-SESSION');
   var expiresAt;
@@ -124,7 +128,10 @@ function sessionFrom(res) {
     expiresAt = typeof body.expires_at === 'string' ? Date.parse(body.expires_at) : undefined;
   }
   if (!token) return null;
-  if (expiresAt === undefined || isNaN(expiresAt)) expiresAt = jwtExpiry(token);
+  var claims = jwtClaims(token) || {};
+  var hasExp = typeof claims.exp === 'number';
+  if (hasExp && typeof claims.iat === 'number') expiresAt = receivedAt + (claims.exp - claims.iat) * 1000;
+  else if (expiresAt === undefined || isNaN(expiresAt)) expiresAt = hasExp ? claims.exp * 1000 : undefined;
   return { token: token, expiresAt: expiresAt };
 }
 
@@ -249,7 +256,7 @@ function createClient(options) {
       if (session) header.Authorization = 'Bearer ' + session.token;
       var res = await send({ url: loginURL(answer), method: 'GET', header: header });
       if (res.statusCode >= 200 && res.statusCode < 300) {
-        var fresh = sessionFrom(res);
+        var fresh = sessionFrom(res, now());
         if (!fresh) throw new GatewayError('no_session', 'the login answer carries no session token', { status: res.statusCode, data: res.data });
         if (logouts === logoutsBefore) save(fresh);
         return { token: fresh.token, expiresAt: fresh.expiresAt, data: res.data };
