@@ -25,7 +25,7 @@ export interface ClientOptions {
   runtime?: 'wx' | 'tt' | 'qq' | Runtime;
   /** The gateway's code_field. Default "code". */
   codeField?: string;
-  /** The longest a call waits on Retry-After (429, 503) in all; a longer wait rejects at once. Default 5000. */
+  /** The longest a login, or a request's own retries, wait on Retry-After (429, 503) in all; a longer wait rejects at once. Default 5000. */
   maxRetryWaitMs?: number;
   /** How many codes one login may spend after 401, 503 or 504. Default 3. */
   maxLoginAttempts?: number;
