@@ -32,6 +32,15 @@ test('20 concurrent requests on a cold client make exactly one login', async () 
   }
 });
 
+test('two clients of one runtime and gateway app (one per scene) share one login', async () => {
+  const rt = fakeRuntime({ player: 'scenes' });
+  const scenes = [createClient({ baseURL: gw.demoURL, runtime: rt }), createClient({ baseURL: gw.demoURL + '/', runtime: rt })];
+  const answers = await Promise.all(Array.from({ length: 10 }, (_, i) => scenes[i % 2].request({ url: '/game/state' })));
+  assert.ok(answers.every((a) => a.statusCode === 200));
+  assert.equal(rt.logins, 1, 'wx.login calls');
+  assert.equal(loginRequests(rt).length, 1, 'login requests');
+});
+
 test('a token is stored, reused by a new client with no login, and logout clears it', async () => {
   const storage = new Map();
   const first = fakeRuntime({ player: 'stored', storage });

@@ -163,6 +163,22 @@ function clientOptions(options) {
   return opts;
 }
 
+// playerStates holds, per runtime object and storage key, what every client
+// of one gateway app shares: the session, the login in flight, and a count
+// of logouts (a login that outlives one does not store its token). A game
+// that creates a client in each of its scenes still runs one login at a time.
+var playerStates = new WeakMap();
+
+function playerState(rt, storageKey, load) {
+  var byKey = playerStates.get(rt);
+  if (!byKey) {
+    byKey = {};
+    playerStates.set(rt, byKey);
+  }
+  if (!byKey[storageKey]) byKey[storageKey] = { session: load(), loginInFlight: null, logouts: 0 };
+  return byKey[storageKey];
+}
+
 function createClient(options) {
   var opts = clientOptions(options);
   var baseURL = opts.baseURL.replace(/\/+$/, '');
@@ -170,9 +186,7 @@ function createClient(options) {
   var now = opts.now || Date.now;
   var sleep = opts.sleep || defaultSleep;
   var storageKey = 'wechat_login:' + baseURL + opts.loginPath;
-  var session = load();
-  var loginInFlight = null;
-  var logouts = 0; // a login that outlives a logout() does not store its token
+  var state = playerState(rt, storageKey, load);
 
   function load() {
     try {
@@ -184,7 +198,7 @@ function createClient(options) {
   }
 
   function save(s) {
-    session = s;
+    state.session = s;
     try {
       if (s) rt.setStorageSync(storageKey, s);
       else rt.removeStorageSync(storageKey);
@@ -247,18 +261,18 @@ function createClient(options) {
   async function exchange() {
     var wait = waiter();
     var answer = null;
-    var logoutsBefore = logouts;
+    var logoutsBefore = state.logouts;
     for (var attempt = 1; ; ) {
       if (!answer) answer = await platformLogin();
       var header = {};
       // A login that carries the player's token, even an expired one, is
       // charged to the player before any WeChat call.
-      if (session) header.Authorization = 'Bearer ' + session.token;
+      if (state.session) header.Authorization = 'Bearer ' + state.session.token;
       var res = await send({ url: loginURL(answer), method: 'GET', header: header });
       if (res.statusCode >= 200 && res.statusCode < 300) {
         var fresh = sessionFrom(res, now());
         if (!fresh) throw new GatewayError('no_session', 'the login answer carries no session token', { status: res.statusCode, data: res.data });
-        if (logouts === logoutsBefore) save(fresh);
+        if (state.logouts === logoutsBefore) save(fresh);
         return { token: fresh.token, expiresAt: fresh.expiresAt, data: res.data };
       }
       var err = errorFromResponse(res, now());
@@ -283,19 +297,19 @@ function createClient(options) {
   // login runs one exchange at a time: every caller while one is in flight
   // shares it, so a player never has two codes in flight.
   function login() {
-    if (!loginInFlight) {
+    if (!state.loginInFlight) {
       var done = function () {
-        loginInFlight = null;
+        state.loginInFlight = null;
       };
-      loginInFlight = exchange();
-      loginInFlight.then(done, done);
+      state.loginInFlight = exchange();
+      state.loginInFlight.then(done, done);
     }
-    return loginInFlight;
+    return state.loginInFlight;
   }
 
   function currentToken() {
-    if (session && (session.expiresAt === undefined || session.expiresAt - opts.refreshMarginMs > now())) {
-      return Promise.resolve(session.token);
+    if (state.session && (state.session.expiresAt === undefined || state.session.expiresAt - opts.refreshMarginMs > now())) {
+      return Promise.resolve(state.session.token);
     }
     return login().then(function (s) {
       return s.token;
@@ -330,7 +344,7 @@ function createClient(options) {
         // Only the token this request sent is given up: another request may
         // already have logged in again. It is kept, expired, for the login
         // to present (the gateway charges the player before WeChat).
-        if (session && session.token === token) save({ token: token, expiresAt: 0 });
+        if (state.session && state.session.token === token) save({ token: token, expiresAt: 0 });
         continue;
       }
       var pause = isRetryable(err) && wait(err);
@@ -340,7 +354,7 @@ function createClient(options) {
   }
 
   function logout() {
-    logouts++;
+    state.logouts++;
     save(null);
   }
 
