@@ -32,6 +32,15 @@ test('20 concurrent requests on a cold client make exactly one login', async () 
   }
 });
 
+test('two clients of one runtime and gateway app (one per scene) share one login', async () => {
+  const rt = fakeRuntime({ player: 'scenes' });
+  const scenes = [createClient({ baseURL: gw.demoURL, runtime: rt }), createClient({ baseURL: gw.demoURL + '/', runtime: rt })];
+  const answers = await Promise.all(Array.from({ length: 10 }, (_, i) => scenes[i % 2].request({ url: '/game/state' })));
+  assert.ok(answers.every((a) => a.statusCode === 200));
+  assert.equal(rt.logins, 1, 'wx.login calls');
+  assert.equal(loginRequests(rt).length, 1, 'login requests');
+});
+
 test('a token is stored, reused by a new client with no login, and logout clears it', async () => {
   const storage = new Map();
   const first = fakeRuntime({ player: 'stored', storage });
@@ -93,6 +102,16 @@ test('a token within refreshMarginMs of its exp is renewed first; one further ou
   clock = expiresAt - 59000;
   await client.request({ url: '/game/state' });
   assert.equal(rt.logins, 2, 'inside the margin: one new login');
+});
+
+test('a device clock set hours ahead: the token still serves its lifetime, with no login before each request', async () => {
+  const ahead = 5 * 3600 * 1000; // past the demo's ttl of 2h
+  const rt = fakeRuntime({ player: 'clock-ahead' });
+  const client = createClient({ baseURL: gw.demoURL, runtime: rt, now: () => Date.now() + ahead });
+  for (let i = 0; i < 5; i++) await client.request({ url: '/game/state' });
+  assert.equal(rt.logins, 1);
+  const { expiresAt } = rt.storage.get(storageKey(gw.demoURL));
+  assert.ok(Math.abs(expiresAt - (Date.now() + ahead + 2 * 3600 * 1000)) < 60000, 'two hours on the device\'s clock');
 });
 
 test('a token the gateway refuses (401 invalid_session) gets one new login and one retry', async () => {
@@ -253,7 +272,7 @@ test('respond mode: login() gives the gateway answer; the token and expires_at a
   const client = createClient({ baseURL: gw.respondURL, loginPath: '/tt/login', runtime: rt });
   const login = await client.login();
   assert.equal(login.token, login.data.token);
-  assert.equal(login.expiresAt, Date.parse(login.data.expires_at));
+  assert.ok(Math.abs(login.expiresAt - Date.parse(login.data.expires_at)) < 60000, 'expires_at, on a clock that is right');
   assert.deepEqual(rt.storage.get(storageKey(gw.respondURL, '/tt/login')), { token: login.token, expiresAt: login.expiresAt });
   const answer = await client.request({ url: '/game/state' });
   assert.equal(answer.data.openid, login.data.openid);
@@ -282,6 +301,15 @@ test('runtime: wx by default, qq by name, an absent global or unknown name refus
 test('the token goes to baseURL only', async () => {
   const client = createClient({ baseURL: gw.demoURL, runtime: fakeRuntime({ player: 'origin' }) });
   await assert.rejects(client.request({ url: 'https://elsewhere.example/steal' }), /url must be a path, or start with/);
+});
+
+test('request refuses wx.request\'s callbacks, which it would never call as the game expects', async () => {
+  const rt = fakeRuntime({ player: 'callbacks' });
+  const client = createClient({ baseURL: gw.demoURL, runtime: rt });
+  for (const name of ['success', 'fail', 'complete']) {
+    await assert.rejects(client.request({ url: '/game/state', [name]: () => {} }), new RegExp(name + ' is not used; the answer is the promise'));
+  }
+  assert.equal(rt.requests.length, 0);
 });
 
 test('index.js stays ES2017 with no Node API (mini-game runtimes load it as is)', () => {

@@ -25,7 +25,7 @@ export interface ClientOptions {
   runtime?: 'wx' | 'tt' | 'qq' | Runtime;
   /** The gateway's code_field. Default "code". */
   codeField?: string;
-  /** The longest a call waits on Retry-After (429, 503) in all; a longer wait rejects at once. Default 5000. */
+  /** The longest a login, or a request's own retries, wait on Retry-After (429, 503) in all; a longer wait rejects at once. Default 5000. */
   maxRetryWaitMs?: number;
   /** How many codes one login may spend after 401, 503 or 504. Default 3. */
   maxLoginAttempts?: number;
@@ -46,6 +46,10 @@ export interface RequestOptions {
   dataType?: string;
   responseType?: string;
   timeout?: number;
+  /** Not used: the answer is the promise. */
+  success?: never;
+  fail?: never;
+  complete?: never;
   [option: string]: any;
 }
 
@@ -59,7 +63,7 @@ export interface Response {
 
 export interface Session {
   token: string;
-  /** When the token expires, in milliseconds since the epoch; undefined when the token does not say. */
+  /** When the token expires, in milliseconds of the client's clock (now): its lifetime counted from the login's answer; undefined when the token does not say. */
   expiresAt?: number;
   /** The login's answer: the backend's, or the gateway's own in respond mode ({openid, unionid?, token, expires_at}). */
   data: any;

@@ -86,9 +86,9 @@ function errorFromResponse(res, now) {
 
 var BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
 
-// jwtExpiry is a JWT's exp in milliseconds, read without verification (the
-// gateway verifies; the client only wants to know when to log in again).
-function jwtExpiry(token) {
+// jwtClaims are a JWT's claims, read without verification (the gateway
+// verifies; the client only wants to know when to log in again).
+function jwtClaims(token) {
   var part = String(token).split('.')[1];
   if (!part) return undefined;
   var bytes = '';
@@ -106,7 +106,7 @@ function jwtExpiry(token) {
   }
   try {
     var claims = JSON.parse(decodeURIComponent(bytes));
-    return typeof claims.exp === 'number' ? claims.exp * 1000 : undefined;
+    return claims && typeof claims === 'object' ? claims : undefined;
   } catch (e) {
     return undefined;
   }
@@ -114,8 +114,12 @@ function jwtExpiry(token) {
 
 // sessionFrom reads a successful login's token: the X-WX-SESSION header of a
 // login answered by the upstream, or the body of one answered by the gateway
-// itself (respond mode).
-function sessionFrom(res) {
+// itself (respond mode). Its expiry is the token's lifetime (exp - iat)
+// counted on this device's clock from receivedAt: a device clock set hours
+// ahead, as players do to skip a game's timers, would otherwise find every
+// token expired and log in before every request. Without iat, the server's
+// expires_at or exp is all there is.
+function sessionFrom(res, receivedAt) {
   var body = jsonBody(res.data);
   var token = headerValue(res.header, 'X-WX-SESSION');
   var expiresAt;
@@ -124,7 +128,10 @@ function sessionFrom(res) {
     expiresAt = typeof body.expires_at === 'string' ? Date.parse(body.expires_at) : undefined;
   }
   if (!token) return null;
-  if (expiresAt === undefined || isNaN(expiresAt)) expiresAt = jwtExpiry(token);
+  var claims = jwtClaims(token) || {};
+  var hasExp = typeof claims.exp === 'number';
+  if (hasExp && typeof claims.iat === 'number') expiresAt = receivedAt + (claims.exp - claims.iat) * 1000;
+  else if (expiresAt === undefined || isNaN(expiresAt)) expiresAt = hasExp ? claims.exp * 1000 : undefined;
   return { token: token, expiresAt: expiresAt };
 }
 
@@ -156,6 +163,22 @@ function clientOptions(options) {
   return opts;
 }
 
+// playerStates holds, per runtime object and storage key, what every client
+// of one gateway app shares: the session, the login in flight, and a count
+// of logouts (a login that outlives one does not store its token). A game
+// that creates a client in each of its scenes still runs one login at a time.
+var playerStates = new WeakMap();
+
+function playerState(rt, storageKey, load) {
+  var byKey = playerStates.get(rt);
+  if (!byKey) {
+    byKey = {};
+    playerStates.set(rt, byKey);
+  }
+  if (!byKey[storageKey]) byKey[storageKey] = { session: load(), loginInFlight: null, logouts: 0 };
+  return byKey[storageKey];
+}
+
 function createClient(options) {
   var opts = clientOptions(options);
   var baseURL = opts.baseURL.replace(/\/+$/, '');
@@ -163,9 +186,7 @@ function createClient(options) {
   var now = opts.now || Date.now;
   var sleep = opts.sleep || defaultSleep;
   var storageKey = 'wechat_login:' + baseURL + opts.loginPath;
-  var session = load();
-  var loginInFlight = null;
-  var logouts = 0; // a login that outlives a logout() does not store its token
+  var state = playerState(rt, storageKey, load);
 
   function load() {
     try {
@@ -177,7 +198,7 @@ function createClient(options) {
   }
 
   function save(s) {
-    session = s;
+    state.session = s;
     try {
       if (s) rt.setStorageSync(storageKey, s);
       else rt.removeStorageSync(storageKey);
@@ -240,18 +261,18 @@ function createClient(options) {
   async function exchange() {
     var wait = waiter();
     var answer = null;
-    var logoutsBefore = logouts;
+    var logoutsBefore = state.logouts;
     for (var attempt = 1; ; ) {
       if (!answer) answer = await platformLogin();
       var header = {};
       // A login that carries the player's token, even an expired one, is
       // charged to the player before any WeChat call.
-      if (session) header.Authorization = 'Bearer ' + session.token;
+      if (state.session) header.Authorization = 'Bearer ' + state.session.token;
       var res = await send({ url: loginURL(answer), method: 'GET', header: header });
       if (res.statusCode >= 200 && res.statusCode < 300) {
-        var fresh = sessionFrom(res);
+        var fresh = sessionFrom(res, now());
         if (!fresh) throw new GatewayError('no_session', 'the login answer carries no session token', { status: res.statusCode, data: res.data });
-        if (logouts === logoutsBefore) save(fresh);
+        if (state.logouts === logoutsBefore) save(fresh);
         return { token: fresh.token, expiresAt: fresh.expiresAt, data: res.data };
       }
       var err = errorFromResponse(res, now());
@@ -276,19 +297,19 @@ function createClient(options) {
   // login runs one exchange at a time: every caller while one is in flight
   // shares it, so a player never has two codes in flight.
   function login() {
-    if (!loginInFlight) {
+    if (!state.loginInFlight) {
       var done = function () {
-        loginInFlight = null;
+        state.loginInFlight = null;
       };
-      loginInFlight = exchange();
-      loginInFlight.then(done, done);
+      state.loginInFlight = exchange();
+      state.loginInFlight.then(done, done);
     }
-    return loginInFlight;
+    return state.loginInFlight;
   }
 
   function currentToken() {
-    if (session && (session.expiresAt === undefined || session.expiresAt - opts.refreshMarginMs > now())) {
-      return Promise.resolve(session.token);
+    if (state.session && (state.session.expiresAt === undefined || state.session.expiresAt - opts.refreshMarginMs > now())) {
+      return Promise.resolve(state.session.token);
     }
     return login().then(function (s) {
       return s.token;
@@ -305,6 +326,11 @@ function createClient(options) {
 
   async function request(options) {
     var url = requestURL(options && options.url);
+    // The runtime would call them once per attempt, with refusals the client
+    // itself handles; the promise is the one answer.
+    ['success', 'fail', 'complete'].forEach(function (name) {
+      if (options[name] !== undefined) throw new TypeError('request: ' + name + ' is not used; the answer is the promise');
+    });
     var wait = waiter();
     var renewed = false;
     for (;;) {
@@ -318,7 +344,7 @@ function createClient(options) {
         // Only the token this request sent is given up: another request may
         // already have logged in again. It is kept, expired, for the login
         // to present (the gateway charges the player before WeChat).
-        if (session && session.token === token) save({ token: token, expiresAt: 0 });
+        if (state.session && state.session.token === token) save({ token: token, expiresAt: 0 });
         continue;
       }
       var pause = isRetryable(err) && wait(err);
@@ -328,7 +354,7 @@ function createClient(options) {
   }
 
   function logout() {
-    logouts++;
+    state.logouts++;
     save(null);
   }
 
