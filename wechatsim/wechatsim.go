@@ -7,6 +7,11 @@
 //	GET  /cgi-bin/token         getAccessToken (classic: each call replaces the token)
 //	POST /wxa/msg_sec_check     text security check, v2 (needs a valid access_token)
 //	GET  /wxa/checksession      session_key check (needs a valid access_token)
+//	GET  /wxa/resetusersessionkey  a new session_key for a player (the same signature)
+//	POST /wxa/game/getbalance, /wxa/game/pay, /wxa/game/cancelpay, /wxa/game/present
+//	                            mini-game virtual payments, with balances kept per
+//	                            (app, player, env) and both signatures checked
+//	                            (payments.go)
 //
 // The simulator follows WeChat's documented behaviour, quirks included:
 // every answer is HTTP 200, errors are reported only through errcode/errmsg
@@ -60,6 +65,10 @@ type App struct {
 	// UnionBound: the app is bound to an Open Platform account, so responses
 	// carry unionid.
 	UnionBound bool
+	// AppKey and SandboxAppKey are the app's virtual payment keys for env 0
+	// (production) and env 1 (sandbox); a payment call for an env without
+	// one fails its pay_sig check.
+	AppKey, SandboxAppKey string
 }
 
 // Options configures a Server.
@@ -99,8 +108,9 @@ type Server struct {
 	sessionKeys map[string]string      // openid → the latest session_key issued
 	sensitive   map[string]bool        // codes and secrets received, session_keys and tokens issued
 	tokens      map[string]*issuedToken
-	appTokens   map[string]*appTokens // appid → its current tokens and force_refresh record
-	received    []Request             // the latest requests to the API endpoints (openapi.go)
+	appTokens   map[string]*appTokens   // appid → its current tokens and force_refresh record
+	received    []Request               // the latest requests to the API endpoints (openapi.go)
+	accounts    map[accountKey]*account // game currency (payments.go)
 }
 
 // codeKey identifies a code: WeChat issues codes per app, so the same string
@@ -125,6 +135,7 @@ func New(opts Options) *Server {
 		sensitive:   make(map[string]bool),
 		tokens:      make(map[string]*issuedToken),
 		appTokens:   make(map[string]*appTokens),
+		accounts:    make(map[accountKey]*account),
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -188,6 +199,12 @@ func (s *Server) Sensitive() []string {
 	out := make([]string, 0, len(s.apps)+len(s.sensitive))
 	for _, a := range s.apps {
 		out = append(out, a.Secret)
+		if a.AppKey != "" {
+			out = append(out, a.AppKey)
+		}
+		if a.SandboxAppKey != "" {
+			out = append(out, a.SandboxAppKey)
+		}
 	}
 	for v := range s.sensitive {
 		out = append(out, v)
@@ -244,12 +261,17 @@ type failure struct {
 // routes are the endpoints served: each answers a request with the body to
 // send, holding s.mu.
 var routes = map[string]func(*Server, *http.Request, []byte) any{
-	jscode2sessionPath: (*Server).redeemCode,
-	stableTokenPath:    (*Server).stableToken,
-	classicTokenPath:   (*Server).classicToken,
-	msgSecCheckPath:    (*Server).msgSecCheck,
-	checkSessionPath:   (*Server).checkSession,
-	apiDomainIPPath:    (*Server).apiDomainIP,
+	jscode2sessionPath:  (*Server).redeemCode,
+	stableTokenPath:     (*Server).stableToken,
+	classicTokenPath:    (*Server).classicToken,
+	msgSecCheckPath:     (*Server).msgSecCheck,
+	checkSessionPath:    (*Server).checkSession,
+	apiDomainIPPath:     (*Server).apiDomainIP,
+	getBalancePath:      (*Server).getBalance,
+	payPath:             (*Server).pay,
+	cancelPayPath:       (*Server).cancelPay,
+	presentPath:         (*Server).present,
+	resetSessionKeyPath: (*Server).resetSessionKey,
 }
 
 // maxRequestBody caps what the simulator reads of a request body (WeChat
