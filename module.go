@@ -76,12 +76,14 @@ type Handler struct {
 	players  budgetStore
 	ips      budgetStore // unlimited when ip_budget is off
 	codes    codeStore
-	sessions *sessionTokens // nil without a session block
-	stateKey string         // this handler's entry in appStates
-	release  func()         // ends this handler's leases on the shared state
-	fleet    *fleet         // nil without a redis block
-	metrics  *appMetrics
-	logger   *zap.Logger
+	// sessionKeys keeps every session_key WeChat answers, for wechat_api.
+	sessionKeys *sessionKeyCustody
+	sessions    *sessionTokens // nil without a session block
+	stateKey    string         // this handler's entry in appStates
+	release     func()         // ends this handler's leases on the shared state
+	fleet       *fleet         // nil without a redis block
+	metrics     *appMetrics
+	logger      *zap.Logger
 	// appIDPlaceholder is AppID as the placeholder's value, boxed once
 	// rather than on every request.
 	appIDPlaceholder any
@@ -145,7 +147,8 @@ func (h *Handler) attachState(ctx caddy.Context) error {
 	h.stateKey = stateKey(h.AppID, endpoint, h.resolved.app)
 	value, _, _ := appStates.LoadOrNew(h.stateKey, func() (caddy.Destructor, error) { return newAppState(), nil })
 	state := value.(*appState)
-	releases := []func(){state.players.lease(h.BudgetSize), state.codes.lease(h.CacheSize)}
+	releases := []func(){state.players.lease(h.BudgetSize), state.codes.lease(h.CacheSize), state.sessionKeys.entries.lease(sessionKeyCapacity)}
+	h.sessionKeys = state.sessionKeys
 	h.release = func() {
 		for _, release := range releases {
 			release()
