@@ -66,10 +66,18 @@ type APIHandler struct {
 	// stable_token call and keeps one ledger of forced refreshes. Default:
 	// none, every gateway fetches its own (the same, from stable_token).
 	Redis *RedisConfig `json:"redis,omitempty"`
+	// The virtual payment AppKeys, with which payment calls and the
+	// gateway's sign endpoint are signed. Default: none.
+	VirtualPayment *VirtualPaymentConfig `json:"virtual_payment,omitempty"`
 
-	secret   string // AppSecret, resolved
-	endpoint string // Endpoint without a trailing slash
-	client   *http.Client
+	secret  string    // AppSecret, resolved
+	appKeys [2]string // VirtualPayment's keys by env, resolved
+	// sessionKeys are the app's kept session_keys, shared with its
+	// wechat_login handlers through appStates[stateKey].
+	sessionKeys *sessionKeyCustody
+	stateKey    string
+	endpoint    string // Endpoint without a trailing slash
+	client      *http.Client
 	// tokens is shared with the app's other handlers, across reloads; the
 	// timeout and the metrics registry are this handler's.
 	tokens    *tokenManager
@@ -101,6 +109,10 @@ func parseAPICaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, err
 //		endpoint   <base-url>
 //		timeout    <duration>
 //		redis      { … }
+//		virtual_payment {
+//			app_key         <key>
+//			sandbox_app_key <key>
+//		}
 //	}
 func (h *APIHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return eachAppSubdirective(d, &h.AppID, &h.AppSecret, func(sub string) error {
@@ -112,6 +124,8 @@ func (h *APIHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Timeout, err = durationArg(d, checkAPITimeout)
 		case "redis":
 			h.Redis, err = parseRedisBlock(d)
+		case "virtual_payment":
+			h.VirtualPayment, err = parseVirtualPaymentBlock(d)
 		default:
 			err = d.Errf("unrecognized subdirective: %s", sub)
 		}
@@ -137,6 +151,7 @@ func (h *APIHandler) Provision(ctx caddy.Context) error {
 		h.Timeout = caddy.Duration(defaultAPITimeout)
 	}
 	h.secret = caddy.NewReplacer().ReplaceKnown(h.AppSecret, "")
+	h.appKeys = h.VirtualPayment.appKeys(caddy.NewReplacer())
 	// The shared token manager is only touched by a valid config, so a bad
 	// reload cannot disturb the running one.
 	if err := h.Validate(); err != nil {
@@ -149,6 +164,7 @@ func (h *APIHandler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	endpoint := canonicalEndpoint(h.Endpoint)
+	h.attachSessionKeys(endpoint)
 	key := stateKey(h.AppID, endpoint, h.secret)
 	if h.Redis != nil {
 		// Every handler of the manager holds the client it uses, so that
@@ -182,6 +198,7 @@ func (h *APIHandler) Validate() error {
 		checkEndpoint(h.Endpoint),
 		checkAPITimeout(h.Timeout),
 		checkRedis(h.Redis),
+		checkVirtualPayment(h.VirtualPayment, h.appKeys),
 	} {
 		if err != nil {
 			return err
@@ -196,9 +213,10 @@ func (h *APIHandler) Cleanup() error {
 	if h.client != nil {
 		h.client.CloseIdleConnections()
 	}
-	var err error
+	err := h.releaseSessionKeys()
 	if h.tokens != nil { // nil when provision failed before attaching it
-		_, err = tokenManagers.Delete(h.tokensKey)
+		_, terr := tokenManagers.Delete(h.tokensKey)
+		err = errors.Join(err, terr)
 	}
 	if h.fleet != nil {
 		err = errors.Join(err, h.fleet.release())
@@ -219,6 +237,9 @@ func (h *APIHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 		return h.refuse(w, r, badRequest("not a WeChat API path"))
 	}
 	r.URL.Path, r.URL.RawPath = cleanPath, ""
+	if strings.HasPrefix(cleanPath, gatewayPathPrefix) {
+		return h.serveGateway(w, r, cleanPath)
+	}
 	if strings.EqualFold(cleanPath, classicTokenPath) || strings.EqualFold(cleanPath, stableTokenPath) {
 		t, err := h.tokens.token(r.Context(), time.Duration(h.Timeout))
 		if err != nil {
@@ -234,6 +255,7 @@ func (h *APIHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 		return h.refuse(w, r, refusal)
 	}
 	defer answer.Body.Close()
+	h.keepRotatedKey(r, cleanPath, answer)
 	h.metrics.call(outcome)
 	h.logCall(r, answer.StatusCode, outcome, start)
 	if err := passOn(w, answer); err != nil {
@@ -270,6 +292,9 @@ func (h *APIHandler) call(r *http.Request, cleanPath string) (*http.Response, st
 			return nil, "", newRefusal(http.StatusRequestEntityTooLarge, errInvalidRequest, "the request body is too large")
 		}
 		return nil, "", badRequest("the request body could not be read")
+	}
+	if refusal := h.signForPlayer(r, cleanPath, body); refusal != nil {
+		return nil, "", refusal
 	}
 	t, terr := h.tokens.token(ctx, timeout)
 	if terr != nil {

@@ -5,6 +5,7 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hmac"
+	"crypto/sha1"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
@@ -305,4 +306,44 @@ func encryptOpenData(key, iv, plaintext []byte) []byte {
 	padded := append(append([]byte(nil), plaintext...), bytes.Repeat([]byte{byte(pad)}, pad)...)
 	cipher.NewCBCEncrypter(block, iv).CryptBlocks(padded, padded)
 	return padded
+}
+
+// SignRawData is the signature a client's wx.getUserInfo-style call gives
+// with rawData for the player openid: hex sha1(rawData + session_key). ok is
+// false when the player has no session_key.
+func (s *Server) SignRawData(openid, rawData string) (signature string, ok bool) {
+	s.mu.Lock()
+	sessionKey, known := s.sessionKeys[openid]
+	s.mu.Unlock()
+	sum := sha1.Sum([]byte(rawData + sessionKey))
+	return hex.EncodeToString(sum[:]), known
+}
+
+// errcodeMidasSignatureInvalid is what wx.requestMidasPaymentGameItem
+// fails with when paySig or signature is wrong ("SIGNATURE INVALID").
+const errcodeMidasSignatureInvalid = -15012
+
+// RequestMidasPaymentGameItem checks a client's wx.requestMidasPaymentGameItem
+// as WeChat would for the player openid of appid: paySig = hex
+// HMAC-SHA256(AppKey of signData's env, "requestMidasPaymentGameItem&" +
+// signData), signature = hex HMAC-SHA256(the latest session_key, signData).
+// It returns the client's errCode: 0, or -15012.
+func (s *Server) RequestMidasPaymentGameItem(appid, openid, signData, paySig, signature string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var fields struct {
+		Env int `json:"env"`
+	}
+	app := s.apps[appid]
+	appKey := app.AppKey
+	if json.Unmarshal([]byte(signData), &fields) == nil && fields.Env == EnvSandbox {
+		appKey = app.SandboxAppKey
+	}
+	sessionKey, known := s.sessionKeys[openid]
+	if !known || appKey == "" ||
+		!hmac.Equal([]byte(paySig), []byte(hexHMAC(appKey, []byte("requestMidasPaymentGameItem&"+signData)))) ||
+		!hmac.Equal([]byte(signature), []byte(hexHMAC(sessionKey, []byte(signData)))) {
+		return errcodeMidasSignatureInvalid
+	}
+	return 0
 }
