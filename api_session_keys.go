@@ -2,6 +2,7 @@ package wechatlogin
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -142,12 +143,20 @@ func (h *APIHandler) releaseSessionKeys() error {
 	return err
 }
 
-// playerKey is the kept session_key of openid, or the refusal to answer.
-func (h *APIHandler) playerKey(openid string) (string, *jsonRefusal) {
+// playerKey is the kept session_key of openid, or the refusal to answer:
+// the newest of this process's and, with redis, the fleet's.
+func (h *APIHandler) playerKey(ctx context.Context, openid string) (string, *jsonRefusal) {
 	if !isVisibleASCII(openid, maxWechatValueLen) {
 		return "", badRequest("openid must be a WeChat openid")
 	}
-	key, ok := h.sessionKeys.lookup(openid, time.Now())
+	now := time.Now()
+	kept, ok := h.sessionKeys.lookup(openid, now)
+	if h.fleet != nil {
+		if shared, found, _ := h.fleet.lookupSessionKey(ctx, openid, now); found && (!ok || shared.issuedAt.After(kept.issuedAt)) {
+			kept, ok = shared, true
+		}
+	}
+	key := kept.key
 	if !ok {
 		return "", newRefusal(http.StatusNotFound, errSessionKeyUnknown, "the gateway keeps no session_key for this player: they must log in again")
 	}
@@ -200,7 +209,7 @@ func (h *APIHandler) answerGateway(w http.ResponseWriter, r *http.Request, endpo
 	if json.Unmarshal(body, &req) != nil {
 		return 0, badRequest("the body must be a JSON object")
 	}
-	key, refusal := h.playerKey(req.OpenID)
+	key, refusal := h.playerKey(r.Context(), req.OpenID)
 	if refusal != nil {
 		return 0, refusal
 	}
@@ -362,7 +371,7 @@ func (h *APIHandler) signForPlayer(r *http.Request, cleanPath string, body reque
 		}
 		openid, env, signed = fields.OpenID, *fields.Env, body.head
 	}
-	key, refusal := h.playerKey(openid)
+	key, refusal := h.playerKey(r.Context(), openid)
 	if refusal != nil {
 		return refusal
 	}
@@ -406,8 +415,8 @@ func (h *APIHandler) keepRotatedKey(r *http.Request, cleanPath string, answer *h
 	}
 	query := r.URL.Query()
 	openid := query.Get("openid")
-	old, ok := h.sessionKeys.lookup(openid, time.Now())
-	if !ok || !sameSignature(query.Get("signature"), userStateSignature(old, nil)) {
+	old, refusal := h.playerKey(r.Context(), openid)
+	if refusal != nil || !sameSignature(query.Get("signature"), userStateSignature(old, nil)) {
 		return
 	}
 	body, err := io.ReadAll(io.LimitReader(answer.Body, maxInspectedAnswer))
@@ -423,8 +432,26 @@ func (h *APIHandler) keepRotatedKey(r *http.Request, cleanPath string, answer *h
 		reset.Errcode != 0 || reset.OpenID != openid || !isVisibleASCII(reset.SessionKey, maxWechatValueLen) {
 		return
 	}
-	h.sessionKeys.replace(openid, old, reset.SessionKey)
+	h.keepRotation(r.Context(), openid, old, reset.SessionKey)
 	delete(fields, "session_key")
 	body, _ = json.Marshal(fields) // raw JSON values always encode
 	answer.Body, answer.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
+}
+
+// keepRotation moves the custody of openid from old to successor, in this
+// process and, with redis, in the fleet (where the successor keeps the
+// old key's issue time, and so its expiry).
+func (h *APIHandler) keepRotation(ctx context.Context, openid, old, successor string) {
+	issuedAt, ok := h.sessionKeys.replace(openid, old, successor)
+	if h.fleet == nil {
+		return
+	}
+	if !ok {
+		shared, found, _ := h.fleet.lookupSessionKey(ctx, openid, time.Now())
+		if !found || shared.key != old {
+			return
+		}
+		issuedAt = shared.issuedAt
+	}
+	h.fleet.keepSessionKey(ctx, openid, successor, issuedAt)
 }

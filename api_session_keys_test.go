@@ -1,6 +1,7 @@
 package wechatlogin
 
 import (
+	"context"
 	"testing"
 )
 
@@ -27,10 +28,10 @@ func TestAPIReadsTheLoginsSessionKeys(t *testing.T) {
 	provisionAPI(t, staging)
 
 	login.sessionKeys.keep("alice", "key", login.now())
-	if key, _ := api.playerKey("alice"); key != "key" {
+	if key, _ := api.playerKey(context.Background(), "alice"); key != "key" {
 		t.Errorf("wechat_api of the app reads %q", key)
 	}
-	if _, refusal := staging.playerKey("alice"); refusal == nil || refusal.code != errSessionKeyUnknown {
+	if _, refusal := staging.playerKey(context.Background(), "alice"); refusal == nil || refusal.code != errSessionKeyUnknown {
 		t.Errorf("another secret's wechat_api read the key (%v)", refusal)
 	}
 }

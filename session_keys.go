@@ -54,22 +54,25 @@ func (c *sessionKeyCustody) keep(openid, key string, issuedAt time.Time) {
 }
 
 // replace swaps the key WeChat rotated (resetusersessionkey) for its
-// successor, if old is still the one kept. The successor keeps the old
-// key's issue time: WeChat gives it the old key's expiry.
-func (c *sessionKeyCustody) replace(openid, old, successor string) {
+// successor, if old is still the one kept, and reports the issue time the
+// successor keeps: the old key's, since WeChat gives it the old expiry.
+func (c *sessionKeyCustody) replace(openid, old, successor string) (time.Time, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if kept, ok := c.entries.Peek(openid); ok && kept.key == old {
-		c.entries.Add(openid, keptSessionKey{key: successor, issuedAt: kept.issuedAt})
+	kept, ok := c.entries.Peek(openid)
+	if !ok || kept.key != old {
+		return time.Time{}, false
 	}
+	c.entries.Add(openid, keptSessionKey{key: successor, issuedAt: kept.issuedAt})
+	return kept.issuedAt, true
 }
 
 // lookup is openid's kept key, if one is kept and still within its
 // lifetime at now.
-func (c *sessionKeyCustody) lookup(openid string, now time.Time) (string, bool) {
+func (c *sessionKeyCustody) lookup(openid string, now time.Time) (keptSessionKey, bool) {
 	kept, ok := c.entries.Get(openid)
 	if !ok || now.Sub(kept.issuedAt) >= sessionKeyLifetime {
-		return "", false
+		return keptSessionKey{}, false
 	}
-	return kept.key, true
+	return kept, true
 }

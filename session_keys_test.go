@@ -16,16 +16,16 @@ func TestCustodyKeepsTheNewestLogin(t *testing.T) {
 
 	custody.keep("alice", "newer", t0.Add(time.Second))
 	custody.keep("alice", "older", t0) // a slow exchange answering late
-	if got, _ := custody.lookup("alice", t0); got != "newer" {
-		t.Errorf("kept %q; want the newer login's key", got)
+	if got, _ := custody.lookup("alice", t0); got.key != "newer" {
+		t.Errorf("kept %q; want the newer login's key", got.key)
 	}
 	custody.replace("alice", "older", "rotated-from-older")
-	if got, _ := custody.lookup("alice", t0); got != "newer" {
-		t.Errorf("a rotation of a replaced key took effect: %q", got)
+	if got, _ := custody.lookup("alice", t0); got.key != "newer" {
+		t.Errorf("a rotation of a replaced key took effect: %q", got.key)
 	}
 	custody.replace("alice", "newer", "rotated")
-	if got, _ := custody.lookup("alice", t0); got != "rotated" {
-		t.Errorf("kept %q after a rotation; want its successor", got)
+	if got, _ := custody.lookup("alice", t0); got.key != "rotated" {
+		t.Errorf("kept %q after a rotation; want its successor", got.key)
 	}
 	if _, ok := custody.lookup("alice", t0.Add(time.Second+sessionKeyLifetime)); ok {
 		t.Error("a key past its lifetime (counted from its login, not its rotation) is still used")
