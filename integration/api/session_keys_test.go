@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -11,6 +12,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
 	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
@@ -205,5 +208,82 @@ func TestSessionKeyChecksAndRotation(t *testing.T) {
 	direct.Body.Close()
 	if verdict := decodeFields(t, gatewayCall(t, "check_session", map[string]string{"openid": alice})); verdict["valid"] != false {
 		t.Errorf("check_session after a login the gateway never saw: %v; want valid false", verdict)
+	}
+}
+
+// TestFleetSignsWithAnotherGatewaysLogin: a player logs in at gateway A;
+// gateway B's wechat_api, sharing A's Redis, decrypts the player's data and
+// signs their payments; Redis holds none of it readable.
+func TestFleetSignsWithAnotherGatewaysLogin(t *testing.T) {
+	const appID, secret = "wxcustodyfleet", "custody-fleet-secret"
+	testkit.Forbid(secret)
+	rdb := testkit.StartRedis(t)
+	sim, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{
+		{AppID: appID, Secret: secret, AppKey: custodyAppKey, SandboxAppKey: custodySandboxAppKey},
+	}})
+	redisBlock := fmt.Sprintf("redis {\n\t\taddress %s\n\t}", rdb.Addr())
+	backend := testkit.NewBackend(t, nil)
+	gatewayA := testkit.StartGateway(t, func(g *testkit.Gateway) string {
+		return g.Site(testkit.WechatLogin(appID, secret, simURL, redisBlock), testkit.ProxyTo(backend))
+	})
+	gatewayB := testkit.StartGateway(t, func(g *testkit.Gateway) string {
+		payment := fmt.Sprintf("virtual_payment {\n\t\tapp_key %s\n\t}", custodyAppKey)
+		return g.Site(wechatAPI(appID, secret, simURL, redisBlock, payment))
+	})
+	send := func(g *testkit.Gateway, method, path, body string) testkit.Response {
+		t.Helper()
+		req, _ := http.NewRequest(method, g.URL+path, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := testkit.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if leaks := resp.Leaks(); len(leaks) > 0 {
+			t.Errorf("%s answered with secrets: %v", path, leaks)
+		}
+		return resp
+	}
+
+	alice := wechatsim.OpenID(appID, "alice")
+	if resp := send(gatewayA, http.MethodGet, "/wx/login?code=alice.1", ""); resp.StatusCode != http.StatusOK {
+		t.Fatalf("login at gateway A: %v", resp)
+	}
+	data, iv := wechatsimtest.GroupEnterInfo(t, sim, appID, alice, "G-fleet")
+	raw, _ := json.Marshal(map[string]string{"openid": alice, "encrypted_data": data, "iv": iv})
+	if fields := decodeFields(t, send(gatewayB, http.MethodPost, "/gateway/decrypt", string(raw))); fields["opengid"] != "G-fleet" {
+		t.Errorf("gateway B decrypted %v", fields)
+	}
+	sim.Deposit(appID, alice, wechatsim.EnvProduction, 5)
+	body := fmt.Sprintf(`{"openid":%q,"offer_id":"1450000000","ts":1700000000,"zone_id":"1","env":0,"user_ip":"127.0.0.1"%%s}`, alice)
+	assertErrcode(t, send(gatewayB, http.MethodPost, "/wxa/game/getbalance", fmt.Sprintf(body, "")), 0)
+	assertErrcode(t, send(gatewayB, http.MethodPost, "/wxa/game/pay", fmt.Sprintf(body, `,"amount":2,"bill_no":"fleet-1"`)), 0)
+	if got := sim.Balance(appID, alice, wechatsim.EnvProduction); got != 3 {
+		t.Errorf("balance %d after paying 2 of 5 through gateway B", got)
+	}
+
+	// The player logs in again at A: B signs with the new key at once.
+	if resp := send(gatewayA, http.MethodGet, "/wx/login?code=alice.2", ""); resp.StatusCode != http.StatusOK {
+		t.Fatalf("second login at gateway A: %v", resp)
+	}
+	assertErrcode(t, send(gatewayB, http.MethodPost, "/wxa/game/getbalance", fmt.Sprintf(body, "")), 0)
+
+	client := redis.NewClient(&redis.Options{Addr: rdb.Addr()})
+	defer client.Close()
+	ctx := context.Background()
+	skeys := 0
+	for iter := client.Scan(ctx, 0, "*", 100).Iterator(); iter.Next(ctx); {
+		key := iter.Val()
+		value, _ := client.Get(ctx, key).Result() // a budget is a hash of counts: read as ""
+		if strings.Contains(key, ":skey:") {
+			skeys++
+		}
+		for _, s := range append(testkit.Forbidden(), alice) {
+			if s != "" && (strings.Contains(key, s) || strings.Contains(value, s)) {
+				t.Errorf("Redis key %q holds %q readable", key, s)
+			}
+		}
+	}
+	if skeys != 1 {
+		t.Errorf("%d session_key records in Redis; want 1 (the player's newest)", skeys)
 	}
 }
