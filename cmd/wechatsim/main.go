@@ -31,7 +31,8 @@ import (
 	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
 )
 
-var demoApp = wechatsim.App{AppID: "wx1234567890abcdef", Secret: "demo-secret-0123456789abcdef"}
+var demoApp = wechatsim.App{AppID: "wx1234567890abcdef", Secret: "demo-secret-0123456789abcdef",
+	AppKey: "demo-app-key-0123456789abcdef", SandboxAppKey: "demo-sandbox-app-key-0123456789"}
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:8931", "`address` to listen on")
