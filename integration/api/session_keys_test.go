@@ -165,8 +165,11 @@ func TestPaymentsAreSignedOnTheWay(t *testing.T) {
 	calls := sim.CallsTo("/wxa/game/getbalance")
 	resp = testkit.Send(t, http.MethodPost, "/wxa/game/getbalance", strings.NewReader(body(wechatsim.OpenID(appID, "bob"), "")), "Content-Type: application/json")
 	assertRefusal(t, resp, http.StatusNotFound, "session_key_unknown", 0)
+	// Nothing to sign for: a body without openid and env, an env other than 0 or 1.
+	assertRefusal(t, testkit.Send(t, http.MethodPost, "/wxa/game/getbalance", strings.NewReader(`{"offer_id":"1"}`)), http.StatusBadRequest, "invalid_request", 0)
+	assertRefusal(t, testkit.Send(t, http.MethodPost, "/wxa/game/getbalance", strings.NewReader(strings.Replace(body(alice, ""), `"env": 1`, `"env": 2`, 1))), http.StatusBadRequest, "invalid_request", 0)
 	if got := sim.CallsTo("/wxa/game/getbalance"); got != calls {
-		t.Errorf("WeChat got %d getbalance calls for a player the gateway never saw", got-calls)
+		t.Errorf("WeChat got %d getbalance calls it should not have", got-calls)
 	}
 	if leaks := resp.Leaks(); len(leaks) > 0 {
 		t.Errorf("a refusal showed secrets: %v", leaks)
