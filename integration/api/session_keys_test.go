@@ -290,3 +290,16 @@ func TestFleetSignsWithAnotherGatewaysLogin(t *testing.T) {
 		t.Errorf("%d session_key records in Redis; want 1 (the player's newest)", skeys)
 	}
 }
+
+// TestPaymentsWithoutVirtualPaymentGoAsSent: without a virtual_payment
+// block the gateway signs no payment call (the backend's own signing keeps
+// working): WeChat gets the call as sent and judges it.
+func TestPaymentsWithoutVirtualPaymentGoAsSent(t *testing.T) {
+	sim, _ := startGateway(t, "wxnopayment", "nopayment-secret", "nopayment-secret")
+	body := fmt.Sprintf(`{"openid":%q,"offer_id":"1","ts":1700000000,"zone_id":"1","env":0}`, wechatsim.OpenID("wxnopayment", "alice"))
+	assertErrcode(t, testkit.Send(t, http.MethodPost, "/wxa/game/getbalance", strings.NewReader(body), "Content-Type: application/json"), 90011)
+	received := sim.APIRequests()
+	if q, _ := url.ParseQuery(received[len(received)-1].RawQuery); q.Has("pay_sig") || q.Has("signature") {
+		t.Errorf("WeChat got %q: signatures added without virtual_payment", received[len(received)-1].RawQuery)
+	}
+}
