@@ -92,6 +92,16 @@ func TestBackendDecryptsThroughTheGateway(t *testing.T) {
 	if fields := decodeFields(t, gatewayCall(t, "decrypt", map[string]string{"openid": alice, "encrypted_data": newData, "iv": newIV})); fields["opengid"] != "G-after" {
 		t.Errorf("after a newer login, decrypt answered %v", fields)
 	}
+	// The first code again (a client's retry), served from the code cache:
+	// its older key does not come back.
+	calls := sim.Calls()
+	login(t, "alice.1")
+	if sim.Calls() != calls {
+		t.Fatal("the retried code was not served from the cache")
+	}
+	if fields := decodeFields(t, gatewayCall(t, "decrypt", map[string]string{"openid": alice, "encrypted_data": newData, "iv": newIV})); fields["opengid"] != "G-after" {
+		t.Errorf("after a cached retry of an older code, decrypt answered %v", fields)
+	}
 
 	const rawData = `{"nickName":"Alice","gender":0}`
 	signature, _ := sim.SignRawData(alice, rawData)
