@@ -70,14 +70,9 @@ type APIHandler struct {
 	// gateway's sign endpoint are signed. Default: none.
 	VirtualPayment *VirtualPaymentConfig `json:"virtual_payment,omitempty"`
 
-	secret  string    // AppSecret, resolved
-	appKeys [2]string // VirtualPayment's keys by env, resolved
-	// sessionKeys are the app's kept session_keys, shared with its
-	// wechat_login handlers through appStates[stateKey].
-	sessionKeys *sessionKeyCustody
-	stateKey    string
-	endpoint    string // Endpoint without a trailing slash
-	client      *http.Client
+	secret   string // AppSecret, resolved
+	endpoint string // Endpoint without a trailing slash
+	client   *http.Client
 	// tokens is shared with the app's other handlers, across reloads; the
 	// timeout and the metrics registry are this handler's.
 	tokens    *tokenManager
@@ -85,6 +80,12 @@ type APIHandler struct {
 	fleet     *fleet // nil without a redis block
 	metrics   *apiMetrics
 	logger    *zap.Logger
+	// appKeys are VirtualPayment's keys by env, resolved.
+	appKeys [2]string
+	// sessionKeys are the app's kept session_keys, shared with its
+	// wechat_login handlers through appStates[stateKey].
+	sessionKeys *sessionKeyCustody
+	stateKey    string
 }
 
 // CaddyModule returns the Caddy module information.
@@ -213,14 +214,14 @@ func (h *APIHandler) Cleanup() error {
 	if h.client != nil {
 		h.client.CloseIdleConnections()
 	}
-	err := h.releaseSessionKeys()
+	var err error
 	if h.tokens != nil { // nil when provision failed before attaching it
-		_, terr := tokenManagers.Delete(h.tokensKey)
-		err = errors.Join(err, terr)
+		_, err = tokenManagers.Delete(h.tokensKey)
 	}
 	if h.fleet != nil {
 		err = errors.Join(err, h.fleet.release())
 	}
+	err = errors.Join(err, h.releaseSessionKeys())
 	return err
 }
 

@@ -76,19 +76,19 @@ type Handler struct {
 	players  budgetStore
 	ips      budgetStore // unlimited when ip_budget is off
 	codes    codeStore
-	// sessionKeys keeps every session_key WeChat answers, for wechat_api.
-	sessionKeys *sessionKeyCustody
-	sessions    *sessionTokens // nil without a session block
-	stateKey    string         // this handler's entry in appStates
-	release     func()         // ends this handler's leases on the shared state
-	fleet       *fleet         // nil without a redis block
-	metrics     *appMetrics
-	logger      *zap.Logger
+	sessions *sessionTokens // nil without a session block
+	stateKey string         // this handler's entry in appStates
+	release  func()         // ends this handler's leases on the shared state
+	fleet    *fleet         // nil without a redis block
+	metrics  *appMetrics
+	logger   *zap.Logger
 	// appIDPlaceholder is AppID as the placeholder's value, boxed once
 	// rather than on every request.
 	appIDPlaceholder any
 	// now is the clock; tests swap it.
 	now func() time.Time
+	// sessionKeys keeps every session_key WeChat answers, for wechat_api.
+	sessionKeys *sessionKeyCustody
 }
 
 // CaddyModule returns the Caddy module information.
