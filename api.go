@@ -66,6 +66,9 @@ type APIHandler struct {
 	// stable_token call and keeps one ledger of forced refreshes. Default:
 	// none, every gateway fetches its own (the same, from stable_token).
 	Redis *RedisConfig `json:"redis,omitempty"`
+	// The virtual payment AppKeys, with which payment calls and the
+	// gateway's sign endpoint are signed. Default: none.
+	VirtualPayment *VirtualPaymentConfig `json:"virtual_payment,omitempty"`
 
 	secret   string // AppSecret, resolved
 	endpoint string // Endpoint without a trailing slash
@@ -77,6 +80,12 @@ type APIHandler struct {
 	fleet     *fleet // nil without a redis block
 	metrics   *apiMetrics
 	logger    *zap.Logger
+	// appKeys are VirtualPayment's keys by env, resolved.
+	appKeys [2]string
+	// sessionKeys are the app's kept session_keys, shared with its
+	// wechat_login handlers through appStates[stateKey].
+	sessionKeys *sessionKeyCustody
+	stateKey    string
 }
 
 // CaddyModule returns the Caddy module information.
@@ -101,6 +110,10 @@ func parseAPICaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, err
 //		endpoint   <base-url>
 //		timeout    <duration>
 //		redis      { … }
+//		virtual_payment {
+//			app_key         <key>
+//			sandbox_app_key <key>
+//		}
 //	}
 func (h *APIHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return eachAppSubdirective(d, &h.AppID, &h.AppSecret, func(sub string) error {
@@ -112,6 +125,8 @@ func (h *APIHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Timeout, err = durationArg(d, checkAPITimeout)
 		case "redis":
 			h.Redis, err = parseRedisBlock(d)
+		case "virtual_payment":
+			h.VirtualPayment, err = parseVirtualPaymentBlock(d)
 		default:
 			err = d.Errf("unrecognized subdirective: %s", sub)
 		}
@@ -137,6 +152,7 @@ func (h *APIHandler) Provision(ctx caddy.Context) error {
 		h.Timeout = caddy.Duration(defaultAPITimeout)
 	}
 	h.secret = caddy.NewReplacer().ReplaceKnown(h.AppSecret, "")
+	h.appKeys = h.VirtualPayment.appKeys(caddy.NewReplacer())
 	// The shared token manager is only touched by a valid config, so a bad
 	// reload cannot disturb the running one.
 	if err := h.Validate(); err != nil {
@@ -149,6 +165,7 @@ func (h *APIHandler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	endpoint := canonicalEndpoint(h.Endpoint)
+	h.attachSessionKeys(endpoint)
 	key := stateKey(h.AppID, endpoint, h.secret)
 	if h.Redis != nil {
 		// Every handler of the manager holds the client it uses, so that
@@ -182,6 +199,7 @@ func (h *APIHandler) Validate() error {
 		checkEndpoint(h.Endpoint),
 		checkAPITimeout(h.Timeout),
 		checkRedis(h.Redis),
+		checkVirtualPayment(h.VirtualPayment, h.appKeys),
 	} {
 		if err != nil {
 			return err
@@ -203,6 +221,7 @@ func (h *APIHandler) Cleanup() error {
 	if h.fleet != nil {
 		err = errors.Join(err, h.fleet.release())
 	}
+	err = errors.Join(err, h.releaseSessionKeys())
 	return err
 }
 
@@ -219,6 +238,9 @@ func (h *APIHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 		return h.refuse(w, r, badRequest("not a WeChat API path"))
 	}
 	r.URL.Path, r.URL.RawPath = cleanPath, ""
+	if strings.HasPrefix(cleanPath, gatewayPathPrefix) {
+		return h.serveGateway(w, r, cleanPath)
+	}
 	if strings.EqualFold(cleanPath, classicTokenPath) || strings.EqualFold(cleanPath, stableTokenPath) {
 		t, err := h.tokens.token(r.Context(), time.Duration(h.Timeout))
 		if err != nil {
@@ -234,6 +256,7 @@ func (h *APIHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 		return h.refuse(w, r, refusal)
 	}
 	defer answer.Body.Close()
+	h.keepRotatedKey(r, cleanPath, answer)
 	h.metrics.call(outcome)
 	h.logCall(r, answer.StatusCode, outcome, start)
 	if err := passOn(w, answer); err != nil {
@@ -270,6 +293,9 @@ func (h *APIHandler) call(r *http.Request, cleanPath string) (*http.Response, st
 			return nil, "", newRefusal(http.StatusRequestEntityTooLarge, errInvalidRequest, "the request body is too large")
 		}
 		return nil, "", badRequest("the request body could not be read")
+	}
+	if refusal := h.signForPlayer(r, cleanPath, body); refusal != nil {
+		return nil, "", refusal
 	}
 	t, terr := h.tokens.token(ctx, timeout)
 	if terr != nil {

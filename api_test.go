@@ -31,6 +31,10 @@ func TestAPIUnmarshalCaddyfile(t *testing.T) {
 			address    redis://10.0.0.5:6379 10.0.0.6
 			key_prefix game:
 		}
+		virtual_payment {
+			app_key         {env.WECHAT_APP_KEY}
+			sandbox_app_key sandbox-key
+		}
 	}`)
 	var h APIHandler
 	if err := h.UnmarshalCaddyfile(d); err != nil {
@@ -38,7 +42,8 @@ func TestAPIUnmarshalCaddyfile(t *testing.T) {
 	}
 	want := APIHandler{AppID: "wx1234567890abcdef", AppSecret: "{env.WECHAT_APP_SECRET}",
 		Endpoint: "http://127.0.0.1:8931/", Timeout: caddy.Duration(2 * time.Second),
-		Redis: &RedisConfig{Address: []string{"redis://10.0.0.5:6379", "10.0.0.6"}, KeyPrefix: "game:"}}
+		Redis:          &RedisConfig{Address: []string{"redis://10.0.0.5:6379", "10.0.0.6"}, KeyPrefix: "game:"},
+		VirtualPayment: &VirtualPaymentConfig{AppKey: "{env.WECHAT_APP_KEY}", SandboxAppKey: "sandbox-key"}}
 	if got, want := mustJSON(h), mustJSON(want); got != want {
 		t.Errorf("got  %s\nwant %s", got, want)
 	}
@@ -60,6 +65,10 @@ func TestAPIUnmarshalCaddyfileErrors(t *testing.T) {
 		{"app_secret s", "app_id is required"},
 		{"app_id wx1", "app_secret is required"},
 		{"app_id wx/1\napp_secret s", "app_id is not a WeChat AppID"},
+		{"virtual_payment", "virtual_payment needs app_key, sandbox_app_key or both"},
+		{"virtual_payment {\n app_key a b\n}", "app_key: one value expected"},
+		{"virtual_payment {\n app_key a\n app_key b\n}", "virtual_payment: app_key given more than once"},
+		{"virtual_payment {\n appkey a\n}", "virtual_payment: unrecognized subdirective: appkey"},
 	})
 }
 
@@ -101,6 +110,15 @@ func TestAPIValidate(t *testing.T) {
 		{func(h *APIHandler) { h.Timeout = caddy.Duration(time.Hour) }, "timeout must be positive and at most 1m0s"},
 		{func(h *APIHandler) { h.Redis = &RedisConfig{} }, "redis: address is required"},
 		{func(h *APIHandler) { h.Redis = &RedisConfig{Address: []string{"a:1"}, KeyPrefix: "{x}"} }, "key_prefix must not contain { or }"},
+		{func(h *APIHandler) { h.VirtualPayment = &VirtualPaymentConfig{} }, "virtual_payment needs app_key, sandbox_app_key or both"},
+		{func(h *APIHandler) {
+			h.VirtualPayment = &VirtualPaymentConfig{SandboxAppKey: "{env.UNSET}"}
+			h.appKeys = h.VirtualPayment.appKeys(caddy.NewReplacer())
+		}, "virtual_payment sandbox_app_key is empty once its placeholders are resolved"},
+		{func(h *APIHandler) {
+			h.VirtualPayment = &VirtualPaymentConfig{AppKey: "two words"}
+			h.appKeys = h.VirtualPayment.appKeys(nil)
+		}, "virtual_payment app_key is not a WeChat AppKey"},
 	} {
 		h := valid
 		tc.change(&h)
@@ -120,6 +138,8 @@ func FuzzAPIConfig(f *testing.F) {
 		`{"app_id":"wx1","app_secret":"s","redis":{"address":["127.0.0.1:1"],"timeout":1000000,"key_prefix":"x:"}}`,
 		`{"app_id":"wx1","app_secret":"s","redis":{"address":["redis://:pw@h/1"],"db":2,"fleet_size":-3}}`,
 		`{"app_id":"wx1","app_secret":"s","redis":{}}`,
+		`{"app_id":"wx1","app_secret":"s","virtual_payment":{"app_key":"{env.UNSET}","sandbox_app_key":"k"}}`,
+		`{"app_id":"wx1","app_secret":"s","virtual_payment":{}}`,
 	} {
 		f.Add([]byte(seed))
 	}

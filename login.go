@@ -120,6 +120,7 @@ func (h *Handler) exchangeOnce(reqCtx context.Context, code, sessionPlayer strin
 		return Identity{}, refusal
 	}
 	h.logExchange("ok", res, elapsed, nil)
+	h.sessionKeys.keep(id.OpenID, id.SessionKey, h.now())
 
 	if id.OpenID != sessionPlayer {
 		if refusal := h.chargePlayer(ctx, id.OpenID); refusal != nil {

@@ -87,6 +87,8 @@ type Handler struct {
 	appIDPlaceholder any
 	// now is the clock; tests swap it.
 	now func() time.Time
+	// sessionKeys keeps every session_key WeChat answers, for wechat_api.
+	sessionKeys *sessionKeyCustody
 }
 
 // CaddyModule returns the Caddy module information.
@@ -145,7 +147,8 @@ func (h *Handler) attachState(ctx caddy.Context) error {
 	h.stateKey = stateKey(h.AppID, endpoint, h.resolved.app)
 	value, _, _ := appStates.LoadOrNew(h.stateKey, func() (caddy.Destructor, error) { return newAppState(), nil })
 	state := value.(*appState)
-	releases := []func(){state.players.lease(h.BudgetSize), state.codes.lease(h.CacheSize)}
+	releases := []func(){state.players.lease(h.BudgetSize), state.codes.lease(h.CacheSize), state.sessionKeys.entries.lease(sessionKeyCapacity)}
+	h.sessionKeys = state.sessionKeys
 	h.release = func() {
 		for _, release := range releases {
 			release()

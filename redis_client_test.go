@@ -242,6 +242,10 @@ func runEveryScript(t *testing.T, gw gateway) {
 		return Identity{}, &jsonRefusal{status: http.StatusUnauthorized, code: errInvalidCode}
 	}
 	codes.redeem(ctx, newCodeKey(fleetAppID, "refused-code"), refuse)
+	gw.keepSessionKey(ctx, fleetIdentity.OpenID, fleetSessionKey, time.Now())
+	if _, found, _ := gw.lookupSessionKey(ctx, fleetIdentity.OpenID, time.Now()); !found {
+		t.Error("the kept session_key does not read back")
+	}
 	tokens := gw.tokenStore()
 	fetch := func(context.Context) (accessToken, error) {
 		return accessToken{value: "every-script-access-token", expires: time.Now().Add(time.Hour)}, nil

@@ -180,7 +180,7 @@ func (c *redisCodes) leadForFleet(ctx context.Context, k codeKeys, token string,
 		// what it proved.
 		if claim, ok := c.claim(ctx, k, token, acceptIdentity); ok && claim.kind == "result" {
 			if stored, _, err := c.openResult(k, claim.value); err == nil {
-				c.finish(ctx, k, token, nil, 0)
+				c.finish(ctx, k, token, nil, 0, nil)
 				return stored, redeemedFromCache, nil
 			}
 		}
@@ -188,9 +188,9 @@ func (c *redisCodes) leadForFleet(ctx context.Context, k codeKeys, token string,
 	if id.OpenID != "" {
 		// Stored even alongside a refusal (a player over budget): the code
 		// is spent at WeChat, and a retry elsewhere must find its result.
-		c.finish(ctx, k, token, c.sealIdentity(k, id, refusal), c.identityTTL)
+		c.finish(ctx, k, token, c.sealIdentity(k, id, refusal), c.identityTTL, c.fleet.sessionKeyWrite(id.OpenID, id.SessionKey, time.Now()))
 	} else {
-		c.finish(ctx, k, token, c.sealRefusal(k, refusal), c.lockTTL)
+		c.finish(ctx, k, token, c.sealRefusal(k, refusal), c.lockTTL, nil)
 	}
 	return id, redeemedByCall, refusal
 }
@@ -205,9 +205,13 @@ func (c *redisCodes) claim(ctx context.Context, k codeKeys, token, accept string
 	return claim, ok
 }
 
-// finish stores result (none when nil) and releases the lock.
-func (c *redisCodes) finish(ctx context.Context, k codeKeys, token string, result []byte, ttl time.Duration) {
+// finish stores result (none when nil) and releases the lock, and makes
+// the custody write, if any, in the same round trip.
+func (c *redisCodes) finish(ctx context.Context, k codeKeys, token string, result []byte, ttl time.Duration, custody *sessionKeyWrite) {
 	c.fleet.redis.do(ctx, "finish", func(ctx context.Context) error {
+		if custody != nil {
+			return custody.alongside(ctx, c.fleet.redis.client, finishScript, k.keys, token, result, ttl.Milliseconds())
+		}
 		return finishScript.Run(ctx, c.fleet.redis.client, k.keys, token, result, ttl.Milliseconds()).Err()
 	})
 }

@@ -379,13 +379,13 @@ func TestNothingReadableInRedis(t *testing.T) {
 				t.Errorf("key %q holds %q in readable form", k, f)
 			}
 		}
-		for _, kind := range []string{":budget:player:", ":budget:ip:", ":code:", ":lock:"} {
+		for _, kind := range []string{":budget:player:", ":budget:ip:", ":code:", ":lock:", ":skey:"} {
 			if strings.Contains(k, kind) {
 				kinds[kind]++
 			}
 		}
 	}
-	for _, kind := range []string{":budget:player:", ":budget:ip:", ":code:", ":lock:"} {
+	for _, kind := range []string{":budget:player:", ":budget:ip:", ":code:", ":lock:", ":skey:"} {
 		if kinds[kind] == 0 {
 			t.Errorf("no %s key was seen: the test looked at less than it should", kind)
 		}
