@@ -451,17 +451,19 @@ func passOn(w http.ResponseWriter, answer *http.Response) error {
 	return err
 }
 
-// writeTokenAnswer answers a token request as WeChat would, with the time
-// the token has left on this gateway.
+// wechatJSONType is the Content-Type of WeChat's JSON answers on its
+// /cgi-bin/ APIs, token endpoints included (its own spelling: encoding, not
+// charset).
+const wechatJSONType = "application/json; encoding=utf-8"
+
+// writeTokenAnswer answers a token request as WeChat would, byte for byte in
+// shape, with the time the token has left on this gateway.
 func writeTokenAnswer(w http.ResponseWriter, t accessToken, now time.Time) error {
 	body := struct {
 		AccessToken string `json:"access_token"`
 		ExpiresIn   int64  `json:"expires_in"`
 	}{t.value, max(int64(t.usableUntil().Sub(now)/time.Second), 1)}
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(http.StatusOK)
-	return json.NewEncoder(w).Encode(body)
+	return writeJSON(w, http.StatusOK, wechatJSONType, body)
 }
 
 // tokenRefusal maps a failure to get a token to the documented refusal.

@@ -298,3 +298,44 @@ func TestBodyOverRequestBodyLimit(t *testing.T) {
 		t.Error("an oversized body reached WeChat")
 	}
 }
+
+// TestTokenAnswersShapedLikeWechats: what the gateway answers in WeChat's
+// name is what WeChat answers, byte for byte in shape: the JSON object and
+// nothing after it (an SDK that escapes control characters before parsing
+// fails on a trailing newline), and WeChat's Content-Type.
+func TestTokenAnswersShapedLikeWechats(t *testing.T) {
+	const appID, secret = "wxshape", "shape-secret"
+	_, simURL := startGateway(t, appID, secret, secret)
+	stableRequest := `{"grant_type":"client_credential","appid":"` + appID + `","secret":"` + secret + `"}`
+	wechat, err := http.Post(simURL+stableTokenPath, "application/json", strings.NewReader(stableRequest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wechat.Body.Close()
+	wechatType := wechat.Header.Get("Content-Type")
+
+	for _, resp := range []testkit.Response{
+		testkit.Get(t, classicTokenPath+"?grant_type=client_credential&appid="+appID+"&secret=placeholder"),
+		testkit.Send(t, http.MethodPost, stableTokenPath, strings.NewReader(stableRequest), "Content-Type: application/json"),
+	} {
+		var answer struct {
+			AccessToken string `json:"access_token"`
+			ExpiresIn   int    `json:"expires_in"`
+		}
+		if resp.StatusCode != http.StatusOK || json.Unmarshal(resp.Body, &answer) != nil {
+			t.Fatalf("%s: %v", resp.Request.URL.Path, resp)
+		}
+		want := fmt.Sprintf(`{"access_token":%q,"expires_in":%d}`, answer.AccessToken, answer.ExpiresIn)
+		if string(resp.Body) != want {
+			// The token stays out of the test's output.
+			shown := strings.ReplaceAll(string(resp.Body), answer.AccessToken, "…")
+			t.Errorf("%s: the body is %q; want WeChat's bytes, {\"access_token\":\"…\",\"expires_in\":%d}", resp.Request.URL.Path, shown, answer.ExpiresIn)
+		}
+		if got := resp.Header.Get("Content-Type"); got != wechatType {
+			t.Errorf("%s: Content-Type %q; want WeChat's %q", resp.Request.URL.Path, got, wechatType)
+		}
+		if resp.ContentLength != int64(len(want)) {
+			t.Errorf("%s: Content-Length %d; want %d", resp.Request.URL.Path, resp.ContentLength, len(want))
+		}
+	}
+}
