@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -41,9 +44,15 @@ const (
 	apiRetryAfter = 5 * time.Second
 )
 
-// errWechatTokenUnavailable is wechat_api's refusal when WeChat gives no
-// access token; the other codes are wechat_login's.
-const errWechatTokenUnavailable = "wechat_token_unavailable"
+// wechat_api's own error codes; the others are wechat_login's.
+const (
+	// errWechatTokenUnavailable: WeChat gives no access token.
+	errWechatTokenUnavailable = "wechat_token_unavailable"
+	// errBrowserRequestRefused: the request came from a web browser.
+	errBrowserRequestRefused = "browser_request_refused"
+	// errHostNotAllowed: the request's Host is not one a backend uses.
+	errHostNotAllowed = "host_not_allowed"
+)
 
 // APIHandler is the wechat_api HTTP handler: it sends each request on to
 // WeChat's server API with the app's access_token set, so that backends call
@@ -66,10 +75,17 @@ type APIHandler struct {
 	// stable_token call and keeps one ledger of forced refreshes. Default:
 	// none, every gateway fetches its own (the same, from stable_token).
 	Redis *RedisConfig `json:"redis,omitempty"`
+	// Host names, besides IP addresses and localhost, that a request's Host
+	// header may carry (with any port): the names backends on other machines
+	// call the gateway by. A request for any other Host is refused, so that a
+	// web page whose DNS name its owner rebinds to the listener's address
+	// never reaches the app's token. Default: none.
+	AllowHosts []string `json:"allow_hosts,omitempty"`
 
-	secret   string // AppSecret, resolved
-	endpoint string // Endpoint without a trailing slash
-	client   *http.Client
+	allowedHosts map[string]bool // AllowHosts, lower case
+	secret       string          // AppSecret, resolved
+	endpoint     string          // Endpoint without a trailing slash
+	client       *http.Client
 	// tokens is shared with the app's other handlers, across reloads; the
 	// timeout and the metrics registry are this handler's.
 	tokens    *tokenManager
@@ -101,6 +117,7 @@ func parseAPICaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, err
 //		endpoint   <base-url>
 //		timeout    <duration>
 //		redis      { … }
+//		allow_host <name>...
 //	}
 func (h *APIHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return eachAppSubdirective(d, &h.AppID, &h.AppSecret, func(sub string) error {
@@ -112,11 +129,29 @@ func (h *APIHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Timeout, err = durationArg(d, checkAPITimeout)
 		case "redis":
 			h.Redis, err = parseRedisBlock(d)
+		case "allow_host":
+			if h.AllowHosts = d.RemainingArgs(); len(h.AllowHosts) == 0 {
+				return d.Errf("allow_host: missing value")
+			}
+			if err = checkAllowHosts(h.AllowHosts); err != nil {
+				err = d.WrapErr(err)
+			}
 		default:
 			err = d.Errf("unrecognized subdirective: %s", sub)
 		}
 		return err
 	})
+}
+
+// checkAllowHosts accepts host names as DNS, /etc/hosts, Docker and
+// Kubernetes spell them: letters, digits, '.', '-' and '_', no port.
+func checkAllowHosts(names []string) error {
+	for _, name := range names {
+		if name == "" || len(name) > 253 || strings.TrimLeft(strings.ToLower(name), "abcdefghijklmnopqrstuvwxyz0123456789.-_") != "" {
+			return fmt.Errorf("allow_host: %q is not a host name (letters, digits, '.', '-' and '_', without a port)", name)
+		}
+	}
+	return nil
 }
 
 func checkAPITimeout(timeout caddy.Duration) error {
@@ -143,6 +178,10 @@ func (h *APIHandler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.endpoint = strings.TrimSuffix(h.Endpoint, "/")
+	h.allowedHosts = make(map[string]bool, len(h.AllowHosts))
+	for _, name := range h.AllowHosts {
+		h.allowedHosts[strings.ToLower(name)] = true
+	}
 	h.client = newHTTPClient(time.Duration(h.Timeout))
 	var err error
 	if h.metrics, err = newAPIMetrics(ctx.GetMetricsRegistry(), h.AppID); err != nil {
@@ -182,6 +221,7 @@ func (h *APIHandler) Validate() error {
 		checkEndpoint(h.Endpoint),
 		checkAPITimeout(h.Timeout),
 		checkRedis(h.Redis),
+		checkAllowHosts(h.AllowHosts),
 	} {
 		if err != nil {
 			return err
@@ -209,6 +249,13 @@ func (h *APIHandler) Cleanup() error {
 // ServeHTTP answers a token request from the managed token, and sends any
 // other request on to WeChat with the token set.
 func (h *APIHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	// Before anything else: whatever the path, a request a backend would
+	// not send gets nothing.
+	if refusal := h.notFromABackend(r); refusal != nil {
+		h.logger.Debug("wechat_api refused a request not from a backend", zap.String("app_id", h.AppID),
+			zap.String("result", refusal.code), zap.String("host", r.Host), zap.String("origin", r.Header.Get("Origin")))
+		return h.refuse(w, r, refusal)
+	}
 	// What is checked is what is sent: the path cleaned, in the characters
 	// WeChat's API paths are made of, and compared ignoring case, so that
 	// no spelling of /cgi-bin/token ("//cgi-bin/token", "/CGI-BIN/TOKEN",
@@ -241,6 +288,45 @@ func (h *APIHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 		h.logger.Debug("wechat answer cut short", zap.String("app_id", h.AppID), zap.String("error", redact(err.Error())))
 	}
 	return nil
+}
+
+// notFromABackend returns the refusal of a request that a web browser sent,
+// or that names the gateway by a Host the operator did not list; nil for a
+// backend's. The listener is reachable from the browser of anyone on the
+// machine or the network, and any web page can make it send requests:
+// those always carry Origin or Sec-Fetch-Site (other than none, a person
+// typing the URL), and a page that rebinds its own DNS name to the
+// listener's address sends that name as Host. Backends and their SDKs send
+// neither header, and call the gateway by address, localhost or a name in
+// allow_host.
+func (h *APIHandler) notFromABackend(r *http.Request) *jsonRefusal {
+	_, hasOrigin := r.Header["Origin"]
+	if hasOrigin || slices.ContainsFunc(r.Header.Values("Sec-Fetch-Site"), func(site string) bool { return site != "none" }) {
+		return newRefusal(http.StatusForbidden, errBrowserRequestRefused, "a request from a web browser is refused: wechat_api serves backends only")
+	}
+	if !h.hostAllowed(r) {
+		return newRefusal(http.StatusMisdirectedRequest, errHostNotAllowed, "the Host header is neither an IP address, localhost nor a name in allow_host")
+	}
+	return nil
+}
+
+// hostAllowed reports whether r's Host, port aside, is an IP address,
+// localhost or a name in allow_host. Requests over a Unix socket, which no
+// browser reaches and whose clients name the host as they please, need none.
+func (h *APIHandler) hostAllowed(r *http.Request) bool {
+	if local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok && local.Network() == "unix" {
+		return true
+	}
+	host := r.Host
+	if name, _, err := net.SplitHostPort(host); err == nil {
+		host = name
+	} else if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		host = host[1 : len(host)-1]
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return true
+	}
+	return strings.EqualFold(host, "localhost") || h.allowedHosts[strings.ToLower(host)]
 }
 
 // refuse answers with the documented JSON error, or records 499 when the

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -31,6 +32,7 @@ func TestAPIUnmarshalCaddyfile(t *testing.T) {
 			address    redis://10.0.0.5:6379 10.0.0.6
 			key_prefix game:
 		}
+		allow_host wechat-api.internal api_gateway
 	}`)
 	var h APIHandler
 	if err := h.UnmarshalCaddyfile(d); err != nil {
@@ -38,7 +40,8 @@ func TestAPIUnmarshalCaddyfile(t *testing.T) {
 	}
 	want := APIHandler{AppID: "wx1234567890abcdef", AppSecret: "{env.WECHAT_APP_SECRET}",
 		Endpoint: "http://127.0.0.1:8931/", Timeout: caddy.Duration(2 * time.Second),
-		Redis: &RedisConfig{Address: []string{"redis://10.0.0.5:6379", "10.0.0.6"}, KeyPrefix: "game:"}}
+		Redis:      &RedisConfig{Address: []string{"redis://10.0.0.5:6379", "10.0.0.6"}, KeyPrefix: "game:"},
+		AllowHosts: []string{"wechat-api.internal", "api_gateway"}}
 	if got, want := mustJSON(h), mustJSON(want); got != want {
 		t.Errorf("got  %s\nwant %s", got, want)
 	}
@@ -60,6 +63,10 @@ func TestAPIUnmarshalCaddyfileErrors(t *testing.T) {
 		{"app_secret s", "app_id is required"},
 		{"app_id wx1", "app_secret is required"},
 		{"app_id wx/1\napp_secret s", "app_id is not a WeChat AppID"},
+		{"allow_host", "allow_host: missing value"},
+		{"allow_host api.internal:8081", `allow_host: "api.internal:8081" is not a host name`},
+		{"allow_host http://api.internal", "is not a host name"},
+		{"allow_host a\nallow_host b", "allow_host: given more than once"},
 	})
 }
 
@@ -101,6 +108,9 @@ func TestAPIValidate(t *testing.T) {
 		{func(h *APIHandler) { h.Timeout = caddy.Duration(time.Hour) }, "timeout must be positive and at most 1m0s"},
 		{func(h *APIHandler) { h.Redis = &RedisConfig{} }, "redis: address is required"},
 		{func(h *APIHandler) { h.Redis = &RedisConfig{Address: []string{"a:1"}, KeyPrefix: "{x}"} }, "key_prefix must not contain { or }"},
+		{func(h *APIHandler) { h.AllowHosts = []string{"api.internal", ""} }, `allow_host: "" is not a host name`},
+		{func(h *APIHandler) { h.AllowHosts = []string{"api\x7f.internal"} }, "is not a host name"},
+		{func(h *APIHandler) { h.AllowHosts = []string{"user@api.internal"} }, "is not a host name"},
 	} {
 		h := valid
 		tc.change(&h)
@@ -120,6 +130,7 @@ func FuzzAPIConfig(f *testing.F) {
 		`{"app_id":"wx1","app_secret":"s","redis":{"address":["127.0.0.1:1"],"timeout":1000000,"key_prefix":"x:"}}`,
 		`{"app_id":"wx1","app_secret":"s","redis":{"address":["redis://:pw@h/1"],"db":2,"fleet_size":-3}}`,
 		`{"app_id":"wx1","app_secret":"s","redis":{}}`,
+		`{"app_id":"wx1","app_secret":"s","allow_hosts":["api.internal","API_2",""]}`,
 	} {
 		f.Add([]byte(seed))
 	}
@@ -357,7 +368,7 @@ func TestClientGoneRecorded499(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	w := httptest.NewRecorder()
-	r := httptest.NewRequestWithContext(ctx, http.MethodPost, "/wxa/msg_sec_check", strings.NewReader("{}"))
+	r := httptest.NewRequestWithContext(ctx, http.MethodPost, "http://127.0.0.1/wxa/msg_sec_check", strings.NewReader("{}"))
 	if err := h.ServeHTTP(w, r, nil); err != nil || w.Code != 499 || w.Body.Len() != 0 {
 		t.Errorf("got %d %q, %v; want 499 and no body", w.Code, w.Body, err)
 	}
@@ -383,7 +394,7 @@ func TestOnlyTheAppsTokenCanBeRefused(t *testing.T) {
 	provisionAPI(t, h)
 
 	w := httptest.NewRecorder()
-	if err := h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/sns/auth?openid=o1", nil), nil); err != nil || w.Code != http.StatusOK {
+	if err := h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "http://127.0.0.1/sns/auth?openid=o1", nil), nil); err != nil || w.Code != http.StatusOK {
 		t.Fatalf("/sns/auth: %d %v", w.Code, err)
 	}
 	if stableCalls.Load() != 1 || forwarded.Load() != 1 {
@@ -391,13 +402,13 @@ func TestOnlyTheAppsTokenCanBeRefused(t *testing.T) {
 	}
 	for _, spelling := range []string{"//cgi-bin/token", "/cgi-bin/./token", "/cgi-bin//stable_token", "/CGI-BIN/TOKEN", "/cgi-bin/x/../token"} {
 		w := httptest.NewRecorder()
-		if err := h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "http://gateway"+spelling+"?grant_type=client_credential", nil), nil); err != nil || !strings.Contains(w.Body.String(), `"access_token":"app-token-1"`) {
+		if err := h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "http://127.0.0.1"+spelling+"?grant_type=client_credential", nil), nil); err != nil || !strings.Contains(w.Body.String(), `"access_token":"app-token-1"`) {
 			t.Errorf("%s: %d %s, want the gateway's token", spelling, w.Code, w.Body)
 		}
 	}
 	for _, odd := range []string{"/cgi-bin/token%00", "/cgi-bin/token;x", "/cgi-bin/token%20"} {
 		w := httptest.NewRecorder()
-		if err := h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "http://gateway"+odd+"?grant_type=client_credential", nil), nil); err != nil || w.Code != http.StatusBadRequest {
+		if err := h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "http://127.0.0.1"+odd+"?grant_type=client_credential", nil), nil); err != nil || w.Code != http.StatusBadRequest {
 			t.Errorf("%s: %d %s, want 400: not a WeChat API path", odd, w.Code, w.Body)
 		}
 	}
@@ -432,12 +443,38 @@ func TestAnotherCredentialsRefusalForcesNoRefresh(t *testing.T) {
 	provisionAPI(t, h)
 	for range 3 {
 		w := httptest.NewRecorder()
-		r := httptest.NewRequest(http.MethodPost, "/cgi-bin/component/api_query_auth?component_access_token=bogus", strings.NewReader("{}"))
+		r := httptest.NewRequest(http.MethodPost, "http://localhost:8081/cgi-bin/component/api_query_auth?component_access_token=bogus", strings.NewReader("{}"))
 		if err := h.ServeHTTP(w, r, nil); err != nil || !strings.Contains(w.Body.String(), `"errcode":40001`) {
 			t.Fatalf("got %d %s, %v; want WeChat's 40001 passed back", w.Code, w.Body, err)
 		}
 	}
 	if forced.Load() != 0 || checks.Load() == 0 {
 		t.Errorf("%d forced refreshes after %d checks of the token, want none forced and the token checked", forced.Load(), checks.Load())
+	}
+}
+
+// TestHostAllowed: a backend names the gateway by an IP address (v4 or v6,
+// with or without a port), localhost or a name in allow_host, in any case;
+// any other name is a DNS name someone could point at the listener. Over a
+// Unix socket, which no browser reaches, any name does.
+func TestHostAllowed(t *testing.T) {
+	h := &APIHandler{AppID: apiAppID, AppSecret: apiSecret, AllowHosts: []string{"wechat-api.internal"}}
+	provisionAPI(t, h)
+	for host, want := range map[string]bool{
+		"127.0.0.1": true, "127.0.0.1:8081": true, "10.0.0.5:8081": true, "[::1]:8081": true, "[::1]": true, "::1": true,
+		"localhost": true, "LocalHost:8081": true, "wechat-api.internal:8081": true, "WECHAT-API.internal": true,
+		"evil.example": false, "evil.example:8081": false, "localhost.evil.example": false, "127.0.0.1.nip.io:8081": false,
+		"wechat-api.internal.evil.example": false, "": false, "[evil.example]:8081": false,
+	} {
+		r := httptest.NewRequest(http.MethodGet, "/cgi-bin/token", nil)
+		r.Host = host
+		if got := h.hostAllowed(r); got != want {
+			t.Errorf("Host %q: allowed %t, want %t", host, got, want)
+		}
+	}
+	overUnixSocket := context.WithValue(context.Background(), http.LocalAddrContextKey, &net.UnixAddr{Name: "/run/wechat-api.sock", Net: "unix"})
+	r := httptest.NewRequestWithContext(overUnixSocket, http.MethodGet, "http://unix/cgi-bin/token", nil)
+	if !h.hostAllowed(r) {
+		t.Error("a request over a Unix socket was refused for its Host")
 	}
 }
