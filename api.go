@@ -372,14 +372,21 @@ func (h *APIHandler) call(r *http.Request, cleanPath string) (*http.Response, st
 	if !body.repeatable() {
 		// The body was streamed and cannot be sent again; WeChat's refusal
 		// goes back as it is, and the next call gets a new token.
-		_, _ = h.tokens.replace(ctx, timeout, t, errcode)
+		_, _ = h.tokens.replace(ctx, timeout, t, errcode, cleanPath)
+		return answer, callForwarded, nil
+	}
+	next, terr := h.tokens.replace(ctx, timeout, t, errcode, cleanPath)
+	if terr != nil {
+		answer.Body.Close()
+		return nil, "", tokenRefusal(terr)
+	}
+	if next.value == t.value {
+		// WeChat takes the token: the API refused something else the call
+		// carried, and would refuse a repeat alike. Its answer goes back.
 		return answer, callForwarded, nil
 	}
 	answer.Body.Close()
-	if t, terr = h.tokens.replace(ctx, timeout, t, errcode); terr != nil {
-		return nil, "", tokenRefusal(terr)
-	}
-	if answer, refusal = h.send(r, body, t); refusal != nil {
+	if answer, refusal = h.send(r, body, next); refusal != nil {
 		return nil, "", refusal
 	}
 	return answer, callRepeated, nil
@@ -492,19 +499,22 @@ func (b requestBody) reader() io.Reader {
 
 // inspectAnswer returns the errcode of a small JSON answer (0 if it has
 // none, or is not small JSON), reading it into memory; answer.Body still
-// yields the whole body afterwards.
+// yields the whole body afterwards. A small answer read whole lets go of its
+// connection, as it may be kept while the token is looked into.
 func inspectAnswer(answer *http.Response) int {
 	if answer.ContentLength > maxInspectedAnswer {
 		return 0
 	}
 	head, err := io.ReadAll(io.LimitReader(answer.Body, maxInspectedAnswer+1))
-	answer.Body = struct {
-		io.Reader
-		io.Closer
-	}{io.MultiReader(bytes.NewReader(head), answer.Body), answer.Body}
 	if err != nil || len(head) > maxInspectedAnswer {
+		answer.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(head), answer.Body), answer.Body}
 		return 0
 	}
+	answer.Body.Close()
+	answer.Body = io.NopCloser(bytes.NewReader(head))
 	errcode, _ := answerErrcode(head)
 	return errcode
 }

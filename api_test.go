@@ -420,12 +420,19 @@ func TestOnlyTheAppsTokenCanBeRefused(t *testing.T) {
 // TestAnotherCredentialsRefusalForcesNoRefresh: an API that refuses some
 // other credential a backend's call carried answers 40001 too; before a
 // forced refresh, which would invalidate the token for the whole app, the
-// gateway asks WeChat whether the token itself is refused.
+// gateway asks WeChat whether the token itself is refused. It is not: the
+// call is not repeated with the same token (WeChat's answer goes back), and
+// the confirmation is remembered, so the next refusals cost no more. When
+// WeChat does not say (busy), the call is not repeated either, and nothing
+// is remembered.
 func TestAnotherCredentialsRefusalForcesNoRefresh(t *testing.T) {
-	var forced, checks atomic.Int32
+	var forced, stable, checks, forwarded atomic.Int32
+	var checkBusy atomic.Bool
+	const refusal = `{"errcode":40001,"errmsg":"invalid credential"}`
 	fake := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case stableTokenPath:
+			stable.Add(1)
 			body, _ := io.ReadAll(r.Body)
 			if strings.Contains(string(body), `"force_refresh":true`) {
 				forced.Add(1)
@@ -433,23 +440,40 @@ func TestAnotherCredentialsRefusalForcesNoRefresh(t *testing.T) {
 			fmt.Fprint(w, `{"access_token":"app-token-1","expires_in":7200}`)
 		case tokenCheckPath:
 			checks.Add(1)
+			if checkBusy.Load() {
+				fmt.Fprint(w, `{"errcode":-1,"errmsg":"system error"}`)
+				return
+			}
 			fmt.Fprint(w, `{"ip_list":["101.226.103.0/25"]}`)
 		default:
-			fmt.Fprint(w, `{"errcode":40001,"errmsg":"invalid credential"}`) // the component_access_token is bogus
+			forwarded.Add(1)
+			fmt.Fprint(w, refusal) // the component_access_token is bogus
 		}
 	}))
 	t.Cleanup(fake.Close)
 	h := &APIHandler{AppID: apiAppID, AppSecret: apiSecret, Endpoint: fake.URL}
 	provisionAPI(t, h)
-	for range 3 {
+	call := func(api string) {
+		t.Helper()
 		w := httptest.NewRecorder()
-		r := httptest.NewRequest(http.MethodPost, "http://localhost:8081/cgi-bin/component/api_query_auth?component_access_token=bogus", strings.NewReader("{}"))
-		if err := h.ServeHTTP(w, r, nil); err != nil || !strings.Contains(w.Body.String(), `"errcode":40001`) {
+		r := httptest.NewRequest(http.MethodPost, "http://localhost:8081"+api+"?component_access_token=bogus", strings.NewReader("{}"))
+		if err := h.ServeHTTP(w, r, nil); err != nil || w.Code != http.StatusOK || w.Body.String() != refusal {
 			t.Fatalf("got %d %s, %v; want WeChat's 40001 passed back", w.Code, w.Body, err)
 		}
 	}
-	if forced.Load() != 0 || checks.Load() == 0 {
-		t.Errorf("%d forced refreshes after %d checks of the token, want none forced and the token checked", forced.Load(), checks.Load())
+	for range 3 {
+		call("/cgi-bin/component/api_query_auth")
+	}
+	if forced.Load() != 0 || stable.Load() != 2 || checks.Load() != 1 || forwarded.Load() != 3 {
+		t.Errorf("3 refusals of a token WeChat takes: %d calls, %d stable_token calls (%d forced), %d checks; want 3 (none repeated), 2 (the first fetch, one look), none forced, 1",
+			forwarded.Load(), stable.Load(), forced.Load(), checks.Load())
+	}
+
+	checkBusy.Store(true)
+	call("/cgi-bin/component/api_authorizer_token") // another API: looked into anew
+	call("/cgi-bin/component/api_authorizer_token")
+	if forced.Load() != 0 || checks.Load() != 3 || forwarded.Load() != 5 {
+		t.Errorf("WeChat busy when asked: %d calls, %d forced, %d checks; want 5 (none repeated), none forced, 3 (nothing remembered)", forwarded.Load(), forced.Load(), checks.Load())
 	}
 }
 

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -338,4 +340,50 @@ func TestTokenAnswersShapedLikeWechats(t *testing.T) {
 			t.Errorf("%s: Content-Length %d; want %d", resp.Request.URL.Path, resp.ContentLength, len(want))
 		}
 	}
+}
+
+// TestRefusalOfAnotherCredentialCostsLittle: an API that refuses another
+// credential a backend's call carries (here a third-party platform's
+// component_access_token) answers 40001 like a refused token. The gateway
+// asks WeChat once whether it takes the token; it does, so the call is not
+// repeated, the backend gets WeChat's answer, and refusals in the next 30 s
+// cost WeChat nothing more: 10 such calls cost at most 15 requests in all.
+func TestRefusalOfAnotherCredentialCostsLittle(t *testing.T) {
+	const appID, secret = "wxothercred", "othercred-secret"
+	const componentPath = "/cgi-bin/component/api_query_auth"
+	const refusal = `{"errcode":40001,"errmsg":"invalid credential, access_token is invalid or not latest"}`
+	sim, _ := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
+	var requests, componentCalls atomic.Int64
+	wechat := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		if r.URL.Path != componentPath {
+			sim.ServeHTTP(w, r)
+			return
+		}
+		componentCalls.Add(1)
+		w.Header().Set("Content-Type", "application/json; encoding=utf-8")
+		fmt.Fprint(w, refusal)
+	}))
+	t.Cleanup(wechat.Close)
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(wechatAPI(appID, secret, wechat.URL)))
+
+	for range 10 {
+		resp := testkit.Send(t, http.MethodPost, componentPath+"?component_access_token=bogus",
+			strings.NewReader(`{"component_appid":"wxc","authorization_code":"x"}`), "Content-Type: application/json")
+		if resp.StatusCode != http.StatusOK || string(resp.Body) != refusal {
+			t.Fatalf("got %v; want WeChat's 40001 as WeChat sent it", resp)
+		}
+	}
+	stable, checks := sim.CallsTo(stableTokenPath), sim.CallsTo("/cgi-bin/get_api_domain_ip")
+	if componentCalls.Load() != 10 || checks != 1 || stable != 2 || sim.ForcedRefreshes(appID) != 0 {
+		t.Errorf("10 calls made %d API calls, %d token checks, %d stable_token calls (%d forced); want 10 (none repeated), 1, 2 (the first fetch, one look), none forced",
+			componentCalls.Load(), checks, stable, sim.ForcedRefreshes(appID))
+	}
+	if n := requests.Load(); n > 15 {
+		t.Errorf("10 calls cost WeChat %d requests; want at most 15", n)
+	}
+	// A call the token's own refusal spoils is still repeated with a new one.
+	assertErrcode(t, secCheck(t), 0)
+	sim.RevokeTokens(appID)
+	assertErrcode(t, secCheck(t), 0)
 }
