@@ -156,7 +156,7 @@ func FuzzAPIConfig(f *testing.F) {
 // with no `order` option, and the JSON round-trips through APIHandler.
 func TestAPIAdapt(t *testing.T) {
 	const input = "http://127.0.0.1:8081 {\n\twechat_api {\n\t\tapp_id wx1234567890abcdef\n" +
-		"\t\tapp_secret {env.WECHAT_APP_SECRET}\n\t\ttimeout 3s\n\t}\n}\n"
+		"\t\tapp_secret {env.WECHAT_APP_SECRET}\n\t\ttimeout 3s\n\t\tallow_host wechat-api.internal\n\t}\n}\n"
 	adapted, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(input), nil)
 	if err != nil || len(warnings) > 0 {
 		t.Fatalf("adapting: %v %v", err, warnings)
@@ -183,7 +183,7 @@ func TestAPIAdapt(t *testing.T) {
 	for _, server := range config.Apps.HTTP.Servers {
 		handler = server.Routes[0].Handle[0].Routes[0].Handle[0]
 	}
-	const want = `{"app_id":"wx1234567890abcdef","app_secret":"{env.WECHAT_APP_SECRET}","handler":"wechat_api","timeout":3000000000}`
+	const want = `{"allow_hosts":["wechat-api.internal"],"app_id":"wx1234567890abcdef","app_secret":"{env.WECHAT_APP_SECRET}","handler":"wechat_api","timeout":3000000000}`
 	if got := mustJSON(json.RawMessage(handler)); got != want {
 		t.Fatalf("adapted to %s\nwant        %s", got, want)
 	}
@@ -191,7 +191,7 @@ func TestAPIAdapt(t *testing.T) {
 	if err := json.Unmarshal(handler, &h); err != nil {
 		t.Fatal(err)
 	}
-	if got := `{"app_id":"wx1234567890abcdef","app_secret":"{env.WECHAT_APP_SECRET}","timeout":3000000000}`; mustJSON(h) != got {
+	if got := `{"app_id":"wx1234567890abcdef","app_secret":"{env.WECHAT_APP_SECRET}","timeout":3000000000,"allow_hosts":["wechat-api.internal"]}`; mustJSON(h) != got {
 		t.Errorf("the JSON does not round-trip: %s", mustJSON(h))
 	}
 }
