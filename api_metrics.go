@@ -20,7 +20,7 @@ func initAPIMetrics() {
 	m := &apiMetricsSet
 	m.calls = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: ns, Subsystem: sub, Name: "calls_total",
-		Help: "Requests by outcome: forwarded, repeated (forwarded again with a new token after WeChat refused one), token (a token request answered by the gateway) or the error code of the response.",
+		Help: "Requests by outcome: forwarded, repeated (forwarded again with a new token after WeChat refused one), token (a token request answered by the gateway), gateway (a /gateway/ endpoint answered) or the error code of the response.",
 	}, []string{"app_id", "outcome"})
 	m.tokenFetches = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: ns, Subsystem: sub, Name: "token_fetches_total",

@@ -90,10 +90,13 @@ type loginApp struct {
 	players   budgetStore
 	codes     codeStore
 	state     *appState
-	stateKey  string
-	release   func() // ends this app's leases on the shared state
-	fleet     *fleet // nil without a redis block
-	metrics   *appMetrics
+	// sessionKeys is the custody of the app's session_keys, which its
+	// wechat_api handlers read; nil where the platform's are not kept.
+	sessionKeys *sessionKeyCustody
+	stateKey    string
+	release     func() // ends this app's leases on the shared state
+	fleet       *fleet // nil without a redis block
+	metrics     *appMetrics
 	// appIDPlaceholder is appID as the placeholder's value, boxed once
 	// rather than on every request.
 	appIDPlaceholder any
@@ -140,6 +143,10 @@ func (h *Handler) attachApp(ctx caddy.Context, cfg *PlatformApp, secret string) 
 	value, _, _ := appStates.LoadOrNew(app.stateKey, func() (caddy.Destructor, error) { return newAppState(), nil })
 	app.state = value.(*appState)
 	releases := []func(){app.state.players.lease(h.BudgetSize), app.state.codes.lease(h.CacheSize)}
+	if p.keepsSessionKeys {
+		releases = append(releases, app.state.sessionKeys.entries.lease(sessionKeyCapacity))
+		app.sessionKeys = app.state.sessionKeys
+	}
 	app.release = func() {
 		for _, release := range releases {
 			release()
@@ -160,7 +167,7 @@ func (h *Handler) attachApp(ctx caddy.Context, cfg *PlatformApp, secret string) 
 		return app, err
 	}
 	app.players = app.fleet.budget("player", app.budget, app.state.players, h.now)
-	app.codes = app.fleet.codes(app.codes, cacheTTL, app.client.worstCase())
+	app.codes = app.fleet.codes(app.codes, cacheTTL, app.client.worstCase(), p.keepsSessionKeys)
 	return app, nil
 }
 

@@ -148,6 +148,9 @@ func (h *Handler) exchangeOnce(reqCtx context.Context, app *loginApp, creds cred
 		}
 		return codeResult{failure: err}
 	}
+	if app.sessionKeys != nil && id.OpenID != "" {
+		app.sessionKeys.keep(id.OpenID, id.SessionKey, h.now())
+	}
 	if id.player() != sessionPlayer {
 		if wait, ok := app.players.spend(ctx, id.player()); !ok {
 			app.metrics.budgetRejected("player")

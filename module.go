@@ -7,7 +7,6 @@
 package wechatlogin
 
 import (
-	"encoding/json"
 	"errors"
 	"net/http"
 	"time"
@@ -201,10 +200,7 @@ func respondLogin(w http.ResponseWriter, id Identity, token string, expires time
 		Token           string `json:"token"`
 		ExpiresAt       string `json:"expires_at"`
 	}{id.OpenID, id.UnionID, id.AnonymousOpenID, token, expires.UTC().Format(time.RFC3339)}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(http.StatusOK)
-	return json.NewEncoder(w).Encode(body)
+	return writeJSON(w, http.StatusOK, "application/json", body)
 }
 
 // attachIdentity sets the identity headers, in app's family, and the

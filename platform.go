@@ -33,6 +33,10 @@ type platform struct {
 	answer answerReader
 	// headers are the identity headers the upstream gets.
 	headers *headerFamily
+	// keepsSessionKeys: the gateway keeps the session_keys its logins
+	// prove, per app, for the app's wechat_api (custody); only WeChat's
+	// have a reader.
+	keepsSessionKeys bool
 }
 
 // answerReader reads a platform's answer to an exchange: the identity it

@@ -36,4 +36,6 @@ var wechatPlatform = registerPlatform(&platform{
 	quotaErrcode: errcodeRateLimited,
 	answer:       wechatShaped{errcodes: wechatErrcodes},
 	headers:      wechatHeaders,
+	// wechat_api decrypts, verifies and signs with them.
+	keepsSessionKeys: true,
 })

@@ -103,7 +103,7 @@ func TestRedisTokenStoreRefusedTokenReplacedOnceForTheFleet(t *testing.T) {
 	replacements := map[string]int{}
 	replace := func(m fleetTokenManager) func() {
 		return func() {
-			r, err := m.replace(context.Background(), 5*time.Second, refused, errcodeInvalidCredential)
+			r, err := m.replace(context.Background(), 5*time.Second, refused, errcodeInvalidCredential, secCheckAPI)
 			if err != nil {
 				r = accessToken{value: "failed: " + err.Error()}
 			}
@@ -134,21 +134,21 @@ func TestRedisTokenStoreForcedRefreshesSpacedForTheFleet(t *testing.T) {
 	b.mustToken(t)
 
 	// Gateway A forces a refresh; B, refused the same token, takes A's.
-	forced, err := a.replace(context.Background(), 5*time.Second, refused, errcodeInvalidCredential)
+	forced, err := a.replace(context.Background(), 5*time.Second, refused, errcodeInvalidCredential, secCheckAPI)
 	if err != nil || forced.value == refused.value || wechat.forcedRefreshes() != 1 {
 		t.Fatalf("gateway A: %v, %d forced; want one forced refresh", err, wechat.forcedRefreshes())
 	}
-	if got, err := b.replace(context.Background(), 5*time.Second, refused, errcodeInvalidCredential); err != nil || got.value != forced.value || wechat.forcedRefreshes() != 1 {
+	if got, err := b.replace(context.Background(), 5*time.Second, refused, errcodeInvalidCredential, secCheckAPI); err != nil || got.value != forced.value || wechat.forcedRefreshes() != 1 {
 		t.Fatalf("gateway B: %v, %d forced; want A's token, no forced refresh of its own", err, wechat.forcedRefreshes())
 	}
 	// WeChat refuses the new token at B within 30 s of A's forced refresh:
 	// B has forced none itself, but the fleet has.
 	clock.Advance(forcedRefreshSpacing - time.Second)
-	if _, err := b.replace(context.Background(), 5*time.Second, forced, errcodeTokenExpired); err == nil || wechat.forcedRefreshes() != 1 {
+	if _, err := b.replace(context.Background(), 5*time.Second, forced, errcodeTokenExpired, secCheckAPI); err == nil || wechat.forcedRefreshes() != 1 {
 		t.Fatalf("gateway B within 30 s of A's forced refresh: %v, %d forced; want a refusal and no force_refresh", err, wechat.forcedRefreshes())
 	}
 	clock.Advance(time.Second)
-	if again, err := b.replace(context.Background(), 5*time.Second, forced, errcodeTokenExpired); err != nil || again.value == forced.value || wechat.forcedRefreshes() != 2 {
+	if again, err := b.replace(context.Background(), 5*time.Second, forced, errcodeTokenExpired, secCheckAPI); err != nil || again.value == forced.value || wechat.forcedRefreshes() != 2 {
 		t.Errorf("gateway B 30 s after A's forced refresh: %v, %d forced; want a second force_refresh", err, wechat.forcedRefreshes())
 	}
 	if a.gateway.redis.down.Load() || b.gateway.redis.down.Load() {
@@ -189,7 +189,7 @@ func TestRedisTokenStoreServesWhileRedisIsFrozen(t *testing.T) {
 	}
 	// Refused, it is replaced without Redis too, force_refresh included.
 	sim.RevokeTokens(apiAppID)
-	if r, err := a.replace(context.Background(), 5*time.Second, tok, errcodeInvalidCredential); err != nil || !sim.TokenValid(apiAppID, r.value) {
+	if r, err := a.replace(context.Background(), 5*time.Second, tok, errcodeInvalidCredential, secCheckAPI); err != nil || !sim.TokenValid(apiAppID, r.value) {
 		t.Fatalf("with Redis frozen, a refused token was not replaced: %v", err)
 	}
 	if allowed, err := a.store.allowForcedRefresh(context.Background(), clock.Now()); err != nil || !allowed {
@@ -305,7 +305,7 @@ func TestRedisTokenStoreWorksWithTheDocumentedACL(t *testing.T) {
 	gw := a.gateway
 
 	refused := a.mustToken(t)
-	if _, err := a.replace(ctx, 5*time.Second, refused, errcodeInvalidCredential); err != nil || wechat.forcedRefreshes() != 1 {
+	if _, err := a.replace(ctx, 5*time.Second, refused, errcodeInvalidCredential, secCheckAPI); err != nil || wechat.forcedRefreshes() != 1 {
 		t.Fatalf("a forced refresh: %v", err)
 	}
 	if gw.redis.down.Load() || gw.logs.Len() > 0 {

@@ -227,7 +227,7 @@ func runEveryScript(t *testing.T, gw gateway) {
 	t.Helper()
 	ctx := context.Background()
 	budget := gw.budget("player", Budget{Events: 5, Window: caddy.Duration(time.Minute)}, leasedBudgetTable(100), time.Now)
-	codes := gw.codes(newLocalCodes(time.Minute), time.Minute, 10*time.Second)
+	codes := gw.codes(newLocalCodes(time.Minute), time.Minute, 10*time.Second, true)
 	budget.spend(ctx, "oAlice")
 	budget.check(ctx, "oAlice")
 	if undo, _, ok := budget.reserve(ctx, "oAlice"); ok {
@@ -239,6 +239,10 @@ func runEveryScript(t *testing.T, gw gateway) {
 	}
 	refuse := func() codeResult { return codeResult{failure: wechatErrcodes.failure(errcodeInvalidCode, "")} }
 	codes.redeem(ctx, newCodeKey(fleetAppID, credentials{code: "refused-code"}), refuse)
+	gw.keepSessionKey(ctx, fleetIdentity.OpenID, fleetSessionKey, time.Now())
+	if _, found, _ := gw.lookupSessionKey(ctx, fleetIdentity.OpenID, time.Now()); !found {
+		t.Error("the kept session_key does not read back")
+	}
 	tokens := gw.tokenStore()
 	fetch := func(context.Context) (accessToken, error) {
 		return accessToken{value: "every-script-access-token", expires: time.Now().Add(time.Hour)}, nil

@@ -93,15 +93,18 @@ type redisCodes struct {
 	fresh       string        // what a new login accepts
 	identityTTL time.Duration // of a stored identity
 	lockTTL     time.Duration // of the lock, and of a refusal kept for waiters
+	// keepSessionKeys: the session_keys the app's calls prove are kept in
+	// Redis too, in the round trip that stores the result.
+	keepSessionKeys bool
 }
 
 // codes returns the fleet's codeStore in front of local (the memory store
 // shared across reloads). lockTTL is the longest an exchange can take,
 // retries included: a lock older than that has lost its holder.
-func (f *fleet) codes(local codeStore, cacheTTL, lockTTL time.Duration) codeStore {
+func (f *fleet) codes(local codeStore, cacheTTL, lockTTL time.Duration, keepSessionKeys bool) codeStore {
 	// The lock outlives the exchange by one Redis operation: storing its result.
 	lockTTL += f.redis.timeout
-	c := &redisCodes{fleet: f, local: local, fresh: acceptIdentity, identityTTL: cacheTTL, lockTTL: lockTTL}
+	c := &redisCodes{fleet: f, local: local, fresh: acceptIdentity, identityTTL: cacheTTL, lockTTL: lockTTL, keepSessionKeys: keepSessionKeys}
 	if cacheTTL <= 0 {
 		// Stored only for the waiters of the call that made it.
 		c.fresh, c.identityTTL = acceptNone, lockTTL
@@ -187,7 +190,7 @@ func (c *redisCodes) leadForFleet(ctx context.Context, k codeKeys, token string,
 		// what it proved.
 		if claim, ok := c.claim(ctx, k, token, acceptIdentity); ok && claim.kind == "result" {
 			if stored, err := c.openResult(k, claim.value); err == nil {
-				c.finish(ctx, k, token, nil, 0)
+				c.finish(ctx, k, token, nil, 0, nil)
 				return codeResult{id: stored.id}, redeemedFromCache
 			}
 		}
@@ -195,11 +198,21 @@ func (c *redisCodes) leadForFleet(ctx context.Context, k codeKeys, token string,
 	if res.proved() {
 		// Stored even for a player over budget: the code is spent at the
 		// platform, and a retry elsewhere must find its result.
-		c.finish(ctx, k, token, c.sealResult(k, res), c.identityTTL)
+		c.finish(ctx, k, token, c.sealResult(k, res), c.identityTTL, c.custodyWrite(res.id))
 	} else {
-		c.finish(ctx, k, token, c.sealResult(k, res), c.lockTTL)
+		c.finish(ctx, k, token, c.sealResult(k, res), c.lockTTL, nil)
 	}
 	return res, redeemedByCall
+}
+
+// custodyWrite is the fleet's copy of the session_key a call proved, for
+// the app's wechat_api handlers; nil when the app's keys are not kept or
+// the identity has no openid (an anonymous Douyin player).
+func (c *redisCodes) custodyWrite(id Identity) *sessionKeyWrite {
+	if !c.keepSessionKeys || id.OpenID == "" {
+		return nil
+	}
+	return c.fleet.sessionKeyWrite(id.OpenID, id.SessionKey, time.Now())
 }
 
 // claim runs claimScript; ok is false when Redis failed or is down.
@@ -212,9 +225,13 @@ func (c *redisCodes) claim(ctx context.Context, k codeKeys, token, accept string
 	return claim, ok
 }
 
-// finish stores result (none when nil) and releases the lock.
-func (c *redisCodes) finish(ctx context.Context, k codeKeys, token string, result []byte, ttl time.Duration) {
+// finish stores result (none when nil) and releases the lock, and makes
+// the custody write, if any, in the same round trip.
+func (c *redisCodes) finish(ctx context.Context, k codeKeys, token string, result []byte, ttl time.Duration, custody *sessionKeyWrite) {
 	c.fleet.redis.do(ctx, "finish", func(ctx context.Context) error {
+		if custody != nil {
+			return custody.alongside(ctx, c.fleet.redis.client, finishScript, k.keys, token, result, ttl.Milliseconds())
+		}
 		return finishScript.Run(ctx, c.fleet.redis.client, k.keys, token, result, ttl.Milliseconds()).Err()
 	})
 }

@@ -19,7 +19,7 @@ import (
 // gatewayCodes is gateway n's code store on the Redis at addr.
 func gatewayCodes(t testing.TB, addr string, n int, cacheTTL time.Duration) (gateway, *redisCodes) {
 	gw := newGateway(t, addr, n, nil)
-	return gw, gw.codes(newLocalCodes(cacheTTL), cacheTTL, 10*time.Second).(*redisCodes)
+	return gw, gw.codes(newLocalCodes(cacheTTL), cacheTTL, 10*time.Second, true).(*redisCodes)
 }
 
 // twoGateways starts a Redis and the code stores of two gateways on it,
@@ -383,13 +383,13 @@ func TestNothingReadableInRedis(t *testing.T) {
 				t.Errorf("key %q holds %q in readable form", k, f)
 			}
 		}
-		for _, kind := range []string{":budget:player:", ":budget:ip:", ":code:", ":lock:"} {
+		for _, kind := range []string{":budget:player:", ":budget:ip:", ":code:", ":lock:", ":skey:"} {
 			if strings.Contains(k, kind) {
 				kinds[kind]++
 			}
 		}
 	}
-	for _, kind := range []string{":budget:player:", ":budget:ip:", ":code:", ":lock:"} {
+	for _, kind := range []string{":budget:player:", ":budget:ip:", ":code:", ":lock:", ":skey:"} {
 		if kinds[kind] == 0 {
 			t.Errorf("no %s key was seen: the test looked at less than it should", kind)
 		}
@@ -409,7 +409,7 @@ func BenchmarkRedeemFreshCode(b *testing.B) {
 	b.Run("redis", func(b *testing.B) {
 		srv := testkit.StartRedis(b)
 		gw := newGateway(b, srv.Addr(), 0, func(c *RedisConfig) { c.Timeout = caddy.Duration(time.Second) })
-		codes := gw.codes(newLocalCodes(time.Minute), time.Minute, 10*time.Second)
+		codes := gw.codes(newLocalCodes(time.Minute), time.Minute, 10*time.Second, true)
 		reportCPU(b, srv, func() { benchmarkRedeem(b, codes, exchange) })
 		if gw.redis.down.Load() {
 			b.Fatal("Redis failed during the benchmark: the numbers are memory's")

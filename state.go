@@ -35,10 +35,12 @@ type appState struct {
 	ips     *budgetTable
 	codes   *codeTable
 	flights singleflight.Group // keyed by string(codeKey)
+	// sessionKeys is read by the app's wechat_api handlers too.
+	sessionKeys *sessionKeyCustody
 }
 
 func newAppState() *appState {
-	return &appState{players: newBudgetTable(), ips: newBudgetTable(), codes: newCodeTable()}
+	return &appState{players: newBudgetTable(), ips: newBudgetTable(), codes: newCodeTable(), sessionKeys: newSessionKeyCustody()}
 }
 
 // Destruct satisfies caddy.Destructor; the state is garbage once unused.

@@ -132,17 +132,17 @@ type wechatShaped struct {
 }
 
 var (
-	oID  = regexp.MustCompile(`^o[A-Za-z0-9_-]{27}$`)
-	hex  = regexp.MustCompile(`^[0-9A-F]{32}$`)
-	uid  = regexp.MustCompile(`^UID_[0-9A-F]{32}$`)
-	dyID = regexp.MustCompile(`^_000[A-Za-z0-9_-]{32}$`)
-	uuid = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+	oID      = regexp.MustCompile(`^o[A-Za-z0-9_-]{27}$`)
+	upperHex = regexp.MustCompile(`^[0-9A-F]{32}$`)
+	uid      = regexp.MustCompile(`^UID_[0-9A-F]{32}$`)
+	dyID     = regexp.MustCompile(`^_000[A-Za-z0-9_-]{32}$`)
+	uuid     = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
 )
 
 var wechatShapedPlatforms = []wechatShaped{
 	{platform: wechatsim.QQ, appid: qqID, contentType: "application/json", every: true,
 		invalid: 40029, reused: 40029, badSecret: 40125, refusesQuota: true, quotaCode: 45011,
-		openID: hex, unionID: uid},
+		openID: upperHex, unionID: uid},
 	{platform: wechatsim.TapTap, appid: tapID, contentType: "application/json; charset=utf-8",
 		invalid: 1040029, reused: 1040029, badSecret: 40125, openID: oID, unionID: oID},
 	{platform: wechatsim.Bilibili, appid: biliID, contentType: "application/json; charset=utf-8",
@@ -466,7 +466,7 @@ func TestPlatformIDs(t *testing.T) {
 		seen[id] = what
 	}
 	shapes := map[wechatsim.Platform][2]*regexp.Regexp{
-		wechatsim.WeChat: {oID, oID}, wechatsim.QQ: {hex, uid}, wechatsim.Douyin: {dyID, uuid},
+		wechatsim.WeChat: {oID, oID}, wechatsim.QQ: {upperHex, uid}, wechatsim.Douyin: {dyID, uuid},
 		wechatsim.TapTap: {oID, oID}, wechatsim.Bilibili: {oID, oID},
 	}
 	for _, p := range wechatsim.Platforms() {

@@ -7,6 +7,11 @@
 //	GET  /cgi-bin/token         getAccessToken (classic: each call replaces the token)
 //	POST /wxa/msg_sec_check     text security check, v2 (needs a valid access_token)
 //	GET  /wxa/checksession      session_key check (needs a valid access_token)
+//	GET  /wxa/resetusersessionkey  a new session_key for a player (the same signature)
+//	POST /wxa/game/getbalance, /wxa/game/pay, /wxa/game/cancelpay, /wxa/game/present
+//	                            mini-game virtual payments, with balances kept per
+//	                            (app, player, env) and both signatures checked
+//	                            (payments.go)
 //
 // The simulator follows WeChat's documented behaviour, quirks included:
 // every answer is HTTP 200, errors are reported only through errcode/errmsg
@@ -63,6 +68,10 @@ type App struct {
 	// UnionBound: the app is bound to an Open Platform account, so responses
 	// carry unionid.
 	UnionBound bool
+	// AppKey and SandboxAppKey are the app's virtual payment keys for env 0
+	// (production) and env 1 (sandbox); a payment call for an env without
+	// one fails its pay_sig check.
+	AppKey, SandboxAppKey string
 }
 
 // Options configures a Server.
@@ -102,8 +111,9 @@ type Server struct {
 	sessionKeys map[string]string      // openid → the latest session_key issued
 	sensitive   map[string]bool        // codes and secrets received, session_keys and tokens issued
 	tokens      map[string]*issuedToken
-	appTokens   map[string]*appTokens // appid → its current tokens and force_refresh record
-	received    []Request             // the latest requests to the API endpoints (openapi.go)
+	appTokens   map[string]*appTokens   // appid → its current tokens and force_refresh record
+	received    []Request               // the latest requests to the API endpoints (openapi.go)
+	accounts    map[accountKey]*account // game currency (payments.go)
 }
 
 // appKey identifies an app: an appid is unique on its platform only.
@@ -141,6 +151,7 @@ func New(opts Options) *Server {
 		sensitive:   make(map[string]bool),
 		tokens:      make(map[string]*issuedToken),
 		appTokens:   make(map[string]*appTokens),
+		accounts:    make(map[accountKey]*account),
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -209,6 +220,12 @@ func (s *Server) Sensitive() []string {
 	out := make([]string, 0, len(s.apps)+len(s.sensitive))
 	for _, a := range s.apps {
 		out = append(out, a.Secret)
+		if a.AppKey != "" {
+			out = append(out, a.AppKey)
+		}
+		if a.SandboxAppKey != "" {
+			out = append(out, a.SandboxAppKey)
+		}
 	}
 	for v := range s.sensitive {
 		out = append(out, v)
@@ -263,11 +280,16 @@ const wechatJSON = "application/json; encoding=utf-8"
 // routes are the endpoints served: WeChat's at the root, every platform's
 // login under its prefix.
 var routes = withLogins(map[string]route{
-	stableTokenPath:  {(*Server).stableToken, wechatJSON},
-	classicTokenPath: {(*Server).classicToken, wechatJSON},
-	msgSecCheckPath:  {(*Server).msgSecCheck, wechatJSON},
-	checkSessionPath: {(*Server).checkSession, wechatJSON},
-	apiDomainIPPath:  {(*Server).apiDomainIP, wechatJSON},
+	stableTokenPath:     {(*Server).stableToken, wechatJSON},
+	classicTokenPath:    {(*Server).classicToken, wechatJSON},
+	msgSecCheckPath:     {(*Server).msgSecCheck, wechatJSON},
+	checkSessionPath:    {(*Server).checkSession, wechatJSON},
+	apiDomainIPPath:     {(*Server).apiDomainIP, wechatJSON},
+	getBalancePath:      {(*Server).getBalance, wechatJSON},
+	payPath:             {(*Server).pay, wechatJSON},
+	cancelPayPath:       {(*Server).cancelPay, wechatJSON},
+	presentPath:         {(*Server).present, wechatJSON},
+	resetSessionKeyPath: {(*Server).resetSessionKey, wechatJSON},
 })
 
 // maxRequestBody caps what the simulator reads of a request body (WeChat

@@ -25,10 +25,13 @@ const (
 	boundID     = "wx2222222222222222"
 	boundSecret = "secret-two"
 	bound2ID    = "wx3333333333333333"
+	// appID's virtual payment keys
+	appKey        = "prod-app-key"
+	sandboxAppKey = "sandbox-app-key"
 )
 
 var testApps = []wechatsim.App{
-	{AppID: appID, Secret: appSecret},
+	{AppID: appID, Secret: appSecret, AppKey: appKey, SandboxAppKey: sandboxAppKey},
 	{AppID: boundID, Secret: boundSecret, UnionBound: true},
 	{AppID: bound2ID, Secret: boundSecret, UnionBound: true},
 }

@@ -13,7 +13,13 @@ import (
 // apiURL that only the game backend can reach: the backend calls WeChat's
 // msg_sec_check without an access_token, and an SDK gets the gateway's token.
 func newAPIWalkthrough(apiURL string, sim *wechatsim.Server) *walkthrough {
-	body := fmt.Sprintf(`{"content":"gg, well played","version":2,"scene":2,"openid":%q}`, wechatsim.OpenID(demoApp.AppID, "alice"))
+	alice := wechatsim.OpenID(demoApp.AppID, "alice")
+	body := fmt.Sprintf(`{"content":"gg, well played","version":2,"scene":2,"openid":%q}`, alice)
+	payment := func(openid, extra string) string {
+		return fmt.Sprintf(`{"openid":%q,"offer_id":"1450000000","ts":1700000000,"zone_id":"1","env":0,"user_ip":"127.0.0.1"%s}`, openid, extra)
+	}
+	signData := `{"mode":"goods","offerId":"1450000000","buyQuantity":1,"env":0,"currencyType":"CNY","platform":"android","zoneId":"1","productId":"sword","goodsPrice":6,"outTradeNo":"demo-1","attach":""}`
+	signRequest, _ := json.Marshal(map[string]any{"openid": alice, "env": 0, "sign_data": signData})
 	return &walkthrough{baseURL: apiURL, sim: sim, steps: []step{
 		{
 			title:    "wechat_api: the game backend checks a player's text with WeChat's msg_sec_check, without an access_token. The gateway fetches one from stable_token, adds it, and passes WeChat's answer back as it is.",
@@ -32,7 +38,64 @@ func newAPIWalkthrough(apiURL string, sim *wechatsim.Server) *walkthrough {
 			path:   "/cgi-bin/token?grant_type=client_credential&appid=" + demoApp.AppID + "&secret=unused",
 			expect: all(hasTokenAnswer, madeWechatCalls(0)),
 		},
+		{
+			title:    "Session keys stay at the gateway: the backend asks it to sign alice's wx.requestMidasPaymentGameItem. The gateway keeps her newest session_key from her login; the signature and paySig it answers are what WeChat's client accepts. No WeChat call.",
+			path:     "/gateway/sign",
+			jsonBody: string(signRequest),
+			expect:   all(signedForClient(sim, alice, signData), madeWechatCalls(0)),
+		},
+		{
+			title:    "Alice has bought 10 coins. The backend asks her balance with /wxa/game/getbalance and no signature: the gateway adds sig_method, signature (her session_key) and pay_sig (the AppKey), and WeChat accepts them.",
+			path:     "/wxa/game/getbalance",
+			jsonBody: payment(alice, ""),
+			before:   func() error { sim.Deposit(demoApp.AppID, alice, wechatsim.EnvProduction, 10); return nil },
+			expect:   all(paymentAnswered(10), madeWechatCalls(1)),
+		},
+		{
+			title:    "The backend spends 6 of alice's coins with /wxa/game/pay, unsigned too.",
+			path:     "/wxa/game/pay",
+			jsonBody: payment(alice, `,"amount":6,"bill_no":"demo-order-1"`),
+			expect:   all(paymentAnswered(4), madeWechatCalls(1)),
+		},
+		{
+			title:    "Bob never logged in through the gateway: 404 session_key_unknown, and nothing reaches WeChat.",
+			path:     "/wxa/game/getbalance",
+			jsonBody: payment(wechatsim.OpenID(demoApp.AppID, "bob"), ""),
+			expect:   all(refused(http.StatusNotFound, "session_key_unknown"), madeWechatCalls(0)),
+		},
 	}}
+}
+
+// signedForClient expects the gateway's signatures of signData for openid,
+// as the simulator's wx.requestMidasPaymentGameItem judges them.
+func signedForClient(sim *wechatsim.Server, openid, signData string) func(*answer) error {
+	return func(a *answer) error {
+		var body struct {
+			Signature string `json:"signature"`
+			PaySig    string `json:"pay_sig"`
+		}
+		if a.status != http.StatusOK || json.Unmarshal(a.body, &body) != nil {
+			return fmt.Errorf("got %d %s; want the signature and pay_sig", a.status, a.body)
+		}
+		if code := sim.RequestMidasPaymentGameItem(demoApp.AppID, openid, signData, body.PaySig, body.Signature); code != 0 {
+			return fmt.Errorf("wx.requestMidasPaymentGameItem would fail with %d", code)
+		}
+		return nil
+	}
+}
+
+// paymentAnswered expects a payment API's success with balance.
+func paymentAnswered(balance int64) func(*answer) error {
+	return func(a *answer) error {
+		var body struct {
+			Errcode int   `json:"errcode"`
+			Balance int64 `json:"balance"`
+		}
+		if a.status != http.StatusOK || json.Unmarshal(a.body, &body) != nil || body.Errcode != 0 || body.Balance != balance {
+			return fmt.Errorf("got %d %s; want errcode 0 and balance %d", a.status, a.body, balance)
+		}
+		return nil
+	}
 }
 
 // printAPIGuide tells a person what to try against wechat_api.
@@ -44,7 +107,7 @@ func (w *walkthrough) printAPIGuide(out io.Writer) {
 // wechatCalls is every call the simulator has received.
 func wechatCalls(sim *wechatsim.Server) int64 {
 	var n int64
-	for _, path := range []string{"/sns/jscode2session", "/cgi-bin/stable_token", "/cgi-bin/token", "/wxa/msg_sec_check"} {
+	for _, path := range []string{"/sns/jscode2session", "/cgi-bin/stable_token", "/cgi-bin/token", "/wxa/msg_sec_check", "/wxa/game/getbalance", "/wxa/game/pay"} {
 		n += sim.CallsTo(path)
 	}
 	return n

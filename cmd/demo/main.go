@@ -47,7 +47,8 @@ var caddyfile []byte
 
 // demoApp is the mini-game the simulator knows, as in the Caddyfile. It is
 // bound to an Open Platform account so that logins show a unionid too.
-var demoApp = wechatsim.App{AppID: "wx1234567890abcdef", Secret: "demo-secret-0123456789abcdef", UnionBound: true}
+var demoApp = wechatsim.App{AppID: "wx1234567890abcdef", Secret: "demo-secret-0123456789abcdef", UnionBound: true,
+	AppKey: "demo-app-key-0123456789abcdef", SandboxAppKey: "demo-sandbox-app-key-0123456789"}
 
 // demoDouyinApp is the same game on Douyin, as in the Caddyfile.
 var demoDouyinApp = wechatsim.App{Platform: wechatsim.Douyin, AppID: "tt1234567890abcdef", Secret: demoApp.Secret, UnionBound: true}

@@ -38,7 +38,8 @@ import (
 
 const demoSecret = "demo-secret-0123456789abcdef"
 
-var demoApp = wechatsim.App{AppID: "wx1234567890abcdef", Secret: demoSecret}
+var demoApp = wechatsim.App{AppID: "wx1234567890abcdef", Secret: demoSecret,
+	AppKey: "demo-app-key-0123456789abcdef", SandboxAppKey: "demo-sandbox-app-key-0123456789"}
 
 // demoApps are registered when no -app is given: one per platform.
 var demoApps = []wechatsim.App{

@@ -1,6 +1,7 @@
 package testkit
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -86,15 +87,18 @@ func Get(t testing.TB, path string, headers ...string) Response {
 }
 
 // CheckRefusal checks that r is the documented JSON refusal with status and
-// error code, a message, Retry-After in whole seconds (at least 1) on 429
-// and 503, and nothing secret, and returns what is wrong with it, if
-// anything. It does not touch a testing.T, so any goroutine may call it.
+// error code, a message, a body that ends at its closing brace, Retry-After
+// in whole seconds (at least 1) on 429 and 503, and nothing secret, and
+// returns what is wrong with it, if anything. It does not touch a testing.T, so any goroutine may call it.
 func CheckRefusal(r Response, status int, code string) error {
 	if r.StatusCode != status {
 		return fmt.Errorf("got %v, want %d %s", r, status, code)
 	}
 	if ct := r.Header.Get("Content-Type"); ct != "application/json" {
 		return fmt.Errorf("%v: Content-Type %q, want application/json", r, ct)
+	}
+	if !bytes.HasSuffix(r.Body, []byte("}")) {
+		return fmt.Errorf("body %q does not end at its closing brace", r.Body)
 	}
 	var body struct{ Error, Message string }
 	if err := json.Unmarshal(r.Body, &body); err != nil || body.Error != code || body.Message == "" {

@@ -1,0 +1,73 @@
+package wechatlogin
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
+)
+
+// operationCount is how many Redis operations this process has made, as
+// store_duration_seconds counts them.
+func operationCount() uint64 {
+	metrics := make(chan prometheus.Metric, 64)
+	go func() {
+		storeMetrics.duration.Collect(metrics)
+		close(metrics)
+	}()
+	var n uint64
+	for m := range metrics {
+		var d dto.Metric
+		_ = m.Write(&d)
+		n += d.GetHistogram().GetSampleCount()
+	}
+	return n
+}
+
+// TestFleetKeepsTheNewestSessionKey: a login redeemed at one gateway leaves
+// its key where another gateway reads it, in the same number of Redis
+// operations as before; an older key never replaces it; a value moved to
+// another player's name, or past the expiry sealed in it, is not used.
+func TestFleetKeepsTheNewestSessionKey(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	rdb := newTestRedisClient(t, srv.Addr())
+	ctx := context.Background()
+	gwA, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
+	gwB, _ := gatewayCodes(t, srv.Addr(), 1, time.Minute)
+
+	before := operationCount()
+	if res, _, _ := a.redeem(ctx, newCodeKey(fleetAppID, credentials{code: fleetCode}), released(proving(fleetIdentity)).exchange); !res.proved() {
+		t.Fatalf("%+v", res)
+	}
+	if got := operationCount() - before; got != 2 {
+		t.Errorf("a fresh redeem made %v Redis operations; want 2 (the claim, the result with the key)", got)
+	}
+	now := time.Now()
+	kept, found, served := gwB.lookupSessionKey(ctx, fleetIdentity.OpenID, now)
+	if !served || !found || kept.key != fleetSessionKey {
+		t.Fatalf("gateway B reads %q (found %t, served %t); want the key gateway A's login got", kept.key, found, served)
+	}
+
+	gwA.keepSessionKey(ctx, fleetIdentity.OpenID, "an-older-key", kept.issuedAt.Add(-time.Second))
+	if kept, _, _ := gwB.lookupSessionKey(ctx, fleetIdentity.OpenID, now); kept.key != fleetSessionKey {
+		t.Errorf("an older key replaced the newer: %q", kept.key)
+	}
+	if _, found, _ := gwB.lookupSessionKey(ctx, fleetIdentity.OpenID, kept.issuedAt.Add(sessionKeyLifetime)); found {
+		t.Error("a key past the expiry sealed in it is used")
+	}
+
+	stored := rdb.Get(ctx, gwA.sessionKeyName(fleetIdentity.OpenID)).Val()
+	rdb.Set(ctx, gwA.sessionKeyName("oAnotherPlayer"), stored, time.Minute)
+	if _, found, _ := gwB.lookupSessionKey(ctx, "oAnotherPlayer", now); found {
+		t.Error("a key moved to another player's name is used")
+	}
+	// A later issue time written over the clear one does not open.
+	rdb.Set(ctx, gwA.sessionKeyName(fleetIdentity.OpenID), stored[:1]+"9999999999999"+stored[14:], time.Minute)
+	if _, found, _ := gwB.lookupSessionKey(ctx, fleetIdentity.OpenID, now); found {
+		t.Error("a key whose clear issue time was changed is used")
+	}
+}
