@@ -211,6 +211,35 @@ func TestRedisTokenStoreWaiterTakesOverFromAVanishedHolder(t *testing.T) {
 	}
 }
 
+// A token that whoever can write to Redis keeps there past the end of its
+// use (PERSIST on its key) is not handed out: another gateway fetches a new
+// one. openToken refuses it for the expiry sealed inside, whatever the
+// stored fields say.
+func TestRedisTokenStoreRefusesATokenKeptPastItsUse(t *testing.T) {
+	clock := testkit.NewClock(accessTokenEpoch)
+	sim, simURL := newTokenSim(t, clock)
+	rdb, a, b := twoTokenGateways(t, simURL, clock)
+	ctx := context.Background()
+	kept := a.mustToken(t)
+	stored := rdb.Get(ctx, a.store.keys[0]).Val()
+	if err := rdb.Persist(ctx, a.store.keys[0]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.store.openToken(stored, kept.usableUntil().Add(sealClockSkew-time.Millisecond)); err != nil {
+		t.Fatalf("within its expiry, the stored token does not open (%v): the test proves nothing", err)
+	}
+	if _, err := b.store.openToken(stored, kept.usableUntil().Add(sealClockSkew)); err == nil {
+		t.Error("a stored token opened past the expiry sealed inside it")
+	}
+
+	clock.Set(kept.usableUntil().Add(sealClockSkew))
+	calls := sim.CallsTo(stableTokenPath)
+	tok := b.mustToken(t)
+	if tok.value == kept.value || !sim.TokenValid(apiAppID, tok.value) || sim.CallsTo(stableTokenPath) != calls+1 {
+		t.Errorf("past its use, the kept token was handed out (%t), or no new one fetched (%d calls)", tok.value == kept.value, sim.CallsTo(stableTokenPath)-calls)
+	}
+}
+
 func TestRedisTokenStoreDistrustsWhatDoesNotOpen(t *testing.T) {
 	clock := testkit.NewClock(accessTokenEpoch)
 	sim, simURL := newTokenSim(t, clock)
@@ -220,7 +249,7 @@ func TestRedisTokenStoreDistrustsWhatDoesNotOpen(t *testing.T) {
 		{"short", "x"},
 		{"garbage", strings.Repeat("f", 32) + "t" + strings.Repeat("0", 64)},
 		// A token sealed for another key: bound to its own.
-		{"moved", b.store.fleet.hide([]byte("80_moved")) + string(b.store.fleet.seal(sealedToken, "elsewhere", storedToken{Value: "80_moved", ExpiresMS: accessTokenEpoch.Add(time.Hour).UnixMilli()}))},
+		{"moved", b.store.fleet.hide([]byte("80_moved")) + string(b.store.fleet.seal(sealedToken, "elsewhere", storedToken{Value: "80_moved", ExpiresMS: accessTokenEpoch.Add(time.Hour).UnixMilli()}, accessTokenEpoch.Add(time.Hour)))},
 	} {
 		if err := rdb.Set(ctx, a.store.keys[0], tc.stored, time.Hour).Err(); err != nil {
 			t.Fatal(err)
@@ -328,7 +357,7 @@ func FuzzOpenToken(f *testing.F) {
 	f.Add(strings.Repeat("0", 32) + sealed[32:])
 	f.Add("x")
 	f.Fuzz(func(t *testing.T, stored string) {
-		tok, err := store.openToken(stored)
+		tok, err := store.openToken(stored, accessTokenEpoch)
 		if err != nil {
 			return
 		}

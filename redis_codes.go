@@ -13,7 +13,8 @@ import (
 // one Cluster slot (the {…} tag):
 //
 //	<prefix>code:{h}  the result: an identity, or for the waiters only, a
-//	                  refusal; sealed, with an expiry
+//	                  refusal; sealed with its expiry inside, and with the
+//	                  same expiry on the key
 //	<prefix>lock:{h}  held, with an expiry, by the gateway calling WeChat
 //
 // A gateway that finds the result uses it; one that takes the lock calls
@@ -82,9 +83,10 @@ const minResultTTL = time.Second
 type redisCodes struct {
 	fleet       *fleet
 	local       codeStore
-	fresh       string        // what a new login accepts
-	identityTTL time.Duration // of a stored identity
-	lockTTL     time.Duration // of the lock, and of a refusal kept for waiters
+	fresh       string           // what a new login accepts
+	identityTTL time.Duration    // of a stored identity
+	lockTTL     time.Duration    // of the lock, and of a refusal kept for waiters
+	now         func() time.Time // the clock of the expiries sealed in results
 }
 
 // codes returns the fleet's codeStore in front of local (the memory store
@@ -93,7 +95,7 @@ type redisCodes struct {
 func (f *fleet) codes(local codeStore, cacheTTL, lockTTL time.Duration) codeStore {
 	// The lock outlives the exchange by one Redis operation: storing its result.
 	lockTTL += f.redis.timeout
-	c := &redisCodes{fleet: f, local: local, fresh: acceptIdentity, identityTTL: cacheTTL, lockTTL: lockTTL}
+	c := &redisCodes{fleet: f, local: local, fresh: acceptIdentity, identityTTL: cacheTTL, lockTTL: lockTTL, now: time.Now}
 	if cacheTTL <= 0 {
 		// Stored only for the waiters of the call that made it.
 		c.fresh, c.identityTTL = acceptNone, lockTTL
@@ -249,11 +251,11 @@ type storedResult struct {
 func (c *redisCodes) sealIdentity(k codeKeys, id Identity, refusal *jsonRefusal) []byte {
 	r := storedRefusal(refusal)
 	r.OpenID, r.UnionID, r.SessionKey = id.OpenID, id.UnionID, id.SessionKey
-	return c.fleet.seal(resultIdentity, k.result, r)
+	return c.fleet.seal(resultIdentity, k.result, r, c.now().Add(c.identityTTL))
 }
 
 func (c *redisCodes) sealRefusal(k codeKeys, e *jsonRefusal) []byte {
-	return c.fleet.seal(resultRefusal, k.result, storedRefusal(e))
+	return c.fleet.seal(resultRefusal, k.result, storedRefusal(e), c.now().Add(c.lockTTL))
 }
 
 // storedRefusal is e's part of a stored result (none when e is nil).
@@ -270,7 +272,7 @@ func storedRefusal(e *jsonRefusal) storedResult {
 
 func (c *redisCodes) openResult(k codeKeys, stored string) (Identity, *jsonRefusal, error) {
 	var r storedResult
-	if err := c.fleet.open(k.result, stored, &r); err != nil {
+	if err := c.fleet.open(k.result, stored, &r, c.now()); err != nil {
 		return Identity{}, nil, err
 	}
 	if (r.Status != 0) != (r.Code != "") {

@@ -2,6 +2,7 @@ package wechatlogin
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -314,6 +315,79 @@ func TestRedisCodesResultIsBoundToItsCode(t *testing.T) {
 	if refusal != nil || id.OpenID != "oAlice" || outcome != redeemedByCall {
 		t.Fatalf("a moved result was believed: %+v %v %v", id, outcome, refusal)
 	}
+}
+
+// A result that whoever can write to Redis keeps past its expiry (PERSIST
+// on the key, or SET again once Redis dropped it) is not served: the
+// expiry sealed inside it has passed, so the next login with the code asks
+// WeChat, which says what it says of a spent code. Within its expiry (and
+// the clock skew allowed) it serves, as the control. A result an older
+// gateway sealed without an expiry inside does not open either.
+func TestRedisCodesResultKeptPastItsExpiryIsRefused(t *testing.T) {
+	const cacheTTL = time.Minute
+	used := newRefusal(http.StatusUnauthorized, errCodeUsed, "the login code was already used")
+	for _, keep := range []struct {
+		name string
+		keep func(ctx context.Context, rdb *redis.Client, key, captured string) error
+	}{
+		{"PERSIST", func(ctx context.Context, rdb *redis.Client, key, _ string) error { return rdb.Persist(ctx, key).Err() }},
+		{"SET again", func(ctx context.Context, rdb *redis.Client, key, captured string) error {
+			rdb.Del(ctx, key) // as Redis does once the key's expiry passes
+			return rdb.Set(ctx, key, captured, 0).Err()
+		}},
+	} {
+		t.Run(keep.name, func(t *testing.T) {
+			srv := testkit.StartRedis(t)
+			rdb := newTestRedisClient(t, srv.Addr())
+			clock := testkit.NewClock(time.Now())
+			gateways := make([]*redisCodes, 3)
+			for n := range gateways {
+				_, gateways[n] = gatewayCodes(t, srv.Addr(), n, cacheTTL)
+				gateways[n].now = clock.Now
+			}
+			ctx := context.Background()
+			key := newCodeKey(fleetAppID, fleetCode)
+			result := gateways[0].keysFor(key).result
+			if _, _, refusal := gateways[0].redeem(ctx, key, released(fleetIdentity, nil).lead); refusal != nil {
+				t.Fatal(refusal)
+			}
+			captured := rdb.Get(ctx, result).Val()
+
+			clock.Advance(cacheTTL + sealClockSkew - time.Millisecond)
+			if err := keep.keep(ctx, rdb, result, captured); err != nil {
+				t.Fatal(err)
+			}
+			control := released(Identity{}, used)
+			if id, outcome, _ := gateways[1].redeem(ctx, key, control.lead); outcome != redeemedFromCache || id.OpenID != fleetIdentity.OpenID || control.calls.Load() != 0 {
+				t.Fatalf("within its expiry, the result was not served (%+v %v, %d WeChat calls): the test proves nothing", id, outcome, control.calls.Load())
+			}
+
+			clock.Advance(time.Millisecond)
+			if err := keep.keep(ctx, rdb, result, captured); err != nil {
+				t.Fatal(err)
+			}
+			wechat := released(Identity{}, used)
+			id, outcome, refusal := gateways[2].redeem(ctx, key, wechat.lead)
+			if id.OpenID != "" || outcome != redeemedByCall || refusal == nil || refusal.code != errCodeUsed || wechat.calls.Load() != 1 {
+				t.Errorf("past its expiry: %+v %v %v after %d WeChat calls; want WeChat asked, and its code_used", id, outcome, refusal, wechat.calls.Load())
+			}
+		})
+	}
+
+	t.Run("sealed by an older gateway, without an expiry inside", func(t *testing.T) {
+		rdb, a, b := twoGateways(t, cacheTTL)
+		ctx := context.Background()
+		key := newCodeKey(fleetAppID, fleetCode)
+		k := a.keysFor(key)
+		plain, _ := json.Marshal(storedResult{OpenID: "oOlderGateway"})
+		nonce := make([]byte, a.fleet.sealer.NonceSize())
+		older := a.fleet.sealer.Seal(append([]byte{resultIdentity}, nonce...), nonce, plain, append([]byte{resultIdentity}, k.result...))
+		rdb.Set(ctx, k.result, older, time.Minute)
+		wechat := released(fleetIdentity, nil)
+		if id, outcome, refusal := b.redeem(ctx, key, wechat.lead); id != fleetIdentity || outcome != redeemedByCall || refusal != nil || wechat.calls.Load() != 1 {
+			t.Errorf("a result without an expiry inside: %+v %v %v after %d WeChat calls; want WeChat's answer", id, outcome, refusal, wechat.calls.Load())
+		}
+	})
 }
 
 func TestRedisCodesServeWhileRedisIsDown(t *testing.T) {

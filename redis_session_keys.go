@@ -35,9 +35,8 @@ return 1
 
 // storedSessionKey is a kept key's sealed part.
 type storedSessionKey struct {
-	Key       string `json:"session_key"`
-	IssuedMS  int64  `json:"issued"`
-	ExpiresMS int64  `json:"expires"`
+	Key      string `json:"session_key"`
+	IssuedMS int64  `json:"issued"`
 }
 
 // sessionKeyWrite is one custody write, ready to run.
@@ -61,7 +60,7 @@ func (f *fleet) sessionKeyWrite(openid, key string, issuedAt time.Time) *session
 		return nil
 	}
 	name := f.sessionKeyName(openid)
-	sealed := f.seal(sessionKeyKind, name, storedSessionKey{Key: key, IssuedMS: issuedAt.UnixMilli(), ExpiresMS: expires.UnixMilli()})
+	sealed := f.seal(sessionKeyKind, name, storedSessionKey{Key: key, IssuedMS: issuedAt.UnixMilli()}, expires)
 	value := fmt.Appendf(nil, "%c%013d", sessionKeyKind, issuedAt.UnixMilli())
 	return &sessionKeyWrite{name: name, value: append(value, sealed[1:]...), issued: issuedAt.UnixMilli(), ttl: ttl}
 }
@@ -112,8 +111,8 @@ func (f *fleet) lookupSessionKey(ctx context.Context, openid string, now time.Ti
 	}
 	issued, err := strconv.ParseInt(stored[1:14], 10, 64)
 	var record storedSessionKey
-	if err != nil || f.open(name, stored[:1]+stored[14:], &record) != nil || record.IssuedMS != issued ||
-		now.UnixMilli() >= record.ExpiresMS || !isVisibleASCII(record.Key, maxWechatValueLen) {
+	if err != nil || f.open(name, stored[:1]+stored[14:], &record, now) != nil || record.IssuedMS != issued ||
+		!isVisibleASCII(record.Key, maxWechatValueLen) {
 		return keptSessionKey{}, false, true
 	}
 	return keptSessionKey{key: record.Key, issuedAt: time.UnixMilli(record.IssuedMS)}, true, true

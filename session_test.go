@@ -125,7 +125,7 @@ func TestSessionRequiredOrOptional(t *testing.T) {
 		{"required, bearer", false, http.Header{"Authorization": {"bearer " + valid}}, 0, true},
 		{"required, X-WX-SESSION", false, http.Header{"X-Wx-Session": {valid}}, 0, true},
 		{"optional, none", true, http.Header{}, 0, false},
-		{"optional, forged and spoofed", true, http.Header{"X-Wx-Session": {forged}, "X_WX_OPENID": {aliceIdentity.OpenID}}, 0, false},
+		{"optional, forged and spoofed", true, http.Header{"X-Wx-Session": {forged}, "X_WX_OPENID": {aliceIdentity.OpenID}, "X-Wx-Source": {sourceMiniGameClient}}, 0, false},
 		{"optional, bearer", true, http.Header{"Authorization": {"Bearer " + valid}}, 0, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -153,7 +153,7 @@ func TestSessionRequiredOrOptional(t *testing.T) {
 			got := up.headers[0]
 			want := http.Header{}
 			if tc.identity {
-				want = http.Header{"X-Wx-Openid": {aliceIdentity.OpenID}, "X-Wx-Unionid": {aliceIdentity.UnionID}, "X-Wx-Appid": {testAppID}}
+				want = http.Header{"X-Wx-Openid": {aliceIdentity.OpenID}, "X-Wx-Unionid": {aliceIdentity.UnionID}, "X-Wx-Appid": {testAppID}, "X-Wx-Source": {"wx_client"}}
 			}
 			for name := range got {
 				if isIdentityHeader(name) && !slices.Equal(got[name], want[name]) {

@@ -149,3 +149,60 @@ func loadJSON(t *testing.T, config []byte) (int, string) {
 	}
 	return resp.StatusCode, string(resp.Body)
 }
+
+// TestValuesThatWouldBreakEveryRequestAreRefused: an app_id with a control
+// character used to load, then fail every forwarded request (it is the
+// X-WX-APPID header); a Redis address with a password before the host used
+// to load as a host name, to be logged with every Redis error. Both are
+// refused at load, in the Caddyfile and in JSON, the password in no answer
+// and no log line (TestMain scans them), and the running config serves on.
+func TestValuesThatWouldBreakEveryRequestAreRefused(t *testing.T) {
+	const appID, secret, password = "wxbreaking", "breaking-secret", "redis-pw-7d1f0c9a"
+	testkit.Forbid(password)
+	_, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
+	backend := testkit.NewBackend(t, nil)
+	config := func(more ...string) string {
+		return testkit.GlobalOptions("") + testkit.Site(testkit.WechatLogin(appID, secret, simURL, more...), testkit.ProxyTo(backend))
+	}
+	testkit.StartCaddy(t, config())
+	stillServing := func(t *testing.T, code string) {
+		t.Helper()
+		assertStatus(t, testkit.Get(t, "/wx/login?code=alice."+code), http.StatusOK)
+		assertOnlyIdentity(t, backend.Last(t).Header, appID, wechatsim.OpenID(appID, "alice"))
+	}
+	stillServing(t, "0")
+
+	const hostError = "not host:port: a host has no @, / or spaces"
+	for i, tc := range []struct {
+		name, want string
+		load       func() (int, string)
+	}{
+		{"Caddyfile, password@host:port", hostError, func() (int, string) {
+			return testkit.LoadConfig(t, config("redis {\n\t\taddress "+password+"@127.0.0.1:6379\n\t}"))
+		}},
+		{"Caddyfile, password@host", hostError, func() (int, string) {
+			return testkit.LoadConfig(t, config("redis "+password+"@127.0.0.1"))
+		}},
+		{"JSON, password@host:port", hostError, func() (int, string) {
+			return loadJSON(t, withHandlerField(t, config(), "redis", map[string]any{"address": []string{password + "@127.0.0.1:6379"}}))
+		}},
+		{"JSON, user:password@host", "the port is not a port number", func() (int, string) {
+			return loadJSON(t, withHandlerField(t, config(), "redis", map[string]any{"address": []string{"game:" + password + "@127.0.0.1"}}))
+		}},
+		{"JSON, app_id with a control character", "app_id must be visible ASCII", func() (int, string) {
+			return loadJSON(t, withHandlerField(t, config(), "app_id", appID+"\x01"))
+		}},
+		{"Caddyfile, app_id with a tab", "app_id must be visible ASCII", func() (int, string) {
+			return testkit.LoadConfig(t, strings.Replace(config(), "app_id "+appID, "app_id \""+appID+"\t\"", 1))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body := tc.load()
+			assertLoadRefused(t, status, body, tc.want)
+			if strings.Contains(body, password) {
+				t.Errorf("the refusal repeats the password: %s", body)
+			}
+			stillServing(t, strconv.Itoa(i+1))
+		})
+	}
+}
