@@ -8,6 +8,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,14 +38,25 @@ const (
 )
 
 // redisClient is a Redis connection pool and what this process knows of its
-// health. It starts up; any failed or late operation marks it down, and
-// from then on no login touches it until a background probe finds it
-// answering again.
+// health. It starts up; an operation that Redis refused, or that got no
+// answer while Redis answered nothing else, marks it down, and from then on
+// no login touches it until a background probe finds it answering again.
+// This process being too busy (every connection in use, or its own CPU late
+// to read a reply Redis sent) is not Redis failing: the login it delays is
+// served from memory alone, and Redis stays up for the others.
 type redisClient struct {
 	client  redis.UniversalClient
 	timeout time.Duration
 	addrs   string // for log lines
 	logger  *zap.Logger
+
+	// inFlight holds one token per operation running: at most the pool's
+	// size, so that no operation waits inside go-redis' pool, where its
+	// wait would eat into its own deadline.
+	inFlight chan struct{}
+	// lastAnswer is when an operation last got Redis' answer (UnixNano): a
+	// late operation begun before it was late for this process's reasons.
+	lastAnswer atomic.Int64
 
 	down atomic.Bool
 
@@ -56,7 +69,10 @@ type redisClient struct {
 	upSince    time.Time     // when the last probe found Redis back
 }
 
-func newRedisClient(s redisSettings, logger *zap.Logger) *redisClient {
+// redisPoolSize is go-redis' own default: ten connections per processor.
+func redisPoolSize() int { return 10 * runtime.GOMAXPROCS(0) }
+
+func newRedisClient(s redisSettings, logger *zap.Logger, poolSize int) *redisClient {
 	opts := &redis.UniversalOptions{
 		Addrs:      s.addrs,
 		Username:   s.username,
@@ -70,6 +86,7 @@ func newRedisClient(s redisSettings, logger *zap.Logger) *redisClient {
 		DialTimeout:           s.timeout,
 		ReadTimeout:           s.timeout,
 		WriteTimeout:          s.timeout,
+		PoolSize:              poolSize,
 		PoolTimeout:           s.timeout,
 		ContextTimeoutEnabled: true,
 		// Redis before 7.2 and Valkey do not know the command that turns
@@ -86,6 +103,7 @@ func newRedisClient(s redisSettings, logger *zap.Logger) *redisClient {
 		timeout:    s.timeout,
 		addrs:      strings.Join(s.addrs, ","),
 		logger:     logger,
+		inFlight:   make(chan struct{}, poolSize),
 		stop:       make(chan struct{}),
 		probeEvery: redisProbeEvery,
 	}
@@ -105,27 +123,76 @@ func (c *redisClient) Destruct() error {
 	return c.client.Close()
 }
 
-// do runs one Redis operation on the login path, bounded by the timeout
-// whatever ctx allows (a client hanging up does not make Redis look
-// broken), and records its latency. It reports false, without calling op,
-// when Redis is marked down, and false when op fails, marking Redis down:
-// either way the caller serves the login from memory. Every operation of
-// both handlers goes through do, never through client directly (only the
-// prober does): so none is made while Redis is down, and every one is
-// counted by store_duration_seconds.
+// do runs one Redis operation on the login path and records its latency.
+// It reports false, without calling op, when Redis is marked down or when
+// no connection came free within the timeout, and false when op fails:
+// either way the caller serves the login from memory. Only Redis failing
+// marks it down (see failed). op runs on its own deadline, the timeout from
+// when it has a connection, whatever ctx allows (a client hanging up does
+// not make Redis look broken). Every operation of both handlers goes
+// through do, never through client directly (only the prober does): so
+// none is made while Redis is down, and every one is counted by
+// store_duration_seconds.
 func (c *redisClient) do(ctx context.Context, operation string, op func(context.Context) error) bool {
 	if c.down.Load() {
+		return false
+	}
+	if !c.acquire(operation) {
+		return false
+	}
+	defer func() { <-c.inFlight }()
+	if c.down.Load() { // found down while this one waited
 		return false
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
 	defer cancel()
 	start := time.Now()
 	err := op(ctx)
-	storeMetrics.duration.WithLabelValues(operation).Observe(time.Since(start).Seconds())
-	if err != nil && !errors.Is(err, redis.Nil) {
+	end := time.Now()
+	storeMetrics.duration.WithLabelValues(operation).Observe(end.Sub(start).Seconds())
+	if err == nil || errors.Is(err, redis.Nil) {
+		c.lastAnswer.Store(end.UnixNano())
+		return true
+	}
+	if c.failed(start, err) {
 		storeMetrics.errors.WithLabelValues(operation).Inc()
 		c.markDown(operation, err)
+	} else {
+		storeMetrics.saturated.WithLabelValues(operation).Inc()
+	}
+	return false
+}
+
+// acquire waits up to the timeout for a connection of the pool to be free.
+func (c *redisClient) acquire(operation string) bool {
+	select {
+	case c.inFlight <- struct{}{}:
+		return true
+	default:
+	}
+	wait := time.NewTimer(c.timeout)
+	defer wait.Stop()
+	select {
+	case c.inFlight <- struct{}{}:
+		return true
+	case <-wait.C:
+		storeMetrics.saturated.WithLabelValues(operation).Inc()
 		return false
+	}
+}
+
+// failed tells Redis failing from this process being late: an operation
+// begun at start that ran out of time failed only if Redis has answered no
+// operation since (a frozen or unreachable Redis answers none; a busy
+// gateway reads the others' answers, late). Any other error is Redis
+// refusing or dropping the operation.
+func (c *redisClient) failed(start time.Time, err error) bool {
+	if errors.Is(err, redis.ErrPoolTimeout) {
+		return false
+	}
+	var netErr net.Error
+	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout()) {
+		return c.lastAnswer.Load() < start.UnixNano()
 	}
 	return true
 }
@@ -188,10 +255,11 @@ func (s redisSettings) poolKey() string {
 
 // The store metrics are process-wide like the others (see metrics.go).
 var storeMetrics = struct {
-	once     sync.Once
-	fallback prometheus.Gauge
-	errors   *prometheus.CounterVec
-	duration *prometheus.HistogramVec
+	once      sync.Once
+	fallback  prometheus.Gauge
+	errors    *prometheus.CounterVec
+	saturated *prometheus.CounterVec
+	duration  *prometheus.HistogramVec
 }{}
 
 func registerStoreMetrics(registry *prometheus.Registry) error {
@@ -206,13 +274,17 @@ func registerStoreMetrics(registry *prometheus.Registry) error {
 			Namespace: ns, Subsystem: sub, Name: "store_errors_total",
 			Help: "Redis operations that failed or answered after the timeout, by operation.",
 		}, []string{"operation"})
+		m.saturated = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "store_saturated_total",
+			Help: "Redis operations not made, or late, because this process was too busy (no connection free within the timeout, or a reply read late while Redis answered others): the login was served from memory, and Redis was not marked down. By operation.",
+		}, []string{"operation"})
 		m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: ns, Subsystem: sub, Name: "store_duration_seconds",
 			Help:    "Time of one Redis operation, by operation.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
 		}, []string{"operation"})
 	})
-	return registerAll(registry, m.fallback, m.errors, m.duration)
+	return registerAll(registry, m.fallback, m.errors, m.saturated, m.duration)
 }
 
 // redisLogs sends go-redis' own log lines (one per failed dial, say) to

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -308,5 +310,67 @@ func TestFleetWorksThroughSentinel(t *testing.T) {
 	runEveryScript(t, newGateway(t, sentinel.Addr(), 0, func(c *RedisConfig) { c.MasterName = "mymaster" }))
 	if n := newTestRedisClient(t, master.Addr()).DBSize(context.Background()).Val(); n < 2 {
 		t.Errorf("the master holds %d keys: the state went elsewhere", n)
+	}
+}
+
+// withPool gives gw a client of its own with size connections, as a
+// process with that many processors would have.
+func withPool(t *testing.T, gw gateway, size int) {
+	t.Helper()
+	settings, err := (&RedisConfig{Address: []string{gw.redis.addrs}, Timeout: caddy.Duration(gw.redis.timeout)}).resolve(caddy.NewReplacer())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newRedisClient(settings, gw.redis.logger, size)
+	c.probeEvery = gw.redis.probeEvery
+	t.Cleanup(func() { _ = c.Destruct() })
+	gw.redis = c
+}
+
+// A gateway too busy for its own pool (many logins at once over two
+// connections, a 5ms timeout) is not a Redis that failed: logins that find
+// no connection free in time, or read their answer late, are served from
+// memory alone, counted as saturated; Redis stays up for the others, and
+// nothing is logged. A frozen Redis is still found down.
+func TestRedisBusyGatewayIsNotARedisFailure(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	gw := newGateway(t, srv.Addr(), 0, func(c *RedisConfig) { c.Timeout = caddy.Duration(5 * time.Millisecond) })
+	withPool(t, gw, 2)
+	budget := gw.budget("player", Budget{Events: 100, Window: caddy.Duration(time.Minute)}, leasedBudgetTable(1000), time.Now)
+	ctx := context.Background()
+	saturatedBefore := counterValue(storeMetrics.saturated.WithLabelValues("spend"))
+	fallbackBefore := gaugeValue(storeMetrics.fallback)
+
+	var wentDown atomic.Bool
+	stop := time.Now().Add(time.Second)
+	var wg sync.WaitGroup
+	for w := range 64 {
+		wg.Go(func() {
+			for n := 0; time.Now().Before(stop); n++ {
+				budget.spend(ctx, fmt.Sprintf("oPlayer%d-%d", w, n%50))
+				if gw.redis.down.Load() || gaugeValue(storeMetrics.fallback) != fallbackBefore {
+					wentDown.Store(true)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if wentDown.Load() {
+		t.Error("a busy gateway marked Redis down")
+	}
+	if lines := gw.logs.FilterMessageSnippet("redis failed").Len(); lines > 0 {
+		t.Errorf("%d \"redis failed\" lines for a gateway that was only busy", lines)
+	}
+	if counterValue(storeMetrics.saturated.WithLabelValues("spend")) == saturatedBefore {
+		t.Fatal("no login found the pool busy: the test did not saturate it")
+	}
+
+	srv.Freeze()
+	defer srv.Resume()
+	for range 3 {
+		budget.spend(ctx, "oAlice")
+	}
+	if !gw.redis.down.Load() {
+		t.Error("a frozen Redis is not marked down")
 	}
 }

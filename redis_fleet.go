@@ -46,7 +46,7 @@ func newFleet(ctx caddy.Context, cfg *RedisConfig, appID, endpoint, appSecret st
 	redisLogs.Do(func() { redis.SetLogger(redisLogger{}) })
 	key := settings.poolKey()
 	value, _, err := redisClients.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return newRedisClient(settings, ctx.Logger()), nil
+		return newRedisClient(settings, ctx.Logger(), redisPoolSize()), nil
 	})
 	if err != nil {
 		return nil, err
