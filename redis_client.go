@@ -31,7 +31,12 @@ var redisClients = caddy.NewUsagePool()
 // One that fails again within redisFlapWindow of coming back (a replica
 // that refuses writes answers PING all the same) is probed half as often
 // each time, up to redisMaxProbeEvery, so that its log lines stay few.
+//
+// A silence is confirmed by a PING that gets no answer within
+// redisConfirmWithin (or the timeout, if longer): far longer than a loaded
+// machine's scheduling delays.
 const (
+	redisConfirmWithin = time.Second
 	redisProbeEvery    = time.Second
 	redisFlapWindow    = time.Minute
 	redisMaxProbeEvery = time.Minute
@@ -51,14 +56,18 @@ type redisClient struct {
 	logger  *zap.Logger
 
 	// inFlight holds one token per operation running: at most the pool's
-	// size, so that no operation waits inside go-redis' pool, where its
-	// wait would eat into its own deadline.
+	// connections, so that no operation waits inside go-redis' pool, where
+	// its wait would eat into its own deadline.
 	inFlight chan struct{}
+	// confirmer is one connection of its own, with redisConfirmWithin for
+	// every step (dialling included), for confirmDown.
+	confirmer redis.UniversalClient
 	// lastAnswer is when an operation last got Redis' answer (UnixNano): a
 	// late operation begun before it was late for this process's reasons.
 	lastAnswer atomic.Int64
 
-	down atomic.Bool
+	down       atomic.Bool
+	confirming atomic.Bool // confirmDown asks Redis
 
 	mu         sync.Mutex // guards the fields below
 	closed     bool
@@ -98,8 +107,13 @@ func newRedisClient(s redisSettings, logger *zap.Logger, poolSize int) *redisCli
 		// node it dials (Cluster and Sentinel reach several).
 		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	}
+	confirmOpts := *opts
+	confirmOpts.PoolSize, confirmOpts.MaxIdleConns = 1, 1
+	confirmWithin := max(s.timeout, redisConfirmWithin)
+	confirmOpts.DialTimeout, confirmOpts.ReadTimeout, confirmOpts.WriteTimeout, confirmOpts.PoolTimeout = confirmWithin, confirmWithin, confirmWithin, confirmWithin
 	return &redisClient{
 		client:     redis.NewUniversalClient(opts),
+		confirmer:  redis.NewUniversalClient(&confirmOpts),
 		timeout:    s.timeout,
 		addrs:      strings.Join(s.addrs, ","),
 		logger:     logger,
@@ -120,21 +134,21 @@ func (c *redisClient) Destruct() error {
 	if c.down.Load() {
 		storeMetrics.fallback.Dec()
 	}
-	return c.client.Close()
+	return errors.Join(c.client.Close(), c.confirmer.Close())
 }
 
 // do runs one Redis operation on the login path and records its latency.
-// It reports false, without calling op, when Redis is marked down or when
-// no connection came free within the timeout, and false when op fails:
-// either way the caller serves the login from memory. Only Redis failing
-// marks it down (see failed). op runs on its own deadline, the timeout from
-// when it has a connection, whatever ctx allows (a client hanging up does
-// not make Redis look broken). Every operation of both handlers goes
-// through do, never through client directly (only the prober does): so
-// none is made while Redis is down, and every one is counted by
-// store_duration_seconds.
+// It reports false, without calling op, when Redis is marked down (or its
+// silence is being confirmed) or when no connection came free within the
+// timeout, and false when op fails: either way the caller serves the login
+// from memory. Only Redis failing marks it down (see judge). op runs on
+// its own deadline, the timeout from when it has a connection, whatever
+// ctx allows (a client hanging up does not make Redis look broken). Every
+// operation of both handlers goes through do, never through client
+// directly (only the probes do): so none is made while Redis is down, and
+// every one is counted by store_duration_seconds.
 func (c *redisClient) do(ctx context.Context, operation string, op func(context.Context) error) bool {
-	if c.down.Load() {
+	if c.down.Load() || c.confirming.Load() {
 		return false
 	}
 	if !c.acquire(operation) {
@@ -154,11 +168,15 @@ func (c *redisClient) do(ctx context.Context, operation string, op func(context.
 		c.lastAnswer.Store(end.UnixNano())
 		return true
 	}
-	if c.failed(start, err) {
+	switch c.judge(start, err) {
+	case redisBusy:
+		storeMetrics.saturated.WithLabelValues(operation).Inc()
+	case redisSilent:
+		storeMetrics.errors.WithLabelValues(operation).Inc()
+		c.confirmDown(operation, err)
+	default:
 		storeMetrics.errors.WithLabelValues(operation).Inc()
 		c.markDown(operation, err)
-	} else {
-		storeMetrics.saturated.WithLabelValues(operation).Inc()
 	}
 	return false
 }
@@ -181,20 +199,51 @@ func (c *redisClient) acquire(operation string) bool {
 	}
 }
 
-// failed tells Redis failing from this process being late: an operation
-// begun at start that ran out of time failed only if Redis has answered no
-// operation since (a frozen or unreachable Redis answers none; a busy
-// gateway reads the others' answers, late). Any other error is Redis
-// refusing or dropping the operation.
-func (c *redisClient) failed(start time.Time, err error) bool {
-	if errors.Is(err, redis.ErrPoolTimeout) {
-		return false
-	}
+// What an operation's failure says of Redis.
+const (
+	redisFailing = iota // Redis refused it or dropped the connection
+	redisBusy           // this process was late: Redis answered others meanwhile
+	redisSilent         // Redis answered nothing since the operation began
+)
+
+// judge tells Redis failing from this process being late. An operation
+// begun at start that ran out of time says Redis is silent only if Redis
+// has answered no operation since: a busy gateway reads the others'
+// answers, late; a frozen or unreachable Redis answers none.
+func (c *redisClient) judge(start time.Time, err error) int {
 	var netErr net.Error
-	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout()) {
-		return c.lastAnswer.Load() < start.UnixNano()
+	switch {
+	case errors.Is(err, redis.ErrPoolTimeout):
+		return redisBusy
+	case !errors.Is(err, context.DeadlineExceeded) && !(errors.As(err, &netErr) && netErr.Timeout()):
+		return redisFailing
+	case c.lastAnswer.Load() >= start.UnixNano():
+		return redisBusy
 	}
-	return true
+	return redisSilent
+}
+
+// confirmDown asks Redis once, on a connection of its own, whether it
+// answers, after an operation got no answer while Redis answered no
+// other: on a machine loaded enough, even a lone operation is read late.
+// A Redis that does not answer that either is down. Until then logins are served from memory, as they
+// are once it is down, so none waits on a silent Redis twice.
+func (c *redisClient) confirmDown(operation string, cause error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || !c.confirming.CompareAndSwap(false, true) {
+		return
+	}
+	c.probing.Add(1)
+	go func() {
+		defer c.probing.Done()
+		defer c.confirming.Store(false) // after markDown: do sees one or the other
+		start := time.Now()
+		err := c.confirmer.Ping(context.Background()).Err()
+		if err != nil && c.lastAnswer.Load() < start.UnixNano() {
+			c.markDown(operation, cause)
+		}
+	}()
 }
 
 // markDown switches to memory, once however many logins fail together, and
