@@ -155,7 +155,7 @@ func (c *redisClient) do(ctx context.Context, operation string, op func(context.
 		return false
 	}
 	defer func() { <-c.inFlight }()
-	if c.down.Load() { // found down while this one waited
+	if c.down.Load() || c.confirming.Load() { // found silent while this one waited
 		return false
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
