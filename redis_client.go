@@ -148,14 +148,14 @@ func (c *redisClient) Destruct() error {
 // directly (only the probes do): so none is made while Redis is down, and
 // every one is counted by store_duration_seconds.
 func (c *redisClient) do(ctx context.Context, operation string, op func(context.Context) error) bool {
-	if c.down.Load() || c.confirming.Load() {
+	if !c.usable() {
 		return false
 	}
 	if !c.acquire(operation) {
 		return false
 	}
 	defer func() { <-c.inFlight }()
-	if c.down.Load() || c.confirming.Load() { // found silent while this one waited
+	if !c.usable() { // found silent while this one waited
 		return false
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
@@ -181,14 +181,19 @@ func (c *redisClient) do(ctx context.Context, operation string, op func(context.
 	return false
 }
 
-// acquire waits up to the timeout for a connection of the pool to be free.
+// acquire waits for a connection of the pool to be free, up to
+// redisConfirmWithin (or the timeout, if longer): waiting for this
+// process's own connections is not Redis being slow, and a login served
+// from memory instead may spend a code that another gateway is exchanging.
+// While Redis is silent, the operations holding the connections end within
+// the timeout, and the waiters then find it so.
 func (c *redisClient) acquire(operation string) bool {
 	select {
 	case c.inFlight <- struct{}{}:
 		return true
 	default:
 	}
-	wait := time.NewTimer(c.timeout)
+	wait := time.NewTimer(max(c.timeout, redisConfirmWithin))
 	defer wait.Stop()
 	select {
 	case c.inFlight <- struct{}{}:
@@ -198,6 +203,10 @@ func (c *redisClient) acquire(operation string) bool {
 		return false
 	}
 }
+
+// usable reports whether logins may ask Redis: it is neither down nor
+// being confirmed silent.
+func (c *redisClient) usable() bool { return !c.down.Load() && !c.confirming.Load() }
 
 // What an operation's failure says of Redis.
 const (
@@ -226,8 +235,8 @@ func (c *redisClient) judge(start time.Time, err error) int {
 // confirmDown asks Redis once, on a connection of its own, whether it
 // answers, after an operation got no answer while Redis answered no
 // other: on a machine loaded enough, even a lone operation is read late.
-// A Redis that does not answer that either is down. Until then logins are served from memory, as they
-// are once it is down, so none waits on a silent Redis twice.
+// A Redis that does not answer that either is down. Meanwhile budgets are
+// served from memory, and codes wait for the answer (see whileBusy).
 func (c *redisClient) confirmDown(operation string, cause error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

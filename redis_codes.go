@@ -25,7 +25,8 @@ import (
 
 // claimScript, in one round trip, returns a result the caller accepts
 // (ARGV[3]: "any" for a waiter, "identity" for a new login, "none" when the
-// cache is off), or takes the lock, or says to wait. Taking the lock drops
+// cache is off), or takes the lock (or finds it the caller's already: a
+// claim that ran late), or says to wait. Taking the lock drops
 // an old result (a refusal, or with the cache off an identity), so that
 // the new call's waiters never read it.
 var claimScript = redis.NewScript(`
@@ -36,7 +37,7 @@ if result then
 		return {'result', result}
 	end
 end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) or redis.call('GET', KEYS[2]) == ARGV[1] then
 	if result then
 		redis.call('DEL', KEYS[1])
 	end
@@ -150,8 +151,8 @@ func (c *redisCodes) keysFor(key codeKey) codeKeys {
 func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, lead leadFunc, charge chargeFunc) (Identity, redeemOutcome, *jsonRefusal) {
 	k := c.keysFor(key)
 	token := newUniqueID()
-	claim, ok := c.claim(ctx, k, token, c.fresh)
-	if !ok {
+	var claim claimReply
+	if !c.whileBusy(func() (ok bool) { claim, ok = c.claim(ctx, k, token, c.fresh); return ok }) {
 		return leadAlone(lead, charge)
 	}
 	switch claim.kind {
@@ -166,6 +167,9 @@ func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, lead leadFun
 	for time.Now().Before(deadline) {
 		time.Sleep(pollPause())
 		claim, ok := c.claim(ctx, k, token, acceptAny)
+		if !ok && !c.fleet.redis.down.Load() {
+			continue // this gateway was busy: look again
+		}
 		if !ok {
 			break
 		}
@@ -177,6 +181,22 @@ func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, lead leadFun
 		}
 	}
 	return leadAlone(lead, charge)
+}
+
+// whileBusy runs op until it succeeds, again while Redis is not down (the
+// gateway was busy, or is confirming that Redis is silent), for up to
+// lockTTL: a login that leads alone instead may spend a code that another
+// gateway is exchanging, and a result left unstored makes the other
+// gateways' logins wait it out.
+func (c *redisCodes) whileBusy(op func() bool) bool {
+	deadline := time.Now().Add(c.lockTTL)
+	for !op() {
+		if c.fleet.redis.down.Load() || time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(pollPause())
+	}
+	return true
 }
 
 // leadAlone calls WeChat without the fleet: Redis is down, or said nothing
@@ -234,10 +254,12 @@ func (c *redisCodes) claim(ctx context.Context, k codeKeys, token, accept string
 }
 
 // finish stores result (none when nil) and releases the lock, charging
-// nobody.
+// nobody; it is safe to repeat.
 func (c *redisCodes) finish(ctx context.Context, k codeKeys, token string, result []byte, ttl time.Duration) {
-	c.fleet.redis.do(ctx, "finish", func(ctx context.Context) error {
-		return finishScript.Run(ctx, c.fleet.redis.client, k.keys, token, ttl.Milliseconds(), result).Err()
+	c.whileBusy(func() bool {
+		return c.fleet.redis.do(ctx, "finish", func(ctx context.Context) error {
+			return finishScript.Run(ctx, c.fleet.redis.client, k.keys, token, ttl.Milliseconds(), result).Err()
+		})
 	})
 }
 

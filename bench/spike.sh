@@ -66,11 +66,13 @@ for rate in $RATES; do
 		calls=$(fleet_metric caddy_wechat_login_exchange_duration_seconds_count)
 		falls=$(fleet_metric caddy_wechat_login_store_errors_total)
 		sat=$(fleet_metric caddy_wechat_login_store_saturated_total)
+		freeze=""
 		if [ "$scenario" = frozen ]; then
 			(sleep 0.3 && kill -STOP "$REDIS_PID" && sleep 0.5 && kill -CONT "$REDIS_PID") &
+			freeze=$!
 		fi
 		line=$("$OUT/logindriver" -url "$urls" -prefix "s${n}x" -from 0 -to "$rate" -rate "$rate" 2>>"$OUT/logindriver.log")
-		wait
+		[ -z "$freeze" ] || wait "$freeze"
 		sleep 2.5 # the gateways' prober finds Redis again
 		calls=$(($(fleet_metric caddy_wechat_login_exchange_duration_seconds_count) - calls))
 		falls=$(($(fleet_metric caddy_wechat_login_store_errors_total) - falls))
