@@ -546,6 +546,14 @@ func newGateway(t testing.TB, addr string, n int, configure func(*RedisConfig)) 
 	return gateway{fleet: f, logs: logs}
 }
 
+// waitDown waits until gw has found its Redis down: a frozen Redis is
+// found silent by a PING of its own, redisConfirmWithin after the
+// operation that got no answer.
+func (gw gateway) waitDown(t testing.TB) {
+	t.Helper()
+	testkit.WaitFor(t, "the gateway finds Redis down", gw.redis.down.Load)
+}
+
 // newRedisGateway is gateway 0 of a fleet on a Redis of the test's own.
 func newRedisGateway(t testing.TB) gateway {
 	t.Helper()
@@ -637,11 +645,22 @@ func init() { testkit.Forbid(fleetCode, fleetSessionKey) }
 var fleetIdentity = Identity{OpenID: "oFleetPlayer", UnionID: "uFleetPlayer", SessionKey: fleetSessionKey}
 
 // newLocalCodes is a gateway's in-memory code store, which a Redis code
-// store keeps in front.
-func newLocalCodes(cacheTTL time.Duration) codeStore {
+// store keeps in front, charging players.
+func newLocalCodes(cacheTTL time.Duration, players budgetStore) memoryCodes {
 	table := newCodeTable()
 	table.lease(1000)
-	return memoryCodes{table: table, ttl: cacheTTL, flights: new(singleflight.Group), now: time.Now}
+	return memoryCodes{table: table, ttl: cacheTTL, flights: new(singleflight.Group), now: time.Now, players: players}
+}
+
+// codesPlayerLimit is the player budget that the code stores of tests
+// charge.
+var codesPlayerLimit = Budget{Events: 5, Window: caddy.Duration(time.Minute)}
+
+// fleetCodes is gw's code store, in front of a memory one of its own,
+// charging players under codesPlayerLimit.
+func (gw gateway) fleetCodes(cacheTTL time.Duration) *redisCodes {
+	players := gw.budget("player", codesPlayerLimit, leasedBudgetTable(100), time.Now)
+	return gw.codes(newLocalCodes(cacheTTL, players), players, cacheTTL, 10*time.Second).(*redisCodes)
 }
 
 // dumpRedis reads every key with its value, failing t for a key without

@@ -144,7 +144,7 @@ func TestCodeStoreLooksAgainInsideTheFlight(t *testing.T) {
 		return clock.Now()
 	}
 	var calls atomic.Int32
-	id, outcome, refusal := c.redeem(context.Background(), k, func() (Identity, *jsonRefusal) {
+	id, outcome, refusal := c.redeem(context.Background(), k, func(chargeFunc) (Identity, *jsonRefusal) {
 		calls.Add(1)
 		return Identity{}, newRefusal(http.StatusUnauthorized, errCodeUsed, "the login code was already used")
 	})

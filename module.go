@@ -160,7 +160,8 @@ func (h *Handler) attachState(ctx caddy.Context) error {
 		releases = append(releases, state.ips.lease(h.BudgetSize))
 		h.ips = newMemoryBudget(state.ips, *h.IPBudget, h.now)
 	}
-	h.codes = memoryCodes{table: state.codes, ttl: cacheTTL, flights: &state.flights, now: h.now}
+	local := memoryCodes{table: state.codes, ttl: cacheTTL, flights: &state.flights, now: h.now, players: h.players}
+	h.codes = local
 	if h.Redis == nil {
 		return nil
 	}
@@ -170,11 +171,12 @@ func (h *Handler) attachState(ctx caddy.Context) error {
 		return err
 	}
 	h.fleet = fleet
-	h.players = fleet.budget("player", *h.Budget, state.players, h.now)
+	players := fleet.budget("player", *h.Budget, state.players, h.now)
+	h.players, local.players = players, players
 	if !h.IPBudget.Off {
 		h.ips = fleet.budget("ip", *h.IPBudget, state.ips, h.now)
 	}
-	h.codes = fleet.codes(h.codes, cacheTTL, h.client.worstCase())
+	h.codes = fleet.codes(local, players, cacheTTL, h.client.worstCase())
 	return nil
 }
 

@@ -21,7 +21,7 @@ import (
 // gatewayCodes is gateway n's code store on the Redis at addr.
 func gatewayCodes(t testing.TB, addr string, n int, cacheTTL time.Duration) (gateway, *redisCodes) {
 	gw := newGateway(t, addr, n, nil)
-	return gw, gw.codes(newLocalCodes(cacheTTL), cacheTTL, 10*time.Second).(*redisCodes)
+	return gw, gw.fleetCodes(cacheTTL)
 }
 
 // twoGateways starts a Redis and the code stores of two gateways on it,
@@ -35,7 +35,9 @@ func twoGateways(t *testing.T, cacheTTL time.Duration) (rdb *redis.Client, a, b 
 }
 
 // countingLead is WeChat for a test: it counts its calls and answers with
-// identity and refusal (both, for a player over budget), once released.
+// identity or refusal once released, charging the identity's player as
+// the handler does (a player over budget gets the identity and the
+// budget's refusal).
 type countingLead struct {
 	calls    atomic.Int32
 	started  chan struct{} // closed at the first call
@@ -57,10 +59,15 @@ func released(id Identity, refusal *jsonRefusal) *countingLead {
 	return l
 }
 
-func (l *countingLead) lead() (Identity, *jsonRefusal) {
+func (l *countingLead) lead(charge chargeFunc) (Identity, *jsonRefusal) {
 	l.calls.Add(1)
 	l.once.Do(func() { close(l.started) })
 	<-l.release
+	if l.identity.OpenID != "" {
+		if wait, ok := charge(context.Background(), l.identity); !ok {
+			return l.identity, playerRateLimited(wait)
+		}
+	}
 	return l.identity, l.refusal
 }
 
@@ -179,26 +186,34 @@ func TestRedisCodesRefusalReachesWaitersButIsNotCached(t *testing.T) {
 // its identity is shared, so that the client's retry at another gateway is
 // answered from it (and checked against the budget there), not with a new
 // call and 40163. The logins of the call itself get the refusal, as in
-// memory.
+// memory; a login at another gateway that waited on the call gets the
+// identity as from the cache, for the same check.
 func TestRedisCodesOverBudgetIdentityIsSharedForRetries(t *testing.T) {
 	srv := testkit.StartRedis(t)
 	rdb := newTestRedisClient(t, srv.Addr())
 	_, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
 	_, b := gatewayCodes(t, srv.Addr(), 1, time.Minute)
 	_, c := gatewayCodes(t, srv.Addr(), 2, time.Minute)
+	ctx := context.Background()
+	for range codesPlayerLimit.Events {
+		c.players.spend(ctx, fleetIdentity.OpenID) // at another gateway: A's memory knows none
+	}
 	key := newCodeKey(fleetAppID, fleetCode)
-	overBudget := playerRateLimited(time.Minute)
-	wechat := newCountingLead(fleetIdentity, overBudget)
+	wechat := newCountingLead(fleetIdentity, nil)
 
 	first := redeemIn(a, key, wechat)
 	waiter := joinInFlight(t, rdb, b, key, wechat, 1)[0]
 	close(wechat.release)
-	for name, r := range map[string]redeemed{"A": <-first, "B": <-waiter} {
-		if r.refusal == nil || r.refusal.code != errRateLimited {
-			t.Errorf("gateway %s, in the call: %+v, want the budget's refusal", name, r)
-		}
+	if r := <-first; r.refusal == nil || r.refusal.code != errRateLimited || r.refusal.retryAfter <= 0 {
+		t.Errorf("gateway A, which made the call: %+v, want the budget's refusal", r)
 	}
-	id, outcome, refusal := c.redeem(context.Background(), key, wechat.lead)
+	if r := <-waiter; r.refusal != nil || r.id != fleetIdentity || r.outcome != redeemedFromCache {
+		t.Errorf("gateway B, which waited on the call: %+v, want the identity as from the cache", r)
+	}
+	if _, ok := b.players.check(ctx, fleetIdentity.OpenID); ok {
+		t.Error("the budget's check lets the waiter in")
+	}
+	id, outcome, refusal := c.redeem(ctx, key, wechat.lead)
 	if refusal != nil || id != fleetIdentity || outcome != redeemedFromCache {
 		t.Errorf("the retry at gateway C: %+v %v %v, want the shared identity, from the cache", id, outcome, refusal)
 	}
@@ -241,8 +256,8 @@ func TestRedisCodesCodeUsedLooksForAnotherGatewaysResult(t *testing.T) {
 	k := a.keysFor(key)
 	// B calls WeChat and hears 40163: gateway A (whose lock had run out)
 	// spent the code and stored the identity meanwhile.
-	usedAtWeChat := func() (Identity, *jsonRefusal) {
-		rdb.Set(context.Background(), k.result, a.sealIdentity(k, fleetIdentity, nil), time.Minute)
+	usedAtWeChat := func(chargeFunc) (Identity, *jsonRefusal) {
+		rdb.Set(context.Background(), k.result, a.sealIdentity(k, fleetIdentity, false), time.Minute)
 		return Identity{}, newRefusal(http.StatusUnauthorized, errCodeUsed, "the login code was already used")
 	}
 	id, outcome, refusal := b.redeem(context.Background(), key, usedAtWeChat)
@@ -291,7 +306,7 @@ func TestRedisCodesStoredIdentityIsCheckedAsWechatsIs(t *testing.T) {
 	ctx := context.Background()
 	key := newCodeKey(fleetAppID, fleetCode)
 	k := a.keysFor(key)
-	rdb.Set(ctx, k.result, a.sealIdentity(k, Identity{OpenID: "oAlice\r\nX-Wx-Openid: oMallory"}, nil), time.Minute)
+	rdb.Set(ctx, k.result, a.sealIdentity(k, Identity{OpenID: "oAlice\r\nX-Wx-Openid: oMallory"}, false), time.Minute)
 	id, outcome, refusal := a.redeem(ctx, key, released(fleetIdentity, nil).lead)
 	if refusal != nil || id != fleetIdentity || outcome != redeemedByCall {
 		t.Fatalf("a stored identity WeChat could not have sent was used: %+v %v %v", id, outcome, refusal)
@@ -402,7 +417,8 @@ func TestRedisCodesServeWhileRedisIsDown(t *testing.T) {
 	if refusal != nil || id != fleetIdentity || outcome != redeemedByCall {
 		t.Fatalf("with Redis frozen: %+v %v %v", id, outcome, refusal)
 	}
-	if !gw.redis.down.Load() || gaugeValue(storeMetrics.fallback) != fallbackBefore+1 {
+	gw.waitDown(t)
+	if gaugeValue(storeMetrics.fallback) != fallbackBefore+1 {
 		t.Error("the fallback is not shown")
 	}
 	// The gateway's own cache still serves the retry.
@@ -472,14 +488,14 @@ func TestNothingReadableInRedis(t *testing.T) {
 // each costs: on a machine whose cores Redis shares with the gateways, that
 // time, not the latency, is what bounds the fleet's logins per second.
 func BenchmarkRedeemFreshCode(b *testing.B) {
-	lead := func() (Identity, *jsonRefusal) { return fleetIdentity, nil }
+	lead := func(chargeFunc) (Identity, *jsonRefusal) { return fleetIdentity, nil }
 	b.Run("memory", func(b *testing.B) {
-		reportCPU(b, nil, func() { benchmarkRedeem(b, newLocalCodes(time.Minute), lead) })
+		reportCPU(b, nil, func() { benchmarkRedeem(b, newLocalCodes(time.Minute, unlimited{}), lead) })
 	})
 	b.Run("redis", func(b *testing.B) {
 		srv := testkit.StartRedis(b)
 		gw := newGateway(b, srv.Addr(), 0, func(c *RedisConfig) { c.Timeout = caddy.Duration(time.Second) })
-		codes := gw.codes(newLocalCodes(time.Minute), time.Minute, 10*time.Second)
+		codes := gw.fleetCodes(time.Minute)
 		reportCPU(b, srv, func() { benchmarkRedeem(b, codes, lead) })
 		if gw.redis.down.Load() {
 			b.Fatal("Redis failed during the benchmark: the numbers are memory's")
@@ -487,7 +503,7 @@ func BenchmarkRedeemFreshCode(b *testing.B) {
 	})
 }
 
-func benchmarkRedeem(b *testing.B, codes codeStore, lead func() (Identity, *jsonRefusal)) {
+func benchmarkRedeem(b *testing.B, codes codeStore, lead func(chargeFunc) (Identity, *jsonRefusal)) {
 	ctx := context.Background()
 	var n atomic.Int64
 	b.RunParallel(func(pb *testing.PB) {

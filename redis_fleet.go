@@ -47,7 +47,7 @@ func newFleet(ctx caddy.Context, cfg *RedisConfig, appID, endpoint, appSecret st
 	redisLogs.Do(func() { redis.SetLogger(redisLogger{}) })
 	key := settings.poolKey()
 	value, _, err := redisClients.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return newRedisClient(settings, ctx.Logger()), nil
+		return newRedisClient(settings, ctx.Logger(), redisPoolSize()), nil
 	})
 	if err != nil {
 		return nil, err
@@ -62,7 +62,10 @@ func newFleet(ctx caddy.Context, cfg *RedisConfig, appID, endpoint, appSecret st
 	return &fleet{
 		redis:   value.(*redisClient),
 		poolKey: key,
-		prefix:  cfg.keyPrefix() + hex.EncodeToString(derive("scope", 8)) + ":",
+		// One hash tag per app: every key of the app is in one Cluster
+		// slot, so that a script may touch several (a code's result and
+		// its player's budget).
+		prefix:  cfg.keyPrefix() + "{" + hex.EncodeToString(derive("scope", 8)) + "}:",
 		nameKey: derive("name", 32),
 		sealer:  sealer,
 		size:    cfg.fleetSize(),

@@ -69,19 +69,24 @@ func (w *sessionKeyWrite) args() []any {
 	return []any{w.value, w.issued, w.ttl.Milliseconds()}
 }
 
-// alongside runs script (a code's finish) and the write in one round trip.
-// The finish goes by EVALSHA, and again by its own Run should Redis have
-// lost it (a restart); the write, rare and small, always by EVAL.
-func (w *sessionKeyWrite) alongside(ctx context.Context, client redis.UniversalClient, script *redis.Script, keys []string, args ...any) error {
-	cmds, err := client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		script.EvalSha(ctx, p, keys, args...)
+// runWith runs script (a code's finish) and, when w is not nil, the write,
+// in one round trip, and returns the script's reply. The finish goes by
+// EVALSHA, and again by its own Run should Redis have lost it (a restart);
+// the write, rare and small, always by EVAL.
+func (w *sessionKeyWrite) runWith(ctx context.Context, client redis.UniversalClient, script *redis.Script, keys []string, args ...any) *redis.Cmd {
+	if w == nil {
+		return script.Run(ctx, client, keys, args...)
+	}
+	var reply *redis.Cmd
+	_, _ = client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		reply = script.EvalSha(ctx, p, keys, args...)
 		sessionKeyScript.Eval(ctx, p, []string{w.name}, w.args()...)
 		return nil
 	})
-	if len(cmds) > 0 && redis.HasErrorPrefix(cmds[0].Err(), "NOSCRIPT") {
-		return script.Run(ctx, client, keys, args...).Err()
+	if redis.HasErrorPrefix(reply.Err(), "NOSCRIPT") {
+		return script.Run(ctx, client, keys, args...)
 	}
-	return err
+	return reply
 }
 
 // keepSessionKey stores a key outside a login (a rotation).
