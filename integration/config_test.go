@@ -66,7 +66,7 @@ func TestBadConfigIsRefusedAndTheRunningOneServes(t *testing.T) {
 		}
 		if tc.field != "" {
 			t.Run("JSON "+tc.field, func(t *testing.T) {
-				status, body := loadJSON(t, withHandlerField(t, config(), tc.field, tc.value))
+				status, body := testkit.LoadJSON(t, withHandlerField(t, config(), tc.field, tc.value))
 				assertLoadRefused(t, status, body, tc.want)
 				stillServing(t)
 			})
@@ -133,19 +133,4 @@ func withHandlerField(t *testing.T, caddyfile, field string, value any) []byte {
 	}
 	out, _ := json.Marshal(config)
 	return out
-}
-
-// loadJSON posts a JSON config to the test Caddy's admin API.
-func loadJSON(t *testing.T, config []byte) (int, string) {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, fmt.Sprintf("http://localhost:%d/load", testkit.AdminPort), strings.NewReader(string(config)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := testkit.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, string(resp.Body)
 }
