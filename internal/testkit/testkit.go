@@ -43,10 +43,12 @@ var adminSocket = filepath.Join(os.TempDir(), fmt.Sprintf("wechat-login-caddy-%d
 
 // GlobalOptions is the global block every test Caddyfile starts with: the
 // test ports, debug logging (so that every log line the module can write is
-// written and scanned), and no HTTPS.
+// written and scanned), no HTTPS, and no copy of the config (secrets and
+// all) saved in the home directory.
 func GlobalOptions(extra string) string {
 	return fmt.Sprintf(`{
 	admin unix/%s
+	persist_config off
 	http_port %d
 	https_port %d
 	auto_https off
