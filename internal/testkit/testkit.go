@@ -81,6 +81,13 @@ func StartCaddy(t testing.TB, caddyfile string) {
 	if status, body := LoadConfig(t, caddyfile); status != http.StatusOK {
 		t.Fatalf("testkit: Caddy refused the config: %d %s", status, Redact(body))
 	}
+	// The new config listens on the test port beside the old one (each
+	// with SO_REUSEPORT and a queue of its own), which closes from a
+	// goroutine after the load has answered: a request queued there
+	// meanwhile would be reset. Wait until it has closed.
+	WaitFor(t, "the previous config stops listening", func() bool {
+		return caddy.ListenerUsage("tcp", fmt.Sprintf(":%d", HTTPPort)) <= 1
+	})
 }
 
 // Admin sends a request to path on the test Caddy's admin API; headers are
