@@ -20,3 +20,23 @@ func processStopped(pid int) (stopped, known bool) {
 	}
 	return stat[i+2] == 'T', true
 }
+
+// listeningSockets counts the sockets listening on TCP port (IPv4 and
+// IPv6), from the kernel's tables; known is false when none can be read.
+func listeningSockets(port int) (n int, known bool) {
+	suffix := fmt.Sprintf(":%04X", port)
+	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		data, err := os.ReadFile(table)
+		if err != nil {
+			continue
+		}
+		known = true
+		for line := range strings.Lines(string(data)) {
+			// "sl local_address rem_address st …"; st 0A is LISTEN.
+			if f := strings.Fields(line); len(f) > 3 && strings.HasSuffix(f[1], suffix) && f[3] == "0A" {
+				n++
+			}
+		}
+	}
+	return n, known
+}

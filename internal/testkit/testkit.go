@@ -82,11 +82,14 @@ func StartCaddy(t testing.TB, caddyfile string) {
 		t.Fatalf("testkit: Caddy refused the config: %d %s", status, Redact(body))
 	}
 	// The new config listens on the test port beside the old one (each
-	// with SO_REUSEPORT and a queue of its own), which closes from a
-	// goroutine after the load has answered: a request queued there
-	// meanwhile would be reset. Wait until it has closed.
+	// with SO_REUSEPORT and a queue of its own), which a goroutine shuts
+	// down after the load has answered: a request queued there meanwhile
+	// is reset, or read once the server is shutting down and dropped (EOF).
+	// Wait until the kernel says the old socket no longer listens (Caddy's
+	// own count of listeners drops just before it closes).
 	WaitFor(t, "the previous config stops listening", func() bool {
-		return caddy.ListenerUsage("tcp", fmt.Sprintf(":%d", HTTPPort)) <= 1
+		n, known := listeningSockets(HTTPPort)
+		return !known || n <= 1
 	})
 }
 
