@@ -139,6 +139,7 @@ func (g *Gateway) Reload(t testing.TB, configure func(g *Gateway) string) {
 	if g.lastReload(t) == before {
 		t.Fatal("the gateway answered the reload without reloading")
 	}
+	awaitOldListenerClosed(t, g.HTTPPort)
 }
 
 // lastReload is when the gateway last loaded a config, as its metrics say.

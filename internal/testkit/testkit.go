@@ -81,14 +81,20 @@ func StartCaddy(t testing.TB, caddyfile string) {
 	if status, body := LoadConfig(t, caddyfile); status != http.StatusOK {
 		t.Fatalf("testkit: Caddy refused the config: %d %s", status, Redact(body))
 	}
-	// The new config listens on the test port beside the old one (each
-	// with SO_REUSEPORT and a queue of its own), which a goroutine shuts
-	// down after the load has answered: a request queued there meanwhile
-	// is reset, or read once the server is shutting down and dropped (EOF).
-	// Wait until the kernel says the old socket no longer listens (Caddy's
-	// own count of listeners drops just before it closes).
+	awaitOldListenerClosed(t, HTTPPort)
+}
+
+// awaitOldListenerClosed waits, after a config load, until the previous
+// config no longer listens on port. The new config listens beside it (each
+// socket with SO_REUSEPORT and a queue of its own), and a goroutine shuts
+// the old one down after the load has answered: a request queued there
+// meanwhile is reset, or read once the server is shutting down and dropped
+// (EOF). The kernel's tables tell, not Caddy's own count of listeners,
+// which drops just before the socket closes.
+func awaitOldListenerClosed(t testing.TB, port int) {
+	t.Helper()
 	WaitFor(t, "the previous config stops listening", func() bool {
-		n, known := listeningSockets(HTTPPort)
+		n, known := listeningSockets(port)
 		return !known || n <= 1
 	})
 }
