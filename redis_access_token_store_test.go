@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
@@ -368,4 +369,33 @@ func FuzzOpenToken(f *testing.F) {
 			t.Fatalf("%q opened to a token the fleet never sealed", stored)
 		}
 	})
+}
+
+// The token's lock lasts the fetch's timeout plus the Redis timeout, the
+// time to store the token: the gateway fetching keeps it to the end, and
+// one that vanished frees it soon after.
+func TestRedisTokenStoreLockLastsTheFetch(t *testing.T) {
+	clock := testkit.NewClock(accessTokenEpoch)
+	sim, _ := newTokenSim(t, clock)
+	gate := testkit.NewGate(t, sim)
+	srv := testkit.StartRedis(t)
+	// Longer than any pause between taking the lock and reading it.
+	const redisTimeout = 3 * time.Second
+	a := newFleetTokenManager(t, gate.URL, clock, srv.Addr(), 0, func(c *RedisConfig) { c.Timeout = caddy.Duration(redisTimeout) })
+	const fetchTimeout = 5 * time.Second
+
+	fetched := make(chan *attemptError, 1)
+	go func() {
+		_, err := a.token(context.Background(), fetchTimeout)
+		fetched <- err
+	}()
+	gate.AwaitArrivals(t, 1)
+	ttl := keyPTTL(t, newTestRedisClient(t, srv.Addr()), "*access-token-lock:*")
+	if ttl <= fetchTimeout || ttl > fetchTimeout+redisTimeout {
+		t.Errorf("the token's lock expires in %v while stable_token is called, want more than %v and at most %v", ttl, fetchTimeout, fetchTimeout+redisTimeout)
+	}
+	gate.Open()
+	if err := <-fetched; err != nil {
+		t.Fatal(err)
+	}
 }

@@ -386,3 +386,37 @@ func TestRedisBusyGatewayIsNotARedisFailure(t *testing.T) {
 	budget.spend(ctx, "oAlice")
 	testkit.WaitFor(t, "the frozen Redis is found down", gw.redis.down.Load)
 }
+
+// A client that hangs up while its login's WeChat call is in flight does
+// not make Redis look broken: the call's result is still stored, no Redis
+// failure is counted, and the gateway stays on Redis.
+func TestClientHangingUpDoesNotMarkRedisDown(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	sim, _ := newTestSim(t)
+	gate := testkit.NewGate(t, sim)
+	h := newTestHandler(t, gate.URL, withRedis(srv.Addr(), defaultRedisTimeout))
+	errorsBefore, fallbackBefore := storeErrorsTotal(), gaugeValue(storeMetrics.fallback)
+
+	ctx, hangUp := context.WithCancel(context.Background())
+	first := goLogin(ctx, h, testLogin{code: "alice.hangup"})
+	gate.AwaitArrivals(t, 1)
+	hangUp()
+	if res := awaitLogin(t, first); res.forwarded() {
+		t.Fatalf("the login whose client hung up was forwarded: %d", res.w.Code)
+	}
+	gate.Open()
+	// The client's retry joins the call, which has stored its result once
+	// it answers.
+	if retry := (testLogin{code: "alice.hangup"}).serve(context.Background(), h).checked(t); !retry.forwarded() {
+		t.Fatalf("the retry: %d %s", retry.w.Code, retry.w.Body)
+	}
+	if got := storeErrorsTotal() - errorsBefore; got != 0 {
+		t.Errorf("store_errors_total rose by %v after a client hung up, want 0", got)
+	}
+	if got := gaugeValue(storeMetrics.fallback) - fallbackBefore; got != 0 {
+		t.Errorf("store_fallback rose by %v after a client hung up: the gateway left Redis", got)
+	}
+	if sim.Calls() != 1 {
+		t.Errorf("WeChat saw %d calls, want 1", sim.Calls())
+	}
+}

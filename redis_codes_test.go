@@ -24,14 +24,23 @@ func gatewayCodes(t testing.TB, addr string, n int, cacheTTL time.Duration) (gat
 	return gw, gw.fleetCodes(cacheTTL)
 }
 
-// twoGateways starts a Redis and the code stores of two gateways on it,
-// and returns them with a client to look inside Redis.
-func twoGateways(t *testing.T, cacheTTL time.Duration) (rdb *redis.Client, a, b *redisCodes) {
+// gatewaysOnOneRedis starts a Redis and the code stores of n gateways on
+// it, and returns them with a client to look inside Redis.
+func gatewaysOnOneRedis(t *testing.T, cacheTTL time.Duration, n int) (*redis.Client, []*redisCodes) {
 	t.Helper()
 	srv := testkit.StartRedis(t)
-	_, a = gatewayCodes(t, srv.Addr(), 0, cacheTTL)
-	_, b = gatewayCodes(t, srv.Addr(), 1, cacheTTL)
-	return newTestRedisClient(t, srv.Addr()), a, b
+	codes := make([]*redisCodes, n)
+	for i := range codes {
+		_, codes[i] = gatewayCodes(t, srv.Addr(), i, cacheTTL)
+	}
+	return newTestRedisClient(t, srv.Addr()), codes
+}
+
+// twoGateways is gatewaysOnOneRedis of two gateways.
+func twoGateways(t *testing.T, cacheTTL time.Duration) (rdb *redis.Client, a, b *redisCodes) {
+	t.Helper()
+	rdb, codes := gatewaysOnOneRedis(t, cacheTTL, 2)
+	return rdb, codes[0], codes[1]
 }
 
 // countingLead is WeChat for a test: it counts its calls and answers with
@@ -146,13 +155,7 @@ func TestRedisCodesRetryOnAnotherGatewayIsServedFromCache(t *testing.T) {
 		t.Fatalf("first login: %v %v", outcome, refusal)
 	}
 	// The client did not get the answer and retries; the balancer picks B.
-	id, outcome, refusal := b.redeem(ctx, key, wechat.lead)
-	if refusal != nil || id != fleetIdentity || outcome != redeemedFromCache {
-		t.Fatalf("retry at gateway B: %+v %v %v", id, outcome, refusal)
-	}
-	if calls := wechat.calls.Load(); calls != 1 {
-		t.Errorf("%d WeChat calls, want 1: the retry spent the code again (40163)", calls)
-	}
+	wantRetryFromCache(t, b, key, wechat, 1)
 }
 
 func TestRedisCodesRefusalReachesWaitersButIsNotCached(t *testing.T) {
@@ -189,11 +192,8 @@ func TestRedisCodesRefusalReachesWaitersButIsNotCached(t *testing.T) {
 // memory; a login at another gateway that waited on the call gets the
 // identity as from the cache, for the same check.
 func TestRedisCodesOverBudgetIdentityIsSharedForRetries(t *testing.T) {
-	srv := testkit.StartRedis(t)
-	rdb := newTestRedisClient(t, srv.Addr())
-	_, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
-	_, b := gatewayCodes(t, srv.Addr(), 1, time.Minute)
-	_, c := gatewayCodes(t, srv.Addr(), 2, time.Minute)
+	rdb, codes := gatewaysOnOneRedis(t, time.Minute, 3)
+	a, b, c := codes[0], codes[1], codes[2]
 	ctx := context.Background()
 	for range codesPlayerLimit.Events {
 		c.players.spend(ctx, fleetIdentity.OpenID) // at another gateway: A's memory knows none
@@ -213,13 +213,7 @@ func TestRedisCodesOverBudgetIdentityIsSharedForRetries(t *testing.T) {
 	if _, ok := b.players.check(ctx, fleetIdentity.OpenID); ok {
 		t.Error("the budget's check lets the waiter in")
 	}
-	id, outcome, refusal := c.redeem(ctx, key, wechat.lead)
-	if refusal != nil || id != fleetIdentity || outcome != redeemedFromCache {
-		t.Errorf("the retry at gateway C: %+v %v %v, want the shared identity, from the cache", id, outcome, refusal)
-	}
-	if calls := wechat.calls.Load(); calls != 1 {
-		t.Errorf("%d WeChat calls, want 1: the retry spent the code again (40163)", calls)
-	}
+	wantRetryFromCache(t, c, key, wechat, 1)
 }
 
 func TestRedisCodesWaiterTakesOverFromAVanishedHolder(t *testing.T) {
@@ -533,4 +527,56 @@ func redisCalls(t testing.TB, rdb *redis.Client, command string) int {
 		}
 	}
 	return 0
+}
+
+// A refusal never replaces a stored identity: gateway A's lock ran out
+// while its call was slow, gateway B took the code and heard WeChat time
+// out, and A stored the identity before B stored its refusal. A retry at a
+// third gateway gets A's identity, with no WeChat call (which would answer
+// 40163).
+func TestRedisCodesRefusalNeverReplacesAnIdentity(t *testing.T) {
+	rdb, codes := gatewaysOnOneRedis(t, time.Minute, 3)
+	a, b, c := codes[0], codes[1], codes[2]
+	key := newCodeKey(fleetAppID, fleetCode)
+
+	wechatA := newCountingLead(fleetIdentity, nil)
+	atA := redeemIn(a, key, wechatA)
+	<-wechatA.started
+	rdb.Del(context.Background(), a.keysFor(key).lock) // its expiry, without waiting for it
+	wechatB := newCountingLead(Identity{}, newRefusal(http.StatusGatewayTimeout, errWechatTimeout, "WeChat did not answer in time"))
+	atB := redeemIn(b, key, wechatB)
+	<-wechatB.started
+	close(wechatA.release)
+	if got := <-atA; got.id != fleetIdentity {
+		t.Fatalf("gateway A: %+v", got)
+	}
+	close(wechatB.release)
+	<-atB
+	wantRetryFromCache(t, c, key, released(fleetIdentity, nil), 0)
+}
+
+// The lock on a code lasts the exchange's longest time (every attempt and
+// backoff) plus the Redis timeout, the time to store the result: the
+// gateway calling WeChat keeps it to the end, and one that vanished frees
+// it soon after.
+func TestRedisCodesLockLastsTheLongestExchange(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	sim, _ := newTestSim(t)
+	gate := testkit.NewGate(t, sim)
+	// Longer than any pause between taking the lock and reading it.
+	const redisTimeout = 3 * time.Second
+	h := newTestHandler(t, gate.URL, withRedis(srv.Addr(), redisTimeout), func(h *Handler) {
+		h.Timeout = caddy.Duration(2 * time.Second)
+		h.Retry = &RetryConfig{Attempts: 2, Base: caddy.Duration(100 * time.Millisecond), Max: caddy.Duration(100 * time.Millisecond)}
+	})
+	const longestExchange = 2*time.Second + 100*time.Millisecond + 2*time.Second // as docs/configuration.md counts it
+
+	login := goLogin(context.Background(), h, testLogin{code: "alice.lock"})
+	gate.AwaitArrivals(t, 1)
+	ttl := keyPTTL(t, newTestRedisClient(t, srv.Addr()), "*:lock:*")
+	if ttl <= longestExchange || ttl > longestExchange+redisTimeout {
+		t.Errorf("the code's lock expires in %v while WeChat is called, want more than %v and at most %v", ttl, longestExchange, longestExchange+redisTimeout)
+	}
+	gate.Open()
+	awaitLogin(t, login)
 }

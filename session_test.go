@@ -186,6 +186,10 @@ func TestSessionRespondAnswersAtTheGateway(t *testing.T) {
 	if w.Code != http.StatusOK || up.count() != 0 || w.Header().Get("Content-Type") != "application/json" {
 		t.Fatalf("got %d %q, forwarded %d; want a JSON 200 and nothing forwarded", w.Code, w.Header().Get("Content-Type"), up.count())
 	}
+	// The answer carries the session token: no cache may keep it.
+	if got := w.Header().Values("Cache-Control"); len(got) != 1 || got[0] != "no-store" {
+		t.Errorf("Cache-Control %q, want no-store", got)
+	}
 	var body map[string]string
 	if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil {
 		t.Fatalf("body %s: %v", w.Body, err)

@@ -66,7 +66,7 @@ func TestBadConfigIsRefusedAndTheRunningOneServes(t *testing.T) {
 		}
 		if tc.field != "" {
 			t.Run("JSON "+tc.field, func(t *testing.T) {
-				status, body := loadJSON(t, withHandlerField(t, config(), tc.field, tc.value))
+				status, body := testkit.LoadJSON(t, withHandlerField(t, config(), tc.field, tc.value))
 				assertLoadRefused(t, status, body, tc.want)
 				stillServing(t)
 			})
@@ -135,21 +135,6 @@ func withHandlerField(t *testing.T, caddyfile, field string, value any) []byte {
 	return out
 }
 
-// loadJSON posts a JSON config to the test Caddy's admin API.
-func loadJSON(t *testing.T, config []byte) (int, string) {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, fmt.Sprintf("http://localhost:%d/load", testkit.AdminPort), strings.NewReader(string(config)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := testkit.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, string(resp.Body)
-}
-
 // TestValuesThatWouldBreakEveryRequestAreRefused: an app_id with a control
 // character used to load, then fail every forwarded request (it is the
 // X-WX-APPID header); a Redis address with a password before the host used
@@ -184,13 +169,13 @@ func TestValuesThatWouldBreakEveryRequestAreRefused(t *testing.T) {
 			return testkit.LoadConfig(t, config("redis "+password+"@127.0.0.1"))
 		}},
 		{"JSON, password@host:port", hostError, func() (int, string) {
-			return loadJSON(t, withHandlerField(t, config(), "redis", map[string]any{"address": []string{password + "@127.0.0.1:6379"}}))
+			return testkit.LoadJSON(t, withHandlerField(t, config(), "redis", map[string]any{"address": []string{password + "@127.0.0.1:6379"}}))
 		}},
 		{"JSON, user:password@host", "the port is not a port number", func() (int, string) {
-			return loadJSON(t, withHandlerField(t, config(), "redis", map[string]any{"address": []string{"game:" + password + "@127.0.0.1"}}))
+			return testkit.LoadJSON(t, withHandlerField(t, config(), "redis", map[string]any{"address": []string{"game:" + password + "@127.0.0.1"}}))
 		}},
 		{"JSON, app_id with a control character", "app_id must be visible ASCII", func() (int, string) {
-			return loadJSON(t, withHandlerField(t, config(), "app_id", appID+"\x01"))
+			return testkit.LoadJSON(t, withHandlerField(t, config(), "app_id", appID+"\x01"))
 		}},
 		{"Caddyfile, app_id with a tab", "app_id must be visible ASCII", func() (int, string) {
 			return testkit.LoadConfig(t, strings.Replace(config(), "app_id "+appID, "app_id \""+appID+"\t\"", 1))
