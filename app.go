@@ -154,7 +154,8 @@ func (h *Handler) attachApp(ctx caddy.Context, cfg *PlatformApp, secret string) 
 	}
 	cacheTTL := time.Duration(*h.CacheTTL)
 	app.players = newMemoryBudget(app.state.players, app.budget, h.now)
-	app.codes = memoryCodes{table: app.state.codes, ttl: cacheTTL, flights: &app.state.flights, now: h.now}
+	local := memoryCodes{table: app.state.codes, ttl: cacheTTL, flights: &app.state.flights, now: h.now, players: app.players}
+	app.codes = local
 	metrics, err := newAppMetrics(ctx.GetMetricsRegistry(), app.appID)
 	if err != nil {
 		return app, err
@@ -166,8 +167,9 @@ func (h *Handler) attachApp(ctx caddy.Context, cfg *PlatformApp, secret string) 
 	if app.fleet, err = newFleet(ctx, h.Redis, app.appID, app.endpoint, secret); err != nil {
 		return app, err
 	}
-	app.players = app.fleet.budget("player", app.budget, app.state.players, h.now)
-	app.codes = app.fleet.codes(app.codes, cacheTTL, app.client.worstCase(), p.keepsSessionKeys)
+	players := app.fleet.budget("player", app.budget, app.state.players, h.now)
+	app.players, local.players = players, players
+	app.codes = app.fleet.codes(local, players, cacheTTL, app.client.worstCase(), p.keepsSessionKeys)
 	return app, nil
 }
 

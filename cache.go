@@ -60,9 +60,20 @@ type codeStore interface {
 	// result from the cache is the identity alone. exchange may outlive the
 	// login that started it (it serves every login waiting for the code),
 	// so it must not depend on ctx; redeem itself returns ctx's error when
-	// ctx ends first.
-	redeem(ctx context.Context, key codeKey, exchange func() codeResult) (codeResult, redeemOutcome, error)
+	// ctx ends first. exchange charges the player its call proved with the
+	// charge it is given: the store's, so that a fleet's store can make the
+	// charge in the Redis operation that stores the call's result.
+	redeem(ctx context.Context, key codeKey, exchange exchangeFunc) (codeResult, redeemOutcome, error)
 }
+
+// exchangeFunc makes the one platform call for a code, charging the player
+// it proves with charge.
+type exchangeFunc func(charge chargeFunc) codeResult
+
+// chargeFunc charges the player of id one event of the player budget for
+// the platform call that proved them; it reports how long until the budget
+// has room when it has none.
+type chargeFunc func(ctx context.Context, id Identity) (wait time.Duration, ok bool)
 
 // codeTable holds one configuration's cached results, shared by its handlers
 // across reloads; each handler reads it under its own cache_ttl.
@@ -85,6 +96,7 @@ type memoryCodes struct {
 	ttl     time.Duration
 	flights *singleflight.Group
 	now     func() time.Time
+	players budgetStore // charged for the calls
 }
 
 // flightResult is what one call gave every login waiting on it.
@@ -93,7 +105,7 @@ type flightResult struct {
 	outcome redeemOutcome
 }
 
-func (c memoryCodes) redeem(ctx context.Context, key codeKey, exchange func() codeResult) (codeResult, redeemOutcome, error) {
+func (c memoryCodes) redeem(ctx context.Context, key codeKey, exchange exchangeFunc) (codeResult, redeemOutcome, error) {
 	if id, ok := c.cached(key); ok {
 		return codeResult{id: id}, redeemedFromCache, nil
 	}
@@ -102,7 +114,7 @@ func (c memoryCodes) redeem(ctx context.Context, key codeKey, exchange func() co
 
 // redeemInFlight is redeem for a code not in the cache: apart, so that a
 // cache hit allocates nothing for the flight.
-func (c memoryCodes) redeemInFlight(ctx context.Context, key codeKey, exchange func() codeResult) (codeResult, redeemOutcome, error) {
+func (c memoryCodes) redeemInFlight(ctx context.Context, key codeKey, exchange exchangeFunc) (codeResult, redeemOutcome, error) {
 	ranExchange := false
 	ch := c.flights.DoChan(string(key[:]), func() (any, error) {
 		// A flight for this code may have finished between the look above
@@ -112,7 +124,7 @@ func (c memoryCodes) redeemInFlight(ctx context.Context, key codeKey, exchange f
 			return flightResult{codeResult{id: id}, redeemedFromCache}, nil
 		}
 		ranExchange = true
-		res := exchange()
+		res := exchange(c.charge)
 		if res.proved() {
 			c.add(key, res.id)
 		} else if res.failure != nil && res.failure.kind == kindCodeUsed {
@@ -133,6 +145,11 @@ func (c memoryCodes) redeemInFlight(ctx context.Context, key codeKey, exchange f
 	case <-ctx.Done():
 		return codeResult{}, redeemedByJoining, ctx.Err()
 	}
+}
+
+// charge spends one event of the player budget of id.
+func (c memoryCodes) charge(ctx context.Context, id Identity) (time.Duration, bool) {
+	return c.players.spend(ctx, id.player())
 }
 
 func (c memoryCodes) cached(key codeKey) (Identity, bool) {

@@ -27,7 +27,7 @@ func TestCodeKeyHidesTheCode(t *testing.T) {
 // redeemWith redeems key with an exchange that proves id and counts its
 // calls.
 func redeemWith(c codeStore, key codeKey, id Identity, calls *atomic.Int32) (Identity, redeemOutcome, error) {
-	res, outcome, err := c.redeem(context.Background(), key, func() codeResult {
+	res, outcome, err := c.redeem(context.Background(), key, func(chargeFunc) codeResult {
 		calls.Add(1)
 		return codeResult{id: id}
 	})
@@ -77,7 +77,7 @@ func TestCodeStoreWithoutTTLRemembersNothing(t *testing.T) {
 func TestCodeStoreCachesTheIdentityOfARefusedLogin(t *testing.T) {
 	c := memoryCodesAt(newTestClock(), time.Minute, 10)
 	k := newCodeKey("wx", credentials{code: "alice"})
-	res, _, _ := c.redeem(context.Background(), k, func() codeResult {
+	res, _, _ := c.redeem(context.Background(), k, func(chargeFunc) codeResult {
 		return codeResult{id: Identity{OpenID: "oAlice"}, budgetWait: time.Second}
 	})
 	if res.budgetWait != time.Second {
@@ -94,7 +94,7 @@ func TestCodeStoreCachesTheIdentityOfARefusedLogin(t *testing.T) {
 func TestCodeStoreLooksAgainOnCodeUsed(t *testing.T) {
 	c := memoryCodesAt(newTestClock(), time.Minute, 10)
 	k := newCodeKey("wx", credentials{code: "alice"})
-	res, outcome, _ := c.redeem(context.Background(), k, func() codeResult {
+	res, outcome, _ := c.redeem(context.Background(), k, func(chargeFunc) codeResult {
 		c.add(k, Identity{OpenID: "oAlice"}) // another flight finished meanwhile
 		return codeResult{failure: wechatErrcodes.failure(errcodeCodeUsed, "")}
 	})
@@ -108,7 +108,7 @@ func TestCodeStoreJoinersShareOneCall(t *testing.T) {
 	k := newCodeKey("wx", credentials{code: "alice"})
 	release := make(chan struct{})
 	var calls atomic.Int32
-	exchange := func() codeResult {
+	exchange := func(chargeFunc) codeResult {
 		calls.Add(1)
 		<-release
 		return codeResult{id: Identity{OpenID: "oAlice"}}
@@ -142,7 +142,7 @@ func TestCodeStoreReturnsWhenTheClientGoes(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
 	cancel()
-	_, _, err := c.redeem(ctx, newCodeKey("wx", credentials{code: "alice"}), func() codeResult {
+	_, _, err := c.redeem(ctx, newCodeKey("wx", credentials{code: "alice"}), func(chargeFunc) codeResult {
 		<-release
 		return codeResult{id: Identity{OpenID: "oAlice"}}
 	})

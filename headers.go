@@ -17,7 +17,10 @@ type headerFamily struct {
 	// Set for the upstream, canonical.
 	openID, unionID, appID, sessionKey, anonymousOpenID, source string
 	// sourceValue is the source header's value on a request with a
-	// verified identity: the cloud's value for a call from its client.
+	// verified identity, and on no other: the cloud's value for a call from
+	// its client (Cloud Hosting's docs tell backends to trust a request
+	// only when X-WX-SOURCE is present, and its templates answer nothing
+	// without it).
 	sourceValue string
 	// Read from the client, canonical: the login code, an anonymous
 	// player's code, and the session token (also set on a login's answer).

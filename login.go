@@ -73,8 +73,8 @@ func (h *Handler) authenticateLogin(r *http.Request, app *loginApp, presented pr
 	if h.sessions != nil {
 		sessionPlayer = h.sessions.presentedPlayer(r, app, presented.session, expiredSessionGrace)
 	}
-	res, outcome, err := app.codes.redeem(ctx, newCodeKey(app.appID, creds), func() codeResult {
-		return h.exchangeOnce(ctx, app, creds, sessionPlayer)
+	res, outcome, err := app.codes.redeem(ctx, newCodeKey(app.appID, creds), func(charge chargeFunc) codeResult {
+		return h.exchangeOnce(ctx, app, creds, sessionPlayer, charge)
 	})
 	if err != nil {
 		return Identity{}, clientGone() // nobody is waiting for the answer
@@ -110,7 +110,9 @@ func clientGone() *jsonRefusal {
 // exchangeOnce is the one platform call for a code, made on behalf of every
 // login waiting for it, and charged once to the player: before the call when
 // the login carries a session of this gateway's (so a player in a login loop
-// is stopped before the platform), after it otherwise. A charge made before
+// is stopped before the platform), after it otherwise, by the code store's
+// charge (a fleet's makes it in the Redis operation that stores the
+// result). A charge made before
 // is given back when the platform refuses the code, which then proved
 // nobody: junk codes sent with a player's token do not spend the player's
 // budget. It is kept when the code proves another player, who is charged
@@ -120,7 +122,7 @@ func clientGone() *jsonRefusal {
 //
 // It runs on its own deadline, bounded by the retry policy, so that the first
 // client hanging up does not fail the others.
-func (h *Handler) exchangeOnce(reqCtx context.Context, app *loginApp, creds credentials, sessionPlayer string) codeResult {
+func (h *Handler) exchangeOnce(reqCtx context.Context, app *loginApp, creds credentials, sessionPlayer string, charge chargeFunc) codeResult {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(reqCtx), app.client.worstCase())
 	defer cancel()
 	var undoSessionCharge func()
@@ -152,7 +154,7 @@ func (h *Handler) exchangeOnce(reqCtx context.Context, app *loginApp, creds cred
 		app.sessionKeys.keep(id.OpenID, id.SessionKey, h.now())
 	}
 	if id.player() != sessionPlayer {
-		if wait, ok := app.players.spend(ctx, id.player()); !ok {
+		if wait, ok := charge(ctx, id); !ok {
 			app.metrics.budgetRejected("player")
 			return codeResult{id: id, budgetWait: wait}
 		}

@@ -449,7 +449,7 @@ func TestStoredResultsArePlatformNeutral(t *testing.T) {
 	open := func(stored []byte) {
 		t.Helper()
 		plain = nil
-		if err := a.fleet.open(k.result, string(stored), &plain); err != nil {
+		if err := a.fleet.open(k.result, string(stored), &plain, time.Now()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -461,8 +461,8 @@ func TestStoredResultsArePlatformNeutral(t *testing.T) {
 	}
 	overBudget := a.sealResult(k, codeResult{id: fleetIdentity, budgetWait: 1500 * time.Millisecond})
 	open(overBudget)
-	if overBudget[0] != 'o' || plain["budget_wait_ms"] != float64(1500) || plain["openid"] != fleetIdentity.OpenID {
-		t.Errorf("a stored identity over budget: %c %v", overBudget[0], plain)
+	if overBudget[0] != 'o' || len(plain) != 3 || plain["openid"] != fleetIdentity.OpenID {
+		t.Errorf("a stored identity over budget: %c %v, want 'o' with the identity alone (a login served it asks the budget)", overBudget[0], plain)
 	}
 	identity := a.sealResult(k, proving(fleetIdentity))
 	open(identity)
@@ -472,12 +472,12 @@ func TestStoredResultsArePlatformNeutral(t *testing.T) {
 
 	// What a gateway before platforms stored for the waiters of a call
 	// WeChat refused.
-	legacy := a.fleet.seal('e', k.result, map[string]any{"status": 401, "code": "invalid_code", "message": "the login code is invalid or expired; call wx.login again", "errcode": 40029})
-	if _, err := a.openResult(k, string(legacy)); err == nil {
+	legacy := a.fleet.seal('e', k.result, map[string]any{"status": 401, "code": "invalid_code", "message": "the login code is invalid or expired; call wx.login again", "errcode": 40029}, time.Now().Add(time.Minute))
+	if _, _, err := a.openResult(k, string(legacy)); err == nil {
 		t.Error("an older gateway's refusal was opened")
 	}
 	exchange := released(proving(fleetIdentity))
-	if res, outcome := a.answer(k, string(legacy), redeemedByJoining, exchange.exchange); res != proving(fleetIdentity) || outcome != redeemedByCall || exchange.calls.Load() != 1 {
+	if res, outcome := a.answer(k, string(legacy), redeemedByJoining, exchange.exchange, newLocalCodes(time.Minute, unlimited{}).charge); res != proving(fleetIdentity) || outcome != redeemedByCall || exchange.calls.Load() != 1 {
 		t.Errorf("a waiter on an older gateway's refusal: %+v %v after %d calls, want the platform asked", res, outcome, exchange.calls.Load())
 	}
 }

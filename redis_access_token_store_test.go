@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
@@ -184,9 +185,10 @@ func TestRedisTokenStoreServesWhileRedisIsFrozen(t *testing.T) {
 	defer srv.Resume()
 
 	tok := a.mustToken(t)
-	if !sim.TokenValid(apiAppID, tok.value) || !a.gateway.redis.down.Load() {
+	if !sim.TokenValid(apiAppID, tok.value) {
 		t.Fatal("with Redis frozen, the token was not fetched by the gateway alone")
 	}
+	a.gateway.waitDown(t)
 	// Refused, it is replaced without Redis too, force_refresh included.
 	sim.RevokeTokens(apiAppID)
 	if r, err := a.replace(context.Background(), 5*time.Second, tok, errcodeInvalidCredential, secCheckAPI); err != nil || !sim.TokenValid(apiAppID, r.value) {
@@ -211,6 +213,35 @@ func TestRedisTokenStoreWaiterTakesOverFromAVanishedHolder(t *testing.T) {
 	}
 }
 
+// A token that whoever can write to Redis keeps there past the end of its
+// use (PERSIST on its key) is not handed out: another gateway fetches a new
+// one. openToken refuses it for the expiry sealed inside, whatever the
+// stored fields say.
+func TestRedisTokenStoreRefusesATokenKeptPastItsUse(t *testing.T) {
+	clock := testkit.NewClock(accessTokenEpoch)
+	sim, simURL := newTokenSim(t, clock)
+	rdb, a, b := twoTokenGateways(t, simURL, clock)
+	ctx := context.Background()
+	kept := a.mustToken(t)
+	stored := rdb.Get(ctx, a.store.keys[0]).Val()
+	if err := rdb.Persist(ctx, a.store.keys[0]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.store.openToken(stored, kept.usableUntil().Add(sealClockSkew-time.Millisecond)); err != nil {
+		t.Fatalf("within its expiry, the stored token does not open (%v): the test proves nothing", err)
+	}
+	if _, err := b.store.openToken(stored, kept.usableUntil().Add(sealClockSkew)); err == nil {
+		t.Error("a stored token opened past the expiry sealed inside it")
+	}
+
+	clock.Set(kept.usableUntil().Add(sealClockSkew))
+	calls := sim.CallsTo(stableTokenPath)
+	tok := b.mustToken(t)
+	if tok.value == kept.value || !sim.TokenValid(apiAppID, tok.value) || sim.CallsTo(stableTokenPath) != calls+1 {
+		t.Errorf("past its use, the kept token was handed out (%t), or no new one fetched (%d calls)", tok.value == kept.value, sim.CallsTo(stableTokenPath)-calls)
+	}
+}
+
 func TestRedisTokenStoreDistrustsWhatDoesNotOpen(t *testing.T) {
 	clock := testkit.NewClock(accessTokenEpoch)
 	sim, simURL := newTokenSim(t, clock)
@@ -220,7 +251,7 @@ func TestRedisTokenStoreDistrustsWhatDoesNotOpen(t *testing.T) {
 		{"short", "x"},
 		{"garbage", strings.Repeat("f", 32) + "t" + strings.Repeat("0", 64)},
 		// A token sealed for another key: bound to its own.
-		{"moved", b.store.fleet.hide([]byte("80_moved")) + string(b.store.fleet.seal(sealedToken, "elsewhere", storedToken{Value: "80_moved", ExpiresMS: accessTokenEpoch.Add(time.Hour).UnixMilli()}))},
+		{"moved", b.store.fleet.hide([]byte("80_moved")) + string(b.store.fleet.seal(sealedToken, "elsewhere", storedToken{Value: "80_moved", ExpiresMS: accessTokenEpoch.Add(time.Hour).UnixMilli()}, accessTokenEpoch.Add(time.Hour)))},
 	} {
 		if err := rdb.Set(ctx, a.store.keys[0], tc.stored, time.Hour).Err(); err != nil {
 			t.Fatal(err)
@@ -328,7 +359,7 @@ func FuzzOpenToken(f *testing.F) {
 	f.Add(strings.Repeat("0", 32) + sealed[32:])
 	f.Add("x")
 	f.Fuzz(func(t *testing.T, stored string) {
-		tok, err := store.openToken(stored)
+		tok, err := store.openToken(stored, accessTokenEpoch)
 		if err != nil {
 			return
 		}
@@ -338,4 +369,33 @@ func FuzzOpenToken(f *testing.F) {
 			t.Fatalf("%q opened to a token the fleet never sealed", stored)
 		}
 	})
+}
+
+// The token's lock lasts the fetch's timeout plus the Redis timeout, the
+// time to store the token: the gateway fetching keeps it to the end, and
+// one that vanished frees it soon after.
+func TestRedisTokenStoreLockLastsTheFetch(t *testing.T) {
+	clock := testkit.NewClock(accessTokenEpoch)
+	sim, _ := newTokenSim(t, clock)
+	gate := testkit.NewGate(t, sim)
+	srv := testkit.StartRedis(t)
+	// Longer than any pause between taking the lock and reading it.
+	const redisTimeout = 3 * time.Second
+	a := newFleetTokenManager(t, gate.URL, clock, srv.Addr(), 0, func(c *RedisConfig) { c.Timeout = caddy.Duration(redisTimeout) })
+	const fetchTimeout = 5 * time.Second
+
+	fetched := make(chan *platformError, 1)
+	go func() {
+		_, err := a.token(context.Background(), fetchTimeout)
+		fetched <- err
+	}()
+	gate.AwaitArrivals(t, 1)
+	ttl := keyPTTL(t, newTestRedisClient(t, srv.Addr()), "*access-token-lock:*")
+	if ttl <= fetchTimeout || ttl > fetchTimeout+redisTimeout {
+		t.Errorf("the token's lock expires in %v while stable_token is called, want more than %v and at most %v", ttl, fetchTimeout, fetchTimeout+redisTimeout)
+	}
+	gate.Open()
+	if err := <-fetched; err != nil {
+		t.Fatal(err)
+	}
 }

@@ -9,21 +9,25 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// How a code is redeemed across a fleet. Per code, two keys that hash to
-// one Cluster slot (the {…} tag):
+// How a code is redeemed across a fleet. Per code, two keys (in the app's
+// Cluster slot, as every key of the app is, so that one script can also
+// charge the player):
 //
-//	<prefix>code:{h}  the result: an identity, or for the waiters only, a
-//	                  refusal; sealed, with an expiry
-//	<prefix>lock:{h}  held, with an expiry, by the gateway calling WeChat
+//	<prefix>code:h  the result: an identity, or for the waiters only, a
+//	                failure; sealed with its expiry inside, and with the
+//	                same expiry on the key
+//	<prefix>lock:h  held, with an expiry, by the gateway calling the platform
 //
 // A gateway that finds the result uses it; one that takes the lock calls
-// WeChat, stores the result and lets the lock go; the others poll until
-// the result is there, or the lock is gone without one (its holder
-// vanished), in which case they take it themselves.
+// the platform, then in one round trip charges the player the call proved,
+// stores the result and lets the lock go; the others poll until the result
+// is there, or the lock is gone without one (its holder vanished), in
+// which case they take it themselves.
 
 // claimScript, in one round trip, returns a result the caller accepts
 // (ARGV[3]: "any" for a waiter, "identity" for a new login, "none" when the
-// cache is off), or takes the lock, or says to wait. Taking the lock drops
+// cache is off), or takes the lock (or finds it the caller's already: a
+// claim that ran late), or says to wait. Taking the lock drops
 // an old result (a failure, or with the cache off an identity), so that
 // the new call's waiters never read it.
 var claimScript = redis.NewScript(`
@@ -34,7 +38,7 @@ if result then
 		return {'result', result}
 	end
 end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) or redis.call('GET', KEYS[2]) == ARGV[1] then
 	if result then
 		redis.call('DEL', KEYS[1])
 	end
@@ -43,22 +47,33 @@ end
 return {'wait'}
 `)
 
-// finishScript stores a result (ARGV[2], if any, for ARGV[3] ms) and lets go
-// of the lock if it is still the caller's (ARGV[1]). A failure never
-// replaces an identity.
-var finishScript = redis.NewScript(`
-if ARGV[2] ~= '' then
-	local kind = string.sub(ARGV[2], 1, 1)
+// finishScript ends a call: with a third key, it first charges that
+// player's budget (chargeBudget, with ARGV[5..9]) and answers as
+// chargeBudget does; then it stores the result (ARGV[3], or ARGV[4] when
+// the charge was refused; none when empty) for ARGV[2] ms, and lets go of
+// the lock if it is still the caller's (ARGV[1]). A failure never replaces
+// an identity. Whatever else is to be kept with a call's result is one
+// more key and value at the end.
+var finishScript = redis.NewScript(budgetLua + `
+local answer, result = {1}, ARGV[3]
+if KEYS[3] then
+	answer = chargeBudget(KEYS[3], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+	if answer[1] == 0 then
+		result = ARGV[4]
+	end
+end
+if result ~= '' then
+	local kind = string.sub(result, 1, 1)
 	if kind == 'i' or kind == 'o' then
-		redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+		redis.call('SET', KEYS[1], result, 'PX', ARGV[2])
 	else
-		redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3], 'NX')
+		redis.call('SET', KEYS[1], result, 'PX', ARGV[2], 'NX')
 	end
 end
 if redis.call('GET', KEYS[2]) == ARGV[1] then
 	redis.call('DEL', KEYS[2])
 end
-return 1
+return answer
 `)
 
 // What a login accepts from the result key, as claimScript's ARGV[3].
@@ -84,15 +99,17 @@ const (
 // minResultTTL keeps a result long enough for every waiter to poll it.
 const minResultTTL = time.Second
 
-// redisCodes is a codeStore shared by a fleet: one WeChat call per code
+// redisCodes is a codeStore shared by a fleet: one platform call per code
 // whichever gateways receive it. The local store in front sends one login
 // per gateway and code to Redis; while Redis is down, it alone serves.
 type redisCodes struct {
 	fleet       *fleet
 	local       codeStore
-	fresh       string        // what a new login accepts
-	identityTTL time.Duration // of a stored identity
-	lockTTL     time.Duration // of the lock, and of a refusal kept for waiters
+	players     *redisBudget     // charged in the operation that stores a result
+	fresh       string           // what a new login accepts
+	identityTTL time.Duration    // of a stored identity
+	lockTTL     time.Duration    // of the lock, and of a failure kept for waiters
+	now         func() time.Time // the clock of the expiries sealed in results
 	// keepSessionKeys: the session_keys the app's calls prove are kept in
 	// Redis too, in the round trip that stores the result.
 	keepSessionKeys bool
@@ -101,10 +118,11 @@ type redisCodes struct {
 // codes returns the fleet's codeStore in front of local (the memory store
 // shared across reloads). lockTTL is the longest an exchange can take,
 // retries included: a lock older than that has lost its holder.
-func (f *fleet) codes(local codeStore, cacheTTL, lockTTL time.Duration, keepSessionKeys bool) codeStore {
+func (f *fleet) codes(local codeStore, players *redisBudget, cacheTTL, lockTTL time.Duration, keepSessionKeys bool) codeStore {
 	// The lock outlives the exchange by one Redis operation: storing its result.
 	lockTTL += f.redis.timeout
-	c := &redisCodes{fleet: f, local: local, fresh: acceptIdentity, identityTTL: cacheTTL, lockTTL: lockTTL, keepSessionKeys: keepSessionKeys}
+	c := &redisCodes{fleet: f, local: local, players: players, fresh: acceptIdentity, identityTTL: cacheTTL, lockTTL: lockTTL, now: time.Now,
+		keepSessionKeys: keepSessionKeys}
 	if cacheTTL <= 0 {
 		// Stored only for the waiters of the call that made it.
 		c.fresh, c.identityTTL = acceptNone, lockTTL
@@ -114,12 +132,12 @@ func (f *fleet) codes(local codeStore, cacheTTL, lockTTL time.Duration, keepSess
 	return c
 }
 
-func (c *redisCodes) redeem(ctx context.Context, key codeKey, exchange func() codeResult) (codeResult, redeemOutcome, error) {
+func (c *redisCodes) redeem(ctx context.Context, key codeKey, exchange exchangeFunc) (codeResult, redeemOutcome, error) {
 	// The local store reports redeemedByCall to the login whose function
 	// ran; what that function found in Redis says how it was really redeemed.
 	var shared atomic.Int32
-	res, outcome, err := c.local.redeem(ctx, key, func() codeResult {
-		res, how := c.redeemShared(ctx, key, exchange)
+	res, outcome, err := c.local.redeem(ctx, key, func(charge chargeFunc) codeResult {
+		res, how := c.redeemShared(ctx, key, exchange, charge)
 		shared.Store(int32(how))
 		return res
 	})
@@ -136,70 +154,104 @@ type codeKeys struct {
 }
 
 func (c *redisCodes) keysFor(key codeKey) codeKeys {
-	tag := "{" + c.fleet.hide(key[:]) + "}"
-	k := codeKeys{result: c.fleet.prefix + "code:" + tag, lock: c.fleet.prefix + "lock:" + tag}
+	h := c.fleet.hide(key[:])
+	k := codeKeys{result: c.fleet.prefix + "code:" + h, lock: c.fleet.prefix + "lock:" + h}
 	k.keys = []string{k.result, k.lock}
 	return k
 }
 
-// redeemShared runs on behalf of every login for key at this gateway.
-func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, exchange func() codeResult) (codeResult, redeemOutcome) {
+// redeemShared runs on behalf of every login for key at this gateway;
+// charge is the local store's, for a call made without the fleet.
+func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, exchange exchangeFunc, charge chargeFunc) (codeResult, redeemOutcome) {
 	k := c.keysFor(key)
 	token := newUniqueID()
-	claim, ok := c.claim(ctx, k, token, c.fresh)
-	if !ok {
-		return leadAlone(exchange)
+	var claim claimReply
+	if !c.whileBusy(func() (ok bool) { claim, ok = c.claim(ctx, k, token, c.fresh); return ok }) {
+		return leadAlone(exchange, charge)
 	}
 	switch claim.kind {
 	case "result":
-		return c.answer(k, claim.value, redeemedFromCache, exchange)
+		return c.answer(k, claim.value, redeemedFromCache, exchange, charge)
 	case "lead":
 		return c.leadForFleet(ctx, k, token, exchange)
 	}
-	// Another gateway is calling the platform for this code. Its lock expires by
-	// lockTTL; the deadline only guards against a Redis that misbehaves.
+	// Another gateway is calling the platform for this code. Its lock
+	// expires by lockTTL; the deadline only guards against a Redis that
+	// misbehaves.
 	deadline := time.Now().Add(2 * c.lockTTL)
 	for time.Now().Before(deadline) {
 		time.Sleep(pollPause())
 		claim, ok := c.claim(ctx, k, token, acceptAny)
+		if !ok && !c.fleet.redis.down.Load() {
+			continue // this gateway was busy: look again
+		}
 		if !ok {
 			break
 		}
 		switch claim.kind {
 		case "result":
-			return c.answer(k, claim.value, redeemedByJoining, exchange)
+			return c.answer(k, claim.value, redeemedByJoining, exchange, charge)
 		case "lead":
 			return c.leadForFleet(ctx, k, token, exchange)
 		}
 	}
-	return leadAlone(exchange)
+	return leadAlone(exchange, charge)
+}
+
+// whileBusy runs op until it succeeds, again while Redis is not down (the
+// gateway was busy, or is confirming that Redis is silent), for up to
+// lockTTL: a login that leads alone instead may spend a code that another
+// gateway is exchanging, and a result left unstored makes the other
+// gateways' logins wait it out.
+func (c *redisCodes) whileBusy(op func() bool) bool {
+	deadline := time.Now().Add(c.lockTTL)
+	for !op() {
+		if c.fleet.redis.down.Load() || time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(pollPause())
+	}
+	return true
 }
 
 // leadAlone calls the platform without the fleet: Redis is down, or said
 // nothing usable.
-func leadAlone(exchange func() codeResult) (codeResult, redeemOutcome) {
-	return exchange(), redeemedByCall
+func leadAlone(exchange exchangeFunc, charge chargeFunc) (codeResult, redeemOutcome) {
+	return exchange(charge), redeemedByCall
 }
 
-// leadForFleet calls WeChat holding the lock and stores the result for the
-// other gateways.
-func (c *redisCodes) leadForFleet(ctx context.Context, k codeKeys, token string, exchange func() codeResult) (codeResult, redeemOutcome) {
-	res := exchange()
+// leadForFleet calls the platform holding the lock and stores the result
+// for the other gateways: in the operation that charges the player, when
+// the call proved one to charge.
+func (c *redisCodes) leadForFleet(ctx context.Context, k codeKeys, token string, exchange exchangeFunc) (codeResult, redeemOutcome) {
+	finished := false
+	res := exchange(func(ctx context.Context, id Identity) (time.Duration, bool) {
+		_, wait, ok := c.players.reserveThrough(ctx, id.player(), "finish", func(ctx context.Context) (budgetAnswer, error) {
+			keys := append(k.keys, c.players.key(id.player()))
+			args := append([]any{token, c.identityTTL.Milliseconds(), c.sealIdentity(k, id, false), c.sealIdentity(k, id, true)}, c.players.scriptArgs(true)...)
+			answer, err := budgetAnswerOf(c.custodyWrite(id).runWith(ctx, c.fleet.redis.client, finishScript, keys, args...))
+			finished = err == nil
+			return answer, err
+		})
+		return wait, ok
+	})
 	if res.failure != nil && res.failure.kind == kindCodeUsed && c.fresh == acceptIdentity {
 		// A gateway whose lock ran out may have spent the code and stored
 		// what it proved.
 		if claim, ok := c.claim(ctx, k, token, acceptIdentity); ok && claim.kind == "result" {
-			if stored, err := c.openResult(k, claim.value); err == nil {
+			if stored, _, err := c.openResult(k, claim.value); err == nil {
 				c.finish(ctx, k, token, nil, 0, nil)
 				return codeResult{id: stored.id}, redeemedFromCache
 			}
 		}
 	}
-	if res.proved() {
+	switch {
+	case finished:
+	case res.proved():
 		// Stored even for a player over budget: the code is spent at the
 		// platform, and a retry elsewhere must find its result.
 		c.finish(ctx, k, token, c.sealResult(k, res), c.identityTTL, c.custodyWrite(res.id))
-	} else {
+	default:
 		c.finish(ctx, k, token, c.sealResult(k, res), c.lockTTL, nil)
 	}
 	return res, redeemedByCall
@@ -225,37 +277,40 @@ func (c *redisCodes) claim(ctx context.Context, k codeKeys, token, accept string
 	return claim, ok
 }
 
-// finish stores result (none when nil) and releases the lock, and makes
-// the custody write, if any, in the same round trip.
+// finish stores result (none when nil) and releases the lock, charging
+// nobody, and makes the custody write, if any, in the same round trip; it
+// is safe to repeat.
 func (c *redisCodes) finish(ctx context.Context, k codeKeys, token string, result []byte, ttl time.Duration, custody *sessionKeyWrite) {
-	c.fleet.redis.do(ctx, "finish", func(ctx context.Context) error {
-		if custody != nil {
-			return custody.alongside(ctx, c.fleet.redis.client, finishScript, k.keys, token, result, ttl.Milliseconds())
-		}
-		return finishScript.Run(ctx, c.fleet.redis.client, k.keys, token, result, ttl.Milliseconds()).Err()
+	c.whileBusy(func() bool {
+		return c.fleet.redis.do(ctx, "finish", func(ctx context.Context) error {
+			return custody.runWith(ctx, c.fleet.redis.client, finishScript, k.keys, token, ttl.Milliseconds(), result).Err()
+		})
 	})
 }
 
 // answer turns a stored result into the login's answer; one that does not
-// open (written under another secret, or tampered with) is not trusted and
-// the code is redeemed at WeChat instead. A waiter gets what the call's own
-// logins got; a login served from the cache gets the identity alone, which
-// the login checks against the budget as it is now.
-func (c *redisCodes) answer(k codeKeys, stored string, outcome redeemOutcome, exchange func() codeResult) (codeResult, redeemOutcome) {
-	res, err := c.openResult(k, stored)
+// open (written under another secret, tampered with, or past its expiry)
+// is not trusted and the code is redeemed at the platform instead. A
+// waiter gets what the call's own logins got, except that an identity
+// whose player was over budget is answered as from the cache: alone, for
+// the login to check against the budget as it is now (which gives the
+// wait), as every login served from the cache is.
+func (c *redisCodes) answer(k codeKeys, stored string, outcome redeemOutcome, exchange exchangeFunc, charge chargeFunc) (codeResult, redeemOutcome) {
+	res, overBudget, err := c.openResult(k, stored)
 	if err != nil {
-		return leadAlone(exchange)
+		return leadAlone(exchange, charge)
 	}
-	if outcome == redeemedFromCache && res.proved() {
-		res = codeResult{id: res.id}
+	if overBudget || (outcome == redeemedFromCache && res.proved()) {
+		return codeResult{id: res.id}, redeemedFromCache
 	}
 	return res, outcome
 }
 
 // storedResult is what the result key holds, sealed: an identity, or why
 // there is none (the platform's failure, by kind and the platform's own
-// errcode), and how long the player's budget said to wait, if it refused.
-// Nothing in it is HTTP: the refusal is each gateway's to write.
+// errcode, or how long the player's budget said to wait when it refused
+// before the call). Nothing in it is HTTP: the refusal is each gateway's
+// to write. Whether an identity's player was over budget is its kind.
 type storedResult struct {
 	OpenID          string `json:"openid,omitempty"`
 	UnionID         string `json:"unionid,omitempty"`
@@ -266,62 +321,70 @@ type storedResult struct {
 	BudgetWaitMS    int64  `json:"budget_wait_ms,omitempty"`
 }
 
+// sealResult seals res for the result key: an identity as sealIdentity
+// does, marked over budget when res has a budgetWait; no identity as 'f',
+// for the call's waiters, until the lock's TTL.
 func (c *redisCodes) sealResult(k codeKeys, res codeResult) []byte {
-	r := storedResult{
-		OpenID: res.id.OpenID, UnionID: res.id.UnionID, SessionKey: res.id.SessionKey, AnonymousOpenID: res.id.AnonymousOpenID,
-		BudgetWaitMS: res.budgetWait.Milliseconds(),
+	if res.proved() {
+		return c.sealIdentity(k, res.id, res.budgetWait > 0)
 	}
+	r := storedResult{BudgetWaitMS: res.budgetWait.Milliseconds()}
 	if res.failure != nil {
 		r.Failure = kindNames[res.failure.kind]
 		if res.failure.hasErrcode {
 			r.Errcode = &res.failure.errcode
 		}
 	}
-	kind := byte(resultIdentity)
-	switch {
-	case !res.proved():
-		kind = resultFailure
-	case res.budgetWait > 0:
-		kind = resultIdentityOverBudget
-	}
-	return c.fleet.seal(kind, k.result, r)
+	return c.fleet.seal(resultFailure, k.result, r, c.now().Add(c.lockTTL))
 }
 
-// openResult reads a stored result, refusing what a gateway of this
-// version cannot have written.
-func (c *redisCodes) openResult(k codeKeys, stored string) (codeResult, error) {
+// sealIdentity seals id until the identity TTL: as 'i', or as 'o' when its
+// player was over budget (the wait itself is not kept: a login served it
+// asks the budget as it is then).
+func (c *redisCodes) sealIdentity(k codeKeys, id Identity, overBudget bool) []byte {
+	kind := byte(resultIdentity)
+	if overBudget {
+		kind = resultIdentityOverBudget
+	}
+	r := storedResult{OpenID: id.OpenID, UnionID: id.UnionID, SessionKey: id.SessionKey, AnonymousOpenID: id.AnonymousOpenID}
+	return c.fleet.seal(kind, k.result, r, c.now().Add(c.identityTTL))
+}
+
+// openResult reads a stored result, and whether its identity's player was
+// over budget, refusing what a gateway of this version cannot have
+// written.
+func (c *redisCodes) openResult(k codeKeys, stored string) (res codeResult, overBudget bool, err error) {
 	if stored == "" || (stored[0] != resultIdentity && stored[0] != resultIdentityOverBudget && stored[0] != resultFailure) {
-		return codeResult{}, errors.New("a stored result of a kind this gateway does not know")
+		return codeResult{}, false, errors.New("a stored result of a kind this gateway does not know")
 	}
 	var r storedResult
-	if err := c.fleet.open(k.result, stored, &r); err != nil {
-		return codeResult{}, err
+	if err := c.fleet.open(k.result, stored, &r, c.now()); err != nil {
+		return codeResult{}, false, err
 	}
-	res := codeResult{
+	res = codeResult{
 		id:         Identity{OpenID: r.OpenID, UnionID: r.UnionID, SessionKey: r.SessionKey, AnonymousOpenID: r.AnonymousOpenID},
 		budgetWait: time.Duration(r.BudgetWaitMS) * time.Millisecond,
 	}
 	if r.Failure != "" {
 		kind, ok := kindNamed(r.Failure)
 		if !ok {
-			return codeResult{}, errors.New("a stored failure of a kind this gateway does not know")
+			return codeResult{}, false, errors.New("a stored failure of a kind this gateway does not know")
 		}
 		res.failure = &platformError{kind: kind, detail: "stored by the fleet"}
 		if r.Errcode != nil {
 			res.failure.errcode, res.failure.hasErrcode = *r.Errcode, true
 		}
 	}
-	switch stored[0] {
-	case resultFailure:
+	if stored[0] == resultFailure {
 		if res.id.proves() || (res.failure == nil) == (res.budgetWait <= 0) {
-			return codeResult{}, errors.New("a stored failure that is not exactly one failure")
+			return codeResult{}, false, errors.New("a stored failure that is not exactly one failure")
 		}
-	default:
-		if !res.id.wellFormed() || res.failure != nil || (stored[0] == resultIdentityOverBudget) != (res.budgetWait > 0) {
-			// Written by whoever holds the secret, or by a gateway that did
-			// not check what the platform sent.
-			return codeResult{}, errors.New("a stored identity unlike a platform's")
-		}
+		return res, false, nil
 	}
-	return res, nil
+	if !res.id.wellFormed() || res.failure != nil || res.budgetWait != 0 {
+		// Written by whoever holds the secret, or by a gateway that did
+		// not check what the platform sent.
+		return codeResult{}, false, errors.New("a stored identity unlike a platform's")
+	}
+	return res, stored[0] == resultIdentityOverBudget, nil
 }

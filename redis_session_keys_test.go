@@ -2,6 +2,7 @@ package wechatlogin
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -56,7 +57,7 @@ func TestFleetKeepsTheNewestSessionKey(t *testing.T) {
 	if kept, _, _ := gwB.lookupSessionKey(ctx, fleetIdentity.OpenID, now); kept.key != fleetSessionKey {
 		t.Errorf("an older key replaced the newer: %q", kept.key)
 	}
-	if _, found, _ := gwB.lookupSessionKey(ctx, fleetIdentity.OpenID, kept.issuedAt.Add(sessionKeyLifetime)); found {
+	if _, found, _ := gwB.lookupSessionKey(ctx, fleetIdentity.OpenID, kept.issuedAt.Add(sessionKeyLifetime+sealClockSkew)); found {
 		t.Error("a key past the expiry sealed in it is used")
 	}
 
@@ -69,5 +70,25 @@ func TestFleetKeepsTheNewestSessionKey(t *testing.T) {
 	rdb.Set(ctx, gwA.sessionKeyName(fleetIdentity.OpenID), stored[:1]+"9999999999999"+stored[14:], time.Minute)
 	if _, found, _ := gwB.lookupSessionKey(ctx, fleetIdentity.OpenID, now); found {
 		t.Error("a key whose clear issue time was changed is used")
+	}
+}
+
+// TestFleetKeepsOnlyTheSessionKeysItReads: a login of an app whose
+// platform's keys nothing reads (Douyin, QQ…) leaves no key in Redis; a
+// WeChat app's login does, in the same round trip.
+func TestFleetKeepsOnlyTheSessionKeysItReads(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	gw := newGateway(t, srv.Addr(), 0, nil)
+	ctx := context.Background()
+	for _, keep := range []bool{false, true} {
+		players := gw.budget("player", codesPlayerLimit, leasedBudgetTable(100), time.Now)
+		codes := gw.codes(newLocalCodes(time.Minute, players), players, time.Minute, 10*time.Second, keep)
+		key := newCodeKey(fleetAppID, credentials{code: fmt.Sprintf("%s-%t", fleetCode, keep)})
+		if res, _, _ := codes.redeem(ctx, key, released(proving(fleetIdentity)).exchange); !res.proved() {
+			t.Fatalf("%+v", res)
+		}
+		if _, found, served := gw.lookupSessionKey(ctx, fleetIdentity.OpenID, time.Now()); !served || found != keep {
+			t.Errorf("an app whose keys are kept: %t; a key in Redis: %t (served %t)", keep, found, served)
+		}
 	}
 }

@@ -357,7 +357,8 @@ var spoofedIdentity = []string{
 }
 
 // assertOnlyIdentity checks that the backend saw exactly the identity of
-// openID in appID (none if openID is empty), whatever the client sent.
+// openID in appID, with X-WX-SOURCE: wx_client (none of them if openID is
+// empty), whatever the client sent.
 func assertOnlyIdentity(t *testing.T, h http.Header, appID, openID string) {
 	t.Helper()
 	source := "wx_client"

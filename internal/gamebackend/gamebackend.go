@@ -21,6 +21,10 @@ type Answer struct {
 	UnionID         string `json:"unionid"`
 	AppID           string `json:"appid"`
 	AnonymousOpenID string `json:"anonymous_openid,omitempty"`
+	// Source is the family's source header (X-WX-SOURCE…), which Cloud
+	// Hosting backends check before trusting the rest: the gateway sets it
+	// exactly when there is an identity.
+	Source string `json:"source"`
 	// BodyBytes is the size of the request body, which the gateway must
 	// forward byte for byte even when it read the login code from it.
 	BodyBytes int64 `json:"body_bytes"`
@@ -38,6 +42,7 @@ func Handler() http.Handler {
 				answer.OpenID = r.Header.Get(f.prefix + "OPENID")
 				answer.UnionID = r.Header.Get(f.prefix + "UNIONID")
 				answer.AnonymousOpenID = r.Header.Get(f.prefix + "ANONYMOUS-OPENID")
+				answer.Source = r.Header.Get(f.prefix + "SOURCE")
 				break
 			}
 		}
