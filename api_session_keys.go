@@ -405,11 +405,12 @@ func withoutParam(rawQuery, name string) string {
 	return strings.Join(kept, "&")
 }
 
-// keepRotatedKey takes the new key out of resetusersessionkey's answer when
-// the call reset the key the gateway keeps: the custody moves to the new
-// key, and the backend gets the answer without it (it never held the old
-// one either).
-func (h *APIHandler) keepRotatedKey(r *http.Request, cleanPath string, answer *http.Response) {
+// keepRotatedKey follows resetusersessionkey's answer when the call reset
+// the key the gateway keeps: the custody moves to the new key. A backend
+// the gateway signed for gets the answer without the new key (it never held
+// the old one either); one that signed itself (forward_session_key) gets
+// it as WeChat sent it, or its own copy of the key would be stale for good.
+func (h *APIHandler) keepRotatedKey(r *http.Request, backendQuery, cleanPath string, answer *http.Response) {
 	if cleanPath != resetSessionKeyPath || answer.StatusCode != http.StatusOK {
 		return
 	}
@@ -433,6 +434,9 @@ func (h *APIHandler) keepRotatedKey(r *http.Request, cleanPath string, answer *h
 		return
 	}
 	h.keepRotation(r.Context(), openid, old, reset.SessionKey)
+	if sent, err := url.ParseQuery(backendQuery); err != nil || sent.Has("signature") {
+		return
+	}
 	delete(fields, "session_key")
 	body, _ = json.Marshal(fields) // raw JSON values always encode
 	answer.Body, answer.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))

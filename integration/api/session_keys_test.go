@@ -231,6 +231,39 @@ func TestSessionKeyChecksAndRotation(t *testing.T) {
 	}
 }
 
+// TestResetSignedByTheBackendKeepsItsNewKey: a backend that holds the key
+// (forward_session_key) and signs resetusersessionkey itself gets WeChat's
+// answer with the new key, and the custody follows it too.
+func TestResetSignedByTheBackendKeepsItsNewKey(t *testing.T) {
+	const appID, secret = "wxselfreset", "selfreset-secret"
+	_, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
+	backend := testkit.NewBackend(t, nil)
+	// Without the debug option: reverse_proxy logs X-WX-SESSION-KEY at debug.
+	quiet := strings.Replace(testkit.GlobalOptions(""), "\tdebug\n", "", 1)
+	testkit.StartCaddy(t, quiet+testkit.Site(
+		testkit.Route("game", appID, secret, simURL, backend, "forward_session_key"),
+		testkit.Handle("", wechatAPI(appID, secret, simURL)),
+	))
+	alice := wechatsim.OpenID(appID, "alice")
+	login(t, "alice.1")
+	key := backend.Last(t).Header.Get("X-WX-SESSION-KEY")
+	if key == "" {
+		t.Fatal("the backend got no X-WX-SESSION-KEY")
+	}
+	reset := url.Values{"openid": {alice}, "signature": {wechatsim.SessionSignature(key)}, "sig_method": {"hmac_sha256"}}
+	resp := testkit.Get(t, "/wxa/resetusersessionkey?"+reset.Encode())
+	assertErrcode(t, resp, 0)
+	var answer struct {
+		SessionKey string `json:"session_key"`
+	}
+	if json.Unmarshal(resp.Body, &answer) != nil || answer.SessionKey == "" || answer.SessionKey == key {
+		t.Errorf("the backend that signed the reset got %s; want WeChat's answer with the new key", resp.Body)
+	}
+	if verdict := decodeFields(t, gatewayCall(t, "check_session", map[string]string{"openid": alice})); verdict["valid"] != true {
+		t.Errorf("check_session after the backend's reset: %v; the custody did not follow the new key", verdict)
+	}
+}
+
 // TestFleetSignsWithAnotherGatewaysLogin: a player logs in at gateway A;
 // gateway B's wechat_api, sharing A's Redis, decrypts the player's data and
 // signs their payments; Redis holds none of it readable.
