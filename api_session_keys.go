@@ -443,19 +443,19 @@ func (h *APIHandler) keepRotatedKey(r *http.Request, backendQuery, cleanPath str
 }
 
 // keepRotation moves the custody of openid from old to successor, in this
-// process and, with redis, in the fleet (where the successor keeps the
-// old key's issue time, and so its expiry).
+// process and, with redis, in the fleet, where the successor takes the
+// issue time (and so the expiry) of the fleet's own record of old: the
+// login wrote it a little after its memory's, and an earlier one would
+// lose to it.
 func (h *APIHandler) keepRotation(ctx context.Context, openid, old, successor string) {
 	issuedAt, ok := h.sessionKeys.replace(openid, old, successor)
 	if h.fleet == nil {
 		return
 	}
-	if !ok {
-		shared, found, _ := h.fleet.lookupSessionKey(ctx, openid, time.Now())
-		if !found || shared.key != old {
-			return
-		}
-		issuedAt = shared.issuedAt
+	if shared, found, _ := h.fleet.lookupSessionKey(ctx, openid, time.Now()); found && shared.key == old {
+		issuedAt, ok = shared.issuedAt, true
 	}
-	h.fleet.keepSessionKey(ctx, openid, successor, issuedAt)
+	if ok {
+		h.fleet.keepSessionKey(ctx, openid, successor, issuedAt)
+	}
 }
