@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"sync"
@@ -50,8 +51,18 @@ const (
 	// maxAccessTokenLen: WeChat asks for 512 characters of storage; four times
 	// that is not a token.
 	maxAccessTokenLen = 2048
-	// maxTokenAnswer caps a stable_token answer; a real one is under 1 KiB.
+	// maxTokenAnswer caps a stable_token or token check answer; a real one
+	// is under 1 KiB.
 	maxTokenAnswer = 16 << 10
+	// tokenConfirmationTTL: after WeChat confirms that it takes the token
+	// an API refused (the refusal was of another credential the call
+	// carried), further refusals of that token by that API are passed on for
+	// this long without asking again, so that a backend repeating such a
+	// call costs WeChat that call alone.
+	tokenConfirmationTTL = 30 * time.Second
+	// maxConfirmedAPIs bounds the APIs remembered at once; the paths are the
+	// backends' choice.
+	maxConfirmedAPIs = 64
 )
 
 // WeChat's errcodes for an access_token it will not take.
@@ -112,25 +123,9 @@ type stableTokenRequest struct {
 func (c *stableTokenClient) fetch(ctx context.Context, force bool, now time.Time) (accessToken, *attemptError) {
 	// Marshalling a struct of strings and a bool cannot fail.
 	body, _ := json.Marshal(stableTokenRequest{GrantType: "client_credential", AppID: c.appID, Secret: c.secret, ForceRefresh: force})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(body))
-	if err != nil {
-		return accessToken{}, &attemptError{kind: kindBadResponse, detail: "could not build the stable_token request"}
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return accessToken{}, transportError(ctx, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 500 {
-		return accessToken{}, &attemptError{kind: kindUnavailable, detail: fmt.Sprintf("stable_token answered HTTP %d", resp.StatusCode)}
-	}
-	answer, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenAnswer+1))
-	if err != nil {
-		return accessToken{}, transportError(ctx, err)
-	}
-	if resp.StatusCode != http.StatusOK || len(answer) > maxTokenAnswer {
-		return accessToken{}, &attemptError{kind: kindBadResponse, detail: fmt.Sprintf("stable_token answered HTTP %d with %d bytes", resp.StatusCode, len(answer))}
+	answer, aerr := c.call(ctx, http.MethodPost, c.url, bytes.NewReader(body), "stable_token")
+	if aerr != nil {
+		return accessToken{}, aerr
 	}
 	value, lifetime, aerr := decodeStableToken(answer)
 	if aerr != nil {
@@ -139,29 +134,71 @@ func (c *stableTokenClient) fetch(ctx context.Context, force bool, now time.Time
 	return accessToken{value: value, expires: now.Add(lifetime)}, nil
 }
 
-// refuses reports whether WeChat refuses t itself: an API that takes the
-// app's token and nothing else answers 40001, 40014 or 42001. Any other
-// answer, or none, says no: a forced refresh invalidates the token for every
-// gateway and tool of the app, and WeChat allows few, so it is only spent on
-// a token that is refused for sure.
-func (c *stableTokenClient) refuses(ctx context.Context, t accessToken) bool {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.checkURL+"?access_token="+url.QueryEscape(t.value), nil)
+// tokenVerdict is what WeChat says of a token, asked directly.
+type tokenVerdict int
+
+const (
+	tokenVerdictUnknown tokenVerdict = iota // no answer, or one that says neither
+	tokenAccepted
+	tokenRefused
+)
+
+// check asks WeChat whether it takes t itself, calling an API that takes
+// the app's token and nothing else: an answer without an errcode (or 0)
+// accepts it, 40001, 40014 or 42001 refuse it.
+func (c *stableTokenClient) check(ctx context.Context, t accessToken) tokenVerdict {
+	answer, aerr := c.call(ctx, http.MethodGet, c.checkURL+"?access_token="+url.QueryEscape(t.value), nil, "the token check")
+	if aerr != nil {
+		return tokenVerdictUnknown
+	}
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(answer, &fields) != nil || fields == nil {
+		return tokenVerdictUnknown
+	}
+	raw, has := fields["errcode"]
+	if !has {
+		return tokenAccepted // the API's data, as get_api_domain_ip's ip_list
+	}
+	var errcode int
+	if json.Unmarshal(raw, &errcode) != nil {
+		return tokenVerdictUnknown
+	}
+	switch {
+	case errcode == 0:
+		return tokenAccepted
+	case refusesToken(errcode):
+		return tokenRefused
+	}
+	return tokenVerdictUnknown
+}
+
+// call makes one call to WeChat about the app's token and returns the body
+// of its HTTP 200 answer; what names the call in errors, which carry
+// nothing of the URL (it may hold the token).
+func (c *stableTokenClient) call(ctx context.Context, method, target string, body io.Reader, what string) ([]byte, *attemptError) {
+	req, err := http.NewRequestWithContext(ctx, method, target, body)
 	if err != nil {
-		return false
+		return nil, &attemptError{kind: kindBadResponse, detail: "could not build the " + what + " request"}
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return false
+		return nil, transportError(ctx, err)
 	}
 	defer resp.Body.Close()
-	answer, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenAnswer))
+	if resp.StatusCode >= 500 {
+		return nil, &attemptError{kind: kindUnavailable, detail: fmt.Sprintf("%s answered HTTP %d", what, resp.StatusCode)}
+	}
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenAnswer+1))
 	if err != nil {
-		return false
+		return nil, transportError(ctx, err)
 	}
-	var a struct {
-		ErrCode int `json:"errcode"`
+	if resp.StatusCode != http.StatusOK || len(answer) > maxTokenAnswer {
+		return nil, &attemptError{kind: kindBadResponse, detail: fmt.Sprintf("%s answered HTTP %d with %d bytes", what, resp.StatusCode, len(answer))}
 	}
-	return json.Unmarshal(answer, &a) == nil && refusesToken(a.ErrCode)
+	return answer, nil
 }
 
 // decodeStableToken reads a stable_token answer: the token and its lifetime,
@@ -215,7 +252,10 @@ type tokenManager struct {
 	// current is this gateway's copy of the stored token, read on every
 	// request without a lock; nil until the first fetch.
 	current atomic.Pointer[accessToken]
-	flights singleflight.Group
+	// confirmed remembers the APIs whose refusal of the token WeChat said
+	// was not the token's fault.
+	confirmed tokenConfirmations
+	flights   singleflight.Group
 	// renewed wakes the renewal when a request replaced the token.
 	renewed        chan struct{}
 	renewalFailing atomic.Bool // for one log line per change of state
@@ -273,31 +313,69 @@ func (m *tokenManager) token(ctx context.Context, timeout time.Duration) (access
 	if current != nil {
 		stale = *current
 	}
-	return m.obtain(ctx, timeout, stale, 0)
+	return m.obtain(ctx, timeout, stale, 0, "")
 }
 
-// replace returns a usable token other than refused, which WeChat refused
-// with errcode. Calls refused together share one fetch.
-func (m *tokenManager) replace(ctx context.Context, timeout time.Duration, refused accessToken, errcode int) (accessToken, *attemptError) {
-	if current := m.current.Load(); current != nil && current.value != refused.value && current.usable(m.now()) {
+// tokenConfirmations remembers the APIs whose refusal of a token WeChat
+// said was not the token's fault, and when: per API, so that another API's
+// refusal of the token (it was revoked meanwhile) still replaces it.
+type tokenConfirmations struct {
+	mu    sync.Mutex
+	token string               // the token they are about
+	at    map[string]time.Time // API path → when WeChat took the token after it refused it
+}
+
+// note records that WeChat took token after api refused it, at now.
+func (c *tokenConfirmations) note(token, api string, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.token != token || c.at == nil {
+		c.token, c.at = token, make(map[string]time.Time)
+	}
+	maps.DeleteFunc(c.at, func(_ string, at time.Time) bool { return now.Sub(at) >= tokenConfirmationTTL })
+	if len(c.at) < maxConfirmedAPIs {
+		c.at[api] = now
+	}
+}
+
+// cover reports whether WeChat took token, within tokenConfirmationTTL of
+// now, after api refused it.
+func (c *tokenConfirmations) cover(token, api string, now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	at, ok := c.at[api]
+	return ok && c.token == token && now.Sub(at) < tokenConfirmationTTL
+}
+
+// replace returns a usable token other than refused, which the API at path
+// api refused with errcode; or refused itself when WeChat takes it (the API
+// refused something else the call carried, and repeating the call would get
+// the same answer), as it confirmed for that API within
+// tokenConfirmationTTL, or does now. Calls refused together share one fetch.
+func (m *tokenManager) replace(ctx context.Context, timeout time.Duration, refused accessToken, errcode int, api string) (accessToken, *attemptError) {
+	now := m.now()
+	if current := m.current.Load(); current != nil && current.value != refused.value && current.usable(now) {
 		return *current, nil // replaced already
 	}
-	return m.obtain(ctx, timeout, refused, errcode)
+	if m.confirmed.cover(refused.value, api, now) {
+		return refused, nil
+	}
+	return m.obtain(ctx, timeout, refused, errcode, api)
 }
 
 // obtain gets a usable token other than stale from the store, which fetches
 // one unless another caller already has. refusedWith is WeChat's errcode if
-// stale was refused, 0 if it is merely old (or absent). Callers asking about
-// the same token share one fetch, which runs on the manager's lifetime (not
+// the API at path api refused stale, 0 if it is merely old (or absent).
+// Callers asking about the same token and API share one fetch, which runs on the manager's lifetime (not
 // the first caller's, who may go away) within timeout; each caller waits
 // until its own ctx ends.
-func (m *tokenManager) obtain(ctx context.Context, timeout time.Duration, stale accessToken, refusedWith int) (accessToken, *attemptError) {
-	key := fmt.Sprintf("%d %s", refusedWith, stale.value)
+func (m *tokenManager) obtain(ctx context.Context, timeout time.Duration, stale accessToken, refusedWith int, api string) (accessToken, *attemptError) {
+	key := fmt.Sprintf("%d %s %s", refusedWith, stale.value, api)
 	results := m.flights.DoChan(key, func() (any, error) {
 		fetchCtx, cancel := context.WithTimeout(m.ctx, timeout)
 		defer cancel()
 		t, err := m.store.refresh(fetchCtx, m.now(), stale, func(ctx context.Context) (accessToken, error) {
-			return m.fetchReplacing(ctx, stale, refusedWith)
+			return m.fetchReplacing(ctx, stale, refusedWith, api)
 		})
 		if err != nil {
 			return nil, err
@@ -330,16 +408,25 @@ func asAttemptError(err error) *attemptError {
 // fetchReplacing fetches the token that follows stale: in normal mode, and
 // with force_refresh only when WeChat refused stale and normal mode hands it
 // back, within WeChat's limits on forced refreshes.
-func (m *tokenManager) fetchReplacing(ctx context.Context, stale accessToken, refusedWith int) (accessToken, error) {
+func (m *tokenManager) fetchReplacing(ctx context.Context, stale accessToken, refusedWith int, api string) (accessToken, error) {
 	t, err := m.fetch(ctx, false)
 	if err != nil || refusedWith == 0 || t.value != stale.value {
 		return t, err
 	}
-	if !m.client.refuses(ctx, t) {
+	// A forced refresh invalidates the token for every gateway and tool of
+	// the app, and WeChat allows few: it is spent only on a token WeChat
+	// refuses for sure.
+	switch m.client.check(ctx, t) {
+	case tokenAccepted:
 		// The refusal was of something else (another credential the
 		// backend's call carried): the token stays, and the call's answer
 		// goes back as it is.
+		m.confirmed.note(t.value, api, m.now())
 		m.logger().Debug("an API refused a call with the app's access token, but WeChat accepts the token itself: no forced refresh",
+			zap.String("app_id", m.appID), zap.Int("errcode", refusedWith))
+		return t, nil
+	case tokenVerdictUnknown:
+		m.logger().Debug("an API refused a call with the app's access token, and WeChat did not say whether it accepts the token: no forced refresh",
 			zap.String("app_id", m.appID), zap.Int("errcode", refusedWith))
 		return t, nil
 	}
@@ -439,7 +526,7 @@ func (m *tokenManager) renew(done chan struct{}) {
 			continue // a request replaced the token: schedule from the new one
 		case <-m.after(renewalDelay(t, m.now())):
 		}
-		_, err := m.obtain(m.ctx, tokenRenewTimeout, t, 0)
+		_, err := m.obtain(m.ctx, tokenRenewTimeout, t, 0, "")
 		if m.ctx.Err() != nil {
 			return
 		}

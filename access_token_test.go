@@ -129,7 +129,7 @@ func TestRefusedTokenReplacedInNormalMode(t *testing.T) {
 	replacements := make([]accessToken, 20)
 	for i := range replacements {
 		wg.Go(func() {
-			replacements[i], _ = m.replace(context.Background(), 5*time.Second, refused, errcodeInvalidCredential)
+			replacements[i], _ = m.replace(context.Background(), 5*time.Second, refused, errcodeInvalidCredential, secCheckAPI)
 		})
 	}
 	wg.Wait()
@@ -142,7 +142,7 @@ func TestRefusedTokenReplacedInNormalMode(t *testing.T) {
 		t.Errorf("%d stable_token calls, %d forced; want 2 (the first token and its replacement), none forced", calls, forced)
 	}
 	// A call refused with the token already replaced costs nothing more.
-	if r, err := m.replace(context.Background(), 5*time.Second, refused, errcodeTokenExpired); err != nil || r != replacements[0] || sim.CallsTo(stableTokenPath) != 2 {
+	if r, err := m.replace(context.Background(), 5*time.Second, refused, errcodeTokenExpired, secCheckAPI); err != nil || r != replacements[0] || sim.CallsTo(stableTokenPath) != 2 {
 		t.Errorf("a late refusal of the old token made a call or changed the token: %v", err)
 	}
 }
@@ -153,14 +153,14 @@ func TestForceRefreshOnlyForATokenHandedBackAndWithinWechatLimits(t *testing.T) 
 	m := newTestTokenManager(t, url, clock)
 	refused := m.mustToken(t)
 
-	forced, err := m.replace(context.Background(), 5*time.Second, refused, errcodeInvalidCredential)
+	forced, err := m.replace(context.Background(), 5*time.Second, refused, errcodeInvalidCredential, secCheckAPI)
 	if err != nil || forced.value == refused.value || wechat.forcedRefreshes() != 1 {
 		t.Fatalf("normal mode handed back the refused token: %v, %d forced; want a forced refresh", err, wechat.forcedRefreshes())
 	}
 	// Refused again at once: WeChat allows no second force_refresh within
 	// 30 s, so none is made, and the caller learns WeChat's errcode.
 	clock.Advance(forcedRefreshSpacing - time.Second)
-	_, err = m.replace(context.Background(), 5*time.Second, forced, errcodeTokenExpired)
+	_, err = m.replace(context.Background(), 5*time.Second, forced, errcodeTokenExpired, secCheckAPI)
 	if err == nil || wechat.forcedRefreshes() != 1 {
 		t.Fatalf("a second refusal within 30 s: %v, %d forced; want a refusal and no force_refresh", err, wechat.forcedRefreshes())
 	}
@@ -168,7 +168,7 @@ func TestForceRefreshOnlyForATokenHandedBackAndWithinWechatLimits(t *testing.T) 
 		t.Errorf("the refusal is %v; want 502 %s with errcode %d", refusal, errWechatTokenUnavailable, errcodeTokenExpired)
 	}
 	clock.Advance(time.Second)
-	if again, err := m.replace(context.Background(), 5*time.Second, forced, errcodeTokenExpired); err != nil || again.value == forced.value || wechat.forcedRefreshes() != 2 {
+	if again, err := m.replace(context.Background(), 5*time.Second, forced, errcodeTokenExpired, secCheckAPI); err != nil || again.value == forced.value || wechat.forcedRefreshes() != 2 {
 		t.Errorf("a refusal 30 s later: %v, %d forced; want a second force_refresh", err, wechat.forcedRefreshes())
 	}
 }
@@ -242,3 +242,46 @@ func FuzzDecodeStableToken(f *testing.F) {
 		}
 	})
 }
+
+// TestTokenConfirmedGoodIsRememberedFor30Seconds: when an API refuses the
+// token but WeChat confirms it takes it, the token is kept, and further
+// refusals of it by that API within 30 s cost WeChat nothing; after that it
+// is looked into again. Another API's refusal is looked into at once: a
+// token revoked meanwhile is replaced.
+func TestTokenConfirmedGoodIsRememberedFor30Seconds(t *testing.T) {
+	const componentAPI = "/cgi-bin/component/api_query_auth"
+	clock := testkit.NewClock(accessTokenEpoch)
+	sim, simURL := newTokenSim(t, clock)
+	m := newTestTokenManager(t, simURL, clock)
+	good := m.mustToken(t)
+	calls := func() (int64, int64) { return sim.CallsTo(stableTokenPath), sim.CallsTo(tokenCheckPath) }
+	refusedBy := func(api string) (accessToken, *attemptError) {
+		return m.replace(context.Background(), 5*time.Second, good, errcodeInvalidCredential, api)
+	}
+
+	for range 10 {
+		if kept, err := refusedBy(componentAPI); err != nil || kept != good {
+			t.Fatalf("WeChat takes the token, yet replace gave another or failed: %v", err)
+		}
+		clock.Advance(2 * time.Second)
+	}
+	if stable, checks := calls(); stable != 2 || checks != 1 {
+		t.Errorf("10 refusals of a good token within 30 s: %d stable_token calls and %d checks; want 2 (the first fetch, one look) and 1", stable, checks)
+	}
+	clock.Advance(tokenConfirmationTTL - 20*time.Second) // 30 s since the confirmation
+	if kept, err := refusedBy(componentAPI); err != nil || kept != good {
+		t.Fatalf("after 30 s: %v", err)
+	}
+	if stable, checks := calls(); stable != 3 || checks != 2 {
+		t.Errorf("a refusal 30 s after the confirmation: %d stable_token calls and %d checks; want it looked into again (3, 2)", stable, checks)
+	}
+
+	sim.RevokeTokens(apiAppID)
+	clock.Advance(time.Second)
+	if replaced, err := refusedBy(secCheckAPI); err != nil || replaced == good || !sim.TokenValid(apiAppID, replaced.value) {
+		t.Errorf("a revoked token, confirmed good for another API a second earlier, was not replaced: %v", err)
+	}
+}
+
+// secCheckAPI is an API that takes the app's token and nothing else.
+const secCheckAPI = "/wxa/msg_sec_check"

@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -41,9 +44,15 @@ const (
 	apiRetryAfter = 5 * time.Second
 )
 
-// errWechatTokenUnavailable is wechat_api's refusal when WeChat gives no
-// access token; the other codes are wechat_login's.
-const errWechatTokenUnavailable = "wechat_token_unavailable"
+// wechat_api's own error codes; the others are wechat_login's.
+const (
+	// errWechatTokenUnavailable: WeChat gives no access token.
+	errWechatTokenUnavailable = "wechat_token_unavailable"
+	// errBrowserRequestRefused: the request came from a web browser.
+	errBrowserRequestRefused = "browser_request_refused"
+	// errHostNotAllowed: the request's Host is not one a backend uses.
+	errHostNotAllowed = "host_not_allowed"
+)
 
 // APIHandler is the wechat_api HTTP handler: it sends each request on to
 // WeChat's server API with the app's access_token set, so that backends call
@@ -69,10 +78,17 @@ type APIHandler struct {
 	// The virtual payment AppKeys, with which payment calls and the
 	// gateway's sign endpoint are signed. Default: none.
 	VirtualPayment *VirtualPaymentConfig `json:"virtual_payment,omitempty"`
+	// Host names, besides IP addresses and localhost, that a request's Host
+	// header may carry (with any port): the names backends on other machines
+	// call the gateway by. A request for any other Host is refused, so that a
+	// web page whose DNS name its owner rebinds to the listener's address
+	// never reaches the app's token. Default: none.
+	AllowHosts []string `json:"allow_hosts,omitempty"`
 
-	secret   string // AppSecret, resolved
-	endpoint string // Endpoint without a trailing slash
-	client   *http.Client
+	allowedHosts map[string]bool // AllowHosts, lower case
+	secret       string          // AppSecret, resolved
+	endpoint     string          // Endpoint without a trailing slash
+	client       *http.Client
 	// tokens is shared with the app's other handlers, across reloads; the
 	// timeout and the metrics registry are this handler's.
 	tokens    *tokenManager
@@ -114,6 +130,7 @@ func parseAPICaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, err
 //			app_key         <key>
 //			sandbox_app_key <key>
 //		}
+//		allow_host <name>...
 //	}
 func (h *APIHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return eachAppSubdirective(d, &h.AppID, &h.AppSecret, func(sub string) error {
@@ -127,11 +144,29 @@ func (h *APIHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Redis, err = parseRedisBlock(d)
 		case "virtual_payment":
 			h.VirtualPayment, err = parseVirtualPaymentBlock(d)
+		case "allow_host":
+			if h.AllowHosts = d.RemainingArgs(); len(h.AllowHosts) == 0 {
+				return d.Errf("allow_host: missing value")
+			}
+			if err = checkAllowHosts(h.AllowHosts); err != nil {
+				err = d.WrapErr(err)
+			}
 		default:
 			err = d.Errf("unrecognized subdirective: %s", sub)
 		}
 		return err
 	})
+}
+
+// checkAllowHosts accepts host names as DNS, /etc/hosts, Docker and
+// Kubernetes spell them: letters, digits, '.', '-' and '_', no port.
+func checkAllowHosts(names []string) error {
+	for _, name := range names {
+		if name == "" || len(name) > 253 || strings.TrimLeft(strings.ToLower(name), "abcdefghijklmnopqrstuvwxyz0123456789.-_") != "" {
+			return fmt.Errorf("allow_host: %q is not a host name (letters, digits, '.', '-' and '_', without a port)", name)
+		}
+	}
+	return nil
 }
 
 func checkAPITimeout(timeout caddy.Duration) error {
@@ -159,6 +194,10 @@ func (h *APIHandler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.endpoint = strings.TrimSuffix(h.Endpoint, "/")
+	h.allowedHosts = make(map[string]bool, len(h.AllowHosts))
+	for _, name := range h.AllowHosts {
+		h.allowedHosts[strings.ToLower(name)] = true
+	}
 	h.client = newHTTPClient(time.Duration(h.Timeout))
 	var err error
 	if h.metrics, err = newAPIMetrics(ctx.GetMetricsRegistry(), h.AppID); err != nil {
@@ -200,6 +239,7 @@ func (h *APIHandler) Validate() error {
 		checkAPITimeout(h.Timeout),
 		checkRedis(h.Redis),
 		checkVirtualPayment(h.VirtualPayment, h.appKeys),
+		checkAllowHosts(h.AllowHosts),
 	} {
 		if err != nil {
 			return err
@@ -228,6 +268,13 @@ func (h *APIHandler) Cleanup() error {
 // ServeHTTP answers a token request from the managed token, and sends any
 // other request on to WeChat with the token set.
 func (h *APIHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	// Before anything else: whatever the path, a request a backend would
+	// not send gets nothing.
+	if refusal := h.notFromABackend(r); refusal != nil {
+		h.logger.Debug("wechat_api refused a request not from a backend", zap.String("app_id", h.AppID),
+			zap.String("result", refusal.code), zap.String("host", r.Host), zap.String("origin", r.Header.Get("Origin")))
+		return h.refuse(w, r, refusal)
+	}
 	// What is checked is what is sent: the path cleaned, in the characters
 	// WeChat's API paths are made of, and compared ignoring case, so that
 	// no spelling of /cgi-bin/token ("//cgi-bin/token", "/CGI-BIN/TOKEN",
@@ -265,6 +312,45 @@ func (h *APIHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 		h.logger.Debug("wechat answer cut short", zap.String("app_id", h.AppID), zap.String("error", redact(err.Error())))
 	}
 	return nil
+}
+
+// notFromABackend returns the refusal of a request that a web browser sent,
+// or that names the gateway by a Host the operator did not list; nil for a
+// backend's. The listener is reachable from the browser of anyone on the
+// machine or the network, and any web page can make it send requests:
+// those always carry Origin or Sec-Fetch-Site (other than none, a person
+// typing the URL), and a page that rebinds its own DNS name to the
+// listener's address sends that name as Host. Backends and their SDKs send
+// neither header, and call the gateway by address, localhost or a name in
+// allow_host.
+func (h *APIHandler) notFromABackend(r *http.Request) *jsonRefusal {
+	_, hasOrigin := r.Header["Origin"]
+	if hasOrigin || slices.ContainsFunc(r.Header.Values("Sec-Fetch-Site"), func(site string) bool { return site != "none" }) {
+		return newRefusal(http.StatusForbidden, errBrowserRequestRefused, "a request from a web browser is refused: wechat_api serves backends only")
+	}
+	if !h.hostAllowed(r) {
+		return newRefusal(http.StatusMisdirectedRequest, errHostNotAllowed, "the Host header is neither an IP address, localhost nor a name in allow_host")
+	}
+	return nil
+}
+
+// hostAllowed reports whether r's Host, port aside, is an IP address,
+// localhost or a name in allow_host. Requests over a Unix socket, which no
+// browser reaches and whose clients name the host as they please, need none.
+func (h *APIHandler) hostAllowed(r *http.Request) bool {
+	if local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok && local.Network() == "unix" {
+		return true
+	}
+	host := r.Host
+	if name, _, err := net.SplitHostPort(host); err == nil {
+		host = name
+	} else if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		host = host[1 : len(host)-1]
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return true
+	}
+	return strings.EqualFold(host, "localhost") || h.allowedHosts[strings.ToLower(host)]
 }
 
 // refuse answers with the documented JSON error, or records 499 when the
@@ -313,14 +399,21 @@ func (h *APIHandler) call(r *http.Request, cleanPath string) (*http.Response, st
 	if !body.repeatable() {
 		// The body was streamed and cannot be sent again; WeChat's refusal
 		// goes back as it is, and the next call gets a new token.
-		_, _ = h.tokens.replace(ctx, timeout, t, errcode)
+		_, _ = h.tokens.replace(ctx, timeout, t, errcode, cleanPath)
+		return answer, callForwarded, nil
+	}
+	next, terr := h.tokens.replace(ctx, timeout, t, errcode, cleanPath)
+	if terr != nil {
+		answer.Body.Close()
+		return nil, "", tokenRefusal(terr)
+	}
+	if next.value == t.value {
+		// WeChat takes the token: the API refused something else the call
+		// carried, and would refuse a repeat alike. Its answer goes back.
 		return answer, callForwarded, nil
 	}
 	answer.Body.Close()
-	if t, terr = h.tokens.replace(ctx, timeout, t, errcode); terr != nil {
-		return nil, "", tokenRefusal(terr)
-	}
-	if answer, refusal = h.send(r, body, t); refusal != nil {
+	if answer, refusal = h.send(r, body, next); refusal != nil {
 		return nil, "", refusal
 	}
 	return answer, callRepeated, nil
@@ -433,19 +526,22 @@ func (b requestBody) reader() io.Reader {
 
 // inspectAnswer returns the errcode of a small JSON answer (0 if it has
 // none, or is not small JSON), reading it into memory; answer.Body still
-// yields the whole body afterwards.
+// yields the whole body afterwards. A small answer read whole lets go of its
+// connection, as it may be kept while the token is looked into.
 func inspectAnswer(answer *http.Response) int {
 	if answer.ContentLength > maxInspectedAnswer {
 		return 0
 	}
 	head, err := io.ReadAll(io.LimitReader(answer.Body, maxInspectedAnswer+1))
-	answer.Body = struct {
-		io.Reader
-		io.Closer
-	}{io.MultiReader(bytes.NewReader(head), answer.Body), answer.Body}
 	if err != nil || len(head) > maxInspectedAnswer {
+		answer.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(head), answer.Body), answer.Body}
 		return 0
 	}
+	answer.Body.Close()
+	answer.Body = io.NopCloser(bytes.NewReader(head))
 	errcode, _ := answerErrcode(head)
 	return errcode
 }
@@ -478,17 +574,19 @@ func passOn(w http.ResponseWriter, answer *http.Response) error {
 	return err
 }
 
-// writeTokenAnswer answers a token request as WeChat would, with the time
-// the token has left on this gateway.
+// wechatJSONType is the Content-Type of WeChat's JSON answers on its
+// /cgi-bin/ APIs, token endpoints included (its own spelling: encoding, not
+// charset).
+const wechatJSONType = "application/json; encoding=utf-8"
+
+// writeTokenAnswer answers a token request as WeChat would, byte for byte in
+// shape, with the time the token has left on this gateway.
 func writeTokenAnswer(w http.ResponseWriter, t accessToken, now time.Time) error {
 	body := struct {
 		AccessToken string `json:"access_token"`
 		ExpiresIn   int64  `json:"expires_in"`
 	}{t.value, max(int64(t.usableUntil().Sub(now)/time.Second), 1)}
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(http.StatusOK)
-	return json.NewEncoder(w).Encode(body)
+	return writeJSON(w, http.StatusOK, wechatJSONType, body)
 }
 
 // tokenRefusal maps a failure to get a token to the documented refusal.

@@ -246,8 +246,7 @@ func (h *APIHandler) decrypt(w http.ResponseWriter, req gatewayRequest, key stri
 	if json.Unmarshal(plain, &data) != nil || data.Watermark.AppID != h.AppID {
 		return 0, newRefusal(http.StatusUnprocessableEntity, errDecryptFailed, "the decrypted data is not a JSON object watermarked for this app")
 	}
-	writeGatewayHeaders(w, http.StatusOK)
-	_, _ = w.Write(plain)
+	_ = writeJSONBytes(w, http.StatusOK, "application/json", plain)
 	return http.StatusOK, nil
 }
 
@@ -309,16 +308,8 @@ func (h *APIHandler) checkSession(w http.ResponseWriter, r *http.Request, openid
 // player's latest.
 const errcodeStaleSessionKey = 87009
 
-func writeGatewayHeaders(w http.ResponseWriter, status int) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-}
-
 func writeGatewayAnswer(w http.ResponseWriter, v any) (int, *jsonRefusal) {
-	body, _ := json.Marshal(v) // maps of strings and bools always encode
-	writeGatewayHeaders(w, http.StatusOK)
-	_, _ = w.Write(body)
+	_ = writeJSON(w, http.StatusOK, "application/json", v) // maps of strings and bools always encode
 	return http.StatusOK, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -35,6 +36,7 @@ func TestAPIUnmarshalCaddyfile(t *testing.T) {
 			app_key         {env.WECHAT_APP_KEY}
 			sandbox_app_key sandbox-key
 		}
+		allow_host wechat-api.internal api_gateway
 	}`)
 	var h APIHandler
 	if err := h.UnmarshalCaddyfile(d); err != nil {
@@ -43,7 +45,9 @@ func TestAPIUnmarshalCaddyfile(t *testing.T) {
 	want := APIHandler{AppID: "wx1234567890abcdef", AppSecret: "{env.WECHAT_APP_SECRET}",
 		Endpoint: "http://127.0.0.1:8931/", Timeout: caddy.Duration(2 * time.Second),
 		Redis:          &RedisConfig{Address: []string{"redis://10.0.0.5:6379", "10.0.0.6"}, KeyPrefix: "game:"},
-		VirtualPayment: &VirtualPaymentConfig{AppKey: "{env.WECHAT_APP_KEY}", SandboxAppKey: "sandbox-key"}}
+		VirtualPayment: &VirtualPaymentConfig{AppKey: "{env.WECHAT_APP_KEY}", SandboxAppKey: "sandbox-key"},
+
+		AllowHosts: []string{"wechat-api.internal", "api_gateway"}}
 	if got, want := mustJSON(h), mustJSON(want); got != want {
 		t.Errorf("got  %s\nwant %s", got, want)
 	}
@@ -69,6 +73,10 @@ func TestAPIUnmarshalCaddyfileErrors(t *testing.T) {
 		{"virtual_payment {\n app_key a b\n}", "app_key: one value expected"},
 		{"virtual_payment {\n app_key a\n app_key b\n}", "virtual_payment: app_key given more than once"},
 		{"virtual_payment {\n appkey a\n}", "virtual_payment: unrecognized subdirective: appkey"},
+		{"allow_host", "allow_host: missing value"},
+		{"allow_host api.internal:8081", `allow_host: "api.internal:8081" is not a host name`},
+		{"allow_host http://api.internal", "is not a host name"},
+		{"allow_host a\nallow_host b", "allow_host: given more than once"},
 	})
 }
 
@@ -119,6 +127,9 @@ func TestAPIValidate(t *testing.T) {
 			h.VirtualPayment = &VirtualPaymentConfig{AppKey: "two words"}
 			h.appKeys = h.VirtualPayment.appKeys(nil)
 		}, "virtual_payment app_key is not a WeChat AppKey"},
+		{func(h *APIHandler) { h.AllowHosts = []string{"api.internal", ""} }, `allow_host: "" is not a host name`},
+		{func(h *APIHandler) { h.AllowHosts = []string{"api\x7f.internal"} }, "is not a host name"},
+		{func(h *APIHandler) { h.AllowHosts = []string{"user@api.internal"} }, "is not a host name"},
 	} {
 		h := valid
 		tc.change(&h)
@@ -140,6 +151,7 @@ func FuzzAPIConfig(f *testing.F) {
 		`{"app_id":"wx1","app_secret":"s","redis":{}}`,
 		`{"app_id":"wx1","app_secret":"s","virtual_payment":{"app_key":"{env.UNSET}","sandbox_app_key":"k"}}`,
 		`{"app_id":"wx1","app_secret":"s","virtual_payment":{}}`,
+		`{"app_id":"wx1","app_secret":"s","allow_hosts":["api.internal","API_2",""]}`,
 	} {
 		f.Add([]byte(seed))
 	}
@@ -165,7 +177,7 @@ func FuzzAPIConfig(f *testing.F) {
 // with no `order` option, and the JSON round-trips through APIHandler.
 func TestAPIAdapt(t *testing.T) {
 	const input = "http://127.0.0.1:8081 {\n\twechat_api {\n\t\tapp_id wx1234567890abcdef\n" +
-		"\t\tapp_secret {env.WECHAT_APP_SECRET}\n\t\ttimeout 3s\n\t}\n}\n"
+		"\t\tapp_secret {env.WECHAT_APP_SECRET}\n\t\ttimeout 3s\n\t\tallow_host wechat-api.internal\n\t}\n}\n"
 	adapted, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(input), nil)
 	if err != nil || len(warnings) > 0 {
 		t.Fatalf("adapting: %v %v", err, warnings)
@@ -192,7 +204,7 @@ func TestAPIAdapt(t *testing.T) {
 	for _, server := range config.Apps.HTTP.Servers {
 		handler = server.Routes[0].Handle[0].Routes[0].Handle[0]
 	}
-	const want = `{"app_id":"wx1234567890abcdef","app_secret":"{env.WECHAT_APP_SECRET}","handler":"wechat_api","timeout":3000000000}`
+	const want = `{"allow_hosts":["wechat-api.internal"],"app_id":"wx1234567890abcdef","app_secret":"{env.WECHAT_APP_SECRET}","handler":"wechat_api","timeout":3000000000}`
 	if got := mustJSON(json.RawMessage(handler)); got != want {
 		t.Fatalf("adapted to %s\nwant        %s", got, want)
 	}
@@ -200,7 +212,7 @@ func TestAPIAdapt(t *testing.T) {
 	if err := json.Unmarshal(handler, &h); err != nil {
 		t.Fatal(err)
 	}
-	if got := `{"app_id":"wx1234567890abcdef","app_secret":"{env.WECHAT_APP_SECRET}","timeout":3000000000}`; mustJSON(h) != got {
+	if got := `{"app_id":"wx1234567890abcdef","app_secret":"{env.WECHAT_APP_SECRET}","timeout":3000000000,"allow_hosts":["wechat-api.internal"]}`; mustJSON(h) != got {
 		t.Errorf("the JSON does not round-trip: %s", mustJSON(h))
 	}
 }
@@ -377,7 +389,7 @@ func TestClientGoneRecorded499(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	w := httptest.NewRecorder()
-	r := httptest.NewRequestWithContext(ctx, http.MethodPost, "/wxa/msg_sec_check", strings.NewReader("{}"))
+	r := httptest.NewRequestWithContext(ctx, http.MethodPost, "http://127.0.0.1/wxa/msg_sec_check", strings.NewReader("{}"))
 	if err := h.ServeHTTP(w, r, nil); err != nil || w.Code != 499 || w.Body.Len() != 0 {
 		t.Errorf("got %d %q, %v; want 499 and no body", w.Code, w.Body, err)
 	}
@@ -403,7 +415,7 @@ func TestOnlyTheAppsTokenCanBeRefused(t *testing.T) {
 	provisionAPI(t, h)
 
 	w := httptest.NewRecorder()
-	if err := h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/sns/auth?openid=o1", nil), nil); err != nil || w.Code != http.StatusOK {
+	if err := h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "http://127.0.0.1/sns/auth?openid=o1", nil), nil); err != nil || w.Code != http.StatusOK {
 		t.Fatalf("/sns/auth: %d %v", w.Code, err)
 	}
 	if stableCalls.Load() != 1 || forwarded.Load() != 1 {
@@ -411,13 +423,13 @@ func TestOnlyTheAppsTokenCanBeRefused(t *testing.T) {
 	}
 	for _, spelling := range []string{"//cgi-bin/token", "/cgi-bin/./token", "/cgi-bin//stable_token", "/CGI-BIN/TOKEN", "/cgi-bin/x/../token"} {
 		w := httptest.NewRecorder()
-		if err := h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "http://gateway"+spelling+"?grant_type=client_credential", nil), nil); err != nil || !strings.Contains(w.Body.String(), `"access_token":"app-token-1"`) {
+		if err := h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "http://127.0.0.1"+spelling+"?grant_type=client_credential", nil), nil); err != nil || !strings.Contains(w.Body.String(), `"access_token":"app-token-1"`) {
 			t.Errorf("%s: %d %s, want the gateway's token", spelling, w.Code, w.Body)
 		}
 	}
 	for _, odd := range []string{"/cgi-bin/token%00", "/cgi-bin/token;x", "/cgi-bin/token%20"} {
 		w := httptest.NewRecorder()
-		if err := h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "http://gateway"+odd+"?grant_type=client_credential", nil), nil); err != nil || w.Code != http.StatusBadRequest {
+		if err := h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "http://127.0.0.1"+odd+"?grant_type=client_credential", nil), nil); err != nil || w.Code != http.StatusBadRequest {
 			t.Errorf("%s: %d %s, want 400: not a WeChat API path", odd, w.Code, w.Body)
 		}
 	}
@@ -429,12 +441,19 @@ func TestOnlyTheAppsTokenCanBeRefused(t *testing.T) {
 // TestAnotherCredentialsRefusalForcesNoRefresh: an API that refuses some
 // other credential a backend's call carried answers 40001 too; before a
 // forced refresh, which would invalidate the token for the whole app, the
-// gateway asks WeChat whether the token itself is refused.
+// gateway asks WeChat whether the token itself is refused. It is not: the
+// call is not repeated with the same token (WeChat's answer goes back), and
+// the confirmation is remembered, so the next refusals cost no more. When
+// WeChat does not say (busy), the call is not repeated either, and nothing
+// is remembered.
 func TestAnotherCredentialsRefusalForcesNoRefresh(t *testing.T) {
-	var forced, checks atomic.Int32
+	var forced, stable, checks, forwarded atomic.Int32
+	var checkBusy atomic.Bool
+	const refusal = `{"errcode":40001,"errmsg":"invalid credential"}`
 	fake := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case stableTokenPath:
+			stable.Add(1)
 			body, _ := io.ReadAll(r.Body)
 			if strings.Contains(string(body), `"force_refresh":true`) {
 				forced.Add(1)
@@ -442,22 +461,65 @@ func TestAnotherCredentialsRefusalForcesNoRefresh(t *testing.T) {
 			fmt.Fprint(w, `{"access_token":"app-token-1","expires_in":7200}`)
 		case tokenCheckPath:
 			checks.Add(1)
+			if checkBusy.Load() {
+				fmt.Fprint(w, `{"errcode":-1,"errmsg":"system error"}`)
+				return
+			}
 			fmt.Fprint(w, `{"ip_list":["101.226.103.0/25"]}`)
 		default:
-			fmt.Fprint(w, `{"errcode":40001,"errmsg":"invalid credential"}`) // the component_access_token is bogus
+			forwarded.Add(1)
+			fmt.Fprint(w, refusal) // the component_access_token is bogus
 		}
 	}))
 	t.Cleanup(fake.Close)
 	h := &APIHandler{AppID: apiAppID, AppSecret: apiSecret, Endpoint: fake.URL}
 	provisionAPI(t, h)
-	for range 3 {
+	call := func(api string) {
+		t.Helper()
 		w := httptest.NewRecorder()
-		r := httptest.NewRequest(http.MethodPost, "/cgi-bin/component/api_query_auth?component_access_token=bogus", strings.NewReader("{}"))
-		if err := h.ServeHTTP(w, r, nil); err != nil || !strings.Contains(w.Body.String(), `"errcode":40001`) {
+		r := httptest.NewRequest(http.MethodPost, "http://localhost:8081"+api+"?component_access_token=bogus", strings.NewReader("{}"))
+		if err := h.ServeHTTP(w, r, nil); err != nil || w.Code != http.StatusOK || w.Body.String() != refusal {
 			t.Fatalf("got %d %s, %v; want WeChat's 40001 passed back", w.Code, w.Body, err)
 		}
 	}
-	if forced.Load() != 0 || checks.Load() == 0 {
-		t.Errorf("%d forced refreshes after %d checks of the token, want none forced and the token checked", forced.Load(), checks.Load())
+	for range 3 {
+		call("/cgi-bin/component/api_query_auth")
+	}
+	if forced.Load() != 0 || stable.Load() != 2 || checks.Load() != 1 || forwarded.Load() != 3 {
+		t.Errorf("3 refusals of a token WeChat takes: %d calls, %d stable_token calls (%d forced), %d checks; want 3 (none repeated), 2 (the first fetch, one look), none forced, 1",
+			forwarded.Load(), stable.Load(), forced.Load(), checks.Load())
+	}
+
+	checkBusy.Store(true)
+	call("/cgi-bin/component/api_authorizer_token") // another API: looked into anew
+	call("/cgi-bin/component/api_authorizer_token")
+	if forced.Load() != 0 || checks.Load() != 3 || forwarded.Load() != 5 {
+		t.Errorf("WeChat busy when asked: %d calls, %d forced, %d checks; want 5 (none repeated), none forced, 3 (nothing remembered)", forwarded.Load(), forced.Load(), checks.Load())
+	}
+}
+
+// TestHostAllowed: a backend names the gateway by an IP address (v4 or v6,
+// with or without a port), localhost or a name in allow_host, in any case;
+// any other name is a DNS name someone could point at the listener. Over a
+// Unix socket, which no browser reaches, any name does.
+func TestHostAllowed(t *testing.T) {
+	h := &APIHandler{AppID: apiAppID, AppSecret: apiSecret, AllowHosts: []string{"wechat-api.internal"}}
+	provisionAPI(t, h)
+	for host, want := range map[string]bool{
+		"127.0.0.1": true, "127.0.0.1:8081": true, "10.0.0.5:8081": true, "[::1]:8081": true, "[::1]": true, "::1": true,
+		"localhost": true, "LocalHost:8081": true, "wechat-api.internal:8081": true, "WECHAT-API.internal": true,
+		"evil.example": false, "evil.example:8081": false, "localhost.evil.example": false, "127.0.0.1.nip.io:8081": false,
+		"wechat-api.internal.evil.example": false, "": false, "[evil.example]:8081": false,
+	} {
+		r := httptest.NewRequest(http.MethodGet, "/cgi-bin/token", nil)
+		r.Host = host
+		if got := h.hostAllowed(r); got != want {
+			t.Errorf("Host %q: allowed %t, want %t", host, got, want)
+		}
+	}
+	overUnixSocket := context.WithValue(context.Background(), http.LocalAddrContextKey, &net.UnixAddr{Name: "/run/wechat-api.sock", Net: "unix"})
+	r := httptest.NewRequestWithContext(overUnixSocket, http.MethodGet, "http://unix/cgi-bin/token", nil)
+	if !h.hostAllowed(r) {
+		t.Error("a request over a Unix socket was refused for its Host")
 	}
 }

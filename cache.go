@@ -39,9 +39,20 @@ type codeStore interface {
 	// budget keeps the code's result for a later retry). lead may outlive
 	// the login that started it (it serves every login waiting for the
 	// code), so it must not depend on ctx; redeem itself returns when ctx
-	// ends.
-	redeem(ctx context.Context, key codeKey, lead func() (Identity, *jsonRefusal)) (Identity, redeemOutcome, *jsonRefusal)
+	// ends. lead charges the player its call proved with the charge it is
+	// given: the store's, so that a fleet's store can make the charge in
+	// the Redis operation that stores the call's result.
+	redeem(ctx context.Context, key codeKey, lead leadFunc) (Identity, redeemOutcome, *jsonRefusal)
 }
+
+// leadFunc makes the one WeChat call for a code, charging the player it
+// proves with charge.
+type leadFunc func(charge chargeFunc) (Identity, *jsonRefusal)
+
+// chargeFunc charges the player of id one event of the player budget for
+// the WeChat call that proved them; it reports how long until the budget
+// has room when it has none.
+type chargeFunc func(ctx context.Context, id Identity) (wait time.Duration, ok bool)
 
 // codeTable holds one configuration's cached results, shared by its handlers
 // across reloads; each handler reads it under its own cache_ttl.
@@ -64,6 +75,7 @@ type memoryCodes struct {
 	ttl     time.Duration
 	flights *singleflight.Group
 	now     func() time.Time
+	players budgetStore // charged for the calls
 }
 
 // flightResult is what one WeChat call gave every login waiting on it.
@@ -73,7 +85,7 @@ type flightResult struct {
 	refusal *jsonRefusal
 }
 
-func (c memoryCodes) redeem(ctx context.Context, key codeKey, lead func() (Identity, *jsonRefusal)) (Identity, redeemOutcome, *jsonRefusal) {
+func (c memoryCodes) redeem(ctx context.Context, key codeKey, lead leadFunc) (Identity, redeemOutcome, *jsonRefusal) {
 	if id, ok := c.cached(key); ok {
 		return id, redeemedFromCache, nil
 	}
@@ -82,7 +94,7 @@ func (c memoryCodes) redeem(ctx context.Context, key codeKey, lead func() (Ident
 
 // redeemInFlight is redeem for a code not in the cache: apart, so that a
 // cache hit allocates nothing for the flight.
-func (c memoryCodes) redeemInFlight(ctx context.Context, key codeKey, lead func() (Identity, *jsonRefusal)) (Identity, redeemOutcome, *jsonRefusal) {
+func (c memoryCodes) redeemInFlight(ctx context.Context, key codeKey, lead leadFunc) (Identity, redeemOutcome, *jsonRefusal) {
 	ranLead := false
 	ch := c.flights.DoChan(string(key[:]), func() (any, error) {
 		// A flight for this code may have finished between the look above
@@ -92,7 +104,7 @@ func (c memoryCodes) redeemInFlight(ctx context.Context, key codeKey, lead func(
 			return flightResult{id: id, outcome: redeemedFromCache}, nil
 		}
 		ranLead = true
-		id, refusal := lead()
+		id, refusal := lead(c.charge)
 		if id.OpenID != "" {
 			c.add(key, id)
 		} else if refusal != nil && refusal.code == errCodeUsed {
@@ -116,6 +128,11 @@ func (c memoryCodes) redeemInFlight(ctx context.Context, key codeKey, lead func(
 	case <-ctx.Done():
 		return Identity{}, redeemedByJoining, clientGone()
 	}
+}
+
+// charge spends one event of the player budget of id.
+func (c memoryCodes) charge(ctx context.Context, id Identity) (time.Duration, bool) {
+	return c.players.spend(ctx, id.OpenID)
 }
 
 func (c memoryCodes) cached(key codeKey) (Identity, bool) {

@@ -27,7 +27,7 @@ func TestCodeKeyHidesTheCode(t *testing.T) {
 
 // redeemWith redeems key with a lead that returns id and counts its calls.
 func redeemWith(c codeStore, key codeKey, id Identity, calls *atomic.Int32) (Identity, redeemOutcome, *jsonRefusal) {
-	return c.redeem(context.Background(), key, func() (Identity, *jsonRefusal) {
+	return c.redeem(context.Background(), key, func(chargeFunc) (Identity, *jsonRefusal) {
 		calls.Add(1)
 		return id, nil
 	})
@@ -77,7 +77,7 @@ func TestCodeStoreWithoutTTLRemembersNothing(t *testing.T) {
 func TestCodeStoreCachesTheIdentityOfARefusedLogin(t *testing.T) {
 	c := memoryCodesAt(newTestClock(), time.Minute, 10)
 	k := newCodeKey("wx", "alice")
-	_, _, refusal := c.redeem(context.Background(), k, func() (Identity, *jsonRefusal) {
+	_, _, refusal := c.redeem(context.Background(), k, func(chargeFunc) (Identity, *jsonRefusal) {
 		return Identity{OpenID: "oAlice"}, playerRateLimited(time.Second)
 	})
 	if refusal == nil || refusal.code != errRateLimited {
@@ -94,7 +94,7 @@ func TestCodeStoreCachesTheIdentityOfARefusedLogin(t *testing.T) {
 func TestCodeStoreLooksAgainOnCodeUsed(t *testing.T) {
 	c := memoryCodesAt(newTestClock(), time.Minute, 10)
 	k := newCodeKey("wx", "alice")
-	id, outcome, refusal := c.redeem(context.Background(), k, func() (Identity, *jsonRefusal) {
+	id, outcome, refusal := c.redeem(context.Background(), k, func(chargeFunc) (Identity, *jsonRefusal) {
 		c.add(k, Identity{OpenID: "oAlice"}) // another flight finished meanwhile
 		return Identity{}, newRefusal(http.StatusUnauthorized, errCodeUsed, "used")
 	})
@@ -108,7 +108,7 @@ func TestCodeStoreJoinersShareOneCall(t *testing.T) {
 	k := newCodeKey("wx", "alice")
 	release := make(chan struct{})
 	var calls atomic.Int32
-	lead := func() (Identity, *jsonRefusal) {
+	lead := func(chargeFunc) (Identity, *jsonRefusal) {
 		calls.Add(1)
 		<-release
 		return Identity{OpenID: "oAlice"}, nil
@@ -142,7 +142,7 @@ func TestCodeStoreReturnsWhenTheClientGoes(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
 	cancel()
-	_, _, refusal := c.redeem(ctx, newCodeKey("wx", "alice"), func() (Identity, *jsonRefusal) {
+	_, _, refusal := c.redeem(ctx, newCodeKey("wx", "alice"), func(chargeFunc) (Identity, *jsonRefusal) {
 		<-release
 		return Identity{OpenID: "oAlice"}, nil
 	})

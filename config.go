@@ -165,12 +165,26 @@ func checkRedis(c *RedisConfig) error {
 	return c.validate()
 }
 
+// checkAppID refuses an app_id that could not be WeChat's. It becomes a
+// header value, a URL parameter and a metric label, where a control
+// character would break every request rather than the load.
 func checkAppID(id string) error {
 	switch {
 	case id == "":
 		return errors.New("app_id is required")
-	case strings.ContainsAny(id, " \t\r\n/?&#"):
+	case strings.ContainsAny(id, "/?&#"):
 		return errors.New("app_id is not a WeChat AppID")
+	}
+	return checkVisibleASCII("app_id", id)
+}
+
+// checkVisibleASCII refuses a value that is not visible ASCII (no spaces,
+// control characters or other bytes), for a setting that becomes a header
+// value, a URL part or a metric label. The value is not repeated: it may be
+// anything, a secret included.
+func checkVisibleASCII(name, value string) error {
+	if value != "" && !isVisibleASCII(value, len(value)) {
+		return fmt.Errorf("%s must be visible ASCII, without spaces or control characters", name)
 	}
 	return nil
 }

@@ -28,6 +28,10 @@ var badValues = []struct {
 	line                  int
 }{
 	{caddyfile: "app_id wx/1", json: `{"app_id":"wx/1"}`, want: "app_id is not a WeChat AppID"},
+	// It becomes the X-WX-APPID header: a control character used to load,
+	// then fail every forwarded request.
+	{caddyfile: "app_id \"wx12\t34\"", json: `{"app_id":"wx12\u000134"}`, want: "app_id must be visible ASCII, without spaces or control characters"},
+	{caddyfile: "app_id \"wx12 34\"", json: `{"app_id":"wx12\u00e934"}`, want: "app_id must be visible ASCII, without spaces or control characters"},
 	{caddyfile: `app_secret ""`, want: "app_secret is required"},
 	{caddyfile: "login_path wx/login", json: `{"login_path":"wx/login"}`, want: `login_path must start with /: "wx/login"`},
 	{caddyfile: "login_path /wx/login?x=1", json: `{"login_path":"/wx/login?x=1"}`, want: `login_path must be a path alone, without ? or #: "/wx/login?x=1"`},

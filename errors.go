@@ -70,8 +70,6 @@ func (e *jsonRefusal) write(w http.ResponseWriter) {
 		body.Errcode = &e.errcode
 	}
 	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Cache-Control", "no-store")
 	if e.code == errInvalidSession {
 		// RFC 6750: a 401 names the scheme that would have been accepted.
 		h.Set("WWW-Authenticate", "Bearer")
@@ -79,8 +77,30 @@ func (e *jsonRefusal) write(w http.ResponseWriter) {
 	if e.retryAfter > 0 {
 		h.Set("Retry-After", retryAfterSeconds(e.retryAfter))
 	}
-	w.WriteHeader(e.status)
-	_ = json.NewEncoder(w).Encode(body)
+	_ = writeJSON(w, e.status, "application/json", body)
+}
+
+// writeJSON answers with status and body, marshalled, as the content type
+// given. The body ends at its closing brace, as WeChat's answers do:
+// json.Encoder's trailing newline breaks SDKs that escape control characters
+// before they parse. Nothing the gateway answers is cached.
+func writeJSON(w http.ResponseWriter, status int, contentType string, body any) error {
+	out, err := json.Marshal(body)
+	if err != nil {
+		return err
+	}
+	return writeJSONBytes(w, status, contentType, out)
+}
+
+// writeJSONBytes is writeJSON for a body already encoded.
+func writeJSONBytes(w http.ResponseWriter, status int, contentType string, out []byte) error {
+	h := w.Header()
+	h.Set("Content-Type", contentType)
+	h.Set("Content-Length", strconv.Itoa(len(out)))
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, err := w.Write(out)
+	return err
 }
 
 // retryAfterSeconds renders a wait as Retry-After wants it: whole seconds,

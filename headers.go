@@ -13,7 +13,15 @@ const (
 	headerUnionID    = "X-Wx-Unionid"
 	headerAppID      = "X-Wx-Appid"
 	headerSessionKey = "X-Wx-Session-Key"
+	// headerSource is Cloud Hosting's mark of a call from WeChat: its docs
+	// tell backends to trust a request only when it is present, and its
+	// templates answer nothing without it.
+	headerSource = "X-Wx-Source"
 )
+
+// sourceMiniGameClient is Cloud Hosting's X-WX-SOURCE for a call from a
+// mini-game client, which every request the gateway vouches for is.
+const sourceMiniGameClient = "wx_client"
 
 // identityFamily is the prefix of every header name the gateway owns, lower
 // case and '-' separated: the four it sets and everything Cloud Hosting sets
@@ -149,19 +157,21 @@ func isIdentityHeader(name string) bool {
 	return true
 }
 
-// setIdentityHeaders gives the upstream the trusted identity. The caller has
+// setIdentityHeaders gives the upstream the trusted identity, and
+// X-WX-SOURCE, which only a request with one carries. The caller has
 // already stripped the client's copies. The values share one allocation,
 // each header a full-capacity slice of its own, so that a later append to
 // one copies it rather than overwriting another.
 func (h *Handler) setIdentityHeaders(header http.Header, id Identity) {
-	values := &[4]string{id.OpenID, h.AppID, id.UnionID}
+	values := &[5]string{id.OpenID, h.AppID, sourceMiniGameClient, id.UnionID}
 	header[headerOpenID] = values[0:1:1]
 	header[headerAppID] = values[1:2:2]
+	header[headerSource] = values[2:3:3]
 	if id.UnionID != "" {
-		header[headerUnionID] = values[2:3:3]
+		header[headerUnionID] = values[3:4:4]
 	}
 	if h.ForwardSessionKey && id.SessionKey != "" {
-		values[3] = id.SessionKey
-		header[headerSessionKey] = values[3:4:4]
+		values[4] = id.SessionKey
+		header[headerSessionKey] = values[4:5:5]
 	}
 }

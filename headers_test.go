@@ -167,7 +167,7 @@ func TestSetIdentityHeaders(t *testing.T) {
 		id      Identity
 		want    map[string]string
 	}{
-		{"no unionid", false, Identity{OpenID: "o1", SessionKey: "k"}, map[string]string{headerOpenID: "o1", headerAppID: "wxapp", headerUnionID: "", headerSessionKey: ""}},
+		{"no unionid", false, Identity{OpenID: "o1", SessionKey: "k"}, map[string]string{headerOpenID: "o1", headerAppID: "wxapp", "X-Wx-Source": "wx_client", headerUnionID: "", headerSessionKey: ""}},
 		{"unionid", false, Identity{OpenID: "o1", UnionID: "u1", SessionKey: "k"}, map[string]string{headerUnionID: "u1", headerSessionKey: ""}},
 		{"session key forwarded", true, Identity{OpenID: "o1", SessionKey: "k"}, map[string]string{headerSessionKey: "k"}},
 	} {

@@ -546,6 +546,14 @@ func newGateway(t testing.TB, addr string, n int, configure func(*RedisConfig)) 
 	return gateway{fleet: f, logs: logs}
 }
 
+// waitDown waits until gw has found its Redis down: a frozen Redis is
+// found silent by a PING of its own, redisConfirmWithin after the
+// operation that got no answer.
+func (gw gateway) waitDown(t testing.TB) {
+	t.Helper()
+	testkit.WaitFor(t, "the gateway finds Redis down", gw.redis.down.Load)
+}
+
 // newRedisGateway is gateway 0 of a fleet on a Redis of the test's own.
 func newRedisGateway(t testing.TB) gateway {
 	t.Helper()
@@ -637,11 +645,22 @@ func init() { testkit.Forbid(fleetCode, fleetSessionKey) }
 var fleetIdentity = Identity{OpenID: "oFleetPlayer", UnionID: "uFleetPlayer", SessionKey: fleetSessionKey}
 
 // newLocalCodes is a gateway's in-memory code store, which a Redis code
-// store keeps in front.
-func newLocalCodes(cacheTTL time.Duration) codeStore {
+// store keeps in front, charging players.
+func newLocalCodes(cacheTTL time.Duration, players budgetStore) memoryCodes {
 	table := newCodeTable()
 	table.lease(1000)
-	return memoryCodes{table: table, ttl: cacheTTL, flights: new(singleflight.Group), now: time.Now}
+	return memoryCodes{table: table, ttl: cacheTTL, flights: new(singleflight.Group), now: time.Now, players: players}
+}
+
+// codesPlayerLimit is the player budget that the code stores of tests
+// charge.
+var codesPlayerLimit = Budget{Events: 5, Window: caddy.Duration(time.Minute)}
+
+// fleetCodes is gw's code store, in front of a memory one of its own,
+// charging players under codesPlayerLimit.
+func (gw gateway) fleetCodes(cacheTTL time.Duration) *redisCodes {
+	players := gw.budget("player", codesPlayerLimit, leasedBudgetTable(100), time.Now)
+	return gw.codes(newLocalCodes(cacheTTL, players), players, cacheTTL, 10*time.Second).(*redisCodes)
 }
 
 // dumpRedis reads every key with its value, failing t for a key without
@@ -669,4 +688,57 @@ func dumpRedis(t *testing.T, rdb *redis.Client) map[string]string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// withRedis gives a handler a redis block on the server at addr, each
+// operation bounded by timeout.
+func withRedis(addr string, timeout time.Duration) func(*Handler) {
+	return func(h *Handler) { h.Redis = &RedisConfig{Address: []string{addr}, Timeout: caddy.Duration(timeout)} }
+}
+
+// storeErrorsTotal is store_errors_total summed over its operations.
+func storeErrorsTotal() float64 {
+	metrics := make(chan prometheus.Metric, 64)
+	go func() {
+		storeMetrics.errors.Collect(metrics)
+		close(metrics)
+	}()
+	var total float64
+	for metric := range metrics {
+		var m dto.Metric
+		_ = metric.Write(&m)
+		total += m.GetCounter().GetValue()
+	}
+	return total
+}
+
+// keyPTTL is the remaining lifetime of the one key in Redis that matches
+// pattern, failing t unless there is exactly one.
+func keyPTTL(t testing.TB, rdb *redis.Client, pattern string) time.Duration {
+	t.Helper()
+	ctx := context.Background()
+	keys, err := rdb.Keys(ctx, pattern).Result()
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("keys matching %q: %q %v, want one", pattern, keys, err)
+	}
+	ttl, err := rdb.PTTL(ctx, keys[0]).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ttl
+}
+
+// wantRetryFromCache redeems key at codes, as a client's retry at another
+// gateway, and fails t unless the retry gets the fleet's identity from the
+// cache and WeChat has seen calls calls through wechat: one more would
+// spend the code again (40163).
+func wantRetryFromCache(t *testing.T, codes codeStore, key codeKey, wechat *countingLead, calls int32) {
+	t.Helper()
+	id, outcome, refusal := codes.redeem(context.Background(), key, wechat.lead)
+	if refusal != nil || id != fleetIdentity || outcome != redeemedFromCache {
+		t.Errorf("the retry at another gateway: %+v %v %v, want the stored identity, from the cache", id, outcome, refusal)
+	}
+	if got := wechat.calls.Load(); got != calls {
+		t.Errorf("%d WeChat calls, want %d: the retry spent the code again (40163)", got, calls)
+	}
 }

@@ -55,8 +55,8 @@ func (h *Handler) authenticateLogin(r *http.Request, codeHeader, session string)
 	if h.sessions != nil {
 		sessionPlayer, _ = h.sessions.presentedPlayer(r, session, expiredSessionGrace)
 	}
-	id, outcome, refusal := h.codes.redeem(ctx, newCodeKey(h.AppID, code), func() (Identity, *jsonRefusal) {
-		return h.exchangeOnce(ctx, code, sessionPlayer)
+	id, outcome, refusal := h.codes.redeem(ctx, newCodeKey(h.AppID, code), func(charge chargeFunc) (Identity, *jsonRefusal) {
+		return h.exchangeOnce(ctx, code, sessionPlayer, charge)
 	})
 	if refusal != nil && refusal.status == statusClientClosedRequest {
 		return Identity{}, refusal // nobody is waiting for the answer
@@ -84,7 +84,7 @@ func (h *Handler) authenticateLogin(r *http.Request, codeHeader, session string)
 // exchangeOnce is the one WeChat call for a code, made on behalf of every
 // login waiting for it, and charged once to the player: before the call when
 // the login carries a session of this gateway's (so a player in a login loop
-// is stopped before WeChat), after it otherwise. A charge made before is
+// is stopped before WeChat), after it otherwise, by the code store's charge. A charge made before is
 // given back when WeChat refuses the code, which then proved nobody: junk
 // codes sent with a player's token do not spend the player's budget. It is
 // kept when the code proves another player, who is charged too: what stops
@@ -94,7 +94,7 @@ func (h *Handler) authenticateLogin(r *http.Request, codeHeader, session string)
 //
 // It runs on its own deadline, bounded by the retry policy, so that the first
 // client hanging up does not fail the others.
-func (h *Handler) exchangeOnce(reqCtx context.Context, code, sessionPlayer string) (Identity, *jsonRefusal) {
+func (h *Handler) exchangeOnce(reqCtx context.Context, code, sessionPlayer string, charge chargeFunc) (Identity, *jsonRefusal) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(reqCtx), h.client.worstCase())
 	defer cancel()
 	var undoSessionCharge func()
@@ -123,8 +123,9 @@ func (h *Handler) exchangeOnce(reqCtx context.Context, code, sessionPlayer strin
 	h.sessionKeys.keep(id.OpenID, id.SessionKey, h.now())
 
 	if id.OpenID != sessionPlayer {
-		if refusal := h.chargePlayer(ctx, id.OpenID); refusal != nil {
-			return id, refusal
+		if wait, ok := charge(ctx, id); !ok {
+			h.metrics.budgetRejected("player")
+			return id, playerRateLimited(wait)
 		}
 	}
 	return id, nil
@@ -153,16 +154,6 @@ func giveBack(undo func()) {
 	if undo != nil {
 		undo()
 	}
-}
-
-// chargePlayer spends one event of the player's budget for a WeChat call
-// that proved this player.
-func (h *Handler) chargePlayer(ctx context.Context, openID string) *jsonRefusal {
-	if wait, ok := h.players.spend(ctx, openID); !ok {
-		h.metrics.budgetRejected("player")
-		return playerRateLimited(wait)
-	}
-	return nil
 }
 
 func playerRateLimited(wait time.Duration) *jsonRefusal {

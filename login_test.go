@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -144,7 +145,7 @@ func TestCodeStoreLooksAgainInsideTheFlight(t *testing.T) {
 		return clock.Now()
 	}
 	var calls atomic.Int32
-	id, outcome, refusal := c.redeem(context.Background(), k, func() (Identity, *jsonRefusal) {
+	id, outcome, refusal := c.redeem(context.Background(), k, func(chargeFunc) (Identity, *jsonRefusal) {
 		calls.Add(1)
 		return Identity{}, newRefusal(http.StatusUnauthorized, errCodeUsed, "the login code was already used")
 	})
@@ -193,5 +194,40 @@ func TestSessionChargeGivenBackWhenWechatRefusesTheCode(t *testing.T) {
 	}
 	if got := sim.CallsFor(wechatsim.OpenID(testAppID, "bob")); got != 1 {
 		t.Errorf("bob's codes with alice's token made %d WeChat calls, want 1: the loop stops at alice's budget", got)
+	}
+}
+
+// WeChat's 45011 says the code's player (maybe the token's) is over its
+// quota: it proves nobody, but the charge made for the player's session is
+// kept, so a looping player with a session is stopped at the gateway, not
+// sent to WeChat once per login.
+func TestSessionChargeKeptWhenWechatAnswersQuota(t *testing.T) {
+	sim, _ := newTestSim(t)
+	var calls atomic.Int32
+	wechat := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 1 { // the login that earns the session
+			sim.ServeHTTP(w, r)
+			return
+		}
+		fmt.Fprint(w, `{"errcode":45011,"errmsg":"api minute-quota reach limit  mustslower  retry next minute, rid: 6543-abcd"}`)
+	}))
+	t.Cleanup(wechat.Close)
+	clock := newTestClock()
+	h := newClockedHandler(t, wechat.URL, clock, withSessions(nil), withBudget(1, time.Minute))
+	first := testLogin{code: "alice.1"}.serve(context.Background(), h).checked(t)
+	token := first.w.Header().Get(headerSession)
+	if !first.forwarded() || token == "" {
+		t.Fatalf("alice's first login: %d %s", first.w.Code, first.w.Body)
+	}
+	clock.Advance(2 * time.Minute) // her budget is whole again
+
+	for i := range 2 {
+		res := testLogin{code: fmt.Sprintf("alice.loop.%d", i), header: bearerHeader(token)}.serve(context.Background(), h).checked(t)
+		if res.w.Code != http.StatusTooManyRequests || res.forwarded() {
+			t.Fatalf("login %d with alice's token: %d %s, want 429 and nothing forwarded", i+2, res.w.Code, res.w.Body)
+		}
+	}
+	if got := calls.Load() - 1; got != 1 {
+		t.Errorf("two logins with alice's token while WeChat answers 45011 made %d WeChat calls, want 1: the second is stopped by her budget", got)
 	}
 }

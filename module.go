@@ -6,7 +6,6 @@
 package wechatlogin
 
 import (
-	"encoding/json"
 	"errors"
 	"net/http"
 	"time"
@@ -161,7 +160,8 @@ func (h *Handler) attachState(ctx caddy.Context) error {
 		releases = append(releases, state.ips.lease(h.BudgetSize))
 		h.ips = newMemoryBudget(state.ips, *h.IPBudget, h.now)
 	}
-	h.codes = memoryCodes{table: state.codes, ttl: cacheTTL, flights: &state.flights, now: h.now}
+	local := memoryCodes{table: state.codes, ttl: cacheTTL, flights: &state.flights, now: h.now, players: h.players}
+	h.codes = local
 	if h.Redis == nil {
 		return nil
 	}
@@ -171,11 +171,12 @@ func (h *Handler) attachState(ctx caddy.Context) error {
 		return err
 	}
 	h.fleet = fleet
-	h.players = fleet.budget("player", *h.Budget, state.players, h.now)
+	players := fleet.budget("player", *h.Budget, state.players, h.now)
+	h.players, local.players = players, players
 	if !h.IPBudget.Off {
 		h.ips = fleet.budget("ip", *h.IPBudget, state.ips, h.now)
 	}
-	h.codes = fleet.codes(h.codes, cacheTTL, h.client.worstCase())
+	h.codes = fleet.codes(local, players, cacheTTL, h.client.worstCase())
 	return nil
 }
 
@@ -261,10 +262,7 @@ func respondLogin(w http.ResponseWriter, id Identity, token string, expires time
 		Token     string `json:"token"`
 		ExpiresAt string `json:"expires_at"`
 	}{id.OpenID, id.UnionID, token, expires.UTC().Format(time.RFC3339)}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(http.StatusOK)
-	return json.NewEncoder(w).Encode(body)
+	return writeJSON(w, http.StatusOK, "application/json", body)
 }
 
 // attachIdentity sets the identity headers and placeholders.

@@ -377,3 +377,29 @@ func TestConcurrentLoginsOfOneCodeShareOneCharge(t *testing.T) {
 	res := testLogin{code: "alice.together"}.serve(context.Background(), h)
 	wantRateLimited(t, res.w, res.forwarded(), "63")
 }
+
+// Only requests to exactly login_path are logins: a path that merely starts
+// with it is an ordinary request, passed on with no identity, its code
+// untouched and no WeChat call.
+func TestOnlyTheLoginPathItselfLogsIn(t *testing.T) {
+	sim, endpoint := newTestSim(t)
+	h := newTestHandler(t, endpoint)
+	for _, target := range []string{"/wx/login/extra?code=alice.1", "/wx/loginx?code=alice.2"} {
+		r, _ := newTestRequest(context.Background(), http.MethodGet, target, nil)
+		query := r.URL.RawQuery
+		up := &recordingUpstream{}
+		w := httptest.NewRecorder()
+		if err := h.ServeHTTP(w, r, up.handler()); err != nil || up.count() != 1 {
+			t.Fatalf("%s: %v %d %s, want it passed on", target, err, w.Code, w.Body)
+		}
+		if v := spelledValues(up.headers[0], "x-wx-openid"); v != nil {
+			t.Errorf("%s reached the upstream with X-WX-OPENID %q", target, v)
+		}
+		if r.URL.RawQuery != query {
+			t.Errorf("%s: the upstream got the query %q, want it untouched", target, r.URL.RawQuery)
+		}
+	}
+	if sim.Calls() != 0 {
+		t.Errorf("WeChat saw %d calls for requests that are not logins", sim.Calls())
+	}
+}

@@ -152,7 +152,7 @@ func (s *redisTokenStore) refreshShared(ctx context.Context, now time.Time, stal
 		}
 		switch claim.kind {
 		case "token":
-			t, err := s.openToken(claim.value)
+			t, err := s.openToken(claim.value, now)
 			if err == nil && t.usable(now) {
 				return t, nil
 			}
@@ -218,19 +218,20 @@ type storedToken struct {
 
 // sealToken is t as stored: its fingerprint, then t sealed.
 func (s *redisTokenStore) sealToken(t accessToken) string {
-	sealed := s.fleet.seal(sealedToken, s.keys[0], storedToken{Value: t.value, ExpiresMS: t.expires.UnixMilli()})
+	sealed := s.fleet.seal(sealedToken, s.keys[0], storedToken{Value: t.value, ExpiresMS: t.expires.UnixMilli()}, t.usableUntil())
 	return s.fleet.hide([]byte(t.value)) + string(sealed)
 }
 
-// openToken reads a stored token; one that does not open (tampered with),
-// or whose fingerprint is not its own, is not trusted.
-func (s *redisTokenStore) openToken(stored string) (accessToken, error) {
+// openToken reads a stored token; one that does not open (tampered with,
+// or kept past the end of its use), or whose fingerprint is not its own, is
+// not trusted.
+func (s *redisTokenStore) openToken(stored string, now time.Time) (accessToken, error) {
 	fingerprintLen := len(s.fleet.hide(nil))
 	if len(stored) <= fingerprintLen || stored[fingerprintLen] != sealedToken {
 		return accessToken{}, errors.New("not a stored token")
 	}
 	var st storedToken
-	if err := s.fleet.open(s.keys[0], stored[fingerprintLen:], &st); err != nil {
+	if err := s.fleet.open(s.keys[0], stored[fingerprintLen:], &st, now); err != nil {
 		return accessToken{}, err
 	}
 	if !isTokenValue(st.Value) || s.fleet.hide([]byte(st.Value)) != stored[:fingerprintLen] {

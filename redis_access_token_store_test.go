@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
@@ -103,7 +104,7 @@ func TestRedisTokenStoreRefusedTokenReplacedOnceForTheFleet(t *testing.T) {
 	replacements := map[string]int{}
 	replace := func(m fleetTokenManager) func() {
 		return func() {
-			r, err := m.replace(context.Background(), 5*time.Second, refused, errcodeInvalidCredential)
+			r, err := m.replace(context.Background(), 5*time.Second, refused, errcodeInvalidCredential, secCheckAPI)
 			if err != nil {
 				r = accessToken{value: "failed: " + err.Error()}
 			}
@@ -134,21 +135,21 @@ func TestRedisTokenStoreForcedRefreshesSpacedForTheFleet(t *testing.T) {
 	b.mustToken(t)
 
 	// Gateway A forces a refresh; B, refused the same token, takes A's.
-	forced, err := a.replace(context.Background(), 5*time.Second, refused, errcodeInvalidCredential)
+	forced, err := a.replace(context.Background(), 5*time.Second, refused, errcodeInvalidCredential, secCheckAPI)
 	if err != nil || forced.value == refused.value || wechat.forcedRefreshes() != 1 {
 		t.Fatalf("gateway A: %v, %d forced; want one forced refresh", err, wechat.forcedRefreshes())
 	}
-	if got, err := b.replace(context.Background(), 5*time.Second, refused, errcodeInvalidCredential); err != nil || got.value != forced.value || wechat.forcedRefreshes() != 1 {
+	if got, err := b.replace(context.Background(), 5*time.Second, refused, errcodeInvalidCredential, secCheckAPI); err != nil || got.value != forced.value || wechat.forcedRefreshes() != 1 {
 		t.Fatalf("gateway B: %v, %d forced; want A's token, no forced refresh of its own", err, wechat.forcedRefreshes())
 	}
 	// WeChat refuses the new token at B within 30 s of A's forced refresh:
 	// B has forced none itself, but the fleet has.
 	clock.Advance(forcedRefreshSpacing - time.Second)
-	if _, err := b.replace(context.Background(), 5*time.Second, forced, errcodeTokenExpired); err == nil || wechat.forcedRefreshes() != 1 {
+	if _, err := b.replace(context.Background(), 5*time.Second, forced, errcodeTokenExpired, secCheckAPI); err == nil || wechat.forcedRefreshes() != 1 {
 		t.Fatalf("gateway B within 30 s of A's forced refresh: %v, %d forced; want a refusal and no force_refresh", err, wechat.forcedRefreshes())
 	}
 	clock.Advance(time.Second)
-	if again, err := b.replace(context.Background(), 5*time.Second, forced, errcodeTokenExpired); err != nil || again.value == forced.value || wechat.forcedRefreshes() != 2 {
+	if again, err := b.replace(context.Background(), 5*time.Second, forced, errcodeTokenExpired, secCheckAPI); err != nil || again.value == forced.value || wechat.forcedRefreshes() != 2 {
 		t.Errorf("gateway B 30 s after A's forced refresh: %v, %d forced; want a second force_refresh", err, wechat.forcedRefreshes())
 	}
 	if a.gateway.redis.down.Load() || b.gateway.redis.down.Load() {
@@ -184,12 +185,13 @@ func TestRedisTokenStoreServesWhileRedisIsFrozen(t *testing.T) {
 	defer srv.Resume()
 
 	tok := a.mustToken(t)
-	if !sim.TokenValid(apiAppID, tok.value) || !a.gateway.redis.down.Load() {
+	if !sim.TokenValid(apiAppID, tok.value) {
 		t.Fatal("with Redis frozen, the token was not fetched by the gateway alone")
 	}
+	a.gateway.waitDown(t)
 	// Refused, it is replaced without Redis too, force_refresh included.
 	sim.RevokeTokens(apiAppID)
-	if r, err := a.replace(context.Background(), 5*time.Second, tok, errcodeInvalidCredential); err != nil || !sim.TokenValid(apiAppID, r.value) {
+	if r, err := a.replace(context.Background(), 5*time.Second, tok, errcodeInvalidCredential, secCheckAPI); err != nil || !sim.TokenValid(apiAppID, r.value) {
 		t.Fatalf("with Redis frozen, a refused token was not replaced: %v", err)
 	}
 	if allowed, err := a.store.allowForcedRefresh(context.Background(), clock.Now()); err != nil || !allowed {
@@ -211,6 +213,35 @@ func TestRedisTokenStoreWaiterTakesOverFromAVanishedHolder(t *testing.T) {
 	}
 }
 
+// A token that whoever can write to Redis keeps there past the end of its
+// use (PERSIST on its key) is not handed out: another gateway fetches a new
+// one. openToken refuses it for the expiry sealed inside, whatever the
+// stored fields say.
+func TestRedisTokenStoreRefusesATokenKeptPastItsUse(t *testing.T) {
+	clock := testkit.NewClock(accessTokenEpoch)
+	sim, simURL := newTokenSim(t, clock)
+	rdb, a, b := twoTokenGateways(t, simURL, clock)
+	ctx := context.Background()
+	kept := a.mustToken(t)
+	stored := rdb.Get(ctx, a.store.keys[0]).Val()
+	if err := rdb.Persist(ctx, a.store.keys[0]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.store.openToken(stored, kept.usableUntil().Add(sealClockSkew-time.Millisecond)); err != nil {
+		t.Fatalf("within its expiry, the stored token does not open (%v): the test proves nothing", err)
+	}
+	if _, err := b.store.openToken(stored, kept.usableUntil().Add(sealClockSkew)); err == nil {
+		t.Error("a stored token opened past the expiry sealed inside it")
+	}
+
+	clock.Set(kept.usableUntil().Add(sealClockSkew))
+	calls := sim.CallsTo(stableTokenPath)
+	tok := b.mustToken(t)
+	if tok.value == kept.value || !sim.TokenValid(apiAppID, tok.value) || sim.CallsTo(stableTokenPath) != calls+1 {
+		t.Errorf("past its use, the kept token was handed out (%t), or no new one fetched (%d calls)", tok.value == kept.value, sim.CallsTo(stableTokenPath)-calls)
+	}
+}
+
 func TestRedisTokenStoreDistrustsWhatDoesNotOpen(t *testing.T) {
 	clock := testkit.NewClock(accessTokenEpoch)
 	sim, simURL := newTokenSim(t, clock)
@@ -220,7 +251,7 @@ func TestRedisTokenStoreDistrustsWhatDoesNotOpen(t *testing.T) {
 		{"short", "x"},
 		{"garbage", strings.Repeat("f", 32) + "t" + strings.Repeat("0", 64)},
 		// A token sealed for another key: bound to its own.
-		{"moved", b.store.fleet.hide([]byte("80_moved")) + string(b.store.fleet.seal(sealedToken, "elsewhere", storedToken{Value: "80_moved", ExpiresMS: accessTokenEpoch.Add(time.Hour).UnixMilli()}))},
+		{"moved", b.store.fleet.hide([]byte("80_moved")) + string(b.store.fleet.seal(sealedToken, "elsewhere", storedToken{Value: "80_moved", ExpiresMS: accessTokenEpoch.Add(time.Hour).UnixMilli()}, accessTokenEpoch.Add(time.Hour)))},
 	} {
 		if err := rdb.Set(ctx, a.store.keys[0], tc.stored, time.Hour).Err(); err != nil {
 			t.Fatal(err)
@@ -305,7 +336,7 @@ func TestRedisTokenStoreWorksWithTheDocumentedACL(t *testing.T) {
 	gw := a.gateway
 
 	refused := a.mustToken(t)
-	if _, err := a.replace(ctx, 5*time.Second, refused, errcodeInvalidCredential); err != nil || wechat.forcedRefreshes() != 1 {
+	if _, err := a.replace(ctx, 5*time.Second, refused, errcodeInvalidCredential, secCheckAPI); err != nil || wechat.forcedRefreshes() != 1 {
 		t.Fatalf("a forced refresh: %v", err)
 	}
 	if gw.redis.down.Load() || gw.logs.Len() > 0 {
@@ -328,7 +359,7 @@ func FuzzOpenToken(f *testing.F) {
 	f.Add(strings.Repeat("0", 32) + sealed[32:])
 	f.Add("x")
 	f.Fuzz(func(t *testing.T, stored string) {
-		tok, err := store.openToken(stored)
+		tok, err := store.openToken(stored, accessTokenEpoch)
 		if err != nil {
 			return
 		}
@@ -338,4 +369,33 @@ func FuzzOpenToken(f *testing.F) {
 			t.Fatalf("%q opened to a token the fleet never sealed", stored)
 		}
 	})
+}
+
+// The token's lock lasts the fetch's timeout plus the Redis timeout, the
+// time to store the token: the gateway fetching keeps it to the end, and
+// one that vanished frees it soon after.
+func TestRedisTokenStoreLockLastsTheFetch(t *testing.T) {
+	clock := testkit.NewClock(accessTokenEpoch)
+	sim, _ := newTokenSim(t, clock)
+	gate := testkit.NewGate(t, sim)
+	srv := testkit.StartRedis(t)
+	// Longer than any pause between taking the lock and reading it.
+	const redisTimeout = 3 * time.Second
+	a := newFleetTokenManager(t, gate.URL, clock, srv.Addr(), 0, func(c *RedisConfig) { c.Timeout = caddy.Duration(redisTimeout) })
+	const fetchTimeout = 5 * time.Second
+
+	fetched := make(chan *attemptError, 1)
+	go func() {
+		_, err := a.token(context.Background(), fetchTimeout)
+		fetched <- err
+	}()
+	gate.AwaitArrivals(t, 1)
+	ttl := keyPTTL(t, newTestRedisClient(t, srv.Addr()), "*access-token-lock:*")
+	if ttl <= fetchTimeout || ttl > fetchTimeout+redisTimeout {
+		t.Errorf("the token's lock expires in %v while stable_token is called, want more than %v and at most %v", ttl, fetchTimeout, fetchTimeout+redisTimeout)
+	}
+	gate.Open()
+	if err := <-fetched; err != nil {
+		t.Fatal(err)
+	}
 }

@@ -11,41 +11,47 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// budgetScript charges or checks one budget in one round trip; see the
-// script for the algorithm, the same as the in-memory one.
+// budgetLua defines chargeBudget, the budget algorithm (the same as the
+// in-memory one), for every script that charges a budget.
 //
 //go:embed redis_budget.lua
-var budgetScriptSource string
+var budgetLua string
 
-// go-redis runs it with EVALSHA, and sends the source with EVAL only when
-// the server does not have it yet (after a restart, say).
-var budgetScript = redis.NewScript(budgetScriptSource)
+// budgetScript charges or checks one budget in one round trip. go-redis
+// runs it with EVALSHA, and sends the source with EVAL only when the server
+// does not have it yet (after a restart, say).
+var budgetScript = redis.NewScript(budgetLua + "return chargeBudget(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])")
 
 // redisBudget is a budgetStore shared by a fleet: one Redis hash per key,
 // so the promise of at most Events in any Window holds however the logins
-// spread over the gateways. While Redis is down it answers from memory,
-// under the fleet's share of the limit.
+// spread over the gateways. In front of Redis, the gateway's memory counts
+// every charge the gateway allowed, through Redis or not: while Redis
+// cannot be asked, a fallback share starts from them, and once it answers
+// again, the charges it missed still count at this gateway, so a fallback
+// never lets a player past the limit at one gateway.
 type redisBudget struct {
-	fleet    *fleet
-	prefix   string // of this kind's keys
-	events   int
-	slotMS   int64
-	fallback budgetStore
+	fleet  *fleet
+	prefix string // of this kind's keys
+	events int
+	slotMS int64
+	known  memoryBudget // this gateway's own charges, under the full limit
+	share  memoryBudget // the same charges, under the fleet's share of it
 	// scriptClock is nil except in tests, which drive the script's clock;
 	// otherwise time is the Redis server's.
 	scriptClock func() time.Time
 }
 
 // budget returns the fleet's budgetStore for kind ("player" or "ip") under
-// one handler's limit; table holds the memory fallback's state, shared
+// one handler's limit; table holds this gateway's own charges, shared
 // across reloads like the memory budgets'.
-func (f *fleet) budget(kind string, limit Budget, table *budgetTable, now func() time.Time) budgetStore {
+func (f *fleet) budget(kind string, limit Budget, table *budgetTable, now func() time.Time) *redisBudget {
 	return &redisBudget{
-		fleet:    f,
-		prefix:   f.prefix + "budget:" + kind + ":",
-		events:   limit.Events,
-		slotMS:   budgetSlotMillis(time.Duration(limit.Window)),
-		fallback: newMemoryBudget(table, fleetShare(limit, f.size), now),
+		fleet:  f,
+		prefix: f.prefix + "budget:" + kind + ":",
+		events: limit.Events,
+		slotMS: budgetSlotMillis(time.Duration(limit.Window)),
+		known:  newMemoryBudget(table, limit, now),
+		share:  newMemoryBudget(table, fleetShare(limit, f.size), now),
 	}
 }
 
@@ -69,22 +75,53 @@ func (b *redisBudget) spend(ctx context.Context, key string) (time.Duration, boo
 }
 
 func (b *redisBudget) check(ctx context.Context, key string) (time.Duration, bool) {
-	answer, served := b.run(ctx, "check", key, "0")
+	if wait, ok := b.known.check(ctx, key); !ok {
+		return wait, false
+	}
+	var answer budgetAnswer
+	served := b.fleet.redis.do(ctx, "check", func(ctx context.Context) (err error) {
+		answer, err = budgetAnswerOf(budgetScript.Run(ctx, b.fleet.redis.client, []string{b.key(key)}, b.scriptArgs(false)...))
+		return err
+	})
 	if !served {
-		return b.fallback.check(ctx, key)
+		return b.share.check(ctx, key)
 	}
 	return answer.wait, answer.ok
 }
 
 func (b *redisBudget) reserve(ctx context.Context, key string) (func(), time.Duration, bool) {
-	answer, served := b.run(ctx, "spend", key, "1")
+	return b.reserveThrough(ctx, key, "spend", func(ctx context.Context) (budgetAnswer, error) {
+		return budgetAnswerOf(budgetScript.Run(ctx, b.fleet.redis.client, []string{b.key(key)}, b.scriptArgs(true)...))
+	})
+}
+
+// reserveThrough charges key by op, a Redis operation that charges it (and
+// may do more: store a code's result), behind this gateway's memory of its
+// own charges: refused there, the charge is not asked of Redis; allowed by
+// Redis, it is counted there too. When Redis cannot be asked, the charge
+// is made in memory alone, under the fleet's share.
+func (b *redisBudget) reserveThrough(ctx context.Context, key, operation string, op func(context.Context) (budgetAnswer, error)) (func(), time.Duration, bool) {
+	undoKnown, wait, ok := b.known.reserve(ctx, key)
+	if !ok {
+		return nil, wait, false
+	}
+	var answer budgetAnswer
+	served := b.fleet.redis.do(ctx, operation, func(ctx context.Context) (err error) {
+		answer, err = op(ctx)
+		return err
+	})
 	if !served {
-		return b.fallback.reserve(ctx, key)
+		undoKnown()
+		return b.share.reserve(ctx, key)
 	}
 	if !answer.ok {
+		undoKnown()
 		return nil, answer.wait, false
 	}
-	return onlyOnce(func() { b.refund(key, answer.slot, answer.unitMS, answer.generation) }), 0, true
+	return onlyOnce(func() {
+		undoKnown()
+		b.refund(key, answer.slot, answer.unitMS, answer.generation)
+	}), 0, true
 }
 
 // budgetAnswer is what the budget script said.
@@ -98,30 +135,29 @@ type budgetAnswer struct {
 	slot, unitMS, generation int64
 }
 
-// run runs the budget script; served is false when Redis did not answer,
-// and the fallback must.
-func (b *redisBudget) run(ctx context.Context, operation, key, chargeArg string) (answer budgetAnswer, served bool) {
-	var reply []int64
-	served = b.fleet.redis.do(ctx, operation, func(ctx context.Context) error {
-		var err error
-		reply, err = budgetScript.Run(ctx, b.fleet.redis.client, []string{b.key(key)},
-			b.events, b.slotMS, chargeArg, scriptTime(b.scriptClock), mathrand.Int64N(1<<48)+1).Int64Slice()
-		if err == nil && len(reply) != 2 && len(reply) != 5 {
-			err = fmt.Errorf("the budget script answered %d values, not 2 or 5", len(reply))
-		}
-		return err
-	})
-	if !served {
-		return budgetAnswer{}, false
+// scriptArgs are chargeBudget's arguments after the key, for a charge or
+// a check.
+func (b *redisBudget) scriptArgs(charge bool) []any {
+	chargeArg := "0"
+	if charge {
+		chargeArg = "1"
 	}
-	if reply[0] == 1 {
-		answer = budgetAnswer{ok: true}
-		if len(reply) == 5 {
-			answer.slot, answer.generation, answer.unitMS = reply[2], reply[3], reply[4]
-		}
-		return answer, true
+	return []any{b.events, b.slotMS, chargeArg, scriptTime(b.scriptClock), mathrand.Int64N(1<<48) + 1}
+}
+
+// budgetAnswerOf reads chargeBudget's answer.
+func budgetAnswerOf(cmd *redis.Cmd) (budgetAnswer, error) {
+	reply, err := cmd.Int64Slice()
+	if err != nil {
+		return budgetAnswer{}, err
 	}
-	return budgetAnswer{wait: time.Duration(reply[1]) * time.Millisecond}, true
+	switch {
+	case len(reply) == 5 && reply[0] == 1:
+		return budgetAnswer{ok: true, slot: reply[2], generation: reply[3], unitMS: reply[4]}, nil
+	case len(reply) == 2 && reply[0] == 0:
+		return budgetAnswer{wait: time.Duration(reply[1]) * time.Millisecond}, nil
+	}
+	return budgetAnswer{}, fmt.Errorf("a budget script answered %d values", len(reply))
 }
 
 func (b *redisBudget) key(key string) string { return b.prefix + b.fleet.hide([]byte(key)) }

@@ -16,7 +16,13 @@ import (
 // scriptBudget is a Redis budget whose script runs on clock instead of the
 // server's.
 func scriptBudget(gw gateway, kind string, limit Budget, clock *testkit.Clock) *redisBudget {
-	b := gw.budget(kind, limit, leasedBudgetTable(100), clock.Now).(*redisBudget)
+	return tableScriptBudget(gw, kind, limit, leasedBudgetTable(100), clock)
+}
+
+// tableScriptBudget is scriptBudget counting the gateway's own charges in
+// table: the table its handlers share.
+func tableScriptBudget(gw gateway, kind string, limit Budget, table *budgetTable, clock *testkit.Clock) *redisBudget {
+	b := gw.budget(kind, limit, table, clock.Now)
 	b.scriptClock = clock.Now
 	return b
 }
@@ -54,10 +60,10 @@ func TestRedisBudgetAgreesWithMemoryAcrossWindowLengths(t *testing.T) {
 		{Events: 8, Window: caddy.Duration(6 * time.Second)},
 	}
 	clock := newTestClock()
-	table := leasedBudgetTable(100)
+	table, ownTable := leasedBudgetTable(100), leasedBudgetTable(100)
 	var shared, memory []budgetStore
 	for _, limit := range limits {
-		shared = append(shared, scriptBudget(gw, "player", limit, clock))
+		shared = append(shared, tableScriptBudget(gw, "player", limit, ownTable, clock))
 		memory = append(memory, newMemoryBudget(table, limit, clock.Now))
 	}
 	rng := rand.New(rand.NewPCG(7, 11))
@@ -433,11 +439,59 @@ func TestRedisBudgetRefundAfterTheBudgetWasLost(t *testing.T) {
 	if err := gw.redis.client.FlushAll(ctx).Err(); err != nil { // as a restart empty would
 		t.Fatal(err)
 	}
-	if _, ok := budget.spend(ctx, "oAlice"); !ok {
+	// Another gateway charges the budget made anew (this one still counts
+	// its own charge).
+	other := scriptBudget(newGateway(t, gw.redis.addrs, 1, nil), "player", Budget{Events: 1, Window: caddy.Duration(time.Minute)}, clock)
+	if _, ok := other.spend(ctx, "oAlice"); !ok {
 		t.Fatal("the budget made anew refused")
 	}
 	undo()
-	if _, ok := budget.spend(ctx, "oAlice"); ok {
+	if _, ok := other.spend(ctx, "oAlice"); ok {
 		t.Error("the refund of a lost charge gave back another")
+	}
+}
+
+// The attacker's burst: a player's charges through Redis, then a fallback
+// on the gateway (Redis frozen mid-window), then Redis back. With
+// fleet_size 1 the fallback's share is the whole budget, so a fallback that
+// forgot the charges made through Redis, or a Redis that never heard of
+// the charges made in memory, would let the player have the budget twice
+// in one window. The gateway counts every charge it allowed: never more
+// than the budget in the window, whichever way the gateway serves.
+func TestRedisBudgetFallbackNeverPassesTheBudget(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	gw := newGateway(t, srv.Addr(), 0, nil)
+	limit := Budget{Events: 6, Window: caddy.Duration(time.Minute)}
+	budget := gw.budget("player", limit, leasedBudgetTable(100), time.Now)
+	ctx := context.Background()
+	burst := func(player string, n int) (passed int) {
+		for range n {
+			if _, ok := budget.spend(ctx, player); ok {
+				passed++
+			}
+		}
+		return passed
+	}
+
+	if passed := burst("oAttacker", 10); passed != limit.Events {
+		t.Fatalf("%d of the first burst passed through Redis, want %d", passed, limit.Events)
+	}
+	if passed := burst("oLater", 2); passed != 2 {
+		t.Fatalf("%d of oLater's first logins passed through Redis, want 2", passed)
+	}
+	srv.Freeze()
+	// oLater's logins find Redis silent: served from memory.
+	if passed := burst("oLater", 10); passed != limit.Events-2 {
+		t.Errorf("the fallback let %d of oLater's charges through, want %d: the rest of the budget", passed, limit.Events-2)
+	}
+	gw.waitDown(t)
+	if passed := burst("oAttacker", 10); passed > 0 {
+		t.Errorf("the fallback let %d more charges through after the budget was spent through Redis", passed)
+	}
+
+	srv.Resume()
+	testkit.WaitFor(t, "Redis is used again", func() bool { return !gw.redis.down.Load() })
+	if passed := burst("oLater", 10); passed > 0 {
+		t.Errorf("back on Redis, %d more of oLater's charges passed after the fallback spent the budget", passed)
 	}
 }

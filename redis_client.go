@@ -8,6 +8,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,23 +31,43 @@ var redisClients = caddy.NewUsagePool()
 // One that fails again within redisFlapWindow of coming back (a replica
 // that refuses writes answers PING all the same) is probed half as often
 // each time, up to redisMaxProbeEvery, so that its log lines stay few.
+//
+// A silence is confirmed by a PING that gets no answer within
+// redisConfirmWithin (or the timeout, if longer): far longer than a loaded
+// machine's scheduling delays.
 const (
+	redisConfirmWithin = time.Second
 	redisProbeEvery    = time.Second
 	redisFlapWindow    = time.Minute
 	redisMaxProbeEvery = time.Minute
 )
 
 // redisClient is a Redis connection pool and what this process knows of its
-// health. It starts up; any failed or late operation marks it down, and
-// from then on no login touches it until a background probe finds it
-// answering again.
+// health. It starts up; an operation that Redis refused, or that got no
+// answer while Redis answered nothing else, marks it down, and from then on
+// no login touches it until a background probe finds it answering again.
+// This process being too busy (every connection in use, or its own CPU late
+// to read a reply Redis sent) is not Redis failing: the login it delays is
+// served from memory alone, and Redis stays up for the others.
 type redisClient struct {
 	client  redis.UniversalClient
 	timeout time.Duration
 	addrs   string // for log lines
 	logger  *zap.Logger
 
-	down atomic.Bool
+	// inFlight holds one token per operation running: at most the pool's
+	// connections, so that no operation waits inside go-redis' pool, where
+	// its wait would eat into its own deadline.
+	inFlight chan struct{}
+	// confirmer is one connection of its own, with redisConfirmWithin for
+	// every step (dialling included), for confirmDown.
+	confirmer redis.UniversalClient
+	// lastAnswer is when an operation last got Redis' answer (UnixNano): a
+	// late operation begun before it was late for this process's reasons.
+	lastAnswer atomic.Int64
+
+	down       atomic.Bool
+	confirming atomic.Bool // confirmDown asks Redis
 
 	mu         sync.Mutex // guards the fields below
 	closed     bool
@@ -56,7 +78,10 @@ type redisClient struct {
 	upSince    time.Time     // when the last probe found Redis back
 }
 
-func newRedisClient(s redisSettings, logger *zap.Logger) *redisClient {
+// redisPoolSize is go-redis' own default: ten connections per processor.
+func redisPoolSize() int { return 10 * runtime.GOMAXPROCS(0) }
+
+func newRedisClient(s redisSettings, logger *zap.Logger, poolSize int) *redisClient {
 	opts := &redis.UniversalOptions{
 		Addrs:      s.addrs,
 		Username:   s.username,
@@ -70,6 +95,7 @@ func newRedisClient(s redisSettings, logger *zap.Logger) *redisClient {
 		DialTimeout:           s.timeout,
 		ReadTimeout:           s.timeout,
 		WriteTimeout:          s.timeout,
+		PoolSize:              poolSize,
 		PoolTimeout:           s.timeout,
 		ContextTimeoutEnabled: true,
 		// Redis before 7.2 and Valkey do not know the command that turns
@@ -81,11 +107,17 @@ func newRedisClient(s redisSettings, logger *zap.Logger) *redisClient {
 		// node it dials (Cluster and Sentinel reach several).
 		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	}
+	confirmOpts := *opts
+	confirmOpts.PoolSize, confirmOpts.MaxIdleConns = 1, 1
+	confirmWithin := max(s.timeout, redisConfirmWithin)
+	confirmOpts.DialTimeout, confirmOpts.ReadTimeout, confirmOpts.WriteTimeout, confirmOpts.PoolTimeout = confirmWithin, confirmWithin, confirmWithin, confirmWithin
 	return &redisClient{
 		client:     redis.NewUniversalClient(opts),
+		confirmer:  redis.NewUniversalClient(&confirmOpts),
 		timeout:    s.timeout,
 		addrs:      strings.Join(s.addrs, ","),
 		logger:     logger,
+		inFlight:   make(chan struct{}, poolSize),
 		stop:       make(chan struct{}),
 		probeEvery: redisProbeEvery,
 	}
@@ -102,32 +134,125 @@ func (c *redisClient) Destruct() error {
 	if c.down.Load() {
 		storeMetrics.fallback.Dec()
 	}
-	return c.client.Close()
+	return errors.Join(c.client.Close(), c.confirmer.Close())
 }
 
-// do runs one Redis operation on the login path, bounded by the timeout
-// whatever ctx allows (a client hanging up does not make Redis look
-// broken), and records its latency. It reports false, without calling op,
-// when Redis is marked down, and false when op fails, marking Redis down:
-// either way the caller serves the login from memory. Every operation of
-// both handlers goes through do, never through client directly (only the
-// prober does): so none is made while Redis is down, and every one is
-// counted by store_duration_seconds.
+// do runs one Redis operation on the login path and records its latency.
+// It reports false, without calling op, when Redis is marked down (or its
+// silence is being confirmed) or when no connection came free within the
+// timeout, and false when op fails: either way the caller serves the login
+// from memory. Only Redis failing marks it down (see judge). op runs on
+// its own deadline, the timeout from when it has a connection, whatever
+// ctx allows (a client hanging up does not make Redis look broken). Every
+// operation of both handlers goes through do, never through client
+// directly (only the probes do): so none is made while Redis is down, and
+// every one is counted by store_duration_seconds.
 func (c *redisClient) do(ctx context.Context, operation string, op func(context.Context) error) bool {
-	if c.down.Load() {
+	if !c.usable() {
+		return false
+	}
+	if !c.acquire(operation) {
+		return false
+	}
+	defer func() { <-c.inFlight }()
+	if !c.usable() { // found silent while this one waited
 		return false
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
 	defer cancel()
 	start := time.Now()
 	err := op(ctx)
-	storeMetrics.duration.WithLabelValues(operation).Observe(time.Since(start).Seconds())
-	if err != nil && !errors.Is(err, redis.Nil) {
+	end := time.Now()
+	storeMetrics.duration.WithLabelValues(operation).Observe(end.Sub(start).Seconds())
+	if err == nil || errors.Is(err, redis.Nil) {
+		c.lastAnswer.Store(end.UnixNano())
+		return true
+	}
+	switch c.judge(start, err) {
+	case redisBusy:
+		storeMetrics.saturated.WithLabelValues(operation).Inc()
+	case redisSilent:
+		storeMetrics.errors.WithLabelValues(operation).Inc()
+		c.confirmDown(operation, err)
+	default:
 		storeMetrics.errors.WithLabelValues(operation).Inc()
 		c.markDown(operation, err)
+	}
+	return false
+}
+
+// acquire waits for a connection of the pool to be free, up to
+// redisConfirmWithin (or the timeout, if longer): waiting for this
+// process's own connections is not Redis being slow, and a login served
+// from memory instead may spend a code that another gateway is exchanging.
+// While Redis is silent, the operations holding the connections end within
+// the timeout, and the waiters then find it so.
+func (c *redisClient) acquire(operation string) bool {
+	select {
+	case c.inFlight <- struct{}{}:
+		return true
+	default:
+	}
+	wait := time.NewTimer(max(c.timeout, redisConfirmWithin))
+	defer wait.Stop()
+	select {
+	case c.inFlight <- struct{}{}:
+		return true
+	case <-wait.C:
+		storeMetrics.saturated.WithLabelValues(operation).Inc()
 		return false
 	}
-	return true
+}
+
+// usable reports whether logins may ask Redis: it is neither down nor
+// being confirmed silent.
+func (c *redisClient) usable() bool { return !c.down.Load() && !c.confirming.Load() }
+
+// What an operation's failure says of Redis.
+const (
+	redisFailing = iota // Redis refused it or dropped the connection
+	redisBusy           // this process was late: Redis answered others meanwhile
+	redisSilent         // Redis answered nothing since the operation began
+)
+
+// judge tells Redis failing from this process being late. An operation
+// begun at start that ran out of time says Redis is silent only if Redis
+// has answered no operation since: a busy gateway reads the others'
+// answers, late; a frozen or unreachable Redis answers none.
+func (c *redisClient) judge(start time.Time, err error) int {
+	var netErr net.Error
+	switch {
+	case errors.Is(err, redis.ErrPoolTimeout):
+		return redisBusy
+	case !errors.Is(err, context.DeadlineExceeded) && !(errors.As(err, &netErr) && netErr.Timeout()):
+		return redisFailing
+	case c.lastAnswer.Load() >= start.UnixNano():
+		return redisBusy
+	}
+	return redisSilent
+}
+
+// confirmDown asks Redis once, on a connection of its own, whether it
+// answers, after an operation got no answer while Redis answered no
+// other: on a machine loaded enough, even a lone operation is read late.
+// A Redis that does not answer that either is down. Meanwhile budgets are
+// served from memory, and codes wait for the answer (see whileBusy).
+func (c *redisClient) confirmDown(operation string, cause error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || !c.confirming.CompareAndSwap(false, true) {
+		return
+	}
+	c.probing.Add(1)
+	go func() {
+		defer c.probing.Done()
+		defer c.confirming.Store(false) // after markDown: do sees one or the other
+		start := time.Now()
+		err := c.confirmer.Ping(context.Background()).Err()
+		if err != nil && c.lastAnswer.Load() < start.UnixNano() {
+			c.markDown(operation, cause)
+		}
+	}()
 }
 
 // markDown switches to memory, once however many logins fail together, and
@@ -188,10 +313,11 @@ func (s redisSettings) poolKey() string {
 
 // The store metrics are process-wide like the others (see metrics.go).
 var storeMetrics = struct {
-	once     sync.Once
-	fallback prometheus.Gauge
-	errors   *prometheus.CounterVec
-	duration *prometheus.HistogramVec
+	once      sync.Once
+	fallback  prometheus.Gauge
+	errors    *prometheus.CounterVec
+	saturated *prometheus.CounterVec
+	duration  *prometheus.HistogramVec
 }{}
 
 func registerStoreMetrics(registry *prometheus.Registry) error {
@@ -206,13 +332,17 @@ func registerStoreMetrics(registry *prometheus.Registry) error {
 			Namespace: ns, Subsystem: sub, Name: "store_errors_total",
 			Help: "Redis operations that failed or answered after the timeout, by operation.",
 		}, []string{"operation"})
+		m.saturated = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "store_saturated_total",
+			Help: "Redis operations not made, or late, because this process was too busy (no connection free within the timeout, or a reply read late while Redis answered others): the login was served from memory, and Redis was not marked down. By operation.",
+		}, []string{"operation"})
 		m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: ns, Subsystem: sub, Name: "store_duration_seconds",
 			Help:    "Time of one Redis operation, by operation.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
 		}, []string{"operation"})
 	})
-	return registerAll(registry, m.fallback, m.errors, m.duration)
+	return registerAll(registry, m.fallback, m.errors, m.saturated, m.duration)
 }
 
 // redisLogs sends go-redis' own log lines (one per failed dial, say) to

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -112,9 +114,7 @@ func TestRedisFailureIsLoggedOnceAndRecovers(t *testing.T) {
 			t.Fatal("a login was refused because Redis is frozen")
 		}
 	}
-	if !gw.redis.down.Load() {
-		t.Fatal("a frozen Redis is not marked down")
-	}
+	gw.waitDown(t)
 	if got := gaugeValue(storeMetrics.fallback) - fallbackBefore; got != 1 {
 		t.Errorf("store_fallback rose by %v, want 1", got)
 	}
@@ -138,10 +138,13 @@ func TestRedisFailureIsLoggedOnceAndRecovers(t *testing.T) {
 	}
 }
 
+// A Redis restarted empty is used again, and starts the fleet's budgets
+// afresh; a gateway still counts the charges it made itself.
 func TestRedisRestartedEmptyIsUsedAgain(t *testing.T) {
 	srv := testkit.StartRedis(t)
+	limit := Budget{Events: 3, Window: caddy.Duration(time.Minute)}
 	gw := newGateway(t, srv.Addr(), 0, nil)
-	budget := gw.budget("player", Budget{Events: 3, Window: caddy.Duration(time.Minute)}, leasedBudgetTable(100), time.Now)
+	budget := gw.budget("player", limit, leasedBudgetTable(100), time.Now)
 	ctx := context.Background()
 	for range 3 {
 		budget.spend(ctx, "oAlice")
@@ -155,12 +158,16 @@ func TestRedisRestartedEmptyIsUsedAgain(t *testing.T) {
 	testkit.WaitFor(t, "Redis is used again", func() bool { return !gw.redis.down.Load() })
 	rdb := newTestRedisClient(t, srv.Addr())
 	before := rdb.DBSize(ctx).Val()
+	if _, ok := budget.spend(ctx, "oAlice"); ok {
+		t.Error("the gateway forgot the charges it made when Redis lost them")
+	}
+	other := newGateway(t, srv.Addr(), 1, nil).budget("player", limit, leasedBudgetTable(100), time.Now)
 	for range 3 {
-		if _, ok := budget.spend(ctx, "oAlice"); !ok {
+		if _, ok := other.spend(ctx, "oAlice"); !ok {
 			t.Fatal("the restarted Redis did not start oAlice's budget afresh")
 		}
 	}
-	if _, ok := budget.spend(ctx, "oAlice"); ok {
+	if _, ok := other.spend(ctx, "oAlice"); ok {
 		t.Error("the restarted Redis does not keep the budget")
 	}
 	if rdb.DBSize(ctx).Val() <= before {
@@ -228,17 +235,22 @@ func runEveryScript(t *testing.T, gw gateway) {
 	t.Helper()
 	ctx := context.Background()
 	budget := gw.budget("player", Budget{Events: 5, Window: caddy.Duration(time.Minute)}, leasedBudgetTable(100), time.Now)
-	codes := gw.codes(newLocalCodes(time.Minute), time.Minute, 10*time.Second)
+	codes := gw.fleetCodes(time.Minute)
 	budget.spend(ctx, "oAlice")
 	budget.check(ctx, "oAlice")
 	if undo, _, ok := budget.reserve(ctx, "oAlice"); ok {
 		undo()
 	}
-	lead := func() (Identity, *jsonRefusal) { return fleetIdentity, nil }
+	lead := func(charge chargeFunc) (Identity, *jsonRefusal) { // the player charged with the result stored
+		if _, ok := charge(ctx, fleetIdentity); !ok {
+			t.Fatal("the player's charge was refused")
+		}
+		return fleetIdentity, nil
+	}
 	if _, _, refusal := codes.redeem(ctx, newCodeKey(fleetAppID, fleetCode), lead); refusal != nil {
 		t.Fatal(refusal)
 	}
-	refuse := func() (Identity, *jsonRefusal) {
+	refuse := func(chargeFunc) (Identity, *jsonRefusal) {
 		return Identity{}, &jsonRefusal{status: http.StatusUnauthorized, code: errInvalidCode}
 	}
 	codes.redeem(ctx, newCodeKey(fleetAppID, "refused-code"), refuse)
@@ -312,5 +324,99 @@ func TestFleetWorksThroughSentinel(t *testing.T) {
 	runEveryScript(t, newGateway(t, sentinel.Addr(), 0, func(c *RedisConfig) { c.MasterName = "mymaster" }))
 	if n := newTestRedisClient(t, master.Addr()).DBSize(context.Background()).Val(); n < 2 {
 		t.Errorf("the master holds %d keys: the state went elsewhere", n)
+	}
+}
+
+// withPool gives gw a client of its own with size connections, as a
+// process with that many processors would have.
+func withPool(t *testing.T, gw gateway, size int) {
+	t.Helper()
+	settings, err := (&RedisConfig{Address: []string{gw.redis.addrs}, Timeout: caddy.Duration(gw.redis.timeout)}).resolve(caddy.NewReplacer())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newRedisClient(settings, gw.redis.logger, size)
+	c.probeEvery = gw.redis.probeEvery
+	t.Cleanup(func() { _ = c.Destruct() })
+	gw.redis = c
+}
+
+// A gateway too busy for its own pool (many logins at once over two
+// connections, a 20ms timeout, so that logins wait for a connection longer
+// than the timeout) is not a Redis that failed: Redis stays up, and
+// nothing is logged. A frozen Redis is still found down.
+func TestRedisBusyGatewayIsNotARedisFailure(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	gw := newGateway(t, srv.Addr(), 0, func(c *RedisConfig) { c.Timeout = caddy.Duration(20 * time.Millisecond) })
+	withPool(t, gw, 2)
+	budget := gw.budget("player", Budget{Events: 100, Window: caddy.Duration(time.Minute)}, leasedBudgetTable(1000), time.Now)
+	ctx := context.Background()
+	fallbackBefore := gaugeValue(storeMetrics.fallback)
+
+	var wentDown, overTimeout atomic.Bool
+	stop := time.Now().Add(time.Second)
+	var wg sync.WaitGroup
+	for w := range 200 {
+		wg.Go(func() {
+			for n := 0; time.Now().Before(stop); n++ {
+				start := time.Now()
+				budget.spend(ctx, fmt.Sprintf("oPlayer%d-%d", w, n))
+				if time.Since(start) > gw.redis.timeout {
+					overTimeout.Store(true) // it waited for a connection longer than an operation may take
+				}
+				if gw.redis.down.Load() || gaugeValue(storeMetrics.fallback) != fallbackBefore {
+					wentDown.Store(true)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if wentDown.Load() {
+		t.Error("a busy gateway marked Redis down")
+	}
+	if lines := gw.logs.FilterMessageSnippet("redis failed").Len(); lines > 0 {
+		t.Errorf("%d \"redis failed\" lines for a gateway that was only busy: %v", lines, gw.logs.All()[0].ContextMap())
+	}
+	if !overTimeout.Load() {
+		t.Fatal("no login waited longer than the timeout: the test did not saturate the pool")
+	}
+
+	srv.Freeze()
+	defer srv.Resume()
+	budget.spend(ctx, "oAlice")
+	testkit.WaitFor(t, "the frozen Redis is found down", gw.redis.down.Load)
+}
+
+// A client that hangs up while its login's WeChat call is in flight does
+// not make Redis look broken: the call's result is still stored, no Redis
+// failure is counted, and the gateway stays on Redis.
+func TestClientHangingUpDoesNotMarkRedisDown(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	sim, _ := newTestSim(t)
+	gate := testkit.NewGate(t, sim)
+	h := newTestHandler(t, gate.URL, withRedis(srv.Addr(), defaultRedisTimeout))
+	errorsBefore, fallbackBefore := storeErrorsTotal(), gaugeValue(storeMetrics.fallback)
+
+	ctx, hangUp := context.WithCancel(context.Background())
+	first := goLogin(ctx, h, testLogin{code: "alice.hangup"})
+	gate.AwaitArrivals(t, 1)
+	hangUp()
+	if res := awaitLogin(t, first); res.forwarded() {
+		t.Fatalf("the login whose client hung up was forwarded: %d", res.w.Code)
+	}
+	gate.Open()
+	// The client's retry joins the call, which has stored its result once
+	// it answers.
+	if retry := (testLogin{code: "alice.hangup"}).serve(context.Background(), h).checked(t); !retry.forwarded() {
+		t.Fatalf("the retry: %d %s", retry.w.Code, retry.w.Body)
+	}
+	if got := storeErrorsTotal() - errorsBefore; got != 0 {
+		t.Errorf("store_errors_total rose by %v after a client hung up, want 0", got)
+	}
+	if got := gaugeValue(storeMetrics.fallback) - fallbackBefore; got != 0 {
+		t.Errorf("store_fallback rose by %v after a client hung up: the gateway left Redis", got)
+	}
+	if sim.Calls() != 1 {
+		t.Errorf("WeChat saw %d calls, want 1", sim.Calls())
 	}
 }

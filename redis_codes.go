@@ -9,21 +9,25 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// How a code is redeemed across a fleet. Per code, two keys that hash to
-// one Cluster slot (the {…} tag):
+// How a code is redeemed across a fleet. Per code, two keys (in the app's
+// Cluster slot, as every key of the app is, so that one script can also
+// charge the player):
 //
-//	<prefix>code:{h}  the result: an identity, or for the waiters only, a
-//	                  refusal; sealed, with an expiry
-//	<prefix>lock:{h}  held, with an expiry, by the gateway calling WeChat
+//	<prefix>code:h  the result: an identity, or for the waiters only, a
+//	                refusal; sealed with its expiry inside, and with the
+//	                same expiry on the key
+//	<prefix>lock:h  held, with an expiry, by the gateway calling WeChat
 //
 // A gateway that finds the result uses it; one that takes the lock calls
-// WeChat, stores the result and lets the lock go; the others poll until
-// the result is there, or the lock is gone without one (its holder
-// vanished), in which case they take it themselves.
+// WeChat, then in one round trip charges the player the call proved,
+// stores the result and lets the lock go; the others poll until the result
+// is there, or the lock is gone without one (its holder vanished), in
+// which case they take it themselves.
 
 // claimScript, in one round trip, returns a result the caller accepts
 // (ARGV[3]: "any" for a waiter, "identity" for a new login, "none" when the
-// cache is off), or takes the lock, or says to wait. Taking the lock drops
+// cache is off), or takes the lock (or finds it the caller's already: a
+// claim that ran late), or says to wait. Taking the lock drops
 // an old result (a refusal, or with the cache off an identity), so that
 // the new call's waiters never read it.
 var claimScript = redis.NewScript(`
@@ -34,7 +38,7 @@ if result then
 		return {'result', result}
 	end
 end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) or redis.call('GET', KEYS[2]) == ARGV[1] then
 	if result then
 		redis.call('DEL', KEYS[1])
 	end
@@ -43,21 +47,32 @@ end
 return {'wait'}
 `)
 
-// finishScript stores a result (ARGV[2], if any, for ARGV[3] ms) and lets go
-// of the lock if it is still the caller's (ARGV[1]). A refusal never
-// replaces an identity.
-var finishScript = redis.NewScript(`
-if ARGV[2] ~= '' then
-	if string.sub(ARGV[2], 1, 1) == 'i' then
-		redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+// finishScript ends a call: with a third key, it first charges that
+// player's budget (chargeBudget, with ARGV[5..9]) and answers as
+// chargeBudget does; then it stores the result (ARGV[3], or ARGV[4] when
+// the charge was refused; none when empty) for ARGV[2] ms, and lets go of
+// the lock if it is still the caller's (ARGV[1]). A refusal never replaces
+// an identity. Whatever else is to be kept with a call's result is one
+// more key and value at the end.
+var finishScript = redis.NewScript(budgetLua + `
+local answer, result = {1}, ARGV[3]
+if KEYS[3] then
+	answer = chargeBudget(KEYS[3], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+	if answer[1] == 0 then
+		result = ARGV[4]
+	end
+end
+if result ~= '' then
+	if string.sub(result, 1, 1) == 'i' then
+		redis.call('SET', KEYS[1], result, 'PX', ARGV[2])
 	else
-		redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3], 'NX')
+		redis.call('SET', KEYS[1], result, 'PX', ARGV[2], 'NX')
 	end
 end
 if redis.call('GET', KEYS[2]) == ARGV[1] then
 	redis.call('DEL', KEYS[2])
 end
-return 1
+return answer
 `)
 
 // What a login accepts from the result key, as claimScript's ARGV[3].
@@ -82,18 +97,20 @@ const minResultTTL = time.Second
 type redisCodes struct {
 	fleet       *fleet
 	local       codeStore
-	fresh       string        // what a new login accepts
-	identityTTL time.Duration // of a stored identity
-	lockTTL     time.Duration // of the lock, and of a refusal kept for waiters
+	players     *redisBudget     // charged in the operation that stores a result
+	fresh       string           // what a new login accepts
+	identityTTL time.Duration    // of a stored identity
+	lockTTL     time.Duration    // of the lock, and of a refusal kept for waiters
+	now         func() time.Time // the clock of the expiries sealed in results
 }
 
 // codes returns the fleet's codeStore in front of local (the memory store
 // shared across reloads). lockTTL is the longest an exchange can take,
 // retries included: a lock older than that has lost its holder.
-func (f *fleet) codes(local codeStore, cacheTTL, lockTTL time.Duration) codeStore {
+func (f *fleet) codes(local codeStore, players *redisBudget, cacheTTL, lockTTL time.Duration) codeStore {
 	// The lock outlives the exchange by one Redis operation: storing its result.
 	lockTTL += f.redis.timeout
-	c := &redisCodes{fleet: f, local: local, fresh: acceptIdentity, identityTTL: cacheTTL, lockTTL: lockTTL}
+	c := &redisCodes{fleet: f, local: local, players: players, fresh: acceptIdentity, identityTTL: cacheTTL, lockTTL: lockTTL, now: time.Now}
 	if cacheTTL <= 0 {
 		// Stored only for the waiters of the call that made it.
 		c.fresh, c.identityTTL = acceptNone, lockTTL
@@ -103,12 +120,12 @@ func (f *fleet) codes(local codeStore, cacheTTL, lockTTL time.Duration) codeStor
 	return c
 }
 
-func (c *redisCodes) redeem(ctx context.Context, key codeKey, lead func() (Identity, *jsonRefusal)) (Identity, redeemOutcome, *jsonRefusal) {
+func (c *redisCodes) redeem(ctx context.Context, key codeKey, lead leadFunc) (Identity, redeemOutcome, *jsonRefusal) {
 	// The local store reports redeemedByCall to the login whose function
 	// ran; what that function found in Redis says how it was really redeemed.
 	var shared atomic.Int32
-	id, outcome, refusal := c.local.redeem(ctx, key, func() (Identity, *jsonRefusal) {
-		id, how, refusal := c.redeemShared(ctx, key, lead)
+	id, outcome, refusal := c.local.redeem(ctx, key, func(charge chargeFunc) (Identity, *jsonRefusal) {
+		id, how, refusal := c.redeemShared(ctx, key, lead, charge)
 		shared.Store(int32(how))
 		return id, refusal
 	})
@@ -125,23 +142,24 @@ type codeKeys struct {
 }
 
 func (c *redisCodes) keysFor(key codeKey) codeKeys {
-	tag := "{" + c.fleet.hide(key[:]) + "}"
-	k := codeKeys{result: c.fleet.prefix + "code:" + tag, lock: c.fleet.prefix + "lock:" + tag}
+	h := c.fleet.hide(key[:])
+	k := codeKeys{result: c.fleet.prefix + "code:" + h, lock: c.fleet.prefix + "lock:" + h}
 	k.keys = []string{k.result, k.lock}
 	return k
 }
 
-// redeemShared runs on behalf of every login for key at this gateway.
-func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, lead func() (Identity, *jsonRefusal)) (Identity, redeemOutcome, *jsonRefusal) {
+// redeemShared runs on behalf of every login for key at this gateway;
+// charge is the local store's, for a call made without the fleet.
+func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, lead leadFunc, charge chargeFunc) (Identity, redeemOutcome, *jsonRefusal) {
 	k := c.keysFor(key)
 	token := newUniqueID()
-	claim, ok := c.claim(ctx, k, token, c.fresh)
-	if !ok {
-		return leadAlone(lead)
+	var claim claimReply
+	if !c.whileBusy(func() (ok bool) { claim, ok = c.claim(ctx, k, token, c.fresh); return ok }) {
+		return leadAlone(lead, charge)
 	}
 	switch claim.kind {
 	case "result":
-		return c.answer(k, claim.value, redeemedFromCache, lead)
+		return c.answer(k, claim.value, redeemedFromCache, lead, charge)
 	case "lead":
 		return c.leadForFleet(ctx, k, token, lead)
 	}
@@ -151,45 +169,78 @@ func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, lead func() 
 	for time.Now().Before(deadline) {
 		time.Sleep(pollPause())
 		claim, ok := c.claim(ctx, k, token, acceptAny)
+		if !ok && !c.fleet.redis.down.Load() {
+			continue // this gateway was busy: look again
+		}
 		if !ok {
 			break
 		}
 		switch claim.kind {
 		case "result":
-			return c.answer(k, claim.value, redeemedByJoining, lead)
+			return c.answer(k, claim.value, redeemedByJoining, lead, charge)
 		case "lead":
 			return c.leadForFleet(ctx, k, token, lead)
 		}
 	}
-	return leadAlone(lead)
+	return leadAlone(lead, charge)
+}
+
+// whileBusy runs op until it succeeds, again while Redis is not down (the
+// gateway was busy, or is confirming that Redis is silent), for up to
+// lockTTL: a login that leads alone instead may spend a code that another
+// gateway is exchanging, and a result left unstored makes the other
+// gateways' logins wait it out.
+func (c *redisCodes) whileBusy(op func() bool) bool {
+	deadline := time.Now().Add(c.lockTTL)
+	for !op() {
+		if c.fleet.redis.down.Load() || time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(pollPause())
+	}
+	return true
 }
 
 // leadAlone calls WeChat without the fleet: Redis is down, or said nothing
 // usable.
-func leadAlone(lead func() (Identity, *jsonRefusal)) (Identity, redeemOutcome, *jsonRefusal) {
-	id, refusal := lead()
+func leadAlone(lead leadFunc, charge chargeFunc) (Identity, redeemOutcome, *jsonRefusal) {
+	id, refusal := lead(charge)
 	return id, redeemedByCall, refusal
 }
 
 // leadForFleet calls WeChat holding the lock and stores the result for the
-// other gateways.
-func (c *redisCodes) leadForFleet(ctx context.Context, k codeKeys, token string, lead func() (Identity, *jsonRefusal)) (Identity, redeemOutcome, *jsonRefusal) {
-	id, refusal := lead()
+// other gateways: in the operation that charges the player, when the call
+// proved one to charge.
+func (c *redisCodes) leadForFleet(ctx context.Context, k codeKeys, token string, lead leadFunc) (Identity, redeemOutcome, *jsonRefusal) {
+	finished := false
+	id, refusal := lead(func(ctx context.Context, id Identity) (time.Duration, bool) {
+		_, wait, ok := c.players.reserveThrough(ctx, id.OpenID, "finish", func(ctx context.Context) (budgetAnswer, error) {
+			keys := append(k.keys, c.players.key(id.OpenID))
+			args := append([]any{token, c.identityTTL.Milliseconds(), c.sealIdentity(k, id, false), c.sealIdentity(k, id, true)}, c.players.scriptArgs(true)...)
+			custody := c.fleet.sessionKeyWrite(id.OpenID, id.SessionKey, time.Now())
+			answer, err := budgetAnswerOf(custody.runWith(ctx, c.fleet.redis.client, finishScript, keys, args...))
+			finished = err == nil
+			return answer, err
+		})
+		return wait, ok
+	})
 	if refusal != nil && refusal.code == errCodeUsed && c.fresh == acceptIdentity {
 		// A gateway whose lock ran out may have spent the code and stored
 		// what it proved.
 		if claim, ok := c.claim(ctx, k, token, acceptIdentity); ok && claim.kind == "result" {
-			if stored, _, err := c.openResult(k, claim.value); err == nil {
+			if stored, _, _, err := c.openResult(k, claim.value); err == nil {
 				c.finish(ctx, k, token, nil, 0, nil)
 				return stored, redeemedFromCache, nil
 			}
 		}
 	}
-	if id.OpenID != "" {
+	switch {
+	case finished:
+	case id.OpenID != "":
 		// Stored even alongside a refusal (a player over budget): the code
 		// is spent at WeChat, and a retry elsewhere must find its result.
-		c.finish(ctx, k, token, c.sealIdentity(k, id, refusal), c.identityTTL, c.fleet.sessionKeyWrite(id.OpenID, id.SessionKey, time.Now()))
-	} else {
+		c.finish(ctx, k, token, c.sealIdentity(k, id, refusal != nil), c.identityTTL, c.fleet.sessionKeyWrite(id.OpenID, id.SessionKey, time.Now()))
+	default:
 		c.finish(ctx, k, token, c.sealRefusal(k, refusal), c.lockTTL, nil)
 	}
 	return id, redeemedByCall, refusal
@@ -205,40 +256,43 @@ func (c *redisCodes) claim(ctx context.Context, k codeKeys, token, accept string
 	return claim, ok
 }
 
-// finish stores result (none when nil) and releases the lock, and makes
-// the custody write, if any, in the same round trip.
+// finish stores result (none when nil) and releases the lock, charging
+// nobody, and makes the custody write, if any, in the same round trip; it
+// is safe to repeat.
 func (c *redisCodes) finish(ctx context.Context, k codeKeys, token string, result []byte, ttl time.Duration, custody *sessionKeyWrite) {
-	c.fleet.redis.do(ctx, "finish", func(ctx context.Context) error {
-		if custody != nil {
-			return custody.alongside(ctx, c.fleet.redis.client, finishScript, k.keys, token, result, ttl.Milliseconds())
-		}
-		return finishScript.Run(ctx, c.fleet.redis.client, k.keys, token, result, ttl.Milliseconds()).Err()
+	c.whileBusy(func() bool {
+		return c.fleet.redis.do(ctx, "finish", func(ctx context.Context) error {
+			return custody.runWith(ctx, c.fleet.redis.client, finishScript, k.keys, token, ttl.Milliseconds(), result).Err()
+		})
 	})
 }
 
 // answer turns a stored result into the login's answer; one that does not
 // open (written under another secret, or tampered with) is not trusted and
 // the code is redeemed at WeChat instead. A waiter gets what the call's own
-// logins got; a login served from the cache gets the identity alone, which
-// the login checks against the budget as it is now.
-func (c *redisCodes) answer(k codeKeys, stored string, outcome redeemOutcome, lead func() (Identity, *jsonRefusal)) (Identity, redeemOutcome, *jsonRefusal) {
-	id, refusal, err := c.openResult(k, stored)
+// logins got, except that an identity whose player was over budget is
+// answered as from the cache: alone, for the login to check against the
+// budget as it is now (which gives the wait), as every login served from
+// the cache is.
+func (c *redisCodes) answer(k codeKeys, stored string, outcome redeemOutcome, lead leadFunc, charge chargeFunc) (Identity, redeemOutcome, *jsonRefusal) {
+	id, overBudget, refusal, err := c.openResult(k, stored)
 	if err != nil {
-		return leadAlone(lead)
+		return leadAlone(lead, charge)
 	}
-	if outcome == redeemedFromCache && id.OpenID != "" {
-		refusal = nil
+	if overBudget {
+		outcome = redeemedFromCache
 	}
 	return id, outcome, refusal
 }
 
-// storedResult is what the result key holds, sealed: an identity (with the
-// refusal its call's logins got, if any: a player over budget), or a
-// refusal alone, for the waiters.
+// storedResult is what the result key holds, sealed: an identity (marked
+// if its player was over budget when the call proved it), or a refusal
+// alone, for the waiters.
 type storedResult struct {
 	OpenID       string `json:"openid,omitempty"`
 	UnionID      string `json:"unionid,omitempty"`
 	SessionKey   string `json:"session_key,omitempty"`
+	OverBudget   bool   `json:"over_budget,omitempty"`
 	Status       int    `json:"status,omitempty"`
 	Code         string `json:"code,omitempty"`
 	Message      string `json:"message,omitempty"`
@@ -246,53 +300,39 @@ type storedResult struct {
 	RetryAfterMS int64  `json:"retry_after_ms,omitempty"`
 }
 
-func (c *redisCodes) sealIdentity(k codeKeys, id Identity, refusal *jsonRefusal) []byte {
-	r := storedRefusal(refusal)
-	r.OpenID, r.UnionID, r.SessionKey = id.OpenID, id.UnionID, id.SessionKey
-	return c.fleet.seal(resultIdentity, k.result, r)
+func (c *redisCodes) sealIdentity(k codeKeys, id Identity, overBudget bool) []byte {
+	r := storedResult{OpenID: id.OpenID, UnionID: id.UnionID, SessionKey: id.SessionKey, OverBudget: overBudget}
+	return c.fleet.seal(resultIdentity, k.result, r, c.now().Add(c.identityTTL))
 }
 
 func (c *redisCodes) sealRefusal(k codeKeys, e *jsonRefusal) []byte {
-	return c.fleet.seal(resultRefusal, k.result, storedRefusal(e))
-}
-
-// storedRefusal is e's part of a stored result (none when e is nil).
-func storedRefusal(e *jsonRefusal) storedResult {
-	if e == nil {
-		return storedResult{}
-	}
 	r := storedResult{Status: e.status, Code: e.code, Message: e.message, RetryAfterMS: e.retryAfter.Milliseconds()}
 	if e.hasErrcode {
 		r.Errcode = &e.errcode
 	}
-	return r
+	return c.fleet.seal(resultRefusal, k.result, r, c.now().Add(c.lockTTL))
 }
 
-func (c *redisCodes) openResult(k codeKeys, stored string) (Identity, *jsonRefusal, error) {
+func (c *redisCodes) openResult(k codeKeys, stored string) (id Identity, overBudget bool, refusal *jsonRefusal, err error) {
 	var r storedResult
-	if err := c.fleet.open(k.result, stored, &r); err != nil {
-		return Identity{}, nil, err
+	if err := c.fleet.open(k.result, stored, &r, c.now()); err != nil {
+		return Identity{}, false, nil, err
 	}
-	if (r.Status != 0) != (r.Code != "") {
-		return Identity{}, nil, errors.New("a stored refusal with a status and no code, or a code and no status")
-	}
-	var refusal *jsonRefusal
-	if r.Status != 0 {
-		refusal = &jsonRefusal{status: r.Status, code: r.Code, message: r.Message, retryAfter: time.Duration(r.RetryAfterMS) * time.Millisecond}
-		if r.Errcode != nil {
-			refusal.errcode, refusal.hasErrcode = *r.Errcode, true
+	if stored[0] == resultIdentity {
+		id = Identity{OpenID: r.OpenID, UnionID: r.UnionID, SessionKey: r.SessionKey}
+		if !id.wellFormed() {
+			// Written by a gateway that did not check what WeChat sent (an
+			// older version), or by whoever holds the secret.
+			return Identity{}, false, nil, errors.New("a stored identity unlike WeChat's")
 		}
+		return id, r.OverBudget, nil, nil
 	}
-	id := Identity{OpenID: r.OpenID, UnionID: r.UnionID, SessionKey: r.SessionKey}
-	switch {
-	case stored[0] == resultIdentity && !id.wellFormed():
-		// Written by a gateway that did not check what WeChat sent (an
-		// older version), or by whoever holds the secret.
-		return Identity{}, nil, errors.New("a stored identity unlike WeChat's")
-	case stored[0] == resultIdentity:
-		return id, refusal, nil
-	case refusal == nil:
-		return Identity{}, nil, errors.New("a stored refusal that refuses nothing")
+	if r.Status == 0 || r.Code == "" {
+		return Identity{}, false, nil, errors.New("a stored refusal without a status or a code")
 	}
-	return Identity{}, refusal, nil
+	refusal = &jsonRefusal{status: r.Status, code: r.Code, message: r.Message, retryAfter: time.Duration(r.RetryAfterMS) * time.Millisecond}
+	if r.Errcode != nil {
+		refusal.errcode, refusal.hasErrcode = *r.Errcode, true
+	}
+	return Identity{}, false, refusal, nil
 }

@@ -2,6 +2,7 @@ package wechatlogin
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -20,21 +21,32 @@ import (
 // gatewayCodes is gateway n's code store on the Redis at addr.
 func gatewayCodes(t testing.TB, addr string, n int, cacheTTL time.Duration) (gateway, *redisCodes) {
 	gw := newGateway(t, addr, n, nil)
-	return gw, gw.codes(newLocalCodes(cacheTTL), cacheTTL, 10*time.Second).(*redisCodes)
+	return gw, gw.fleetCodes(cacheTTL)
 }
 
-// twoGateways starts a Redis and the code stores of two gateways on it,
-// and returns them with a client to look inside Redis.
-func twoGateways(t *testing.T, cacheTTL time.Duration) (rdb *redis.Client, a, b *redisCodes) {
+// gatewaysOnOneRedis starts a Redis and the code stores of n gateways on
+// it, and returns them with a client to look inside Redis.
+func gatewaysOnOneRedis(t *testing.T, cacheTTL time.Duration, n int) (*redis.Client, []*redisCodes) {
 	t.Helper()
 	srv := testkit.StartRedis(t)
-	_, a = gatewayCodes(t, srv.Addr(), 0, cacheTTL)
-	_, b = gatewayCodes(t, srv.Addr(), 1, cacheTTL)
-	return newTestRedisClient(t, srv.Addr()), a, b
+	codes := make([]*redisCodes, n)
+	for i := range codes {
+		_, codes[i] = gatewayCodes(t, srv.Addr(), i, cacheTTL)
+	}
+	return newTestRedisClient(t, srv.Addr()), codes
+}
+
+// twoGateways is gatewaysOnOneRedis of two gateways.
+func twoGateways(t *testing.T, cacheTTL time.Duration) (rdb *redis.Client, a, b *redisCodes) {
+	t.Helper()
+	rdb, codes := gatewaysOnOneRedis(t, cacheTTL, 2)
+	return rdb, codes[0], codes[1]
 }
 
 // countingLead is WeChat for a test: it counts its calls and answers with
-// identity and refusal (both, for a player over budget), once released.
+// identity or refusal once released, charging the identity's player as
+// the handler does (a player over budget gets the identity and the
+// budget's refusal).
 type countingLead struct {
 	calls    atomic.Int32
 	started  chan struct{} // closed at the first call
@@ -56,10 +68,15 @@ func released(id Identity, refusal *jsonRefusal) *countingLead {
 	return l
 }
 
-func (l *countingLead) lead() (Identity, *jsonRefusal) {
+func (l *countingLead) lead(charge chargeFunc) (Identity, *jsonRefusal) {
 	l.calls.Add(1)
 	l.once.Do(func() { close(l.started) })
 	<-l.release
+	if l.identity.OpenID != "" {
+		if wait, ok := charge(context.Background(), l.identity); !ok {
+			return l.identity, playerRateLimited(wait)
+		}
+	}
 	return l.identity, l.refusal
 }
 
@@ -138,13 +155,7 @@ func TestRedisCodesRetryOnAnotherGatewayIsServedFromCache(t *testing.T) {
 		t.Fatalf("first login: %v %v", outcome, refusal)
 	}
 	// The client did not get the answer and retries; the balancer picks B.
-	id, outcome, refusal := b.redeem(ctx, key, wechat.lead)
-	if refusal != nil || id != fleetIdentity || outcome != redeemedFromCache {
-		t.Fatalf("retry at gateway B: %+v %v %v", id, outcome, refusal)
-	}
-	if calls := wechat.calls.Load(); calls != 1 {
-		t.Errorf("%d WeChat calls, want 1: the retry spent the code again (40163)", calls)
-	}
+	wantRetryFromCache(t, b, key, wechat, 1)
 }
 
 func TestRedisCodesRefusalReachesWaitersButIsNotCached(t *testing.T) {
@@ -178,32 +189,31 @@ func TestRedisCodesRefusalReachesWaitersButIsNotCached(t *testing.T) {
 // its identity is shared, so that the client's retry at another gateway is
 // answered from it (and checked against the budget there), not with a new
 // call and 40163. The logins of the call itself get the refusal, as in
-// memory.
+// memory; a login at another gateway that waited on the call gets the
+// identity as from the cache, for the same check.
 func TestRedisCodesOverBudgetIdentityIsSharedForRetries(t *testing.T) {
-	srv := testkit.StartRedis(t)
-	rdb := newTestRedisClient(t, srv.Addr())
-	_, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
-	_, b := gatewayCodes(t, srv.Addr(), 1, time.Minute)
-	_, c := gatewayCodes(t, srv.Addr(), 2, time.Minute)
+	rdb, codes := gatewaysOnOneRedis(t, time.Minute, 3)
+	a, b, c := codes[0], codes[1], codes[2]
+	ctx := context.Background()
+	for range codesPlayerLimit.Events {
+		c.players.spend(ctx, fleetIdentity.OpenID) // at another gateway: A's memory knows none
+	}
 	key := newCodeKey(fleetAppID, fleetCode)
-	overBudget := playerRateLimited(time.Minute)
-	wechat := newCountingLead(fleetIdentity, overBudget)
+	wechat := newCountingLead(fleetIdentity, nil)
 
 	first := redeemIn(a, key, wechat)
 	waiter := joinInFlight(t, rdb, b, key, wechat, 1)[0]
 	close(wechat.release)
-	for name, r := range map[string]redeemed{"A": <-first, "B": <-waiter} {
-		if r.refusal == nil || r.refusal.code != errRateLimited {
-			t.Errorf("gateway %s, in the call: %+v, want the budget's refusal", name, r)
-		}
+	if r := <-first; r.refusal == nil || r.refusal.code != errRateLimited || r.refusal.retryAfter <= 0 {
+		t.Errorf("gateway A, which made the call: %+v, want the budget's refusal", r)
 	}
-	id, outcome, refusal := c.redeem(context.Background(), key, wechat.lead)
-	if refusal != nil || id != fleetIdentity || outcome != redeemedFromCache {
-		t.Errorf("the retry at gateway C: %+v %v %v, want the shared identity, from the cache", id, outcome, refusal)
+	if r := <-waiter; r.refusal != nil || r.id != fleetIdentity || r.outcome != redeemedFromCache {
+		t.Errorf("gateway B, which waited on the call: %+v, want the identity as from the cache", r)
 	}
-	if calls := wechat.calls.Load(); calls != 1 {
-		t.Errorf("%d WeChat calls, want 1: the retry spent the code again (40163)", calls)
+	if _, ok := b.players.check(ctx, fleetIdentity.OpenID); ok {
+		t.Error("the budget's check lets the waiter in")
 	}
+	wantRetryFromCache(t, c, key, wechat, 1)
 }
 
 func TestRedisCodesWaiterTakesOverFromAVanishedHolder(t *testing.T) {
@@ -240,8 +250,8 @@ func TestRedisCodesCodeUsedLooksForAnotherGatewaysResult(t *testing.T) {
 	k := a.keysFor(key)
 	// B calls WeChat and hears 40163: gateway A (whose lock had run out)
 	// spent the code and stored the identity meanwhile.
-	usedAtWeChat := func() (Identity, *jsonRefusal) {
-		rdb.Set(context.Background(), k.result, a.sealIdentity(k, fleetIdentity, nil), time.Minute)
+	usedAtWeChat := func(chargeFunc) (Identity, *jsonRefusal) {
+		rdb.Set(context.Background(), k.result, a.sealIdentity(k, fleetIdentity, false), time.Minute)
 		return Identity{}, newRefusal(http.StatusUnauthorized, errCodeUsed, "the login code was already used")
 	}
 	id, outcome, refusal := b.redeem(context.Background(), key, usedAtWeChat)
@@ -290,7 +300,7 @@ func TestRedisCodesStoredIdentityIsCheckedAsWechatsIs(t *testing.T) {
 	ctx := context.Background()
 	key := newCodeKey(fleetAppID, fleetCode)
 	k := a.keysFor(key)
-	rdb.Set(ctx, k.result, a.sealIdentity(k, Identity{OpenID: "oAlice\r\nX-Wx-Openid: oMallory"}, nil), time.Minute)
+	rdb.Set(ctx, k.result, a.sealIdentity(k, Identity{OpenID: "oAlice\r\nX-Wx-Openid: oMallory"}, false), time.Minute)
 	id, outcome, refusal := a.redeem(ctx, key, released(fleetIdentity, nil).lead)
 	if refusal != nil || id != fleetIdentity || outcome != redeemedByCall {
 		t.Fatalf("a stored identity WeChat could not have sent was used: %+v %v %v", id, outcome, refusal)
@@ -316,6 +326,79 @@ func TestRedisCodesResultIsBoundToItsCode(t *testing.T) {
 	}
 }
 
+// A result that whoever can write to Redis keeps past its expiry (PERSIST
+// on the key, or SET again once Redis dropped it) is not served: the
+// expiry sealed inside it has passed, so the next login with the code asks
+// WeChat, which says what it says of a spent code. Within its expiry (and
+// the clock skew allowed) it serves, as the control. A result an older
+// gateway sealed without an expiry inside does not open either.
+func TestRedisCodesResultKeptPastItsExpiryIsRefused(t *testing.T) {
+	const cacheTTL = time.Minute
+	used := newRefusal(http.StatusUnauthorized, errCodeUsed, "the login code was already used")
+	for _, keep := range []struct {
+		name string
+		keep func(ctx context.Context, rdb *redis.Client, key, captured string) error
+	}{
+		{"PERSIST", func(ctx context.Context, rdb *redis.Client, key, _ string) error { return rdb.Persist(ctx, key).Err() }},
+		{"SET again", func(ctx context.Context, rdb *redis.Client, key, captured string) error {
+			rdb.Del(ctx, key) // as Redis does once the key's expiry passes
+			return rdb.Set(ctx, key, captured, 0).Err()
+		}},
+	} {
+		t.Run(keep.name, func(t *testing.T) {
+			srv := testkit.StartRedis(t)
+			rdb := newTestRedisClient(t, srv.Addr())
+			clock := testkit.NewClock(time.Now())
+			gateways := make([]*redisCodes, 3)
+			for n := range gateways {
+				_, gateways[n] = gatewayCodes(t, srv.Addr(), n, cacheTTL)
+				gateways[n].now = clock.Now
+			}
+			ctx := context.Background()
+			key := newCodeKey(fleetAppID, fleetCode)
+			result := gateways[0].keysFor(key).result
+			if _, _, refusal := gateways[0].redeem(ctx, key, released(fleetIdentity, nil).lead); refusal != nil {
+				t.Fatal(refusal)
+			}
+			captured := rdb.Get(ctx, result).Val()
+
+			clock.Advance(cacheTTL + sealClockSkew - time.Millisecond)
+			if err := keep.keep(ctx, rdb, result, captured); err != nil {
+				t.Fatal(err)
+			}
+			control := released(Identity{}, used)
+			if id, outcome, _ := gateways[1].redeem(ctx, key, control.lead); outcome != redeemedFromCache || id.OpenID != fleetIdentity.OpenID || control.calls.Load() != 0 {
+				t.Fatalf("within its expiry, the result was not served (%+v %v, %d WeChat calls): the test proves nothing", id, outcome, control.calls.Load())
+			}
+
+			clock.Advance(time.Millisecond)
+			if err := keep.keep(ctx, rdb, result, captured); err != nil {
+				t.Fatal(err)
+			}
+			wechat := released(Identity{}, used)
+			id, outcome, refusal := gateways[2].redeem(ctx, key, wechat.lead)
+			if id.OpenID != "" || outcome != redeemedByCall || refusal == nil || refusal.code != errCodeUsed || wechat.calls.Load() != 1 {
+				t.Errorf("past its expiry: %+v %v %v after %d WeChat calls; want WeChat asked, and its code_used", id, outcome, refusal, wechat.calls.Load())
+			}
+		})
+	}
+
+	t.Run("sealed by an older gateway, without an expiry inside", func(t *testing.T) {
+		rdb, a, b := twoGateways(t, cacheTTL)
+		ctx := context.Background()
+		key := newCodeKey(fleetAppID, fleetCode)
+		k := a.keysFor(key)
+		plain, _ := json.Marshal(storedResult{OpenID: "oOlderGateway"})
+		nonce := make([]byte, a.fleet.sealer.NonceSize())
+		older := a.fleet.sealer.Seal(append([]byte{resultIdentity}, nonce...), nonce, plain, append([]byte{resultIdentity}, k.result...))
+		rdb.Set(ctx, k.result, older, time.Minute)
+		wechat := released(fleetIdentity, nil)
+		if id, outcome, refusal := b.redeem(ctx, key, wechat.lead); id != fleetIdentity || outcome != redeemedByCall || refusal != nil || wechat.calls.Load() != 1 {
+			t.Errorf("a result without an expiry inside: %+v %v %v after %d WeChat calls; want WeChat's answer", id, outcome, refusal, wechat.calls.Load())
+		}
+	})
+}
+
 func TestRedisCodesServeWhileRedisIsDown(t *testing.T) {
 	srv := testkit.StartRedis(t)
 	gw, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
@@ -328,7 +411,8 @@ func TestRedisCodesServeWhileRedisIsDown(t *testing.T) {
 	if refusal != nil || id != fleetIdentity || outcome != redeemedByCall {
 		t.Fatalf("with Redis frozen: %+v %v %v", id, outcome, refusal)
 	}
-	if !gw.redis.down.Load() || gaugeValue(storeMetrics.fallback) != fallbackBefore+1 {
+	gw.waitDown(t)
+	if gaugeValue(storeMetrics.fallback) != fallbackBefore+1 {
 		t.Error("the fallback is not shown")
 	}
 	// The gateway's own cache still serves the retry.
@@ -398,14 +482,14 @@ func TestNothingReadableInRedis(t *testing.T) {
 // each costs: on a machine whose cores Redis shares with the gateways, that
 // time, not the latency, is what bounds the fleet's logins per second.
 func BenchmarkRedeemFreshCode(b *testing.B) {
-	lead := func() (Identity, *jsonRefusal) { return fleetIdentity, nil }
+	lead := func(chargeFunc) (Identity, *jsonRefusal) { return fleetIdentity, nil }
 	b.Run("memory", func(b *testing.B) {
-		reportCPU(b, nil, func() { benchmarkRedeem(b, newLocalCodes(time.Minute), lead) })
+		reportCPU(b, nil, func() { benchmarkRedeem(b, newLocalCodes(time.Minute, unlimited{}), lead) })
 	})
 	b.Run("redis", func(b *testing.B) {
 		srv := testkit.StartRedis(b)
 		gw := newGateway(b, srv.Addr(), 0, func(c *RedisConfig) { c.Timeout = caddy.Duration(time.Second) })
-		codes := gw.codes(newLocalCodes(time.Minute), time.Minute, 10*time.Second)
+		codes := gw.fleetCodes(time.Minute)
 		reportCPU(b, srv, func() { benchmarkRedeem(b, codes, lead) })
 		if gw.redis.down.Load() {
 			b.Fatal("Redis failed during the benchmark: the numbers are memory's")
@@ -413,7 +497,7 @@ func BenchmarkRedeemFreshCode(b *testing.B) {
 	})
 }
 
-func benchmarkRedeem(b *testing.B, codes codeStore, lead func() (Identity, *jsonRefusal)) {
+func benchmarkRedeem(b *testing.B, codes codeStore, lead func(chargeFunc) (Identity, *jsonRefusal)) {
 	ctx := context.Background()
 	var n atomic.Int64
 	b.RunParallel(func(pb *testing.PB) {
@@ -443,4 +527,56 @@ func redisCalls(t testing.TB, rdb *redis.Client, command string) int {
 		}
 	}
 	return 0
+}
+
+// A refusal never replaces a stored identity: gateway A's lock ran out
+// while its call was slow, gateway B took the code and heard WeChat time
+// out, and A stored the identity before B stored its refusal. A retry at a
+// third gateway gets A's identity, with no WeChat call (which would answer
+// 40163).
+func TestRedisCodesRefusalNeverReplacesAnIdentity(t *testing.T) {
+	rdb, codes := gatewaysOnOneRedis(t, time.Minute, 3)
+	a, b, c := codes[0], codes[1], codes[2]
+	key := newCodeKey(fleetAppID, fleetCode)
+
+	wechatA := newCountingLead(fleetIdentity, nil)
+	atA := redeemIn(a, key, wechatA)
+	<-wechatA.started
+	rdb.Del(context.Background(), a.keysFor(key).lock) // its expiry, without waiting for it
+	wechatB := newCountingLead(Identity{}, newRefusal(http.StatusGatewayTimeout, errWechatTimeout, "WeChat did not answer in time"))
+	atB := redeemIn(b, key, wechatB)
+	<-wechatB.started
+	close(wechatA.release)
+	if got := <-atA; got.id != fleetIdentity {
+		t.Fatalf("gateway A: %+v", got)
+	}
+	close(wechatB.release)
+	<-atB
+	wantRetryFromCache(t, c, key, released(fleetIdentity, nil), 0)
+}
+
+// The lock on a code lasts the exchange's longest time (every attempt and
+// backoff) plus the Redis timeout, the time to store the result: the
+// gateway calling WeChat keeps it to the end, and one that vanished frees
+// it soon after.
+func TestRedisCodesLockLastsTheLongestExchange(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	sim, _ := newTestSim(t)
+	gate := testkit.NewGate(t, sim)
+	// Longer than any pause between taking the lock and reading it.
+	const redisTimeout = 3 * time.Second
+	h := newTestHandler(t, gate.URL, withRedis(srv.Addr(), redisTimeout), func(h *Handler) {
+		h.Timeout = caddy.Duration(2 * time.Second)
+		h.Retry = &RetryConfig{Attempts: 2, Base: caddy.Duration(100 * time.Millisecond), Max: caddy.Duration(100 * time.Millisecond)}
+	})
+	const longestExchange = 2*time.Second + 100*time.Millisecond + 2*time.Second // as docs/configuration.md counts it
+
+	login := goLogin(context.Background(), h, testLogin{code: "alice.lock"})
+	gate.AwaitArrivals(t, 1)
+	ttl := keyPTTL(t, newTestRedisClient(t, srv.Addr()), "*:lock:*")
+	if ttl <= longestExchange || ttl > longestExchange+redisTimeout {
+		t.Errorf("the code's lock expires in %v while WeChat is called, want more than %v and at most %v", ttl, longestExchange, longestExchange+redisTimeout)
+	}
+	gate.Open()
+	awaitLogin(t, login)
 }

@@ -171,8 +171,12 @@ func checkRedisTimeout(t caddy.Duration) error {
 func checkFleetSize(n int) error { return checkRange("fleet_size", n, 1, maxFleetSize) }
 
 // checkRedisKeyPrefix refuses braces: Redis Cluster hashes the first {…} of
-// a key, and a code's result and lock keys must hash alike.
+// a key, and a code's result and lock keys must hash alike. Keys appear in
+// Redis's logs and tools: visible ASCII only.
 func checkRedisKeyPrefix(p string) error {
+	if err := checkVisibleASCII("key_prefix", p); err != nil {
+		return err
+	}
 	if strings.ContainsAny(p, "{}") {
 		return fmt.Errorf("key_prefix must not contain { or }: Redis Cluster reads them as a hash tag")
 	}
@@ -268,15 +272,17 @@ func withDefaultPort(hostPort string) (string, error) {
 	if err != nil {
 		// No port: the whole is the host (an IPv6 host must be bracketed).
 		host, port = strings.TrimSuffix(strings.TrimPrefix(hostPort, "["), "]"), defaultRedisPort
-		if strings.ContainsAny(host, "[]/@ ") {
-			return "", errors.New("not host:port")
-		}
 	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return "", fmt.Errorf("port %q is not a port number", port)
-	}
+	// Neither part is repeated: "password@host:port" would be read as a
+	// host, and "user:password@host" as a host and a port.
 	if host == "" {
 		return "", errors.New("no host")
+	}
+	if !isVisibleASCII(host, len(host)) || strings.ContainsAny(host, "[]/@") {
+		return "", errors.New("not host:port: a host has no @, / or spaces (a password goes in the password setting, or in a redis:// URL)")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return "", errors.New("the port is not a port number")
 	}
 	return net.JoinHostPort(host, port), nil
 }

@@ -65,8 +65,18 @@ func TestParseRedisBlockErrorsNameTheLine(t *testing.T) {
 		{"address", "redis: address: missing value"},
 		{"address redis://h:6379?dial_timeout=1s", "redis: address 1: URL options are not supported"},
 		{"address http://h:6379", `redis: address 1: scheme "http" is not redis or rediss`},
-		{"address h:http", `redis: address 1: port "http" is not a port number`},
-		{"address h:6379\naddress h:0", `redis: address 2: port "0" is not a port number`},
+		{"address h:http", `redis: address 1: the port is not a port number`},
+		{"address h:6379\naddress h:0", `redis: address 2: the port is not a port number`},
+		// A password written into a plain address must not load as a host
+		// name, to be logged with every Redis error.
+		{"address s3cret-pw@redis.internal:6379", "redis: address 1: not host:port: a host has no @, / or spaces"},
+		{"address s3cret-pw@redis.internal", "redis: address 1: not host:port"},
+		{"address user:s3cret-pw@redis.internal", "redis: address 1: the port is not a port number"},
+		{"address redis.internal/s3cret-pw:6379", "redis: address 1: not host:port"},
+		{"address \"s3cret pw redis.internal:6379\"", "redis: address 1: not host:port"},
+		{"address \"redis.internal\t:6379\"", "redis: address 1: not host:port"},
+		{"address h\nkey_prefix \"game\x7f:\"", "redis: key_prefix must be visible ASCII, without spaces or control characters"},
+		{"address h\nkey_prefix \"jeu de rôle:\"", "redis: key_prefix must be visible ASCII"},
 		{"address h\ntimeout", "timeout: missing value"},
 		{"address h\ntimeout soon", `timeout: bad duration "soon"`},
 		{"address h\ntimeout 0s", "redis: timeout must be at least 1ms, got 0s"},
@@ -87,6 +97,9 @@ func TestParseRedisBlockErrorsNameTheLine(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: got %v, want %q", tc.body, err, tc.want)
 			continue
+		}
+		if strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("%q: the error repeats the address: %v", tc.body, err)
 		}
 		if !strings.Contains(err.Error(), ", at Testfile:") {
 			t.Errorf("%q: the error does not name its line: %v", tc.body, err)
@@ -194,7 +207,13 @@ func TestRedisSettingsConflictsAreErrorsWithoutSecrets(t *testing.T) {
 		{RedisConfig{Address: []string{"redis://:" + secret + "@h1", "rediss://h2"}, MasterName: "m"}, "redis: addresses mix redis:// and rediss://"},
 		{RedisConfig{Address: []string{"redis://:" + secret + "@h1"}, TLS: true}, "redis: tls is set, but an address is redis://"},
 		{RedisConfig{Address: []string{"redis://:" + secret + "@h1/2", "redis://:" + secret + "@h2"}}, "redis: db must be 0 with Redis Cluster"},
-		{RedisConfig{Address: []string{"redis://:" + secret + "@h1:99999"}}, `redis: address 1: port "99999" is not a port number`},
+		{RedisConfig{Address: []string{"redis://:" + secret + "@h1:99999"}}, `redis: address 1: the port is not a port number`},
+		{RedisConfig{Address: []string{secret + "@h1:6379"}}, "redis: address 1: not host:port"},
+		{RedisConfig{Address: []string{secret + "@h1"}}, "redis: address 1: not host:port"},
+		{RedisConfig{Address: []string{"user:" + secret + "@h1"}}, "redis: address 1: the port is not a port number"},
+		{RedisConfig{Address: []string{"h1/" + secret}}, "redis: address 1: not host:port"},
+		{RedisConfig{Address: []string{"h1 " + secret + ":6379"}}, "redis: address 1: not host:port"},
+		{RedisConfig{Address: []string{"h1:6379"}, KeyPrefix: "game\n"}, "redis: key_prefix must be visible ASCII"},
 		{RedisConfig{Address: []string{"redis://:" + secret + "@h1/x"}}, `redis: address 1: db must be a whole number`},
 		{RedisConfig{Address: []string{"redis://:" + secret + "@h1%zz"}}, "redis: address 1: not a URL"},
 	} {

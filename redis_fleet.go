@@ -7,6 +7,7 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -46,7 +47,7 @@ func newFleet(ctx caddy.Context, cfg *RedisConfig, appID, endpoint, appSecret st
 	redisLogs.Do(func() { redis.SetLogger(redisLogger{}) })
 	key := settings.poolKey()
 	value, _, err := redisClients.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return newRedisClient(settings, ctx.Logger()), nil
+		return newRedisClient(settings, ctx.Logger(), redisPoolSize()), nil
 	})
 	if err != nil {
 		return nil, err
@@ -61,7 +62,10 @@ func newFleet(ctx caddy.Context, cfg *RedisConfig, appID, endpoint, appSecret st
 	return &fleet{
 		redis:   value.(*redisClient),
 		poolKey: key,
-		prefix:  cfg.keyPrefix() + hex.EncodeToString(derive("scope", 8)) + ":",
+		// One hash tag per app: every key of the app is in one Cluster
+		// slot, so that a script may touch several (a code's result and
+		// its player's budget).
+		prefix:  cfg.keyPrefix() + "{" + hex.EncodeToString(derive("scope", 8)) + "}:",
 		nameKey: derive("name", 32),
 		sealer:  sealer,
 		size:    cfg.fleetSize(),
@@ -83,10 +87,26 @@ func (f *fleet) hide(id []byte) string {
 	return hex.EncodeToString(mac.Sum(nil)[:16])
 }
 
-// seal encrypts v (AES-GCM under a key derived from the app secret) bound
-// to the key it is stored under, behind a clear kind byte for the scripts.
-func (f *fleet) seal(kind byte, name string, v any) []byte {
-	plain, _ := json.Marshal(v) // plain strings and numbers always encode
+// sealClockSkew is how long past its expiry a sealed value still opens: the
+// gateway that sealed it and the one opening it read different clocks.
+const sealClockSkew = 5 * time.Second
+
+// sealFormat is bound into every seal, so that a value sealed in the format
+// before expiries were inside (by an older gateway) does not open, rather
+// than being read without one.
+const sealFormat = "wechat_login seal v2\x00"
+
+var errSealExpired = errors.New("a stored value past its expiry")
+
+// seal encrypts v (AES-GCM under a key derived from the app secret) with
+// its absolute expiry inside, bound to the key it is stored under, behind
+// a clear kind byte for the scripts. Redis's own expiry on the key can be
+// removed or renewed by anyone who can write to Redis; the one inside
+// cannot, and open refuses the value once it has passed.
+func (f *fleet) seal(kind byte, name string, v any, expires time.Time) []byte {
+	body, _ := json.Marshal(v) // plain strings and numbers always encode
+	plain := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(body)), uint64(expires.UnixMilli()))
+	plain = append(plain, body...)
 	out := make([]byte, 1+f.sealer.NonceSize(), 1+f.sealer.NonceSize()+len(plain)+f.sealer.Overhead())
 	out[0] = kind
 	nonce := out[1:]
@@ -94,7 +114,10 @@ func (f *fleet) seal(kind byte, name string, v any) []byte {
 	return f.sealer.Seal(out, nonce, plain, sealedFor(kind, name))
 }
 
-func (f *fleet) open(name, stored string, v any) error {
+// open reads into v a value seal stored under name, unless it does not
+// open (tampered with, moved, sealed under another secret or by an older
+// gateway) or its expiry is more than sealClockSkew before now.
+func (f *fleet) open(name, stored string, v any, now time.Time) error {
 	if len(stored) < 1+f.sealer.NonceSize() {
 		return errors.New("a stored value too short to open")
 	}
@@ -103,13 +126,20 @@ func (f *fleet) open(name, stored string, v any) error {
 	if err != nil {
 		return err
 	}
-	return json.Unmarshal(plain, v)
+	if len(plain) < 8 {
+		return errors.New("a stored value without its expiry")
+	}
+	if expires := time.UnixMilli(int64(binary.BigEndian.Uint64(plain))); !now.Before(expires.Add(sealClockSkew)) {
+		return errSealExpired
+	}
+	return json.Unmarshal(plain[8:], v)
 }
 
-// sealedFor is the data a sealed value is bound to: its kind and its key,
-// so that no value can be moved to another key or read as another kind.
+// sealedFor is the data a sealed value is bound to: the format, its kind
+// and its key, so that no value can be moved to another key or read as
+// another kind.
 func sealedFor(kind byte, name string) []byte {
-	return append([]byte{kind}, name...)
+	return append(append([]byte(sealFormat), kind), name...)
 }
 
 // newUniqueID names one holder of a lock, so that a holder whose lock ran

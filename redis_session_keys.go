@@ -35,9 +35,8 @@ return 1
 
 // storedSessionKey is a kept key's sealed part.
 type storedSessionKey struct {
-	Key       string `json:"session_key"`
-	IssuedMS  int64  `json:"issued"`
-	ExpiresMS int64  `json:"expires"`
+	Key      string `json:"session_key"`
+	IssuedMS int64  `json:"issued"`
 }
 
 // sessionKeyWrite is one custody write, ready to run.
@@ -61,7 +60,7 @@ func (f *fleet) sessionKeyWrite(openid, key string, issuedAt time.Time) *session
 		return nil
 	}
 	name := f.sessionKeyName(openid)
-	sealed := f.seal(sessionKeyKind, name, storedSessionKey{Key: key, IssuedMS: issuedAt.UnixMilli(), ExpiresMS: expires.UnixMilli()})
+	sealed := f.seal(sessionKeyKind, name, storedSessionKey{Key: key, IssuedMS: issuedAt.UnixMilli()}, expires)
 	value := fmt.Appendf(nil, "%c%013d", sessionKeyKind, issuedAt.UnixMilli())
 	return &sessionKeyWrite{name: name, value: append(value, sealed[1:]...), issued: issuedAt.UnixMilli(), ttl: ttl}
 }
@@ -70,19 +69,24 @@ func (w *sessionKeyWrite) args() []any {
 	return []any{w.value, w.issued, w.ttl.Milliseconds()}
 }
 
-// alongside runs script (a code's finish) and the write in one round trip.
-// The finish goes by EVALSHA, and again by its own Run should Redis have
-// lost it (a restart); the write, rare and small, always by EVAL.
-func (w *sessionKeyWrite) alongside(ctx context.Context, client redis.UniversalClient, script *redis.Script, keys []string, args ...any) error {
-	cmds, err := client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		script.EvalSha(ctx, p, keys, args...)
+// runWith runs script (a code's finish) and, when w is not nil, the write,
+// in one round trip, and returns the script's reply. The finish goes by
+// EVALSHA, and again by its own Run should Redis have lost it (a restart);
+// the write, rare and small, always by EVAL.
+func (w *sessionKeyWrite) runWith(ctx context.Context, client redis.UniversalClient, script *redis.Script, keys []string, args ...any) *redis.Cmd {
+	if w == nil {
+		return script.Run(ctx, client, keys, args...)
+	}
+	var reply *redis.Cmd
+	_, _ = client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		reply = script.EvalSha(ctx, p, keys, args...)
 		sessionKeyScript.Eval(ctx, p, []string{w.name}, w.args()...)
 		return nil
 	})
-	if len(cmds) > 0 && redis.HasErrorPrefix(cmds[0].Err(), "NOSCRIPT") {
-		return script.Run(ctx, client, keys, args...).Err()
+	if redis.HasErrorPrefix(reply.Err(), "NOSCRIPT") {
+		return script.Run(ctx, client, keys, args...)
 	}
-	return err
+	return reply
 }
 
 // keepSessionKey stores a key outside a login (a rotation).
@@ -112,8 +116,8 @@ func (f *fleet) lookupSessionKey(ctx context.Context, openid string, now time.Ti
 	}
 	issued, err := strconv.ParseInt(stored[1:14], 10, 64)
 	var record storedSessionKey
-	if err != nil || f.open(name, stored[:1]+stored[14:], &record) != nil || record.IssuedMS != issued ||
-		now.UnixMilli() >= record.ExpiresMS || !isVisibleASCII(record.Key, maxWechatValueLen) {
+	if err != nil || f.open(name, stored[:1]+stored[14:], &record, now) != nil || record.IssuedMS != issued ||
+		!isVisibleASCII(record.Key, maxWechatValueLen) {
 		return keptSessionKey{}, false, true
 	}
 	return keptSessionKey{key: record.Key, issuedAt: time.UnixMilli(record.IssuedMS)}, true, true

@@ -125,7 +125,7 @@ func TestSessionRequiredOrOptional(t *testing.T) {
 		{"required, bearer", false, http.Header{"Authorization": {"bearer " + valid}}, 0, true},
 		{"required, X-WX-SESSION", false, http.Header{"X-Wx-Session": {valid}}, 0, true},
 		{"optional, none", true, http.Header{}, 0, false},
-		{"optional, forged and spoofed", true, http.Header{"X-Wx-Session": {forged}, "X_WX_OPENID": {aliceIdentity.OpenID}}, 0, false},
+		{"optional, forged and spoofed", true, http.Header{"X-Wx-Session": {forged}, "X_WX_OPENID": {aliceIdentity.OpenID}, "X-Wx-Source": {sourceMiniGameClient}}, 0, false},
 		{"optional, bearer", true, http.Header{"Authorization": {"Bearer " + valid}}, 0, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -153,7 +153,7 @@ func TestSessionRequiredOrOptional(t *testing.T) {
 			got := up.headers[0]
 			want := http.Header{}
 			if tc.identity {
-				want = http.Header{"X-Wx-Openid": {aliceIdentity.OpenID}, "X-Wx-Unionid": {aliceIdentity.UnionID}, "X-Wx-Appid": {testAppID}}
+				want = http.Header{"X-Wx-Openid": {aliceIdentity.OpenID}, "X-Wx-Unionid": {aliceIdentity.UnionID}, "X-Wx-Appid": {testAppID}, "X-Wx-Source": {"wx_client"}}
 			}
 			for name := range got {
 				if isIdentityHeader(name) && !slices.Equal(got[name], want[name]) {
@@ -185,6 +185,10 @@ func TestSessionRespondAnswersAtTheGateway(t *testing.T) {
 	}
 	if w.Code != http.StatusOK || up.count() != 0 || w.Header().Get("Content-Type") != "application/json" {
 		t.Fatalf("got %d %q, forwarded %d; want a JSON 200 and nothing forwarded", w.Code, w.Header().Get("Content-Type"), up.count())
+	}
+	// The answer carries the session token: no cache may keep it.
+	if got := w.Header().Values("Cache-Control"); len(got) != 1 || got[0] != "no-store" {
+		t.Errorf("Cache-Control %q, want no-store", got)
 	}
 	var body map[string]string
 	if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil {

@@ -20,7 +20,7 @@ package wechatlogin
 // allocates 25 times as often, so it stays out. (Since then the openid and
 // unionid strings share one allocation: verify makes one.) In exchange, token_test.go
 // fuzzes this verifier for agreement with golang-jwt
-// (FuzzTokenAgreesWithGolangJWT): every token with our exact header is
+// (FuzzTokenAgreesWithGolangJWT): every token, whatever its header, is
 // accepted by both with the same identity, or refused by both.
 
 import (
@@ -31,6 +31,7 @@ import (
 	"encoding/json"
 	"errors"
 	"hash"
+	"io"
 	"math"
 	"strconv"
 	"strings"
@@ -43,11 +44,17 @@ import (
 // their clocks differ a little.
 const maxClockSkew = 60 * time.Second
 
-// tokenHeader is the encoded JOSE header of every token. It is the only one
-// verify accepts, which rules out "none", other algorithms, key confusion
-// and header parameters that would change how a token is read ("kid",
-// "crit", "b64") before any parsing.
+// tokenHeader is the encoded JOSE header of every token the gateway issues.
+// verify compares a token's header with it as a string first, so that the
+// gateway's own tokens never pay for JSON parsing; any other header is read
+// by acceptableHeader.
 var tokenHeader = base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`))
+
+// refusedHeaderParams are the JOSE header parameters that would change how
+// a token is read or which key checks it (RFC 7515 §4.1, RFC 7797): a token
+// carrying one is refused rather than read as if it did not. kid is not
+// among them: every configured secret is tried whatever it names.
+var refusedHeaderParams = []string{"crit", "b64", "jku", "jwk", "x5u", "x5c"}
 
 // signatureLen is the length of an encoded HS256 signature: 32 bytes in
 // unpadded base64url.
@@ -205,7 +212,7 @@ func (t *sessionTokens) verifyWithin(token string, expiredFor time.Duration) (Id
 		return Identity{}, errMalformedSession
 	}
 	header, rest, ok := strings.Cut(token, ".")
-	if !ok || header != tokenHeader {
+	if !ok || (header != tokenHeader && !acceptableHeader(header)) {
 		return Identity{}, errMalformedSession
 	}
 	payload, signature, ok := strings.Cut(rest, ".")
@@ -248,6 +255,69 @@ func (t *sessionTokens) verifyWithin(token string, expiredFor time.Duration) (Id
 		}
 	}
 	return claims.identity(t.appID, t.now(), expiredFor)
+}
+
+// acceptableHeader reports whether an encoded JOSE header other than the
+// gateway's own is one verify accepts, as JWT libraries write them: a JSON
+// object with alg exactly "HS256", typ absent or "JWT", no parameter of
+// refusedHeaderParams, and no member named twice (RFC 7515 §4 lets a
+// parser refuse duplicates; reading only the last, as some libraries do,
+// would let two readers see two different headers). Members may come in
+// any order, with JSON whitespace anywhere; others (kid, cty…) are ignored.
+func acceptableHeader(encoded string) bool {
+	raw, err := strictRawURL.DecodeString(encoded)
+	if err != nil {
+		return false
+	}
+	members, ok := jsonObjectMembers(raw)
+	if !ok {
+		return false
+	}
+	for _, name := range refusedHeaderParams {
+		if _, present := members[name]; present {
+			return false
+		}
+	}
+	if typ, present := members["typ"]; present {
+		if s, err := jsonString(typ); err != nil || s != "JWT" {
+			return false
+		}
+	}
+	alg, err := jsonString(members["alg"])
+	return err == nil && alg == "HS256"
+}
+
+// jsonObjectMembers reads b as one JSON object, its members by name (names
+// unescaped), and reports false when b is anything else or names a member
+// twice.
+func jsonObjectMembers(b []byte) (map[string]json.RawMessage, bool) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if open, err := dec.Token(); err != nil || open != json.Delim('{') {
+		return nil, false
+	}
+	members := make(map[string]json.RawMessage)
+	for dec.More() {
+		token, err := dec.Token()
+		name, isName := token.(string)
+		if err != nil || !isName {
+			return nil, false
+		}
+		var value json.RawMessage
+		if err := dec.Decode(&value); err != nil {
+			return nil, false
+		}
+		if _, seen := members[name]; seen {
+			return nil, false
+		}
+		members[name] = value
+	}
+	if closing, err := dec.Token(); err != nil || closing != json.Delim('}') {
+		return nil, false
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, false // something after the object
+	}
+	return members, true
 }
 
 // maxFlatPayload is the largest decoded payload verify reads without

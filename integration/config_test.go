@@ -66,7 +66,7 @@ func TestBadConfigIsRefusedAndTheRunningOneServes(t *testing.T) {
 		}
 		if tc.field != "" {
 			t.Run("JSON "+tc.field, func(t *testing.T) {
-				status, body := loadJSON(t, withHandlerField(t, config(), tc.field, tc.value))
+				status, body := testkit.LoadJSON(t, withHandlerField(t, config(), tc.field, tc.value))
 				assertLoadRefused(t, status, body, tc.want)
 				stillServing(t)
 			})
@@ -135,17 +135,59 @@ func withHandlerField(t *testing.T, caddyfile, field string, value any) []byte {
 	return out
 }
 
-// loadJSON posts a JSON config to the test Caddy's admin API.
-func loadJSON(t *testing.T, config []byte) (int, string) {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, fmt.Sprintf("http://localhost:%d/load", testkit.AdminPort), strings.NewReader(string(config)))
-	if err != nil {
-		t.Fatal(err)
+// TestValuesThatWouldBreakEveryRequestAreRefused: an app_id with a control
+// character used to load, then fail every forwarded request (it is the
+// X-WX-APPID header); a Redis address with a password before the host used
+// to load as a host name, to be logged with every Redis error. Both are
+// refused at load, in the Caddyfile and in JSON, the password in no answer
+// and no log line (TestMain scans them), and the running config serves on.
+func TestValuesThatWouldBreakEveryRequestAreRefused(t *testing.T) {
+	const appID, secret, password = "wxbreaking", "breaking-secret", "redis-pw-7d1f0c9a"
+	testkit.Forbid(password)
+	_, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
+	backend := testkit.NewBackend(t, nil)
+	config := func(more ...string) string {
+		return testkit.GlobalOptions("") + testkit.Site(testkit.WechatLogin(appID, secret, simURL, more...), testkit.ProxyTo(backend))
 	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := testkit.Do(req)
-	if err != nil {
-		t.Fatal(err)
+	testkit.StartCaddy(t, config())
+	stillServing := func(t *testing.T, code string) {
+		t.Helper()
+		assertStatus(t, testkit.Get(t, "/wx/login?code=alice."+code), http.StatusOK)
+		assertOnlyIdentity(t, backend.Last(t).Header, appID, wechatsim.OpenID(appID, "alice"))
 	}
-	return resp.StatusCode, string(resp.Body)
+	stillServing(t, "0")
+
+	const hostError = "not host:port: a host has no @, / or spaces"
+	for i, tc := range []struct {
+		name, want string
+		load       func() (int, string)
+	}{
+		{"Caddyfile, password@host:port", hostError, func() (int, string) {
+			return testkit.LoadConfig(t, config("redis {\n\t\taddress "+password+"@127.0.0.1:6379\n\t}"))
+		}},
+		{"Caddyfile, password@host", hostError, func() (int, string) {
+			return testkit.LoadConfig(t, config("redis "+password+"@127.0.0.1"))
+		}},
+		{"JSON, password@host:port", hostError, func() (int, string) {
+			return testkit.LoadJSON(t, withHandlerField(t, config(), "redis", map[string]any{"address": []string{password + "@127.0.0.1:6379"}}))
+		}},
+		{"JSON, user:password@host", "the port is not a port number", func() (int, string) {
+			return testkit.LoadJSON(t, withHandlerField(t, config(), "redis", map[string]any{"address": []string{"game:" + password + "@127.0.0.1"}}))
+		}},
+		{"JSON, app_id with a control character", "app_id must be visible ASCII", func() (int, string) {
+			return testkit.LoadJSON(t, withHandlerField(t, config(), "app_id", appID+"\x01"))
+		}},
+		{"Caddyfile, app_id with a tab", "app_id must be visible ASCII", func() (int, string) {
+			return testkit.LoadConfig(t, strings.Replace(config(), "app_id "+appID, "app_id \""+appID+"\t\"", 1))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body := tc.load()
+			assertLoadRefused(t, status, body, tc.want)
+			if strings.Contains(body, password) {
+				t.Errorf("the refusal repeats the password: %s", body)
+			}
+			stillServing(t, strconv.Itoa(i+1))
+		})
+	}
 }

@@ -357,14 +357,17 @@ var spoofedIdentity = []string{
 }
 
 // assertOnlyIdentity checks that the backend saw exactly the identity of
-// openID in appID (none if openID is empty), whatever the client sent.
+// openID in appID, with X-WX-SOURCE: wx_client (none of them if openID is
+// empty), whatever the client sent.
 func assertOnlyIdentity(t *testing.T, h http.Header, appID, openID string) {
 	t.Helper()
+	source := "wx_client"
 	if openID == "" {
-		appID = ""
+		appID, source = "", ""
 	}
 	assertIdentity(t, h, "x-wx-openid", openID)
 	assertIdentity(t, h, "x-wx-appid", appID)
+	assertIdentity(t, h, "x-wx-source", source)
 	assertIdentity(t, h, "x-wx-unionid", "")
 	assertIdentity(t, h, "x-wx-session-key", "")
 }

@@ -1,17 +1,22 @@
 package integration
 
 import (
+	"context"
+	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
 	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
 )
 
 // cloudHostingHeaders are headers WeChat Cloud Hosting sets, which a backend
-// ported from it trusts; the module sets none of them, so a copy the backend
-// sees can only be the client's.
+// ported from it trusts; the module sets none of them but X-WX-SOURCE (on a
+// request with an identity, to wx_client, which assertOnlyIdentity checks),
+// so a copy the backend sees can only be the client's.
 var cloudHostingHeaders = []string{
 	"X-WX-SOURCE", "X-WX-ENV", "X-WX-FROM-OPENID", "X-WX-CLOUDBASE-ACCESS-TOKEN",
 	"X-WX-FROM-APPID", "X-WX-FROM-UNIONID", "X-WX-SERVICE", "X-WX-REGION",
@@ -30,7 +35,7 @@ func assertNoClientFamily(t *testing.T, h http.Header) {
 	t.Helper()
 	for name, values := range h {
 		folded := foldHeaderName(name)
-		if strings.HasPrefix(folded, "x-wx-") && folded != "x-wx-openid" && folded != "x-wx-unionid" && folded != "x-wx-appid" {
+		if strings.HasPrefix(folded, "x-wx-") && !slices.Contains([]string{"x-wx-openid", "x-wx-unionid", "x-wx-appid", "x-wx-source"}, folded) {
 			t.Errorf("the backend saw %s: %q", name, values)
 		}
 	}
@@ -153,4 +158,93 @@ func TestCloudHostingHeadersNeverReachTheBackend(t *testing.T) {
 			"\n\t\texpected_dot_headers "+strings.Join(dotted, " ")+"\n\t}")+testkit.Site(control, withSession, withoutSession))
 		sendEverywhere(t, headers, "2")
 	})
+}
+
+// cloudHostingOpenIDTemplate is GET /api/wx_openid of WeChat Cloud Hosting's
+// express template, in Go: it answers the caller's openid only when
+// X-WX-SOURCE is present, as Cloud Hosting's docs tell backends to check,
+// and otherwise never answers. Every other path answers "ok".
+func cloudHostingOpenIDTemplate(w http.ResponseWriter, r *http.Request) {
+	if !strings.HasSuffix(r.URL.Path, "/api/wx_openid") {
+		io.WriteString(w, "ok")
+		return
+	}
+	if r.Header.Get("X-WX-SOURCE") != "" {
+		io.WriteString(w, r.Header.Get("X-WX-OPENID"))
+		return
+	}
+	<-r.Context().Done()
+}
+
+// TestCloudHostingTemplateRunsUnchanged: a backend written for Cloud Hosting
+// answers every request the gateway forwards with a verified identity (a
+// login, a session), because the gateway sets X-WX-SOURCE on those; and a
+// client that sends its own X-WX-SOURCE on a request without one (no
+// session under optional, no session block) never gets it to the backend,
+// which then answers nothing, as it would to a caller that is not WeChat's.
+func TestCloudHostingTemplateRunsUnchanged(t *testing.T) {
+	const secret = "template-secret"
+	_, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{
+		{AppID: "wxtemplate", Secret: secret},
+		{AppID: "wxtemplateoptional", Secret: secret},
+		{AppID: "wxtemplatenosession", Secret: secret},
+	}})
+	backend := testkit.NewBackend(t, cloudHostingOpenIDTemplate)
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(
+		testkit.Route("required", "wxtemplate", secret, simURL, backend, sessionBlock("secret "+sessionSecretA)),
+		testkit.Route("optional", "wxtemplateoptional", secret, simURL, backend, sessionBlock("secret "+sessionSecretA, "optional")),
+		testkit.Route("nosession", "wxtemplatenosession", secret, simURL, backend),
+	))
+	spoofed := []string{"X-WX-SOURCE: wx_client", "X-WX-OPENID: oSpoofed"}
+
+	for _, prefix := range []string{"required", "optional"} {
+		appID := map[string]string{"required": "wxtemplate", "optional": "wxtemplateoptional"}[prefix]
+		alice := wechatsim.OpenID(appID, "alice")
+		login := testkit.Get(t, "/"+prefix+"/wx/login?code=alice.1", spoofed...)
+		assertStatus(t, login, http.StatusOK)
+		assertOnlyIdentity(t, backend.Last(t).Header, appID, alice)
+
+		for _, presented := range []string{"Authorization: Bearer ", "X-WX-SESSION: "} {
+			answer := testkit.Get(t, "/"+prefix+"/api/wx_openid", append([]string{presented + login.Header.Get("X-WX-SESSION")}, spoofed...)...)
+			assertStatus(t, answer, http.StatusOK)
+			if string(answer.Body) != alice {
+				t.Errorf("%s with a session: the template answered %q, want the openid %q", prefix, answer.Body, alice)
+			}
+		}
+	}
+
+	// Refused: nothing reaches the backend.
+	before := backend.Count()
+	assertError(t, testkit.Get(t, "/required/api/wx_openid", spoofed...), http.StatusUnauthorized, "invalid_session", noErrcode)
+	if backend.Count() != before {
+		t.Error("a refused request reached the backend")
+	}
+
+	// No identity: the client's X-WX-SOURCE is stripped, and the template,
+	// seeing none, never answers.
+	for _, path := range []string{"/optional/api/wx_openid", "/nosession/api/wx_openid"} {
+		before := backend.Count()
+		ctx, cancel := context.WithCancel(context.Background())
+		answered := make(chan error, 1)
+		go func() {
+			_, err := testkit.Fetch(ctx, http.MethodGet, path, nil, spoofed...)
+			answered <- err
+		}()
+		for deadline := time.Now().Add(30 * time.Second); backend.Count() == before && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if backend.Count() == before {
+			cancel()
+			t.Fatalf("%s: the request never reached the backend", path)
+		}
+		assertNoClientFamily(t, backend.Last(t).Header)
+		assertOnlyIdentity(t, backend.Last(t).Header, "", "")
+		select {
+		case err := <-answered:
+			t.Errorf("%s: the template answered a request without X-WX-SOURCE (%v): the test proves nothing", path, err)
+		default:
+		}
+		cancel()
+		<-answered
+	}
 }

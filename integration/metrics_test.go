@@ -17,11 +17,7 @@ import (
 // holds anything secret.
 func scrapeMetrics(t *testing.T) string {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, fmt.Sprintf("http://localhost:%d/metrics", testkit.AdminPort), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := testkit.Do(req)
+	resp, err := testkit.Admin(http.MethodGet, "/metrics", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -397,9 +397,10 @@ func TestEitherSessionHeaderWillDo(t *testing.T) {
 }
 
 // TestSessionsFollowRFC7519: tokens signed with the gateway's key by a
-// third-party library (golang-jwt) that RFC 7519, or the gateway's exact
-// header, says to refuse are refused with 401 invalid_session, a Bearer
-// challenge, and their reason counted.
+// third-party library (golang-jwt) are accepted with the headers JWT
+// libraries write (a kid, no typ); those that RFC 7519, or the gateway's
+// header rules, say to refuse are refused with 401 invalid_session, a
+// Bearer challenge, and their reason counted.
 func TestSessionsFollowRFC7519(t *testing.T) {
 	const appID, secret = "wxrfc7519", "rfc7519-secret"
 	_, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
@@ -415,16 +416,25 @@ func TestSessionsFollowRFC7519(t *testing.T) {
 		return c
 	}
 	sign := func(edit func(jwt.MapClaims)) string { return signToken(t, claims(edit), sessionSecretA) }
-	withKid := jwt.NewWithClaims(jwt.SigningMethodHS256, claims(func(jwt.MapClaims) {}))
-	withKid.Header["kid"] = "2026-11"
-	kidToken, err := withKid.SignedString([]byte(sessionSecretA))
-	if err != nil {
-		t.Fatal(err)
+	withHeader := func(edit func(map[string]any)) string {
+		token := jwt.NewWithClaims(jwt.SigningMethodHS256, claims(func(jwt.MapClaims) {}))
+		edit(token.Header)
+		signed, err := token.SignedString([]byte(sessionSecretA))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return signed
 	}
 
-	// The control: differing from each refused token in one way, accepted.
-	assertStatus(t, testkit.Get(t, "/game", "Authorization: Bearer "+sign(func(jwt.MapClaims) {})), http.StatusOK)
-	assertOnlyIdentity(t, backend.Last(t).Header, appID, openID)
+	// The controls: differing from each refused token in one way, accepted.
+	for _, token := range []string{
+		sign(func(jwt.MapClaims) {}),
+		withHeader(func(h map[string]any) { h["kid"] = "2026-11" }),
+		withHeader(func(h map[string]any) { delete(h, "typ") }), // as jose writes it
+	} {
+		assertStatus(t, testkit.Get(t, "/game", "Authorization: Bearer "+token), http.StatusOK)
+		assertOnlyIdentity(t, backend.Last(t).Header, appID, openID)
+	}
 
 	for _, tc := range []struct{ name, token, reason string }{
 		{"nbf an hour away", sign(func(c jwt.MapClaims) { c["nbf"] = now.Add(time.Hour).Unix() }), "not_yet_valid"},
@@ -433,7 +443,8 @@ func TestSessionsFollowRFC7519(t *testing.T) {
 		{"exp as a string", sign(func(c jwt.MapClaims) { c["exp"] = strconv.FormatInt(now.Add(time.Hour).Unix(), 10) }), "malformed"},
 		{"sub as a number", sign(func(c jwt.MapClaims) { c["sub"] = 42 }), "malformed"},
 		{"no exp", sign(func(c jwt.MapClaims) { delete(c, "exp") }), "malformed"},
-		{"a header with a kid", kidToken, "malformed"},
+		{"a header with crit", withHeader(func(h map[string]any) { h["crit"] = []string{"exp"} }), "malformed"},
+		{"a header with jku", withHeader(func(h map[string]any) { h["jku"] = "https://attacker.example/keys" }), "malformed"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sample := `app_id="` + appID + `",reason="` + tc.reason + `"`

@@ -83,7 +83,7 @@ func newWalkthrough(baseURL string, sim *wechatsim.Server, backend *backendLog) 
 	w := &walkthrough{baseURL: baseURL, sim: sim, backend: backend}
 	w.steps = []step{
 		{
-			title:  "Log in as alice. The backend's JSON shows the X-WX-OPENID, X-WX-UNIONID and X-WX-APPID it received; the response carries a session token in X-WX-SESSION.",
+			title:  "Log in as alice. The backend's JSON shows the X-WX-OPENID, X-WX-UNIONID, X-WX-APPID and X-WX-SOURCE (wx_client, which Cloud Hosting backends check before trusting the rest) it received; the response carries a session token in X-WX-SESSION.",
 			path:   "/wx/login?code=alice.1",
 			expect: all(forwardedAs(alice, 1), hasUnionID(wechatsim.UnionID("alice")), issuesToken),
 		},
@@ -391,8 +391,8 @@ func forwardedAs(openid string, wechatCalls int64) func(*answer) error {
 	return all(sawIdentity(openid), forwardedRequests(1), madeWechatCalls(wechatCalls))
 }
 
-// sawIdentity expects the backend's answer to show openid and the demo
-// app's appid.
+// sawIdentity expects the backend's answer to show openid, the demo app's
+// appid and X-WX-SOURCE wx_client.
 func sawIdentity(openid string) func(*answer) error {
 	return func(a *answer) error {
 		got, err := a.backend()
@@ -403,6 +403,8 @@ func sawIdentity(openid string) func(*answer) error {
 			return fmt.Errorf("the backend saw X-WX-OPENID %q, want %q", got.OpenID, openid)
 		case got.AppID != demoApp.AppID:
 			return fmt.Errorf("the backend saw X-WX-APPID %q, want %q", got.AppID, demoApp.AppID)
+		case got.Source != "wx_client":
+			return fmt.Errorf("the backend saw X-WX-SOURCE %q, want wx_client (Cloud Hosting backends answer nothing without it)", got.Source)
 		}
 		return nil
 	}

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -297,4 +299,91 @@ func TestBodyOverRequestBodyLimit(t *testing.T) {
 	if len(sim.APIRequests()) != 0 {
 		t.Error("an oversized body reached WeChat")
 	}
+}
+
+// TestTokenAnswersShapedLikeWechats: what the gateway answers in WeChat's
+// name is what WeChat answers, byte for byte in shape: the JSON object and
+// nothing after it (an SDK that escapes control characters before parsing
+// fails on a trailing newline), and WeChat's Content-Type.
+func TestTokenAnswersShapedLikeWechats(t *testing.T) {
+	const appID, secret = "wxshape", "shape-secret"
+	_, simURL := startGateway(t, appID, secret, secret)
+	stableRequest := `{"grant_type":"client_credential","appid":"` + appID + `","secret":"` + secret + `"}`
+	wechat, err := http.Post(simURL+stableTokenPath, "application/json", strings.NewReader(stableRequest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wechat.Body.Close()
+	wechatType := wechat.Header.Get("Content-Type")
+
+	for _, resp := range []testkit.Response{
+		testkit.Get(t, classicTokenPath+"?grant_type=client_credential&appid="+appID+"&secret=placeholder"),
+		testkit.Send(t, http.MethodPost, stableTokenPath, strings.NewReader(stableRequest), "Content-Type: application/json"),
+	} {
+		var answer struct {
+			AccessToken string `json:"access_token"`
+			ExpiresIn   int    `json:"expires_in"`
+		}
+		if resp.StatusCode != http.StatusOK || json.Unmarshal(resp.Body, &answer) != nil {
+			t.Fatalf("%s: %v", resp.Request.URL.Path, resp)
+		}
+		want := fmt.Sprintf(`{"access_token":%q,"expires_in":%d}`, answer.AccessToken, answer.ExpiresIn)
+		if string(resp.Body) != want {
+			// The token stays out of the test's output.
+			shown := strings.ReplaceAll(string(resp.Body), answer.AccessToken, "…")
+			t.Errorf("%s: the body is %q; want WeChat's bytes, {\"access_token\":\"…\",\"expires_in\":%d}", resp.Request.URL.Path, shown, answer.ExpiresIn)
+		}
+		if got := resp.Header.Get("Content-Type"); got != wechatType {
+			t.Errorf("%s: Content-Type %q; want WeChat's %q", resp.Request.URL.Path, got, wechatType)
+		}
+		if resp.ContentLength != int64(len(want)) {
+			t.Errorf("%s: Content-Length %d; want %d", resp.Request.URL.Path, resp.ContentLength, len(want))
+		}
+	}
+}
+
+// TestRefusalOfAnotherCredentialCostsLittle: an API that refuses another
+// credential a backend's call carries (here a third-party platform's
+// component_access_token) answers 40001 like a refused token. The gateway
+// asks WeChat once whether it takes the token; it does, so the call is not
+// repeated, the backend gets WeChat's answer, and refusals in the next 30 s
+// cost WeChat nothing more: 10 such calls cost at most 15 requests in all.
+func TestRefusalOfAnotherCredentialCostsLittle(t *testing.T) {
+	const appID, secret = "wxothercred", "othercred-secret"
+	const componentPath = "/cgi-bin/component/api_query_auth"
+	const refusal = `{"errcode":40001,"errmsg":"invalid credential, access_token is invalid or not latest"}`
+	sim, _ := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
+	var requests, componentCalls atomic.Int64
+	wechat := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		if r.URL.Path != componentPath {
+			sim.ServeHTTP(w, r)
+			return
+		}
+		componentCalls.Add(1)
+		w.Header().Set("Content-Type", "application/json; encoding=utf-8")
+		fmt.Fprint(w, refusal)
+	}))
+	t.Cleanup(wechat.Close)
+	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(wechatAPI(appID, secret, wechat.URL)))
+
+	for range 10 {
+		resp := testkit.Send(t, http.MethodPost, componentPath+"?component_access_token=bogus",
+			strings.NewReader(`{"component_appid":"wxc","authorization_code":"x"}`), "Content-Type: application/json")
+		if resp.StatusCode != http.StatusOK || string(resp.Body) != refusal {
+			t.Fatalf("got %v; want WeChat's 40001 as WeChat sent it", resp)
+		}
+	}
+	stable, checks := sim.CallsTo(stableTokenPath), sim.CallsTo("/cgi-bin/get_api_domain_ip")
+	if componentCalls.Load() != 10 || checks != 1 || stable != 2 || sim.ForcedRefreshes(appID) != 0 {
+		t.Errorf("10 calls made %d API calls, %d token checks, %d stable_token calls (%d forced); want 10 (none repeated), 1, 2 (the first fetch, one look), none forced",
+			componentCalls.Load(), checks, stable, sim.ForcedRefreshes(appID))
+	}
+	if n := requests.Load(); n > 15 {
+		t.Errorf("10 calls cost WeChat %d requests; want at most 15", n)
+	}
+	// A call the token's own refusal spoils is still repeated with a new one.
+	assertErrcode(t, secCheck(t), 0)
+	sim.RevokeTokens(appID)
+	assertErrcode(t, secCheck(t), 0)
 }

@@ -1,7 +1,6 @@
 package fleet
 
 import (
-	"fmt"
 	"net/http"
 	"testing"
 
@@ -32,7 +31,7 @@ const sessionSecret = "fleet-session-secret-0123456789abcdef"
 // scrapeAdminMetrics reads a gateway's /metrics from its admin endpoint.
 func scrapeAdminMetrics(t testing.TB, g *testkit.Gateway) string {
 	t.Helper()
-	resp, err := testkit.Do(mustRequest(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", g.AdminPort)))
+	resp, err := g.Admin(http.MethodGet, "/metrics", nil)
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("metrics: %v %v", resp, err)
 	}

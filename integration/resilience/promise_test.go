@@ -33,8 +33,7 @@ const withMetrics = "metrics"
 func awaitInFlight(t *testing.T, n int) {
 	t.Helper()
 	testkit.WaitFor(t, fmt.Sprintf("%d requests in flight", n), func() bool {
-		req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("http://localhost:%d/metrics", testkit.AdminPort), nil)
-		resp, err := testkit.Do(req)
+		resp, err := testkit.Admin(http.MethodGet, "/metrics", nil)
 		if err != nil {
 			return false
 		}

@@ -15,6 +15,10 @@ type Answer struct {
 	OpenID  string `json:"openid"`
 	UnionID string `json:"unionid"`
 	AppID   string `json:"appid"`
+	// Source is X-WX-SOURCE, which Cloud Hosting backends check before
+	// trusting the rest: the gateway sets it exactly when there is an
+	// identity.
+	Source string `json:"source"`
 	// BodyBytes is the size of the request body, which the gateway must
 	// forward byte for byte even when it read the login code from it.
 	BodyBytes int64 `json:"body_bytes"`
@@ -31,6 +35,7 @@ func Handler() http.Handler {
 			OpenID:    r.Header.Get("X-WX-OPENID"),
 			UnionID:   r.Header.Get("X-WX-UNIONID"),
 			AppID:     r.Header.Get("X-WX-APPID"),
+			Source:    r.Header.Get("X-WX-SOURCE"),
 			BodyBytes: n,
 		})
 	})

@@ -23,9 +23,10 @@ func TestHandlerEchoesIdentity(t *testing.T) {
 				"X-Wx-Openid":  "oPlayer",
 				"X-Wx-Unionid": "oUnion",
 				"X-Wx-Appid":   "wx1234567890abcdef",
+				"X-Wx-Source":  "wx_client",
 			},
 			body: `{"code":"alice.1"}`,
-			want: gamebackend.Answer{Path: "/wx/login", OpenID: "oPlayer", UnionID: "oUnion", AppID: "wx1234567890abcdef", BodyBytes: 18},
+			want: gamebackend.Answer{Path: "/wx/login", OpenID: "oPlayer", UnionID: "oUnion", AppID: "wx1234567890abcdef", Source: "wx_client", BodyBytes: 18},
 		},
 		{
 			name: "no identity",
@@ -64,7 +65,7 @@ func TestHandlerKeepsEmptyFields(t *testing.T) {
 	if err := json.Unmarshal(rec.Body.Bytes(), &fields); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"openid", "unionid", "appid"} {
+	for _, name := range []string{"openid", "unionid", "appid", "source"} {
 		if v, ok := fields[name]; !ok || v != "" {
 			t.Errorf("field %s = %v (present %t), want \"\"", name, v, ok)
 		}

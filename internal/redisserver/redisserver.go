@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -74,7 +75,9 @@ func start(s *Server) (*Server, error) {
 		return nil, ErrNotInstalled
 	}
 	s.bin = bin
-	// A port free a moment ago may be taken before redis-server binds it.
+	// A port free a moment ago may be taken before redis-server binds it
+	// (redis-server then exits), or be bound by another test binary's
+	// server by then (answers tells).
 	for attempt := 1; ; attempt++ {
 		if s.port, err = freePort(s.maxPort); err == nil {
 			err = s.start()
@@ -140,7 +143,7 @@ func (s *Server) start() error {
 			return fmt.Errorf("redis-server exited: %s", strings.TrimSpace(out.String()))
 		default:
 		}
-		if ping(s.Addr()) == nil {
+		if answers(s.Addr(), cmd.Process.Pid) == nil {
 			return nil
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -182,23 +185,34 @@ func (s *Server) Signal(sig os.Signal) error {
 	return s.cmd.Process.Signal(sig)
 }
 
-// ping speaks just enough of the protocol to see the server answer.
-func ping(addr string) error {
+// answers reports whether the server at addr is process pid, speaking just
+// enough of the protocol to ask it: a port free a moment ago may have been
+// taken by another test binary's server, which must not pass for this one.
+func answers(addr string, pid int) error {
 	conn, err := net.DialTimeout("tcp", addr, time.Second)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(time.Second))
-	if _, err := conn.Write([]byte("PING\r\n")); err != nil {
+	if _, err := conn.Write([]byte("INFO server\r\n")); err != nil {
 		return err
 	}
-	line, err := bufio.NewReader(conn).ReadString('\n')
+	r := bufio.NewReader(conn)
+	header, err := r.ReadString('\n')
 	if err != nil {
 		return err
 	}
-	if line != "+PONG\r\n" {
-		return fmt.Errorf("PING answered %q", line)
+	size, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(header, "$")))
+	if !strings.HasPrefix(header, "$") || err != nil {
+		return fmt.Errorf("INFO answered %q", header)
+	}
+	info := make([]byte, size)
+	if _, err := io.ReadFull(r, info); err != nil {
+		return err
+	}
+	if !strings.Contains(string(info), fmt.Sprintf("\nprocess_id:%d\r", pid)) {
+		return fmt.Errorf("another process than redis-server %d answers on %s", pid, addr)
 	}
 	return nil
 }

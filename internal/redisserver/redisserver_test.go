@@ -6,7 +6,10 @@ import (
 	"testing"
 )
 
-func TestServerStartsKillsAndRestarts(t *testing.T) {
+// startForTest starts a server for t, killed when t ends; t is skipped
+// without redis-server.
+func startForTest(t *testing.T) *Server {
+	t.Helper()
 	s, err := Start(t.TempDir())
 	if errors.Is(err, ErrNotInstalled) {
 		t.Skip(err)
@@ -15,13 +18,18 @@ func TestServerStartsKillsAndRestarts(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Kill)
-	if err := ping(s.Addr()); err != nil {
+	return s
+}
+
+func TestServerStartsKillsAndRestarts(t *testing.T) {
+	s := startForTest(t)
+	first := s.Pid()
+	if err := answers(s.Addr(), first); err != nil {
 		t.Fatalf("a started server does not answer: %v", err)
 	}
-	first := s.Pid()
 
 	s.Kill()
-	if ping(s.Addr()) == nil || s.Pid() != 0 {
+	if answers(s.Addr(), first) == nil || s.Pid() != 0 {
 		t.Fatalf("a killed server still answers (pid %d)", s.Pid())
 	}
 	if err := s.Signal(os.Interrupt); err == nil {
@@ -31,8 +39,18 @@ func TestServerStartsKillsAndRestarts(t *testing.T) {
 	if err := s.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	if err := ping(s.Addr()); err != nil || s.Pid() == first || s.Pid() == 0 {
+	if err := answers(s.Addr(), s.Pid()); err != nil || s.Pid() == first || s.Pid() == 0 {
 		t.Fatalf("after Restart: ping %v, pid %d (was %d); want a new server on the same port", err, s.Pid(), first)
+	}
+}
+
+// A server of another test binary on the port is not taken for one's own.
+func TestStartOnATakenPortFails(t *testing.T) {
+	other := startForTest(t)
+	s := &Server{bin: other.bin, dir: t.TempDir(), port: other.Port()}
+	t.Cleanup(s.Kill)
+	if err := s.start(); err == nil {
+		t.Fatalf("started on the port of redis-server %d", other.Pid())
 	}
 }
 

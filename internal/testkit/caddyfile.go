@@ -52,13 +52,18 @@ func Route(prefix, appID, secret, endpoint string, backend *Backend, more ...str
 // failure.
 func LoadConfig(t testing.TB, caddyfile string) (int, string) {
 	t.Helper()
-	url := fmt.Sprintf("http://localhost:%d/load", AdminPort)
-	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(caddyfile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "text/caddyfile")
-	resp, err := Do(req)
+	return load(t, caddyfile, "text/caddyfile")
+}
+
+// LoadJSON is LoadConfig for a JSON config.
+func LoadJSON(t testing.TB, config []byte) (int, string) {
+	t.Helper()
+	return load(t, string(config), "application/json")
+}
+
+func load(t testing.TB, config, contentType string) (int, string) {
+	t.Helper()
+	resp, err := Admin(http.MethodPost, "/load", strings.NewReader(config), "Content-Type: "+contentType)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package testkit
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,13 +20,13 @@ import (
 // process: a fleet behind a load balancer.
 type Gateway struct {
 	// URL is where the gateway serves, e.g. http://127.0.0.1:41234.
-	URL       string
-	HTTPPort  int
-	AdminPort int
-	httpsPort int // unused (auto_https is off): set so that nothing defaults to 443
-	cmd       *exec.Cmd
-	logs      *lockedBuffer
-	dir       string
+	URL         string
+	HTTPPort    int
+	httpsPort   int    // unused (auto_https is off): set so that nothing defaults to 443
+	adminSocket string // a unix socket, for the reason adminSocket gives
+	cmd         *exec.Cmd
+	logs        *lockedBuffer
+	dir         string
 }
 
 var (
@@ -62,8 +63,8 @@ func caddyBinary(t testing.TB) string {
 // debug logs (so that every line the module can write is written and
 // scanned) and no HTTPS.
 func (g *Gateway) globalOptions() string {
-	return fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\thttp_port %d\n\thttps_port %d\n\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n\tdebug\n}\n",
-		g.AdminPort, g.HTTPPort, g.httpsPort)
+	return fmt.Sprintf("{\n\tadmin unix/%s\n\thttp_port %d\n\thttps_port %d\n\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n\tdebug\n}\n",
+		g.adminSocket, g.HTTPPort, g.httpsPort)
 }
 
 // Site is a site block of the gateway, on its HTTP port.
@@ -77,7 +78,14 @@ func (g *Gateway) Site(directives ...string) string {
 func StartGateway(t testing.TB, configure func(g *Gateway) string) *Gateway {
 	t.Helper()
 	bin := caddyBinary(t)
-	g := &Gateway{HTTPPort: FreePort(), AdminPort: FreePort(), httpsPort: FreePort(), logs: new(lockedBuffer), dir: t.TempDir()}
+	g := &Gateway{HTTPPort: FreePort(), httpsPort: FreePort(), logs: new(lockedBuffer), dir: t.TempDir()}
+	// Not in dir: a unix socket's path must stay short (108 bytes on Linux).
+	socketDir, err := os.MkdirTemp("", "gw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(socketDir) })
+	g.adminSocket = filepath.Join(socketDir, "admin.sock")
 	g.URL = fmt.Sprintf("http://127.0.0.1:%d", g.HTTPPort)
 	path := filepath.Join(g.dir, "Caddyfile")
 	if err := os.WriteFile(path, []byte(g.globalOptions()+configure(g)), 0o600); err != nil {
@@ -94,16 +102,18 @@ func StartGateway(t testing.TB, configure func(g *Gateway) string) *Gateway {
 	return g
 }
 
-// waitReady waits until the gateway answers on its admin port.
+// Admin sends a request to path on the gateway's admin API; headers are
+// as Fetch's.
+func (g *Gateway) Admin(method, path string, body io.Reader, headers ...string) (Response, error) {
+	return adminDo(g.adminSocket, method, path, body, headers)
+}
+
+// waitReady waits until the gateway's admin API answers.
 func (g *Gateway) waitReady(t testing.TB) {
 	t.Helper()
-	url := fmt.Sprintf("http://127.0.0.1:%d/config/", g.AdminPort)
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if resp, err := http.Get(url); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
+		if resp, err := g.Admin(http.MethodGet, "/config/", nil); err == nil && resp.StatusCode == http.StatusOK {
+			return
 		}
 		if g.cmd.ProcessState != nil {
 			break
@@ -116,16 +126,10 @@ func (g *Gateway) waitReady(t testing.TB) {
 // admin API, as `caddy reload` does.
 func (g *Gateway) Reload(t testing.TB, configure func(g *Gateway) string) {
 	t.Helper()
-	url := fmt.Sprintf("http://127.0.0.1:%d/load", g.AdminPort)
-	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(g.globalOptions()+configure(g)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "text/caddyfile")
-	// Caddy skips a reload whose config is unchanged, unless told not to.
-	req.Header.Set("Cache-Control", "must-revalidate")
 	before := g.lastReload(t)
-	resp, err := Do(req)
+	// Caddy skips a reload whose config is unchanged, unless told not to.
+	resp, err := g.Admin(http.MethodPost, "/load", strings.NewReader(g.globalOptions()+configure(g)),
+		"Content-Type: text/caddyfile", "Cache-Control: must-revalidate")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,16 +139,13 @@ func (g *Gateway) Reload(t testing.TB, configure func(g *Gateway) string) {
 	if g.lastReload(t) == before {
 		t.Fatal("the gateway answered the reload without reloading")
 	}
+	awaitOldListenerClosed(t, g.HTTPPort)
 }
 
 // lastReload is when the gateway last loaded a config, as its metrics say.
 func (g *Gateway) lastReload(t testing.TB) string {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/metrics", g.AdminPort), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := Do(req)
+	resp, err := g.Admin(http.MethodGet, "/metrics", nil)
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("metrics: %v %v", resp, err)
 	}

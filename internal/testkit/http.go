@@ -1,10 +1,12 @@
 package testkit
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -40,8 +42,11 @@ var client = &http.Client{
 }
 
 // Do sends req and reads the whole response.
-func Do(req *http.Request) (Response, error) {
-	resp, err := client.Do(req)
+func Do(req *http.Request) (Response, error) { return send(client, req) }
+
+// send sends req with c and reads the whole response.
+func send(c *http.Client, req *http.Request) (Response, error) {
+	resp, err := c.Do(req)
 	if err != nil {
 		return Response{}, err
 	}
@@ -55,18 +60,48 @@ func Do(req *http.Request) (Response, error) {
 // that tests can send odd spellings); a name may repeat. It does not touch
 // a testing.T, so any goroutine may call it.
 func Fetch(ctx context.Context, method, path string, body io.Reader, headers ...string) (Response, error) {
-	req, err := http.NewRequestWithContext(ctx, method, BaseURL()+path, body)
+	req, err := newRequest(ctx, method, BaseURL()+path, body, headers)
 	if err != nil {
 		return Response{}, err
+	}
+	return Do(req)
+}
+
+// newRequest is a request with headers as Fetch takes them.
+func newRequest(ctx context.Context, method, url string, body io.Reader, headers []string) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, method, url, body)
+	if err != nil {
+		return nil, err
 	}
 	for _, h := range headers {
 		name, value, ok := strings.Cut(h, ": ")
 		if !ok {
-			return Response{}, fmt.Errorf("header %q is not \"Name: value\"", h)
+			return nil, fmt.Errorf("header %q is not \"Name: value\"", h)
 		}
 		req.Header[name] = append(req.Header[name], value) // no canonicalization
 	}
-	return Do(req)
+	return req, nil
+}
+
+// adminDo sends a request to path on the Caddy admin API listening on the
+// unix socket at socket; headers are as Fetch's.
+func adminDo(socket, method, path string, body io.Reader, headers []string) (Response, error) {
+	// The host is never looked up; Caddy wants a loopback one.
+	req, err := newRequest(context.Background(), method, "http://127.0.0.1"+path, body, headers)
+	if err != nil {
+		return Response{}, err
+	}
+	admin := &http.Client{
+		Timeout: client.Timeout,
+		Transport: &http.Transport{
+			DisableKeepAlives: true,
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", socket)
+			},
+		},
+	}
+	return send(admin, req)
 }
 
 // Send is Fetch for the test goroutine: a failed request ends the test.
@@ -86,15 +121,18 @@ func Get(t testing.TB, path string, headers ...string) Response {
 }
 
 // CheckRefusal checks that r is the documented JSON refusal with status and
-// error code, a message, Retry-After in whole seconds (at least 1) on 429
-// and 503, and nothing secret, and returns what is wrong with it, if
-// anything. It does not touch a testing.T, so any goroutine may call it.
+// error code, a message, a body that ends at its closing brace, Retry-After
+// in whole seconds (at least 1) on 429 and 503, and nothing secret, and
+// returns what is wrong with it, if anything. It does not touch a testing.T, so any goroutine may call it.
 func CheckRefusal(r Response, status int, code string) error {
 	if r.StatusCode != status {
 		return fmt.Errorf("got %v, want %d %s", r, status, code)
 	}
 	if ct := r.Header.Get("Content-Type"); ct != "application/json" {
 		return fmt.Errorf("%v: Content-Type %q, want application/json", r, ct)
+	}
+	if !bytes.HasSuffix(r.Body, []byte("}")) {
+		return fmt.Errorf("body %q does not end at its closing brace", r.Body)
 	}
 	var body struct{ Error, Message string }
 	if err := json.Unmarshal(r.Body, &body); err != nil || body.Error != code || body.Message == "" {

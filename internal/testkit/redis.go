@@ -3,6 +3,7 @@ package testkit
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"strings"
@@ -118,10 +119,30 @@ func (r *Redis) Stop() { r.server.Kill() }
 
 // Freeze stops the server with SIGSTOP: connections stay open and nothing
 // answers, as with a server stalled on a slow disk or a swapped-out host.
-func (r *Redis) Freeze() { r.signal(syscall.SIGSTOP) }
+// It returns once the server has stopped: a signal lands when the kernel
+// gets to it, and a command sent before that would still be answered.
+func (r *Redis) Freeze() {
+	r.t.Helper()
+	r.signal(syscall.SIGSTOP)
+	r.awaitStopped(true)
+}
 
-// Resume continues a frozen server.
-func (r *Redis) Resume() { r.signal(syscall.SIGCONT) }
+// Resume continues a frozen server, and returns once it runs.
+func (r *Redis) Resume() {
+	r.t.Helper()
+	r.signal(syscall.SIGCONT)
+	r.awaitStopped(false)
+}
+
+// awaitStopped waits until the server is stopped, or runs; where that
+// cannot be read (outside Linux), it returns at once.
+func (r *Redis) awaitStopped(stopped bool) {
+	r.t.Helper()
+	WaitFor(r.t, fmt.Sprintf("redis-server is stopped: %t", stopped), func() bool {
+		is, known := processStopped(r.server.Pid())
+		return !known || is == stopped
+	})
+}
 
 func (r *Redis) signal(sig os.Signal) {
 	r.t.Helper()

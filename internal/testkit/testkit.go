@@ -7,48 +7,48 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
+	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2/caddytest"
+	"github.com/caddyserver/caddy/v2"
+	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile" // the caddyfile adapter of the admin API's /load
 	"golang.org/x/sys/unix"
 
 	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
 	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim/wechatsimtest"
 )
 
-// HTTPPort, HTTPSPort and AdminPort are the ports of the test Caddy, free
-// loopback ports chosen when the test binary starts, so that test packages
-// (which Go runs in parallel) and other suites on the machine never collide.
+// HTTPPort and HTTPSPort are the ports of the test Caddy, held for this
+// process from when the test binary starts (see FreePort), so that test
+// packages (which Go runs in parallel) and other suites on the machine never
+// collide.
 var (
 	HTTPPort  = FreePort()
 	HTTPSPort = FreePort()
-	AdminPort = FreePort()
 )
 
-// FreePort returns a TCP port that was free on the loopback interface a
-// moment ago. The kernel hands out ephemeral ports in turn, so it is not
-// handed out again soon.
-func FreePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic("testkit: no free port: " + err.Error())
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+// adminSocket is where the test Caddy's admin API listens: a unix socket of
+// this process's own, not a port. Caddy opens a new admin listener at every
+// config load, even a refused one, and closes the old one once it has
+// answered; on a TCP port each listener has its own queue (SO_REUSEPORT),
+// and a request queued at the old one when it closes is reset. The
+// listeners of a unix socket share one queue.
+var adminSocket = filepath.Join(os.TempDir(), fmt.Sprintf("wechat-login-caddy-%d.sock", os.Getpid()))
 
 // GlobalOptions is the global block every test Caddyfile starts with: the
 // test ports, debug logging (so that every log line the module can write is
-// written and scanned), and no HTTPS.
+// written and scanned), no HTTPS, and no copy of the config (secrets and
+// all) saved in the home directory.
 func GlobalOptions(extra string) string {
 	return fmt.Sprintf(`{
-	admin localhost:%d
+	admin unix/%s
+	persist_config off
 	http_port %d
 	https_port %d
 	auto_https off
@@ -56,22 +56,53 @@ func GlobalOptions(extra string) string {
 	debug
 	%s
 }
-`, AdminPort, HTTPPort, HTTPSPort, extra)
+`, adminSocket, HTTPPort, HTTPSPort, extra)
 }
 
 // BaseURL is where the test Caddy serves.
 func BaseURL() string { return "http://localhost:" + strconv.Itoa(HTTPPort) }
 
+var (
+	caddyOnce    sync.Once
+	caddyStarted error
+)
+
 // StartCaddy loads caddyfile (which should start with GlobalOptions) into the
-// in-process test Caddy, starting it on first use.
-func StartCaddy(t testing.TB, caddyfile string) *caddytest.Tester {
+// in-process test Caddy, starting it on first use. A refused config ends the
+// test, with Caddy's answer, secrets hidden.
+func StartCaddy(t testing.TB, caddyfile string) {
 	t.Helper()
-	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: AdminPort})
-	tester.InitServer(caddyfile, "caddyfile")
-	if t.Failed() {
-		t.FailNow()
+	caddyOnce.Do(func() {
+		caddyStarted = caddy.Load([]byte(`{"admin":{"listen":"unix/`+adminSocket+`"}}`), true)
+	})
+	if caddyStarted != nil {
+		t.Fatalf("testkit: starting Caddy: %v", caddyStarted)
 	}
-	return tester
+	if status, body := LoadConfig(t, caddyfile); status != http.StatusOK {
+		t.Fatalf("testkit: Caddy refused the config: %d %s", status, Redact(body))
+	}
+	awaitOldListenerClosed(t, HTTPPort)
+}
+
+// awaitOldListenerClosed waits, after a config load, until the previous
+// config no longer listens on port. The new config listens beside it (each
+// socket with SO_REUSEPORT and a queue of its own), and a goroutine shuts
+// the old one down after the load has answered: a request queued there
+// meanwhile is reset, or read once the server is shutting down and dropped
+// (EOF). The kernel's tables tell, not Caddy's own count of listeners,
+// which drops just before the socket closes.
+func awaitOldListenerClosed(t testing.TB, port int) {
+	t.Helper()
+	WaitFor(t, "the previous config stops listening", func() bool {
+		n, known := listeningSockets(port)
+		return !known || n <= 1
+	})
+}
+
+// Admin sends a request to path on the test Caddy's admin API; headers are
+// as Fetch's.
+func Admin(method, path string, body io.Reader, headers ...string) (Response, error) {
+	return adminDo(adminSocket, method, path, body, headers)
 }
 
 var (
@@ -122,6 +153,16 @@ func Leaks(text string) []string {
 	return leaks
 }
 
+// Redact is text with every forbidden string in it replaced by ***.
+func Redact(text string) string {
+	for _, s := range Forbidden() {
+		if s != "" {
+			text = strings.ReplaceAll(text, s, "***")
+		}
+	}
+	return text
+}
+
 // RunScanningLogs runs the tests with everything written to standard error
 // (where Caddy's logs go) captured, still echoed, then fails the run if any
 // forbidden string appears in it, or if mustSee does not (proof that the
@@ -134,9 +175,8 @@ func RunScanningLogs(m *testing.M, mustSee string) int {
 	}
 	code := m.Run()
 	logs := restore()
-	if leaks := Leaks(logs); len(leaks) > 0 {
-		// Do not print the secrets themselves; say how many and where.
-		fmt.Fprintf(os.Stderr, "FAIL: %d secret(s), code(s) or session_key(s) appeared in the log output (%d bytes scanned)\n", len(leaks), len(logs))
+	_ = os.Remove(adminSocket)
+	if reportLeaks(logs) {
 		return 1
 	}
 	// A -run filter may skip the tests that write mustSee.
@@ -146,6 +186,31 @@ func RunScanningLogs(m *testing.M, mustSee string) int {
 		return 1
 	}
 	return code
+}
+
+// reportLeaks prints the log lines that carry a forbidden string, each one
+// replaced by ***, so that what wrote them shows (a module's log line, or
+// a test harness printing a config), and reports whether there were any.
+func reportLeaks(logs string) bool {
+	const shown, width = 10, 300
+	var leaking []string
+	for line := range strings.Lines(logs) {
+		if len(Leaks(line)) > 0 {
+			leaking = append(leaking, line)
+		}
+	}
+	if len(leaking) == 0 {
+		return false
+	}
+	fmt.Fprintf(os.Stderr, "FAIL: %d log line(s) carry a secret, code or session_key (%d bytes scanned); each shown with them replaced by ***:\n", len(leaking), len(logs))
+	for _, line := range leaking[:min(len(leaking), shown)] {
+		line = Redact(strings.TrimSpace(line))
+		if len(line) > width {
+			line = line[:width] + "…"
+		}
+		fmt.Fprintln(os.Stderr, "\t"+line)
+	}
+	return true
 }
 
 // captureStderr points file descriptor 2 at a pipe, so that writers that
