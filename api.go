@@ -303,13 +303,14 @@ func (h *APIHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 		return writeTokenAnswer(w, t, h.tokens.now())
 	}
 	start := time.Now()
+	backendQuery := r.URL.RawQuery // before the gateway signs
 	answer, outcome, refusal := h.call(r, cleanPath)
 	if refusal != nil {
 		h.logCall(r, refusal.status, refusal.code, start)
 		return h.refuse(w, r, refusal)
 	}
 	defer answer.Body.Close()
-	h.keepRotatedKey(r, cleanPath, answer)
+	h.keepRotatedKey(r, backendQuery, cleanPath, answer)
 	h.metrics.call(outcome)
 	h.logCall(r, answer.StatusCode, outcome, start)
 	if err := passOn(w, answer); err != nil {

@@ -390,11 +390,12 @@ func withoutParam(rawQuery, name string) string {
 	return strings.Join(kept, "&")
 }
 
-// keepRotatedKey takes the new key out of resetusersessionkey's answer when
-// the call reset the key the gateway keeps: the custody moves to the new
-// key, and the backend gets the answer without it (it never held the old
-// one either).
-func (h *APIHandler) keepRotatedKey(r *http.Request, cleanPath string, answer *http.Response) {
+// keepRotatedKey follows resetusersessionkey's answer when the call reset
+// the key the gateway keeps: the custody moves to the new key. A backend
+// the gateway signed for gets the answer without the new key (it never held
+// the old one either); one that signed itself (forward_session_key) gets
+// it as WeChat sent it, or its own copy of the key would be stale for good.
+func (h *APIHandler) keepRotatedKey(r *http.Request, backendQuery, cleanPath string, answer *http.Response) {
 	if cleanPath != resetSessionKeyPath || answer.StatusCode != http.StatusOK {
 		return
 	}
@@ -418,25 +419,28 @@ func (h *APIHandler) keepRotatedKey(r *http.Request, cleanPath string, answer *h
 		return
 	}
 	h.keepRotation(r.Context(), openid, old, reset.SessionKey)
+	if sent, err := url.ParseQuery(backendQuery); err != nil || sent.Has("signature") {
+		return
+	}
 	delete(fields, "session_key")
 	body, _ = json.Marshal(fields) // raw JSON values always encode
 	answer.Body, answer.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
 }
 
 // keepRotation moves the custody of openid from old to successor, in this
-// process and, with redis, in the fleet (where the successor keeps the
-// old key's issue time, and so its expiry).
+// process and, with redis, in the fleet, where the successor takes the
+// issue time (and so the expiry) of the fleet's own record of old: the
+// login wrote it a little after its memory's, and an earlier one would
+// lose to it.
 func (h *APIHandler) keepRotation(ctx context.Context, openid, old, successor string) {
 	issuedAt, ok := h.sessionKeys.replace(openid, old, successor)
 	if h.fleet == nil {
 		return
 	}
-	if !ok {
-		shared, found, _ := h.fleet.lookupSessionKey(ctx, openid, time.Now())
-		if !found || shared.key != old {
-			return
-		}
-		issuedAt = shared.issuedAt
+	if shared, found, _ := h.fleet.lookupSessionKey(ctx, openid, time.Now()); found && shared.key == old {
+		issuedAt, ok = shared.issuedAt, true
 	}
-	h.fleet.keepSessionKey(ctx, openid, successor, issuedAt)
+	if ok {
+		h.fleet.keepSessionKey(ctx, openid, successor, issuedAt)
+	}
 }

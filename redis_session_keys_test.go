@@ -92,3 +92,26 @@ func TestFleetKeepsOnlyTheSessionKeysItReads(t *testing.T) {
 		}
 	}
 }
+
+// TestRotationMovesTheFleetsKey: a reset at the gateway whose memory holds
+// the old key moves the fleet's record to the new key too, though the
+// login's Redis write carries a slightly later issue time than its memory
+// (it is made after the exchange): every gateway then signs with the new
+// key.
+func TestRotationMovesTheFleetsKey(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	ctx := context.Background()
+	gwA, gwB := newGateway(t, srv.Addr(), 0, nil), newGateway(t, srv.Addr(), 1, nil)
+	issued := time.Now().Add(-time.Minute)
+	rotating := &APIHandler{fleet: gwA.fleet, sessionKeys: newSessionKeyCustody()}
+	rotating.sessionKeys.keep("oAlice", "old-key", issued)
+	gwA.keepSessionKey(ctx, "oAlice", "old-key", issued.Add(2*time.Millisecond))
+
+	rotating.keepRotation(ctx, "oAlice", "old-key", "new-key")
+	other := &APIHandler{fleet: gwB.fleet, sessionKeys: newSessionKeyCustody()}
+	for name, h := range map[string]*APIHandler{"the gateway that rotated": rotating, "another gateway": other} {
+		if key, refusal := h.playerKey(ctx, "oAlice"); key != "new-key" {
+			t.Errorf("%s signs with %q (%v) after the rotation; want the new key", name, key, refusal)
+		}
+	}
+}

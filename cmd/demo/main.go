@@ -84,6 +84,7 @@ func main() {
 	if !*check {
 		wechatHandler = logCalls(sim)
 	}
+	wechatHandler = withGroupEnterInfo(sim, wechatHandler)
 	host, port, err := net.SplitHostPort(*listen)
 	if err != nil || host == "" {
 		fatalf("-listen %q: want host:port, such as 127.0.0.1:8080", *listen)
@@ -115,7 +116,7 @@ func main() {
 
 	w := newWalkthrough("http://"+net.JoinHostPort(host, port), sim, received)
 	if *check {
-		apiWalkthrough := newAPIWalkthrough("http://"+net.JoinHostPort(apiHost, apiPort), sim)
+		apiWalkthrough := newAPIWalkthrough("http://"+net.JoinHostPort(apiHost, apiPort), "http://"+running.wechat, sim)
 		ok := w.check(os.Stdout)
 		ok = apiWalkthrough.check(os.Stdout) && ok
 		running.stop()
@@ -128,7 +129,7 @@ func main() {
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
 	w.printGuide(os.Stdout, running.backend, running.wechat)
-	newAPIWalkthrough("http://"+net.JoinHostPort(apiHost, apiPort), sim).printAPIGuide(os.Stdout)
+	newAPIWalkthrough("http://"+net.JoinHostPort(apiHost, apiPort), "http://"+running.wechat, sim).printAPIGuide(os.Stdout)
 	<-ctx.Done()
 	cancel() // a second Ctrl-C ends the demo at once
 	fmt.Println("\nshutting down")
