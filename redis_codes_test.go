@@ -152,6 +152,55 @@ func TestRedisCodesOneCallAcrossGateways(t *testing.T) {
 	}
 }
 
+// A login whose client hangs up while it waits for another gateway's call
+// leaves its gateway on Redis: the wait goes on for the code's result with
+// that login's context, ended, and an ended context is not Redis failing
+// (were it, the gateway would leave Redis and call WeChat with a code that
+// is already spent).
+func TestRedisCodesWaiterWhoseClientHangsUpStaysOnRedis(t *testing.T) {
+	rdb, a, b := twoGateways(t, time.Minute)
+	key := newCodeKey(fleetAppID, fleetCode)
+	wechat := newCountingLead(fleetIdentity, nil)
+	errorsBefore := storeErrorsTotal()
+
+	first := redeemIn(a, key, wechat)
+	<-wechat.started
+	ctx, hangUp := context.WithCancel(context.Background())
+	claimsBefore := redisCalls(t, rdb, "evalsha")
+	waiter := make(chan *jsonRefusal, 1)
+	go func() {
+		_, _, refusal := b.redeem(ctx, key, wechat.lead)
+		waiter <- refusal
+	}()
+	testkit.WaitFor(t, "gateway B finds the call in flight", func() bool { return redisCalls(t, rdb, "evalsha") > claimsBefore })
+	hangUp()
+	if refusal := <-waiter; refusal == nil || refusal.status != statusClientClosedRequest {
+		t.Fatalf("the login whose client hung up got %+v, want 499", refusal)
+	}
+	polled := redisCalls(t, rdb, "evalsha")
+	testkit.WaitFor(t, "gateway B looks for the result again", func() bool {
+		return redisCalls(t, rdb, "evalsha") >= polled+2 || b.fleet.redis.down.Load()
+	})
+	close(wechat.release)
+	if got := <-first; got.id != fleetIdentity {
+		t.Fatalf("gateway A: %+v", got)
+	}
+
+	// The client's retry at B gets what A's call proved, with no call of its own.
+	if id, _, refusal := b.redeem(context.Background(), key, wechat.lead); refusal != nil || id != fleetIdentity {
+		t.Errorf("the retry at gateway B: %+v %v, want A's identity", id, refusal)
+	}
+	if calls := wechat.calls.Load(); calls != 1 {
+		t.Errorf("%d WeChat calls for one code, want 1", calls)
+	}
+	if b.fleet.redis.down.Load() {
+		t.Error("gateway B left Redis after a client hung up")
+	}
+	if got := storeErrorsTotal() - errorsBefore; got != 0 {
+		t.Errorf("store_errors_total rose by %v after a client hung up, want 0", got)
+	}
+}
+
 func TestRedisCodesRetryOnAnotherGatewayIsServedFromCache(t *testing.T) {
 	_, a, b := twoGateways(t, time.Minute)
 	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
