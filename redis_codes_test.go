@@ -159,36 +159,36 @@ func TestRedisCodesOneCallAcrossGateways(t *testing.T) {
 // is already spent).
 func TestRedisCodesWaiterWhoseClientHangsUpStaysOnRedis(t *testing.T) {
 	rdb, a, b := twoGateways(t, time.Minute)
-	key := newCodeKey(fleetAppID, fleetCode)
-	wechat := newCountingLead(fleetIdentity, nil)
+	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
+	wechat := newCountingExchange(proving(fleetIdentity))
 	errorsBefore := storeErrorsTotal()
 
 	first := redeemIn(a, key, wechat)
 	<-wechat.started
 	ctx, hangUp := context.WithCancel(context.Background())
 	claimsBefore := redisCalls(t, rdb, "evalsha")
-	waiter := make(chan *jsonRefusal, 1)
+	waiter := make(chan error, 1)
 	go func() {
-		_, _, refusal := b.redeem(ctx, key, wechat.lead)
-		waiter <- refusal
+		_, _, err := b.redeem(ctx, key, wechat.exchange)
+		waiter <- err
 	}()
 	testkit.WaitFor(t, "gateway B finds the call in flight", func() bool { return redisCalls(t, rdb, "evalsha") > claimsBefore })
 	hangUp()
-	if refusal := <-waiter; refusal == nil || refusal.status != statusClientClosedRequest {
-		t.Fatalf("the login whose client hung up got %+v, want 499", refusal)
+	if err := <-waiter; err == nil {
+		t.Fatal("the login whose client hung up was answered as if it waited on")
 	}
 	polled := redisCalls(t, rdb, "evalsha")
 	testkit.WaitFor(t, "gateway B looks for the result again", func() bool {
 		return redisCalls(t, rdb, "evalsha") >= polled+2 || b.fleet.redis.down.Load()
 	})
 	close(wechat.release)
-	if got := <-first; got.id != fleetIdentity {
+	if got := <-first; !got.proved(fleetIdentity) {
 		t.Fatalf("gateway A: %+v", got)
 	}
 
 	// The client's retry at B gets what A's call proved, with no call of its own.
-	if id, _, refusal := b.redeem(context.Background(), key, wechat.lead); refusal != nil || id != fleetIdentity {
-		t.Errorf("the retry at gateway B: %+v %v, want A's identity", id, refusal)
+	if res, _, err := b.redeem(context.Background(), key, wechat.exchange); err != nil || !(redeemed{res: res}).proved(fleetIdentity) {
+		t.Errorf("the retry at gateway B: %+v %v, want A's identity", res, err)
 	}
 	if calls := wechat.calls.Load(); calls != 1 {
 		t.Errorf("%d WeChat calls for one code, want 1", calls)
