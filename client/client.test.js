@@ -279,13 +279,16 @@ test('respond mode: login() gives the gateway answer; the token and expires_at a
   assert.equal(rt.logins, 1);
 });
 
-test('runtime tt by name: tt.login\'s code and anonymousCode go as code and anonymous_code', async (t) => {
+test('runtime tt by name: a Douyin login at /tt/login, tt.login\'s code and anonymousCode sent as code and anonymous_code', async (t) => {
   const rt = fakeRuntime({ player: 'douyin', anonymousCode: 'anon-douyin' });
   globalThis.tt = rt;
   t.after(() => { delete globalThis.tt; });
   const answer = await createClient({ baseURL: gw.demoURL, runtime: 'tt' }).request({ url: '/game/state' });
   assert.equal(answer.statusCode, 200);
-  const query = new URL(loginRequests(rt)[0].url).searchParams;
+  assert.equal(answer.data.platform, 'douyin');
+  const logins = loginRequests(rt, '/tt/login');
+  assert.equal(logins.length, 1, 'logins at /tt/login');
+  const query = new URL(logins[0].url).searchParams;
   assert.equal(query.get('code'), 'douyin.1');
   assert.equal(query.get('anonymous_code'), 'anon-douyin');
 });

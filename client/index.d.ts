@@ -19,7 +19,7 @@ export interface LoginCodes {
 export interface ClientOptions {
   /** The gateway, such as "https://game.example.com"; the token is sent there only. */
   baseURL: string;
-  /** The gateway's login_path for this app. Default "/wx/login", whatever the runtime. */
+  /** The gateway's login_path for this app. Default: the gateway's default for the runtime named ("/wx/login", "/tt/login" for "tt", "/qq/login" for "qq"); "/wx/login" for a runtime object. */
   loginPath?: string;
   /** The runtime object, or the name of its global. Default "wx". */
   runtime?: 'wx' | 'tt' | 'qq' | Runtime;

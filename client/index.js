@@ -5,7 +5,6 @@
 // WeChat's, QQ's and Douyin's mini-game runtimes.
 
 var DEFAULTS = {
-  loginPath: '/wx/login',
   codeField: 'code',
   maxRetryWaitMs: 5000,
   maxLoginAttempts: 3,
@@ -112,7 +111,11 @@ function jwtClaims(token) {
   }
 }
 
-// sessionFrom reads a successful login's token: the X-WX-SESSION header of a
+// SESSION_HEADERS are where the gateway puts a login's token, one per
+// platform's header family (X-TT-SESSION on a Douyin login).
+var SESSION_HEADERS = ['X-WX-SESSION', 'X-TT-SESSION', 'X-QQ-SESSION', 'X-TAP-SESSION', 'X-BILI-SESSION'];
+
+// sessionFrom reads a successful login's token: the session header of a
 // login answered by the upstream, or the body of one answered by the gateway
 // itself (respond mode). Its expiry is the token's lifetime (exp - iat)
 // counted on this device's clock from receivedAt: a device clock set hours
@@ -121,7 +124,8 @@ function jwtClaims(token) {
 // expires_at or exp is all there is.
 function sessionFrom(res, receivedAt) {
   var body = jsonBody(res.data);
-  var token = headerValue(res.header, 'X-WX-SESSION');
+  var token;
+  for (var i = 0; i < SESSION_HEADERS.length && !token; i++) token = headerValue(res.header, SESSION_HEADERS[i]);
   var expiresAt;
   if (!token && body && typeof body.token === 'string') {
     token = body.token;
@@ -152,6 +156,7 @@ function clientOptions(options) {
   if (typeof opts.baseURL !== 'string' || !/^https?:\/\//.test(opts.baseURL)) {
     throw new TypeError('baseURL must be an http(s) URL, such as https://game.example.com');
   }
+  if (opts.loginPath === undefined) opts.loginPath = defaultLoginPath(opts.runtime);
   if (typeof opts.loginPath !== 'string' || opts.loginPath.charAt(0) !== '/') {
     throw new TypeError('loginPath must be a path, such as /wx/login');
   }
@@ -161,6 +166,13 @@ function clientOptions(options) {
     }
   });
   return opts;
+}
+
+// defaultLoginPath is the gateway's default login_path for the platform
+// whose runtime is named (/wx/login, /tt/login, /qq/login); a runtime given
+// as an object is taken for WeChat's.
+function defaultLoginPath(runtime) {
+  return { tt: '/tt/login', qq: '/qq/login' }[runtime] || '/wx/login';
 }
 
 // playerStates holds, per runtime object and storage key, what every client
