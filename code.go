@@ -58,6 +58,12 @@ func loginCredentials(r *http.Request, field string, p *platform, presented pres
 			values[i], found[i] = header, true
 		}
 	}
+	// tt.login gives a player not logged in to Douyin an anonymousCode and
+	// no code: a client that sends both as it got them sends one empty,
+	// which is absent, not a bad code.
+	if found[0] && found[1] && (values[0] == "") != (values[1] == "") {
+		found[0], found[1] = values[0] != "", values[1] != ""
+	}
 	if !found[0] && !found[1] {
 		return credentials{}, badRequest("no login code: send the code from " + p.clientLogin + " as the " + field +
 			" query parameter, JSON or form field, or the " + strings.ToUpper(p.headers.code) + " header")

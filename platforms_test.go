@@ -312,6 +312,45 @@ func TestDouyinAnonymousLogin(t *testing.T) {
 	}
 }
 
+// tt.login gives a player who is not logged in to Douyin an anonymousCode
+// and an empty code: a client that sends both as it got them, in the query
+// or a JSON body, logs in anonymously rather than getting "the login code
+// is empty"; Douyin is asked without the empty code. Both empty is still no
+// code, and so is WeChat's empty code.
+func TestDouyinEmptyCodeBesideAnonymousCode(t *testing.T) {
+	_, wechatEndpoint := newTestSim(t)
+	fake, endpoint := newFakePlatforms(t, map[string]string{
+		douyinExchangePath: `{"error":0,"session_key":"","openid":"","anonymous_openid":"ttAnonPhone","unionid":""}`,
+	})
+	h := newTestHandler(t, wechatEndpoint, withPlatformApps(endpoint))
+
+	query := serveAt(h, "/tt/login?code=&anonymous_code=phone.1", nil).checked(t)
+	if !query.forwarded() {
+		t.Fatalf("an empty code beside an anonymous code in the query: %d %s", query.w.Code, query.w.Body)
+	}
+	if q := fake.last(); q.Get("anonymous_code") != "phone.1" || q.Has("code") {
+		t.Errorf("Douyin was asked %v", q)
+	}
+	wantHeaders(t, "anonymous login", query.upstream, map[string]string{"X-Tt-Anonymous-Openid": "ttAnonPhone", "X-Tt-Openid": ""})
+
+	r, _ := newTestRequest(context.Background(), http.MethodPost, "/tt/login", strings.NewReader(`{"code":"","anonymous_code":"phone.2"}`))
+	r.Header.Set("Content-Type", "application/json")
+	w := httptest.NewRecorder()
+	up := &recordingUpstream{}
+	if err := h.ServeHTTP(w, r, up.handler()); err != nil || up.count() != 1 {
+		t.Fatalf("an empty code beside an anonymous code in a JSON body: %v %d %s", err, w.Code, w.Body)
+	}
+	if q := fake.last(); q.Get("anonymous_code") != "phone.2" || q.Has("code") {
+		t.Errorf("Douyin was asked %v", q)
+	}
+
+	for _, target := range []string{"/tt/login?code=&anonymous_code=", "/wx/login?code=&anonymous_code=phone.3"} {
+		if res := serveAt(h, target, nil); res.forwarded() || res.w.Code != http.StatusBadRequest {
+			t.Errorf("%s: %d %s", target, res.w.Code, res.w.Body)
+		}
+	}
+}
+
 // Each platform's errors reach the client through the one refusal table,
 // naming the platform and its own errcode.
 func TestPlatformErrorsAreRefusedByKind(t *testing.T) {
