@@ -589,10 +589,12 @@ func TestRedisCodesLockLastsTheLongestExchange(t *testing.T) {
 // would run out, and is then served by a call of its own.
 func TestRedisCodesSlowRedisHoldsALoginThroughOneSilenceOnly(t *testing.T) {
 	srv := testkit.StartRedis(t)
-	gw := newGateway(t, srv.Addr(), 0, func(c *RedisConfig) { c.Timeout = caddy.Duration(20 * time.Millisecond) })
+	gw := newGateway(t, srv.Addr(), 0, func(c *RedisConfig) { c.Timeout = caddy.Duration(5 * time.Millisecond) })
 	codes := gw.fleetCodes(time.Minute)
-	// Redis runs 150ms scripts one after another: the gateway's operations
-	// are answered long after their timeout, its PING within its second.
+	// Redis runs 100ms scripts one after another: the gateway's operations
+	// are mostly answered after their timeout, its PING (a dial, a
+	// handshake and the PING, each behind one script) well within its
+	// second.
 	hog := newTestRedisClient(t, srv.Addr())
 	stop := make(chan struct{})
 	var hogging sync.WaitGroup
@@ -608,7 +610,7 @@ local start = redis.call('TIME')
 repeat
 	local now = redis.call('TIME')
 until (now[1] - start[1]) * 1000000 + now[2] - start[2] >= tonumber(ARGV[1])
-return 0`, nil, 150000)
+return 0`, nil, 100000)
 		}
 	})
 	defer hogging.Wait()
