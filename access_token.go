@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"net/http"
 	"net/url"
@@ -120,12 +119,17 @@ type stableTokenRequest struct {
 
 // fetch asks stable_token for the app's token, in normal mode or with
 // force_refresh. now is when the question is asked.
-func (c *stableTokenClient) fetch(ctx context.Context, force bool, now time.Time) (accessToken, *attemptError) {
+func (c *stableTokenClient) fetch(ctx context.Context, force bool, now time.Time) (accessToken, *platformError) {
 	// Marshalling a struct of strings and a bool cannot fail.
 	body, _ := json.Marshal(stableTokenRequest{GrantType: "client_credential", AppID: c.appID, Secret: c.secret, ForceRefresh: force})
-	answer, aerr := c.call(ctx, http.MethodPost, c.url, bytes.NewReader(body), "stable_token")
-	if aerr != nil {
-		return accessToken{}, aerr
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(body))
+	if err != nil {
+		return accessToken{}, badResponse("could not build the stable_token request")
+	}
+	req.Header.Set("Content-Type", "application/json")
+	answer, perr := callPlatform(c.http, req, maxTokenAnswer)
+	if perr != nil {
+		return accessToken{}, perr
 	}
 	value, lifetime, aerr := decodeStableToken(answer)
 	if aerr != nil {
@@ -147,8 +151,12 @@ const (
 // the app's token and nothing else: an answer without an errcode (or 0)
 // accepts it, 40001, 40014 or 42001 refuse it.
 func (c *stableTokenClient) check(ctx context.Context, t accessToken) tokenVerdict {
-	answer, aerr := c.call(ctx, http.MethodGet, c.checkURL+"?access_token="+url.QueryEscape(t.value), nil, "the token check")
-	if aerr != nil {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.checkURL+"?access_token="+url.QueryEscape(t.value), nil)
+	if err != nil {
+		return tokenVerdictUnknown
+	}
+	answer, perr := callPlatform(c.http, req, maxTokenAnswer)
+	if perr != nil {
 		return tokenVerdictUnknown
 	}
 	var fields map[string]json.RawMessage
@@ -172,39 +180,10 @@ func (c *stableTokenClient) check(ctx context.Context, t accessToken) tokenVerdi
 	return tokenVerdictUnknown
 }
 
-// call makes one call to WeChat about the app's token and returns the body
-// of its HTTP 200 answer; what names the call in errors, which carry
-// nothing of the URL (it may hold the token).
-func (c *stableTokenClient) call(ctx context.Context, method, target string, body io.Reader, what string) ([]byte, *attemptError) {
-	req, err := http.NewRequestWithContext(ctx, method, target, body)
-	if err != nil {
-		return nil, &attemptError{kind: kindBadResponse, detail: "could not build the " + what + " request"}
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return nil, transportError(ctx, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 500 {
-		return nil, &attemptError{kind: kindUnavailable, detail: fmt.Sprintf("%s answered HTTP %d", what, resp.StatusCode)}
-	}
-	answer, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenAnswer+1))
-	if err != nil {
-		return nil, transportError(ctx, err)
-	}
-	if resp.StatusCode != http.StatusOK || len(answer) > maxTokenAnswer {
-		return nil, &attemptError{kind: kindBadResponse, detail: fmt.Sprintf("%s answered HTTP %d with %d bytes", what, resp.StatusCode, len(answer))}
-	}
-	return answer, nil
-}
-
 // decodeStableToken reads a stable_token answer: the token and its lifetime,
 // or WeChat's errcode. The errmsg is WeChat's free text and is not kept,
 // only its request id.
-func decodeStableToken(answer []byte) (string, time.Duration, *attemptError) {
+func decodeStableToken(answer []byte) (string, time.Duration, *platformError) {
 	var a struct {
 		AccessToken string `json:"access_token"`
 		ExpiresIn   int64  `json:"expires_in"`
@@ -212,13 +191,13 @@ func decodeStableToken(answer []byte) (string, time.Duration, *attemptError) {
 		ErrMsg      string `json:"errmsg"`
 	}
 	if err := json.Unmarshal(answer, &a); err != nil {
-		return "", 0, &attemptError{kind: kindBadResponse, detail: "stable_token answer is not the expected JSON"}
+		return "", 0, badResponse("stable_token answer is not the expected JSON")
 	}
 	if a.ErrCode != 0 {
-		return "", 0, &attemptError{kind: kindErrcode, errcode: a.ErrCode, rid: ridOf(a.ErrMsg)}
+		return "", 0, wechatErrcodes.failure(a.ErrCode, ridOf(a.ErrMsg))
 	}
 	if !isTokenValue(a.AccessToken) || a.ExpiresIn <= 0 || a.ExpiresIn > int64(maxTokenLifetime/time.Second) {
-		return "", 0, &attemptError{kind: kindBadResponse, detail: "stable_token answer lacks a usable access_token and expires_in"}
+		return "", 0, badResponse("stable_token answer lacks a usable access_token and expires_in")
 	}
 	return a.AccessToken, time.Duration(a.ExpiresIn) * time.Second, nil
 }
@@ -304,7 +283,7 @@ func (m *tokenManager) Destruct() error {
 
 // token returns a usable token, fetching one only when there is none;
 // a fetch waits at most timeout.
-func (m *tokenManager) token(ctx context.Context, timeout time.Duration) (accessToken, *attemptError) {
+func (m *tokenManager) token(ctx context.Context, timeout time.Duration) (accessToken, *platformError) {
 	current := m.current.Load()
 	if current != nil && current.usable(m.now()) {
 		return *current, nil
@@ -352,7 +331,7 @@ func (c *tokenConfirmations) cover(token, api string, now time.Time) bool {
 // refused something else the call carried, and repeating the call would get
 // the same answer), as it confirmed for that API within
 // tokenConfirmationTTL, or does now. Calls refused together share one fetch.
-func (m *tokenManager) replace(ctx context.Context, timeout time.Duration, refused accessToken, errcode int, api string) (accessToken, *attemptError) {
+func (m *tokenManager) replace(ctx context.Context, timeout time.Duration, refused accessToken, errcode int, api string) (accessToken, *platformError) {
 	now := m.now()
 	if current := m.current.Load(); current != nil && current.value != refused.value && current.usable(now) {
 		return *current, nil // replaced already
@@ -366,10 +345,10 @@ func (m *tokenManager) replace(ctx context.Context, timeout time.Duration, refus
 // obtain gets a usable token other than stale from the store, which fetches
 // one unless another caller already has. refusedWith is WeChat's errcode if
 // the API at path api refused stale, 0 if it is merely old (or absent).
-// Callers asking about the same token and API share one fetch, which runs on the manager's lifetime (not
-// the first caller's, who may go away) within timeout; each caller waits
-// until its own ctx ends.
-func (m *tokenManager) obtain(ctx context.Context, timeout time.Duration, stale accessToken, refusedWith int, api string) (accessToken, *attemptError) {
+// Callers asking about the same token and API share one fetch, which runs
+// on the manager's lifetime (not the first caller's, who may go away)
+// within timeout; each caller waits until its own ctx ends.
+func (m *tokenManager) obtain(ctx context.Context, timeout time.Duration, stale accessToken, refusedWith int, api string) (accessToken, *platformError) {
 	key := fmt.Sprintf("%d %s %s", refusedWith, stale.value, api)
 	results := m.flights.DoChan(key, func() (any, error) {
 		fetchCtx, cancel := context.WithTimeout(m.ctx, timeout)
@@ -386,23 +365,23 @@ func (m *tokenManager) obtain(ctx context.Context, timeout time.Duration, stale 
 	select {
 	case res := <-results:
 		if res.Err != nil {
-			return accessToken{}, asAttemptError(res.Err)
+			return accessToken{}, asPlatformError(res.Err)
 		}
 		t, _ := res.Val.(accessToken)
 		return t, nil
 	case <-ctx.Done():
-		return accessToken{}, &attemptError{kind: kindTimeout}
+		return accessToken{}, &platformError{kind: kindTimeout}
 	}
 }
 
-// asAttemptError presents a store's failure as a failed WeChat call; the
+// asPlatformError presents a store's failure as a failed WeChat call; the
 // fetches' own failures already are.
-func asAttemptError(err error) *attemptError {
-	var aerr *attemptError
-	if errors.As(err, &aerr) {
-		return aerr
+func asPlatformError(err error) *platformError {
+	var perr *platformError
+	if errors.As(err, &perr) {
+		return perr
 	}
-	return &attemptError{kind: kindUnavailable, detail: "token store: " + redact(err.Error())}
+	return &platformError{kind: kindUnavailable, detail: "token store: " + redact(err.Error())}
 }
 
 // fetchReplacing fetches the token that follows stale: in normal mode, and
@@ -437,7 +416,7 @@ func (m *tokenManager) fetchReplacing(ctx context.Context, stale accessToken, re
 	if !allowed {
 		m.logger().Warn("wechat refuses the access token stable_token hands out, and WeChat's limit on forced refreshes (30 s apart, 20 a day) allows none now",
 			zap.String("app_id", m.appID), zap.Int("errcode", refusedWith))
-		return accessToken{}, &attemptError{kind: kindErrcode, errcode: refusedWith}
+		return accessToken{}, wechatErrcodes.failure(refusedWith, "")
 	}
 	return m.fetch(ctx, true)
 }
@@ -463,9 +442,9 @@ func (m *tokenManager) fetch(ctx context.Context, force bool) (accessToken, erro
 
 // logFetch writes one line per stable_token call: at debug level normally,
 // at error level when WeChat refuses the configured app_id or app_secret.
-func (m *tokenManager) logFetch(force bool, outcome string, t accessToken, err *attemptError, elapsed time.Duration) {
+func (m *tokenManager) logFetch(force bool, outcome string, t accessToken, err *platformError, elapsed time.Duration) {
 	level, msg := zap.DebugLevel, "wechat token fetch"
-	if err != nil && err.kind == kindErrcode && misconfigured(err.errcode) {
+	if err != nil && err.hasErrcode && misconfigured(err.errcode) {
 		level, msg = zap.ErrorLevel, "wechat refused the configured app_id or app_secret for an access token"
 	}
 	ce := m.logger().Check(level, msg)
@@ -474,7 +453,7 @@ func (m *tokenManager) logFetch(force bool, outcome string, t accessToken, err *
 	}
 	fields := []zap.Field{zap.String("app_id", m.appID), zap.Bool("force_refresh", force), zap.String("result", outcome), zap.Duration("duration", elapsed)}
 	if err != nil {
-		if err.kind == kindErrcode {
+		if err.hasErrcode {
 			fields = append(fields, zap.Int("errcode", err.errcode), zap.String("rid", err.rid))
 		}
 		fields = append(fields, zap.String("error", err.Error()))
@@ -539,7 +518,7 @@ func (m *tokenManager) renew(done chan struct{}) {
 }
 
 // noteRenewal logs a renewal's outcome when it differs from the last one's.
-func (m *tokenManager) noteRenewal(err *attemptError) {
+func (m *tokenManager) noteRenewal(err *platformError) {
 	if err != nil && m.renewalFailing.CompareAndSwap(false, true) {
 		var usableFor time.Duration
 		if t := m.current.Load(); t != nil {

@@ -164,8 +164,8 @@ func TestForceRefreshOnlyForATokenHandedBackAndWithinWechatLimits(t *testing.T) 
 	if err == nil || wechat.forcedRefreshes() != 1 {
 		t.Fatalf("a second refusal within 30 s: %v, %d forced; want a refusal and no force_refresh", err, wechat.forcedRefreshes())
 	}
-	if refusal := tokenRefusal(err); refusal.status != http.StatusBadGateway || refusal.code != errWechatTokenUnavailable || refusal.errcode != errcodeTokenExpired {
-		t.Errorf("the refusal is %v; want 502 %s with errcode %d", refusal, errWechatTokenUnavailable, errcodeTokenExpired)
+	if refusal := tokenRefusal(err); refusal.status != http.StatusBadGateway || refusal.code != refusalTokenUnavailable || refusal.errcode != errcodeTokenExpired {
+		t.Errorf("the refusal is %v; want 502 %s with errcode %d", refusal, refusalTokenUnavailable, errcodeTokenExpired)
 	}
 	clock.Advance(time.Second)
 	if again, err := m.replace(context.Background(), 5*time.Second, forced, errcodeTokenExpired, secCheckAPI); err != nil || again.value == forced.value || wechat.forcedRefreshes() != 2 {
@@ -198,13 +198,13 @@ func TestDecodeStableToken(t *testing.T) {
 		answer  string
 		token   string
 		life    time.Duration
-		kind    attemptKind
+		kind    failureKind
 		errcode int
 	}{
-		{`{"access_token":"80_abc","expires_in":7200}`, "80_abc", 2 * time.Hour, -1, 0},
-		{`{"access_token":"80_abc","expires_in":300,"errcode":0}`, "80_abc", 5 * time.Minute, -1, 0},
-		{`{"errcode":40125,"errmsg":"invalid appsecret, rid: 1-2-3"}`, "", 0, kindErrcode, 40125},
-		{`{"errcode":-1,"errmsg":"system error"}`, "", 0, kindErrcode, -1},
+		{`{"access_token":"80_abc","expires_in":7200}`, "80_abc", 2 * time.Hour, 0, 0},
+		{`{"access_token":"80_abc","expires_in":300,"errcode":0}`, "80_abc", 5 * time.Minute, 0, 0},
+		{`{"errcode":40125,"errmsg":"invalid appsecret, rid: 1-2-3"}`, "", 0, kindMisconfigured, 40125},
+		{`{"errcode":-1,"errmsg":"system error"}`, "", 0, kindBusy, -1},
 		{`{"access_token":"","expires_in":7200}`, "", 0, kindBadResponse, 0},
 		{`{"access_token":"80 abc","expires_in":7200}`, "", 0, kindBadResponse, 0},
 		{`{"access_token":"80_abc","expires_in":0}`, "", 0, kindBadResponse, 0},
@@ -214,9 +214,9 @@ func TestDecodeStableToken(t *testing.T) {
 	} {
 		token, life, err := decodeStableToken([]byte(tt.answer))
 		switch {
-		case tt.kind == -1 && (err != nil || token != tt.token || life != tt.life):
+		case tt.kind == 0 && (err != nil || token != tt.token || life != tt.life):
 			t.Errorf("%s: %q %v %v; want %q %v", tt.answer, token, life, err, tt.token, tt.life)
-		case tt.kind != -1 && (err == nil || err.kind != tt.kind || err.errcode != tt.errcode || token != ""):
+		case tt.kind != 0 && (err == nil || err.kind != tt.kind || err.errcode != tt.errcode || token != ""):
 			t.Errorf("%s: %q %v; want kind %d errcode %d", tt.answer, token, err, tt.kind, tt.errcode)
 		}
 	}
@@ -232,7 +232,7 @@ func FuzzDecodeStableToken(f *testing.F) {
 	f.Fuzz(func(t *testing.T, answer []byte) {
 		token, life, err := decodeStableToken(answer)
 		if err != nil {
-			if token != "" || life != 0 || (err.kind == kindErrcode && err.errcode == 0) {
+			if token != "" || life != 0 || (err.hasErrcode && err.errcode == 0) {
 				t.Errorf("a failure with a token or errcode 0: %q %v %v", token, life, err)
 			}
 			return
@@ -255,7 +255,7 @@ func TestTokenConfirmedGoodIsRememberedFor30Seconds(t *testing.T) {
 	m := newTestTokenManager(t, simURL, clock)
 	good := m.mustToken(t)
 	calls := func() (int64, int64) { return sim.CallsTo(stableTokenPath), sim.CallsTo(tokenCheckPath) }
-	refusedBy := func(api string) (accessToken, *attemptError) {
+	refusedBy := func(api string) (accessToken, *platformError) {
 		return m.replace(context.Background(), 5*time.Second, good, errcodeInvalidCredential, api)
 	}
 

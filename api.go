@@ -46,12 +46,18 @@ const (
 
 // wechat_api's own error codes; the others are wechat_login's.
 const (
-	// errWechatTokenUnavailable: WeChat gives no access token.
-	errWechatTokenUnavailable = "wechat_token_unavailable"
-	// errBrowserRequestRefused: the request came from a web browser.
-	errBrowserRequestRefused = "browser_request_refused"
-	// errHostNotAllowed: the request's Host is not one a backend uses.
-	errHostNotAllowed = "host_not_allowed"
+	// refusalTokenUnavailable: WeChat gives no access token.
+	refusalTokenUnavailable = "wechat_token_unavailable"
+	// refusalBrowserRequestRefused: the request came from a web browser.
+	refusalBrowserRequestRefused = "browser_request_refused"
+	// refusalHostNotAllowed: the request's Host is not one a backend uses.
+	refusalHostNotAllowed = "host_not_allowed"
+	// refusalSessionKeyUnknown: the gateway keeps no session_key for the
+	// player its endpoint was asked about.
+	refusalSessionKeyUnknown = "session_key_unknown"
+	// refusalDecryptFailed: encryptedData did not open with the player's
+	// key, or not as data for this app.
+	refusalDecryptFailed = "decrypt_failed"
 )
 
 // APIHandler is the wechat_api HTTP handler: it sends each request on to
@@ -297,13 +303,14 @@ func (h *APIHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 		return writeTokenAnswer(w, t, h.tokens.now())
 	}
 	start := time.Now()
+	backendQuery := r.URL.RawQuery // before the gateway signs
 	answer, outcome, refusal := h.call(r, cleanPath)
 	if refusal != nil {
 		h.logCall(r, refusal.status, refusal.code, start)
 		return h.refuse(w, r, refusal)
 	}
 	defer answer.Body.Close()
-	h.keepRotatedKey(r, cleanPath, answer)
+	h.keepRotatedKey(r, backendQuery, cleanPath, answer)
 	h.metrics.call(outcome)
 	h.logCall(r, answer.StatusCode, outcome, start)
 	if err := passOn(w, answer); err != nil {
@@ -325,10 +332,10 @@ func (h *APIHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 func (h *APIHandler) notFromABackend(r *http.Request) *jsonRefusal {
 	_, hasOrigin := r.Header["Origin"]
 	if hasOrigin || slices.ContainsFunc(r.Header.Values("Sec-Fetch-Site"), func(site string) bool { return site != "none" }) {
-		return newRefusal(http.StatusForbidden, errBrowserRequestRefused, "a request from a web browser is refused: wechat_api serves backends only")
+		return newRefusal(http.StatusForbidden, refusalBrowserRequestRefused, "a request from a web browser is refused: wechat_api serves backends only")
 	}
 	if !h.hostAllowed(r) {
-		return newRefusal(http.StatusMisdirectedRequest, errHostNotAllowed, "the Host header is neither an IP address, localhost nor a name in allow_host")
+		return newRefusal(http.StatusMisdirectedRequest, refusalHostNotAllowed, "the Host header is neither an IP address, localhost nor a name in allow_host")
 	}
 	return nil
 }
@@ -376,7 +383,7 @@ func (h *APIHandler) call(r *http.Request, cleanPath string) (*http.Response, st
 	body, err := readRequestBody(r)
 	if err != nil {
 		if errors.As(err, new(*http.MaxBytesError)) {
-			return nil, "", newRefusal(http.StatusRequestEntityTooLarge, errInvalidRequest, "the request body is too large")
+			return nil, "", newRefusal(http.StatusRequestEntityTooLarge, refusalInvalidRequest, "the request body is too large")
 		}
 		return nil, "", badRequest("the request body could not be read")
 	}
@@ -589,29 +596,27 @@ func writeTokenAnswer(w http.ResponseWriter, t accessToken, now time.Time) error
 }
 
 // tokenRefusal maps a failure to get a token to the documented refusal.
-func tokenRefusal(err *attemptError) *jsonRefusal {
+func tokenRefusal(err *platformError) *jsonRefusal {
 	switch {
 	case err.kind == kindBadResponse:
-		return newRefusal(http.StatusBadGateway, errWechatTokenUnavailable, "WeChat's answer holds no access token the gateway can use")
-	case err.kind != kindErrcode || err.errcode == errcodeBusy:
+		return newRefusal(http.StatusBadGateway, refusalTokenUnavailable, "WeChat's answer holds no access token the gateway can use")
+	case err.retryable():
 		return callRefusal(err)
 	}
-	e := newRefusal(http.StatusBadGateway, errWechatTokenUnavailable, "WeChat gives no access token; the operator has been told")
+	e := newRefusal(http.StatusBadGateway, refusalTokenUnavailable, "WeChat gives no access token; the operator has been told")
 	e.errcode, e.hasErrcode = err.errcode, true
 	return e
 }
 
 // callRefusal maps a WeChat call that got no answer, or errcode -1, to the
 // documented refusal.
-func callRefusal(err *attemptError) *jsonRefusal {
+func callRefusal(err *platformError) *jsonRefusal {
 	if err.kind == kindTimeout {
-		return newRefusal(http.StatusGatewayTimeout, errWechatTimeout, "WeChat did not answer in time")
+		return newRefusal(http.StatusGatewayTimeout, refusalTimeout, "WeChat did not answer in time")
 	}
-	e := newRefusal(http.StatusServiceUnavailable, errWechatUnavailable, "WeChat is unavailable; retry later")
+	e := newRefusal(http.StatusServiceUnavailable, refusalUnavailable, "WeChat is unavailable; retry later")
 	e.retryAfter = apiRetryAfter
-	if err.kind == kindErrcode {
-		e.errcode, e.hasErrcode = err.errcode, true
-	}
+	e.errcode, e.hasErrcode = err.errcode, err.hasErrcode
 	return e
 }
 

@@ -21,12 +21,6 @@ import (
 // own endpoints under /gateway/, and the signatures it adds to the calls
 // that need the player's key or the payment AppKey.
 
-// Refusal codes of the gateway's endpoints.
-const (
-	errSessionKeyUnknown = "session_key_unknown"
-	errDecryptFailed     = "decrypt_failed"
-)
-
 // callGateway is the outcome of a request the gateway answered itself.
 const callGateway = "gateway"
 
@@ -158,7 +152,7 @@ func (h *APIHandler) playerKey(ctx context.Context, openid string) (string, *jso
 	}
 	key := kept.key
 	if !ok {
-		return "", newRefusal(http.StatusNotFound, errSessionKeyUnknown, "the gateway keeps no session_key for this player: they must log in again")
+		return "", newRefusal(http.StatusNotFound, refusalSessionKeyUnknown, "the gateway keeps no session_key for this player: they must log in again")
 	}
 	return key, nil
 }
@@ -193,15 +187,15 @@ func (h *APIHandler) answerGateway(w http.ResponseWriter, r *http.Request, endpo
 	switch endpoint {
 	case "decrypt", "verify_signature", "sign", "check_session":
 	default:
-		return 0, newRefusal(http.StatusNotFound, errInvalidRequest, "no such gateway endpoint: decrypt, verify_signature, sign and check_session exist")
+		return 0, newRefusal(http.StatusNotFound, refusalInvalidRequest, "no such gateway endpoint: decrypt, verify_signature, sign and check_session exist")
 	}
 	if r.Method != http.MethodPost {
-		return 0, newRefusal(http.StatusMethodNotAllowed, errInvalidRequest, "the gateway's endpoints take POST with a JSON body")
+		return 0, newRefusal(http.StatusMethodNotAllowed, refusalInvalidRequest, "the gateway's endpoints take POST with a JSON body")
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxGatewayBody))
 	if err != nil {
 		if errors.As(err, new(*http.MaxBytesError)) {
-			return 0, newRefusal(http.StatusRequestEntityTooLarge, errInvalidRequest, "the request body is too large")
+			return 0, newRefusal(http.StatusRequestEntityTooLarge, refusalInvalidRequest, "the request body is too large")
 		}
 		return 0, badRequest("the request body could not be read")
 	}
@@ -236,7 +230,7 @@ func (h *APIHandler) decrypt(w http.ResponseWriter, req gatewayRequest, key stri
 	}
 	plain, err := ciphertext.decrypt(key)
 	if err != nil {
-		return 0, newRefusal(http.StatusUnprocessableEntity, errDecryptFailed, "the data does not decrypt under the player's latest session_key: it was most likely fetched before their latest wx.login")
+		return 0, newRefusal(http.StatusUnprocessableEntity, refusalDecryptFailed, "the data does not decrypt under the player's latest session_key: it was most likely fetched before their latest wx.login")
 	}
 	var data struct {
 		Watermark struct {
@@ -244,7 +238,7 @@ func (h *APIHandler) decrypt(w http.ResponseWriter, req gatewayRequest, key stri
 		} `json:"watermark"`
 	}
 	if json.Unmarshal(plain, &data) != nil || data.Watermark.AppID != h.AppID {
-		return 0, newRefusal(http.StatusUnprocessableEntity, errDecryptFailed, "the decrypted data is not a JSON object watermarked for this app")
+		return 0, newRefusal(http.StatusUnprocessableEntity, refusalDecryptFailed, "the decrypted data is not a JSON object watermarked for this app")
 	}
 	_ = writeJSONBytes(w, http.StatusOK, "application/json", plain)
 	return http.StatusOK, nil
@@ -297,11 +291,11 @@ func (h *APIHandler) checkSession(w http.ResponseWriter, r *http.Request, openid
 	case ok && errcode == errcodeStaleSessionKey:
 		return writeGatewayAnswer(w, map[string]bool{"valid": false})
 	case ok:
-		e := newRefusal(http.StatusBadGateway, errWechatBadResponse, "WeChat did not say whether the session is valid")
+		e := newRefusal(http.StatusBadGateway, refusalBadResponse, "WeChat did not say whether the session is valid")
 		e.errcode, e.hasErrcode = errcode, true
 		return 0, e
 	}
-	return 0, newRefusal(http.StatusBadGateway, errWechatBadResponse, "WeChat's checksession answer is not its JSON")
+	return 0, newRefusal(http.StatusBadGateway, refusalBadResponse, "WeChat's checksession answer is not its JSON")
 }
 
 // errcodeStaleSessionKey is checksession's answer for a key that is not the
@@ -396,11 +390,12 @@ func withoutParam(rawQuery, name string) string {
 	return strings.Join(kept, "&")
 }
 
-// keepRotatedKey takes the new key out of resetusersessionkey's answer when
-// the call reset the key the gateway keeps: the custody moves to the new
-// key, and the backend gets the answer without it (it never held the old
-// one either).
-func (h *APIHandler) keepRotatedKey(r *http.Request, cleanPath string, answer *http.Response) {
+// keepRotatedKey follows resetusersessionkey's answer when the call reset
+// the key the gateway keeps: the custody moves to the new key. A backend
+// the gateway signed for gets the answer without the new key (it never held
+// the old one either); one that signed itself (forward_session_key) gets
+// it as WeChat sent it, or its own copy of the key would be stale for good.
+func (h *APIHandler) keepRotatedKey(r *http.Request, backendQuery, cleanPath string, answer *http.Response) {
 	if cleanPath != resetSessionKeyPath || answer.StatusCode != http.StatusOK {
 		return
 	}
@@ -424,25 +419,28 @@ func (h *APIHandler) keepRotatedKey(r *http.Request, cleanPath string, answer *h
 		return
 	}
 	h.keepRotation(r.Context(), openid, old, reset.SessionKey)
+	if sent, err := url.ParseQuery(backendQuery); err != nil || sent.Has("signature") {
+		return
+	}
 	delete(fields, "session_key")
 	body, _ = json.Marshal(fields) // raw JSON values always encode
 	answer.Body, answer.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
 }
 
 // keepRotation moves the custody of openid from old to successor, in this
-// process and, with redis, in the fleet (where the successor keeps the
-// old key's issue time, and so its expiry).
+// process and, with redis, in the fleet, where the successor takes the
+// issue time (and so the expiry) of the fleet's own record of old: the
+// login wrote it a little after its memory's, and an earlier one would
+// lose to it.
 func (h *APIHandler) keepRotation(ctx context.Context, openid, old, successor string) {
 	issuedAt, ok := h.sessionKeys.replace(openid, old, successor)
 	if h.fleet == nil {
 		return
 	}
-	if !ok {
-		shared, found, _ := h.fleet.lookupSessionKey(ctx, openid, time.Now())
-		if !found || shared.key != old {
-			return
-		}
-		issuedAt = shared.issuedAt
+	if shared, found, _ := h.fleet.lookupSessionKey(ctx, openid, time.Now()); found && shared.key == old {
+		issuedAt, ok = shared.issuedAt, true
 	}
-	h.fleet.keepSessionKey(ctx, openid, successor, issuedAt)
+	if ok {
+		h.fleet.keepSessionKey(ctx, openid, successor, issuedAt)
+	}
 }

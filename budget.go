@@ -21,17 +21,17 @@ type Budget struct {
 	Off bool `json:"off,omitempty"`
 }
 
-// wechatMinuteQuota is WeChat's own limit: 100 jscode2session calls per user
-// per minute (errcode 45011 past it).
-const wechatMinuteQuota = 100
-
-// withinWechatQuota refuses a player budget that would let a client exceed
-// WeChat's quota: more than 100 in one burst, or more than 100 per minute as
-// a rate (so 200 per 2m is refused too).
-func (b Budget) withinWechatQuota() error {
-	if b.Events > wechatMinuteQuota || float64(b.Events)/time.Duration(b.Window).Minutes() > wechatMinuteQuota {
-		return fmt.Errorf("%d per %s is more than WeChat allows (%d per player per minute; past it WeChat answers 45011)",
-			b.Events, time.Duration(b.Window), wechatMinuteQuota)
+// withinQuota refuses a player budget that would let a client exceed p's
+// own per-player minute quota: more than the quota in one burst, or more
+// per minute as a rate (so 200 per 2m is refused under WeChat's 100). A
+// platform that documents no quota takes any budget.
+func (b Budget) withinQuota(p *platform) error {
+	if p.quota == 0 {
+		return nil
+	}
+	if b.Events > p.quota || float64(b.Events)/time.Duration(b.Window).Minutes() > float64(p.quota) {
+		return fmt.Errorf("%d per %s is more than %s allows (%d per player per minute; past it %s answers %d)",
+			b.Events, time.Duration(b.Window), p.title, p.quota, p.title, p.quotaErrcode)
 	}
 	return nil
 }

@@ -259,7 +259,7 @@ func TestBudgetWithinWechatQuota(t *testing.T) {
 		{10, time.Second, false},      // 600 per minute as a rate
 		{100, 59 * time.Second, false},
 	} {
-		err := Budget{Events: tc.events, Window: caddy.Duration(tc.window)}.withinWechatQuota()
+		err := Budget{Events: tc.events, Window: caddy.Duration(tc.window)}.withinQuota(wechatPlatform)
 		if (err == nil) != tc.ok {
 			t.Errorf("%d per %s: got %v, want ok=%v", tc.events, tc.window, err, tc.ok)
 		}
@@ -335,7 +335,7 @@ func TestBudgetWechatQuotaIsRateLimited(t *testing.T) {
 		t.Fatalf("got %d %s, want 429", w.Code, w.Body)
 	}
 	var body errorBody
-	if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || body.Error != errRateLimited || body.Errcode == nil || *body.Errcode != 45011 {
+	if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || body.Error != refusalRateLimited || body.Errcode == nil || *body.Errcode != 45011 {
 		t.Errorf("body %s, want rate_limited with errcode 45011", w.Body)
 	}
 	if n := calls.Load(); n != 1 {

@@ -12,9 +12,15 @@ import (
 // (app_id, code), so the code itself is never kept.
 type codeKey [sha256.Size]byte
 
-func newCodeKey(appID, code string) codeKey {
-	var buf [256]byte // on the stack: hashing allocates nothing for codes of up to maxCodeLen
-	return sha256.Sum256(append(append(append(buf[:0], appID...), 0), code...))
+func newCodeKey(appID string, creds credentials) codeKey {
+	var buf [512]byte // on the stack: hashing allocates nothing for codes of up to maxCodeLen
+	key := append(append(append(buf[:0], appID...), 0), creds.code...)
+	if creds.anonymousCode != "" {
+		// Only then, so that a code's key is the same as before anonymous
+		// codes existed (a fleet mid-upgrade agrees on it).
+		key = append(append(key, 0), creds.anonymousCode...)
+	}
+	return sha256.Sum256(key)
 }
 
 // redeemOutcome says how a code was redeemed: for the metrics, and for the
@@ -27,30 +33,45 @@ const (
 	redeemedByJoining                      // waited for a call already in flight
 )
 
-// codeStore finds what a code proved, making at most one WeChat call per code
+// codeResult is what one exchange of a code gave every login waiting on it:
+// the identity the code proved (none when it proved nobody), or why the
+// platform proved nobody, or how long until the player's budget has room
+// again. An identity comes with a budgetWait when its player is over
+// budget: the code is spent at the platform, and its result is kept for a
+// later retry.
+type codeResult struct {
+	id         Identity
+	failure    *platformError
+	budgetWait time.Duration
+}
+
+// proved reports whether the exchange named a player.
+func (r codeResult) proved() bool { return r.id.proves() }
+
+// codeStore finds what a code proved, making at most one platform call per code
 // however many logins present it: double taps and client retries get the
 // identity instead of WeChat's 40163 (code already used). The in-memory store
 // is the default; with Redis, a fleet of gateways shares one. Implementations
 // are safe for concurrent use.
 type codeStore interface {
-	// redeem returns the identity for key: from the cache; else by waiting
-	// for a call in flight for key; else by running lead, whose identity is
-	// cached whenever it has one, even alongside a refusal (a player over
-	// budget keeps the code's result for a later retry). lead may outlive
-	// the login that started it (it serves every login waiting for the
-	// code), so it must not depend on ctx; redeem itself returns when ctx
-	// ends. lead charges the player its call proved with the charge it is
-	// given: the store's, so that a fleet's store can make the charge in
-	// the Redis operation that stores the call's result.
-	redeem(ctx context.Context, key codeKey, lead leadFunc) (Identity, redeemOutcome, *jsonRefusal)
+	// redeem returns the result for key: from the cache; else by waiting
+	// for a call in flight for key; else by running exchange, whose
+	// identity is cached whenever it has one, even beside a budgetWait. A
+	// result from the cache is the identity alone. exchange may outlive the
+	// login that started it (it serves every login waiting for the code),
+	// so it must not depend on ctx; redeem itself returns ctx's error when
+	// ctx ends first. exchange charges the player its call proved with the
+	// charge it is given: the store's, so that a fleet's store can make the
+	// charge in the Redis operation that stores the call's result.
+	redeem(ctx context.Context, key codeKey, exchange exchangeFunc) (codeResult, redeemOutcome, error)
 }
 
-// leadFunc makes the one WeChat call for a code, charging the player it
-// proves with charge.
-type leadFunc func(charge chargeFunc) (Identity, *jsonRefusal)
+// exchangeFunc makes the one platform call for a code, charging the player
+// it proves with charge.
+type exchangeFunc func(charge chargeFunc) codeResult
 
 // chargeFunc charges the player of id one event of the player budget for
-// the WeChat call that proved them; it reports how long until the budget
+// the platform call that proved them; it reports how long until the budget
 // has room when it has none.
 type chargeFunc func(ctx context.Context, id Identity) (wait time.Duration, ok bool)
 
@@ -78,61 +99,57 @@ type memoryCodes struct {
 	players budgetStore // charged for the calls
 }
 
-// flightResult is what one WeChat call gave every login waiting on it.
+// flightResult is what one call gave every login waiting on it.
 type flightResult struct {
-	id      Identity
+	codeResult
 	outcome redeemOutcome
-	refusal *jsonRefusal
 }
 
-func (c memoryCodes) redeem(ctx context.Context, key codeKey, lead leadFunc) (Identity, redeemOutcome, *jsonRefusal) {
+func (c memoryCodes) redeem(ctx context.Context, key codeKey, exchange exchangeFunc) (codeResult, redeemOutcome, error) {
 	if id, ok := c.cached(key); ok {
-		return id, redeemedFromCache, nil
+		return codeResult{id: id}, redeemedFromCache, nil
 	}
-	return c.redeemInFlight(ctx, key, lead)
+	return c.redeemInFlight(ctx, key, exchange)
 }
 
 // redeemInFlight is redeem for a code not in the cache: apart, so that a
 // cache hit allocates nothing for the flight.
-func (c memoryCodes) redeemInFlight(ctx context.Context, key codeKey, lead leadFunc) (Identity, redeemOutcome, *jsonRefusal) {
-	ranLead := false
+func (c memoryCodes) redeemInFlight(ctx context.Context, key codeKey, exchange exchangeFunc) (codeResult, redeemOutcome, error) {
+	ranExchange := false
 	ch := c.flights.DoChan(string(key[:]), func() (any, error) {
 		// A flight for this code may have finished between the look above
-		// and this one: its result is in the cache, and WeChat would answer
-		// 40163.
+		// and this one: its result is in the cache, and the platform would
+		// answer that the code is used.
 		if id, ok := c.cached(key); ok {
-			return flightResult{id: id, outcome: redeemedFromCache}, nil
+			return flightResult{codeResult{id: id}, redeemedFromCache}, nil
 		}
-		ranLead = true
-		id, refusal := lead(c.charge)
-		if id.OpenID != "" {
-			c.add(key, id)
-		} else if refusal != nil && refusal.code == errCodeUsed {
+		ranExchange = true
+		res := exchange(c.charge)
+		if res.proved() {
+			c.add(key, res.id)
+		} else if res.failure != nil && res.failure.kind == kindCodeUsed {
 			// Another gateway or an overlapping flight may have stored it.
 			if cached, ok := c.cached(key); ok {
-				return flightResult{id: cached, outcome: redeemedFromCache}, nil
+				return flightResult{codeResult{id: cached}, redeemedFromCache}, nil
 			}
 		}
-		return flightResult{id: id, outcome: redeemedByCall, refusal: refusal}, nil
+		return flightResult{res, redeemedByCall}, nil
 	})
 	select {
 	case res := <-ch:
 		r := res.Val.(flightResult)
-		if !ranLead && r.outcome == redeemedByCall {
+		if !ranExchange && r.outcome == redeemedByCall {
 			r.outcome = redeemedByJoining
 		}
-		if r.refusal != nil {
-			return Identity{}, r.outcome, r.refusal
-		}
-		return r.id, r.outcome, nil
+		return r.codeResult, r.outcome, nil
 	case <-ctx.Done():
-		return Identity{}, redeemedByJoining, clientGone()
+		return codeResult{}, redeemedByJoining, ctx.Err()
 	}
 }
 
 // charge spends one event of the player budget of id.
 func (c memoryCodes) charge(ctx context.Context, id Identity) (time.Duration, bool) {
-	return c.players.spend(ctx, id.OpenID)
+	return c.players.spend(ctx, id.player())
 }
 
 func (c memoryCodes) cached(key codeKey) (Identity, bool) {
@@ -150,11 +167,4 @@ func (c memoryCodes) add(key codeKey, id Identity) {
 	if c.ttl > 0 {
 		c.table.Add(key, cachedIdentity{Identity: id, cachedAt: c.now()})
 	}
-}
-
-// clientGone is the refusal recorded when the client hung up before its
-// login was decided: 499, as reverse_proxy records it, so the access log
-// shows the disconnect. Nobody reads the body.
-func clientGone() *jsonRefusal {
-	return newRefusal(statusClientClosedRequest, errInvalidRequest, "the client went away")
 }

@@ -3,7 +3,6 @@ package wechatlogin
 import (
 	"bytes"
 	"context"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,30 +12,32 @@ import (
 )
 
 func TestCodeKeyHidesTheCode(t *testing.T) {
-	k := newCodeKey("wxapp", "alice.1")
+	k := newCodeKey("wxapp", credentials{code: "alice.1"})
 	if bytes.Contains(k[:], []byte("alice")) {
 		t.Fatal("the key holds the code")
 	}
-	if k != newCodeKey("wxapp", "alice.1") {
+	if k != newCodeKey("wxapp", credentials{code: "alice.1"}) {
 		t.Fatal("the key is not stable")
 	}
-	if k == newCodeKey("wxother", "alice.1") || newCodeKey("wx", "a1") == newCodeKey("wxa", "1") {
+	if k == newCodeKey("wxother", credentials{code: "alice.1"}) || newCodeKey("wx", credentials{code: "a1"}) == newCodeKey("wxa", credentials{code: "1"}) {
 		t.Fatal("codes of different apps share a key")
 	}
 }
 
-// redeemWith redeems key with a lead that returns id and counts its calls.
-func redeemWith(c codeStore, key codeKey, id Identity, calls *atomic.Int32) (Identity, redeemOutcome, *jsonRefusal) {
-	return c.redeem(context.Background(), key, func(chargeFunc) (Identity, *jsonRefusal) {
+// redeemWith redeems key with an exchange that proves id and counts its
+// calls.
+func redeemWith(c codeStore, key codeKey, id Identity, calls *atomic.Int32) (Identity, redeemOutcome, error) {
+	res, outcome, err := c.redeem(context.Background(), key, func(chargeFunc) codeResult {
 		calls.Add(1)
-		return id, nil
+		return codeResult{id: id}
 	})
+	return res.id, outcome, err
 }
 
 func TestCodeStoreCachesForTTLAndIsBounded(t *testing.T) {
 	clock := newTestClock()
 	c := memoryCodesAt(clock, 5*time.Minute, 2)
-	alice, bob, carol := newCodeKey("wx", "alice"), newCodeKey("wx", "bob"), newCodeKey("wx", "carol")
+	alice, bob, carol := newCodeKey("wx", credentials{code: "alice"}), newCodeKey("wx", credentials{code: "bob"}), newCodeKey("wx", credentials{code: "carol"})
 	var calls atomic.Int32
 	if _, outcome, _ := redeemWith(c, alice, Identity{OpenID: "oAlice"}, &calls); outcome != redeemedByCall {
 		t.Fatalf("first redeem: outcome %v, want a call", outcome)
@@ -63,7 +64,7 @@ func TestCodeStoreCachesForTTLAndIsBounded(t *testing.T) {
 func TestCodeStoreWithoutTTLRemembersNothing(t *testing.T) {
 	c := memoryCodesAt(newTestClock(), 0, 10)
 	var calls atomic.Int32
-	k := newCodeKey("wx", "alice")
+	k := newCodeKey("wx", credentials{code: "alice"})
 	redeemWith(c, k, Identity{OpenID: "o"}, &calls)
 	redeemWith(c, k, Identity{OpenID: "o"}, &calls)
 	if calls.Load() != 2 {
@@ -71,17 +72,16 @@ func TestCodeStoreWithoutTTLRemembersNothing(t *testing.T) {
 	}
 }
 
-// A refusal that comes with an identity (the player is over budget) still
-// caches the identity: the code is spent at WeChat, and the client's retry
-// must not get 40163.
+// An identity whose player is over budget is still cached: the code is
+// spent at WeChat, and the client's retry must not get 40163.
 func TestCodeStoreCachesTheIdentityOfARefusedLogin(t *testing.T) {
 	c := memoryCodesAt(newTestClock(), time.Minute, 10)
-	k := newCodeKey("wx", "alice")
-	_, _, refusal := c.redeem(context.Background(), k, func(chargeFunc) (Identity, *jsonRefusal) {
-		return Identity{OpenID: "oAlice"}, playerRateLimited(time.Second)
+	k := newCodeKey("wx", credentials{code: "alice"})
+	res, _, _ := c.redeem(context.Background(), k, func(chargeFunc) codeResult {
+		return codeResult{id: Identity{OpenID: "oAlice"}, budgetWait: time.Second}
 	})
-	if refusal == nil || refusal.code != errRateLimited {
-		t.Fatalf("refusal %v, want rate_limited", refusal)
+	if res.budgetWait != time.Second {
+		t.Fatalf("got %+v, want the budget's wait", res)
 	}
 	var calls atomic.Int32
 	if id, outcome, _ := redeemWith(c, k, Identity{}, &calls); outcome != redeemedFromCache || id.OpenID != "oAlice" {
@@ -93,37 +93,37 @@ func TestCodeStoreCachesTheIdentityOfARefusedLogin(t *testing.T) {
 // (here: stored just before) is answered from the cache, not with 40163.
 func TestCodeStoreLooksAgainOnCodeUsed(t *testing.T) {
 	c := memoryCodesAt(newTestClock(), time.Minute, 10)
-	k := newCodeKey("wx", "alice")
-	id, outcome, refusal := c.redeem(context.Background(), k, func(chargeFunc) (Identity, *jsonRefusal) {
+	k := newCodeKey("wx", credentials{code: "alice"})
+	res, outcome, _ := c.redeem(context.Background(), k, func(chargeFunc) codeResult {
 		c.add(k, Identity{OpenID: "oAlice"}) // another flight finished meanwhile
-		return Identity{}, newRefusal(http.StatusUnauthorized, errCodeUsed, "used")
+		return codeResult{failure: wechatErrcodes.failure(errcodeCodeUsed, "")}
 	})
-	if refusal != nil || id.OpenID != "oAlice" || outcome != redeemedFromCache {
-		t.Errorf("got %+v %v %v, want oAlice from the cache", id, outcome, refusal)
+	if res.failure != nil || res.id.OpenID != "oAlice" || outcome != redeemedFromCache {
+		t.Errorf("got %+v %v, want oAlice from the cache", res, outcome)
 	}
 }
 
 func TestCodeStoreJoinersShareOneCall(t *testing.T) {
 	c := memoryCodesAt(newTestClock(), time.Minute, 10)
-	k := newCodeKey("wx", "alice")
+	k := newCodeKey("wx", credentials{code: "alice"})
 	release := make(chan struct{})
 	var calls atomic.Int32
-	lead := func(chargeFunc) (Identity, *jsonRefusal) {
+	exchange := func(chargeFunc) codeResult {
 		calls.Add(1)
 		<-release
-		return Identity{OpenID: "oAlice"}, nil
+		return codeResult{id: Identity{OpenID: "oAlice"}}
 	}
 	outcomes := make(chan redeemOutcome, 8)
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Go(func() {
-			id, outcome, _ := c.redeem(context.Background(), k, lead)
-			if id.OpenID == "oAlice" {
+			res, outcome, _ := c.redeem(context.Background(), k, exchange)
+			if res.id.OpenID == "oAlice" {
 				outcomes <- outcome
 			}
 		})
 	}
-	testkit.WaitFor(t, "a redeem reaches the lead", func() bool { return calls.Load() > 0 })
+	testkit.WaitFor(t, "a redeem reaches the exchange", func() bool { return calls.Load() > 0 })
 	close(release)
 	wg.Wait()
 	close(outcomes)
@@ -142,11 +142,11 @@ func TestCodeStoreReturnsWhenTheClientGoes(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
 	cancel()
-	_, _, refusal := c.redeem(ctx, newCodeKey("wx", "alice"), func(chargeFunc) (Identity, *jsonRefusal) {
+	_, _, err := c.redeem(ctx, newCodeKey("wx", credentials{code: "alice"}), func(chargeFunc) codeResult {
 		<-release
-		return Identity{OpenID: "oAlice"}, nil
+		return codeResult{id: Identity{OpenID: "oAlice"}}
 	})
-	if refusal == nil || refusal.status != statusClientClosedRequest {
-		t.Errorf("refusal %v, want 499", refusal)
+	if err == nil {
+		t.Error("redeem waited for the exchange of a client that went away")
 	}
 }

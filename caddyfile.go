@@ -1,6 +1,7 @@
 package wechatlogin
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 
@@ -50,11 +51,29 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		redis [<address>...] {
 //			... (see redis_config.go)
 //		}
+//		app <platform> <app_id> {     # repeatable: the game on another platform
+//			app_secret  <secret>
+//			login_path  <path>
+//			endpoint    <base-url>
+//			budget      <events> <window>
+//		}
 //	}
+//
+// app_id and app_secret are the WeChat app's; without them the handler
+// serves its app blocks alone.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	return eachAppSubdirective(d, &h.AppID, &h.AppSecret, func(sub string) error {
+	directive := *d
+	err := eachSubdirective(d, func(sub string) error {
 		var err error
 		switch sub {
+		case "app_id":
+			h.AppID, err = stringArg(d, checkAppID)
+		case "app_secret":
+			h.AppSecret, err = stringArg(d, func(s string) error { return checkAppSecret(s, s) })
+		case "app":
+			var app *PlatformApp
+			app, err = parseApp(d)
+			h.Apps = append(h.Apps, app)
 		case "login_path":
 			h.LoginPath, err = stringArg(d, checkLoginPath)
 		case "code_field":
@@ -66,7 +85,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "retry":
 			h.Retry, err = parseRetry(d)
 		case "budget":
-			h.Budget, err = parseBudget(d, false, checkPlayerBudget)
+			h.Budget, err = parseBudget(d, false, func(b *Budget) error { return checkPlayerBudget(b, wechatPlatform) })
 		case "ip_budget":
 			h.IPBudget, err = parseBudget(d, true, checkIPBudget)
 		case "cache_ttl":
@@ -87,7 +106,62 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = d.Errf("unrecognized subdirective: %s", sub)
 		}
 		return err
-	})
+	}, "app")
+	if err != nil || (h.AppID == "" && h.AppSecret == "" && len(h.Apps) > 0) {
+		return err
+	}
+	return requireApp(&directive, h.AppID, h.AppSecret)
+}
+
+// parseApp reads `app <platform> <app_id> { … }`. What needs the
+// placeholders resolved (the secret) or the other apps (a login path given
+// twice) is judged at provision.
+func parseApp(d *caddyfile.Dispenser) (*PlatformApp, error) {
+	args := d.RemainingArgs()
+	if len(args) != 2 {
+		return nil, d.Errf("app: expected <platform> <app_id>")
+	}
+	a := &PlatformApp{Platform: args[0], AppID: args[1]}
+	p := platforms[a.Platform]
+	if p == nil {
+		return nil, d.WrapErr(errUnknownPlatform(a.Platform))
+	}
+	if err := checkAppID(a.AppID); err != nil {
+		return nil, d.WrapErr(a.named(err))
+	}
+	// named gives a check's message the app's name, as Validate does.
+	named := func(check func(string) error) func(string) error {
+		return func(v string) error { return a.named(check(v)) }
+	}
+	line := *d
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		if seen[sub] {
+			return nil, d.Errf("app: %s given more than once", sub)
+		}
+		seen[sub] = true
+		var err error
+		switch sub {
+		case "app_secret":
+			a.AppSecret, err = stringArg(d, named(func(s string) error { return checkAppSecret(s, s) }))
+		case "login_path":
+			a.LoginPath, err = stringArg(d, named(checkLoginPath))
+		case "endpoint":
+			a.Endpoint, err = stringArg(d, named(checkEndpoint))
+		case "budget":
+			a.Budget, err = parseBudget(d, false, func(b *Budget) error { return a.named(checkPlayerBudget(b, p)) })
+		default:
+			err = d.Errf("app: unrecognized subdirective: %s", sub)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if err := checkAppSecret(a.AppSecret, a.AppSecret); err != nil {
+		return nil, line.WrapErr(a.named(err))
+	}
+	return a, nil
 }
 
 // eachAppSubdirective is eachSubdirective for the block of a handler of
@@ -112,20 +186,27 @@ func eachAppSubdirective(d *caddyfile.Dispenser, appID, appSecret *string, parse
 	if err != nil {
 		return err
 	}
+	return requireApp(&directive, *appID, *appSecret)
+}
+
+// requireApp refuses a block without app_id or app_secret, naming the line
+// of directive, a copy of the dispenser taken before the block was read.
+func requireApp(directive *caddyfile.Dispenser, appID, appSecret string) error {
 	directive.Next()
-	if err := checkAppID(*appID); err != nil {
+	if err := checkAppID(appID); err != nil {
 		return directive.WrapErr(err)
 	}
-	if err := checkAppSecret(*appSecret, *appSecret); err != nil {
+	if err := checkAppSecret(appSecret, appSecret); err != nil {
 		return directive.WrapErr(err)
 	}
 	return nil
 }
 
 // eachSubdirective reads a directive's block: no arguments, then each
-// subdirective once, handed to parse with the dispenser on its name. Errors
-// are parse's, which should name the Caddyfile line.
-func eachSubdirective(d *caddyfile.Dispenser, parse func(sub string) error) error {
+// subdirective once (but those named repeatable), handed to parse with the
+// dispenser on its name. Errors are parse's, which should name the
+// Caddyfile line.
+func eachSubdirective(d *caddyfile.Dispenser, parse func(sub string) error, repeatable ...string) error {
 	d.Next() // the directive name
 	if d.NextArg() {
 		return d.ArgErr()
@@ -133,7 +214,7 @@ func eachSubdirective(d *caddyfile.Dispenser, parse func(sub string) error) erro
 	seen := map[string]bool{}
 	for d.NextBlock(0) {
 		sub := d.Val()
-		if seen[sub] {
+		if seen[sub] && !slices.Contains(repeatable, sub) {
 			return d.Errf("%s: given more than once", sub)
 		}
 		seen[sub] = true

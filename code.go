@@ -11,9 +11,6 @@ import (
 	"strings"
 )
 
-// headerCode is the last place a login code is looked for.
-const headerCode = "X-Wx-Code"
-
 // maxCodeLen bounds a code: WeChat's are 32 characters; anything much longer
 // is not a code and is refused before it costs a WeChat call.
 const maxCodeLen = 128
@@ -22,26 +19,60 @@ const maxCodeLen = 128
 // the server sets no request_body limit of its own.
 const maxLoginBody = 1 << 20
 
-// loginCode finds the code of a login request in, in order: the query
-// parameter field, a JSON body's top-level field, a form body's field and
-// headerValue, the X-WX-CODE header the client sent (stripClientIdentity
-// took it out). A body that was read is put back so the upstream receives it
-// byte for byte.
-func loginCode(r *http.Request, field, headerValue string) (string, *jsonRefusal) {
-	if code, ok := queryValue(r.URL.RawQuery, field); ok {
-		return checkCode(code)
+// anonymousCodeField names a Douyin anonymous player's code in a login's
+// query, JSON or form body, as Douyin's own API names it.
+const anonymousCodeField = "anonymous_code"
+
+// loginCredentials finds the credentials of a login request for platform
+// p: the code, named field, and where p has them an anonymous player's
+// code, named anonymousCodeField. Each is taken from, in order: the query,
+// a JSON body's top-level field, a form body's field, and the header the
+// client sent (presented: stripClientIdentity took it out). A body that was
+// read is put back so the upstream receives it byte for byte. A login
+// needs a code, or on Douyin an anonymous code, or both.
+func loginCredentials(r *http.Request, field string, p *platform, presented presentedHeaders) (credentials, *jsonRefusal) {
+	fields := [2]string{field}
+	if p.anonymousCodeParam != "" {
+		fields[1] = anonymousCodeField
 	}
-	code, found, refusal := bodyCode(r, field)
-	if refusal != nil {
-		return "", refusal
+	var values [2]string
+	var found [2]bool
+	for i, name := range fields {
+		if name != "" {
+			values[i], found[i] = queryValue(r.URL.RawQuery, name)
+		}
 	}
-	if found {
-		return checkCode(code)
+	if !found[0] || (fields[1] != "" && !found[1]) {
+		inBody, foundInBody, refusal := bodyCodes(r, fields)
+		if refusal != nil {
+			return credentials{}, refusal
+		}
+		for i := range fields {
+			if !found[i] && foundInBody[i] {
+				values[i], found[i] = inBody[i], true
+			}
+		}
 	}
-	if headerValue != "" {
-		return checkCode(headerValue)
+	for i, header := range [2]string{presented.code, presented.anonymousCode} {
+		if !found[i] && fields[i] != "" && header != "" {
+			values[i], found[i] = header, true
+		}
 	}
-	return "", badRequest("no login code: send the code from wx.login as the " + field + " query parameter, JSON or form field, or the X-WX-CODE header")
+	if !found[0] && !found[1] {
+		return credentials{}, badRequest("no login code: send the code from " + p.clientLogin + " as the " + field +
+			" query parameter, JSON or form field, or the " + strings.ToUpper(p.headers.code) + " header")
+	}
+	var c credentials
+	for i, slot := range [2]*string{&c.code, &c.anonymousCode} {
+		if found[i] {
+			code, refusal := checkCode(values[i])
+			if refusal != nil {
+				return credentials{}, refusal
+			}
+			*slot = code
+		}
+	}
+	return c, nil
 }
 
 // maxPlainQuery bounds the query strings queryValue reads in place: far
@@ -70,30 +101,30 @@ func queryValue(rawQuery, field string) (string, bool) {
 	return "", false
 }
 
-// bodyCode looks for the code in a JSON or form body. Other bodies are left
-// unread.
-func bodyCode(r *http.Request, field string) (code string, found bool, refusal *jsonRefusal) {
+// bodyCodes looks for the fields (a second one "" when there is none) in a
+// JSON or form body. Other bodies are left unread.
+func bodyCodes(r *http.Request, fields [2]string) (values [2]string, found [2]bool, refusal *jsonRefusal) {
 	if r.Body == nil || r.Body == http.NoBody {
-		return "", false, nil
+		return values, found, nil
 	}
 	mediaType, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil {
-		return "", false, nil
+		return values, found, nil
 	}
 	isJSON := mediaType == "application/json" || (len(mediaType) > 5 && mediaType[len(mediaType)-5:] == "+json")
 	isForm := mediaType == "application/x-www-form-urlencoded"
 	if !isJSON && !isForm {
-		return "", false, nil
+		return values, found, nil
 	}
 
 	body, refusal := readBody(r)
 	if refusal != nil {
-		return "", false, refusal
+		return values, found, refusal
 	}
 	if isJSON {
-		return jsonCode(body, field)
+		return jsonCodes(body, fields)
 	}
-	return formCode(body, field)
+	return formCodes(body, fields)
 }
 
 // readBody reads the whole body and replaces it with a replayable copy.
@@ -116,43 +147,46 @@ func readBody(r *http.Request) ([]byte, *jsonRefusal) {
 }
 
 func bodyTooLarge() *jsonRefusal {
-	return newRefusal(http.StatusRequestEntityTooLarge, errInvalidRequest, "request body too large")
+	return newRefusal(http.StatusRequestEntityTooLarge, refusalInvalidRequest, "request body too large")
 }
 
-func jsonCode(body []byte, field string) (string, bool, *jsonRefusal) {
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(body, &fields); err != nil {
-		return "", false, badRequest("malformed JSON body")
+func jsonCodes(body []byte, fields [2]string) (values [2]string, found [2]bool, refusal *jsonRefusal) {
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(body, &members); err != nil {
+		return values, found, badRequest("malformed JSON body")
 	}
-	raw, ok := fields[field]
-	if !ok {
-		return "", false, nil
+	for i, field := range fields {
+		raw, ok := members[field]
+		if field == "" || !ok {
+			continue
+		}
+		if err := json.Unmarshal(raw, &values[i]); err != nil {
+			return values, found, badRequest("the " + field + " field must be a string")
+		}
+		found[i] = true
 	}
-	var code string
-	if err := json.Unmarshal(raw, &code); err != nil {
-		return "", false, badRequest("the " + field + " field must be a string")
-	}
-	return code, true, nil
+	return values, found, nil
 }
 
-func formCode(body []byte, field string) (string, bool, *jsonRefusal) {
-	values, err := url.ParseQuery(string(body))
+func formCodes(body []byte, fields [2]string) (values [2]string, found [2]bool, refusal *jsonRefusal) {
+	members, err := url.ParseQuery(string(body))
 	if err != nil {
-		return "", false, badRequest("malformed form body")
+		return values, found, badRequest("malformed form body")
 	}
-	codes, ok := values[field]
-	if !ok {
-		return "", false, nil
+	for i, field := range fields {
+		if v, ok := members[field]; field != "" && ok {
+			values[i], found[i] = v[0], true
+		}
 	}
-	return codes[0], true, nil
+	return values, found, nil
 }
 
-// dropCode removes the code from the query string before the request goes
-// upstream (X-WX-CODE is gone already, with the rest of the X-WX- family):
-// the upstream has no use for a spent code, and Caddy's reverse_proxy logs
-// the URI it sends at debug level.
+// dropCode removes the codes (field, and p's anonymous code) from the query
+// string before the request goes upstream (X-WX-CODE is gone already, with
+// the rest of the identity families): the upstream has no use for a spent
+// code, and Caddy's reverse_proxy logs the URI it sends at debug level.
 // Other query parameters keep their order and encoding.
-func dropCode(r *http.Request, field string) {
+func dropCode(r *http.Request, field string, p *platform) {
 	if r.URL.RawQuery == "" {
 		return
 	}
@@ -162,7 +196,7 @@ func dropCode(r *http.Request, field string) {
 		var pair string
 		pair, rest, _ = strings.Cut(rest, "&")
 		key, _, _ := strings.Cut(pair, "=")
-		if name, err := url.QueryUnescape(key); err == nil && name == field {
+		if name, err := url.QueryUnescape(key); err == nil && (name == field || (name == anonymousCodeField && p.anonymousCodeParam != "")) {
 			continue
 		}
 		if kept != "" {

@@ -51,9 +51,9 @@ func TestLoginCode(t *testing.T) {
 			if tc.contentType != "" {
 				r.Header.Set("Content-Type", tc.contentType)
 			}
-			code, refusal := loginCode(r, "code", tc.header)
+			code, refusal := wechatLoginCode(r, "code", tc.header)
 			if tc.wantStatus != 0 {
-				if refusal == nil || refusal.status != tc.wantStatus || refusal.code != errInvalidRequest {
+				if refusal == nil || refusal.status != tc.wantStatus || refusal.code != refusalInvalidRequest {
 					t.Fatalf("got %q, %v; want status %d", code, refusal, tc.wantStatus)
 				}
 				// Every refused input above holds "alice", as a code or
@@ -80,7 +80,7 @@ func TestLoginCodeCustomField(t *testing.T) {
 	r := httptest.NewRequest(http.MethodPost, "/login?code=wrong", strings.NewReader(`{"wxcode":"alice.1"}`))
 	r.Header.Set("Content-Type", "application/json")
 	// code_field renames the query and body fields, not the header.
-	if code, refusal := loginCode(r, "wxcode", ""); refusal != nil || code != "alice.1" {
+	if code, refusal := wechatLoginCode(r, "wxcode", ""); refusal != nil || code != "alice.1" {
 		t.Fatalf("got %q, %v", code, refusal)
 	}
 }
@@ -98,13 +98,13 @@ func TestLoginCodeBodyTooLarge(t *testing.T) {
 	} {
 		r := httptest.NewRequest(http.MethodPost, "/wx/login", body)
 		r.Header.Set("Content-Type", "application/json")
-		if _, refusal := loginCode(r, "code", ""); refusal == nil || refusal.status != http.StatusRequestEntityTooLarge {
+		if _, refusal := wechatLoginCode(r, "code", ""); refusal == nil || refusal.status != http.StatusRequestEntityTooLarge {
 			t.Errorf("%s: got %v, want 413", name, refusal)
 		}
 	}
 	r := httptest.NewRequest(http.MethodPost, "/wx/login", errAfterReader{errors.New("connection reset")})
 	r.Header.Set("Content-Type", "application/json")
-	if _, refusal := loginCode(r, "code", ""); refusal == nil || refusal.status != http.StatusBadRequest {
+	if _, refusal := wechatLoginCode(r, "code", ""); refusal == nil || refusal.status != http.StatusBadRequest {
 		t.Errorf("a failed read: got %v, want 400", refusal)
 	}
 }
@@ -118,7 +118,7 @@ func TestDropCode(t *testing.T) {
 		{"z=1&a=2", "z=1&a=2"},
 	} {
 		r := httptest.NewRequest(http.MethodGet, "/wx/login?"+tc.query, nil)
-		dropCode(r, "code")
+		dropCode(r, "code", wechatPlatform)
 		if r.URL.RawQuery != tc.want {
 			t.Errorf("%q: query became %q, want %q", tc.query, r.URL.RawQuery, tc.want)
 		}
@@ -160,7 +160,7 @@ func FuzzLoginCode(f *testing.F) {
 		}
 		r.URL.RawQuery = query
 		r.Header.Set("Content-Type", contentType)
-		code, refusal := loginCode(r, "code", header)
+		code, refusal := wechatLoginCode(r, "code", header)
 		if refusal != nil {
 			if refusal.status != http.StatusBadRequest && refusal.status != http.StatusRequestEntityTooLarge {
 				t.Fatalf("unexpected status %d", refusal.status)
@@ -184,4 +184,11 @@ func FuzzLoginCode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// wechatLoginCode is the code of a WeChat login r, headerValue being the
+// X-WX-CODE the client sent.
+func wechatLoginCode(r *http.Request, field, headerValue string) (string, *jsonRefusal) {
+	creds, refusal := loginCredentials(r, field, wechatPlatform, presentedHeaders{code: headerValue})
+	return creds.code, refusal
 }

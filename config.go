@@ -28,6 +28,9 @@ const (
 	defaultCacheSize  = 10000
 	defaultBudgetSize = 100000
 	defaultSessionTTL = 2 * time.Hour
+	// The player budget: well under WeChat's and QQ's 100 per minute.
+	defaultBudgetEvents = 60
+	defaultBudgetWindow = time.Minute
 )
 
 // Bounds, as documented in docs/configuration.md. Past them a value is a
@@ -66,19 +69,29 @@ type RetryConfig struct {
 // resolvedSecrets are the configured secrets with their placeholders
 // resolved: resolved once, at provision, and kept out of the JSON.
 type resolvedSecrets struct {
-	app     string
+	apps    []string // of configuredApps, in order
 	session [][]byte
 }
 
 func (h *Handler) setDefaults() {
-	if h.LoginPath == "" {
-		h.LoginPath = defaultLoginPath
+	if h.hasWechatApp() {
+		if h.LoginPath == "" {
+			h.LoginPath = defaultLoginPath
+		}
+		if h.Endpoint == "" {
+			h.Endpoint = defaultEndpoint
+		}
+		if h.Budget == nil {
+			h.Budget = &Budget{Events: defaultBudgetEvents, Window: caddy.Duration(defaultBudgetWindow)}
+		}
+	}
+	for _, app := range h.Apps {
+		if app != nil {
+			app.setDefaults()
+		}
 	}
 	if h.CodeField == "" {
 		h.CodeField = defaultCodeField
-	}
-	if h.Endpoint == "" {
-		h.Endpoint = defaultEndpoint
 	}
 	if h.Timeout == 0 {
 		h.Timeout = caddy.Duration(defaultTimeout)
@@ -94,9 +107,6 @@ func (h *Handler) setDefaults() {
 	}
 	if h.Retry.Max == 0 {
 		h.Retry.Max = caddy.Duration(max(defaultRetryMax, time.Duration(h.Retry.Base)))
-	}
-	if h.Budget == nil {
-		h.Budget = &Budget{Events: 60, Window: caddy.Duration(time.Minute)}
 	}
 	if h.IPBudget == nil {
 		h.IPBudget = &Budget{Events: 600, Window: caddy.Duration(time.Minute)}
@@ -117,10 +127,15 @@ func (h *Handler) setDefaults() {
 }
 
 // resolveSecrets resolves the placeholders ({env.X}, {file.PATH}) of the
-// app secret and the session secrets into h.resolved.
+// app secrets and the session secrets into h.resolved.
 func (h *Handler) resolveSecrets() {
 	repl := caddy.NewReplacer()
-	h.resolved = resolvedSecrets{app: repl.ReplaceKnown(h.AppSecret, "")}
+	h.resolved = resolvedSecrets{}
+	for _, app := range h.configuredApps() {
+		if app != nil {
+			h.resolved.apps = append(h.resolved.apps, repl.ReplaceKnown(app.AppSecret, ""))
+		}
+	}
 	if h.Session != nil {
 		for _, s := range h.Session.Secrets {
 			h.resolved.session = append(h.resolved.session, []byte(repl.ReplaceKnown(s, "")))
@@ -133,14 +148,10 @@ func (h *Handler) resolveSecrets() {
 // resolved secrets only, so Caddy may call it again at no cost.
 func (h *Handler) Validate() error {
 	for _, err := range []error{
-		checkAppID(h.AppID),
-		checkAppSecret(h.AppSecret, h.resolved.app),
-		checkLoginPath(h.LoginPath),
+		h.checkApps(),
 		checkCodeField(h.CodeField),
-		checkEndpoint(h.Endpoint),
 		checkTimeout(h.Timeout),
 		checkRetry(h.Retry),
-		checkPlayerBudget(h.Budget),
 		checkIPBudget(h.IPBudget),
 		checkOptionalCacheTTL(h.CacheTTL),
 		checkCacheSize(h.CacheSize),
@@ -148,6 +159,53 @@ func (h *Handler) Validate() error {
 		checkSession(h.Session, h.resolved.session),
 		checkRedis(h.Redis),
 	} {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkApps judges the apps: the top-level WeChat app as v2 did (its
+// messages name no app), each app block, and the apps together: each login
+// path and app_id once.
+func (h *Handler) checkApps() error {
+	apps := h.configuredApps()
+	if len(h.resolved.apps) != len(apps) {
+		return errors.New("app secrets are not resolved") // Provision resolves them before Validate
+	}
+	if !h.hasWechatApp() && (h.AppSecret != "" || h.LoginPath != "" || h.Endpoint != "" || h.Budget != nil) {
+		return errors.New("app_secret, login_path, endpoint and budget at the top are the WeChat app's, which needs app_id; an app block takes its own")
+	}
+	loginPaths, appIDs := map[string]bool{}, map[string]bool{}
+	for i, app := range apps {
+		var err error
+		switch {
+		case app == nil:
+			err = errors.New("apps: an empty app")
+		case i == 0 && h.hasWechatApp():
+			err = firstError(checkAppID(app.AppID), checkAppSecret(app.AppSecret, h.resolved.apps[0]),
+				checkLoginPath(app.LoginPath), checkEndpoint(app.Endpoint), checkPlayerBudget(app.Budget, wechatPlatform))
+		default:
+			err = app.validate(h.resolved.apps[i])
+		}
+		if err != nil {
+			return err
+		}
+		if loginPaths[app.LoginPath] {
+			return fmt.Errorf("login_path %s is given to two apps: each app needs its own", app.LoginPath)
+		}
+		if appIDs[app.AppID] {
+			return fmt.Errorf("app_id %s is configured twice", app.AppID)
+		}
+		loginPaths[app.LoginPath], appIDs[app.AppID] = true, true
+	}
+	return nil
+}
+
+// firstError is the first of errs that is not nil.
+func firstError(errs ...error) error {
+	for _, err := range errs {
 		if err != nil {
 			return err
 		}
@@ -281,19 +339,18 @@ func checkRetry(r *RetryConfig) error {
 	return nil
 }
 
-// checkPlayerBudget judges budget; nil is the default.
-func checkPlayerBudget(b *Budget) error {
+// checkPlayerBudget judges budget for platform p; nil is the default.
+func checkPlayerBudget(b *Budget, p *platform) error {
 	if b == nil {
 		return nil
 	}
 	if b.Off {
-		return errors.New("budget cannot be off: it keeps players under WeChat's limit")
+		return fmt.Errorf("budget cannot be off: it keeps players under %s's limit", p.title)
 	}
-	// WeChat's quota bounds the events, so checkBudget need not.
-	if err := checkBudget("budget", *b, math.MaxInt); err != nil {
+	if err := checkBudget("budget", *b, maxIPEvents); err != nil {
 		return err
 	}
-	if err := b.withinWechatQuota(); err != nil {
+	if err := b.withinQuota(p); err != nil {
 		return fmt.Errorf("budget: %w", err)
 	}
 	return nil
@@ -416,17 +473,17 @@ func cleartextEndpoint(endpoint string) bool {
 // warnIfCleartext logs one line when the endpoint is a cleartext one: a
 // simulator on another host is a legitimate test setup, so it is a warning,
 // not a refusal.
-func (h *Handler) warnIfCleartext(logger *zap.Logger) {
-	if !cleartextEndpoint(h.Endpoint) {
+func warnIfCleartext(logger *zap.Logger, appID, endpoint string) {
+	if !cleartextEndpoint(endpoint) {
 		return
 	}
 	// The host alone: an endpoint may carry user:password.
 	host := ""
-	if u, err := url.Parse(h.Endpoint); err == nil {
+	if u, err := url.Parse(endpoint); err == nil {
 		host = u.Host
 	}
 	logger.Warn("endpoint is plain http to a host that is not loopback: the app_secret crosses the network in clear text; use https",
-		zap.String("app_id", h.AppID), zap.String("endpoint_host", host))
+		zap.String("app_id", appID), zap.String("endpoint_host", host))
 }
 
 // addSaturating is a+b, or the largest (or smallest) Duration where that

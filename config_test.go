@@ -175,7 +175,7 @@ func TestBoundsAreAllowed(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.setDefaults()
-	client := wechatClient{timeout: time.Duration(h.Timeout),
+	client := exchangeClient{timeout: time.Duration(h.Timeout),
 		retry: retryPolicy{attempts: h.Retry.Attempts, base: time.Duration(h.Retry.Base), max: time.Duration(h.Retry.Max)}}
 	if got, want := client.worstCase(), 19*time.Minute; got != want {
 		t.Errorf("worst case %s, want %s", got, want)
@@ -228,7 +228,7 @@ func TestValidateUsesTheSecretsResolvedOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if h.resolved.app != "app-secret" || string(h.resolved.session[0]) != longSessionSecret {
+	if h.resolved.apps[0] != "app-secret" || string(h.resolved.session[0]) != longSessionSecret {
 		t.Error("the secrets were not resolved at provision")
 	}
 }
@@ -273,8 +273,7 @@ func TestWarnIfCleartext(t *testing.T) {
 		"http://127.0.0.1:8931":             0,
 	} {
 		core, logs := observer.New(zapcore.DebugLevel)
-		h := &Handler{AppID: "wx1234567890abcdef", Endpoint: endpoint}
-		h.warnIfCleartext(zap.New(core))
+		warnIfCleartext(zap.New(core), "wx1234567890abcdef", endpoint)
 		if got := logs.FilterLevelExact(zapcore.WarnLevel).Len(); got != wantWarnings || logs.Len() != wantWarnings {
 			t.Errorf("%s: %d warnings of %d lines, want %d", endpoint, got, logs.Len(), wantWarnings)
 		}
@@ -337,11 +336,11 @@ func FuzzHandlerConfig(f *testing.F) {
 		if err := h.Validate(); err != nil {
 			t.Fatalf("provisioned, then refused: %v", err)
 		}
-		if d := h.client.worstCase(); d <= 0 {
+		if d := h.apps[0].client.worstCase(); d <= 0 {
 			t.Fatalf("an exchange's deadline is %s from its start", d)
 		}
-		for attempt := 1; attempt < h.client.retry.attempts; attempt++ {
-			h.client.retry.backoff(attempt)
+		for attempt := 1; attempt < h.apps[0].client.retry.attempts; attempt++ {
+			h.apps[0].client.retry.backoff(attempt)
 		}
 	})
 }

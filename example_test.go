@@ -25,6 +25,7 @@ var shippedCaddyfiles = []string{"Caddyfile.example", "cmd/demo/Caddyfile"}
 
 func setExampleSecrets(t *testing.T) {
 	t.Setenv("WECHAT_APP_SECRET", "example-app-secret-0123456789abcdef")
+	t.Setenv("DOUYIN_APP_SECRET", "example-douyin-secret-0123456789abcdef")
 	t.Setenv("WECHAT_SESSION_SECRET", "example-session-secret-0123456789abcdef0123")
 }
 
@@ -66,7 +67,7 @@ func TestShippedCaddyfilesValidate(t *testing.T) {
 // Validation reaches wechat_login: forgetting a secret is caught by
 // `caddy validate`, not by the first player.
 func TestExampleRefusedWithoutSecrets(t *testing.T) {
-	for _, missing := range []string{"WECHAT_APP_SECRET", "WECHAT_SESSION_SECRET"} {
+	for _, missing := range []string{"WECHAT_APP_SECRET", "DOUYIN_APP_SECRET", "WECHAT_SESSION_SECRET"} {
 		t.Run(missing, func(t *testing.T) {
 			setExampleSecrets(t)
 			t.Setenv(missing, "")
@@ -90,13 +91,17 @@ func TestAccessLogFilterHidesCredentials(t *testing.T) {
 		code  = "alice.7f3e9b"
 		token = "eyJhbGciOiJIUzI1NiJ9.session-token.signature"
 	)
-	req := httptest.NewRequest(http.MethodGet, "/wx/login?code="+code+"&level=3", nil)
-	req.Header.Set("X-WX-CODE", code)
+	req := httptest.NewRequest(http.MethodGet, "/wx/login?code="+code+"&anonymous_code="+code+"&level=3", nil)
+	for _, name := range []string{"X-WX-CODE", "X-TT-CODE", "X-TT-ANONYMOUS-CODE"} {
+		req.Header.Set(name, code)
+	}
 	req.Header.Set("X-WX-SESSION", token)
+	req.Header.Set("X-TT-SESSION", token)
 	req.Header.Set("Authorization", "Bearer "+token)
 	req.Header.Set("User-Agent", "MicroMessenger")
 	respHeader := http.Header{}
 	respHeader.Set("X-WX-SESSION", token)
+	respHeader.Set("X-TT-SESSION", token)
 
 	setExampleSecrets(t)
 	for _, path := range shippedCaddyfiles {

@@ -12,12 +12,14 @@ import (
 	"time"
 )
 
-// exClient points a wechatClient at url; its sleeps are recorded, not slept.
-func exClient(url string, attempts int, timeout time.Duration) (*wechatClient, *[]time.Duration) {
+// exClient points an exchangeClient for WeChat at url; its sleeps are
+// recorded, not slept.
+func exClient(url string, attempts int, timeout time.Duration) (*exchangeClient, *[]time.Duration) {
 	var slept []time.Duration
-	return &wechatClient{
+	return &exchangeClient{
+		platform:   wechatPlatform,
 		http:       newHTTPClient(timeout),
-		requestURL: jscode2sessionURL(url, exchangeAppID, exchangeSecret),
+		requestURL: wechatPlatform.exchangeURL(url, exchangeAppID, exchangeSecret),
 		timeout:    timeout,
 		retry:      retryPolicy{attempts: attempts, base: 100 * time.Millisecond, max: time.Second},
 		sleep: func(ctx context.Context, d time.Duration) error {
@@ -56,36 +58,36 @@ func TestExchangeRetries(t *testing.T) {
 		name     string
 		bodies   []string
 		attempts int
-		wantErr  attemptKind
+		wantErr  failureKind
 		wantOK   bool
 		calls    int32
 	}{
 		{name: "busy then ok", bodies: []string{busy, exOK}, attempts: 3, wantOK: true, calls: 2},
 		{name: "5xx then ok", bodies: []string{"500", "500", exOK}, attempts: 3, wantOK: true, calls: 3},
-		{name: "busy exhausts attempts", bodies: []string{busy}, attempts: 3, wantErr: kindErrcode, calls: 3},
-		{name: "retry 1 is one call", bodies: []string{busy, exOK}, attempts: 1, wantErr: kindErrcode, calls: 1},
-		{name: "invalid code is not retried", bodies: []string{`{"errcode":40029,"errmsg":"invalid code"}`, exOK}, attempts: 3, wantErr: kindErrcode, calls: 1},
-		{name: "code used is not retried", bodies: []string{`{"errcode":40163}`, exOK}, attempts: 3, wantErr: kindErrcode, calls: 1},
-		{name: "blocked is not retried", bodies: []string{`{"errcode":40226}`, exOK}, attempts: 3, wantErr: kindErrcode, calls: 1},
-		{name: "quota is not retried", bodies: []string{`{"errcode":45011}`, exOK}, attempts: 3, wantErr: kindErrcode, calls: 1},
-		{name: "misconfiguration is not retried", bodies: []string{`{"errcode":40125}`, exOK}, attempts: 3, wantErr: kindErrcode, calls: 1},
+		{name: "busy exhausts attempts", bodies: []string{busy}, attempts: 3, wantErr: kindBusy, calls: 3},
+		{name: "retry 1 is one call", bodies: []string{busy, exOK}, attempts: 1, wantErr: kindBusy, calls: 1},
+		{name: "invalid code is not retried", bodies: []string{`{"errcode":40029,"errmsg":"invalid code"}`, exOK}, attempts: 3, wantErr: kindInvalidCode, calls: 1},
+		{name: "code used is not retried", bodies: []string{`{"errcode":40163}`, exOK}, attempts: 3, wantErr: kindCodeUsed, calls: 1},
+		{name: "blocked is not retried", bodies: []string{`{"errcode":40226}`, exOK}, attempts: 3, wantErr: kindBlocked, calls: 1},
+		{name: "quota is not retried", bodies: []string{`{"errcode":45011}`, exOK}, attempts: 3, wantErr: kindQuota, calls: 1},
+		{name: "misconfiguration is not retried", bodies: []string{`{"errcode":40125}`, exOK}, attempts: 3, wantErr: kindMisconfigured, calls: 1},
 		{name: "bad response is not retried", bodies: []string{`<html>`, exOK}, attempts: 3, wantErr: kindBadResponse, calls: 1},
 		// An attempt that timed out or got a 5xx may have spent the code at
 		// WeChat: the 40163 that follows is ours, not the player's.
 		{name: "code used after a timeout", bodies: []string{"hang", `{"errcode":40163}`}, attempts: 3, wantErr: kindUnavailable, calls: 2},
 		{name: "code used after a 5xx", bodies: []string{"500", `{"errcode":40163}`}, attempts: 3, wantErr: kindUnavailable, calls: 2},
-		{name: "code used after busy stays code used", bodies: []string{busy, `{"errcode":40163}`}, attempts: 3, wantErr: kindErrcode, calls: 2},
+		{name: "code used after busy stays code used", bodies: []string{busy, `{"errcode":40163}`}, attempts: 3, wantErr: kindCodeUsed, calls: 2},
 		{name: "code used after a timeout, then busy", bodies: []string{"hang", busy, `{"errcode":40163}`}, attempts: 3, wantErr: kindUnavailable, calls: 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv, calls := exScript(t, tc.bodies...)
 			c, slept := exClient(srv.URL, tc.attempts, 300*time.Millisecond)
-			id, res, err := c.redeemCode(context.Background(), "alice.1")
+			id, attempts, err := c.redeem(context.Background(), credentials{code: "alice.1"})
 			if got := calls.Load(); got != tc.calls {
 				t.Errorf("WeChat saw %d calls, want %d", got, tc.calls)
 			}
-			if res.attempts != int(tc.calls) {
-				t.Errorf("attempts = %d, want %d", res.attempts, tc.calls)
+			if attempts != int(tc.calls) {
+				t.Errorf("attempts = %d, want %d", attempts, tc.calls)
 			}
 			if len(*slept) != int(tc.calls)-1 {
 				t.Errorf("backed off %d times between %d calls", len(*slept), tc.calls)
@@ -106,7 +108,7 @@ func TestExchangeRetries(t *testing.T) {
 func TestExchangeTimeout(t *testing.T) {
 	srv, calls := exScript(t, "hang")
 	c, _ := exClient(srv.URL, 2, 100*time.Millisecond)
-	_, _, err := c.redeemCode(context.Background(), "alice.1")
+	_, _, err := c.redeem(context.Background(), credentials{code: "alice.1"})
 	if err == nil || err.kind != kindTimeout {
 		t.Fatalf("got %v, want a timeout", err)
 	}
@@ -128,9 +130,9 @@ func TestExchangeStopsWhenContextEnds(t *testing.T) {
 	c, _ := exClient(srv.URL, 5, time.Second)
 	c.sleep = sleepContext
 	c.retry.base, c.retry.max = time.Hour, time.Hour // the first backoff outlives the context
-	_, res, err := c.redeemCode(ctx, "alice.1")
-	if err == nil || res.attempts != 1 || calls.Load() != 1 {
-		t.Fatalf("got %d attempts (%d calls), err %v; want 1 attempt and its error", res.attempts, calls.Load(), err)
+	_, attempts, err := c.redeem(ctx, credentials{code: "alice.1"})
+	if err == nil || attempts != 1 || calls.Load() != 1 {
+		t.Fatalf("got %d attempts (%d calls), err %v; want 1 attempt and its error", attempts, calls.Load(), err)
 	}
 }
 
@@ -145,12 +147,12 @@ func TestExchangeErrorsAreRedacted(t *testing.T) {
 	ln.Close() // connection refused from now on
 
 	c, _ := exClient("http://"+addr, 1, time.Second)
-	_, _, aerr := c.redeemCode(context.Background(), "alice.secretcode")
-	if aerr == nil || aerr.kind != kindUnavailable {
-		t.Fatalf("got %v, want unavailable", aerr)
+	_, _, perr := c.redeem(context.Background(), credentials{code: "alice.secretcode"})
+	if perr == nil || perr.kind != kindUnavailable {
+		t.Fatalf("got %v, want unavailable", perr)
 	}
-	refusal := exchangeRefusal(aerr, c.retry, time.Now())
-	for _, text := range []string{aerr.Error(), refusal.Error(), refusal.message} {
+	refusal := failureRefusal(wechatPlatform, perr, c.retry, time.Now())
+	for _, text := range []string{perr.Error(), refusal.message} {
 		if strings.Contains(text, exchangeSecret) || strings.Contains(text, "alice.secretcode") || strings.Contains(text, "js_code") {
 			t.Errorf("error text leaks the request: %q", text)
 		}
@@ -166,7 +168,7 @@ func TestExchangeDoesNotFollowRedirects(t *testing.T) {
 	}))
 	defer srv.Close()
 	c, _ := exClient(srv.URL, 1, time.Second)
-	if _, _, err := c.redeemCode(context.Background(), "alice.1"); err == nil || err.kind != kindBadResponse {
+	if _, _, err := c.redeem(context.Background(), credentials{code: "alice.1"}); err == nil || err.kind != kindBadResponse {
 		t.Fatalf("got %v, want a bad response", err)
 	}
 	if leaked.Load() {
@@ -178,23 +180,24 @@ func TestExchangeCapsTheBody(t *testing.T) {
 	huge := `{"openid":"oAlice","session_key":"k","pad":"` + strings.Repeat("x", 10<<20) + `"}`
 	srv, _ := exScript(t, huge)
 	c, _ := exClient(srv.URL, 1, 5*time.Second)
-	if _, _, err := c.redeemCode(context.Background(), "alice.1"); err == nil || err.kind != kindBadResponse {
+	if _, _, err := c.redeem(context.Background(), credentials{code: "alice.1"}); err == nil || err.kind != kindBadResponse {
 		t.Fatalf("got %v, want a bad response for a 10 MB body", err)
 	}
 }
 
-func TestDecodeJscode2Session(t *testing.T) {
+func TestReadWechatAnswer(t *testing.T) {
 	for _, tc := range []struct {
 		body    string
 		want    Identity
-		kind    attemptKind
+		kind    failureKind
 		errcode int
 		rid     string
 	}{
 		{body: exOK, want: Identity{OpenID: "oAlice", SessionKey: "c2Vzc2lvbi1rZXktMTIzNA=="}},
 		{body: `{"openid":"o1","session_key":"k","unionid":"u1","errcode":0,"errmsg":"ok"}`, want: Identity{OpenID: "o1", UnionID: "u1", SessionKey: "k"}},
-		{body: `{"errcode":40029,"errmsg":"invalid code, rid: 6543a1b2-1c2d3e4f-5a6b7c8d"}`, kind: kindErrcode, errcode: 40029, rid: "6543a1b2-1c2d3e4f-5a6b7c8d"},
-		{body: `{"errcode":-1,"errmsg":"system error"}`, kind: kindErrcode, errcode: -1},
+		{body: `{"errcode":40029,"errmsg":"invalid code, rid: 6543a1b2-1c2d3e4f-5a6b7c8d"}`, kind: kindInvalidCode, errcode: 40029, rid: "6543a1b2-1c2d3e4f-5a6b7c8d"},
+		{body: `{"errcode":-1,"errmsg":"system error"}`, kind: kindBusy, errcode: -1},
+		{body: `{"errcode":40125,"errmsg":"invalid appsecret"}`, kind: kindMisconfigured, errcode: 40125},
 		{body: `{"openid":"o1"}`, kind: kindBadResponse},
 		{body: `{"session_key":"k"}`, kind: kindBadResponse},
 		{body: `{}`, kind: kindBadResponse},
@@ -204,7 +207,7 @@ func TestDecodeJscode2Session(t *testing.T) {
 		{body: `<html><body>502 Bad Gateway</body></html>`, kind: kindBadResponse},
 		{body: ``, kind: kindBadResponse},
 	} {
-		id, err := decodeJscode2Session([]byte(tc.body))
+		id, err := wechatPlatform.answer.read([]byte(tc.body))
 		if tc.want.OpenID != "" {
 			if err != nil || id != tc.want {
 				t.Errorf("%s: got %+v, %v; want %+v", tc.body, id, err, tc.want)
@@ -217,32 +220,34 @@ func TestDecodeJscode2Session(t *testing.T) {
 	}
 }
 
-func FuzzDecodeJscode2Session(f *testing.F) {
+func FuzzReadWechatAnswer(f *testing.F) {
 	for _, seed := range []string{exOK, `{"errcode":40029,"errmsg":"x, rid: 1-2"}`, `{"openid":"o"}`, `<html>`, `{"errcode":1e99}`, `null`,
 		`{"openid":"o\n\u0000x","session_key":"k"}`, `{"openid":"o","session_key":"k","unionid":"` + strings.Repeat("u", 3000) + `"}`} {
 		f.Add([]byte(seed))
 	}
 	tokens := newTestSessionTokens(newTestClock(), sessionAppID, sessionSecret)
 	f.Fuzz(func(t *testing.T, body []byte) {
-		id, err := decodeJscode2Session(body)
+		id, err := wechatPlatform.answer.read(body)
 		if err == nil && (id.OpenID == "" || id.SessionKey == "") {
 			t.Fatalf("accepted a body without openid or session_key: %q", body)
 		}
 		if err == nil {
 			// Every identity accepted earns a session that verifies as itself.
-			token, _ := tokens.issue(id)
-			if got, verr := tokens.verify(token); verr != nil || got != publicIdentity(id) {
+			token, _ := tokens.issue(tokens.apps[0], id)
+			if got, verr := verified(tokens, token); verr != nil || got != publicIdentity(id) {
 				t.Fatalf("accepted %q, whose session verifies as %+v, %v", body, got, verr)
 			}
 		}
-		if err != nil && err.kind == kindErrcode {
+		if err != nil && err.hasErrcode {
 			if err.errcode == 0 {
 				t.Fatal("errcode 0 reported as a failure")
 			}
 			if len(err.rid) > 64 {
 				t.Fatalf("rid not bounded: %d bytes", len(err.rid))
 			}
-			_ = exchangeRefusal(err, retryPolicy{attempts: 1}, time.Now())
+		}
+		if err != nil {
+			_ = failureRefusal(wechatPlatform, err, retryPolicy{attempts: 1}, time.Now())
 		}
 	})
 }
@@ -270,7 +275,7 @@ func TestBackoffIsBoundedFullJitter(t *testing.T) {
 }
 
 func TestWorstCaseBoundsTheExchange(t *testing.T) {
-	c := &wechatClient{timeout: time.Second, retry: retryPolicy{attempts: 3, base: 100 * time.Millisecond, max: 150 * time.Millisecond}}
+	c := &exchangeClient{timeout: time.Second, retry: retryPolicy{attempts: 3, base: 100 * time.Millisecond, max: 150 * time.Millisecond}}
 	if got, want := c.worstCase(), 3*time.Second+100*time.Millisecond+150*time.Millisecond; got != want {
 		t.Errorf("worstCase = %v, want %v", got, want)
 	}
@@ -279,27 +284,27 @@ func TestWorstCaseBoundsTheExchange(t *testing.T) {
 func TestLoginErrorFor(t *testing.T) {
 	retry := retryPolicy{attempts: 3, base: 100 * time.Millisecond, max: time.Second}
 	for _, tc := range []struct {
-		err        attemptError
+		err        *platformError
 		status     int
 		code       string
 		errcode    bool
 		retryAfter bool
 	}{
-		{attemptError{kind: kindErrcode, errcode: 40029}, 401, errInvalidCode, true, false},
-		{attemptError{kind: kindErrcode, errcode: 40163}, 401, errCodeUsed, true, false},
-		{attemptError{kind: kindErrcode, errcode: 40226}, 403, errUserBlocked, true, false},
-		{attemptError{kind: kindErrcode, errcode: 45011}, 429, errRateLimited, true, true},
-		{attemptError{kind: kindErrcode, errcode: -1}, 503, errWechatUnavailable, true, true},
-		{attemptError{kind: kindErrcode, errcode: 40013}, 502, errWechatMisconfigured, true, false},
-		{attemptError{kind: kindErrcode, errcode: 40125}, 502, errWechatMisconfigured, true, false},
-		{attemptError{kind: kindErrcode, errcode: 41002}, 502, errWechatMisconfigured, true, false},
-		{attemptError{kind: kindErrcode, errcode: 40164}, 502, errWechatMisconfigured, true, false},
-		{attemptError{kind: kindErrcode, errcode: 99999}, 502, errWechatMisconfigured, true, false},
-		{attemptError{kind: kindBadResponse}, 502, errWechatBadResponse, false, false},
-		{attemptError{kind: kindUnavailable}, 503, errWechatUnavailable, false, true},
-		{attemptError{kind: kindTimeout}, 504, errWechatTimeout, false, false},
+		{wechatErrcodes.failure(40029, ""), 401, refusalInvalidCode, true, false},
+		{wechatErrcodes.failure(40163, ""), 401, refusalCodeUsed, true, false},
+		{wechatErrcodes.failure(40226, ""), 403, refusalUserBlocked, true, false},
+		{wechatErrcodes.failure(45011, ""), 429, refusalRateLimited, true, true},
+		{wechatErrcodes.failure(-1, ""), 503, refusalUnavailable, true, true},
+		{wechatErrcodes.failure(40013, ""), 502, refusalMisconfigured, true, false},
+		{wechatErrcodes.failure(40125, ""), 502, refusalMisconfigured, true, false},
+		{wechatErrcodes.failure(41002, ""), 502, refusalMisconfigured, true, false},
+		{wechatErrcodes.failure(40164, ""), 502, refusalMisconfigured, true, false},
+		{wechatErrcodes.failure(99999, ""), 502, refusalMisconfigured, true, false},
+		{&platformError{kind: kindBadResponse}, 502, refusalBadResponse, false, false},
+		{&platformError{kind: kindUnavailable}, 503, refusalUnavailable, false, true},
+		{&platformError{kind: kindTimeout}, 504, refusalTimeout, false, false},
 	} {
-		e := exchangeRefusal(&tc.err, retry, time.Date(2026, 11, 23, 10, 0, 50, 0, time.UTC))
+		e := failureRefusal(wechatPlatform, tc.err, retry, time.Date(2026, 11, 23, 10, 0, 50, 0, time.UTC))
 		if e.status != tc.status || e.code != tc.code || e.hasErrcode != tc.errcode || (e.retryAfter > 0) != tc.retryAfter {
 			t.Errorf("%+v: got %d %s errcode=%v retryAfter=%v", tc.err, e.status, e.code, e.hasErrcode, e.retryAfter)
 		}

@@ -1,62 +1,128 @@
 package wechatlogin
 
 import (
+	"cmp"
 	"io"
 	"net/http"
 	"strings"
 )
 
-// Identity headers set for the upstream. They are the names WeChat Cloud
-// Hosting uses, so backends written for it run unchanged.
-const (
-	headerOpenID     = "X-Wx-Openid"
-	headerUnionID    = "X-Wx-Unionid"
-	headerAppID      = "X-Wx-Appid"
-	headerSessionKey = "X-Wx-Session-Key"
-	// headerSource is Cloud Hosting's mark of a call from WeChat: its docs
-	// tell backends to trust a request only when it is present, and its
-	// templates answer nothing without it.
-	headerSource = "X-Wx-Source"
+// headerFamily is the identity headers of one platform's cloud, so that a
+// backend written for that cloud runs unchanged behind the gateway; and the
+// headers a client of that platform sends the gateway. A name is "" where
+// the family has no such header.
+type headerFamily struct {
+	// prefix starts every name of the family: lower case, '-' separated.
+	prefix string
+	// Set for the upstream, canonical.
+	openID, unionID, appID, sessionKey, anonymousOpenID, source string
+	// sourceValue is the source header's value on a request with a
+	// verified identity, and on no other: the cloud's value for a call from
+	// its client (Cloud Hosting's docs tell backends to trust a request
+	// only when X-WX-SOURCE is present, and its templates answer nothing
+	// without it).
+	sourceValue string
+	// Read from the client, canonical: the login code, an anonymous
+	// player's code, and the session token (also set on a login's answer).
+	code, anonymousCode, session string
+}
+
+// The families, one per platform's cloud; docs/identity-headers.md is
+// their contract. WeChat's and Douyin's are their clouds' own (WeChat Cloud
+// Hosting, Douyin Cloud); QQ, TapTap and Bilibili have no cloud that sets
+// identity headers, so theirs copy WeChat's under their own prefix.
+var (
+	wechatHeaders = &headerFamily{
+		prefix: "x-wx-",
+		openID: "X-Wx-Openid", unionID: "X-Wx-Unionid", appID: "X-Wx-Appid", sessionKey: "X-Wx-Session-Key",
+		source: "X-Wx-Source", sourceValue: "wx_client",
+		code: "X-Wx-Code", session: "X-Wx-Session",
+	}
+	douyinHeaders = &headerFamily{
+		prefix: "x-tt-",
+		openID: "X-Tt-Openid", unionID: "X-Tt-Unionid", appID: "X-Tt-Appid", sessionKey: "X-Tt-Session-Key",
+		anonymousOpenID: "X-Tt-Anonymous-Openid", source: "X-Tt-Source", sourceValue: "tt_client",
+		code: "X-Tt-Code", anonymousCode: "X-Tt-Anonymous-Code", session: "X-Tt-Session",
+	}
+	qqHeaders = &headerFamily{
+		prefix: "x-qq-",
+		openID: "X-Qq-Openid", unionID: "X-Qq-Unionid", appID: "X-Qq-Appid", sessionKey: "X-Qq-Session-Key",
+		source: "X-Qq-Source", sourceValue: "qq_client",
+		code: "X-Qq-Code", session: "X-Qq-Session",
+	}
+	taptapHeaders = &headerFamily{
+		prefix: "x-tap-",
+		openID: "X-Tap-Openid", unionID: "X-Tap-Unionid", appID: "X-Tap-Appid", sessionKey: "X-Tap-Session-Key",
+		source: "X-Tap-Source", sourceValue: "tap_client",
+		code: "X-Tap-Code", session: "X-Tap-Session",
+	}
+	bilibiliHeaders = &headerFamily{
+		prefix: "x-bili-",
+		openID: "X-Bili-Openid", unionID: "X-Bili-Unionid", appID: "X-Bili-Appid", sessionKey: "X-Bili-Session-Key",
+		source: "X-Bili-Source", sourceValue: "bili_client",
+		code: "X-Bili-Code", session: "X-Bili-Session",
+	}
 )
 
-// sourceMiniGameClient is Cloud Hosting's X-WX-SOURCE for a call from a
-// mini-game client, which every request the gateway vouches for is.
-const sourceMiniGameClient = "wx_client"
+// headerFamilies are every family the gateway knows: all of them are
+// stripped from every client request, whatever platforms are configured,
+// since a backend may trust any of them.
+var headerFamilies = [...]*headerFamily{wechatHeaders, douyinHeaders, qqHeaders, taptapHeaders, bilibiliHeaders}
 
-// identityFamily is the prefix of every header name the gateway owns, lower
-// case and '-' separated: the four it sets and everything Cloud Hosting sets
-// (X-WX-SOURCE, X-WX-ENV, X-WX-FROM-OPENID…), which a backend ported from it
-// trusts as much.
-const identityFamily = "x-wx-"
+// presentedHeaders are the values of the family headers the gateway reads
+// from a client (each the first value of its canonical spelling, in the
+// first family that has it), taken as the headers are stripped.
+type presentedHeaders struct {
+	code, anonymousCode, session string
+}
 
-// stripClientIdentity removes from r everything of the X-WX- family that the
-// client sent: the headers, any Connection token naming one (so that the
-// proxy cannot be made to drop the trusted headers as hop-by-hop), and the
-// trailers. It returns the values of the two the gateway itself reads, the
-// login code (X-WX-CODE) and the session token (X-WX-SESSION), so that they
-// are read before anything is stripped and forwarded never.
+// stripClientIdentity removes from r everything of the identity families
+// that the client sent: the headers, any Connection token naming one (so
+// that the proxy cannot be made to drop the trusted headers as hop-by-hop),
+// and the trailers. It returns the values of those the gateway itself
+// reads, the login codes (X-WX-CODE…) and the session token
+// (X-WX-SESSION…), so that they are read before anything is stripped and
+// forwarded never.
 //
 // It runs first on every request, so it allocates nothing unless there is
 // something to remove from the Connection header or the body can carry
 // trailers.
-func stripClientIdentity(r *http.Request) (code, session string) {
-	if values := r.Header[headerCode]; len(values) > 0 {
-		code = values[0]
+func stripClientIdentity(r *http.Request) presentedHeaders {
+	var byFamily [len(headerFamilies)]presentedHeaders
+	for name, values := range r.Header {
+		if !isIdentityHeader(name) {
+			continue
+		}
+		if len(values) > 0 {
+			for i, f := range headerFamilies {
+				switch name {
+				case f.code:
+					byFamily[i].code = values[0]
+				case f.anonymousCode:
+					byFamily[i].anonymousCode = values[0]
+				case f.session:
+					byFamily[i].session = values[0]
+				}
+			}
+		}
+		delete(r.Header, name)
 	}
-	if values := r.Header[headerSession]; len(values) > 0 {
-		session = values[0]
-	}
-	stripIdentityHeaders(r.Header)
 	stripIdentityConnectionTokens(r.Header)
 	stripIdentityTrailers(r)
-	return code, session
+	var presented presentedHeaders
+	for _, p := range byFamily {
+		presented.code = cmp.Or(presented.code, p.code)
+		presented.anonymousCode = cmp.Or(presented.anonymousCode, p.anonymousCode)
+		presented.session = cmp.Or(presented.session, p.session)
+	}
+	return presented
 }
 
-// stripIdentityHeaders removes every header of the X-WX- family, in any case
-// and with '_' or '.' for '-'. Backends behind CGI-style stacks fold those
-// separators together, and a server may be configured to let such names
-// through (expected_underscore_headers), so all spellings are removed here
-// rather than relying on the server.
+// stripIdentityHeaders removes every header of the identity families, in
+// any case and with '_' or '.' for '-'. Backends behind CGI-style stacks
+// fold those separators together, and a server may be configured to let
+// such names through (expected_underscore_headers), so all spellings are
+// removed here rather than relying on the server.
 func stripIdentityHeaders(h http.Header) {
 	for name := range h {
 		if isIdentityHeader(name) {
@@ -66,7 +132,7 @@ func stripIdentityHeaders(h http.Header) {
 }
 
 // stripIdentityConnectionTokens removes from the Connection header every
-// token that names an X-WX- header, keeping the others (keep-alive, close,
+// token that names a header of an identity family, keeping the others (keep-alive, close,
 // Upgrade…). A client could otherwise name X-WX-OPENID there and have
 // reverse_proxy delete the trusted header as hop-by-hop.
 func stripIdentityConnectionTokens(h http.Header) {
@@ -98,7 +164,7 @@ func stripIdentityConnectionTokens(h http.Header) {
 }
 
 // namesIdentityHeader reports whether a Connection header value has a token
-// of the X-WX- family, without allocating.
+// of an identity family, without allocating.
 func namesIdentityHeader(value string) bool {
 	for value != "" {
 		var token string
@@ -136,13 +202,26 @@ func (b *trailerStrippingBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// isIdentityHeader reports whether name is of the X-WX- family: whether it
-// starts with "x-wx-" ignoring case and reading '_' and '.' as '-'.
+// isIdentityHeader reports whether name is of an identity family: whether
+// it starts with one of their prefixes ("x-wx-", "x-tt-"…) ignoring case
+// and reading '_' and '.' as '-'.
 func isIdentityHeader(name string) bool {
-	if len(name) < len(identityFamily) {
+	if len(name) < 2 || name[0]|0x20 != 'x' { // the usual header is rejected here
 		return false
 	}
-	for i := 0; i < len(identityFamily); i++ {
+	for _, f := range headerFamilies {
+		if hasFamilyPrefix(name, f.prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+func hasFamilyPrefix(name, prefix string) bool {
+	if len(name) < len(prefix) {
+		return false
+	}
+	for i := 0; i < len(prefix); i++ {
 		c := name[i]
 		switch {
 		case c == '_' || c == '.':
@@ -150,28 +229,32 @@ func isIdentityHeader(name string) bool {
 		case 'A' <= c && c <= 'Z':
 			c += 'a' - 'A'
 		}
-		if c != identityFamily[i] {
+		if c != prefix[i] {
 			return false
 		}
 	}
 	return true
 }
 
-// setIdentityHeaders gives the upstream the trusted identity, and
-// X-WX-SOURCE, which only a request with one carries. The caller has
-// already stripped the client's copies. The values share one allocation,
-// each header a full-capacity slice of its own, so that a later append to
-// one copies it rather than overwriting another.
-func (h *Handler) setIdentityHeaders(header http.Header, id Identity) {
-	values := &[5]string{id.OpenID, h.AppID, sourceMiniGameClient, id.UnionID}
-	header[headerOpenID] = values[0:1:1]
-	header[headerAppID] = values[1:2:2]
-	header[headerSource] = values[2:3:3]
-	if id.UnionID != "" {
-		header[headerUnionID] = values[3:4:4]
+// setIdentityHeaders gives the upstream the trusted identity, in family f,
+// for the app appID. The caller has already stripped the client's copies.
+// The values share one allocation, each header a full-capacity slice of its
+// own, so that a later append to one copies it rather than overwriting
+// another.
+func setIdentityHeaders(header http.Header, f *headerFamily, appID string, id Identity, forwardSessionKey bool) {
+	values := &[6]string{appID, f.sourceValue, id.OpenID, id.UnionID, id.AnonymousOpenID, id.SessionKey}
+	header[f.appID] = values[0:1:1]
+	header[f.source] = values[1:2:2]
+	if id.OpenID != "" {
+		header[f.openID] = values[2:3:3]
 	}
-	if h.ForwardSessionKey && id.SessionKey != "" {
-		values[4] = id.SessionKey
-		header[headerSessionKey] = values[4:5:5]
+	if id.UnionID != "" {
+		header[f.unionID] = values[3:4:4]
+	}
+	if id.AnonymousOpenID != "" && f.anonymousOpenID != "" {
+		header[f.anonymousOpenID] = values[4:5:5]
+	}
+	if forwardSessionKey && id.SessionKey != "" {
+		header[f.sessionKey] = values[5:6:6]
 	}
 }

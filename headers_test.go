@@ -1,6 +1,7 @@
 package wechatlogin
 
 import (
+	"cmp"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -16,21 +17,28 @@ func TestStripClientIdentity(t *testing.T) {
 		"X-Wx-Unionid", "X_WX_UNIONID", "X-Wx-Appid", "x.wx.appid", "X-Wx-Session-Key", "X_WX_SESSION_KEY",
 		"X-Wx-Openidx", "X-Wx-Open", "X-Wx-Session", "X-Wx-Code", "X-Wx-Unionid-Extra", "X-Wx-", "x_wx_anything",
 		"X_wx.Source", "X-WX-ENV", "X-WX-FROM-OPENID", "X-WX-CLOUDBASE-ACCESS-TOKEN", // set by Cloud Hosting
+		// Douyin Cloud's family, and the one the gateway gives QQ.
+		"X-Tt-Openid", "x_tt_openid", "X.TT.ANONYMOUS.OPENID", "X-Tt-Unionid", "X-TT-APPID", "x-tt-source", "X-Tt-Env", "X-Tt-Logid",
+		"X-Tt-Session", "X-Tt-Code", "X-Tt-Anonymous-Code", "X_TT_SESSION_KEY",
+		"X-Qq-Openid", "x_qq_openid", "X.QQ.APPID", "X-Qq-Unionid", "X-Qq-Source", "X-Qq-Session", "X-Qq-Code", "X-QQ-SESSION-KEY",
+		"X-Tap-Openid", "x_tap_appid", "X.TAP.SOURCE", "X-Bili-Openid", "x_bili_unionid", "X.BILI.SESSION",
 	}
 	for _, name := range family {
 		r.Header[name] = []string{"spoofed", "twice"} // raw map access keeps the spelling, as HTTP/2 and server options can
 	}
 	r.Header["X-Wx-Code"] = []string{"the-code", "second"}
 	r.Header["X-Wx-Session"] = []string{"the-token"}
-	kept := []string{"Authorization", "Xx-Wx-Appid", "X-Wx", "X-Wxopenid", "Wx-Openid", "X-Forwarded-For"}
+	kept := []string{"Authorization", "Xx-Wx-Appid", "X-Wx", "X-Wxopenid", "Wx-Openid", "X-Forwarded-For",
+		"X-Tt", "X-Ttopenid", "Tt-Openid", "X-Qqopenid", "X-Q-Openid", "X-Ttt-Openid", "X-Tapopenid", "X-Bilibili-Openid", "X-Ta-Openid"}
 	for _, name := range kept {
 		r.Header[name] = []string{"kept"}
 	}
-	r.Header["Connection"] = []string{"keep-alive, X-Wx-Openid", "X_WX_APPID,Upgrade ,\tx-wx-anything", "X-Wx-Session"}
+	r.Header["Connection"] = []string{"keep-alive, X-Wx-Openid", "X_WX_APPID,Upgrade ,\tx-wx-anything", "X-Wx-Session", "x-tt-openid, X.QQ.OPENID"}
 
-	code, session := stripClientIdentity(r)
-	if code != "the-code" || session != "the-token" {
-		t.Errorf("read code %q and session %q, want the first values the client sent", code, session)
+	r.Header["X-Tt-Anonymous-Code"] = []string{"the-anonymous-code"}
+	got := stripClientIdentity(r)
+	if got.code != "the-code" || got.session != "the-token" || got.anonymousCode != "the-anonymous-code" {
+		t.Errorf("read %+v, want the first values the client sent", got)
 	}
 	for _, name := range family {
 		if _, ok := r.Header[name]; ok {
@@ -39,7 +47,7 @@ func TestStripClientIdentity(t *testing.T) {
 	}
 	for _, name := range kept {
 		if r.Header[name] == nil {
-			t.Errorf("%s was removed but is not of the X-WX- family", name)
+			t.Errorf("%s was removed but is of no identity family", name)
 		}
 	}
 	if got, want := r.Header["Connection"], []string{"keep-alive", "Upgrade"}; !slices.Equal(got, want) {
@@ -62,6 +70,8 @@ func TestStripIdentityConnectionTokens(t *testing.T) {
 		{[]string{",,"}, []string{",,"}}, // nothing of ours: left as it came
 		{[]string{"X-Wx-Openid,,close"}, []string{"close"}},
 		{[]string{"X-Forwarded-For"}, []string{"X-Forwarded-For"}},
+		{[]string{"X-Tt-Openid, close, x_qq_appid"}, []string{"close"}},
+		{[]string{"X-TT-ANONYMOUS-OPENID"}, nil},
 	} {
 		h := http.Header{}
 		if tc.connection != nil {
@@ -79,6 +89,9 @@ func TestIsIdentityHeader(t *testing.T) {
 		"X-Wx-Openid": true, "x_wx_openid": true, "X.WX.": true, "x-wx-": true, "X-WX-SOURCE": true,
 		"X-Wx": false, "": false, "X-Wx_": true, "XWx-Openid": false, "X--Wx-Openid": false, "Y-Wx-Openid": false,
 		"X-Wy-Openid": false, "X-Wx:Openid": false, " X-Wx-Openid": false,
+		"X-Tt-Openid": true, "x_tt_anonymous_openid": true, "X.TT.": true, "X-Tt": false, "X-Ttopenid": false,
+		"X-Qq-Openid": true, "x.qq.appid": true, "X-Qq": false, "X-Q-Openid": false, "X-Tx-Openid": false,
+		"X-Tap-Openid": true, "x_bili_source": true, "X-Bilibili-Openid": false, "X-Tapx": false,
 	} {
 		if got := isIdentityHeader(name); got != want {
 			t.Errorf("isIdentityHeader(%q) = %v, want %v", name, got, want)
@@ -93,7 +106,7 @@ func TestStripClientIdentityAllocatesNothing(t *testing.T) {
 	r.Header = http.Header{"User-Agent": {"x"}, "Accept": {"*/*"}, "Authorization": {"Bearer t"}, "X-Request-Id": {"1"}, "Connection": {"keep-alive"}}
 	session := []string{"token"}
 	if n := testing.AllocsPerRun(100, func() {
-		r.Header[headerSession] = session
+		r.Header[wechatHeaders.session] = session
 		stripClientIdentity(r)
 	}); n != 0 {
 		t.Errorf("stripClientIdentity allocates %v times per request", n)
@@ -101,21 +114,27 @@ func TestStripClientIdentityAllocatesNothing(t *testing.T) {
 }
 
 // FuzzStripClientIdentity: whatever names and Connection tokens a client
-// sends, nothing of the X-WX- family is left, everything else is, and the
-// code and session the gateway reads are the ones sent.
+// sends, nothing of any identity family is left, everything else is, and
+// the codes and session the gateway reads are the ones sent, in the family
+// given (0 WeChat, 1 Douyin, 2 QQ, 3 TapTap, 4 Bilibili).
 func FuzzStripClientIdentity(f *testing.F) {
-	f.Add("X_WX_OPENID", "v", "keep-alive, X-Wx-Openid", "code", "token")
-	f.Add("x.wx.from-openid", "", "X-Wx-Appid,,Upgrade", "", "")
-	f.Add("Accept", "*/*", " , ", "c", "")
-	f.Add("X-Wx-Session", "v", "", "", "")
-	f.Fuzz(func(t *testing.T, name, value, connection, code, session string) {
+	f.Add("X_WX_OPENID", "v", "keep-alive, X-Wx-Openid", "code", "token", uint8(0))
+	f.Add("x.wx.from-openid", "", "X-Wx-Appid,,Upgrade", "", "", uint8(0))
+	f.Add("Accept", "*/*", " , ", "c", "", uint8(1))
+	f.Add("X-Wx-Session", "v", "", "", "", uint8(2))
+	f.Add("x_tt_openid", "v", "X-TT-APPID, close", "c", "t", uint8(1))
+	f.Add("X.QQ.UNIONID", "v", "x_qq_openid", "c", "t", uint8(2))
+	f.Add("x_tap_openid", "v", "X-Bili-Appid", "c", "t", uint8(3))
+	f.Add("X.BILI.OPENID", "v", "X_TAP_SOURCE", "c", "t", uint8(4))
+	f.Fuzz(func(t *testing.T, name, value, connection, code, session string, family uint8) {
+		f := headerFamilies[int(family)%len(headerFamilies)]
 		r := httptest.NewRequest(http.MethodGet, "/", nil)
 		r.Header = http.Header{"Accept": {"*/*"}, name: {value}, "Connection": {connection, "close"}}
 		if code != "" {
-			r.Header[headerCode] = []string{code}
+			r.Header[f.code] = []string{code}
 		}
 		if session != "" {
-			r.Header[headerSession] = []string{session}
+			r.Header[f.session] = []string{session}
 		}
 		before := r.Header.Clone()
 		first := func(name string) string {
@@ -124,9 +143,24 @@ func FuzzStripClientIdentity(f *testing.F) {
 			}
 			return ""
 		}
-		gotCode, gotSession := stripClientIdentity(r)
-		if gotCode != first(headerCode) || gotSession != first(headerSession) {
-			t.Fatalf("read code %q and session %q from %v", gotCode, gotSession, before)
+		// The first family's copy wins, so that a request with several is
+		// read one way.
+		var wantRead presentedHeaders
+		for _, f := range headerFamilies {
+			wantRead.code = cmp.Or(wantRead.code, first(f.code))
+			wantRead.anonymousCode = cmp.Or(wantRead.anonymousCode, first(f.anonymousCode))
+			wantRead.session = cmp.Or(wantRead.session, first(f.session))
+		}
+		if read := stripClientIdentity(r); read != wantRead {
+			t.Fatalf("read %+v from %v, want %+v", read, before, wantRead)
+		}
+		folded := strings.NewReplacer("_", "-", ".", "-").Replace(strings.ToLower(name))
+		inFamily := false
+		for _, prefix := range []string{"x-wx-", "x-tt-", "x-qq-", "x-tap-", "x-bili-"} {
+			inFamily = inFamily || strings.HasPrefix(folded, prefix)
+		}
+		if inFamily != isIdentityHeader(name) {
+			t.Fatalf("%q: of a family %v, taken for one %v", name, inFamily, isIdentityHeader(name))
 		}
 		for name, values := range before {
 			_, left := r.Header[name]
@@ -163,17 +197,23 @@ func FuzzStripClientIdentity(f *testing.F) {
 func TestSetIdentityHeaders(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
+		family  *headerFamily
 		forward bool
 		id      Identity
 		want    map[string]string
 	}{
-		{"no unionid", false, Identity{OpenID: "o1", SessionKey: "k"}, map[string]string{headerOpenID: "o1", headerAppID: "wxapp", "X-Wx-Source": "wx_client", headerUnionID: "", headerSessionKey: ""}},
-		{"unionid", false, Identity{OpenID: "o1", UnionID: "u1", SessionKey: "k"}, map[string]string{headerUnionID: "u1", headerSessionKey: ""}},
-		{"session key forwarded", true, Identity{OpenID: "o1", SessionKey: "k"}, map[string]string{headerSessionKey: "k"}},
+		{"no unionid", wechatHeaders, false, Identity{OpenID: "o1", SessionKey: "k"},
+			map[string]string{"X-Wx-Openid": "o1", "X-Wx-Appid": "wxapp", "X-Wx-Unionid": "", "X-Wx-Session-Key": "", "X-Wx-Source": "wx_client"}},
+		{"unionid", wechatHeaders, false, Identity{OpenID: "o1", UnionID: "u1", SessionKey: "k"}, map[string]string{"X-Wx-Unionid": "u1", "X-Wx-Session-Key": ""}},
+		{"session key forwarded", wechatHeaders, true, Identity{OpenID: "o1", SessionKey: "k"}, map[string]string{"X-Wx-Session-Key": "k"}},
+		{"douyin", douyinHeaders, true, Identity{OpenID: "o1", UnionID: "u1", SessionKey: "k", AnonymousOpenID: "a1"},
+			map[string]string{"X-Tt-Openid": "o1", "X-Tt-Unionid": "u1", "X-Tt-Appid": "wxapp", "X-Tt-Session-Key": "k", "X-Tt-Anonymous-Openid": "a1", "X-Tt-Source": "tt_client", "X-Wx-Openid": ""}},
+		{"douyin anonymous", douyinHeaders, false, Identity{AnonymousOpenID: "a1", SessionKey: "k"},
+			map[string]string{"X-Tt-Openid": "", "X-Tt-Anonymous-Openid": "a1", "X-Tt-Appid": "wxapp", "X-Tt-Session-Key": ""}},
+		{"qq", qqHeaders, false, Identity{OpenID: "o1", UnionID: "u1"}, map[string]string{"X-Qq-Openid": "o1", "X-Qq-Unionid": "u1", "X-Qq-Appid": "wxapp", "X-Qq-Source": "qq_client"}},
 	} {
-		h := &Handler{AppID: "wxapp", ForwardSessionKey: tc.forward}
 		header := http.Header{}
-		h.setIdentityHeaders(header, tc.id)
+		setIdentityHeaders(header, tc.family, "wxapp", tc.id, tc.forward)
 		for name, want := range tc.want {
 			if got := header.Get(name); got != want {
 				t.Errorf("%s: %s = %q, want %q", tc.name, name, got, want)

@@ -140,7 +140,7 @@ func wantRateLimited(t *testing.T, w *httptest.ResponseRecorder, forwarded bool,
 	t.Helper()
 	var body errorBody
 	_ = json.Unmarshal(w.Body.Bytes(), &body)
-	if w.Code != http.StatusTooManyRequests || body.Error != errRateLimited || forwarded {
+	if w.Code != http.StatusTooManyRequests || body.Error != refusalRateLimited || forwarded {
 		t.Fatalf("got %d %s (forwarded: %v), want 429 rate_limited and nothing forwarded", w.Code, w.Body, forwarded)
 	}
 	if got := w.Header().Get("Retry-After"); got != retryAfter {
@@ -294,12 +294,18 @@ func newTestSessionTokens(clock *testkit.Clock, appID string, secrets ...string)
 	for i, s := range secrets {
 		keys[i] = []byte(s)
 	}
-	return newSessionTokens(appID, keys, sessionTTL, clock.Now)
+	return newSessionTokens([]*loginApp{{platform: wechatPlatform, appID: appID}}, keys, sessionTTL, clock.Now)
+}
+
+// verified is the identity token proves now, or why it proves none.
+func verified(tokens *sessionTokens, token string) (Identity, error) {
+	id, _, err := tokens.verifyWithin(token, 0)
+	return id, err
 }
 
 // issueToken is the token tokens issue for id.
 func issueToken(tokens *sessionTokens, id Identity) string {
-	token, _ := tokens.issue(id)
+	token, _ := tokens.issue(tokens.apps[0], id)
 	return token
 }
 
@@ -660,7 +666,7 @@ var codesPlayerLimit = Budget{Events: 5, Window: caddy.Duration(time.Minute)}
 // charging players under codesPlayerLimit.
 func (gw gateway) fleetCodes(cacheTTL time.Duration) *redisCodes {
 	players := gw.budget("player", codesPlayerLimit, leasedBudgetTable(100), time.Now)
-	return gw.codes(newLocalCodes(cacheTTL, players), players, cacheTTL, 10*time.Second).(*redisCodes)
+	return gw.codes(newLocalCodes(cacheTTL, players), players, cacheTTL, 10*time.Second, true).(*redisCodes)
 }
 
 // dumpRedis reads every key with its value, failing t for a key without
@@ -732,11 +738,11 @@ func keyPTTL(t testing.TB, rdb *redis.Client, pattern string) time.Duration {
 // gateway, and fails t unless the retry gets the fleet's identity from the
 // cache and WeChat has seen calls calls through wechat: one more would
 // spend the code again (40163).
-func wantRetryFromCache(t *testing.T, codes codeStore, key codeKey, wechat *countingLead, calls int32) {
+func wantRetryFromCache(t *testing.T, codes codeStore, key codeKey, wechat *countingExchange, calls int32) {
 	t.Helper()
-	id, outcome, refusal := codes.redeem(context.Background(), key, wechat.lead)
-	if refusal != nil || id != fleetIdentity || outcome != redeemedFromCache {
-		t.Errorf("the retry at another gateway: %+v %v %v, want the stored identity, from the cache", id, outcome, refusal)
+	res, outcome, _ := codes.redeem(context.Background(), key, wechat.exchange)
+	if res != proving(fleetIdentity) || outcome != redeemedFromCache {
+		t.Errorf("the retry at another gateway: %+v %v, want the stored identity, from the cache", res, outcome)
 	}
 	if got := wechat.calls.Load(); got != calls {
 		t.Errorf("%d WeChat calls, want %d: the retry spent the code again (40163)", got, calls)

@@ -21,132 +21,145 @@ const expiredSessionGrace = 24 * time.Hour
 type Identity struct {
 	OpenID  string
 	UnionID string
-	// SessionKey is WeChat's key for the player's encrypted data. It is kept
-	// only to be forwarded upstream with forward_session_key, never shown.
+	// SessionKey is the platform's key for the player's encrypted data. It
+	// is kept only to be forwarded upstream with forward_session_key, never
+	// shown.
 	SessionKey string
+	// AnonymousOpenID names a Douyin player who is not logged in to Douyin
+	// (from an anonymous_code); with a code too, it links that player's
+	// anonymous past to OpenID.
+	AnonymousOpenID string
+}
+
+// proves reports whether id names a player, logged in or anonymous.
+func (id Identity) proves() bool { return id.OpenID != "" || id.AnonymousOpenID != "" }
+
+// player is whose budget id's logins spend: the openid, or an anonymous
+// player's anonymous_openid (marked, so that it never names another
+// player's budget).
+func (id Identity) player() string {
+	if id.OpenID != "" {
+		return id.OpenID
+	}
+	return "anonymous:" + id.AnonymousOpenID
 }
 
 // decideLogin is authenticateLogin and, with sessions, the token the login
 // earns: everything a login can be refused for is decided here.
-func (h *Handler) decideLogin(r *http.Request, codeHeader, session string) (id Identity, token string, expires time.Time, refusal *jsonRefusal) {
-	if id, refusal = h.authenticateLogin(r, codeHeader, session); refusal != nil || h.sessions == nil {
+func (h *Handler) decideLogin(r *http.Request, app *loginApp, presented presentedHeaders) (id Identity, token string, expires time.Time, refusal *jsonRefusal) {
+	if id, refusal = h.authenticateLogin(r, app, presented); refusal != nil || h.sessions == nil {
 		return id, "", time.Time{}, refusal
 	}
-	token, expires = h.sessions.issue(id)
-	h.metrics.sessionIssued()
+	token, expires = h.sessions.issue(app, id)
+	app.metrics.sessionIssued()
 	return id, token, expires, nil
 }
 
-// authenticateLogin decides a login: the identity its code proves, or the
-// refusal to answer with. It charges the budgets on the way and writes
-// nothing; serveLogin acts on the decision. codeHeader and session are the
-// X-WX-CODE and X-WX-SESSION values the client sent.
-func (h *Handler) authenticateLogin(r *http.Request, codeHeader, session string) (Identity, *jsonRefusal) {
+// authenticateLogin decides a login at app: the identity its code proves,
+// or the refusal to answer with. It charges the budgets on the way and
+// writes nothing; serveLogin acts on the decision. presented holds the
+// codes and session the client sent in headers.
+func (h *Handler) authenticateLogin(r *http.Request, app *loginApp, presented presentedHeaders) (Identity, *jsonRefusal) {
 	ctx := r.Context()
 	if wait, ok := h.ips.spend(ctx, ipBudgetKey(clientIP(r))); !ok {
-		h.metrics.budgetRejected("ip")
+		app.metrics.budgetRejected("ip")
 		return Identity{}, rateLimited("too many logins from this address", wait)
 	}
-	code, refusal := loginCode(r, h.CodeField, codeHeader)
+	creds, refusal := loginCredentials(r, h.CodeField, app.platform, presented)
 	if refusal != nil {
 		return Identity{}, refusal
 	}
 	var sessionPlayer string
 	if h.sessions != nil {
-		sessionPlayer, _ = h.sessions.presentedPlayer(r, session, expiredSessionGrace)
+		sessionPlayer = h.sessions.presentedPlayer(r, app, presented.session, expiredSessionGrace)
 	}
-	id, outcome, refusal := h.codes.redeem(ctx, newCodeKey(h.AppID, code), func(charge chargeFunc) (Identity, *jsonRefusal) {
-		return h.exchangeOnce(ctx, code, sessionPlayer, charge)
+	res, outcome, err := app.codes.redeem(ctx, newCodeKey(app.appID, creds), func(charge chargeFunc) codeResult {
+		return h.exchangeOnce(ctx, app, creds, sessionPlayer, charge)
 	})
-	if refusal != nil && refusal.status == statusClientClosedRequest {
-		return Identity{}, refusal // nobody is waiting for the answer
+	if err != nil {
+		return Identity{}, clientGone() // nobody is waiting for the answer
 	}
 	switch outcome {
 	case redeemedFromCache:
-		h.metrics.cacheHit()
-	case redeemedByJoining:
-		h.metrics.coalesced()
-	}
-	if refusal != nil {
-		return Identity{}, refusal
-	}
-	if outcome == redeemedFromCache {
-		// Reusing a result costs no WeChat call, so it is checked, not
-		// charged; a client replaying one code in a loop is still stopped.
-		if wait, ok := h.players.check(ctx, id.OpenID); !ok {
-			h.metrics.budgetRejected("player")
+		app.metrics.cacheHit()
+		// Reusing a result costs no call, so it is checked, not charged; a
+		// client replaying one code in a loop is still stopped.
+		if wait, ok := app.players.check(ctx, res.id.player()); !ok {
+			app.metrics.budgetRejected("player")
 			return Identity{}, playerRateLimited(wait)
 		}
+	case redeemedByJoining:
+		app.metrics.coalesced()
 	}
-	return id, nil
+	switch {
+	case res.failure != nil:
+		return Identity{}, failureRefusal(app.platform, res.failure, app.client.retry, h.now())
+	case res.budgetWait > 0:
+		return Identity{}, playerRateLimited(res.budgetWait)
+	}
+	return res.id, nil
 }
 
-// exchangeOnce is the one WeChat call for a code, made on behalf of every
+// clientGone is the refusal recorded when the client hung up before its
+// login was decided: 499, as reverse_proxy records it, so the access log
+// shows the disconnect. Nobody reads the body.
+func clientGone() *jsonRefusal {
+	return newRefusal(statusClientClosedRequest, refusalInvalidRequest, "the client went away")
+}
+
+// exchangeOnce is the one platform call for a code, made on behalf of every
 // login waiting for it, and charged once to the player: before the call when
 // the login carries a session of this gateway's (so a player in a login loop
-// is stopped before WeChat), after it otherwise, by the code store's charge. A charge made before is
-// given back when WeChat refuses the code, which then proved nobody: junk
-// codes sent with a player's token do not spend the player's budget. It is
-// kept when the code proves another player, who is charged too: what stops
-// a login loop before WeChat must hold whoever the codes belong to. An
-// identity that the budget refuses is still returned, for the cache: the
-// code is spent at WeChat.
+// is stopped before the platform), after it otherwise, by the code store's
+// charge (a fleet's makes it in the Redis operation that stores the
+// result). A charge made before
+// is given back when the platform refuses the code, which then proved
+// nobody: junk codes sent with a player's token do not spend the player's
+// budget. It is kept when the code proves another player, who is charged
+// too: what stops a login loop before the platform must hold whoever the
+// codes belong to. An identity that the budget refuses is still returned,
+// for the cache: the code is spent at the platform.
 //
 // It runs on its own deadline, bounded by the retry policy, so that the first
 // client hanging up does not fail the others.
-func (h *Handler) exchangeOnce(reqCtx context.Context, code, sessionPlayer string, charge chargeFunc) (Identity, *jsonRefusal) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(reqCtx), h.client.worstCase())
+func (h *Handler) exchangeOnce(reqCtx context.Context, app *loginApp, creds credentials, sessionPlayer string, charge chargeFunc) codeResult {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(reqCtx), app.client.worstCase())
 	defer cancel()
 	var undoSessionCharge func()
 	if sessionPlayer != "" {
-		undo, wait, ok := h.players.reserve(ctx, sessionPlayer)
+		undo, wait, ok := app.players.reserve(ctx, sessionPlayer)
 		if !ok {
-			h.metrics.budgetRejected("player")
-			return Identity{}, playerRateLimited(wait)
+			app.metrics.budgetRejected("player")
+			return codeResult{budgetWait: wait}
 		}
 		undoSessionCharge = undo
 	}
 
 	start := time.Now()
-	id, res, err := h.client.redeemCode(ctx, code)
+	id, attempts, err := app.client.redeem(ctx, creds)
 	elapsed := time.Since(start)
-	h.metrics.exchanged(res.attempts, elapsed)
+	app.metrics.exchanged(attempts, elapsed)
+	h.logExchange(app, attempts, elapsed, err)
 	if err != nil {
-		refusal := exchangeRefusal(err, h.client.retry, h.now())
-		h.logExchange(refusal.code, res, elapsed, err)
-		if refusedTheCode(err) {
+		// The charge is kept when the platform did not judge the code: a
+		// timeout or a 5xx (which may have spent it), busy (the code may
+		// still be the player's own), or over its quota (the code's
+		// player, maybe the token's, is).
+		if err.refusedTheCode() {
 			giveBack(undoSessionCharge)
 		}
-		return Identity{}, refusal
+		return codeResult{failure: err}
 	}
-	h.logExchange("ok", res, elapsed, nil)
-	h.sessionKeys.keep(id.OpenID, id.SessionKey, h.now())
-
-	if id.OpenID != sessionPlayer {
+	if app.sessionKeys != nil && id.OpenID != "" {
+		app.sessionKeys.keep(id.OpenID, id.SessionKey, h.now())
+	}
+	if id.player() != sessionPlayer {
 		if wait, ok := charge(ctx, id); !ok {
-			h.metrics.budgetRejected("player")
-			return id, playerRateLimited(wait)
+			app.metrics.budgetRejected("player")
+			return codeResult{id: id, budgetWait: wait}
 		}
 	}
-	return id, nil
-}
-
-// refusedTheCode reports whether WeChat refused the code itself (invalid,
-// already used, or a high-risk account's), naming no player: the call
-// proved nobody, so a charge made for it before is given back. The charge
-// is kept when WeChat did not judge the code: a timeout or a 5xx (which may
-// have spent it) or -1 (busy: the code may still be the player's own); and
-// on 45011, which says the code's player, maybe the token's, is over
-// WeChat's quota.
-func refusedTheCode(err *attemptError) bool {
-	if err.kind != kindErrcode {
-		return false
-	}
-	switch err.errcode {
-	case errcodeInvalidCode, errcodeCodeUsed, errcodeBlocked:
-		return true
-	}
-	return false
+	return codeResult{id: id}
 }
 
 // giveBack undoes a charge, if one was made.
@@ -161,27 +174,29 @@ func playerRateLimited(wait time.Duration) *jsonRefusal {
 }
 
 // logExchange writes one line per exchange: at debug level normally, at
-// error level when WeChat says our configuration is wrong. It logs WeChat's
-// rid, never its errmsg or anything of the request.
-func (h *Handler) logExchange(result string, res exchangeResult, elapsed time.Duration, err *attemptError) {
-	level := zapcore.DebugLevel
-	msg := "wechat exchange"
-	if result == errWechatMisconfigured {
-		level = zapcore.ErrorLevel
-		msg = "wechat refused the configured app_id or app_secret"
+// error level when the platform says our configuration is wrong. It logs
+// the platform's rid, never its errmsg or anything of the request.
+func (h *Handler) logExchange(app *loginApp, attempts int, elapsed time.Duration, err *platformError) {
+	level, msg, result := zapcore.DebugLevel, "wechat exchange", loginOK
+	if err != nil {
+		result = failureRefusals[err.kind].code
+	}
+	if err != nil && err.kind == kindMisconfigured {
+		level, msg = zapcore.ErrorLevel, app.platform.name+" refused the configured app_id or app_secret"
 	}
 	ce := h.logger.Check(level, msg)
 	if ce == nil {
 		return
 	}
 	fields := []zap.Field{
-		zap.String("app_id", h.AppID),
+		zap.String("platform", app.platform.name),
+		zap.String("app_id", app.appID),
 		zap.String("result", result),
-		zap.Int("attempts", res.attempts),
+		zap.Int("attempts", attempts),
 		zap.Duration("duration", elapsed),
 	}
 	if err != nil {
-		if err.kind == kindErrcode {
+		if err.hasErrcode {
 			fields = append(fields, zap.Int("errcode", err.errcode), zap.String("rid", err.rid))
 		}
 		fields = append(fields, zap.String("error", err.Error()))

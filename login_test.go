@@ -83,7 +83,7 @@ func TestLoopingPlayerStaysWithinEveryWindow(t *testing.T) {
 		h.IPBudget = &Budget{Off: true} // one player's loop, not its address, is under test
 	})
 	first := testLogin{code: "alice.0"}.serve(context.Background(), h)
-	token := first.w.Header().Get(headerSession)
+	token := first.w.Header().Get(wechatHeaders.session)
 	if !first.forwarded() || token == "" {
 		t.Fatalf("first login: %d %s, session %q", first.w.Code, first.w.Body, token)
 	}
@@ -132,7 +132,7 @@ func TestLoopingPlayerStaysWithinEveryWindow(t *testing.T) {
 func TestCodeStoreLooksAgainInsideTheFlight(t *testing.T) {
 	clock := newTestClock()
 	c := memoryCodesAt(clock, time.Minute, 10)
-	k := newCodeKey("wx", "alice")
+	k := newCodeKey("wx", credentials{code: "alice"})
 	alice := Identity{OpenID: "oAlice"}
 	// A look reads the clock only when it finds an entry, so the first look
 	// is given an expired one, and the other flight finishes, storing its
@@ -145,15 +145,15 @@ func TestCodeStoreLooksAgainInsideTheFlight(t *testing.T) {
 		return clock.Now()
 	}
 	var calls atomic.Int32
-	id, outcome, refusal := c.redeem(context.Background(), k, func(chargeFunc) (Identity, *jsonRefusal) {
+	res, outcome, _ := c.redeem(context.Background(), k, func(chargeFunc) codeResult {
 		calls.Add(1)
-		return Identity{}, newRefusal(http.StatusUnauthorized, errCodeUsed, "the login code was already used")
+		return codeResult{failure: wechatErrcodes.failure(errcodeCodeUsed, "")}
 	})
 	if calls.Load() != 0 {
 		t.Errorf("the flight called WeChat %d times for a code whose result was cached", calls.Load())
 	}
-	if refusal != nil || id != alice || outcome != redeemedFromCache {
-		t.Errorf("got %+v %v %v, want alice from the cache", id, outcome, refusal)
+	if res.failure != nil || res.id != alice || outcome != redeemedFromCache {
+		t.Errorf("got %+v %v, want alice from the cache", res, outcome)
 	}
 }
 
@@ -167,7 +167,7 @@ func TestSessionChargeGivenBackWhenWechatRefusesTheCode(t *testing.T) {
 	clock := newTestClock()
 	h := newClockedHandler(t, endpoint, clock, withSessions(nil), withBudget(2, time.Minute))
 	first := testLogin{code: "alice.1"}.serve(context.Background(), h)
-	token := first.w.Header().Get(headerSession)
+	token := first.w.Header().Get(wechatHeaders.session)
 	if !first.forwarded() || token == "" {
 		t.Fatalf("alice's first login: %d %s", first.w.Code, first.w.Body)
 	}
@@ -215,7 +215,7 @@ func TestSessionChargeKeptWhenWechatAnswersQuota(t *testing.T) {
 	clock := newTestClock()
 	h := newClockedHandler(t, wechat.URL, clock, withSessions(nil), withBudget(1, time.Minute))
 	first := testLogin{code: "alice.1"}.serve(context.Background(), h).checked(t)
-	token := first.w.Header().Get(headerSession)
+	token := first.w.Header().Get(wechatHeaders.session)
 	if !first.forwarded() || token == "" {
 		t.Fatalf("alice's first login: %d %s", first.w.Code, first.w.Body)
 	}

@@ -1,8 +1,9 @@
-// Package wechatlogin is a Caddy HTTP handler that puts WeChat mini-game and
-// mini-program login in front of game servers that know nothing about WeChat.
-// It exchanges a wx.login code at jscode2session and gives the upstream the
-// player's identity in the headers WeChat Cloud Hosting uses (X-WX-OPENID,
-// X-WX-UNIONID, X-WX-APPID), at login and, with sessions, on every request.
+// Package wechatlogin is a Caddy HTTP handler that puts mini-game login
+// (WeChat, QQ, Douyin…) in front of game servers that know nothing about
+// it. It exchanges a wx.login (qq.login, tt.login) code at the platform and
+// gives the upstream the player's identity in the headers of the
+// platform's cloud (X-WX-OPENID, X-TT-OPENID…), at login and, with
+// sessions, on every request.
 package wechatlogin
 
 import (
@@ -29,11 +30,12 @@ func init() {
 // {http.wechat.openid}, {http.wechat.unionid} and {http.wechat.appid} hold
 // the identity.
 type Handler struct {
-	// The mini-game's AppID. Required.
+	// The WeChat mini-game's AppID. Required unless Apps names the game's
+	// apps.
 	AppID string `json:"app_id,omitempty"`
-	// The mini-game's AppSecret. Required. Placeholders such as {env.X} and
-	// {file.PATH} are resolved at provision; use them rather than writing
-	// the secret into the config.
+	// The WeChat mini-game's AppSecret. Required with AppID. Placeholders
+	// such as {env.X} and {file.PATH} are resolved at provision; use them
+	// rather than writing the secret into the config.
 	AppSecret string `json:"app_secret,omitempty"`
 	// Requests to exactly this path are logins. Default /wx/login.
 	LoginPath string `json:"login_path,omitempty"`
@@ -69,25 +71,17 @@ type Handler struct {
 	// gateways of a fleet, through Redis. Default: none, every gateway keeps
 	// its own state in memory.
 	Redis *RedisConfig `json:"redis,omitempty"`
+	// The game's apps on other platforms (or more WeChat apps), each with
+	// its own login path; they share the rest of this configuration.
+	Apps []*PlatformApp `json:"apps,omitempty"`
 
 	resolved resolvedSecrets
-	client   *wechatClient
-	players  budgetStore
-	ips      budgetStore // unlimited when ip_budget is off
-	codes    codeStore
+	apps     []*loginApp    // the top-level WeChat app first, if any
+	ips      budgetStore    // one per client address across the apps; unlimited when ip_budget is off
 	sessions *sessionTokens // nil without a session block
-	stateKey string         // this handler's entry in appStates
-	release  func()         // ends this handler's leases on the shared state
-	fleet    *fleet         // nil without a redis block
-	metrics  *appMetrics
 	logger   *zap.Logger
-	// appIDPlaceholder is AppID as the placeholder's value, boxed once
-	// rather than on every request.
-	appIDPlaceholder any
 	// now is the clock; tests swap it.
 	now func() time.Time
-	// sessionKeys keeps every session_key WeChat answers, for wechat_api.
-	sessionKeys *sessionKeyCustody
 }
 
 // CaddyModule returns the Caddy module information.
@@ -107,91 +101,34 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.setDefaults()
 	h.resolveSecrets()
-	h.appIDPlaceholder = h.AppID
 	// Shared state is only touched by a valid config, so a bad reload
 	// cannot disturb the running one.
 	if err := h.Validate(); err != nil {
 		return err
 	}
-	h.warnIfCleartext(h.logger)
-
-	h.client = &wechatClient{
-		http:       newHTTPClient(time.Duration(h.Timeout)),
-		requestURL: jscode2sessionURL(h.Endpoint, h.AppID, h.resolved.app),
-		timeout:    time.Duration(h.Timeout),
-		retry:      retryPolicy{attempts: h.Retry.Attempts, base: time.Duration(h.Retry.Base), max: time.Duration(h.Retry.Max)},
-		sleep:      sleepContext,
+	for i, cfg := range h.configuredApps() {
+		warnIfCleartext(h.logger, cfg.AppID, cfg.Endpoint)
+		app, err := h.attachApp(ctx, cfg, h.resolved.apps[i])
+		h.apps = append(h.apps, app)
+		if err != nil {
+			return err
+		}
 	}
+	h.attachIPBudget()
 	if h.Session != nil {
-		h.sessions = newSessionTokens(h.AppID, h.resolved.session, time.Duration(h.Session.TTL), h.now)
-	}
-
-	if err := h.attachState(ctx); err != nil {
-		return err
+		h.sessions = newSessionTokens(h.apps, h.resolved.session, time.Duration(h.Session.TTL), h.now)
 	}
 	if h.ForwardSessionKey && h.logger.Core().Enabled(zapcore.DebugLevel) {
 		h.logger.Warn("forward_session_key with debug logging: reverse_proxy logs the headers it sends upstream at debug level, X-WX-SESSION-KEY included; turn debug off in production")
 	}
-	metrics, err := newAppMetrics(ctx.GetMetricsRegistry(), h.AppID)
-	h.metrics = metrics
-	return err
-}
-
-// attachState reads and writes the configuration's shared state through
-// this handler's own limits, leasing the table sizes it wants until Cleanup.
-// With a redis block the state is the fleet's, and the memory tables serve
-// while Redis cannot.
-func (h *Handler) attachState(ctx caddy.Context) error {
-	endpoint := canonicalEndpoint(h.Endpoint)
-	h.stateKey = stateKey(h.AppID, endpoint, h.resolved.app)
-	value, _, _ := appStates.LoadOrNew(h.stateKey, func() (caddy.Destructor, error) { return newAppState(), nil })
-	state := value.(*appState)
-	releases := []func(){state.players.lease(h.BudgetSize), state.codes.lease(h.CacheSize), state.sessionKeys.entries.lease(sessionKeyCapacity)}
-	h.sessionKeys = state.sessionKeys
-	h.release = func() {
-		for _, release := range releases {
-			release()
-		}
-	}
-	cacheTTL := time.Duration(*h.CacheTTL)
-	h.players = newMemoryBudget(state.players, *h.Budget, h.now)
-	h.ips = unlimited{}
-	if !h.IPBudget.Off {
-		releases = append(releases, state.ips.lease(h.BudgetSize))
-		h.ips = newMemoryBudget(state.ips, *h.IPBudget, h.now)
-	}
-	local := memoryCodes{table: state.codes, ttl: cacheTTL, flights: &state.flights, now: h.now, players: h.players}
-	h.codes = local
-	if h.Redis == nil {
-		return nil
-	}
-
-	fleet, err := newFleet(ctx, h.Redis, h.AppID, endpoint, h.resolved.app)
-	if err != nil {
-		return err
-	}
-	h.fleet = fleet
-	players := fleet.budget("player", *h.Budget, state.players, h.now)
-	h.players, local.players = players, players
-	if !h.IPBudget.Off {
-		h.ips = fleet.budget("ip", *h.IPBudget, state.ips, h.now)
-	}
-	h.codes = fleet.codes(local, players, cacheTTL, h.client.worstCase())
 	return nil
 }
 
-// Cleanup releases the shared state and idle WeChat connections.
+// Cleanup releases the shared state and idle connections.
 func (h *Handler) Cleanup() error {
-	if h.client != nil {
-		h.client.http.CloseIdleConnections()
-	}
-	if h.release == nil { // never attached (provision failed before)
-		return nil
-	}
-	h.release()
-	_, err := appStates.Delete(h.stateKey)
-	if h.fleet != nil {
-		err = errors.Join(err, h.fleet.release())
+	var err error
+	for _, app := range h.apps {
+		err = errors.Join(err, app.detach())
 	}
 	return err
 }
@@ -200,47 +137,47 @@ func (h *Handler) Cleanup() error {
 // request on with the identity of its session, if any. Every refusal is
 // written in one place, refuse.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	code, session := stripClientIdentity(r)
-	if r.URL.Path == h.LoginPath {
-		return h.serveLogin(w, r, next, code, session)
+	presented := stripClientIdentity(r)
+	if app := h.appFor(r.URL.Path); app != nil {
+		return h.serveLogin(w, r, next, app, presented)
 	}
 	if h.sessions == nil {
 		return next.ServeHTTP(w, r)
 	}
-	id, err := h.sessions.presentedSession(r, session)
+	id, app, err := h.sessions.presentedSession(r, presented.session)
 	if err != nil {
 		if h.Session.Optional {
 			return next.ServeHTTP(w, r)
 		}
-		h.metrics.sessionRejected(sessionRejection(err))
-		h.refuse(w, newRefusal(http.StatusUnauthorized, errInvalidSession, "a valid session is required: log in again"))
+		h.apps[0].metrics.sessionRejected(sessionRejection(err))
+		h.refuse(w, newRefusal(http.StatusUnauthorized, refusalInvalidSession, "a valid session is required: log in again"))
 		return nil
 	}
-	h.attachIdentity(r, id)
+	h.attachIdentity(r, app, id)
 	return next.ServeHTTP(w, r)
 }
 
-// serveLogin serves a login; codeHeader and session are the X-WX-CODE and
-// X-WX-SESSION values the client sent, already stripped from the request.
-func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, codeHeader, session string) error {
-	id, token, expires, refusal := h.decideLogin(r, codeHeader, session)
+// serveLogin serves a login at app; presented holds the family headers the
+// client sent, already stripped from the request.
+func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, app *loginApp, presented presentedHeaders) error {
+	id, token, expires, refusal := h.decideLogin(r, app, presented)
 	if refusal != nil {
 		if refusal.status != statusClientClosedRequest {
-			h.metrics.login(refusal.code)
+			app.metrics.login(refusal.code)
 		}
 		h.refuse(w, refusal)
 		return nil
 	}
-	h.metrics.login(loginOK)
-	dropCode(r, h.CodeField)
-	h.attachIdentity(r, id)
+	app.metrics.login(loginOK)
+	dropCode(r, h.CodeField, app.platform)
+	h.attachIdentity(r, app, id)
 	switch {
 	case h.sessions == nil:
 		return next.ServeHTTP(w, r)
 	case h.Session.Respond:
 		return respondLogin(w, id, token, expires)
 	}
-	return next.ServeHTTP(newSessionIssuingWriter(w, token), r)
+	return next.ServeHTTP(newSessionIssuingWriter(w, app.platform.headers.session, token), r)
 }
 
 // refuse answers with the documented JSON error; nothing is forwarded. A
@@ -257,21 +194,25 @@ func (h *Handler) refuse(w http.ResponseWriter, refusal *jsonRefusal) {
 // respondLogin answers a login at the gateway (session respond mode).
 func respondLogin(w http.ResponseWriter, id Identity, token string, expires time.Time) error {
 	body := struct {
-		OpenID    string `json:"openid"`
-		UnionID   string `json:"unionid,omitempty"`
-		Token     string `json:"token"`
-		ExpiresAt string `json:"expires_at"`
-	}{id.OpenID, id.UnionID, token, expires.UTC().Format(time.RFC3339)}
+		OpenID          string `json:"openid"`
+		UnionID         string `json:"unionid,omitempty"`
+		AnonymousOpenID string `json:"anonymous_openid,omitempty"`
+		Token           string `json:"token"`
+		ExpiresAt       string `json:"expires_at"`
+	}{id.OpenID, id.UnionID, id.AnonymousOpenID, token, expires.UTC().Format(time.RFC3339)}
 	return writeJSON(w, http.StatusOK, "application/json", body)
 }
 
-// attachIdentity sets the identity headers and placeholders.
-func (h *Handler) attachIdentity(r *http.Request, id Identity) {
-	h.setIdentityHeaders(r.Header, id)
+// attachIdentity sets the identity headers, in app's family, and the
+// placeholders.
+func (h *Handler) attachIdentity(r *http.Request, app *loginApp, id Identity) {
+	setIdentityHeaders(r.Header, app.platform.headers, app.appID, id, h.ForwardSessionKey)
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set("http.wechat.openid", id.OpenID)
 		repl.Set("http.wechat.unionid", id.UnionID)
-		repl.Set("http.wechat.appid", h.appIDPlaceholder)
+		repl.Set("http.wechat.appid", app.appIDPlaceholder)
+		repl.Set("http.wechat.platform", app.platform.name)
+		repl.Set("http.wechat.anonymous_openid", id.AnonymousOpenID)
 	}
 }
 

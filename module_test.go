@@ -144,10 +144,10 @@ func TestRefusedLoginsForwardNothing(t *testing.T) {
 		status int
 		error  string
 	}{
-		{"/wx/login", http.StatusBadRequest, errInvalidRequest},
-		{"/wx/login?code=", http.StatusBadRequest, errInvalidRequest},
-		{"/wx/login?code=invalid.1", http.StatusUnauthorized, errInvalidCode},
-		{"/wx/login?code=blocked.1", http.StatusForbidden, errUserBlocked},
+		{"/wx/login", http.StatusBadRequest, refusalInvalidRequest},
+		{"/wx/login?code=", http.StatusBadRequest, refusalInvalidRequest},
+		{"/wx/login?code=invalid.1", http.StatusUnauthorized, refusalInvalidCode},
+		{"/wx/login?code=blocked.1", http.StatusForbidden, refusalUserBlocked},
 	} {
 		r, _ := newTestRequest(context.Background(), http.MethodGet, tc.target, nil)
 		up := &recordingUpstream{}
@@ -245,7 +245,7 @@ func TestCacheTTLExpiresOnTheClock(t *testing.T) {
 	w, _ := serveTestLogin(t, h, "alice.ttl", "198.51.100.1")
 	var body errorBody
 	_ = json.Unmarshal(w.Body.Bytes(), &body)
-	if w.Code != http.StatusUnauthorized || body.Error != errCodeUsed {
+	if w.Code != http.StatusUnauthorized || body.Error != refusalCodeUsed {
 		t.Fatalf("after cache_ttl the code is spent at WeChat: got %d %s, want 401 code_used", w.Code, w.Body)
 	}
 }
@@ -258,7 +258,7 @@ func TestMisconfigurationIsCountedNotRetried(t *testing.T) {
 	h := newTestHandler(t, endpoint, func(h *Handler) { h.AppSecret = "wrong-secret" })
 	observed, logs := observer.New(zapcore.ErrorLevel)
 	h.logger = zap.New(zapcore.NewTee(h.logger.Core(), observed)) // still written to the scanned output
-	before := counterValue(wechatMetrics.logins.WithLabelValues(testAppID, errWechatMisconfigured))
+	before := counterValue(wechatMetrics.logins.WithLabelValues(testAppID, refusalMisconfigured))
 	r, _ := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.m", nil)
 	w := httptest.NewRecorder()
 	_ = h.ServeHTTP(w, r, (&recordingUpstream{}).handler())
@@ -268,7 +268,7 @@ func TestMisconfigurationIsCountedNotRetried(t *testing.T) {
 	if sim.Calls() != 1 {
 		t.Errorf("a misconfiguration was retried: %d calls", sim.Calls())
 	}
-	if got := counterValue(wechatMetrics.logins.WithLabelValues(testAppID, errWechatMisconfigured)) - before; got != 1 {
+	if got := counterValue(wechatMetrics.logins.WithLabelValues(testAppID, refusalMisconfigured)) - before; got != 1 {
 		t.Errorf("logins_total{result=wechat_misconfigured} grew by %v, want 1", got)
 	}
 	lines := logs.All()
@@ -329,7 +329,7 @@ func BenchmarkLoginCacheHitWithSession(b *testing.B) {
 		r, _ := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.bench", nil)
 		_ = h.ServeHTTP(w, r, next)
 	}
-	if sim.Calls() != 1 || w.Header().Get(headerSession) == "" {
+	if sim.Calls() != 1 || w.Header().Get(wechatHeaders.session) == "" {
 		b.Fatalf("cache missed (%d calls) or no token issued", sim.Calls())
 	}
 }

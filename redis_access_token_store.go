@@ -165,7 +165,7 @@ func (s *redisTokenStore) refreshShared(ctx context.Context, now time.Time, stal
 		}
 		select {
 		case <-ctx.Done():
-			return accessToken{}, &attemptError{kind: kindTimeout}
+			return accessToken{}, &platformError{kind: kindTimeout}
 		case <-time.After(pollPause()):
 		}
 	}

@@ -384,7 +384,7 @@ func TestRedisTokenStoreLockLastsTheFetch(t *testing.T) {
 	a := newFleetTokenManager(t, gate.URL, clock, srv.Addr(), 0, func(c *RedisConfig) { c.Timeout = caddy.Duration(redisTimeout) })
 	const fetchTimeout = 5 * time.Second
 
-	fetched := make(chan *attemptError, 1)
+	fetched := make(chan *platformError, 1)
 	go func() {
 		_, err := a.token(context.Background(), fetchTimeout)
 		fetched <- err

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -241,19 +240,19 @@ func runEveryScript(t *testing.T, gw gateway) {
 	if undo, _, ok := budget.reserve(ctx, "oAlice"); ok {
 		undo()
 	}
-	lead := func(charge chargeFunc) (Identity, *jsonRefusal) { // the player charged with the result stored
+	exchange := func(charge chargeFunc) codeResult { // the player charged with the result stored
 		if _, ok := charge(ctx, fleetIdentity); !ok {
 			t.Fatal("the player's charge was refused")
 		}
-		return fleetIdentity, nil
+		return codeResult{id: fleetIdentity}
 	}
-	if _, _, refusal := codes.redeem(ctx, newCodeKey(fleetAppID, fleetCode), lead); refusal != nil {
-		t.Fatal(refusal)
+	if res, _, _ := codes.redeem(ctx, newCodeKey(fleetAppID, credentials{code: fleetCode}), exchange); !res.proved() {
+		t.Fatalf("%+v", res)
 	}
-	refuse := func(chargeFunc) (Identity, *jsonRefusal) {
-		return Identity{}, &jsonRefusal{status: http.StatusUnauthorized, code: errInvalidCode}
+	refuse := func(chargeFunc) codeResult {
+		return codeResult{failure: wechatErrcodes.failure(errcodeInvalidCode, "")}
 	}
-	codes.redeem(ctx, newCodeKey(fleetAppID, "refused-code"), refuse)
+	codes.redeem(ctx, newCodeKey(fleetAppID, credentials{code: "refused-code"}), refuse)
 	gw.keepSessionKey(ctx, fleetIdentity.OpenID, fleetSessionKey, time.Now())
 	if _, found, _ := gw.lookupSessionKey(ctx, fleetIdentity.OpenID, time.Now()); !found {
 		t.Error("the kept session_key does not read back")

@@ -14,12 +14,12 @@ import (
 // charge the player):
 //
 //	<prefix>code:h  the result: an identity, or for the waiters only, a
-//	                refusal; sealed with its expiry inside, and with the
+//	                failure; sealed with its expiry inside, and with the
 //	                same expiry on the key
-//	<prefix>lock:h  held, with an expiry, by the gateway calling WeChat
+//	<prefix>lock:h  held, with an expiry, by the gateway calling the platform
 //
 // A gateway that finds the result uses it; one that takes the lock calls
-// WeChat, then in one round trip charges the player the call proved,
+// the platform, then in one round trip charges the player the call proved,
 // stores the result and lets the lock go; the others poll until the result
 // is there, or the lock is gone without one (its holder vanished), in
 // which case they take it themselves.
@@ -28,13 +28,13 @@ import (
 // (ARGV[3]: "any" for a waiter, "identity" for a new login, "none" when the
 // cache is off), or takes the lock (or finds it the caller's already: a
 // claim that ran late), or says to wait. Taking the lock drops
-// an old result (a refusal, or with the cache off an identity), so that
+// an old result (a failure, or with the cache off an identity), so that
 // the new call's waiters never read it.
 var claimScript = redis.NewScript(`
 local result = redis.call('GET', KEYS[1])
 if result then
 	local kind = string.sub(result, 1, 1)
-	if ARGV[3] == 'any' or (ARGV[3] == 'identity' and kind == 'i') then
+	if ARGV[3] == 'any' or (ARGV[3] == 'identity' and (kind == 'i' or kind == 'o')) then
 		return {'result', result}
 	end
 end
@@ -51,7 +51,7 @@ return {'wait'}
 // player's budget (chargeBudget, with ARGV[5..9]) and answers as
 // chargeBudget does; then it stores the result (ARGV[3], or ARGV[4] when
 // the charge was refused; none when empty) for ARGV[2] ms, and lets go of
-// the lock if it is still the caller's (ARGV[1]). A refusal never replaces
+// the lock if it is still the caller's (ARGV[1]). A failure never replaces
 // an identity. Whatever else is to be kept with a call's result is one
 // more key and value at the end.
 var finishScript = redis.NewScript(budgetLua + `
@@ -63,7 +63,8 @@ if KEYS[3] then
 	end
 end
 if result ~= '' then
-	if string.sub(result, 1, 1) == 'i' then
+	local kind = string.sub(result, 1, 1)
+	if kind == 'i' or kind == 'o' then
 		redis.call('SET', KEYS[1], result, 'PX', ARGV[2])
 	else
 		redis.call('SET', KEYS[1], result, 'PX', ARGV[2], 'NX')
@@ -82,16 +83,23 @@ const (
 	acceptNone     = "none"     // a new login, with the cache off
 )
 
-// Stored results start with their kind, readable by the scripts.
+// Stored results start with their kind, readable by the scripts: an
+// identity; an identity whose player was over budget (the call's logins
+// were refused, a later retry may use it); or no identity (a failure, or a
+// budget that refused before the call), for the call's waiters only. A
+// gateway from before platforms stored refusals as 'e', with HTTP wording:
+// such a value is not opened, and the code is asked about anew; and an
+// older gateway opens none of 'o' and 'f', and asks its platform too.
 const (
-	resultIdentity = 'i'
-	resultRefusal  = 'e'
+	resultIdentity           = 'i'
+	resultIdentityOverBudget = 'o'
+	resultFailure            = 'f'
 )
 
 // minResultTTL keeps a result long enough for every waiter to poll it.
 const minResultTTL = time.Second
 
-// redisCodes is a codeStore shared by a fleet: one WeChat call per code
+// redisCodes is a codeStore shared by a fleet: one platform call per code
 // whichever gateways receive it. The local store in front sends one login
 // per gateway and code to Redis; while Redis is down, it alone serves.
 type redisCodes struct {
@@ -100,17 +108,21 @@ type redisCodes struct {
 	players     *redisBudget     // charged in the operation that stores a result
 	fresh       string           // what a new login accepts
 	identityTTL time.Duration    // of a stored identity
-	lockTTL     time.Duration    // of the lock, and of a refusal kept for waiters
+	lockTTL     time.Duration    // of the lock, and of a failure kept for waiters
 	now         func() time.Time // the clock of the expiries sealed in results
+	// keepSessionKeys: the session_keys the app's calls prove are kept in
+	// Redis too, in the round trip that stores the result.
+	keepSessionKeys bool
 }
 
 // codes returns the fleet's codeStore in front of local (the memory store
 // shared across reloads). lockTTL is the longest an exchange can take,
 // retries included: a lock older than that has lost its holder.
-func (f *fleet) codes(local codeStore, players *redisBudget, cacheTTL, lockTTL time.Duration) codeStore {
+func (f *fleet) codes(local codeStore, players *redisBudget, cacheTTL, lockTTL time.Duration, keepSessionKeys bool) codeStore {
 	// The lock outlives the exchange by one Redis operation: storing its result.
 	lockTTL += f.redis.timeout
-	c := &redisCodes{fleet: f, local: local, players: players, fresh: acceptIdentity, identityTTL: cacheTTL, lockTTL: lockTTL, now: time.Now}
+	c := &redisCodes{fleet: f, local: local, players: players, fresh: acceptIdentity, identityTTL: cacheTTL, lockTTL: lockTTL, now: time.Now,
+		keepSessionKeys: keepSessionKeys}
 	if cacheTTL <= 0 {
 		// Stored only for the waiters of the call that made it.
 		c.fresh, c.identityTTL = acceptNone, lockTTL
@@ -120,19 +132,19 @@ func (f *fleet) codes(local codeStore, players *redisBudget, cacheTTL, lockTTL t
 	return c
 }
 
-func (c *redisCodes) redeem(ctx context.Context, key codeKey, lead leadFunc) (Identity, redeemOutcome, *jsonRefusal) {
+func (c *redisCodes) redeem(ctx context.Context, key codeKey, exchange exchangeFunc) (codeResult, redeemOutcome, error) {
 	// The local store reports redeemedByCall to the login whose function
 	// ran; what that function found in Redis says how it was really redeemed.
 	var shared atomic.Int32
-	id, outcome, refusal := c.local.redeem(ctx, key, func(charge chargeFunc) (Identity, *jsonRefusal) {
-		id, how, refusal := c.redeemShared(ctx, key, lead, charge)
+	res, outcome, err := c.local.redeem(ctx, key, func(charge chargeFunc) codeResult {
+		res, how := c.redeemShared(ctx, key, exchange, charge)
 		shared.Store(int32(how))
-		return id, refusal
+		return res
 	})
 	if outcome == redeemedByCall {
 		outcome = redeemOutcome(shared.Load())
 	}
-	return id, outcome, refusal
+	return res, outcome, err
 }
 
 // codeKeys are the Redis keys of one code.
@@ -150,21 +162,22 @@ func (c *redisCodes) keysFor(key codeKey) codeKeys {
 
 // redeemShared runs on behalf of every login for key at this gateway;
 // charge is the local store's, for a call made without the fleet.
-func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, lead leadFunc, charge chargeFunc) (Identity, redeemOutcome, *jsonRefusal) {
+func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, exchange exchangeFunc, charge chargeFunc) (codeResult, redeemOutcome) {
 	k := c.keysFor(key)
 	token := newUniqueID()
 	var claim claimReply
 	if !c.whileBusy(func() (outcome int) { claim, outcome = c.claim(ctx, k, token, c.fresh); return outcome }) {
-		return leadAlone(lead, charge)
+		return leadAlone(exchange, charge)
 	}
 	switch claim.kind {
 	case "result":
-		return c.answer(k, claim.value, redeemedFromCache, lead, charge)
+		return c.answer(k, claim.value, redeemedFromCache, exchange, charge)
 	case "lead":
-		return c.leadForFleet(ctx, k, token, lead)
+		return c.leadForFleet(ctx, k, token, exchange)
 	}
-	// Another gateway is calling WeChat for this code. Its lock expires by
-	// lockTTL; the deadline only guards against a Redis that misbehaves.
+	// Another gateway is calling the platform for this code. Its lock
+	// expires by lockTTL; the deadline only guards against a Redis that
+	// misbehaves.
 	deadline := time.Now().Add(2 * c.lockTTL)
 	var patience redisPatience
 	for time.Now().Before(deadline) {
@@ -178,12 +191,12 @@ func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, lead leadFun
 		}
 		switch claim.kind {
 		case "result":
-			return c.answer(k, claim.value, redeemedByJoining, lead, charge)
+			return c.answer(k, claim.value, redeemedByJoining, exchange, charge)
 		case "lead":
-			return c.leadForFleet(ctx, k, token, lead)
+			return c.leadForFleet(ctx, k, token, exchange)
 		}
 	}
-	return leadAlone(lead, charge)
+	return leadAlone(exchange, charge)
 }
 
 // whileBusy runs op (a redisClient.try) until Redis answers it, again
@@ -221,49 +234,57 @@ func (p *redisPatience) lost(client *redisClient, outcome int) bool {
 	return client.down.Load() || p.silences > 1
 }
 
-// leadAlone calls WeChat without the fleet: Redis is down, or said nothing
-// usable.
-func leadAlone(lead leadFunc, charge chargeFunc) (Identity, redeemOutcome, *jsonRefusal) {
-	id, refusal := lead(charge)
-	return id, redeemedByCall, refusal
+// leadAlone calls the platform without the fleet: Redis is down, or said
+// nothing usable.
+func leadAlone(exchange exchangeFunc, charge chargeFunc) (codeResult, redeemOutcome) {
+	return exchange(charge), redeemedByCall
 }
 
-// leadForFleet calls WeChat holding the lock and stores the result for the
-// other gateways: in the operation that charges the player, when the call
-// proved one to charge.
-func (c *redisCodes) leadForFleet(ctx context.Context, k codeKeys, token string, lead leadFunc) (Identity, redeemOutcome, *jsonRefusal) {
+// leadForFleet calls the platform holding the lock and stores the result
+// for the other gateways: in the operation that charges the player, when
+// the call proved one to charge.
+func (c *redisCodes) leadForFleet(ctx context.Context, k codeKeys, token string, exchange exchangeFunc) (codeResult, redeemOutcome) {
 	finished := false
-	id, refusal := lead(func(ctx context.Context, id Identity) (time.Duration, bool) {
-		_, wait, ok := c.players.reserveThrough(ctx, id.OpenID, "finish", func(ctx context.Context) (budgetAnswer, error) {
-			keys := append(k.keys, c.players.key(id.OpenID))
+	res := exchange(func(ctx context.Context, id Identity) (time.Duration, bool) {
+		_, wait, ok := c.players.reserveThrough(ctx, id.player(), "finish", func(ctx context.Context) (budgetAnswer, error) {
+			keys := append(k.keys, c.players.key(id.player()))
 			args := append([]any{token, c.identityTTL.Milliseconds(), c.sealIdentity(k, id, false), c.sealIdentity(k, id, true)}, c.players.scriptArgs(true)...)
-			custody := c.fleet.sessionKeyWrite(id.OpenID, id.SessionKey, time.Now())
-			answer, err := budgetAnswerOf(custody.runWith(ctx, c.fleet.redis.client, finishScript, keys, args...))
+			answer, err := budgetAnswerOf(c.custodyWrite(id).runWith(ctx, c.fleet.redis.client, finishScript, keys, args...))
 			finished = err == nil
 			return answer, err
 		})
 		return wait, ok
 	})
-	if refusal != nil && refusal.code == errCodeUsed && c.fresh == acceptIdentity {
+	if res.failure != nil && res.failure.kind == kindCodeUsed && c.fresh == acceptIdentity {
 		// A gateway whose lock ran out may have spent the code and stored
 		// what it proved.
 		if claim, outcome := c.claim(ctx, k, token, acceptIdentity); outcome == redisAnswered && claim.kind == "result" {
-			if stored, _, _, err := c.openResult(k, claim.value); err == nil {
+			if stored, _, err := c.openResult(k, claim.value); err == nil {
 				c.finish(ctx, k, token, nil, 0, nil)
-				return stored, redeemedFromCache, nil
+				return codeResult{id: stored.id}, redeemedFromCache
 			}
 		}
 	}
 	switch {
 	case finished:
-	case id.OpenID != "":
-		// Stored even alongside a refusal (a player over budget): the code
-		// is spent at WeChat, and a retry elsewhere must find its result.
-		c.finish(ctx, k, token, c.sealIdentity(k, id, refusal != nil), c.identityTTL, c.fleet.sessionKeyWrite(id.OpenID, id.SessionKey, time.Now()))
+	case res.proved():
+		// Stored even for a player over budget: the code is spent at the
+		// platform, and a retry elsewhere must find its result.
+		c.finish(ctx, k, token, c.sealResult(k, res), c.identityTTL, c.custodyWrite(res.id))
 	default:
-		c.finish(ctx, k, token, c.sealRefusal(k, refusal), c.lockTTL, nil)
+		c.finish(ctx, k, token, c.sealResult(k, res), c.lockTTL, nil)
 	}
-	return id, redeemedByCall, refusal
+	return res, redeemedByCall
+}
+
+// custodyWrite is the fleet's copy of the session_key a call proved, for
+// the app's wechat_api handlers; nil when the app's keys are not kept or
+// the identity has no openid (an anonymous Douyin player).
+func (c *redisCodes) custodyWrite(id Identity) *sessionKeyWrite {
+	if !c.keepSessionKeys || id.OpenID == "" {
+		return nil
+	}
+	return c.fleet.sessionKeyWrite(id.OpenID, id.SessionKey, time.Now())
 }
 
 // claim runs claimScript; outcome is redisClient.try's.
@@ -288,71 +309,102 @@ func (c *redisCodes) finish(ctx context.Context, k codeKeys, token string, resul
 }
 
 // answer turns a stored result into the login's answer; one that does not
-// open (written under another secret, or tampered with) is not trusted and
-// the code is redeemed at WeChat instead. A waiter gets what the call's own
-// logins got, except that an identity whose player was over budget is
-// answered as from the cache: alone, for the login to check against the
-// budget as it is now (which gives the wait), as every login served from
-// the cache is.
-func (c *redisCodes) answer(k codeKeys, stored string, outcome redeemOutcome, lead leadFunc, charge chargeFunc) (Identity, redeemOutcome, *jsonRefusal) {
-	id, overBudget, refusal, err := c.openResult(k, stored)
+// open (written under another secret, tampered with, or past its expiry)
+// is not trusted and the code is redeemed at the platform instead. A
+// waiter gets what the call's own logins got, except that an identity
+// whose player was over budget is answered as from the cache: alone, for
+// the login to check against the budget as it is now (which gives the
+// wait), as every login served from the cache is.
+func (c *redisCodes) answer(k codeKeys, stored string, outcome redeemOutcome, exchange exchangeFunc, charge chargeFunc) (codeResult, redeemOutcome) {
+	res, overBudget, err := c.openResult(k, stored)
 	if err != nil {
-		return leadAlone(lead, charge)
+		return leadAlone(exchange, charge)
 	}
-	if overBudget {
-		outcome = redeemedFromCache
+	if overBudget || (outcome == redeemedFromCache && res.proved()) {
+		return codeResult{id: res.id}, redeemedFromCache
 	}
-	return id, outcome, refusal
+	return res, outcome
 }
 
-// storedResult is what the result key holds, sealed: an identity (marked
-// if its player was over budget when the call proved it), or a refusal
-// alone, for the waiters.
+// storedResult is what the result key holds, sealed: an identity, or why
+// there is none (the platform's failure, by kind and the platform's own
+// errcode, or how long the player's budget said to wait when it refused
+// before the call). Nothing in it is HTTP: the refusal is each gateway's
+// to write. Whether an identity's player was over budget is its kind.
 type storedResult struct {
-	OpenID       string `json:"openid,omitempty"`
-	UnionID      string `json:"unionid,omitempty"`
-	SessionKey   string `json:"session_key,omitempty"`
-	OverBudget   bool   `json:"over_budget,omitempty"`
-	Status       int    `json:"status,omitempty"`
-	Code         string `json:"code,omitempty"`
-	Message      string `json:"message,omitempty"`
-	Errcode      *int   `json:"errcode,omitempty"`
-	RetryAfterMS int64  `json:"retry_after_ms,omitempty"`
+	OpenID          string `json:"openid,omitempty"`
+	UnionID         string `json:"unionid,omitempty"`
+	SessionKey      string `json:"session_key,omitempty"`
+	AnonymousOpenID string `json:"anonymous_openid,omitempty"`
+	Failure         string `json:"failure,omitempty"`
+	Errcode         *int   `json:"errcode,omitempty"`
+	BudgetWaitMS    int64  `json:"budget_wait_ms,omitempty"`
 }
 
-func (c *redisCodes) sealIdentity(k codeKeys, id Identity, overBudget bool) []byte {
-	r := storedResult{OpenID: id.OpenID, UnionID: id.UnionID, SessionKey: id.SessionKey, OverBudget: overBudget}
-	return c.fleet.seal(resultIdentity, k.result, r, c.now().Add(c.identityTTL))
-}
-
-func (c *redisCodes) sealRefusal(k codeKeys, e *jsonRefusal) []byte {
-	r := storedResult{Status: e.status, Code: e.code, Message: e.message, RetryAfterMS: e.retryAfter.Milliseconds()}
-	if e.hasErrcode {
-		r.Errcode = &e.errcode
+// sealResult seals res for the result key: an identity as sealIdentity
+// does, marked over budget when res has a budgetWait; no identity as 'f',
+// for the call's waiters, until the lock's TTL.
+func (c *redisCodes) sealResult(k codeKeys, res codeResult) []byte {
+	if res.proved() {
+		return c.sealIdentity(k, res.id, res.budgetWait > 0)
 	}
-	return c.fleet.seal(resultRefusal, k.result, r, c.now().Add(c.lockTTL))
+	r := storedResult{BudgetWaitMS: res.budgetWait.Milliseconds()}
+	if res.failure != nil {
+		r.Failure = kindNames[res.failure.kind]
+		if res.failure.hasErrcode {
+			r.Errcode = &res.failure.errcode
+		}
+	}
+	return c.fleet.seal(resultFailure, k.result, r, c.now().Add(c.lockTTL))
 }
 
-func (c *redisCodes) openResult(k codeKeys, stored string) (id Identity, overBudget bool, refusal *jsonRefusal, err error) {
+// sealIdentity seals id until the identity TTL: as 'i', or as 'o' when its
+// player was over budget (the wait itself is not kept: a login served it
+// asks the budget as it is then).
+func (c *redisCodes) sealIdentity(k codeKeys, id Identity, overBudget bool) []byte {
+	kind := byte(resultIdentity)
+	if overBudget {
+		kind = resultIdentityOverBudget
+	}
+	r := storedResult{OpenID: id.OpenID, UnionID: id.UnionID, SessionKey: id.SessionKey, AnonymousOpenID: id.AnonymousOpenID}
+	return c.fleet.seal(kind, k.result, r, c.now().Add(c.identityTTL))
+}
+
+// openResult reads a stored result, and whether its identity's player was
+// over budget, refusing what a gateway of this version cannot have
+// written.
+func (c *redisCodes) openResult(k codeKeys, stored string) (res codeResult, overBudget bool, err error) {
+	if stored == "" || (stored[0] != resultIdentity && stored[0] != resultIdentityOverBudget && stored[0] != resultFailure) {
+		return codeResult{}, false, errors.New("a stored result of a kind this gateway does not know")
+	}
 	var r storedResult
 	if err := c.fleet.open(k.result, stored, &r, c.now()); err != nil {
-		return Identity{}, false, nil, err
+		return codeResult{}, false, err
 	}
-	if stored[0] == resultIdentity {
-		id = Identity{OpenID: r.OpenID, UnionID: r.UnionID, SessionKey: r.SessionKey}
-		if !id.wellFormed() {
-			// Written by a gateway that did not check what WeChat sent (an
-			// older version), or by whoever holds the secret.
-			return Identity{}, false, nil, errors.New("a stored identity unlike WeChat's")
+	res = codeResult{
+		id:         Identity{OpenID: r.OpenID, UnionID: r.UnionID, SessionKey: r.SessionKey, AnonymousOpenID: r.AnonymousOpenID},
+		budgetWait: time.Duration(r.BudgetWaitMS) * time.Millisecond,
+	}
+	if r.Failure != "" {
+		kind, ok := kindNamed(r.Failure)
+		if !ok {
+			return codeResult{}, false, errors.New("a stored failure of a kind this gateway does not know")
 		}
-		return id, r.OverBudget, nil, nil
+		res.failure = &platformError{kind: kind, detail: "stored by the fleet"}
+		if r.Errcode != nil {
+			res.failure.errcode, res.failure.hasErrcode = *r.Errcode, true
+		}
 	}
-	if r.Status == 0 || r.Code == "" {
-		return Identity{}, false, nil, errors.New("a stored refusal without a status or a code")
+	if stored[0] == resultFailure {
+		if res.id.proves() || (res.failure == nil) == (res.budgetWait <= 0) {
+			return codeResult{}, false, errors.New("a stored failure that is not exactly one failure")
+		}
+		return res, false, nil
 	}
-	refusal = &jsonRefusal{status: r.Status, code: r.Code, message: r.Message, retryAfter: time.Duration(r.RetryAfterMS) * time.Millisecond}
-	if r.Errcode != nil {
-		refusal.errcode, refusal.hasErrcode = *r.Errcode, true
+	if !res.id.wellFormed() || res.failure != nil || res.budgetWait != 0 {
+		// Written by whoever holds the secret, or by a gateway that did
+		// not check what the platform sent.
+		return codeResult{}, false, errors.New("a stored identity unlike a platform's")
 	}
-	return Identity{}, false, refusal, nil
+	return res, stored[0] == resultIdentityOverBudget, nil
 }

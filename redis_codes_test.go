@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,54 +44,61 @@ func twoGateways(t *testing.T, cacheTTL time.Duration) (rdb *redis.Client, a, b 
 	return rdb, codes[0], codes[1]
 }
 
-// countingLead is WeChat for a test: it counts its calls and answers with
-// identity or refusal once released, charging the identity's player as
-// the handler does (a player over budget gets the identity and the
-// budget's refusal).
-type countingLead struct {
-	calls    atomic.Int32
-	started  chan struct{} // closed at the first call
-	release  chan struct{} // closed to let calls answer
-	once     sync.Once
-	identity Identity
-	refusal  *jsonRefusal
+// countingExchange is WeChat for a test: it counts its calls and answers
+// with result, once released.
+type countingExchange struct {
+	calls   atomic.Int32
+	started chan struct{} // closed at the first call
+	release chan struct{} // closed to let calls answer
+	once    sync.Once
+	result  codeResult
 }
 
-func newCountingLead(id Identity, refusal *jsonRefusal) *countingLead {
-	l := &countingLead{started: make(chan struct{}), release: make(chan struct{}), identity: id, refusal: refusal}
-	return l
+func newCountingExchange(result codeResult) *countingExchange {
+	return &countingExchange{started: make(chan struct{}), release: make(chan struct{}), result: result}
 }
 
-// released is a lead that answers at once.
-func released(id Identity, refusal *jsonRefusal) *countingLead {
-	l := newCountingLead(id, refusal)
+// released is an exchange that answers at once.
+func released(result codeResult) *countingExchange {
+	l := newCountingExchange(result)
 	close(l.release)
 	return l
 }
 
-func (l *countingLead) lead(charge chargeFunc) (Identity, *jsonRefusal) {
+func (l *countingExchange) exchange(charge chargeFunc) codeResult {
 	l.calls.Add(1)
 	l.once.Do(func() { close(l.started) })
 	<-l.release
-	if l.identity.OpenID != "" {
-		if wait, ok := charge(context.Background(), l.identity); !ok {
-			return l.identity, playerRateLimited(wait)
+	if l.result.proved() {
+		if wait, ok := charge(context.Background(), l.result.id); !ok {
+			return codeResult{id: l.result.id, budgetWait: wait}
 		}
 	}
-	return l.identity, l.refusal
+	return l.result
 }
+
+// proving is the result of an exchange that proved id.
+func proving(id Identity) codeResult { return codeResult{id: id} }
+
+// failing is the result of an exchange WeChat refused with errcode.
+func failing(errcode int) codeResult { return codeResult{failure: wechatErrcodes.failure(errcode, "")} }
 
 type redeemed struct {
-	id      Identity
+	res     codeResult
 	outcome redeemOutcome
-	refusal *jsonRefusal
+	err     error
 }
 
-func redeemIn(codes codeStore, key codeKey, lead *countingLead) <-chan redeemed {
+// proved reports whether the login was answered with id alone.
+func (r redeemed) proved(id Identity) bool {
+	return r.err == nil && r.res.failure == nil && r.res.budgetWait == 0 && r.res.id == id
+}
+
+func redeemIn(codes codeStore, key codeKey, l *countingExchange) <-chan redeemed {
 	done := make(chan redeemed, 1)
 	go func() {
-		id, outcome, refusal := codes.redeem(context.Background(), key, lead.lead)
-		done <- redeemed{id, outcome, refusal}
+		res, outcome, err := codes.redeem(context.Background(), key, l.exchange)
+		done <- redeemed{res, outcome, err}
 	}()
 	return done
 }
@@ -100,7 +106,7 @@ func redeemIn(codes codeStore, key codeKey, lead *countingLead) <-chan redeemed 
 // joinInFlight starts n logins with key at a second gateway while the call
 // that wechat holds back is in flight for the first, and returns once the
 // second gateway has asked Redis (and so found the call).
-func joinInFlight(t *testing.T, rdb *redis.Client, second codeStore, key codeKey, wechat *countingLead, n int) []<-chan redeemed {
+func joinInFlight(t *testing.T, rdb *redis.Client, second codeStore, key codeKey, wechat *countingExchange, n int) []<-chan redeemed {
 	t.Helper()
 	<-wechat.started
 	claimsBefore := redisCalls(t, rdb, "evalsha")
@@ -114,8 +120,8 @@ func joinInFlight(t *testing.T, rdb *redis.Client, second codeStore, key codeKey
 
 func TestRedisCodesOneCallAcrossGateways(t *testing.T) {
 	rdb, a, b := twoGateways(t, time.Minute)
-	key := newCodeKey(fleetAppID, fleetCode)
-	wechat := newCountingLead(fleetIdentity, nil)
+	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
+	wechat := newCountingExchange(proving(fleetIdentity))
 
 	// Gateway A calls WeChat; the same code reaches gateway B, many times,
 	// while A's call is in flight.
@@ -124,13 +130,13 @@ func TestRedisCodesOneCallAcrossGateways(t *testing.T) {
 	close(wechat.release)
 
 	got := <-first
-	if got.refusal != nil || got.id != fleetIdentity || got.outcome != redeemedByCall {
+	if !got.proved(fleetIdentity) || got.outcome != redeemedByCall {
 		t.Fatalf("gateway A: %+v", got)
 	}
 	joined := 0
 	for _, r := range results {
 		got := <-r
-		if got.refusal != nil || got.id != fleetIdentity {
+		if !got.proved(fleetIdentity) {
 			t.Fatalf("gateway B: %+v", got)
 		}
 		if got.outcome == redeemedByCall {
@@ -148,13 +154,62 @@ func TestRedisCodesOneCallAcrossGateways(t *testing.T) {
 	}
 }
 
+// A login whose client hangs up while it waits for another gateway's call
+// leaves its gateway on Redis: the wait goes on for the code's result with
+// that login's context, ended, and an ended context is not Redis failing
+// (were it, the gateway would leave Redis and call WeChat with a code that
+// is already spent).
+func TestRedisCodesWaiterWhoseClientHangsUpStaysOnRedis(t *testing.T) {
+	rdb, a, b := twoGateways(t, time.Minute)
+	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
+	wechat := newCountingExchange(proving(fleetIdentity))
+	errorsBefore := storeErrorsTotal()
+
+	first := redeemIn(a, key, wechat)
+	<-wechat.started
+	ctx, hangUp := context.WithCancel(context.Background())
+	claimsBefore := redisCalls(t, rdb, "evalsha")
+	waiter := make(chan error, 1)
+	go func() {
+		_, _, err := b.redeem(ctx, key, wechat.exchange)
+		waiter <- err
+	}()
+	testkit.WaitFor(t, "gateway B finds the call in flight", func() bool { return redisCalls(t, rdb, "evalsha") > claimsBefore })
+	hangUp()
+	if err := <-waiter; err == nil {
+		t.Fatal("the login whose client hung up was answered as if it waited on")
+	}
+	polled := redisCalls(t, rdb, "evalsha")
+	testkit.WaitFor(t, "gateway B looks for the result again", func() bool {
+		return redisCalls(t, rdb, "evalsha") >= polled+2 || b.fleet.redis.down.Load()
+	})
+	close(wechat.release)
+	if got := <-first; !got.proved(fleetIdentity) {
+		t.Fatalf("gateway A: %+v", got)
+	}
+
+	// The client's retry at B gets what A's call proved, with no call of its own.
+	if res, _, err := b.redeem(context.Background(), key, wechat.exchange); err != nil || !(redeemed{res: res}).proved(fleetIdentity) {
+		t.Errorf("the retry at gateway B: %+v %v, want A's identity", res, err)
+	}
+	if calls := wechat.calls.Load(); calls != 1 {
+		t.Errorf("%d WeChat calls for one code, want 1", calls)
+	}
+	if b.fleet.redis.down.Load() {
+		t.Error("gateway B left Redis after a client hung up")
+	}
+	if got := storeErrorsTotal() - errorsBefore; got != 0 {
+		t.Errorf("store_errors_total rose by %v after a client hung up, want 0", got)
+	}
+}
+
 func TestRedisCodesRetryOnAnotherGatewayIsServedFromCache(t *testing.T) {
 	_, a, b := twoGateways(t, time.Minute)
-	key := newCodeKey(fleetAppID, fleetCode)
-	wechat := released(fleetIdentity, nil)
+	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
+	wechat := released(proving(fleetIdentity))
 	ctx := context.Background()
-	if _, outcome, refusal := a.redeem(ctx, key, wechat.lead); refusal != nil || outcome != redeemedByCall {
-		t.Fatalf("first login: %v %v", outcome, refusal)
+	if res, outcome, _ := a.redeem(ctx, key, wechat.exchange); !res.proved() || outcome != redeemedByCall {
+		t.Fatalf("first login: %v %+v", outcome, res)
 	}
 	// The client did not get the answer and retries; the balancer picks B.
 	wantRetryFromCache(t, b, key, wechat, 1)
@@ -162,25 +217,24 @@ func TestRedisCodesRetryOnAnotherGatewayIsServedFromCache(t *testing.T) {
 
 func TestRedisCodesRefusalReachesWaitersButIsNotCached(t *testing.T) {
 	rdb, a, b := twoGateways(t, time.Minute)
-	key := newCodeKey(fleetAppID, fleetCode)
-	refusal := &jsonRefusal{status: http.StatusUnauthorized, code: errInvalidCode, message: "the login code is invalid", errcode: 40029, hasErrcode: true}
-	wechat := newCountingLead(Identity{}, refusal)
+	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
+	wechat := newCountingExchange(failing(errcodeInvalidCode))
 
 	first := redeemIn(a, key, wechat)
 	waiter := joinInFlight(t, rdb, b, key, wechat, 1)[0]
 	close(wechat.release)
 
 	for name, r := range map[string]redeemed{"A": <-first, "B": <-waiter} {
-		if r.refusal == nil || r.refusal.status != refusal.status || r.refusal.code != refusal.code || r.refusal.errcode != 40029 || !r.refusal.hasErrcode || r.refusal.message != refusal.message {
-			t.Errorf("gateway %s answered %+v, want %+v", name, r.refusal, refusal)
+		if f := r.res.failure; f == nil || f.kind != kindInvalidCode || f.errcode != 40029 || !f.hasErrcode || r.res.id.proves() {
+			t.Errorf("gateway %s answered %+v, want the invalid code of errcode 40029", name, r.res)
 		}
 	}
 	if calls := wechat.calls.Load(); calls != 1 {
 		t.Fatalf("%d WeChat calls while one was in flight, want 1", calls)
 	}
 	// A new login with the code asks WeChat again: refusals are not cached.
-	if _, outcome, refusal := b.redeem(context.Background(), key, wechat.lead); refusal == nil || outcome != redeemedByCall {
-		t.Errorf("a later login: %v %v, want a new call", outcome, refusal)
+	if res, outcome, _ := b.redeem(context.Background(), key, wechat.exchange); res.failure == nil || outcome != redeemedByCall {
+		t.Errorf("a later login: %v %+v, want a new call", outcome, res)
 	}
 	if calls := wechat.calls.Load(); calls != 2 {
 		t.Errorf("%d WeChat calls, want 2", calls)
@@ -200,16 +254,16 @@ func TestRedisCodesOverBudgetIdentityIsSharedForRetries(t *testing.T) {
 	for range codesPlayerLimit.Events {
 		c.players.spend(ctx, fleetIdentity.OpenID) // at another gateway: A's memory knows none
 	}
-	key := newCodeKey(fleetAppID, fleetCode)
-	wechat := newCountingLead(fleetIdentity, nil)
+	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
+	wechat := newCountingExchange(proving(fleetIdentity))
 
 	first := redeemIn(a, key, wechat)
 	waiter := joinInFlight(t, rdb, b, key, wechat, 1)[0]
 	close(wechat.release)
-	if r := <-first; r.refusal == nil || r.refusal.code != errRateLimited || r.refusal.retryAfter <= 0 {
-		t.Errorf("gateway A, which made the call: %+v, want the budget's refusal", r)
+	if r := <-first; r.res.id != fleetIdentity || r.res.budgetWait <= 0 {
+		t.Errorf("gateway A, which made the call: %+v, want the budget's wait", r)
 	}
-	if r := <-waiter; r.refusal != nil || r.id != fleetIdentity || r.outcome != redeemedFromCache {
+	if r := <-waiter; r.res != proving(fleetIdentity) || r.outcome != redeemedFromCache {
 		t.Errorf("gateway B, which waited on the call: %+v, want the identity as from the cache", r)
 	}
 	if _, ok := b.players.check(ctx, fleetIdentity.OpenID); ok {
@@ -222,14 +276,14 @@ func TestRedisCodesWaiterTakesOverFromAVanishedHolder(t *testing.T) {
 	srv := testkit.StartRedis(t)
 	rdb := newTestRedisClient(t, srv.Addr())
 	_, b := gatewayCodes(t, srv.Addr(), 1, time.Minute)
-	key := newCodeKey(fleetAppID, fleetCode)
+	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
 	k := b.keysFor(key)
 	ctx := context.Background()
 	// A gateway took the lock and died.
 	if err := rdb.Set(ctx, k.lock, "a-dead-gateway", time.Minute).Err(); err != nil {
 		t.Fatal(err)
 	}
-	wechat := released(fleetIdentity, nil)
+	wechat := released(proving(fleetIdentity))
 	claimsBefore := redisCalls(t, rdb, "evalsha")
 	waiter := redeemIn(b, key, wechat)
 	testkit.WaitFor(t, "gateway B waits on the lock", func() bool { return redisCalls(t, rdb, "evalsha") > claimsBefore })
@@ -238,7 +292,7 @@ func TestRedisCodesWaiterTakesOverFromAVanishedHolder(t *testing.T) {
 	}
 	rdb.Del(ctx, k.lock) // its expiry, without waiting for it
 	got := <-waiter
-	if got.refusal != nil || got.id != fleetIdentity || got.outcome != redeemedByCall || wechat.calls.Load() != 1 {
+	if !got.proved(fleetIdentity) || got.outcome != redeemedByCall || wechat.calls.Load() != 1 {
 		t.Fatalf("gateway B: %+v after %d calls", got, wechat.calls.Load())
 	}
 }
@@ -248,17 +302,17 @@ func TestRedisCodesCodeUsedLooksForAnotherGatewaysResult(t *testing.T) {
 	gwA, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
 	_, b := gatewayCodes(t, srv.Addr(), 1, time.Minute)
 	rdb := newTestRedisClient(t, srv.Addr())
-	key := newCodeKey(fleetAppID, fleetCode)
+	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
 	k := a.keysFor(key)
 	// B calls WeChat and hears 40163: gateway A (whose lock had run out)
 	// spent the code and stored the identity meanwhile.
-	usedAtWeChat := func(chargeFunc) (Identity, *jsonRefusal) {
-		rdb.Set(context.Background(), k.result, a.sealIdentity(k, fleetIdentity, false), time.Minute)
-		return Identity{}, newRefusal(http.StatusUnauthorized, errCodeUsed, "the login code was already used")
+	usedAtWeChat := func(chargeFunc) codeResult {
+		rdb.Set(context.Background(), k.result, a.sealResult(k, proving(fleetIdentity)), time.Minute)
+		return failing(errcodeCodeUsed)
 	}
-	id, outcome, refusal := b.redeem(context.Background(), key, usedAtWeChat)
-	if refusal != nil || id != fleetIdentity || outcome != redeemedFromCache {
-		t.Fatalf("got %+v %v %v, want A's identity from the cache", id, outcome, refusal)
+	res, outcome, _ := b.redeem(context.Background(), key, usedAtWeChat)
+	if res != proving(fleetIdentity) || outcome != redeemedFromCache {
+		t.Fatalf("got %+v %v, want A's identity from the cache", res, outcome)
 	}
 	if gwA.redis.down.Load() {
 		t.Fatal("Redis failed")
@@ -267,28 +321,27 @@ func TestRedisCodesCodeUsedLooksForAnotherGatewaysResult(t *testing.T) {
 
 func TestRedisCodesCacheOffStillAnswersWaiters(t *testing.T) {
 	rdb, a, b := twoGateways(t, 0)
-	key := newCodeKey(fleetAppID, fleetCode)
-	wechat := newCountingLead(fleetIdentity, nil)
+	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
+	wechat := newCountingExchange(proving(fleetIdentity))
 	first := redeemIn(a, key, wechat)
 	waiter := joinInFlight(t, rdb, b, key, wechat, 1)[0]
 	close(wechat.release)
-	if got := <-first; got.refusal != nil || got.id != fleetIdentity {
+	if got := <-first; !got.proved(fleetIdentity) {
 		t.Fatalf("gateway A: %+v", got)
 	}
-	if got := <-waiter; got.refusal != nil || got.id != fleetIdentity || got.outcome != redeemedByJoining {
+	if got := <-waiter; !got.proved(fleetIdentity) || got.outcome != redeemedByJoining {
 		t.Fatalf("gateway B: %+v", got)
 	}
 	// With cache_ttl 0, a later login is a new exchange, and whoever waits
 	// for it gets its answer, not the earlier call's.
-	used := newRefusal(http.StatusUnauthorized, errCodeUsed, "the login code was already used")
-	again := newCountingLead(Identity{}, used)
+	again := newCountingExchange(failing(errcodeCodeUsed))
 	later := redeemIn(b, key, again)
 	laterWaiter := joinInFlight(t, rdb, a, key, again, 1)[0]
 	close(again.release)
 	if got := <-later; got.outcome != redeemedByCall || again.calls.Load() != 1 {
 		t.Errorf("a later login with the cache off: %+v after %d calls, want a new call", got, again.calls.Load())
 	}
-	if got := <-laterWaiter; got.refusal == nil || got.refusal.code != errCodeUsed {
+	if got := <-laterWaiter; got.res.failure == nil || got.res.failure.kind != kindCodeUsed {
 		t.Errorf("a waiter on the later call: %+v, want its code_used", got)
 	}
 }
@@ -300,12 +353,12 @@ func TestRedisCodesStoredIdentityIsCheckedAsWechatsIs(t *testing.T) {
 	rdb := newTestRedisClient(t, srv.Addr())
 	_, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
 	ctx := context.Background()
-	key := newCodeKey(fleetAppID, fleetCode)
+	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
 	k := a.keysFor(key)
-	rdb.Set(ctx, k.result, a.sealIdentity(k, Identity{OpenID: "oAlice\r\nX-Wx-Openid: oMallory"}, false), time.Minute)
-	id, outcome, refusal := a.redeem(ctx, key, released(fleetIdentity, nil).lead)
-	if refusal != nil || id != fleetIdentity || outcome != redeemedByCall {
-		t.Fatalf("a stored identity WeChat could not have sent was used: %+v %v %v", id, outcome, refusal)
+	rdb.Set(ctx, k.result, a.sealResult(k, proving(Identity{OpenID: "oAlice\r\nX-Wx-Openid: oMallory"})), time.Minute)
+	res, outcome, _ := a.redeem(ctx, key, released(proving(fleetIdentity)).exchange)
+	if res != proving(fleetIdentity) || outcome != redeemedByCall {
+		t.Fatalf("a stored identity WeChat could not have sent was used: %+v %v", res, outcome)
 	}
 }
 
@@ -315,16 +368,16 @@ func TestRedisCodesResultIsBoundToItsCode(t *testing.T) {
 	rdb := newTestRedisClient(t, srv.Addr())
 	_, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
 	ctx := context.Background()
-	alice, mallory := newCodeKey(fleetAppID, "alice-code"), newCodeKey(fleetAppID, "mallory-code")
-	if _, _, refusal := a.redeem(ctx, mallory, released(Identity{OpenID: "oMallory"}, nil).lead); refusal != nil {
-		t.Fatal(refusal)
+	alice, mallory := newCodeKey(fleetAppID, credentials{code: "alice-code"}), newCodeKey(fleetAppID, credentials{code: "mallory-code"})
+	if res, _, _ := a.redeem(ctx, mallory, released(proving(Identity{OpenID: "oMallory"})).exchange); !res.proved() {
+		t.Fatal(res)
 	}
 	stored := rdb.Get(ctx, a.keysFor(mallory).result).Val()
 	rdb.Set(ctx, a.keysFor(alice).result, stored, time.Minute)
 	_, b := gatewayCodes(t, srv.Addr(), 1, time.Minute)
-	id, outcome, refusal := b.redeem(ctx, alice, released(Identity{OpenID: "oAlice"}, nil).lead)
-	if refusal != nil || id.OpenID != "oAlice" || outcome != redeemedByCall {
-		t.Fatalf("a moved result was believed: %+v %v %v", id, outcome, refusal)
+	res, outcome, _ := b.redeem(ctx, alice, released(proving(Identity{OpenID: "oAlice"})).exchange)
+	if res.id.OpenID != "oAlice" || outcome != redeemedByCall {
+		t.Fatalf("a moved result was believed: %+v %v", res, outcome)
 	}
 }
 
@@ -336,7 +389,7 @@ func TestRedisCodesResultIsBoundToItsCode(t *testing.T) {
 // gateway sealed without an expiry inside does not open either.
 func TestRedisCodesResultKeptPastItsExpiryIsRefused(t *testing.T) {
 	const cacheTTL = time.Minute
-	used := newRefusal(http.StatusUnauthorized, errCodeUsed, "the login code was already used")
+	used := failing(errcodeCodeUsed)
 	for _, keep := range []struct {
 		name string
 		keep func(ctx context.Context, rdb *redis.Client, key, captured string) error
@@ -357,10 +410,10 @@ func TestRedisCodesResultKeptPastItsExpiryIsRefused(t *testing.T) {
 				gateways[n].now = clock.Now
 			}
 			ctx := context.Background()
-			key := newCodeKey(fleetAppID, fleetCode)
+			key := newCodeKey(fleetAppID, credentials{code: fleetCode})
 			result := gateways[0].keysFor(key).result
-			if _, _, refusal := gateways[0].redeem(ctx, key, released(fleetIdentity, nil).lead); refusal != nil {
-				t.Fatal(refusal)
+			if res, _, _ := gateways[0].redeem(ctx, key, released(proving(fleetIdentity)).exchange); !res.proved() {
+				t.Fatalf("%+v", res)
 			}
 			captured := rdb.Get(ctx, result).Val()
 
@@ -368,19 +421,19 @@ func TestRedisCodesResultKeptPastItsExpiryIsRefused(t *testing.T) {
 			if err := keep.keep(ctx, rdb, result, captured); err != nil {
 				t.Fatal(err)
 			}
-			control := released(Identity{}, used)
-			if id, outcome, _ := gateways[1].redeem(ctx, key, control.lead); outcome != redeemedFromCache || id.OpenID != fleetIdentity.OpenID || control.calls.Load() != 0 {
-				t.Fatalf("within its expiry, the result was not served (%+v %v, %d WeChat calls): the test proves nothing", id, outcome, control.calls.Load())
+			control := released(used)
+			if res, outcome, _ := gateways[1].redeem(ctx, key, control.exchange); outcome != redeemedFromCache || res.id.OpenID != fleetIdentity.OpenID || control.calls.Load() != 0 {
+				t.Fatalf("within its expiry, the result was not served (%+v %v, %d WeChat calls): the test proves nothing", res, outcome, control.calls.Load())
 			}
 
 			clock.Advance(time.Millisecond)
 			if err := keep.keep(ctx, rdb, result, captured); err != nil {
 				t.Fatal(err)
 			}
-			wechat := released(Identity{}, used)
-			id, outcome, refusal := gateways[2].redeem(ctx, key, wechat.lead)
-			if id.OpenID != "" || outcome != redeemedByCall || refusal == nil || refusal.code != errCodeUsed || wechat.calls.Load() != 1 {
-				t.Errorf("past its expiry: %+v %v %v after %d WeChat calls; want WeChat asked, and its code_used", id, outcome, refusal, wechat.calls.Load())
+			wechat := released(used)
+			res, outcome, _ := gateways[2].redeem(ctx, key, wechat.exchange)
+			if res.proved() || outcome != redeemedByCall || res.failure == nil || res.failure.kind != kindCodeUsed || wechat.calls.Load() != 1 {
+				t.Errorf("past its expiry: %+v %v after %d WeChat calls; want WeChat asked, and its code_used", res, outcome, wechat.calls.Load())
 			}
 		})
 	}
@@ -388,15 +441,15 @@ func TestRedisCodesResultKeptPastItsExpiryIsRefused(t *testing.T) {
 	t.Run("sealed by an older gateway, without an expiry inside", func(t *testing.T) {
 		rdb, a, b := twoGateways(t, cacheTTL)
 		ctx := context.Background()
-		key := newCodeKey(fleetAppID, fleetCode)
+		key := newCodeKey(fleetAppID, credentials{code: fleetCode})
 		k := a.keysFor(key)
 		plain, _ := json.Marshal(storedResult{OpenID: "oOlderGateway"})
 		nonce := make([]byte, a.fleet.sealer.NonceSize())
 		older := a.fleet.sealer.Seal(append([]byte{resultIdentity}, nonce...), nonce, plain, append([]byte{resultIdentity}, k.result...))
 		rdb.Set(ctx, k.result, older, time.Minute)
-		wechat := released(fleetIdentity, nil)
-		if id, outcome, refusal := b.redeem(ctx, key, wechat.lead); id != fleetIdentity || outcome != redeemedByCall || refusal != nil || wechat.calls.Load() != 1 {
-			t.Errorf("a result without an expiry inside: %+v %v %v after %d WeChat calls; want WeChat's answer", id, outcome, refusal, wechat.calls.Load())
+		wechat := released(proving(fleetIdentity))
+		if res, outcome, _ := b.redeem(ctx, key, wechat.exchange); res != proving(fleetIdentity) || outcome != redeemedByCall || wechat.calls.Load() != 1 {
+			t.Errorf("a result without an expiry inside: %+v %v after %d WeChat calls; want WeChat's answer", res, outcome, wechat.calls.Load())
 		}
 	})
 }
@@ -407,18 +460,18 @@ func TestRedisCodesServeWhileRedisIsDown(t *testing.T) {
 	fallbackBefore := gaugeValue(storeMetrics.fallback)
 	srv.Freeze()
 	defer srv.Resume()
-	wechat := released(fleetIdentity, nil)
-	key := newCodeKey(fleetAppID, fleetCode)
-	id, outcome, refusal := a.redeem(context.Background(), key, wechat.lead)
-	if refusal != nil || id != fleetIdentity || outcome != redeemedByCall {
-		t.Fatalf("with Redis frozen: %+v %v %v", id, outcome, refusal)
+	wechat := released(proving(fleetIdentity))
+	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
+	res, outcome, _ := a.redeem(context.Background(), key, wechat.exchange)
+	if res != proving(fleetIdentity) || outcome != redeemedByCall {
+		t.Fatalf("with Redis frozen: %+v %v", res, outcome)
 	}
 	gw.waitDown(t)
 	if gaugeValue(storeMetrics.fallback) != fallbackBefore+1 {
 		t.Error("the fallback is not shown")
 	}
 	// The gateway's own cache still serves the retry.
-	if _, outcome, _ := a.redeem(context.Background(), key, wechat.lead); outcome != redeemedFromCache || wechat.calls.Load() != 1 {
+	if _, outcome, _ := a.redeem(context.Background(), key, wechat.exchange); outcome != redeemedFromCache || wechat.calls.Load() != 1 {
 		t.Errorf("retry at the same gateway: %v after %d calls", outcome, wechat.calls.Load())
 	}
 }
@@ -432,17 +485,16 @@ func TestNothingReadableInRedis(t *testing.T) {
 	players := gw.budget("player", Budget{Events: 10, Window: caddy.Duration(time.Minute)}, leasedBudgetTable(100), time.Now)
 	ips := gw.budget("ip", Budget{Events: 10, Window: caddy.Duration(time.Minute)}, leasedBudgetTable(100), time.Now)
 	const ip = "203.0.113.77"
-	key := newCodeKey(fleetAppID, fleetCode)
-	refusedKey := newCodeKey(fleetAppID, fleetCode+"-refused")
+	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
+	refusedKey := newCodeKey(fleetAppID, credentials{code: fleetCode + "-refused"})
 
 	// A call in flight (its lock), one refused with waiters (a refusal),
 	// one answered (an identity), and budgets charged.
-	wechat := newCountingLead(fleetIdentity, nil)
+	wechat := newCountingExchange(proving(fleetIdentity))
 	inFlight := redeemIn(a, key, wechat)
 	<-wechat.started
-	refusal := newRefusal(http.StatusUnauthorized, errInvalidCode, "the login code is invalid")
-	if _, _, refusal := b.redeem(ctx, refusedKey, released(Identity{}, refusal).lead); refusal == nil {
-		t.Fatal("the refusal was lost")
+	if res, _, _ := b.redeem(ctx, refusedKey, released(failing(errcodeInvalidCode)).exchange); res.failure == nil {
+		t.Fatal("the failure was lost")
 	}
 	players.spend(ctx, fleetIdentity.OpenID)
 	ips.spend(ctx, ip)
@@ -457,7 +509,7 @@ func TestNothingReadableInRedis(t *testing.T) {
 	}
 
 	hex := fmt.Sprintf("%x", key[:])
-	forbidden := []string{fleetCode, fleetSessionKey, fleetSecret, fleetIdentity.OpenID, fleetIdentity.UnionID, ip, hex, "40029", "invalid"}
+	forbidden := []string{fleetCode, fleetSessionKey, fleetSecret, fleetIdentity.OpenID, fleetIdentity.UnionID, ip, hex, "40029", "invalid_code"}
 	kinds := map[string]int{}
 	for k, v := range seen {
 		for _, f := range forbidden {
@@ -484,29 +536,29 @@ func TestNothingReadableInRedis(t *testing.T) {
 // each costs: on a machine whose cores Redis shares with the gateways, that
 // time, not the latency, is what bounds the fleet's logins per second.
 func BenchmarkRedeemFreshCode(b *testing.B) {
-	lead := func(chargeFunc) (Identity, *jsonRefusal) { return fleetIdentity, nil }
+	exchange := func(chargeFunc) codeResult { return proving(fleetIdentity) }
 	b.Run("memory", func(b *testing.B) {
-		reportCPU(b, nil, func() { benchmarkRedeem(b, newLocalCodes(time.Minute, unlimited{}), lead) })
+		reportCPU(b, nil, func() { benchmarkRedeem(b, newLocalCodes(time.Minute, unlimited{}), exchange) })
 	})
 	b.Run("redis", func(b *testing.B) {
 		srv := testkit.StartRedis(b)
 		gw := newGateway(b, srv.Addr(), 0, func(c *RedisConfig) { c.Timeout = caddy.Duration(time.Second) })
 		codes := gw.fleetCodes(time.Minute)
-		reportCPU(b, srv, func() { benchmarkRedeem(b, codes, lead) })
+		reportCPU(b, srv, func() { benchmarkRedeem(b, codes, exchange) })
 		if gw.redis.down.Load() {
 			b.Fatal("Redis failed during the benchmark: the numbers are memory's")
 		}
 	})
 }
 
-func benchmarkRedeem(b *testing.B, codes codeStore, lead func(chargeFunc) (Identity, *jsonRefusal)) {
+func benchmarkRedeem(b *testing.B, codes codeStore, exchange exchangeFunc) {
 	ctx := context.Background()
 	var n atomic.Int64
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			key := newCodeKey(fleetAppID, fmt.Sprintf("bench-code-%d", n.Add(1)))
-			if _, _, refusal := codes.redeem(ctx, key, lead); refusal != nil {
-				b.Error(refusal)
+			key := newCodeKey(fleetAppID, credentials{code: fmt.Sprintf("bench-code-%d", n.Add(1))})
+			if res, _, _ := codes.redeem(ctx, key, exchange); !res.proved() {
+				b.Error(res)
 				return
 			}
 		}
@@ -539,22 +591,22 @@ func redisCalls(t testing.TB, rdb *redis.Client, command string) int {
 func TestRedisCodesRefusalNeverReplacesAnIdentity(t *testing.T) {
 	rdb, codes := gatewaysOnOneRedis(t, time.Minute, 3)
 	a, b, c := codes[0], codes[1], codes[2]
-	key := newCodeKey(fleetAppID, fleetCode)
+	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
 
-	wechatA := newCountingLead(fleetIdentity, nil)
+	wechatA := newCountingExchange(proving(fleetIdentity))
 	atA := redeemIn(a, key, wechatA)
 	<-wechatA.started
 	rdb.Del(context.Background(), a.keysFor(key).lock) // its expiry, without waiting for it
-	wechatB := newCountingLead(Identity{}, newRefusal(http.StatusGatewayTimeout, errWechatTimeout, "WeChat did not answer in time"))
+	wechatB := newCountingExchange(codeResult{failure: &platformError{kind: kindTimeout}})
 	atB := redeemIn(b, key, wechatB)
 	<-wechatB.started
 	close(wechatA.release)
-	if got := <-atA; got.id != fleetIdentity {
+	if got := <-atA; got.res != proving(fleetIdentity) {
 		t.Fatalf("gateway A: %+v", got)
 	}
 	close(wechatB.release)
 	<-atB
-	wantRetryFromCache(t, c, key, released(fleetIdentity, nil), 0)
+	wantRetryFromCache(t, c, key, released(proving(fleetIdentity)), 0)
 }
 
 // The lock on a code lasts the exchange's longest time (every attempt and
@@ -624,10 +676,10 @@ return 0`, nil, 100000)
 		return n
 	}
 	before := operations()
-	wechat := released(fleetIdentity, nil)
-	id, _, refusal := codes.redeem(context.Background(), newCodeKey(fleetAppID, fleetCode), wechat.lead)
-	if refusal != nil || id != fleetIdentity || wechat.calls.Load() != 1 {
-		t.Fatalf("with Redis slow: %+v %v after %d calls", id, refusal, wechat.calls.Load())
+	wechat := released(proving(fleetIdentity))
+	res, _, err := codes.redeem(context.Background(), newCodeKey(fleetAppID, credentials{code: fleetCode}), wechat.exchange)
+	if err != nil || !(redeemed{res: res}).proved(fleetIdentity) || wechat.calls.Load() != 1 {
+		t.Fatalf("with Redis slow: %+v %v after %d calls", res, err, wechat.calls.Load())
 	}
 	// Two silences (each followed by a PING), whether the claim or the
 	// result's storing meets them; more operations only if one was answered.

@@ -2,6 +2,7 @@ package wechatlogin
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -40,8 +41,8 @@ func TestFleetKeepsTheNewestSessionKey(t *testing.T) {
 	gwB, _ := gatewayCodes(t, srv.Addr(), 1, time.Minute)
 
 	before := operationCount()
-	if _, _, refusal := a.redeem(ctx, newCodeKey(fleetAppID, fleetCode), released(fleetIdentity, nil).lead); refusal != nil {
-		t.Fatal(refusal)
+	if res, _, _ := a.redeem(ctx, newCodeKey(fleetAppID, credentials{code: fleetCode}), released(proving(fleetIdentity)).exchange); !res.proved() {
+		t.Fatalf("%+v", res)
 	}
 	if got := operationCount() - before; got != 2 {
 		t.Errorf("a fresh redeem made %v Redis operations; want 2 (the claim, the result with the key)", got)
@@ -69,5 +70,48 @@ func TestFleetKeepsTheNewestSessionKey(t *testing.T) {
 	rdb.Set(ctx, gwA.sessionKeyName(fleetIdentity.OpenID), stored[:1]+"9999999999999"+stored[14:], time.Minute)
 	if _, found, _ := gwB.lookupSessionKey(ctx, fleetIdentity.OpenID, now); found {
 		t.Error("a key whose clear issue time was changed is used")
+	}
+}
+
+// TestFleetKeepsOnlyTheSessionKeysItReads: a login of an app whose
+// platform's keys nothing reads (Douyin, QQ…) leaves no key in Redis; a
+// WeChat app's login does, in the same round trip.
+func TestFleetKeepsOnlyTheSessionKeysItReads(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	gw := newGateway(t, srv.Addr(), 0, nil)
+	ctx := context.Background()
+	for _, keep := range []bool{false, true} {
+		players := gw.budget("player", codesPlayerLimit, leasedBudgetTable(100), time.Now)
+		codes := gw.codes(newLocalCodes(time.Minute, players), players, time.Minute, 10*time.Second, keep)
+		key := newCodeKey(fleetAppID, credentials{code: fmt.Sprintf("%s-%t", fleetCode, keep)})
+		if res, _, _ := codes.redeem(ctx, key, released(proving(fleetIdentity)).exchange); !res.proved() {
+			t.Fatalf("%+v", res)
+		}
+		if _, found, served := gw.lookupSessionKey(ctx, fleetIdentity.OpenID, time.Now()); !served || found != keep {
+			t.Errorf("an app whose keys are kept: %t; a key in Redis: %t (served %t)", keep, found, served)
+		}
+	}
+}
+
+// TestRotationMovesTheFleetsKey: a reset at the gateway whose memory holds
+// the old key moves the fleet's record to the new key too, though the
+// login's Redis write carries a slightly later issue time than its memory
+// (it is made after the exchange): every gateway then signs with the new
+// key.
+func TestRotationMovesTheFleetsKey(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	ctx := context.Background()
+	gwA, gwB := newGateway(t, srv.Addr(), 0, nil), newGateway(t, srv.Addr(), 1, nil)
+	issued := time.Now().Add(-time.Minute)
+	rotating := &APIHandler{fleet: gwA.fleet, sessionKeys: newSessionKeyCustody()}
+	rotating.sessionKeys.keep("oAlice", "old-key", issued)
+	gwA.keepSessionKey(ctx, "oAlice", "old-key", issued.Add(2*time.Millisecond))
+
+	rotating.keepRotation(ctx, "oAlice", "old-key", "new-key")
+	other := &APIHandler{fleet: gwB.fleet, sessionKeys: newSessionKeyCustody()}
+	for name, h := range map[string]*APIHandler{"the gateway that rotated": rotating, "another gateway": other} {
+		if key, refusal := h.playerKey(ctx, "oAlice"); key != "new-key" {
+			t.Errorf("%s signs with %q (%v) after the rotation; want the new key", name, key, refusal)
+		}
 	}
 }

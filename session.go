@@ -10,10 +10,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
-// headerSession carries a session token: on a login response to the client,
-// and on later requests from it (as does Authorization: Bearer).
-const headerSession = "X-Wx-Session"
-
 // minSessionSecret is the shortest HMAC key accepted: HS256 is only as strong
 // as its key, and 32 bytes matches the hash size.
 const minSessionSecret = 32
@@ -59,11 +55,13 @@ func sessionRejection(err error) string {
 }
 
 // sessionIssuingWriter adds the session token to a successful (2xx) upstream
-// response to a login, with Cache-Control: no-store in place of whatever
+// response to a login, in the header of the login app's family
+// (X-WX-SESSION…), with Cache-Control: no-store in place of whatever
 // caching the upstream allowed, so that no shared cache keeps one player's
 // token for another. Any other response goes out without a token.
 type sessionIssuingWriter struct {
 	caddyhttp.ResponseWriterWrapper
+	header      string
 	token       string
 	wroteHeader bool
 	// values backs the two header values it sets, so that a login's writer
@@ -71,8 +69,8 @@ type sessionIssuingWriter struct {
 	values [2]string
 }
 
-func newSessionIssuingWriter(w http.ResponseWriter, token string) *sessionIssuingWriter {
-	return &sessionIssuingWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, token: token}
+func newSessionIssuingWriter(w http.ResponseWriter, header, token string) *sessionIssuingWriter {
+	return &sessionIssuingWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, header: header, token: token}
 }
 
 func (w *sessionIssuingWriter) WriteHeader(status int) {
@@ -82,10 +80,10 @@ func (w *sessionIssuingWriter) WriteHeader(status int) {
 			// Header().Set with the names already canonical, each value a
 			// slice of its own (full capacity: an append copies it).
 			w.values = [2]string{w.token, "no-store"}
-			w.Header()[headerSession] = w.values[0:1:1]
+			w.Header()[w.header] = w.values[0:1:1]
 			w.Header()["Cache-Control"] = w.values[1:2:2]
 		} else {
-			w.Header().Del(headerSession)
+			w.Header().Del(w.header)
 		}
 	}
 	w.ResponseWriterWrapper.WriteHeader(status)
@@ -119,53 +117,58 @@ func bearerToken(r *http.Request) string {
 	return ""
 }
 
-// presentedSession returns the identity of a valid session on r: session,
-// the X-WX-SESSION value the client sent (read before the X-WX- headers were
-// stripped), or an Authorization: Bearer token; either valid one will do.
+// presentedSession returns the identity of a valid session on r, and its
+// app: session, the X-WX-SESSION (X-TT-SESSION…) value the client sent
+// (read before the identity families were stripped), or an Authorization:
+// Bearer token; either valid one will do.
 // A bearer token that verifies is removed, whichever token names the
 // identity, so that the gateway's token never reaches the upstream; one
 // that does not verify may be the backend's own and stays. The error says
 // why there is no session: errNoSession, or why the first token presented
 // was refused.
-func (t *sessionTokens) presentedSession(r *http.Request, session string) (Identity, error) {
+func (t *sessionTokens) presentedSession(r *http.Request, session string) (Identity, *loginApp, error) {
 	return t.presentedWithin(r, session, 0)
 }
 
-// presentedPlayer returns the openid of a token on r, as presentedSession
-// finds it, that may also have expired less than grace ago: the signature
-// still proves whose it is, so a login loop can be charged to its player
-// before any WeChat call.
-func (t *sessionTokens) presentedPlayer(r *http.Request, session string, grace time.Duration) (openid string, ok bool) {
-	id, err := t.presentedWithin(r, session, grace)
-	return id.OpenID, err == nil
+// presentedPlayer returns whose budget a token of app on r, as
+// presentedSession finds it, names ("" if none), the token having maybe
+// expired less than grace ago: the signature still proves whose it is, so
+// a login loop can be charged to its player before any platform call.
+func (t *sessionTokens) presentedPlayer(r *http.Request, app *loginApp, session string, grace time.Duration) string {
+	id, tokenApp, err := t.presentedWithin(r, session, grace)
+	if err != nil || tokenApp != app {
+		return ""
+	}
+	return id.player()
 }
 
 // presentedWithin is presentedSession, accepting tokens up to expiredFor
 // past their expiry.
-func (t *sessionTokens) presentedWithin(r *http.Request, session string, expiredFor time.Duration) (Identity, error) {
+func (t *sessionTokens) presentedWithin(r *http.Request, session string, expiredFor time.Duration) (Identity, *loginApp, error) {
 	bearer := bearerToken(r)
 	if session == "" && bearer == "" {
-		return Identity{}, errNoSession
+		return Identity{}, nil, errNoSession
 	}
 	var id Identity
+	var app *loginApp
 	var refused error
 	if session != "" {
-		id, refused = t.verifyWithin(session, expiredFor)
+		id, app, refused = t.verifyWithin(session, expiredFor)
 	}
 	if bearer != "" {
-		bearerID, err := t.verifyWithin(bearer, expiredFor)
+		bearerID, bearerApp, err := t.verifyWithin(bearer, expiredFor)
 		switch {
 		case err == nil:
 			delete(r.Header, "Authorization")
 			if session == "" || refused != nil {
-				id, refused = bearerID, nil
+				id, app, refused = bearerID, bearerApp, nil
 			}
 		case session == "":
 			refused = err
 		}
 	}
 	if refused != nil {
-		return Identity{}, refused
+		return Identity{}, nil, refused
 	}
-	return id, nil
+	return id, app, nil
 }

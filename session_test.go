@@ -34,14 +34,14 @@ func TestSessionIssuingWriterOnlyOnSuccess(t *testing.T) {
 		{"implicit 200 by Write", func(w http.ResponseWriter) { io.WriteString(w, "ok") }, true},
 		{"implicit 200 by ReadFrom", func(w http.ResponseWriter) { w.(io.ReaderFrom).ReadFrom(strings.NewReader("ok")) }, true},
 		{"replacing the upstream's own", func(w http.ResponseWriter) {
-			w.Header().Set(headerSession, "upstream")
+			w.Header().Set(wechatHeaders.session, "upstream")
 			w.WriteHeader(http.StatusOK)
 		}, true},
 		{"302", func(w http.ResponseWriter) { w.Header().Set("Location", "/"); w.WriteHeader(http.StatusFound) }, false},
 		{"404", func(w http.ResponseWriter) { w.WriteHeader(http.StatusNotFound) }, false},
 		{"500", func(w http.ResponseWriter) { w.WriteHeader(http.StatusInternalServerError) }, false},
 		{"500 with the upstream's own", func(w http.ResponseWriter) {
-			w.Header().Set(headerSession, "upstream")
+			w.Header().Set(wechatHeaders.session, "upstream")
 			w.WriteHeader(http.StatusInternalServerError)
 		}, false},
 		{"103 then 500", func(w http.ResponseWriter) {
@@ -59,7 +59,7 @@ func TestSessionIssuingWriterOnlyOnSuccess(t *testing.T) {
 			// they do behind Caddy.
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				w.Header().Set("Cache-Control", "public, max-age=600")
-				tc.upstream(newSessionIssuingWriter(w, "the-token"))
+				tc.upstream(newSessionIssuingWriter(w, wechatHeaders.session, "the-token"))
 			}))
 			defer srv.Close()
 			client := srv.Client()
@@ -69,7 +69,7 @@ func TestSessionIssuingWriterOnlyOnSuccess(t *testing.T) {
 				t.Fatal(err)
 			}
 			resp.Body.Close()
-			got := resp.Header.Get(headerSession)
+			got := resp.Header.Get(wechatHeaders.session)
 			if tc.issued && got != "the-token" {
 				t.Errorf("status %d: X-WX-SESSION %q, want the token", resp.StatusCode, got)
 			}
@@ -93,15 +93,15 @@ func TestSessionIssuedAtLogin(t *testing.T) {
 	h := newClockedHandler(t, endpoint, clock, withSessions(nil))
 
 	w := testLogin{code: "alice.1"}.serve(context.Background(), h).checked(t).w
-	token := w.Header().Get(headerSession)
-	id, err := h.sessions.verify(token)
+	token := w.Header().Get(wechatHeaders.session)
+	id, err := verified(h.sessions, token)
 	if err != nil || id.OpenID != wechatsim.OpenID(testAppID, "alice") {
 		t.Fatalf("login answered %d with token %q: %+v %v", w.Code, token, id, err)
 	}
-	if w := (testLogin{code: "bob.1", status: http.StatusInternalServerError}).serve(context.Background(), h).checked(t).w; w.Header().Get(headerSession) != "" {
+	if w := (testLogin{code: "bob.1", status: http.StatusInternalServerError}).serve(context.Background(), h).checked(t).w; w.Header().Get(wechatHeaders.session) != "" {
 		t.Error("a failed upstream login response carried a session")
 	}
-	if w := (testLogin{code: "invalid.1"}).serve(context.Background(), h).checked(t).w; w.Header().Get(headerSession) != "" {
+	if w := (testLogin{code: "invalid.1"}).serve(context.Background(), h).checked(t).w; w.Header().Get(wechatHeaders.session) != "" {
 		t.Errorf("a refused login (%d) carried a session", w.Code)
 	}
 }
@@ -125,7 +125,7 @@ func TestSessionRequiredOrOptional(t *testing.T) {
 		{"required, bearer", false, http.Header{"Authorization": {"bearer " + valid}}, 0, true},
 		{"required, X-WX-SESSION", false, http.Header{"X-Wx-Session": {valid}}, 0, true},
 		{"optional, none", true, http.Header{}, 0, false},
-		{"optional, forged and spoofed", true, http.Header{"X-Wx-Session": {forged}, "X_WX_OPENID": {aliceIdentity.OpenID}, "X-Wx-Source": {sourceMiniGameClient}}, 0, false},
+		{"optional, forged and spoofed", true, http.Header{"X-Wx-Session": {forged}, "X_WX_OPENID": {aliceIdentity.OpenID}, "X-Wx-Source": {wechatHeaders.sourceValue}}, 0, false},
 		{"optional, bearer", true, http.Header{"Authorization": {"Bearer " + valid}}, 0, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -142,7 +142,7 @@ func TestSessionRequiredOrOptional(t *testing.T) {
 			if tc.status != 0 {
 				var body errorBody
 				_ = json.Unmarshal(w.Body.Bytes(), &body)
-				if w.Code != tc.status || body.Error != errInvalidSession || up.count() != 0 {
+				if w.Code != tc.status || body.Error != refusalInvalidSession || up.count() != 0 {
 					t.Fatalf("got %d %s, forwarded %d; want %d invalid_session", w.Code, w.Body, up.count(), tc.status)
 				}
 				return
@@ -165,7 +165,7 @@ func TestSessionRequiredOrOptional(t *testing.T) {
 					t.Errorf("upstream got %s: %q, want %q", name, got[name], v)
 				}
 			}
-			if got.Get(headerSession) != "" || (tc.identity && got.Get("Authorization") != "") {
+			if got.Get(wechatHeaders.session) != "" || (tc.identity && got.Get("Authorization") != "") {
 				t.Error("a session token reached the upstream")
 			}
 		})
@@ -200,7 +200,7 @@ func TestSessionRespondAnswersAtTheGateway(t *testing.T) {
 	if body["expires_at"] != testEpoch.Add(sessionTTL).Format(time.RFC3339) {
 		t.Errorf("expires_at %q, want %q", body["expires_at"], testEpoch.Add(sessionTTL).Format(time.RFC3339))
 	}
-	if id, err := h.sessions.verify(body["token"]); err != nil || id.OpenID != body["openid"] {
+	if id, err := verified(h.sessions, body["token"]); err != nil || id.OpenID != body["openid"] {
 		t.Errorf("token does not verify: %+v %v", id, err)
 	}
 	for _, secret := range sim.Sensitive() {
@@ -216,7 +216,7 @@ func TestSessionLoginOverBudgetRefusedBeforeWechat(t *testing.T) {
 	sim, endpoint := newTestSim(t)
 	clock := newTestClock()
 	h := newClockedHandler(t, endpoint, clock, withSessions(nil), withBudget(2, time.Minute))
-	token := testLogin{code: "alice.1"}.serve(context.Background(), h).checked(t).w.Header().Get(headerSession)
+	token := testLogin{code: "alice.1"}.serve(context.Background(), h).checked(t).w.Header().Get(wechatHeaders.session)
 	testLogin{code: "alice.2"}.serve(context.Background(), h).checked(t)
 
 	w := testLogin{code: "alice.3", header: bearerHeader(token)}.serve(context.Background(), h).checked(t).w
@@ -246,7 +246,7 @@ func BenchmarkSessionVerifiedRequest(b *testing.B) {
 	clock := newTestClock()
 	h := newClockedHandler(b, "http://127.0.0.1:1", clock, withSessions(nil))
 	token := issueToken(h.sessions, aliceIdentity)
-	if r := sessBenchmarkGameRequest(b, h, token); r.Header.Get(headerOpenID) != aliceIdentity.OpenID {
+	if r := sessBenchmarkGameRequest(b, h, token); r.Header.Get(wechatHeaders.openID) != aliceIdentity.OpenID {
 		b.Fatal("the session was not verified")
 	}
 }
@@ -328,7 +328,7 @@ func TestLoginDropsTheGatewaysBearerToken(t *testing.T) {
 	_, endpoint := newTestSim(t)
 	h := newTestHandler(t, endpoint, withSessions(nil))
 	first := testLogin{code: "alice.1"}.serve(context.Background(), h)
-	token := first.w.Header().Get(headerSession)
+	token := first.w.Header().Get(wechatHeaders.session)
 	if token == "" {
 		t.Fatalf("no token issued: %d %s", first.w.Code, first.w.Body)
 	}
@@ -344,10 +344,10 @@ func TestLoginDropsTheGatewaysBearerToken(t *testing.T) {
 
 func TestHugeTokensAreRefusedUnread(t *testing.T) {
 	clock := newTestClock()
-	tokens := newSessionTokens(testAppID, [][]byte{[]byte(sessionSecret)}, time.Hour, clock.Now)
-	valid, _ := tokens.issue(Identity{OpenID: "oAlice"})
+	tokens := newSessionTokens([]*loginApp{{platform: wechatPlatform, appID: testAppID}}, [][]byte{[]byte(sessionSecret)}, time.Hour, clock.Now)
+	valid, _ := tokens.issue(tokens.apps[0], Identity{OpenID: "oAlice"})
 	huge := valid[:strings.LastIndexByte(valid, '.')] + strings.Repeat("A", maxSessionTokenLen) + valid[strings.LastIndexByte(valid, '.'):]
-	if _, err := tokens.verify(huge); err != errMalformedSession {
+	if _, err := verified(tokens, huge); err != errMalformedSession {
 		t.Errorf("a %d-byte token: %v, want malformed", len(huge), err)
 	}
 }
@@ -410,7 +410,7 @@ func TestPresentedSession(t *testing.T) {
 			if tc.authorization != "" {
 				r.Header.Set("Authorization", tc.authorization)
 			}
-			id, err := tokens.presentedSession(r, tc.session)
+			id, _, err := tokens.presentedSession(r, tc.session)
 			if reason := rejectionReason(err); reason != tc.reason {
 				t.Fatalf("%v (reason %q), want reason %q", err, reason, tc.reason)
 			}
@@ -456,9 +456,9 @@ func TestPresentedPlayer(t *testing.T) {
 			if tc.authorization != "" {
 				r.Header.Set("Authorization", tc.authorization)
 			}
-			openid, ok := tokens.presentedPlayer(r, tc.session, grace)
-			if ok != tc.player || (ok && openid != aliceIdentity.OpenID) {
-				t.Errorf("got %q %v, want the player: %v", openid, ok, tc.player)
+			player := tokens.presentedPlayer(r, tokens.apps[0], tc.session, grace)
+			if (player != "") != tc.player || (player != "" && player != aliceIdentity.OpenID) {
+				t.Errorf("got %q, want the player: %v", player, tc.player)
 			}
 			// The gateway's own bearer token is removed; another stays.
 			wantAuthorization := tc.authorization
@@ -497,7 +497,7 @@ func FuzzPresentedSession(f *testing.F) {
 		r := httptest.NewRequest(http.MethodGet, "/", nil)
 		r.Header["Authorization"] = []string{authorization}
 		bearer := bearerToken(r)
-		id, err := verifier.presentedSession(r, session)
+		id, _, err := verifier.presentedSession(r, session)
 		if (err == errNoSession) != (session == "" && bearer == "") {
 			t.Fatalf("no session: %v, for session %q and bearer %q", err, session, bearer)
 		}
@@ -508,7 +508,7 @@ func FuzzPresentedSession(f *testing.F) {
 			return
 		}
 		var from string
-		if _, sessionErr := verifier.verify(session); sessionErr == nil {
+		if _, sessionErr := verified(verifier, session); sessionErr == nil {
 			from = session
 		} else {
 			from = bearer

@@ -83,13 +83,15 @@ var (
 	errForeignSession     = errors.New("session token was issued for another app")
 )
 
-// sessionTokens issues and verifies the tokens of one app_id. Safe for
+// sessionTokens issues and verifies the tokens of a handler's apps: one
+// format for all, each token naming its app (appid, and platform unless it
+// is WeChat's, so that a WeChat token reads as it always did). Safe for
 // concurrent use: nothing in it changes after provision.
 type sessionTokens struct {
-	appID string
-	keys  []hmacKey // the first signs; all verify
-	ttl   time.Duration
-	now   func() time.Time
+	apps []*loginApp
+	keys []hmacKey // the first signs; all verify
+	ttl  time.Duration
+	now  func() time.Time
 }
 
 // hmacKey is one HMAC key with a pool of hashes keyed with it, so that
@@ -111,8 +113,8 @@ type pooledMAC struct {
 // huge token does not pin memory.
 const maxPooledInput = 4 << 10
 
-func newSessionTokens(appID string, secrets [][]byte, ttl time.Duration, now func() time.Time) *sessionTokens {
-	t := &sessionTokens{appID: appID, ttl: ttl, now: now}
+func newSessionTokens(apps []*loginApp, secrets [][]byte, ttl time.Duration, now func() time.Time) *sessionTokens {
+	t := &sessionTokens{apps: apps, ttl: ttl, now: now}
 	for _, secret := range secrets {
 		t.keys = append(t.keys, hmacKey{secret: secret, macs: &sync.Pool{
 			New: func() any { return &pooledMAC{Hash: hmac.New(sha256.New, secret)} },
@@ -125,11 +127,13 @@ func newSessionTokens(appID string, secrets [][]byte, ttl time.Duration, now fun
 // reads. Nothing in them is secret: a token is signed, not encrypted, and
 // clients can read it.
 type sessionClaims struct {
-	Subject   string `json:"sub"` // the openid
-	AppID     string `json:"appid"`
-	UnionID   string `json:"unionid,omitempty"`
-	IssuedAt  int64  `json:"iat"`
-	ExpiresAt int64  `json:"exp"`
+	Subject         string `json:"sub,omitempty"` // the openid; absent for an anonymous player
+	AppID           string `json:"appid"`
+	Platform        string `json:"platform,omitempty"` // absent for WeChat
+	UnionID         string `json:"unionid,omitempty"`
+	AnonymousOpenID string `json:"anonymous_openid,omitempty"`
+	IssuedAt        int64  `json:"iat"`
+	ExpiresAt       int64  `json:"exp"`
 
 	// notBefore is read, never written: a token signed with the key
 	// elsewhere (by a backend) may carry one.
@@ -147,21 +151,23 @@ const (
 	hasAudience
 )
 
-// issue signs a token for id, valid from now for the configured ttl. It
-// runs on every successful login, cached ones included, so the token is
+// issue signs a token for id at app, valid from now for the configured ttl.
+// It runs on every successful login, cached ones included, so the token is
 // built in one buffer and allocated once: the claims are written by hand,
 // byte for byte as encoding/json writes sessionClaims (BenchmarkTokenIssue:
 // 1.3µs and 8 allocations with json.Marshal and string concatenation).
-func (t *sessionTokens) issue(id Identity) (token string, expires time.Time) {
+func (t *sessionTokens) issue(app *loginApp, id Identity) (token string, expires time.Time) {
 	now := t.now()
 	expires = now.Add(t.ttl).Truncate(time.Second)
 	var claimsBuf [maxFlatPayload]byte
 	claims := appendClaims(claimsBuf[:0], sessionClaims{
-		Subject:   id.OpenID,
-		AppID:     t.appID,
-		UnionID:   id.UnionID,
-		IssuedAt:  now.Unix(),
-		ExpiresAt: expires.Unix(),
+		Subject:         id.OpenID,
+		AppID:           app.appID,
+		Platform:        app.tokenPlatform(),
+		UnionID:         id.UnionID,
+		AnonymousOpenID: id.AnonymousOpenID,
+		IssuedAt:        now.Unix(),
+		ExpiresAt:       expires.Unix(),
 	})
 	var tokenBuf [2 * maxFlatPayload]byte
 	buf := append(append(tokenBuf[:0], tokenHeader...), '.')
@@ -173,12 +179,20 @@ func (t *sessionTokens) issue(id Identity) (token string, expires time.Time) {
 }
 
 // appendClaims appends c as json.Marshal writes it: the fields in order,
-// unionid omitted when empty.
+// the optional ones omitted when empty.
 func appendClaims(buf []byte, c sessionClaims) []byte {
-	buf = appendJSONString(append(buf, `{"sub":`...), c.Subject)
-	buf = appendJSONString(append(buf, `,"appid":`...), c.AppID)
-	if c.UnionID != "" {
-		buf = appendJSONString(append(buf, `,"unionid":`...), c.UnionID)
+	buf = append(buf, '{')
+	if c.Subject != "" {
+		buf = appendJSONString(append(buf, `"sub":`...), c.Subject)
+		buf = append(buf, ',')
+	}
+	buf = appendJSONString(append(buf, `"appid":`...), c.AppID)
+	for _, claim := range [...]struct{ name, value string }{
+		{`,"platform":`, c.Platform}, {`,"unionid":`, c.UnionID}, {`,"anonymous_openid":`, c.AnonymousOpenID},
+	} {
+		if claim.value != "" {
+			buf = appendJSONString(append(buf, claim.name...), claim.value)
+		}
 	}
 	buf = strconv.AppendInt(append(buf, `,"iat":`...), c.IssuedAt, 10)
 	buf = strconv.AppendInt(append(buf, `,"exp":`...), c.ExpiresAt, 10)
@@ -198,34 +212,30 @@ func appendJSONString(buf []byte, s string) []byte {
 	return append(append(append(buf, '"'), s...), '"')
 }
 
-// verify returns the identity a token proves now, or why it proves none.
-func (t *sessionTokens) verify(token string) (Identity, error) {
-	return t.verifyWithin(token, 0)
-}
-
-// verifyWithin verifies a token, accepting it up to expiredFor past its expiry.
+// verifyWithin returns the identity a token proves, and its app, accepting
+// it up to expiredFor past its expiry; or why it proves none.
 // It runs on every game request: the header is compared as a string, the
 // signature checked with a pooled hash before anything of the payload is
 // read, and the claims as issue writes them are read without reflection.
-func (t *sessionTokens) verifyWithin(token string, expiredFor time.Duration) (Identity, error) {
+func (t *sessionTokens) verifyWithin(token string, expiredFor time.Duration) (Identity, *loginApp, error) {
 	if len(token) > maxSessionTokenLen { // refused before any hashing: a huge token costs nothing
-		return Identity{}, errMalformedSession
+		return Identity{}, nil, errMalformedSession
 	}
 	header, rest, ok := strings.Cut(token, ".")
 	if !ok || (header != tokenHeader && !acceptableHeader(header)) {
-		return Identity{}, errMalformedSession
+		return Identity{}, nil, errMalformedSession
 	}
 	payload, signature, ok := strings.Cut(rest, ".")
 	if !ok || len(signature) != signatureLen {
-		return Identity{}, errMalformedSession
+		return Identity{}, nil, errMalformedSession
 	}
 	var encoded [signatureLen]byte // copied so that decoding it allocates nothing
 	var mac, want [sha256.Size]byte
 	if n, err := strictRawURL.Decode(mac[:], encoded[:copy(encoded[:], signature)]); err != nil || n != sha256.Size {
-		return Identity{}, errMalformedSession
+		return Identity{}, nil, errMalformedSession
 	}
 	if !t.signedByAKey(token[:len(header)+1+len(payload)], mac[:], want[:0]) {
-		return Identity{}, errSessionSignature
+		return Identity{}, nil, errSessionSignature
 	}
 
 	// A payload as issue writes it is decoded on the stack; others, which
@@ -236,25 +246,52 @@ func (t *sessionTokens) verifyWithin(token string, expiredFor time.Duration) (Id
 	if len(payload) <= len(encodedPayload) {
 		n, err := strictRawURL.Decode(decodedPayload[:], encodedPayload[:copy(encodedPayload[:], payload)])
 		if err != nil {
-			return Identity{}, errMalformedSession
+			return Identity{}, nil, errMalformedSession
 		}
 		raw = decodedPayload[:n]
 	} else {
 		var err error
 		if raw, err = strictRawURL.DecodeString(payload); err != nil {
-			return Identity{}, errMalformedSession
+			return Identity{}, nil, errMalformedSession
 		}
 	}
 	var claims sessionClaims
-	if !claims.parseFlat(raw, t.appID) {
+	if !claims.parseFlat(raw, t.apps) {
 		claims = sessionClaims{}
 		// A copy: what encoding/json is given escapes to the heap, and the
 		// fast path's buffer must not.
 		if err := claims.parseJSON(bytes.Clone(raw)); err != nil {
-			return Identity{}, err
+			return Identity{}, nil, err
 		}
 	}
-	return claims.identity(t.appID, t.now(), expiredFor)
+	id, err := claims.identity(t.now(), expiredFor)
+	if err != nil {
+		return Identity{}, nil, err
+	}
+	app := t.appOf(claims)
+	if app == nil {
+		return Identity{}, nil, errForeignSession
+	}
+	return id, app, nil
+}
+
+// appOf is the app a token's claims name, nil if none of the handler's.
+func (t *sessionTokens) appOf(c sessionClaims) *loginApp {
+	for _, app := range t.apps {
+		if app.appID == c.AppID && app.tokenPlatform() == c.Platform {
+			return app
+		}
+	}
+	return nil
+}
+
+// tokenPlatform is the platform claim of the app's tokens: none for
+// WeChat, whose tokens predate platforms.
+func (a *loginApp) tokenPlatform() string {
+	if a.platform == wechatPlatform {
+		return ""
+	}
+	return a.platform.name
 }
 
 // acceptableHeader reports whether an encoded JOSE header other than the
@@ -325,8 +362,9 @@ func jsonObjectMembers(b []byte) (map[string]json.RawMessage, bool) {
 const maxFlatPayload = 384
 
 // identity applies RFC 7519's rules and the gateway's own to claims whose
-// signature and types have been checked.
-func (c *sessionClaims) identity(appID string, now time.Time, expiredFor time.Duration) (Identity, error) {
+// signature and types have been checked; the caller checks that they name
+// one of its apps.
+func (c *sessionClaims) identity(now time.Time, expiredFor time.Duration) (Identity, error) {
 	switch {
 	case c.present&hasAudience != 0:
 		// The gateway claims no audience, and RFC 7519 requires refusing
@@ -339,13 +377,12 @@ func (c *sessionClaims) identity(appID string, now time.Time, expiredFor time.Du
 	case c.present&hasNotBefore != 0 && now.Before(time.Unix(c.notBefore, 0).Add(-maxClockSkew)),
 		c.present&hasIssuedAt != 0 && now.Before(time.Unix(c.IssuedAt, 0).Add(-maxClockSkew)):
 		return Identity{}, errSessionNotYetValid
-	case c.AppID != appID:
-		return Identity{}, errForeignSession
-	case c.Subject == "" || !isHeaderValue(c.Subject) || !isHeaderValue(c.UnionID):
+	case c.Subject == "" && c.AnonymousOpenID == "",
+		!isHeaderValue(c.Subject) || !isHeaderValue(c.UnionID) || !isHeaderValue(c.AnonymousOpenID):
 		// They become header values upstream.
 		return Identity{}, errMalformedSession
 	}
-	return Identity{OpenID: c.Subject, UnionID: c.UnionID}, nil
+	return Identity{OpenID: c.Subject, UnionID: c.UnionID, AnonymousOpenID: c.AnonymousOpenID}, nil
 }
 
 // isHeaderValue reports whether s can be sent as an HTTP header value as it
@@ -360,13 +397,14 @@ func isHeaderValue(s string) bool {
 }
 
 // parseFlat reads the claims the way issue writes them: a flat JSON object
-// of the keys sub, appid, unionid (plain strings: printable ASCII, no
-// escapes), iat, nbf and exp (whole numbers of at most 15 digits). It reports
-// false for anything else, which parseJSON then reads; it exists because
-// reflection-based decoding was the largest cost of a verified request.
-// Repeated keys keep the last value, as encoding/json does. An appid equal
-// to appID is not copied.
-func (c *sessionClaims) parseFlat(b []byte, appID string) bool {
+// of the keys sub, appid, platform, unionid, anonymous_openid (plain
+// strings: printable ASCII, no escapes), iat, nbf and exp (whole numbers of
+// at most 15 digits). It reports false for anything else, which parseJSON
+// then reads; it exists because reflection-based decoding was the largest
+// cost of a verified request. Repeated keys keep the last value, as
+// encoding/json does. An appid or platform equal to one of apps' is not
+// copied.
+func (c *sessionClaims) parseFlat(b []byte, apps []*loginApp) bool {
 	if len(b) < 2 || b[0] != '{' || b[len(b)-1] != '}' {
 		return false
 	}
@@ -381,7 +419,7 @@ func (c *sessionClaims) parseFlat(b []byte, appID string) bool {
 		var text []byte
 		var number int64
 		switch string(key) {
-		case "sub", "appid", "unionid":
+		case "sub", "appid", "platform", "unionid", "anonymous_openid":
 			text, i, ok = flatString(b, i)
 		case "iat", "nbf", "exp":
 			number, i, ok = flatInt(b, i)
@@ -395,12 +433,13 @@ func (c *sessionClaims) parseFlat(b []byte, appID string) bool {
 		case "sub":
 			subject = text
 		case "appid":
-			c.AppID = appID
-			if string(text) != appID {
-				c.AppID = string(text)
-			}
+			c.AppID = knownOr(text, apps, func(a *loginApp) string { return a.appID })
+		case "platform":
+			c.Platform = knownOr(text, apps, (*loginApp).tokenPlatform)
 		case "unionid":
 			unionID = text
+		case "anonymous_openid":
+			c.AnonymousOpenID = string(text)
 		case "iat":
 			c.IssuedAt, c.present = number, c.present|hasIssuedAt
 		case "nbf":
@@ -416,6 +455,17 @@ func (c *sessionClaims) parseFlat(b []byte, appID string) bool {
 	}
 	c.Subject, c.UnionID = twoStrings(subject, unionID)
 	return true
+}
+
+// knownOr is text as a string: one of apps' own (of), which costs no
+// allocation, when it equals one.
+func knownOr(text []byte, apps []*loginApp, of func(*loginApp) string) string {
+	for _, app := range apps {
+		if known := of(app); string(text) == known {
+			return known
+		}
+	}
+	return string(text)
 }
 
 // twoStrings returns a and b as strings sharing one allocation.
@@ -476,8 +526,12 @@ func (c *sessionClaims) parseJSON(payload []byte) error {
 			c.Subject, err = jsonString(value)
 		case "appid":
 			c.AppID, err = jsonString(value)
+		case "platform":
+			c.Platform, err = jsonString(value)
 		case "unionid":
 			c.UnionID, err = jsonString(value)
+		case "anonymous_openid":
+			c.AnonymousOpenID, err = jsonString(value)
 		case "iss", "jti":
 			_, err = jsonString(value)
 		case "exp":

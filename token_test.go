@@ -141,11 +141,11 @@ func TestTokenRoundTrip(t *testing.T) {
 	clock := testkit.NewClock(sessionEpoch)
 	tokens := newTestSessionTokens(clock, sessionAppID, sessionSecret)
 	for _, id := range []Identity{aliceIdentity, bobIdentity} {
-		token, expires := tokens.issue(id)
+		token, expires := tokens.issue(tokens.apps[0], id)
 		if !expires.Equal(sessionEpoch.Add(sessionTTL)) {
 			t.Errorf("expires %s, want now+ttl %s", expires, sessionEpoch.Add(sessionTTL))
 		}
-		got, err := tokens.verify(token)
+		got, err := verified(tokens, token)
 		if err != nil || got != publicIdentity(id) {
 			t.Fatalf("verify: %+v %v, want %+v", got, err, publicIdentity(id))
 		}
@@ -198,7 +198,7 @@ func FuzzTokenIssueWritesClaimsAsEncodingJSON(f *testing.F) {
 		clock := testkit.NewClock(time.Unix(offset, 0))
 		tokens := newTestSessionTokens(clock, sessionAppID, sessionSecret)
 		id := Identity{OpenID: openID, UnionID: unionID}
-		token, expires := tokens.issue(id)
+		token, expires := tokens.issue(tokens.apps[0], id)
 		parts := strings.Split(token, ".")
 		if len(parts) != 3 {
 			t.Fatalf("token %q has %d parts", token, len(parts))
@@ -215,7 +215,7 @@ func FuzzTokenIssueWritesClaimsAsEncodingJSON(f *testing.F) {
 		if err := json.Unmarshal(want, &read); err != nil {
 			t.Fatal(err)
 		}
-		got, err := tokens.verify(token)
+		got, err := verified(tokens, token)
 		if !isHeaderValue(read.Subject) || !isHeaderValue(read.UnionID) {
 			if err != errMalformedSession {
 				t.Fatalf("verify: %+v %v, want %v (not a header value)", got, err, errMalformedSession)
@@ -346,7 +346,7 @@ func TestTokenVerification(t *testing.T) {
 		{name: "signature spelled with other unused bits", token: parts[0] + "." + parts[1] + "." + respell(parts[2]), reason: "malformed"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			id, err := tokens.verify(tc.token)
+			id, err := verified(tokens, tc.token)
 			if reason := rejectionReason(err); reason != tc.reason {
 				t.Errorf("verify: %+v, %v (reason %q), want reason %q", id, err, reason, tc.reason)
 			} else if err == nil && id != tc.want {
@@ -383,7 +383,7 @@ func TestTokensMintedByNpmLibraries(t *testing.T) {
 	tokens := newTestSessionTokens(clock, fixtures.AppID, otherSessionSecret, fixtures.Secret)
 	for _, fixture := range fixtures.Tokens {
 		t.Run(fixture.Library+", "+fixture.Header, func(t *testing.T) {
-			id, err := tokens.verify(fixture.Token)
+			id, err := verified(tokens, fixture.Token)
 			switch {
 			case fixture.Accept && (err != nil || id.OpenID != fixtures.Sub):
 				t.Errorf("refused %s: %+v %v", decodeSegmentOrNil(strings.Split(fixture.Token, ".")[0]), id, err)
@@ -433,7 +433,7 @@ func TestTokenLifetime(t *testing.T) {
 		{sessionTTL + 2*time.Minute, "expired"},
 	} {
 		clock.Set(sessionEpoch.Add(tc.at))
-		if _, err := tokens.verify(token); rejectionReason(err) != tc.reason {
+		if _, err := verified(tokens, token); rejectionReason(err) != tc.reason {
 			t.Errorf("at issue%+v: %v, want reason %q", tc.at, err, tc.reason)
 		}
 	}
@@ -447,17 +447,17 @@ func TestTokenSecretRotation(t *testing.T) {
 	after := newTestSessionTokens(clock, sessionAppID, sessionSecret)
 
 	oldToken := issueToken(before, aliceIdentity)
-	if id, err := rotating.verify(oldToken); err != nil || id != publicIdentity(aliceIdentity) {
+	if id, err := verified(rotating, oldToken); err != nil || id != publicIdentity(aliceIdentity) {
 		t.Errorf("a token signed by the old secret was refused during rotation: %v", err)
 	}
 	newToken := issueToken(rotating, bobIdentity)
-	if _, err := after.verify(newToken); err != nil {
+	if _, err := verified(after, newToken); err != nil {
 		t.Errorf("the first secret did not sign: %v", err)
 	}
-	if _, err := before.verify(newToken); err == nil {
+	if _, err := verified(before, newToken); err == nil {
 		t.Error("a new token is still signed by the old secret")
 	}
-	if _, err := after.verify(oldToken); err == nil {
+	if _, err := verified(after, oldToken); err == nil {
 		t.Error("an old token verified once its secret was removed")
 	}
 }
@@ -483,7 +483,7 @@ func TestTokenClaimsFastPathAgreesWithJSON(t *testing.T) {
 		`{"sub":null}`,
 	} {
 		var fast sessionClaims
-		ok := fast.parseFlat([]byte(payload), "wx1")
+		ok := fast.parseFlat([]byte(payload), flatTestApps)
 		var slow sessionClaims
 		err := slow.parseJSON([]byte(payload))
 		if ok && (err != nil || fast != slow) {
@@ -493,18 +493,23 @@ func TestTokenClaimsFastPathAgreesWithJSON(t *testing.T) {
 	// What issue writes always takes the fast path.
 	token := issueToken(newTestSessionTokens(testkit.NewClock(sessionEpoch), sessionAppID, sessionSecret), aliceIdentity)
 	var c sessionClaims
-	if !c.parseFlat(decodeSegment(t, strings.Split(token, ".")[1]), sessionAppID) || c.Subject != aliceIdentity.OpenID || c.UnionID != aliceIdentity.UnionID || c.AppID != sessionAppID {
+	if !c.parseFlat(decodeSegment(t, strings.Split(token, ".")[1]), []*loginApp{{platform: wechatPlatform, appID: sessionAppID}}) || c.Subject != aliceIdentity.OpenID || c.UnionID != aliceIdentity.UnionID || c.AppID != sessionAppID {
 		t.Errorf("an issued token's claims missed the fast path: %+v", c)
 	}
 }
 
+// flatTestApps are the apps parseFlat is given in its tests: a WeChat app
+// and a Douyin app.
+var flatTestApps = []*loginApp{{platform: wechatPlatform, appID: "wx1"}, {platform: douyinPlatform, appID: "tt1"}}
+
 func FuzzTokenClaimsFastPath(f *testing.F) {
+	f.Add([]byte(`{"appid":"tt1","platform":"douyin","anonymous_openid":"a1","exp":1795470000,"iat":1795462800}`))
 	f.Add([]byte(`{"appid":"wx1","unionid":"u1","sub":"o1","exp":1795470000,"iat":1795462800}`))
 	f.Add([]byte(`{"sub":"o1",}`))
 	f.Add([]byte(`{"exp":01,"nbf":2}`))
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		var fast sessionClaims
-		if !fast.parseFlat(payload, "wx1") {
+		if !fast.parseFlat(payload, flatTestApps) {
 			return
 		}
 		var slow sessionClaims
@@ -576,7 +581,7 @@ func FuzzTokenAgreesWithGolangJWT(f *testing.F) {
 		now := sessionEpoch.Add(time.Duration(offset%(1<<32)) * time.Second) // within ±136 years: no Duration overflow
 		clock.Set(now)
 		token := signRaw(header, payload, secrets[int(key)%len(secrets)])
-		id, err := tokens.verify(token)
+		id, err := verified(tokens, token)
 		libID, libErr := libraryVerify(token, sessionAppID, now, sessionSecret, otherSessionSecret)
 		if (err == nil) != (libErr == nil) || id != libID {
 			t.Fatalf("header %s, payload %s at %s: the gateway says %+v %v; golang-jwt says %+v %v", header, payload, now, id, err, libID, libErr)
@@ -609,7 +614,7 @@ func BenchmarkTokenVerify(b *testing.B) {
 	b.Run("handwritten", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if id, err := tokens.verify(token); err != nil || id.OpenID != aliceIdentity.OpenID {
+			if id, err := verified(tokens, token); err != nil || id.OpenID != aliceIdentity.OpenID {
 				b.Fatal(id, err)
 			}
 		}
@@ -635,6 +640,6 @@ func BenchmarkTokenIssue(b *testing.B) {
 	tokens := newTestSessionTokens(testkit.NewClock(sessionEpoch), sessionAppID, sessionSecret)
 	b.ReportAllocs()
 	for b.Loop() {
-		tokens.issue(aliceIdentity)
+		tokens.issue(tokens.apps[0], aliceIdentity)
 	}
 }

@@ -5,14 +5,17 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"time"
 
 	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
 )
 
 // newAPIWalkthrough is the walk-through of wechat_api, on the listener at
 // apiURL that only the game backend can reach: the backend calls WeChat's
-// msg_sec_check without an access_token, and an SDK gets the gateway's token.
-func newAPIWalkthrough(apiURL string, sim *wechatsim.Server) *walkthrough {
+// msg_sec_check without an access_token, an SDK gets the gateway's token,
+// and the backend decrypts and signs for a player (the simulator at
+// wechatURL stands in for her client's open data).
+func newAPIWalkthrough(apiURL, wechatURL string, sim *wechatsim.Server) *walkthrough {
 	alice := wechatsim.OpenID(demoApp.AppID, "alice")
 	body := fmt.Sprintf(`{"content":"gg, well played","version":2,"scene":2,"openid":%q}`, alice)
 	payment := func(openid, extra string) string {
@@ -39,7 +42,13 @@ func newAPIWalkthrough(apiURL string, sim *wechatsim.Server) *walkthrough {
 			expect: all(hasTokenAnswer, madeWechatCalls(0)),
 		},
 		{
-			title:    "Session keys stay at the gateway: the backend asks it to sign alice's wx.requestMidasPaymentGameItem. The gateway keeps her newest session_key from her login; the signature and paySig it answers are what WeChat's client accepts. No WeChat call.",
+			title:    "Session keys stay at the gateway: alice's client sends the backend her wx.getGroupEnterInfo data (the demo fetches it from the simulator, encrypted with her latest session_key), and the backend has the gateway decrypt it. The gateway checks the watermark names this app. No WeChat call.",
+			path:     "/gateway/decrypt",
+			bodyFrom: wechatURL + groupEnterInfoPath + "?player=alice",
+			expect:   all(decrypted(demoGroup), madeWechatCalls(0)),
+		},
+		{
+			title:    "The backend asks the gateway to sign alice's wx.requestMidasPaymentGameItem. The gateway keeps her newest session_key from her login; the signature and paySig it answers are what WeChat's client accepts. No WeChat call.",
 			path:     "/gateway/sign",
 			jsonBody: string(signRequest),
 			expect:   all(signedForClient(sim, alice, signData), madeWechatCalls(0)),
@@ -64,6 +73,50 @@ func newAPIWalkthrough(apiURL string, sim *wechatsim.Server) *walkthrough {
 			expect:   all(refused(http.StatusNotFound, "session_key_unknown"), madeWechatCalls(0)),
 		},
 	}}
+}
+
+// groupEnterInfoPath serves, beside the simulator, what a player's client
+// gets from wx.getGroupEnterInfo, as the body of a /gateway/decrypt
+// request: {"openid","encrypted_data","iv"}, encrypted with the player's
+// latest session_key.
+const groupEnterInfoPath = "/demo/group_enter_info"
+
+// demoGroup is the group chat the demo's players opened the game from.
+const demoGroup = "G-demo-group"
+
+// withGroupEnterInfo serves groupEnterInfoPath for ?player= of the demo app,
+// and everything else with next.
+func withGroupEnterInfo(sim *wechatsim.Server, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != groupEnterInfoPath {
+			next.ServeHTTP(w, r)
+			return
+		}
+		openid := wechatsim.OpenID(demoApp.AppID, r.URL.Query().Get("player"))
+		plaintext, _ := json.Marshal(map[string]any{"opengid": demoGroup, "chat_type": 3,
+			"watermark": map[string]any{"appid": demoApp.AppID, "timestamp": time.Now().Unix()}})
+		data, iv, ok := sim.Encrypt(openid, plaintext)
+		if !ok {
+			http.Error(w, "that player has not logged in yet", http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]string{"openid": openid, "encrypted_data": data, "iv": iv})
+	})
+}
+
+// decrypted expects the gateway's decryption of group enter info for
+// opengid.
+func decrypted(opengid string) func(*answer) error {
+	return func(a *answer) error {
+		var body struct {
+			OpenGID string `json:"opengid"`
+		}
+		if a.status != http.StatusOK || json.Unmarshal(a.body, &body) != nil || body.OpenGID != opengid {
+			return fmt.Errorf("got %d %s; want the decrypted data with opengid %q", a.status, a.body, opengid)
+		}
+		return nil
+	}
 }
 
 // signedForClient expects the gateway's signatures of signData for openid,

@@ -50,6 +50,9 @@ var caddyfile []byte
 var demoApp = wechatsim.App{AppID: "wx1234567890abcdef", Secret: "demo-secret-0123456789abcdef", UnionBound: true,
 	AppKey: "demo-app-key-0123456789abcdef", SandboxAppKey: "demo-sandbox-app-key-0123456789"}
 
+// demoDouyinApp is the same game on Douyin, as in the Caddyfile.
+var demoDouyinApp = wechatsim.App{Platform: wechatsim.Douyin, AppID: "tt1234567890abcdef", Secret: demoApp.Secret, UnionBound: true}
+
 func main() {
 	if len(os.Args) == 2 && os.Args[1] == fleetGatewayCommand {
 		runFleetGateway()
@@ -75,12 +78,13 @@ func main() {
 		}
 	}
 
-	sim := wechatsim.New(wechatsim.Options{Apps: []wechatsim.App{demoApp}})
+	sim := wechatsim.New(wechatsim.Options{Apps: []wechatsim.App{demoApp, demoDouyinApp}})
 	// -check prints the calls of each step itself.
 	wechatHandler := http.Handler(sim)
 	if !*check {
 		wechatHandler = logCalls(sim)
 	}
+	wechatHandler = withGroupEnterInfo(sim, wechatHandler)
 	host, port, err := net.SplitHostPort(*listen)
 	if err != nil || host == "" {
 		fatalf("-listen %q: want host:port, such as 127.0.0.1:8080", *listen)
@@ -112,7 +116,7 @@ func main() {
 
 	w := newWalkthrough("http://"+net.JoinHostPort(host, port), sim, received)
 	if *check {
-		apiWalkthrough := newAPIWalkthrough("http://"+net.JoinHostPort(apiHost, apiPort), sim)
+		apiWalkthrough := newAPIWalkthrough("http://"+net.JoinHostPort(apiHost, apiPort), "http://"+running.wechat, sim)
 		ok := w.check(os.Stdout)
 		ok = apiWalkthrough.check(os.Stdout) && ok
 		running.stop()
@@ -125,7 +129,7 @@ func main() {
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
 	w.printGuide(os.Stdout, running.backend, running.wechat)
-	newAPIWalkthrough("http://"+net.JoinHostPort(apiHost, apiPort), sim).printAPIGuide(os.Stdout)
+	newAPIWalkthrough("http://"+net.JoinHostPort(apiHost, apiPort), "http://"+running.wechat, sim).printAPIGuide(os.Stdout)
 	<-ctx.Done()
 	cancel() // a second Ctrl-C ends the demo at once
 	fmt.Println("\nshutting down")

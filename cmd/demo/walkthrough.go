@@ -23,6 +23,9 @@ type step struct {
 	header [][2]string
 	// jsonBody makes the step a POST with this JSON body.
 	jsonBody string
+	// bodyFrom makes the step a POST of the JSON body this URL answers
+	// when the step is sent (data a player's client would hold by then).
+	bodyFrom string
 	// bearer sends the token saved by an earlier step.
 	bearer bool
 	// saveToken keeps the answer's X-WX-SESSION as $TOKEN.
@@ -126,6 +129,16 @@ func newWalkthrough(baseURL string, sim *wechatsim.Server, backend *backendLog) 
 			expect: refused(http.StatusUnauthorized, "invalid_session"),
 		},
 		{
+			title:  "The same game on Douyin: alice logs in with tt.login's code at /tt/login. The same backend gets her Douyin identity in Douyin Cloud's headers (X-TT-OPENID, X-TT-UNIONID, X-TT-APPID: its platform is douyin), and the response carries her Douyin session in X-TT-SESSION.",
+			path:   "/tt/login?code=alice.1",
+			expect: all(sawPlatformIdentity("douyin", wechatsim.Douyin.OpenID(demoDouyinApp.AppID, "alice"), ""), forwardedRequests(1), hasHeader("X-TT-SESSION")),
+		},
+		{
+			title:  "A Douyin player who is not logged in to Douyin sends tt.login's anonymous_code: the backend gets X-TT-ANONYMOUS-OPENID, and no openid.",
+			path:   "/tt/login?anonymous_code=phone.1",
+			expect: all(sawPlatformIdentity("douyin", "", wechatsim.AnonymousOpenID(demoDouyinApp.AppID, "phone")), forwardedRequests(1), hasHeader("X-TT-SESSION")),
+		},
+		{
 			title:  "A login without a code: 400 invalid_request.",
 			path:   "/wx/login",
 			expect: refused(http.StatusBadRequest, "invalid_request"),
@@ -175,8 +188,11 @@ func (w *walkthrough) curl(s step) string {
 	if s.bearer {
 		args = append(args, "-H", `"Authorization: Bearer $TOKEN"`)
 	}
-	if s.jsonBody != "" {
+	switch {
+	case s.jsonBody != "":
 		args = append(args, "-H", shellQuote("Content-Type: application/json"), "-d", shellQuote(s.jsonBody))
+	case s.bodyFrom != "":
+		args = append(args, "-H", shellQuote("Content-Type: application/json"), "-d", "@-")
 	}
 	var cmds []string
 	for _, base := range w.targets(s) {
@@ -186,6 +202,9 @@ func (w *walkthrough) curl(s step) string {
 		return strings.Join(cmds, " & ") + " & wait"
 	}
 	cmd := cmds[0]
+	if s.bodyFrom != "" {
+		cmd = "curl -s " + shellQuote(s.bodyFrom) + " | " + cmd
+	}
 	if s.saveToken {
 		return `TOKEN=$(` + cmd + ` | awk 'tolower($1) == "x-wx-session:" {print $2}' | tr -d '\r'); echo "$TOKEN"`
 	}
@@ -297,9 +316,16 @@ func (w *walkthrough) send(client *http.Client, s step) (*answer, error) {
 
 // request sends s to the gateway at base.
 func (w *walkthrough) request(client *http.Client, s step, base string) (*answer, error) {
-	method, body := http.MethodGet, io.Reader(nil)
-	if s.jsonBody != "" {
-		method, body = http.MethodPost, strings.NewReader(s.jsonBody)
+	method, jsonBody := http.MethodGet, s.jsonBody
+	if s.bodyFrom != "" {
+		var err error
+		if jsonBody, err = fetchBody(client, s.bodyFrom); err != nil {
+			return nil, err
+		}
+	}
+	body := io.Reader(nil)
+	if jsonBody != "" {
+		method, body = http.MethodPost, strings.NewReader(jsonBody)
 	}
 	req, err := http.NewRequest(method, base+s.path, body)
 	if err != nil {
@@ -311,7 +337,7 @@ func (w *walkthrough) request(client *http.Client, s step, base string) (*answer
 	if s.bearer {
 		req.Header.Set("Authorization", "Bearer "+w.token)
 	}
-	if s.jsonBody != "" {
+	if jsonBody != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := client.Do(req)
@@ -324,6 +350,20 @@ func (w *walkthrough) request(client *http.Client, s step, base string) (*answer
 		return nil, err
 	}
 	return &answer{status: resp.StatusCode, header: resp.Header, body: respBody}, nil
+}
+
+// fetchBody is the body url answers with 200.
+func fetchBody(client *http.Client, url string) (string, error) {
+	resp, err := client.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("%s answered %d %s", url, resp.StatusCode, body)
+	}
+	return string(body), err
 }
 
 func printAnswer(out io.Writer, a *answer) {
@@ -375,6 +415,24 @@ func sawIdentity(openid string) func(*answer) error {
 			return fmt.Errorf("the backend saw X-WX-APPID %q, want %q", got.AppID, demoApp.AppID)
 		case got.Source != "wx_client":
 			return fmt.Errorf("the backend saw X-WX-SOURCE %q, want wx_client (Cloud Hosting backends answer nothing without it)", got.Source)
+		}
+		return nil
+	}
+}
+
+// sawPlatformIdentity expects the backend's answer to show an identity of
+// the demo game's app on platform: openid and anonymousOpenID ("" for
+// none), in that platform's headers.
+func sawPlatformIdentity(platform, openid, anonymousOpenID string) func(*answer) error {
+	return func(a *answer) error {
+		got, err := a.backend()
+		switch {
+		case err != nil:
+			return err
+		case got.Platform != platform || got.AppID != demoDouyinApp.AppID:
+			return fmt.Errorf("the backend saw an identity of %s app %q, want %s app %q", got.Platform, got.AppID, platform, demoDouyinApp.AppID)
+		case got.OpenID != openid || got.AnonymousOpenID != anonymousOpenID:
+			return fmt.Errorf("the backend saw openid %q and anonymous_openid %q, want %q and %q", got.OpenID, got.AnonymousOpenID, openid, anonymousOpenID)
 		}
 		return nil
 	}

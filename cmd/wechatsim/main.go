@@ -7,9 +7,13 @@
 // Usage:
 //
 //	wechatsim [-listen 127.0.0.1:8931] [-app [platform/]appid:secret[:unionid]]... \
+//	          [-app-key appid:app_key[:sandbox_app_key]]... \
 //	          [-busy-rate 0.0] [-latency 0s] [-seed 0]
 //
-// An -app without a platform is a WeChat app. Without -app, one demo app
+// An -app without a platform is a WeChat app. -app-key gives a WeChat app
+// its virtual payment AppKeys (production, and sandbox), with which its
+// payment calls must be signed; the demo app has
+// demo-app-key-0123456789abcdef and demo-sandbox-app-key-0123456789. Without -app, one demo app
 // per platform is registered, each with the secret
 // demo-secret-0123456789abcdef: WeChat's wx1234567890abcdef, QQ's
 // 1112223334, Douyin's tt1234567890abcdef, TapTap's tap1234567890 and
@@ -29,6 +33,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -59,6 +64,11 @@ func main() {
 		appSpecs = append(appSpecs, v)
 		return nil
 	})
+	var keySpecs []string // parsed after flag.Parse too
+	flag.Func("app-key", "give the WeChat app appid virtual payment AppKeys as `appid:app_key[:sandbox_app_key]` (repeatable)", func(v string) error {
+		keySpecs = append(keySpecs, v)
+		return nil
+	})
 	busyRate := flag.Float64("busy-rate", 0, "probability (0..1) that a call fails with errcode -1")
 	latency := flag.Duration("latency", 0, "delay added before every answer")
 	seed := flag.Int64("seed", 0, "seed for busy failures and session keys (0 = random)")
@@ -84,6 +94,9 @@ func main() {
 		apps = demoApps
 	} else {
 		desc = "apps"
+	}
+	if apps, err = withAppKeys(apps, keySpecs); err != nil {
+		log.Fatal(err)
 	}
 	names := make([]string, len(apps))
 	for i, a := range apps {
@@ -128,6 +141,27 @@ func parseApps(specs []string) ([]wechatsim.App, error) {
 		}
 		seen[appName(a)] = true
 		apps = append(apps, a)
+	}
+	return apps, nil
+}
+
+// withAppKeys gives the WeChat apps that -app-key values name their
+// virtual payment AppKeys. Errors name the appid but never a key.
+func withAppKeys(apps []wechatsim.App, specs []string) ([]wechatsim.App, error) {
+	apps = slices.Clone(apps)
+	for i, spec := range specs {
+		f := strings.Split(spec, ":")
+		if len(f) < 2 || len(f) > 3 || slices.Contains(f, "") {
+			return nil, fmt.Errorf("-app-key #%d: want appid:app_key or appid:app_key:sandbox_app_key", i+1)
+		}
+		j := slices.IndexFunc(apps, func(a wechatsim.App) bool { return appName(a) == string(wechatsim.WeChat)+"/"+f[0] })
+		if j < 0 {
+			return nil, fmt.Errorf("-app-key #%d: no WeChat app %s (give it with -app)", i+1, f[0])
+		}
+		apps[j].AppKey, apps[j].SandboxAppKey = f[1], ""
+		if len(f) == 3 {
+			apps[j].SandboxAppKey = f[2]
+		}
 	}
 	return apps, nil
 }

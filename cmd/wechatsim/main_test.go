@@ -79,6 +79,32 @@ func TestParseApps(t *testing.T) {
 	}
 }
 
+// TestWithAppKeys: -app-key gives a WeChat app its AppKeys; one naming no
+// WeChat app, or malformed, is refused without showing the key.
+func TestWithAppKeys(t *testing.T) {
+	apps, err := parseApps([]string{"wx1:s1", "qq/wx2:s2", "wx3:s3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyed, err := withAppKeys(apps, []string{"wx1:key-1", "wx3:key-3:sandbox-3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if keyed[0].AppKey != "key-1" || keyed[0].SandboxAppKey != "" || keyed[1].AppKey != "" || keyed[2].AppKey != "key-3" || keyed[2].SandboxAppKey != "sandbox-3" {
+		t.Errorf("withAppKeys = %+v", keyed)
+	}
+	if apps[0].AppKey != "" {
+		t.Error("withAppKeys changed the apps it was given")
+	}
+	for _, specs := range [][]string{{"wx2:top-secret"}, {"wx9:top-secret"}, {"wx1"}, {"wx1:top-secret:"}, {":top-secret"}} {
+		if _, err := withAppKeys(apps, specs); err == nil {
+			t.Errorf("withAppKeys(%q) accepted", specs)
+		} else if strings.Contains(err.Error(), "top-secret") {
+			t.Errorf("withAppKeys(%q) error shows the key: %v", specs, err)
+		}
+	}
+}
+
 // Without -app, every platform has a demo app to log in to.
 func TestDemoAppsLogInOnEveryPlatform(t *testing.T) {
 	sim := wechatsim.New(wechatsim.Options{Apps: demoApps})

@@ -118,6 +118,9 @@ func TestBackendDecryptsThroughTheGateway(t *testing.T) {
 	bob := wechatsim.OpenID(appID, "bob")
 	assertRefusal(t, gatewayCall(t, "decrypt", map[string]string{"openid": bob, "encrypted_data": newData, "iv": newIV}), http.StatusNotFound, "session_key_unknown", 0)
 	assertRefusal(t, gatewayCall(t, "decrypt", map[string]string{"openid": alice, "encrypted_data": "not base64!", "iv": newIV}), http.StatusBadRequest, "invalid_request", 0)
+	// Data that decrypts under alice's key but is watermarked for another app.
+	foreignData, foreignIV := wechatsimtest.EncryptedData(t, sim, "wxanotherapp", alice, map[string]any{"opengid": "G-elsewhere"})
+	assertRefusal(t, gatewayCall(t, "decrypt", map[string]string{"openid": alice, "encrypted_data": foreignData, "iv": foreignIV}), http.StatusUnprocessableEntity, "decrypt_failed", 0)
 	assertRefusal(t, gatewayCall(t, "nothing", map[string]string{"openid": alice}), http.StatusNotFound, "invalid_request", 0)
 	big := strings.Repeat("A", 300<<10)
 	assertRefusal(t, gatewayCall(t, "decrypt", map[string]string{"openid": alice, "encrypted_data": big, "iv": newIV}), http.StatusRequestEntityTooLarge, "invalid_request", 0)
@@ -159,6 +162,10 @@ func TestPaymentsAreSignedOnTheWay(t *testing.T) {
 	// A backend that signs itself is left alone (and WeChat judges it).
 	resp = testkit.Send(t, http.MethodPost, "/wxa/game/getbalance?sig_method=hmac_sha256&signature=00&pay_sig=00", strings.NewReader(body(alice, "")), "Content-Type: application/json")
 	assertErrcode(t, resp, 90011)
+	received = sim.APIRequests()
+	if q, _ := url.ParseQuery(received[len(received)-1].RawQuery); len(q["pay_sig"]) != 1 || len(q["signature"]) != 1 || q.Get("pay_sig") != "00" || q.Get("signature") != "00" {
+		t.Errorf("WeChat got the query %q; want the backend's own signatures alone", received[len(received)-1].RawQuery)
+	}
 
 	signData := `{"mode":"goods","offerId":"1450000000","buyQuantity":1,"env":1,"currencyType":"CNY","productId":"sword","goodsPrice":6,"outTradeNo":"o-1","attach":""}`
 	signed := decodeFields(t, gatewayCall(t, "sign", map[string]any{"openid": alice, "sign_data": signData, "env": 1}))
@@ -221,6 +228,39 @@ func TestSessionKeyChecksAndRotation(t *testing.T) {
 	direct.Body.Close()
 	if verdict := decodeFields(t, gatewayCall(t, "check_session", map[string]string{"openid": alice})); verdict["valid"] != false {
 		t.Errorf("check_session after a login the gateway never saw: %v; want valid false", verdict)
+	}
+}
+
+// TestResetSignedByTheBackendKeepsItsNewKey: a backend that holds the key
+// (forward_session_key) and signs resetusersessionkey itself gets WeChat's
+// answer with the new key, and the custody follows it too.
+func TestResetSignedByTheBackendKeepsItsNewKey(t *testing.T) {
+	const appID, secret = "wxselfreset", "selfreset-secret"
+	_, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
+	backend := testkit.NewBackend(t, nil)
+	// Without the debug option: reverse_proxy logs X-WX-SESSION-KEY at debug.
+	quiet := strings.Replace(testkit.GlobalOptions(""), "\tdebug\n", "", 1)
+	testkit.StartCaddy(t, quiet+testkit.Site(
+		testkit.Route("game", appID, secret, simURL, backend, "forward_session_key"),
+		testkit.Handle("", wechatAPI(appID, secret, simURL)),
+	))
+	alice := wechatsim.OpenID(appID, "alice")
+	login(t, "alice.1")
+	key := backend.Last(t).Header.Get("X-WX-SESSION-KEY")
+	if key == "" {
+		t.Fatal("the backend got no X-WX-SESSION-KEY")
+	}
+	reset := url.Values{"openid": {alice}, "signature": {wechatsim.SessionSignature(key)}, "sig_method": {"hmac_sha256"}}
+	resp := testkit.Get(t, "/wxa/resetusersessionkey?"+reset.Encode())
+	assertErrcode(t, resp, 0)
+	var answer struct {
+		SessionKey string `json:"session_key"`
+	}
+	if json.Unmarshal(resp.Body, &answer) != nil || answer.SessionKey == "" || answer.SessionKey == key {
+		t.Errorf("the backend that signed the reset got %s; want WeChat's answer with the new key", resp.Body)
+	}
+	if verdict := decodeFields(t, gatewayCall(t, "check_session", map[string]string{"openid": alice})); verdict["valid"] != true {
+		t.Errorf("check_session after the backend's reset: %v; the custody did not follow the new key", verdict)
 	}
 }
 

@@ -26,7 +26,12 @@ func TestHandlerEchoesIdentity(t *testing.T) {
 				"X-Wx-Source":  "wx_client",
 			},
 			body: `{"code":"alice.1"}`,
-			want: gamebackend.Answer{Path: "/wx/login", OpenID: "oPlayer", UnionID: "oUnion", AppID: "wx1234567890abcdef", Source: "wx_client", BodyBytes: 18},
+			want: gamebackend.Answer{Path: "/wx/login", Platform: "wechat", OpenID: "oPlayer", UnionID: "oUnion", AppID: "wx1234567890abcdef", Source: "wx_client", BodyBytes: 18},
+		},
+		{
+			name:   "a Douyin anonymous player",
+			header: map[string]string{"X-Tt-Anonymous-Openid": "_000anon", "X-Tt-Appid": "tt1234567890abcdef"},
+			want:   gamebackend.Answer{Path: "/wx/login", Platform: "douyin", AppID: "tt1234567890abcdef", AnonymousOpenID: "_000anon"},
 		},
 		{
 			name: "no identity",
