@@ -139,8 +139,8 @@ func (c *redisClient) Destruct() error {
 
 // do runs one Redis operation on the login path and records its latency.
 // It reports false, without calling op, when Redis is marked down (or its
-// silence is being confirmed) or when no connection came free within the
-// timeout, and false when op fails: either way the caller serves the login
+// silence is being confirmed) or when no connection came free in time
+// (see acquire), and false when op fails: either way the caller serves the login
 // from memory. Only Redis failing marks it down (see judge). op runs on
 // its own deadline, the timeout from when it has a connection, whatever
 // ctx allows (a client hanging up does not make Redis look broken). Every
@@ -148,15 +148,22 @@ func (c *redisClient) Destruct() error {
 // directly (only the probes do): so none is made while Redis is down, and
 // every one is counted by store_duration_seconds.
 func (c *redisClient) do(ctx context.Context, operation string, op func(context.Context) error) bool {
+	return c.try(ctx, operation, op) == redisAnswered
+}
+
+// try is do, telling why an operation was not served: redisUnasked (Redis
+// is down, or its silence being confirmed), or judge's word on its failure
+// (redisBusy also when no connection came free in time).
+func (c *redisClient) try(ctx context.Context, operation string, op func(context.Context) error) int {
 	if !c.usable() {
-		return false
+		return redisUnasked
 	}
 	if !c.acquire(operation) {
-		return false
+		return redisBusy
 	}
 	defer func() { <-c.inFlight }()
 	if !c.usable() { // found silent while this one waited
-		return false
+		return redisUnasked
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
 	defer cancel()
@@ -166,9 +173,10 @@ func (c *redisClient) do(ctx context.Context, operation string, op func(context.
 	storeMetrics.duration.WithLabelValues(operation).Observe(end.Sub(start).Seconds())
 	if err == nil || errors.Is(err, redis.Nil) {
 		c.lastAnswer.Store(end.UnixNano())
-		return true
+		return redisAnswered
 	}
-	switch c.judge(start, err) {
+	judged := c.judge(start, err)
+	switch judged {
 	case redisBusy:
 		storeMetrics.saturated.WithLabelValues(operation).Inc()
 	case redisSilent:
@@ -178,7 +186,7 @@ func (c *redisClient) do(ctx context.Context, operation string, op func(context.
 		storeMetrics.errors.WithLabelValues(operation).Inc()
 		c.markDown(operation, err)
 	}
-	return false
+	return judged
 }
 
 // acquire waits for a connection of the pool to be free, up to
@@ -208,11 +216,13 @@ func (c *redisClient) acquire(operation string) bool {
 // being confirmed silent.
 func (c *redisClient) usable() bool { return !c.down.Load() && !c.confirming.Load() }
 
-// What an operation's failure says of Redis.
+// What an operation's failure says of Redis, and try's other outcomes.
 const (
-	redisFailing = iota // Redis refused it or dropped the connection
-	redisBusy           // this process was late: Redis answered others meanwhile
-	redisSilent         // Redis answered nothing since the operation began
+	redisFailing  = iota // Redis refused it or dropped the connection
+	redisBusy            // this process was late: Redis answered others meanwhile
+	redisSilent          // Redis answered nothing since the operation began
+	redisAnswered        // the operation ran
+	redisUnasked         // not run: Redis is down, or its silence being confirmed
 )
 
 // judge tells Redis failing from this process being late. An operation
@@ -334,7 +344,7 @@ func registerStoreMetrics(registry *prometheus.Registry) error {
 		}, []string{"operation"})
 		m.saturated = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "store_saturated_total",
-			Help: "Redis operations not made, or late, because this process was too busy (no connection free within the timeout, or a reply read late while Redis answered others): the login was served from memory, and Redis was not marked down. By operation.",
+			Help: "Redis operations not made, or late, because this process was too busy (no connection free within a second, or the timeout if longer, or a reply read late while Redis answered others): the login was served from memory, and Redis was not marked down. By operation.",
 		}, []string{"operation"})
 		m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: ns, Subsystem: sub, Name: "store_duration_seconds",

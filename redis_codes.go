@@ -166,7 +166,7 @@ func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, exchange exc
 	k := c.keysFor(key)
 	token := newUniqueID()
 	var claim claimReply
-	if !c.whileBusy(func() (ok bool) { claim, ok = c.claim(ctx, k, token, c.fresh); return ok }) {
+	if !c.whileBusy(func() (outcome int) { claim, outcome = c.claim(ctx, k, token, c.fresh); return outcome }) {
 		return leadAlone(exchange, charge)
 	}
 	switch claim.kind {
@@ -179,14 +179,15 @@ func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, exchange exc
 	// expires by lockTTL; the deadline only guards against a Redis that
 	// misbehaves.
 	deadline := time.Now().Add(2 * c.lockTTL)
+	var patience redisPatience
 	for time.Now().Before(deadline) {
 		time.Sleep(pollPause())
-		claim, ok := c.claim(ctx, k, token, acceptAny)
-		if !ok && !c.fleet.redis.down.Load() {
-			continue // this gateway was busy: look again
-		}
-		if !ok {
-			break
+		claim, outcome := c.claim(ctx, k, token, acceptAny)
+		if outcome != redisAnswered {
+			if patience.lost(c.fleet.redis, outcome) {
+				break
+			}
+			continue // this gateway was busy, or Redis' silence is being confirmed: look again
 		}
 		switch claim.kind {
 		case "result":
@@ -198,20 +199,39 @@ func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, exchange exc
 	return leadAlone(exchange, charge)
 }
 
-// whileBusy runs op until it succeeds, again while Redis is not down (the
-// gateway was busy, or is confirming that Redis is silent), for up to
-// lockTTL: a login that leads alone instead may spend a code that another
-// gateway is exchanging, and a result left unstored makes the other
-// gateways' logins wait it out.
-func (c *redisCodes) whileBusy(op func() bool) bool {
+// whileBusy runs op (a redisClient.try) until Redis answers it, again
+// while the gateway was busy or is confirming that Redis is silent, for up
+// to lockTTL: a login that leads alone instead may spend a code that
+// another gateway is exchanging, and a result left unstored makes the
+// other gateways' logins wait it out. It gives up when Redis is down, or
+// silent again after a PING found it answering (see redisPatience).
+func (c *redisCodes) whileBusy(op func() int) bool {
 	deadline := time.Now().Add(c.lockTTL)
-	for !op() {
-		if c.fleet.redis.down.Load() || time.Now().After(deadline) {
+	var patience redisPatience
+	for {
+		outcome := op()
+		if outcome == redisAnswered {
+			return true
+		}
+		if patience.lost(c.fleet.redis, outcome) || time.Now().After(deadline) {
 			return false
 		}
 		time.Sleep(pollPause())
 	}
-	return true
+}
+
+// redisPatience is how long one login keeps asking Redis about its code:
+// while this gateway is busy, and through one silence (a stall that a
+// PING finds over), but not through a second: a Redis that answers a PING
+// yet none of the operations within the timeout is slow, not stalled, and
+// would hold every login until the lock ran out.
+type redisPatience struct{ silences int }
+
+func (p *redisPatience) lost(client *redisClient, outcome int) bool {
+	if outcome == redisSilent {
+		p.silences++
+	}
+	return client.down.Load() || p.silences > 1
 }
 
 // leadAlone calls the platform without the fleet: Redis is down, or said
@@ -238,7 +258,7 @@ func (c *redisCodes) leadForFleet(ctx context.Context, k codeKeys, token string,
 	if res.failure != nil && res.failure.kind == kindCodeUsed && c.fresh == acceptIdentity {
 		// A gateway whose lock ran out may have spent the code and stored
 		// what it proved.
-		if claim, ok := c.claim(ctx, k, token, acceptIdentity); ok && claim.kind == "result" {
+		if claim, outcome := c.claim(ctx, k, token, acceptIdentity); outcome == redisAnswered && claim.kind == "result" {
 			if stored, _, err := c.openResult(k, claim.value); err == nil {
 				c.finish(ctx, k, token, nil, 0, nil)
 				return codeResult{id: stored.id}, redeemedFromCache
@@ -267,22 +287,22 @@ func (c *redisCodes) custodyWrite(id Identity) *sessionKeyWrite {
 	return c.fleet.sessionKeyWrite(id.OpenID, id.SessionKey, time.Now())
 }
 
-// claim runs claimScript; ok is false when Redis failed or is down.
-func (c *redisCodes) claim(ctx context.Context, k codeKeys, token, accept string) (claim claimReply, ok bool) {
-	ok = c.fleet.redis.do(ctx, "claim", func(ctx context.Context) error {
+// claim runs claimScript; outcome is redisClient.try's.
+func (c *redisCodes) claim(ctx context.Context, k codeKeys, token, accept string) (claim claimReply, outcome int) {
+	outcome = c.fleet.redis.try(ctx, "claim", func(ctx context.Context) error {
 		var err error
 		claim, err = parseClaim(claimScript.Run(ctx, c.fleet.redis.client, k.keys, token, c.lockTTL.Milliseconds(), accept), "result")
 		return err
 	})
-	return claim, ok
+	return claim, outcome
 }
 
 // finish stores result (none when nil) and releases the lock, charging
 // nobody, and makes the custody write, if any, in the same round trip; it
 // is safe to repeat.
 func (c *redisCodes) finish(ctx context.Context, k codeKeys, token string, result []byte, ttl time.Duration, custody *sessionKeyWrite) {
-	c.whileBusy(func() bool {
-		return c.fleet.redis.do(ctx, "finish", func(ctx context.Context) error {
+	c.whileBusy(func() int {
+		return c.fleet.redis.try(ctx, "finish", func(ctx context.Context) error {
 			return custody.runWith(ctx, c.fleet.redis.client, finishScript, k.keys, token, ttl.Milliseconds(), result).Err()
 		})
 	})

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
@@ -631,4 +633,60 @@ func TestRedisCodesLockLastsTheLongestExchange(t *testing.T) {
 	}
 	gate.Open()
 	awaitLogin(t, login)
+}
+
+// A Redis that answers a PING but no operation within the timeout (an
+// overloaded or distant one) is slow, not stalled: a login asks it about
+// its code through one such silence, not again and again until the lock
+// would run out, and is then served by a call of its own.
+func TestRedisCodesSlowRedisHoldsALoginThroughOneSilenceOnly(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	gw := newGateway(t, srv.Addr(), 0, func(c *RedisConfig) { c.Timeout = caddy.Duration(5 * time.Millisecond) })
+	codes := gw.fleetCodes(time.Minute)
+	// Redis runs 100ms scripts one after another: the gateway's operations
+	// are mostly answered after their timeout, its PING (a dial, a
+	// handshake and the PING, each behind one script) well within its
+	// second.
+	hog := newTestRedisClient(t, srv.Addr())
+	stop := make(chan struct{})
+	var hogging sync.WaitGroup
+	hogging.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			hog.Eval(context.Background(), `
+local start = redis.call('TIME')
+repeat
+	local now = redis.call('TIME')
+until (now[1] - start[1]) * 1000000 + now[2] - start[2] >= tonumber(ARGV[1])
+return 0`, nil, 100000)
+		}
+	})
+	defer hogging.Wait()
+	defer close(stop)
+	operations := func() (n uint64) {
+		for _, operation := range []string{"claim", "finish"} {
+			var m dto.Metric
+			_ = storeMetrics.duration.WithLabelValues(operation).(prometheus.Histogram).Write(&m)
+			n += m.GetHistogram().GetSampleCount()
+		}
+		return n
+	}
+	before := operations()
+	wechat := released(proving(fleetIdentity))
+	res, _, err := codes.redeem(context.Background(), newCodeKey(fleetAppID, credentials{code: fleetCode}), wechat.exchange)
+	if err != nil || !(redeemed{res: res}).proved(fleetIdentity) || wechat.calls.Load() != 1 {
+		t.Fatalf("with Redis slow: %+v %v after %d calls", res, err, wechat.calls.Load())
+	}
+	// Two silences (each followed by a PING), whether the claim or the
+	// result's storing meets them; more operations only if one was answered.
+	if asked := operations() - before; asked > 4 {
+		t.Errorf("the login asked a slow Redis %d times, want at most 4: it waited for Redis until the lock ran out", asked)
+	}
+	if gw.redis.down.Load() {
+		t.Errorf("a Redis that answers a PING within its second was marked down (%v): the test did not make it slow, but stalled", gw.logs.All()[0].ContextMap())
+	}
 }
