@@ -83,7 +83,7 @@ func (f *fleet) spike(t *testing.T, name string, workers int, d time.Duration, d
 // WeChat taking 300ms a call. Every login is served, with one WeChat call
 // per code, and no gateway takes its own load for a Redis failure. Then
 // Redis frozen for half a second in the middle of another spike: every
-// login is still served, with one WeChat call per code.
+// login of a code sent once is still served.
 func TestFleetServesALaunchSpike(t *testing.T) {
 	f := startFleet(t)
 	f.sim.SetLatency(300 * time.Millisecond)
@@ -113,10 +113,14 @@ func TestFleetServesALaunchSpike(t *testing.T) {
 		t.Errorf("with Redis frozen 0.5s, %d logins of codes sent to one gateway failed, e.g. %v", r.failedOnce.Load(), r.firstFailure.Load())
 	}
 	// A stall shorter than the second a gateway gives a silent Redis to
-	// answer again: the codes' claims wait it out, so even codes sent to two
-	// gateways are exchanged once.
-	if r.failedTwice.Load() > 0 || f.sim.Calls() != r.codes.Load() {
-		t.Errorf("with Redis frozen 0.5s, %d logins of codes sent to two gateways failed, and %d WeChat calls for %d codes, want none and one per code",
-			r.failedTwice.Load(), f.sim.Calls(), r.codes.Load())
+	// answer again: the codes' claims wait it out. A login that meets a
+	// second silence after the PING (two timeouts in one 0.5s freeze, on a
+	// loaded machine) calls WeChat alone, as docs/fleet.md says: then a code
+	// sent to two gateways may be exchanged twice, and the second login gets
+	// 40163. Every extra call is such a code's, never a code sent once.
+	twiceSent := r.logins.Load() - r.codes.Load()
+	if extra := f.sim.Calls() - r.codes.Load(); extra < 0 || extra > twiceSent || r.failedTwice.Load() > extra {
+		t.Errorf("with Redis frozen 0.5s, %d WeChat calls for %d codes (%d sent twice) and %d failed logins of codes sent twice: an extra call or a failure that no code sent twice explains",
+			f.sim.Calls(), r.codes.Load(), twiceSent, r.failedTwice.Load())
 	}
 }
