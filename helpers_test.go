@@ -704,16 +704,27 @@ func withRedis(addr string, timeout time.Duration) func(*Handler) {
 
 // storeErrorsTotal is store_errors_total summed over its operations.
 func storeErrorsTotal() float64 {
+	return sumCollected(storeMetrics.errors, func(m *dto.Metric) float64 { return m.GetCounter().GetValue() })
+}
+
+// operationCount is how many Redis operations this process has made, as
+// store_duration_seconds counts them.
+func operationCount() uint64 {
+	return uint64(sumCollected(storeMetrics.duration, func(m *dto.Metric) float64 { return float64(m.GetHistogram().GetSampleCount()) }))
+}
+
+// sumCollected is value summed over the metrics c collects.
+func sumCollected(c prometheus.Collector, value func(*dto.Metric) float64) float64 {
 	metrics := make(chan prometheus.Metric, 64)
 	go func() {
-		storeMetrics.errors.Collect(metrics)
+		c.Collect(metrics)
 		close(metrics)
 	}()
 	var total float64
 	for metric := range metrics {
 		var m dto.Metric
 		_ = metric.Write(&m)
-		total += m.GetCounter().GetValue()
+		total += value(&m)
 	}
 	return total
 }

@@ -6,28 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
-
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
 )
-
-// operationCount is how many Redis operations this process has made, as
-// store_duration_seconds counts them.
-func operationCount() uint64 {
-	metrics := make(chan prometheus.Metric, 64)
-	go func() {
-		storeMetrics.duration.Collect(metrics)
-		close(metrics)
-	}()
-	var n uint64
-	for m := range metrics {
-		var d dto.Metric
-		_ = m.Write(&d)
-		n += d.GetHistogram().GetSampleCount()
-	}
-	return n
-}
 
 // TestFleetKeepsTheNewestSessionKey: a login redeemed at one gateway leaves
 // its key where another gateway reads it, in the same number of Redis
