@@ -258,7 +258,11 @@ func (c *redisClient) confirmDown(operation string, cause error) {
 		defer c.probing.Done()
 		defer c.confirming.Store(false) // after markDown: do sees one or the other
 		start := time.Now()
-		err := c.confirmer.Ping(context.Background()).Err()
+		// Its own deadline: with Sentinel or Cluster a PING may dial several
+		// nodes, and logins skip Redis until it ends.
+		ctx, cancel := context.WithTimeout(context.Background(), max(c.timeout, redisConfirmWithin))
+		defer cancel()
+		err := c.confirmer.Ping(ctx).Err()
 		if err != nil && c.lastAnswer.Load() < start.UnixNano() {
 			c.markDown(operation, cause)
 		}
