@@ -399,27 +399,38 @@ func (h *APIHandler) keepRotatedKey(r *http.Request, backendQuery, cleanPath str
 	if cleanPath != resetSessionKeyPath || answer.StatusCode != http.StatusOK {
 		return
 	}
+	// Whether the backend gets the new key depends only on who signed: a
+	// gateway-signed call never hands it over, even when the key kept now
+	// is not the one that signed (a login meanwhile, Redis not answering).
+	sent, err := url.ParseQuery(backendQuery)
+	gatewaySigned := err == nil && !sent.Has("signature")
 	query := r.URL.Query()
 	openid := query.Get("openid")
 	old, refusal := h.playerKey(r.Context(), openid)
-	if refusal != nil || !sameSignature(query.Get("signature"), userStateSignature(old, nil)) {
+	signedWithKept := refusal == nil && sameSignature(query.Get("signature"), userStateSignature(old, nil))
+	if !gatewaySigned && !signedWithKept {
 		return
 	}
 	body, err := io.ReadAll(io.LimitReader(answer.Body, maxInspectedAnswer))
 	answer.Body.Close()
+	if err != nil {
+		body = nil // a broken answer, which may hold part of the key
+	}
 	answer.Body, answer.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
 	var fields map[string]json.RawMessage
+	if json.Unmarshal(body, &fields) != nil {
+		return
+	}
 	var reset struct {
 		Errcode    int    `json:"errcode"`
 		OpenID     string `json:"openid"`
 		SessionKey string `json:"session_key"`
 	}
-	if err != nil || json.Unmarshal(body, &fields) != nil || json.Unmarshal(body, &reset) != nil ||
-		reset.Errcode != 0 || reset.OpenID != openid || !isVisibleASCII(reset.SessionKey, maxWechatValueLen) {
-		return
+	if signedWithKept && json.Unmarshal(body, &reset) == nil &&
+		reset.Errcode == 0 && reset.OpenID == openid && isVisibleASCII(reset.SessionKey, maxWechatValueLen) {
+		h.keepRotation(r.Context(), openid, old, reset.SessionKey)
 	}
-	h.keepRotation(r.Context(), openid, old, reset.SessionKey)
-	if sent, err := url.ParseQuery(backendQuery); err != nil || sent.Has("signature") {
+	if !gatewaySigned {
 		return
 	}
 	delete(fields, "session_key")
