@@ -75,9 +75,9 @@ func TestFleetKeepsOnlyTheSessionKeysItReads(t *testing.T) {
 
 // TestRotationMovesTheFleetsKey: a reset at the gateway whose memory holds
 // the old key moves the fleet's record to the new key too, though the
-// login's Redis write carries a slightly later issue time than its memory
-// (it is made after the exchange): every gateway then signs with the new
-// key.
+// login's Redis write carries a slightly later issue time than its memory:
+// the reset was signed with the newer of the two records, whose time the
+// new key takes. Every gateway then signs with the new key.
 func TestRotationMovesTheFleetsKey(t *testing.T) {
 	srv := testkit.StartRedis(t)
 	ctx := context.Background()
@@ -87,11 +87,15 @@ func TestRotationMovesTheFleetsKey(t *testing.T) {
 	rotating.sessionKeys.keep("oAlice", "old-key", issued)
 	gwA.keepSessionKey(ctx, "oAlice", "old-key", issued.Add(2*time.Millisecond))
 
-	rotating.keepRotation(ctx, "oAlice", "old-key", "new-key")
+	signedWith, refusal := rotating.playerKey(ctx, "oAlice")
+	if refusal != nil || signedWith.key != "old-key" {
+		t.Fatalf("the reset is signed with %q (%v)", signedWith.key, refusal)
+	}
+	rotating.keepRotation(ctx, "oAlice", signedWith, "new-key")
 	other := &APIHandler{fleet: gwB.fleet, sessionKeys: newSessionKeyCustody()}
 	for name, h := range map[string]*APIHandler{"the gateway that rotated": rotating, "another gateway": other} {
-		if key, refusal := h.playerKey(ctx, "oAlice"); key != "new-key" {
-			t.Errorf("%s signs with %q (%v) after the rotation; want the new key", name, key, refusal)
+		if kept, refusal := h.playerKey(ctx, "oAlice"); kept.key != "new-key" {
+			t.Errorf("%s signs with %q (%v) after the rotation; want the new key", name, kept.key, refusal)
 		}
 	}
 }
