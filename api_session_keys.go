@@ -250,6 +250,14 @@ func (h *APIHandler) signForClient(w http.ResponseWriter, req gatewayRequest, ke
 	if req.SignData == "" || req.Env == nil {
 		return 0, badRequest("sign_data and env are required")
 	}
+	// The client pays in signData's env: a pay_sig made with another env's
+	// AppKey would only fail at the client.
+	switch signEnv, ok := signDataEnv(req.SignData); {
+	case !ok:
+		return 0, badRequest("sign_data must be the signData of wx.requestMidasPaymentGameItem: a JSON object, with env 0 or 1 if any")
+	case signEnv != *req.Env:
+		return 0, badRequest(fmt.Sprintf("env is %d but sign_data's env is %d (0 when it has none): they must be the same", *req.Env, signEnv))
+	}
 	appKey, refusal := h.appKey(*req.Env)
 	if refusal != nil {
 		return 0, refusal
@@ -258,6 +266,21 @@ func (h *APIHandler) signForClient(w http.ResponseWriter, req gatewayRequest, ke
 		"signature": userStateSignature(key, []byte(req.SignData)),
 		"pay_sig":   paySignature(appKey, midasPaymentGameItem, []byte(req.SignData)),
 	})
+}
+
+// signDataEnv is the env signData pays in (0 when it names none, as at
+// WeChat), or false when signData is not a JSON object with an integer
+// env.
+func signDataEnv(signData string) (int, bool) {
+	var fields map[string]json.RawMessage
+	if json.Unmarshal([]byte(signData), &fields) != nil || fields == nil {
+		return 0, false
+	}
+	env := 0
+	if raw, has := fields["env"]; has && json.Unmarshal(raw, &env) != nil {
+		return 0, false
+	}
+	return env, true
 }
 
 // appKey is the configured AppKey of env, or the refusal to sign.

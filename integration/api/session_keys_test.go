@@ -194,6 +194,25 @@ func TestPaymentsAreSignedOnTheWay(t *testing.T) {
 	if code := sim.RequestMidasPaymentGameItem(appID, alice, signData, paySig, signature); code != 0 {
 		t.Errorf("wx.requestMidasPaymentGameItem with the gateway's signatures failed: %d", code)
 	}
+	// signData names the env the client pays in (0 when it names none): a
+	// request for another env, whose AppKey would make a pay_sig the client
+	// cannot use, is refused; so is a signData that is not JSON.
+	withoutEnv := strings.Replace(signData, `"env":1,`, "", 1)
+	for _, refused := range []map[string]any{
+		{"openid": alice, "sign_data": signData, "env": 0},
+		{"openid": alice, "sign_data": withoutEnv, "env": 1},
+		{"openid": alice, "sign_data": strings.Replace(signData, `"env":1`, `"env":"1"`, 1), "env": 1},
+		{"openid": alice, "sign_data": "mode=goods&env=1", "env": 1},
+	} {
+		resp := gatewayCall(t, "sign", refused)
+		if err := testkit.CheckRefusal(resp, http.StatusBadRequest, "invalid_request"); err != nil || !strings.Contains(string(resp.Body), "env") {
+			t.Errorf("sign of %v: %v; want 400 invalid_request about env (%v)", refused, resp, err)
+		}
+	}
+	production := decodeFields(t, gatewayCall(t, "sign", map[string]any{"openid": alice, "sign_data": withoutEnv, "env": 0}))
+	if code := sim.RequestMidasPaymentGameItem(appID, alice, withoutEnv, production["pay_sig"].(string), production["signature"].(string)); code != 0 {
+		t.Errorf("wx.requestMidasPaymentGameItem of a signData without env, signed for env 0, failed: %d", code)
+	}
 	mac := hmac.New(sha256.New, []byte(custodySandboxAppKey))
 	mac.Write([]byte("requestMidasPaymentGameItem&" + signData))
 	if paySig != hex.EncodeToString(mac.Sum(nil)) {
