@@ -303,14 +303,14 @@ func (h *APIHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 		return writeTokenAnswer(w, t, h.tokens.now())
 	}
 	start := time.Now()
-	backendQuery := r.URL.RawQuery // before the gateway signs
-	answer, outcome, refusal := h.call(r, cleanPath)
+	var signedWith keptSessionKey
+	answer, outcome, refusal := h.call(r, cleanPath, &signedWith)
 	if refusal != nil {
 		h.logCall(r, refusal.status, refusal.code, start)
 		return h.refuse(w, r, refusal)
 	}
 	defer answer.Body.Close()
-	h.keepRotatedKey(r, backendQuery, cleanPath, answer)
+	h.keepRotatedKey(r, cleanPath, signedWith, answer)
 	h.metrics.call(outcome)
 	h.logCall(r, answer.StatusCode, outcome, start)
 	if err := passOn(w, answer); err != nil {
@@ -373,12 +373,13 @@ func (h *APIHandler) refuse(w http.ResponseWriter, r *http.Request, e *jsonRefus
 
 // call sends r on to WeChat with the app's token, and once more with a new
 // token if WeChat refuses the first (the refused call did nothing). It
-// returns WeChat's answer and the outcome, or the refusal to send instead.
+// returns WeChat's answer and the outcome, or the refusal to send instead;
+// signedWith (when not nil) gets the session_key the gateway signed with.
 //
 // Only APIs called with the app's access token can refuse it: the /sns/
 // APIs take a player's credentials, so their 40001 says nothing of the
 // app's token, and must not make the fleet replace it.
-func (h *APIHandler) call(r *http.Request, cleanPath string) (*http.Response, string, *jsonRefusal) {
+func (h *APIHandler) call(r *http.Request, cleanPath string, signedWith *keptSessionKey) (*http.Response, string, *jsonRefusal) {
 	ctx, timeout := r.Context(), time.Duration(h.Timeout)
 	body, err := readRequestBody(r)
 	if err != nil {
@@ -387,7 +388,9 @@ func (h *APIHandler) call(r *http.Request, cleanPath string) (*http.Response, st
 		}
 		return nil, "", badRequest("the request body could not be read")
 	}
-	if refusal := h.signForPlayer(r, cleanPath, body); refusal != nil {
+	// From here r is the call as WeChat gets it.
+	r, refusal := h.signForPlayer(r, cleanPath, body, signedWith)
+	if refusal != nil {
 		return nil, "", refusal
 	}
 	t, terr := h.tokens.token(ctx, timeout)

@@ -139,9 +139,9 @@ func (h *APIHandler) releaseSessionKeys() error {
 
 // playerKey is the kept session_key of openid, or the refusal to answer:
 // the newest of this process's and, with redis, the fleet's.
-func (h *APIHandler) playerKey(ctx context.Context, openid string) (string, *jsonRefusal) {
+func (h *APIHandler) playerKey(ctx context.Context, openid string) (keptSessionKey, *jsonRefusal) {
 	if !isVisibleASCII(openid, maxWechatValueLen) {
-		return "", badRequest("openid must be a WeChat openid")
+		return keptSessionKey{}, badRequest("openid must be a WeChat openid")
 	}
 	now := time.Now()
 	kept, ok := h.sessionKeys.lookup(openid, now)
@@ -150,11 +150,10 @@ func (h *APIHandler) playerKey(ctx context.Context, openid string) (string, *jso
 			kept, ok = shared, true
 		}
 	}
-	key := kept.key
 	if !ok {
-		return "", newRefusal(http.StatusNotFound, refusalSessionKeyUnknown, "the gateway keeps no session_key for this player: they must log in again")
+		return keptSessionKey{}, newRefusal(http.StatusNotFound, refusalSessionKeyUnknown, "the gateway keeps no session_key for this player: they must log in again")
 	}
-	return key, nil
+	return kept, nil
 }
 
 // gatewayRequest is the JSON body of the gateway's endpoints.
@@ -203,10 +202,11 @@ func (h *APIHandler) answerGateway(w http.ResponseWriter, r *http.Request, endpo
 	if json.Unmarshal(body, &req) != nil {
 		return 0, badRequest("the body must be a JSON object")
 	}
-	key, refusal := h.playerKey(r.Context(), req.OpenID)
+	kept, refusal := h.playerKey(r.Context(), req.OpenID)
 	if refusal != nil {
 		return 0, refusal
 	}
+	key := kept.key
 	switch endpoint {
 	case "decrypt":
 		return h.decrypt(w, req, key)
@@ -250,6 +250,14 @@ func (h *APIHandler) signForClient(w http.ResponseWriter, req gatewayRequest, ke
 	if req.SignData == "" || req.Env == nil {
 		return 0, badRequest("sign_data and env are required")
 	}
+	// The client pays in signData's env: a pay_sig made with another env's
+	// AppKey would only fail at the client.
+	switch signEnv, ok := signDataEnv(req.SignData); {
+	case !ok:
+		return 0, badRequest("sign_data must be the signData of wx.requestMidasPaymentGameItem: a JSON object, with env 0 or 1 if any")
+	case signEnv != *req.Env:
+		return 0, badRequest(fmt.Sprintf("env is %d but sign_data's env is %d (0 when it has none): they must be the same", *req.Env, signEnv))
+	}
 	appKey, refusal := h.appKey(*req.Env)
 	if refusal != nil {
 		return 0, refusal
@@ -258,6 +266,21 @@ func (h *APIHandler) signForClient(w http.ResponseWriter, req gatewayRequest, ke
 		"signature": userStateSignature(key, []byte(req.SignData)),
 		"pay_sig":   paySignature(appKey, midasPaymentGameItem, []byte(req.SignData)),
 	})
+}
+
+// signDataEnv is the env signData pays in (0 when it names none, as at
+// WeChat), or false when signData is not a JSON object with an integer
+// env.
+func signDataEnv(signData string) (int, bool) {
+	var fields map[string]json.RawMessage
+	if json.Unmarshal([]byte(signData), &fields) != nil || fields == nil {
+		return 0, false
+	}
+	env := 0
+	if raw, has := fields["env"]; has && json.Unmarshal(raw, &env) != nil {
+		return 0, false
+	}
+	return env, true
 }
 
 // appKey is the configured AppKey of env, or the refusal to sign.
@@ -279,7 +302,7 @@ func (h *APIHandler) checkSession(w http.ResponseWriter, r *http.Request, openid
 	check.Header.Del("Content-Type")
 	check.URL.Path = "/wxa/checksession"
 	check.URL.RawQuery = url.Values{"openid": {openid}, "signature": {userStateSignature(key, nil)}, "sig_method": {"hmac_sha256"}}.Encode()
-	answer, _, refusal := h.call(check, check.URL.Path)
+	answer, _, refusal := h.call(check, check.URL.Path, nil)
 	if refusal != nil {
 		return 0, refusal
 	}
@@ -329,19 +352,22 @@ var playerSignedAPIs = map[string]playerSignedAPI{
 	resetSessionKeyPath:        {},
 }
 
-// signForPlayer adds the player's signatures to a call that needs them and
-// has none (a backend that signs itself is left alone): sig_method,
-// signature with the kept session_key and, for a payment, pay_sig with the
-// AppKey of the body's env, over the exact bytes sent. Without a kept key
+// signForPlayer returns the call to send WeChat: r as it is, or, for a
+// call that needs the player's signatures and has none (a backend that
+// signs itself is left alone), a copy of r with sig_method, signature with
+// the kept session_key (recorded in signedWith) and, for a payment,
+// pay_sig with the AppKey of the body's env, over the exact bytes sent.
+// r's own URL stays as the backend sent it, so that a log or an error page
+// showing {http.request.uri} never shows a signature. Without a kept key
 // nothing is sent.
-func (h *APIHandler) signForPlayer(r *http.Request, cleanPath string, body requestBody) *jsonRefusal {
+func (h *APIHandler) signForPlayer(r *http.Request, cleanPath string, body requestBody, signedWith *keptSessionKey) (*http.Request, *jsonRefusal) {
 	api, ok := playerSignedAPIs[cleanPath]
 	if !ok {
-		return nil
+		return r, nil
 	}
 	query, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil || query.Has("signature") || query.Has("pay_sig") || (api.payment && h.VirtualPayment == nil) {
-		return nil
+		return r, nil
 	}
 	openid := query.Get("openid")
 	var signed []byte // what the user-state signature covers
@@ -352,28 +378,33 @@ func (h *APIHandler) signForPlayer(r *http.Request, cleanPath string, body reque
 			Env    *int   `json:"env"`
 		}
 		if !body.repeatable() || json.Unmarshal(body.head, &fields) != nil || fields.Env == nil {
-			return badRequest("a payment call's body must be JSON with openid and env")
+			return nil, badRequest("a payment call's body must be JSON with openid and env")
 		}
 		openid, env, signed = fields.OpenID, *fields.Env, body.head
 	}
-	key, refusal := h.playerKey(r.Context(), openid)
+	kept, refusal := h.playerKey(r.Context(), openid)
 	if refusal != nil {
-		return refusal
+		return nil, refusal
 	}
-	add := url.Values{"sig_method": {"hmac_sha256"}, "signature": {userStateSignature(key, signed)}}
+	add := url.Values{"sig_method": {"hmac_sha256"}, "signature": {userStateSignature(kept.key, signed)}}
 	if api.payment {
 		appKey, refusal := h.appKey(env)
 		if refusal != nil {
-			return refusal
+			return nil, refusal
 		}
 		add.Set("pay_sig", paySignature(appKey, cleanPath, body.head))
 	}
-	kept := withoutParam(r.URL.RawQuery, "sig_method")
-	if kept != "" {
-		kept += "&"
+	rest := withoutParam(r.URL.RawQuery, "sig_method")
+	if rest != "" {
+		rest += "&"
 	}
-	r.URL.RawQuery = kept + add.Encode()
-	return nil
+	sent, sentURL := r.WithContext(r.Context()), *r.URL
+	sentURL.RawQuery = rest + add.Encode()
+	sent.URL = &sentURL
+	if signedWith != nil {
+		*signedWith = kept
+	}
+	return sent, nil
 }
 
 // withoutParam is rawQuery without its name parameters, the others
@@ -391,25 +422,28 @@ func withoutParam(rawQuery, name string) string {
 }
 
 // keepRotatedKey follows resetusersessionkey's answer when the call reset
-// the key the gateway keeps: the custody moves to the new key. A backend
-// the gateway signed for gets the answer without the new key (it never held
-// the old one either); one that signed itself (forward_session_key) gets
-// it as WeChat sent it, or its own copy of the key would be stale for good.
-func (h *APIHandler) keepRotatedKey(r *http.Request, backendQuery, cleanPath string, answer *http.Response) {
+// a key the gateway keeps: the custody moves to the new key. A backend the
+// gateway signed for (signedWith is the key it signed with) gets the answer
+// without the new key (it never held the old one either); one that signed
+// itself (forward_session_key) gets it as WeChat sent it, or its own copy
+// of the key would be stale for good.
+func (h *APIHandler) keepRotatedKey(r *http.Request, cleanPath string, signedWith keptSessionKey, answer *http.Response) {
 	if cleanPath != resetSessionKeyPath || answer.StatusCode != http.StatusOK {
 		return
 	}
-	// Whether the backend gets the new key depends only on who signed: a
-	// gateway-signed call never hands it over, even when the key kept now
-	// is not the one that signed (a login meanwhile, Redis not answering).
-	sent, err := url.ParseQuery(backendQuery)
-	gatewaySigned := err == nil && !sent.Has("signature")
 	query := r.URL.Query()
 	openid := query.Get("openid")
-	old, refusal := h.playerKey(r.Context(), openid)
-	signedWithKept := refusal == nil && sameSignature(query.Get("signature"), userStateSignature(old, nil))
-	if !gatewaySigned && !signedWithKept {
-		return
+	// Whether the backend gets the new key depends only on who signed: a
+	// gateway-signed call never hands it over, even when the key kept by
+	// now is another (a login meanwhile).
+	gatewaySigned := signedWith.key != ""
+	reset := signedWith
+	if !gatewaySigned {
+		kept, refusal := h.playerKey(r.Context(), openid)
+		if refusal != nil || !sameSignature(query.Get("signature"), userStateSignature(kept.key, nil)) {
+			return // a key the gateway does not keep
+		}
+		reset = kept
 	}
 	body, err := io.ReadAll(io.LimitReader(answer.Body, maxInspectedAnswer))
 	answer.Body.Close()
@@ -421,14 +455,14 @@ func (h *APIHandler) keepRotatedKey(r *http.Request, backendQuery, cleanPath str
 	if json.Unmarshal(body, &fields) != nil {
 		return
 	}
-	var reset struct {
+	var rotated struct {
 		Errcode    int    `json:"errcode"`
 		OpenID     string `json:"openid"`
 		SessionKey string `json:"session_key"`
 	}
-	if signedWithKept && json.Unmarshal(body, &reset) == nil &&
-		reset.Errcode == 0 && reset.OpenID == openid && isVisibleASCII(reset.SessionKey, maxWechatValueLen) {
-		h.keepRotation(r.Context(), openid, old, reset.SessionKey)
+	if json.Unmarshal(body, &rotated) == nil &&
+		rotated.Errcode == 0 && rotated.OpenID == openid && isVisibleASCII(rotated.SessionKey, maxWechatValueLen) {
+		h.keepRotation(r.Context(), openid, reset, rotated.SessionKey)
 	}
 	if !gatewaySigned {
 		return
@@ -438,20 +472,14 @@ func (h *APIHandler) keepRotatedKey(r *http.Request, backendQuery, cleanPath str
 	answer.Body, answer.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
 }
 
-// keepRotation moves the custody of openid from old to successor, in this
-// process and, with redis, in the fleet, where the successor takes the
-// issue time (and so the expiry) of the fleet's own record of old: the
-// login wrote it a little after its memory's, and an earlier one would
-// lose to it.
-func (h *APIHandler) keepRotation(ctx context.Context, openid, old, successor string) {
-	issuedAt, ok := h.sessionKeys.replace(openid, old, successor)
-	if h.fleet == nil {
-		return
-	}
-	if shared, found, _ := h.fleet.lookupSessionKey(ctx, openid, time.Now()); found && shared.key == old {
-		issuedAt, ok = shared.issuedAt, true
-	}
-	if ok {
-		h.fleet.keepSessionKey(ctx, openid, successor, issuedAt)
+// keepRotation moves the custody of openid from old, the key the reset was
+// signed with (as looked up then), to successor, which keeps old's issue
+// time (and so its expiry, as at WeChat): in this process if old is still
+// the key kept there, and with redis in the fleet, where a newer login's
+// key wins as always.
+func (h *APIHandler) keepRotation(ctx context.Context, openid string, old keptSessionKey, successor string) {
+	h.sessionKeys.replace(openid, old.key, successor)
+	if h.fleet != nil {
+		h.fleet.keepSessionKey(ctx, openid, successor, old.issuedAt)
 	}
 }

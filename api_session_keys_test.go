@@ -53,11 +53,11 @@ func TestAPIReadsTheLoginsSessionKeys(t *testing.T) {
 		api    *APIHandler
 		openid string
 	}{{"the top-level app's", topAPI, topOpenID}, {"the app block's", secondAPI, secondOpenID}} {
-		key, refusal := tc.api.playerKey(context.Background(), tc.openid)
+		kept, refusal := tc.api.playerKey(context.Background(), tc.openid)
 		if refusal != nil {
 			t.Fatalf("wechat_api of %s WeChat app: %s", tc.name, refusal.message)
 		}
-		sum := sha1.Sum([]byte("raw" + key))
+		sum := sha1.Sum([]byte("raw" + kept.key))
 		if want, _ := sim.SignRawData(tc.openid, "raw"); hex.EncodeToString(sum[:]) != want {
 			t.Errorf("wechat_api of %s WeChat app reads a key that is not the player's latest", tc.name)
 		}

@@ -713,6 +713,14 @@ func operationCount() uint64 {
 	return uint64(sumCollected(storeMetrics.duration, func(m *dto.Metric) float64 { return float64(m.GetHistogram().GetSampleCount()) }))
 }
 
+// operationsOf is how many operation Redis operations this process has
+// made, as store_duration_seconds counts them.
+func operationsOf(operation string) uint64 {
+	var m dto.Metric
+	_ = storeMetrics.duration.WithLabelValues(operation).(prometheus.Histogram).Write(&m)
+	return m.GetHistogram().GetSampleCount()
+}
+
 // sumCollected is value summed over the metrics c collects.
 func sumCollected(c prometheus.Collector, value func(*dto.Metric) float64) float64 {
 	metrics := make(chan prometheus.Metric, 64)

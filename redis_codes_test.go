@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
@@ -669,9 +667,7 @@ return 0`, nil, 100000)
 	defer close(stop)
 	operations := func() (n uint64) {
 		for _, operation := range []string{"claim", "finish"} {
-			var m dto.Metric
-			_ = storeMetrics.duration.WithLabelValues(operation).(prometheus.Histogram).Write(&m)
-			n += m.GetHistogram().GetSampleCount()
+			n += operationsOf(operation)
 		}
 		return n
 	}

@@ -2,9 +2,17 @@ package wechatlogin
 
 import (
 	"context"
+	"crypto/sha1"
+	"encoding/hex"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
 
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/testkit"
 )
@@ -75,9 +83,9 @@ func TestFleetKeepsOnlyTheSessionKeysItReads(t *testing.T) {
 
 // TestRotationMovesTheFleetsKey: a reset at the gateway whose memory holds
 // the old key moves the fleet's record to the new key too, though the
-// login's Redis write carries a slightly later issue time than its memory
-// (it is made after the exchange): every gateway then signs with the new
-// key.
+// login's Redis write carries a slightly later issue time than its memory:
+// the reset was signed with the newer of the two records, whose time the
+// new key takes. Every gateway then signs with the new key.
 func TestRotationMovesTheFleetsKey(t *testing.T) {
 	srv := testkit.StartRedis(t)
 	ctx := context.Background()
@@ -87,11 +95,43 @@ func TestRotationMovesTheFleetsKey(t *testing.T) {
 	rotating.sessionKeys.keep("oAlice", "old-key", issued)
 	gwA.keepSessionKey(ctx, "oAlice", "old-key", issued.Add(2*time.Millisecond))
 
-	rotating.keepRotation(ctx, "oAlice", "old-key", "new-key")
+	signedWith, refusal := rotating.playerKey(ctx, "oAlice")
+	if refusal != nil || signedWith.key != "old-key" {
+		t.Fatalf("the reset is signed with %q (%v)", signedWith.key, refusal)
+	}
+	rotating.keepRotation(ctx, "oAlice", signedWith, "new-key")
 	other := &APIHandler{fleet: gwB.fleet, sessionKeys: newSessionKeyCustody()}
 	for name, h := range map[string]*APIHandler{"the gateway that rotated": rotating, "another gateway": other} {
-		if key, refusal := h.playerKey(ctx, "oAlice"); key != "new-key" {
-			t.Errorf("%s signs with %q (%v) after the rotation; want the new key", name, key, refusal)
+		if kept, refusal := h.playerKey(ctx, "oAlice"); kept.key != "new-key" {
+			t.Errorf("%s signs with %q (%v) after the rotation; want the new key", name, kept.key, refusal)
 		}
+	}
+}
+
+// TestGatewaySignedResetReadsTheKeyOnce: a reset the gateway signs reads
+// the player's key from Redis once, to sign (neither WeChat's answer nor
+// the rotation reads it again), and the fleet follows the new key.
+func TestGatewaySignedResetReadsTheKeyOnce(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	sim, endpoint := newTestSim(t)
+	login := newTestHandler(t, endpoint, withRedis(srv.Addr(), time.Second))
+	api := &APIHandler{AppID: testAppID, AppSecret: testSecret, Endpoint: endpoint,
+		Redis: &RedisConfig{Address: []string{srv.Addr()}, Timeout: caddy.Duration(time.Second)}}
+	provisionAPI(t, api)
+	openid := serveAt(login, "/wx/login?code=alice", nil).checked(t).upstream.Get("X-Wx-Openid")
+
+	lookups := operationsOf("session_key_get")
+	r, _ := newTestRequest(context.Background(), http.MethodGet, "http://127.0.0.1/wxa/resetusersessionkey?openid="+url.QueryEscape(openid), nil)
+	w := httptest.NewRecorder()
+	if err := api.ServeHTTP(w, r, nil); err != nil || w.Code != http.StatusOK || !strings.Contains(w.Body.String(), `"errcode":0`) || strings.Contains(w.Body.String(), "session_key") {
+		t.Fatalf("the reset answered %d %s (%v); want WeChat's answer without the new key", w.Code, w.Body, err)
+	}
+	if got := operationsOf("session_key_get") - lookups; got != 1 {
+		t.Errorf("a gateway-signed reset read the key from Redis %d times; want once", got)
+	}
+	kept, found, _ := api.fleet.lookupSessionKey(context.Background(), openid, time.Now())
+	sum := sha1.Sum([]byte("raw" + kept.key))
+	if want, _ := sim.SignRawData(openid, "raw"); !found || hex.EncodeToString(sum[:]) != want {
+		t.Error("after the reset, the fleet keeps a key that is not the player's latest")
 	}
 }

@@ -54,17 +54,14 @@ func (c *sessionKeyCustody) keep(openid, key string, issuedAt time.Time) {
 }
 
 // replace swaps the key WeChat rotated (resetusersessionkey) for its
-// successor, if old is still the one kept, and reports the issue time the
-// successor keeps: the old key's, since WeChat gives it the old expiry.
-func (c *sessionKeyCustody) replace(openid, old, successor string) (time.Time, bool) {
+// successor, if old is still the one kept; the successor keeps the old
+// key's issue time, since WeChat gives it the old expiry.
+func (c *sessionKeyCustody) replace(openid, old, successor string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	kept, ok := c.entries.Peek(openid)
-	if !ok || kept.key != old {
-		return time.Time{}, false
+	if kept, ok := c.entries.Peek(openid); ok && kept.key == old {
+		c.entries.Add(openid, keptSessionKey{key: successor, issuedAt: kept.issuedAt})
 	}
-	c.entries.Add(openid, keptSessionKey{key: successor, issuedAt: kept.issuedAt})
-	return kept.issuedAt, true
 }
 
 // lookup is openid's kept key, if one is kept and still within its

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"regexp"
 	"strings"
@@ -33,13 +34,31 @@ func startCustodyGateway(t *testing.T, appID, secret string) (*wechatsim.Server,
 	sim, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{
 		{AppID: appID, Secret: secret, AppKey: custodyAppKey, SandboxAppKey: custodySandboxAppKey},
 	}})
+	startCustodyCaddy(t, appID, secret, simURL)
+	return sim, simURL
+}
+
+// startCustodyCaddy is startCustodyGateway's Caddy, with WeChat at
+// endpoint. Every wechat_api answer carries X-Request-Uri: the request's
+// {http.request.uri} once wechat_api is done, as a log line or an error
+// page written after it would show it.
+func startCustodyCaddy(t *testing.T, appID, secret, endpoint string) {
+	t.Helper()
 	backend := testkit.NewBackend(t, nil)
 	payment := fmt.Sprintf("virtual_payment {\n\t\tapp_key %s\n\t\tsandbox_app_key %s\n\t}", custodyAppKey, custodySandboxAppKey)
 	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(
-		testkit.Route("game", appID, secret, simURL, backend),
-		testkit.Handle("", wechatAPI(appID, secret, simURL, payment)),
+		testkit.Route("game", appID, secret, endpoint, backend),
+		testkit.Handle("", "header {\n\tdefer\n\tX-Request-Uri {http.request.uri}\n}", wechatAPI(appID, secret, endpoint, payment)),
 	))
-	return sim, simURL
+}
+
+// assertRequestURI checks that once wechat_api was done, the request's
+// URI was still the backend's: none of the signatures the gateway added.
+func assertRequestURI(t *testing.T, resp testkit.Response, want string) {
+	t.Helper()
+	if got := resp.Header.Get("X-Request-Uri"); got != want {
+		t.Errorf("after wechat_api, {http.request.uri} of %s is %q; want the backend's %q", resp.Request.URL.Path, got, want)
+	}
 }
 
 // login logs the player in through the gateway with code.
@@ -147,8 +166,10 @@ func TestPaymentsAreSignedOnTheWay(t *testing.T) {
 
 	resp := testkit.Send(t, http.MethodPost, "/wxa/game/getbalance", strings.NewReader(body(alice, "")), "Content-Type: application/json")
 	assertErrcode(t, resp, 0)
-	resp = testkit.Send(t, http.MethodPost, "/wxa/game/pay", strings.NewReader(body(alice, `, "amount": 3, "bill_no": "order-1"`)), "Content-Type: application/json")
+	assertRequestURI(t, resp, "/wxa/game/getbalance")
+	resp = testkit.Send(t, http.MethodPost, "/wxa/game/pay?sig_method=hmac_sha256", strings.NewReader(body(alice, `, "amount": 3, "bill_no": "order-1"`)), "Content-Type: application/json")
 	assertErrcode(t, resp, 0)
+	assertRequestURI(t, resp, "/wxa/game/pay?sig_method=hmac_sha256")
 	if got := sim.Balance(appID, alice, wechatsim.EnvSandbox); got != 7 {
 		t.Errorf("balance after paying 3 of 10: %d", got)
 	}
@@ -172,6 +193,25 @@ func TestPaymentsAreSignedOnTheWay(t *testing.T) {
 	paySig, signature := signed["pay_sig"].(string), signed["signature"].(string)
 	if code := sim.RequestMidasPaymentGameItem(appID, alice, signData, paySig, signature); code != 0 {
 		t.Errorf("wx.requestMidasPaymentGameItem with the gateway's signatures failed: %d", code)
+	}
+	// signData names the env the client pays in (0 when it names none): a
+	// request for another env, whose AppKey would make a pay_sig the client
+	// cannot use, is refused; so is a signData that is not JSON.
+	withoutEnv := strings.Replace(signData, `"env":1,`, "", 1)
+	for _, refused := range []map[string]any{
+		{"openid": alice, "sign_data": signData, "env": 0},
+		{"openid": alice, "sign_data": withoutEnv, "env": 1},
+		{"openid": alice, "sign_data": strings.Replace(signData, `"env":1`, `"env":"1"`, 1), "env": 1},
+		{"openid": alice, "sign_data": "mode=goods&env=1", "env": 1},
+	} {
+		resp := gatewayCall(t, "sign", refused)
+		if err := testkit.CheckRefusal(resp, http.StatusBadRequest, "invalid_request"); err != nil || !strings.Contains(string(resp.Body), "env") {
+			t.Errorf("sign of %v: %v; want 400 invalid_request about env (%v)", refused, resp, err)
+		}
+	}
+	production := decodeFields(t, gatewayCall(t, "sign", map[string]any{"openid": alice, "sign_data": withoutEnv, "env": 0}))
+	if code := sim.RequestMidasPaymentGameItem(appID, alice, withoutEnv, production["pay_sig"].(string), production["signature"].(string)); code != 0 {
+		t.Errorf("wx.requestMidasPaymentGameItem of a signData without env, signed for env 0, failed: %d", code)
 	}
 	mac := hmac.New(sha256.New, []byte(custodySandboxAppKey))
 	mac.Write([]byte("requestMidasPaymentGameItem&" + signData))
@@ -202,20 +242,12 @@ func TestSessionKeyChecksAndRotation(t *testing.T) {
 	sim, simURL := startCustodyGateway(t, appID, secret)
 	alice := wechatsim.OpenID(appID, "alice")
 	login(t, "alice.1")
-	if verdict := decodeFields(t, gatewayCall(t, "check_session", map[string]string{"openid": alice})); verdict["valid"] != true {
-		t.Errorf("check_session after a login: %v", verdict)
-	}
+	assertSessionValid(t, alice, "after a login")
 
 	resp := testkit.Get(t, "/wxa/resetusersessionkey?openid="+url.QueryEscape(alice))
-	assertErrcode(t, resp, 0)
-	var answer map[string]any
-	_ = json.Unmarshal(resp.Body, &answer)
-	if _, has := answer["session_key"]; has || answer["openid"] != alice || len(resp.Leaks()) > 0 {
-		t.Errorf("the backend got %s; want WeChat's answer without the new key", resp.Body)
-	}
-	if verdict := decodeFields(t, gatewayCall(t, "check_session", map[string]string{"openid": alice})); verdict["valid"] != true {
-		t.Errorf("check_session after a reset: %v; the custody did not follow the new key", verdict)
-	}
+	assertResetWithoutKey(t, resp, alice)
+	assertRequestURI(t, resp, "/wxa/resetusersessionkey?openid="+url.QueryEscape(alice))
+	assertSessionValid(t, alice, "after a reset (the custody must follow the new key)")
 	sim.Deposit(appID, alice, wechatsim.EnvProduction, 1)
 	body := fmt.Sprintf(`{"openid":%q,"offer_id":"1","ts":1700000000,"zone_id":"1","env":0,"user_ip":"127.0.0.1"}`, alice)
 	assertErrcode(t, testkit.Send(t, http.MethodPost, "/wxa/game/getbalance", strings.NewReader(body), "Content-Type: application/json"), 0)
@@ -228,6 +260,76 @@ func TestSessionKeyChecksAndRotation(t *testing.T) {
 	direct.Body.Close()
 	if verdict := decodeFields(t, gatewayCall(t, "check_session", map[string]string{"openid": alice})); verdict["valid"] != false {
 		t.Errorf("check_session after a login the gateway never saw: %v; want valid false", verdict)
+	}
+}
+
+// TestResetSignedByTheGatewayDuringALogin: WeChat has reset the key the
+// gateway signed with, and while its answer is on the way the player logs
+// in again: the backend still gets the answer without the new key (the
+// gateway signed, whatever it keeps by then), and the custody keeps the
+// newer login's key.
+func TestResetSignedByTheGatewayDuringALogin(t *testing.T) {
+	const appID, secret = "wxresetrace", "resetrace-secret"
+	sim, _ := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{{AppID: appID, Secret: secret}}})
+	// WeChat answers the reset at once; the gate holds the answer.
+	answers := make(chan *httptest.ResponseRecorder, 1)
+	gate := testkit.NewGate(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		answer := <-answers
+		w.WriteHeader(answer.Code)
+		_, _ = w.Write(answer.Body.Bytes())
+	}))
+	wechat := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/wxa/resetusersessionkey" {
+			sim.ServeHTTP(w, r)
+			return
+		}
+		answer := httptest.NewRecorder()
+		sim.ServeHTTP(answer, r)
+		answers <- answer
+		gate.Config.Handler.ServeHTTP(w, r)
+	}))
+	t.Cleanup(wechat.Close)
+	startCustodyCaddy(t, appID, secret, wechat.URL)
+	alice := wechatsim.OpenID(appID, "alice")
+	login(t, "alice.1")
+
+	reset := make(chan testkit.Response, 1)
+	go func() {
+		resp, err := testkit.Fetch(context.Background(), http.MethodGet, "/wxa/resetusersessionkey?openid="+url.QueryEscape(alice), nil)
+		if err != nil {
+			t.Error(err)
+		}
+		reset <- resp
+	}()
+	gate.AwaitArrivals(t, 1)
+	login(t, "alice.2")
+	gate.Open()
+	resp := <-reset
+	if resp.Response == nil {
+		t.FailNow()
+	}
+	assertResetWithoutKey(t, resp, alice)
+	assertSessionValid(t, alice, "after the reset and a newer login (the custody must keep the newer login's key)")
+}
+
+// assertResetWithoutKey checks that resp is WeChat's answer to a reset of
+// openid's key, without the new key.
+func assertResetWithoutKey(t *testing.T, resp testkit.Response, openid string) {
+	t.Helper()
+	assertErrcode(t, resp, 0)
+	var answer map[string]any
+	_ = json.Unmarshal(resp.Body, &answer)
+	if _, has := answer["session_key"]; has || answer["openid"] != openid || len(resp.Leaks()) > 0 {
+		t.Errorf("the backend got %s; want WeChat's answer without the new key", resp.Body)
+	}
+}
+
+// assertSessionValid checks that check_session finds the kept key of
+// openid valid at WeChat.
+func assertSessionValid(t *testing.T, openid, when string) {
+	t.Helper()
+	if verdict := decodeFields(t, gatewayCall(t, "check_session", map[string]string{"openid": openid})); verdict["valid"] != true {
+		t.Errorf("check_session %s: %v; want valid", when, verdict)
 	}
 }
 
@@ -259,9 +361,7 @@ func TestResetSignedByTheBackendKeepsItsNewKey(t *testing.T) {
 	if json.Unmarshal(resp.Body, &answer) != nil || answer.SessionKey == "" || answer.SessionKey == key {
 		t.Errorf("the backend that signed the reset got %s; want WeChat's answer with the new key", resp.Body)
 	}
-	if verdict := decodeFields(t, gatewayCall(t, "check_session", map[string]string{"openid": alice})); verdict["valid"] != true {
-		t.Errorf("check_session after the backend's reset: %v; the custody did not follow the new key", verdict)
-	}
+	assertSessionValid(t, alice, "after the backend's reset (the custody must follow the new key)")
 }
 
 // TestFleetSignsWithAnotherGatewaysLogin: a player logs in at gateway A;
