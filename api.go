@@ -44,22 +44,6 @@ const (
 	apiRetryAfter = 5 * time.Second
 )
 
-// wechat_api's own error codes; the others are wechat_login's.
-const (
-	// refusalTokenUnavailable: WeChat gives no access token.
-	refusalTokenUnavailable = "wechat_token_unavailable"
-	// refusalBrowserRequestRefused: the request came from a web browser.
-	refusalBrowserRequestRefused = "browser_request_refused"
-	// refusalHostNotAllowed: the request's Host is not one a backend uses.
-	refusalHostNotAllowed = "host_not_allowed"
-	// refusalSessionKeyUnknown: the gateway keeps no session_key for the
-	// player its endpoint was asked about.
-	refusalSessionKeyUnknown = "session_key_unknown"
-	// refusalDecryptFailed: encryptedData did not open with the player's
-	// key, or not as data for this app.
-	refusalDecryptFailed = "decrypt_failed"
-)
-
 // APIHandler is the wechat_api HTTP handler: it sends each request on to
 // WeChat's server API with the app's access_token set, so that backends call
 // WeChat without managing tokens, as they do on WeChat Cloud Hosting. It
@@ -279,7 +263,7 @@ func (h *APIHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 	if refusal := h.notFromABackend(r); refusal != nil {
 		h.logger.Debug("wechat_api refused a request not from a backend", zap.String("app_id", h.AppID),
 			zap.String("result", refusal.code), zap.String("host", r.Host), zap.String("origin", r.Header.Get("Origin")))
-		return h.refuse(w, r, refusal)
+		return refuse(w, r, refusal, h.metrics.call)
 	}
 	// What is checked is what is sent: the path cleaned, in the characters
 	// WeChat's API paths are made of, and compared ignoring case, so that
@@ -288,7 +272,7 @@ func (h *APIHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 	// secret (and invalidates the fleet's token).
 	cleanPath := path.Clean("/" + r.URL.Path)
 	if !isAPIPath(cleanPath) {
-		return h.refuse(w, r, badRequest("not a WeChat API path"))
+		return refuse(w, r, badRequest("not a WeChat API path"), h.metrics.call)
 	}
 	r.URL.Path, r.URL.RawPath = cleanPath, ""
 	if strings.HasPrefix(cleanPath, gatewayPathPrefix) {
@@ -297,7 +281,7 @@ func (h *APIHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 	if strings.EqualFold(cleanPath, classicTokenPath) || strings.EqualFold(cleanPath, stableTokenPath) {
 		t, err := h.tokens.token(r.Context(), time.Duration(h.Timeout))
 		if err != nil {
-			return h.refuse(w, r, tokenRefusal(err))
+			return refuse(w, r, apiRefuser.refusal(err, time.Now()), h.metrics.call)
 		}
 		h.metrics.call(callToken)
 		return writeTokenAnswer(w, t, h.tokens.now())
@@ -307,7 +291,7 @@ func (h *APIHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 	answer, outcome, refusal := h.call(r, cleanPath)
 	if refusal != nil {
 		h.logCall(r, refusal.status, refusal.code, start)
-		return h.refuse(w, r, refusal)
+		return refuse(w, r, refusal, h.metrics.call)
 	}
 	defer answer.Body.Close()
 	h.keepRotatedKey(r, backendQuery, cleanPath, answer)
@@ -359,18 +343,6 @@ func (h *APIHandler) hostAllowed(r *http.Request) bool {
 	return strings.EqualFold(host, "localhost") || h.allowedHosts[strings.ToLower(host)]
 }
 
-// refuse answers with the documented JSON error, or records 499 when the
-// client has gone, so that the access log reflects the disconnect.
-func (h *APIHandler) refuse(w http.ResponseWriter, r *http.Request, e *jsonRefusal) error {
-	if r.Context().Err() != nil {
-		w.WriteHeader(statusClientClosedRequest)
-		return nil
-	}
-	h.metrics.call(e.code)
-	e.write(w)
-	return nil
-}
-
 // call sends r on to WeChat with the app's token, and once more with a new
 // token if WeChat refuses the first (the refused call did nothing). It
 // returns WeChat's answer and the outcome, or the refusal to send instead.
@@ -392,7 +364,7 @@ func (h *APIHandler) call(r *http.Request, cleanPath string) (*http.Response, st
 	}
 	t, terr := h.tokens.token(ctx, timeout)
 	if terr != nil {
-		return nil, "", tokenRefusal(terr)
+		return nil, "", apiRefuser.refusal(terr, time.Now())
 	}
 	answer, refusal := h.send(r, body, t)
 	if refusal != nil {
@@ -411,7 +383,7 @@ func (h *APIHandler) call(r *http.Request, cleanPath string) (*http.Response, st
 	next, terr := h.tokens.replace(ctx, timeout, t, errcode, cleanPath)
 	if terr != nil {
 		answer.Body.Close()
-		return nil, "", tokenRefusal(terr)
+		return nil, "", apiRefuser.refusal(terr, time.Now())
 	}
 	if next.value == t.value {
 		// WeChat takes the token: the API refused something else the call
@@ -460,7 +432,7 @@ func (h *APIHandler) send(r *http.Request, body requestBody, t accessToken) (*ht
 	answer, err := h.client.Do(req)
 	if err != nil {
 		// transportError keeps nothing of the URL, which holds the token.
-		return nil, callRefusal(transportError(ctx, err))
+		return nil, apiRefuser.refusal(transportError(ctx, err), time.Now())
 	}
 	return answer, nil
 }
@@ -593,31 +565,6 @@ func writeTokenAnswer(w http.ResponseWriter, t accessToken, now time.Time) error
 		ExpiresIn   int64  `json:"expires_in"`
 	}{t.value, max(int64(t.usableUntil().Sub(now)/time.Second), 1)}
 	return writeJSON(w, http.StatusOK, wechatJSONType, body)
-}
-
-// tokenRefusal maps a failure to get a token to the documented refusal.
-func tokenRefusal(err *platformError) *jsonRefusal {
-	switch {
-	case err.kind == kindBadResponse:
-		return newRefusal(http.StatusBadGateway, refusalTokenUnavailable, "WeChat's answer holds no access token the gateway can use")
-	case err.retryable():
-		return callRefusal(err)
-	}
-	e := newRefusal(http.StatusBadGateway, refusalTokenUnavailable, "WeChat gives no access token; the operator has been told")
-	e.errcode, e.hasErrcode = err.errcode, true
-	return e
-}
-
-// callRefusal maps a WeChat call that got no answer, or errcode -1, to the
-// documented refusal.
-func callRefusal(err *platformError) *jsonRefusal {
-	if err.kind == kindTimeout {
-		return newRefusal(http.StatusGatewayTimeout, refusalTimeout, "WeChat did not answer in time")
-	}
-	e := newRefusal(http.StatusServiceUnavailable, refusalUnavailable, "WeChat is unavailable; retry later")
-	e.retryAfter = apiRetryAfter
-	e.errcode, e.hasErrcode = err.errcode, err.hasErrcode
-	return e
 }
 
 // Interface guards

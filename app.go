@@ -87,6 +87,7 @@ type loginApp struct {
 	endpoint  string // canonical
 	secret    string // resolved
 	client    *exchangeClient
+	failures  failureRefuser // of client's failed exchanges
 	players   budgetStore
 	codes     codeStore
 	state     *appState
@@ -139,6 +140,7 @@ func (h *Handler) attachApp(ctx caddy.Context, cfg *PlatformApp, secret string) 
 			sleep:      sleepContext,
 		},
 	}
+	app.failures = loginRefuser(p, app.client.retry)
 	app.stateKey = stateKey(app.appID, app.endpoint, secret)
 	value, _, _ := appStates.LoadOrNew(app.stateKey, func() (caddy.Destructor, error) { return newAppState(), nil })
 	app.state = value.(*appState)

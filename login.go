@@ -93,7 +93,7 @@ func (h *Handler) authenticateLogin(r *http.Request, app *loginApp, presented pr
 	}
 	switch {
 	case res.failure != nil:
-		return Identity{}, failureRefusal(app.platform, res.failure, app.client.retry, h.now())
+		return Identity{}, app.failures.refusal(res.failure, h.now())
 	case res.budgetWait > 0:
 		return Identity{}, playerRateLimited(res.budgetWait)
 	}
@@ -179,7 +179,7 @@ func playerRateLimited(wait time.Duration) *jsonRefusal {
 func (h *Handler) logExchange(app *loginApp, attempts int, elapsed time.Duration, err *platformError) {
 	level, msg, result := zapcore.DebugLevel, "wechat exchange", loginOK
 	if err != nil {
-		result = failureRefusals[err.kind].code
+		result = app.failures.code(err)
 	}
 	if err != nil && err.kind == kindMisconfigured {
 		level, msg = zapcore.ErrorLevel, app.platform.name+" refused the configured app_id or app_secret"
