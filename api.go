@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -17,22 +16,15 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
 
 func init() {
 	caddy.RegisterModule(APIHandler{})
-	httpcaddyfile.RegisterHandlerDirective("wechat_api", parseAPICaddyfile)
-	// Ordered like wechat_login, so users need no `order` option.
-	httpcaddyfile.RegisterDirectiveOrder("wechat_api", httpcaddyfile.Before, "basic_auth")
 }
 
 const (
-	defaultAPITimeout = 5 * time.Second
-	maxAPITimeout     = time.Minute
 	// maxRepeatableBody: a request body up to this size is kept in memory, so
 	// that the call can be repeated with a new token if WeChat refuses the
 	// first; a larger one (a media upload) is streamed, and not repeated.
@@ -102,84 +94,14 @@ func (APIHandler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-func parseAPICaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	a := new(APIHandler)
-	err := a.UnmarshalCaddyfile(h.Dispenser)
-	return a, err
-}
-
-// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
-//
-//	wechat_api [<matcher>] {
-//		app_id     <appid>
-//		app_secret <secret>
-//		endpoint   <base-url>
-//		timeout    <duration>
-//		redis      { … }
-//		virtual_payment {
-//			app_key         <key>
-//			sandbox_app_key <key>
-//		}
-//		allow_host <name>...
-//	}
-func (h *APIHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	return eachAppSubdirective(d, &h.AppID, &h.AppSecret, func(sub string) error {
-		var err error
-		switch sub {
-		case "endpoint":
-			h.Endpoint, err = stringArg(d, checkEndpoint)
-		case "timeout":
-			h.Timeout, err = durationArg(d, checkAPITimeout)
-		case "redis":
-			h.Redis, err = parseRedisBlock(d)
-		case "virtual_payment":
-			h.VirtualPayment, err = parseVirtualPaymentBlock(d)
-		case "allow_host":
-			if h.AllowHosts = d.RemainingArgs(); len(h.AllowHosts) == 0 {
-				return d.Errf("allow_host: missing value")
-			}
-			if err = checkAllowHosts(h.AllowHosts); err != nil {
-				err = d.WrapErr(err)
-			}
-		default:
-			err = d.Errf("unrecognized subdirective: %s", sub)
-		}
-		return err
-	})
-}
-
-// checkAllowHosts accepts host names as DNS, /etc/hosts, Docker and
-// Kubernetes spell them: letters, digits, '.', '-' and '_', no port.
-func checkAllowHosts(names []string) error {
-	for _, name := range names {
-		if name == "" || len(name) > 253 || strings.TrimLeft(strings.ToLower(name), "abcdefghijklmnopqrstuvwxyz0123456789.-_") != "" {
-			return fmt.Errorf("allow_host: %q is not a host name (letters, digits, '.', '-' and '_', without a port)", name)
-		}
-	}
-	return nil
-}
-
-func checkAPITimeout(timeout caddy.Duration) error {
-	if timeout <= 0 || time.Duration(timeout) > maxAPITimeout {
-		return fmt.Errorf("timeout must be positive and at most %s", maxAPITimeout)
-	}
-	return nil
-}
-
-// Provision sets defaults, resolves the secret and attaches the app's token
-// manager.
+// Provision sets defaults, resolves the secrets and attaches the app's
+// token manager and kept session_keys, shared across reloads.
 func (h *APIHandler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	if h.Endpoint == "" {
-		h.Endpoint = defaultEndpoint
-	}
-	if h.Timeout == 0 {
-		h.Timeout = caddy.Duration(defaultAPITimeout)
-	}
-	h.secret = caddy.NewReplacer().ReplaceKnown(h.AppSecret, "")
-	h.appKeys = h.VirtualPayment.appKeys(caddy.NewReplacer())
-	// The shared token manager is only touched by a valid config, so a bad
-	// reload cannot disturb the running one.
+	h.setDefaults()
+	h.resolveSecrets()
+	// Shared state is only touched by a valid config, so a bad reload
+	// cannot disturb the running one.
 	if err := h.Validate(); err != nil {
 		return err
 	}
@@ -217,24 +139,6 @@ func (h *APIHandler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.tokens, h.tokensKey = manager.(*tokenManager), key
-	return nil
-}
-
-// Validate refuses a config that cannot work, naming the field at fault.
-func (h *APIHandler) Validate() error {
-	for _, err := range []error{
-		checkAppID(h.AppID),
-		checkAppSecret(h.AppSecret, h.secret),
-		checkEndpoint(h.Endpoint),
-		checkAPITimeout(h.Timeout),
-		checkRedis(h.Redis),
-		checkVirtualPayment(h.VirtualPayment, h.appKeys),
-		checkAllowHosts(h.AllowHosts),
-	} {
-		if err != nil {
-			return err
-		}
-	}
 	return nil
 }
 
@@ -573,6 +477,5 @@ var (
 	_ caddy.Validator             = (*APIHandler)(nil)
 	_ caddy.CleanerUpper          = (*APIHandler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*APIHandler)(nil)
-	_ caddyfile.Unmarshaler       = (*APIHandler)(nil)
 	_ caddy.Destructor            = (*tokenManager)(nil)
 )
