@@ -277,7 +277,7 @@ func TestSessionRejectionReasonsAreCounted(t *testing.T) {
 		{"wrong_audience", signed(fmt.Sprintf(`"exp":%d,"aud":"api"`, now+3600))},
 		{"other_app", issueToken(newTestSessionTokens(clock, "wxanotherapp", sessionSecret), aliceIdentity)},
 	} {
-		counter := wechatMetrics.sessionsRejected.WithLabelValues(testAppID, tc.reason)
+		counter := loginCollectors().sessionsRejected.WithLabelValues(testAppID, tc.reason)
 		before := counterValue(counter)
 		r, _ := newTestRequest(context.Background(), http.MethodGet, "/game/state", nil)
 		if tc.token != "" {
@@ -312,7 +312,7 @@ func TestSessionRejectionsCountUnderTheTokensApp(t *testing.T) {
 		{testAppID, "missing", ""},
 		{testAppID, "other_app", signRaw(`{"alg":"HS256"}`, fmt.Sprintf(`{"sub":"o1","appid":"ttunittest","exp":%d}`, now+3600), sessionSecret)},
 	} {
-		counter := wechatMetrics.sessionsRejected.WithLabelValues(tc.appID, tc.reason)
+		counter := loginCollectors().sessionsRejected.WithLabelValues(tc.appID, tc.reason)
 		before := counterValue(counter)
 		res := serveAt(h, "/game/state", bearerHeader(tc.token))
 		if res.w.Code != http.StatusUnauthorized {
