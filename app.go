@@ -97,7 +97,7 @@ type loginApp struct {
 	stateKey    string
 	release     func() // ends this app's leases on the shared state
 	fleet       *fleet // nil without a redis block
-	metrics     *appMetrics
+	metrics     *loginMetrics
 	// appIDPlaceholder is appID as the placeholder's value, boxed once
 	// rather than on every request.
 	appIDPlaceholder any
@@ -158,7 +158,7 @@ func (h *Handler) attachApp(ctx caddy.Context, cfg *PlatformApp, secret string) 
 	app.players = newMemoryBudget(app.state.players, app.budget, h.now)
 	local := memoryCodes{table: app.state.codes, ttl: cacheTTL, flights: &app.state.flights, now: h.now, players: app.players}
 	app.codes = local
-	metrics, err := newAppMetrics(ctx.GetMetricsRegistry(), app.appID)
+	metrics, err := newLoginMetrics(ctx.GetMetricsRegistry(), app.appID)
 	if err != nil {
 		return app, err
 	}

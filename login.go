@@ -100,9 +100,9 @@ func (h *Handler) authenticateLogin(r *http.Request, app *loginApp, presented pr
 	return res.id, nil
 }
 
-// clientGone is the refusal recorded when the client hung up before its
-// login was decided: 499, as reverse_proxy records it, so the access log
-// shows the disconnect. Nobody reads the body.
+// clientGone is the decision of a login whose client hung up before it was
+// decided: refuse, which sees the request's context done, records 499 and
+// counts nothing. Nobody reads the body.
 func clientGone() *jsonRefusal {
 	return newRefusal(statusClientClosedRequest, refusalInvalidRequest, "the client went away")
 }

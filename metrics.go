@@ -20,9 +20,9 @@ var loginCollectors = sync.OnceValue(func() *loginCollectorSet {
 		return newCounterVec("wechat_login", name, help, labels...)
 	}
 	return &loginCollectorSet{
-		logins:        counter("logins_total", "Logins by result: ok or the error code of the response.", "result"),
-		wechatCalls:   counter("wechat_calls_total", "Calls made to jscode2session, retries included."),
-		wechatRetries: counter("wechat_retries_total", "Calls to jscode2session that were retries."),
+		logins:          counter("logins_total", "Logins by result: ok or the error code of the response.", "result"),
+		exchangeCalls:   counter("wechat_calls_total", "Calls made to jscode2session, retries included."),
+		exchangeRetries: counter("wechat_retries_total", "Calls to jscode2session that were retries."),
 		exchangeDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "caddy", Subsystem: "wechat_login", Name: "exchange_duration_seconds",
 			Help:    "Time to exchange a code at WeChat, retries included.",
@@ -38,8 +38,8 @@ var loginCollectors = sync.OnceValue(func() *loginCollectorSet {
 
 type loginCollectorSet struct {
 	logins           *prometheus.CounterVec
-	wechatCalls      *prometheus.CounterVec
-	wechatRetries    *prometheus.CounterVec
+	exchangeCalls    *prometheus.CounterVec
+	exchangeRetries  *prometheus.CounterVec
 	exchangeDuration *prometheus.HistogramVec
 	budgetRejections *prometheus.CounterVec
 	cacheHits        *prometheus.CounterVec
@@ -87,30 +87,30 @@ func registerAll(registry *prometheus.Registry, collectors ...prometheus.Collect
 	return nil
 }
 
-// appMetrics are wechat_login's collectors' children for one app_id,
+// loginMetrics are wechat_login's collectors' children for one app,
 // resolved once at provision so that the hot path does no label lookups.
-type appMetrics struct {
+type loginMetrics struct {
 	appID            string
 	loginsOK         prometheus.Counter
-	wechatCalls      prometheus.Counter
-	wechatRetries    prometheus.Counter
+	exchangeCalls    prometheus.Counter
+	exchangeRetries  prometheus.Counter
 	exchangeDuration prometheus.Observer
 	cacheHits        prometheus.Counter
 	coalescedLogins  prometheus.Counter
 	sessionsIssued   prometheus.Counter
 }
 
-func newAppMetrics(registry *prometheus.Registry, appID string) (*appMetrics, error) {
+func newLoginMetrics(registry *prometheus.Registry, appID string) (*loginMetrics, error) {
 	m := loginCollectors()
-	if err := registerAll(registry, m.logins, m.wechatCalls, m.wechatRetries, m.exchangeDuration,
+	if err := registerAll(registry, m.logins, m.exchangeCalls, m.exchangeRetries, m.exchangeDuration,
 		m.budgetRejections, m.cacheHits, m.coalesced, m.sessionsIssued, m.sessionsRejected); err != nil {
 		return nil, err
 	}
-	return &appMetrics{
+	return &loginMetrics{
 		appID:            appID,
 		loginsOK:         m.logins.WithLabelValues(appID, loginOK),
-		wechatCalls:      m.wechatCalls.WithLabelValues(appID),
-		wechatRetries:    m.wechatRetries.WithLabelValues(appID),
+		exchangeCalls:    m.exchangeCalls.WithLabelValues(appID),
+		exchangeRetries:  m.exchangeRetries.WithLabelValues(appID),
 		exchangeDuration: m.exchangeDuration.WithLabelValues(appID),
 		cacheHits:        m.cacheHits.WithLabelValues(appID),
 		coalescedLogins:  m.coalesced.WithLabelValues(appID),
@@ -123,7 +123,7 @@ const loginOK = "ok"
 
 // login counts a finished login; result is loginOK or a documented error
 // code.
-func (m *appMetrics) login(result string) {
+func (m *loginMetrics) login(result string) {
 	if result == loginOK {
 		m.loginsOK.Inc() // every successful login: resolved once
 		return
@@ -131,23 +131,23 @@ func (m *appMetrics) login(result string) {
 	loginCollectors().logins.WithLabelValues(m.appID, result).Inc()
 }
 
-func (m *appMetrics) exchanged(attempts int, elapsed time.Duration) {
-	m.wechatCalls.Add(float64(attempts))
+func (m *loginMetrics) exchanged(attempts int, elapsed time.Duration) {
+	m.exchangeCalls.Add(float64(attempts))
 	if attempts > 1 {
-		m.wechatRetries.Add(float64(attempts - 1))
+		m.exchangeRetries.Add(float64(attempts - 1))
 	}
 	m.exchangeDuration.Observe(elapsed.Seconds())
 }
 
-func (m *appMetrics) budgetRejected(budget string) {
+func (m *loginMetrics) budgetRejected(budget string) {
 	loginCollectors().budgetRejections.WithLabelValues(m.appID, budget).Inc()
 }
 
-func (m *appMetrics) cacheHit()      { m.cacheHits.Inc() }
-func (m *appMetrics) coalesced()     { m.coalescedLogins.Inc() }
-func (m *appMetrics) sessionIssued() { m.sessionsIssued.Inc() }
+func (m *loginMetrics) cacheHit()      { m.cacheHits.Inc() }
+func (m *loginMetrics) coalesced()     { m.coalescedLogins.Inc() }
+func (m *loginMetrics) sessionIssued() { m.sessionsIssued.Inc() }
 
-func (m *appMetrics) sessionRejected(reason string) {
+func (m *loginMetrics) sessionRejected(reason string) {
 	loginCollectors().sessionsRejected.WithLabelValues(m.appID, reason).Inc()
 }
 
