@@ -143,16 +143,21 @@ func (f *fakePlatforms) last() url.Values {
 }
 
 const (
-	douyinExchangePath = "/douyin/mgplatform/api/apps/jscode2session"
-	qqExchangePath     = "/qq/sns/jscode2session"
+	douyinExchangePath   = "/douyin/mgplatform/api/apps/jscode2session"
+	qqExchangePath       = "/qq/sns/jscode2session"
+	taptapExchangePath   = "/taptap/auth/v1/jscode2session"
+	bilibiliExchangePath = "/bilibili/api/sns/jscode2session"
 )
 
-// withPlatformApps adds a Douyin and a QQ app at the fake's endpoint.
+// withPlatformApps adds a Douyin, a QQ, a TapTap and a Bilibili app at the
+// fake's endpoint.
 func withPlatformApps(endpoint string) func(*Handler) {
 	return func(h *Handler) {
 		h.Apps = []*PlatformApp{
 			{Platform: "douyin", AppID: "ttunittest", AppSecret: "douyin-unit-secret", Endpoint: endpoint + "/douyin"},
 			{Platform: "qq", AppID: "1110000001", AppSecret: "qq-unit-secret", Endpoint: endpoint + "/qq"},
+			{Platform: "taptap", AppID: "tapunittest", AppSecret: "taptap-unit-secret", Endpoint: endpoint + "/taptap"},
+			{Platform: "bilibili", AppID: "biliunittest", AppSecret: "bilibili-unit-secret", Endpoint: endpoint + "/bilibili"},
 		}
 	}
 }
@@ -374,6 +379,12 @@ func TestPlatformErrorsAreRefusedByKind(t *testing.T) {
 		{qqExchangePath, "/qq/login", `{"errcode":40029,"errmsg":"invalid code"}`, 401, refusalInvalidCode, 40029, "call qq.login again"},
 		{qqExchangePath, "/qq/login", `{"errcode":45011,"errmsg":"api minute-quota reach limit"}`, 429, refusalRateLimited, 45011, "QQ's per-player login limit"},
 		{qqExchangePath, "/qq/login", `{"errcode":-1,"errmsg":"system busy"}`, 503, refusalUnavailable, -1, "QQ is busy"},
+		// TapTap's error table says 1040029, its sample 40029.
+		{taptapExchangePath, "/tap/login", `{"errcode":1040029,"errmsg":"invalid code"}`, 401, refusalInvalidCode, 1040029, "call tap.login again"},
+		{taptapExchangePath, "/tap/login", `{"errcode":40029,"errmsg":"invalid code"}`, 401, refusalInvalidCode, 40029, "call tap.login again"},
+		{bilibiliExchangePath, "/bili/login", `{"errcode":40029,"errmsg":"invalid code"}`, 401, refusalInvalidCode, 40029, "call bl.login again"},
+		{bilibiliExchangePath, "/bili/login", `{"errcode":40001,"errmsg":"invalid appsecret"}`, 502, refusalMisconfigured, 40001, "misconfigured"},
+		{bilibiliExchangePath, "/bili/login", `{"errcode":-1,"errmsg":"system busy"}`, 503, refusalUnavailable, -1, "Bilibili is busy"},
 	} {
 		fake.set(tc.path, tc.answer)
 		res := serveAt(h, tc.login+"?code=player."+string(rune('a'+i)), nil).checked(t)

@@ -10,120 +10,169 @@ import (
 	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
 )
 
-// The apps of one game on three platforms, as the simulator knows them.
+// The apps of one game on every platform, as the simulator knows them.
 var (
 	gameOnWechat = wechatsim.App{AppID: "wxplatformsgame", Secret: "platforms-wechat-secret", UnionBound: true}
 	gameOnDouyin = wechatsim.App{Platform: wechatsim.Douyin, AppID: "ttplatformsgame", Secret: "platforms-douyin-secret", UnionBound: true}
-	gameOnQQ     = wechatsim.App{Platform: wechatsim.QQ, AppID: "1112223334", Secret: "platforms-qq-secret"}
 )
 
+// gameApps are the game's apps beside WeChat, each with the errcodes its
+// platform documents for an invalid code and past its per-player quota (0
+// where it documents none).
+var gameApps = []struct {
+	app                    wechatsim.App
+	invalidCode, overQuota int
+}{
+	{gameOnDouyin, 40018, 0},
+	{wechatsim.App{Platform: wechatsim.QQ, AppID: "1112223334", Secret: "platforms-qq-secret"}, 40029, 45011},
+	{wechatsim.App{Platform: wechatsim.TapTap, AppID: "tapplatformsgame", Secret: "platforms-taptap-secret", UnionBound: true}, 1040029, 0},
+	{wechatsim.App{Platform: wechatsim.Bilibili, AppID: "biliplatformsgame", Secret: "platforms-bilibili-secret"}, 40029, 0},
+}
+
+// playerBudget is every game app's player budget in these tests.
+const playerBudget = 3
+
 // startPlatformsGateway starts Caddy with one wechat_login serving the
-// game's WeChat, Douyin and QQ apps against the simulator, with sessions
-// (and the session options given), in front of a backend.
+// game's apps on every platform against the simulator, each with a budget
+// of playerBudget logins per player per minute, a busy platform retried
+// once, and sessions (with the session options given), in front of a
+// backend.
 func startPlatformsGateway(t *testing.T, sessionOptions []string, more ...string) (*wechatsim.Server, *testkit.Backend) {
 	t.Helper()
-	sim, simURL := testkit.NewSim(t, wechatsim.Options{Apps: []wechatsim.App{gameOnWechat, gameOnDouyin, gameOnQQ}})
+	apps := []wechatsim.App{gameOnWechat}
+	for _, g := range gameApps {
+		apps = append(apps, g.app)
+	}
+	sim, simURL := testkit.NewSim(t, wechatsim.Options{Apps: apps})
 	backend := testkit.NewBackend(t, nil)
-	login := testkit.WechatLogin(gameOnWechat.AppID, gameOnWechat.Secret, simURL, append([]string{
-		"retry 1",
-		fmt.Sprintf("app douyin %s {\n\t\tapp_secret %s\n\t\tendpoint %s\n\t\tbudget 3 1m\n\t}", gameOnDouyin.AppID, gameOnDouyin.Secret, wechatsim.Douyin.Endpoint(simURL)),
-		fmt.Sprintf("app qq %s {\n\t\tapp_secret %s\n\t\tendpoint %s\n\t}", gameOnQQ.AppID, gameOnQQ.Secret, wechatsim.QQ.Endpoint(simURL)),
-		sessionBlock(append([]string{"secret " + sessionSecretA}, sessionOptions...)...),
-	}, more...)...)
+	directives := []string{"retry 2 10ms 20ms", sessionBlock(append([]string{"secret " + sessionSecretA}, sessionOptions...)...)}
+	for _, g := range gameApps {
+		directives = append(directives, testkit.AppBlock(g.app, simURL, fmt.Sprintf("budget %d 1m", playerBudget)))
+	}
+	login := testkit.WechatLogin(gameOnWechat.AppID, gameOnWechat.Secret, simURL, append(directives, more...)...)
 	testkit.StartCaddy(t, testkit.GlobalOptions("")+testkit.Site(login, testkit.ProxyTo(backend)))
 	return sim, backend
 }
 
-// TestQQAndDouyinLoginsEndToEnd: through a real Caddy against the
-// simulator, a QQ and a Douyin login each reach the backend with the
-// identity in their platform's family and earn a session in it, which
-// later requests present; a double tap is answered from the first
-// exchange; and nothing of another family reaches the backend.
-func TestQQAndDouyinLoginsEndToEnd(t *testing.T) {
-	sim, backend := startPlatformsGateway(t, nil)
-	spoofed := []string{"X-TT-OPENID: spoofed", "X_QQ_OPENID: spoofed", "X-WX-OPENID: spoofed", "Connection: X-TT-APPID"}
+// spoofedFamilies is a client's try at every family's identity, in several
+// spellings.
+var spoofedFamilies = []string{
+	"X-WX-OPENID: spoofed", "X-TT-OPENID: spoofed", "X_QQ_OPENID: spoofed",
+	"x-tap-openid: spoofed", "X.Bili.Openid: spoofed", "Connection: X-TT-APPID",
+}
 
-	for _, tc := range []struct {
-		platform            wechatsim.Platform
-		app                 wechatsim.App
-		loginPath, family   string
-		source, sessionName string
-		unionID             string
-	}{
-		{wechatsim.Douyin, gameOnDouyin, "/tt/login", "x-tt-", "tt_client", "X-TT-SESSION", wechatsim.Douyin.UnionID("alice")},
-		{wechatsim.QQ, gameOnQQ, "/qq/login", "x-qq-", "qq_client", "X-QQ-SESSION", ""},
-	} {
-		t.Run(string(tc.platform), func(t *testing.T) {
-			openID := tc.platform.OpenID(tc.app.AppID, "alice")
-			login := testkit.Get(t, tc.loginPath+"?code=alice.1", spoofed...)
+// TestPlatformLoginsEndToEnd: through a real Caddy against the simulator,
+// a login on each platform reaches the backend with the identity in that
+// platform's family and earns a session in it, which a later request
+// presents; a double tap is answered from the first exchange; and nothing
+// of another family reaches the backend.
+func TestPlatformLoginsEndToEnd(t *testing.T) {
+	sim, backend := startPlatformsGateway(t, nil)
+	for _, g := range gameApps {
+		t.Run(string(g.app.Platform), func(t *testing.T) {
+			front := testkit.PlatformFronts[g.app.Platform]
+			openID := g.app.Platform.OpenID(g.app.AppID, "alice")
+			unionID := ""
+			if g.app.UnionBound {
+				unionID = g.app.Platform.UnionID("alice")
+			}
+			login := testkit.Get(t, front.LoginPath+"?code=alice.1", spoofedFamilies...)
 			assertStatus(t, login, http.StatusOK)
 			assertNoLeaks(t, login)
 			seen := backend.Last(t).Header
-			assertIdentity(t, seen, tc.family+"openid", openID)
-			assertIdentity(t, seen, tc.family+"appid", tc.app.AppID)
-			assertIdentity(t, seen, tc.family+"unionid", tc.unionID)
-			assertIdentity(t, seen, tc.family+"source", tc.source)
-			assertIdentity(t, seen, tc.family+"session-key", "")
-			for _, other := range []string{"x-wx-openid", "x-tt-openid", "x-qq-openid"} {
-				if other != tc.family+"openid" {
-					assertIdentity(t, seen, other, "")
-				}
-			}
-			token := login.Header.Get(tc.sessionName)
+			assertIdentity(t, seen, front.Header("openid"), openID)
+			assertIdentity(t, seen, front.Header("appid"), g.app.AppID)
+			assertIdentity(t, seen, front.Header("unionid"), unionID)
+			assertIdentity(t, seen, front.Header("source"), front.Source)
+			assertIdentity(t, seen, front.Header("session-key"), "")
+			assertOnlyFamily(t, seen, front)
+			token := login.Header.Get(front.Header("session"))
 			if token == "" || login.Header.Get("X-WX-SESSION") != "" {
 				t.Fatalf("the login's session: %v", login.Header)
 			}
 
 			// The double tap: the same code again is the same player, with
 			// no second exchange.
-			calls := sim.CallsOn(tc.platform)
-			again := testkit.Get(t, tc.loginPath+"?code=alice.1")
+			calls := sim.CallsOn(g.app.Platform)
+			again := testkit.Get(t, front.LoginPath+"?code=alice.1")
 			assertStatus(t, again, http.StatusOK)
-			assertIdentity(t, backend.Last(t).Header, tc.family+"openid", openID)
-			if sim.CallsOn(tc.platform) != calls {
+			assertIdentity(t, backend.Last(t).Header, front.Header("openid"), openID)
+			if sim.CallsOn(g.app.Platform) != calls {
 				t.Error("a double tap made a second exchange")
 			}
 
-			game := testkit.Get(t, "/game", append([]string{"Authorization: Bearer " + token}, spoofed...)...)
+			game := testkit.Get(t, "/game", append([]string{front.Header("session") + ": " + token}, spoofedFamilies...)...)
 			assertStatus(t, game, http.StatusOK)
-			assertIdentity(t, backend.Last(t).Header, tc.family+"openid", openID)
-			assertIdentity(t, backend.Last(t).Header, tc.family+"appid", tc.app.AppID)
-			assertIdentity(t, backend.Last(t).Header, "x-wx-openid", "")
+			seen = backend.Last(t).Header
+			assertIdentity(t, seen, front.Header("openid"), openID)
+			assertIdentity(t, seen, front.Header("appid"), g.app.AppID)
+			assertOnlyFamily(t, seen, front)
 		})
+	}
+}
+
+// assertOnlyFamily checks that h carries no other family's openid than
+// front's.
+func assertOnlyFamily(t *testing.T, h http.Header, front testkit.PlatformFront) {
+	t.Helper()
+	others := []string{"x-wx-openid"}
+	for _, f := range testkit.PlatformFronts {
+		others = append(others, f.Header("openid"))
+	}
+	for _, other := range others {
+		if other != front.Header("openid") {
+			assertIdentity(t, h, other, "")
+		}
 	}
 }
 
 // TestEachPlatformsErrorsEndToEnd: each platform's own errors, as the
 // simulator answers them, reach the client through the one refusal table
-// with the platform's errcode, and nothing is forwarded.
+// with the platform's errcode, and nothing is forwarded: an invalid code,
+// a busy platform (retried once, then 503), and the platform's quota where
+// it documents one (where it documents none, the player named "quota" logs
+// in like any other).
 func TestEachPlatformsErrorsEndToEnd(t *testing.T) {
-	_, backend := startPlatformsGateway(t, nil)
-	for _, tc := range []struct {
-		path    string
-		status  int
-		code    string
-		errcode int
-	}{
-		{"/tt/login?code=invalid.e1", http.StatusUnauthorized, "invalid_code", 40018},
-		{"/tt/login?anonymous_code=invalid.e1", http.StatusUnauthorized, "invalid_code", 40019},
-		{"/tt/login?code=busy.e3", http.StatusServiceUnavailable, "wechat_unavailable", -1},
-		{"/qq/login?code=invalid.e1", http.StatusUnauthorized, "invalid_code", 40029},
-		{"/qq/login?code=busy.e5", http.StatusServiceUnavailable, "wechat_unavailable", -1},
-		{"/qq/login?code=quota.e6", http.StatusTooManyRequests, "rate_limited", 45011},
-		{"/qq/login", http.StatusBadRequest, "invalid_request", noErrcode},
-	} {
-		before := backend.Count()
-		resp := testkit.Get(t, tc.path)
-		assertError(t, resp, tc.status, tc.code, tc.errcode)
-		assertNoLeaks(t, resp)
-		if backend.Count() != before {
-			t.Errorf("%s was forwarded", tc.path)
-		}
+	sim, backend := startPlatformsGateway(t, nil)
+	for _, g := range gameApps {
+		t.Run(string(g.app.Platform), func(t *testing.T) {
+			front := testkit.PlatformFronts[g.app.Platform]
+			type refusal struct {
+				code    string
+				status  int
+				error   string
+				errcode int
+				calls   int64 // the exchanges the login makes
+			}
+			refusals := []refusal{
+				{"invalid.e1", http.StatusUnauthorized, "invalid_code", g.invalidCode, 1},
+				{"busy.e2", http.StatusServiceUnavailable, "wechat_unavailable", -1, 2},
+				{"", http.StatusBadRequest, "invalid_request", noErrcode, 0},
+			}
+			if g.overQuota != 0 {
+				refusals = append(refusals, refusal{"quota.e3", http.StatusTooManyRequests, "rate_limited", g.overQuota, 1})
+			}
+			for _, r := range refusals {
+				forwarded, calls := backend.Count(), sim.CallsOn(g.app.Platform)
+				resp := testkit.Get(t, front.LoginPath+"?code="+r.code)
+				assertError(t, resp, r.status, r.error, r.errcode)
+				assertNoLeaks(t, resp)
+				if backend.Count() != forwarded {
+					t.Errorf("code %q was forwarded", r.code)
+				}
+				if got := sim.CallsOn(g.app.Platform) - calls; got != r.calls {
+					t.Errorf("code %q: %d exchanges, want %d", r.code, got, r.calls)
+				}
+			}
+			if g.overQuota == 0 {
+				quota := testkit.Get(t, front.LoginPath+"?code=quota.e3")
+				assertStatus(t, quota, http.StatusOK)
+				assertIdentity(t, backend.Last(t).Header, front.Header("openid"), g.app.Platform.OpenID(g.app.AppID, "quota"))
+			}
+		})
 	}
-	// A reused Douyin code is a bad code at Douyin (40018) once the
-	// gateway's own record of it is gone; within it, a double tap.
-	assertStatus(t, testkit.Get(t, "/tt/login?code=bob.1"), http.StatusOK)
-	assertStatus(t, testkit.Get(t, "/tt/login?code=bob.1"), http.StatusOK)
+	// Douyin's anonymous code has its own invalid errcode.
+	assertError(t, testkit.Get(t, "/tt/login?anonymous_code=invalid.e1"), http.StatusUnauthorized, "invalid_code", 40019)
 }
 
 // TestDouyinAnonymousPlayerEndToEnd: a Douyin player not logged in to
@@ -153,21 +202,24 @@ func TestDouyinAnonymousPlayerEndToEnd(t *testing.T) {
 }
 
 // TestBudgetsPerPlatformEndToEnd: each app keeps its own player budget
-// (Douyin's 3 per minute here), and the per-IP budget is one per client
+// (playerBudget per minute here), so that a player refused on one platform
+// has his whole budget on the next, and the per-IP budget is one per client
 // address across the platforms.
 func TestBudgetsPerPlatformEndToEnd(t *testing.T) {
-	startPlatformsGateway(t, nil, "ip_budget 8 1m")
-	for i := range 3 {
-		assertStatus(t, testkit.Get(t, fmt.Sprintf("/tt/login?code=dave.%d", i)), http.StatusOK)
+	// Each platform below takes playerBudget+1 logins from this address;
+	// three WeChat logins then reach the ip_budget.
+	ipBudget := len(gameApps)*(playerBudget+1) + 3
+	startPlatformsGateway(t, nil, fmt.Sprintf("ip_budget %d 1m", ipBudget))
+	for _, g := range gameApps {
+		front := testkit.PlatformFronts[g.app.Platform]
+		// dave's budget here is whole, whatever he spent on another platform.
+		for i := range playerBudget {
+			assertStatus(t, testkit.Get(t, fmt.Sprintf("%s?code=dave.%d", front.LoginPath, i)), http.StatusOK)
+		}
+		assertError(t, testkit.Get(t, front.LoginPath+"?code=dave.over"), http.StatusTooManyRequests, "rate_limited", noErrcode)
 	}
-	resp := testkit.Get(t, "/tt/login?code=dave.3")
-	assertError(t, resp, http.StatusTooManyRequests, "rate_limited", noErrcode)
-	// Dave on QQ is another app's player: his budget there is whole.
-	assertStatus(t, testkit.Get(t, "/qq/login?code=dave.4"), http.StatusOK)
-	// Five logins so far from this address on two platforms; three more
-	// reach the ip_budget of 8, on a third platform.
 	for i := range 3 {
 		assertStatus(t, testkit.Get(t, fmt.Sprintf("/wx/login?code=erin.%d", i)), http.StatusOK)
 	}
-	assertError(t, testkit.Get(t, "/qq/login?code=frank.1"), http.StatusTooManyRequests, "rate_limited", noErrcode)
+	assertError(t, testkit.Get(t, "/bili/login?code=frank.1"), http.StatusTooManyRequests, "rate_limited", noErrcode)
 }

@@ -7,7 +7,10 @@ import "net/http"
 // documents it: GET with appid, secret, and code and/or anonymous_code;
 // errors as a non-zero "error" with errcode, errmsg and message (the same
 // text as errmsg).
-const douyinContentType = "application/json; charset=utf-8"
+const (
+	douyinLoginPath   = "/mgplatform/api/apps/jscode2session"
+	douyinContentType = "application/json; charset=utf-8"
+)
 
 var (
 	douyinMissingParam     = apiError{40014, "missing param"}

@@ -62,14 +62,15 @@ func (p Platform) Known() bool {
 	return ok
 }
 
-// loginPaths are the real platforms' login paths.
-var loginPaths = map[Platform]string{
-	WeChat:   jscode2sessionPath,
-	QQ:       jscode2sessionPath,
-	Douyin:   "/mgplatform/api/apps/jscode2session",
-	TapTap:   "/auth/v1/jscode2session",
-	Bilibili: "/api/sns/jscode2session",
-}
+// loginPaths are the real platforms' login paths: each WeChat-shaped
+// dialect's, and Douyin's.
+var loginPaths = func() map[Platform]string {
+	paths := map[Platform]string{Douyin: douyinLoginPath}
+	for _, d := range dialects {
+		paths[d.platform] = d.loginPath
+	}
+	return paths
+}()
 
 // Prefix is the path under which the simulator serves p: "" for WeChat,
 // "/<platform>" for the others.
@@ -151,11 +152,13 @@ type apiError struct {
 	msg  string
 }
 
-// dialect is how a platform with WeChat's jscode2session (appid, secret,
-// js_code, grant_type; openid, session_key, unionid; errcode and errmsg)
-// words its answers.
+// dialect is a platform with WeChat's jscode2session (appid, secret,
+// js_code, grant_type; openid, session_key, unionid; errcode and errmsg):
+// where its login is, and how it words its answers. Such a platform is one
+// entry in dialects.
 type dialect struct {
 	platform    Platform
+	loginPath   string // the real platform's, Prefix() aside
 	contentType string
 	// quotaPerMinute is the platform's limit of exchanges per user per
 	// minute; 0 = none documented.
@@ -215,7 +218,7 @@ type qqAnswer struct {
 var dialects = []*dialect{
 	{
 		// https://developers.weixin.qq.com/minigame/dev/api-backend/open-api/login/auth.code2Session.html
-		platform: WeChat, contentType: "text/plain", quotaPerMinute: 100,
+		platform: WeChat, loginPath: jscode2sessionPath, contentType: "text/plain", quotaPerMinute: 100,
 		requireGET: requireGET, missingAppID: missingAppID, missingSecret: missingSecret,
 		missingCode: missingCode, badGrantType: badGrantType, badAppID: badAppID,
 		badSecret: badSecret, systemError: systemError, invalidCode: invalidCode,
@@ -228,7 +231,7 @@ var dialects = []*dialect{
 		// https://q.qq.com/wiki/develop/miniprogram/server/open_port/port_login.html
 		// documents -1, 40029 and 45011 (100 per user per minute); a reused
 		// code is refused as invalid; the rest is WeChat's.
-		platform: QQ, contentType: "application/json", quotaPerMinute: 100,
+		platform: QQ, loginPath: jscode2sessionPath, contentType: "application/json", quotaPerMinute: 100,
 		requireGET: requireGET, missingAppID: missingAppID, missingSecret: missingSecret,
 		missingCode: missingCode, badGrantType: badGrantType, badAppID: badAppID,
 		badSecret: badSecret, systemError: systemError, invalidCode: invalidCode,
@@ -240,8 +243,10 @@ var dialects = []*dialect{
 	},
 	{
 		// https://developer.taptap.cn/minigameapidoc/dev/server/login/code2Session/
-		// documents 1040029 (invalid code) only, and no quota.
-		platform: TapTap, contentType: "application/json; charset=utf-8",
+		// documents WeChat's parameters, a success without errcode, a
+		// failure of errcode and errmsg, 1040029 (invalid code) as its only
+		// error (its sample failure shows 40029), and no quota.
+		platform: TapTap, loginPath: "/auth/v1/jscode2session", contentType: "application/json; charset=utf-8",
 		requireGET: requireGET, missingAppID: missingAppID, missingSecret: missingSecret,
 		missingCode: missingCode, badGrantType: badGrantType, badAppID: badAppID,
 		badSecret: badSecret, systemError: systemError,
@@ -249,9 +254,13 @@ var dialects = []*dialect{
 		fail: plainFailure, success: newWeChatSession,
 	},
 	{
-		// Bilibili's getAccessToken page documents -1, 40013 (appid) and
-		// 40001 (secret) in WeChat's shape; code2Session is WeChat's.
-		platform: Bilibili, contentType: "application/json; charset=utf-8",
+		// https://miniapp.bilibili.com/small-game-doc/api/open/getAccessToken
+		// documents -1, 40001 (secret), 40002 (grant_type) and 40013 (appid)
+		// in WeChat's shape. The login page (small-game-doc/open/login, where
+		// bl.login's typings send a server for code2session) could not be
+		// read: its path, parameters and answer are those of the SDKs and
+		// servers that call it, WeChat's.
+		platform: Bilibili, loginPath: "/api/sns/jscode2session", contentType: "application/json; charset=utf-8",
 		requireGET: requireGET, missingAppID: missingAppID, missingSecret: missingSecret,
 		missingCode: missingCode, badGrantType: badGrantType, badAppID: badAppID,
 		badSecret: apiError{40001, "invalid appsecret"}, systemError: systemError,
