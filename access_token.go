@@ -430,7 +430,7 @@ func (m *tokenManager) fetch(ctx context.Context, force bool) (accessToken, erro
 		outcome = "forced"
 	}
 	if err != nil {
-		outcome = tokenRefusal(err).code
+		outcome = apiRefuser.code(err)
 	}
 	m.metrics.tokenFetched(outcome)
 	m.logFetch(force, outcome, t, err, m.now().Sub(start))

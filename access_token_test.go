@@ -81,7 +81,7 @@ func TestTokenRenewalFailureKeepsTheTokenAndRetries(t *testing.T) {
 	// Past its usable life, a request fetches for itself, and is refused
 	// while WeChat is busy.
 	clock.Set(first.usableUntil())
-	if _, err := m.token(context.Background(), 5*time.Second); err == nil || tokenRefusal(err).status != http.StatusServiceUnavailable {
+	if _, err := m.token(context.Background(), 5*time.Second); err == nil || apiRefuser.refusal(err, time.Now()).status != http.StatusServiceUnavailable {
 		t.Fatalf("a request after the token's end while WeChat is busy: %v; want 503", err)
 	}
 	sim.SetBusyRate(0)
@@ -164,7 +164,7 @@ func TestForceRefreshOnlyForATokenHandedBackAndWithinWechatLimits(t *testing.T) 
 	if err == nil || wechat.forcedRefreshes() != 1 {
 		t.Fatalf("a second refusal within 30 s: %v, %d forced; want a refusal and no force_refresh", err, wechat.forcedRefreshes())
 	}
-	if refusal := tokenRefusal(err); refusal.status != http.StatusBadGateway || refusal.code != refusalTokenUnavailable || refusal.errcode != errcodeTokenExpired {
+	if refusal := apiRefuser.refusal(err, time.Now()); refusal.status != http.StatusBadGateway || refusal.code != refusalTokenUnavailable || refusal.errcode != errcodeTokenExpired {
 		t.Errorf("the refusal is %v; want 502 %s with errcode %d", refusal, refusalTokenUnavailable, errcodeTokenExpired)
 	}
 	clock.Advance(time.Second)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -17,22 +16,15 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
 
 func init() {
 	caddy.RegisterModule(APIHandler{})
-	httpcaddyfile.RegisterHandlerDirective("wechat_api", parseAPICaddyfile)
-	// Ordered like wechat_login, so users need no `order` option.
-	httpcaddyfile.RegisterDirectiveOrder("wechat_api", httpcaddyfile.Before, "basic_auth")
 }
 
 const (
-	defaultAPITimeout = 5 * time.Second
-	maxAPITimeout     = time.Minute
 	// maxRepeatableBody: a request body up to this size is kept in memory, so
 	// that the call can be repeated with a new token if WeChat refuses the
 	// first; a larger one (a media upload) is streamed, and not repeated.
@@ -42,22 +34,6 @@ const (
 	maxInspectedAnswer = 64 << 10
 	// apiRetryAfter is the wait suggested when WeChat is busy or unreachable.
 	apiRetryAfter = 5 * time.Second
-)
-
-// wechat_api's own error codes; the others are wechat_login's.
-const (
-	// refusalTokenUnavailable: WeChat gives no access token.
-	refusalTokenUnavailable = "wechat_token_unavailable"
-	// refusalBrowserRequestRefused: the request came from a web browser.
-	refusalBrowserRequestRefused = "browser_request_refused"
-	// refusalHostNotAllowed: the request's Host is not one a backend uses.
-	refusalHostNotAllowed = "host_not_allowed"
-	// refusalSessionKeyUnknown: the gateway keeps no session_key for the
-	// player its endpoint was asked about.
-	refusalSessionKeyUnknown = "session_key_unknown"
-	// refusalDecryptFailed: encryptedData did not open with the player's
-	// key, or not as data for this app.
-	refusalDecryptFailed = "decrypt_failed"
 )
 
 // APIHandler is the wechat_api HTTP handler: it sends each request on to
@@ -118,84 +94,14 @@ func (APIHandler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-func parseAPICaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	a := new(APIHandler)
-	err := a.UnmarshalCaddyfile(h.Dispenser)
-	return a, err
-}
-
-// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
-//
-//	wechat_api [<matcher>] {
-//		app_id     <appid>
-//		app_secret <secret>
-//		endpoint   <base-url>
-//		timeout    <duration>
-//		redis      { … }
-//		virtual_payment {
-//			app_key         <key>
-//			sandbox_app_key <key>
-//		}
-//		allow_host <name>...
-//	}
-func (h *APIHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	return eachAppSubdirective(d, &h.AppID, &h.AppSecret, func(sub string) error {
-		var err error
-		switch sub {
-		case "endpoint":
-			h.Endpoint, err = stringArg(d, checkEndpoint)
-		case "timeout":
-			h.Timeout, err = durationArg(d, checkAPITimeout)
-		case "redis":
-			h.Redis, err = parseRedisBlock(d)
-		case "virtual_payment":
-			h.VirtualPayment, err = parseVirtualPaymentBlock(d)
-		case "allow_host":
-			if h.AllowHosts = d.RemainingArgs(); len(h.AllowHosts) == 0 {
-				return d.Errf("allow_host: missing value")
-			}
-			if err = checkAllowHosts(h.AllowHosts); err != nil {
-				err = d.WrapErr(err)
-			}
-		default:
-			err = d.Errf("unrecognized subdirective: %s", sub)
-		}
-		return err
-	})
-}
-
-// checkAllowHosts accepts host names as DNS, /etc/hosts, Docker and
-// Kubernetes spell them: letters, digits, '.', '-' and '_', no port.
-func checkAllowHosts(names []string) error {
-	for _, name := range names {
-		if name == "" || len(name) > 253 || strings.TrimLeft(strings.ToLower(name), "abcdefghijklmnopqrstuvwxyz0123456789.-_") != "" {
-			return fmt.Errorf("allow_host: %q is not a host name (letters, digits, '.', '-' and '_', without a port)", name)
-		}
-	}
-	return nil
-}
-
-func checkAPITimeout(timeout caddy.Duration) error {
-	if timeout <= 0 || time.Duration(timeout) > maxAPITimeout {
-		return fmt.Errorf("timeout must be positive and at most %s", maxAPITimeout)
-	}
-	return nil
-}
-
-// Provision sets defaults, resolves the secret and attaches the app's token
-// manager.
+// Provision sets defaults, resolves the secrets and attaches the app's
+// token manager and kept session_keys, shared across reloads.
 func (h *APIHandler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	if h.Endpoint == "" {
-		h.Endpoint = defaultEndpoint
-	}
-	if h.Timeout == 0 {
-		h.Timeout = caddy.Duration(defaultAPITimeout)
-	}
-	h.secret = caddy.NewReplacer().ReplaceKnown(h.AppSecret, "")
-	h.appKeys = h.VirtualPayment.appKeys(caddy.NewReplacer())
-	// The shared token manager is only touched by a valid config, so a bad
-	// reload cannot disturb the running one.
+	h.setDefaults()
+	h.resolveSecrets()
+	// Shared state is only touched by a valid config, so a bad reload
+	// cannot disturb the running one.
 	if err := h.Validate(); err != nil {
 		return err
 	}
@@ -236,24 +142,6 @@ func (h *APIHandler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// Validate refuses a config that cannot work, naming the field at fault.
-func (h *APIHandler) Validate() error {
-	for _, err := range []error{
-		checkAppID(h.AppID),
-		checkAppSecret(h.AppSecret, h.secret),
-		checkEndpoint(h.Endpoint),
-		checkAPITimeout(h.Timeout),
-		checkRedis(h.Redis),
-		checkVirtualPayment(h.VirtualPayment, h.appKeys),
-		checkAllowHosts(h.AllowHosts),
-	} {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // Cleanup releases the token manager, then the Redis client it may use, and
 // idle WeChat connections.
 func (h *APIHandler) Cleanup() error {
@@ -279,7 +167,7 @@ func (h *APIHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 	if refusal := h.notFromABackend(r); refusal != nil {
 		h.logger.Debug("wechat_api refused a request not from a backend", zap.String("app_id", h.AppID),
 			zap.String("result", refusal.code), zap.String("host", r.Host), zap.String("origin", r.Header.Get("Origin")))
-		return h.refuse(w, r, refusal)
+		return refuse(w, r, refusal, h.metrics.call)
 	}
 	// What is checked is what is sent: the path cleaned, in the characters
 	// WeChat's API paths are made of, and compared ignoring case, so that
@@ -288,7 +176,7 @@ func (h *APIHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 	// secret (and invalidates the fleet's token).
 	cleanPath := path.Clean("/" + r.URL.Path)
 	if !isAPIPath(cleanPath) {
-		return h.refuse(w, r, badRequest("not a WeChat API path"))
+		return refuse(w, r, badRequest("not a WeChat API path"), h.metrics.call)
 	}
 	r.URL.Path, r.URL.RawPath = cleanPath, ""
 	if strings.HasPrefix(cleanPath, gatewayPathPrefix) {
@@ -297,7 +185,7 @@ func (h *APIHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 	if strings.EqualFold(cleanPath, classicTokenPath) || strings.EqualFold(cleanPath, stableTokenPath) {
 		t, err := h.tokens.token(r.Context(), time.Duration(h.Timeout))
 		if err != nil {
-			return h.refuse(w, r, tokenRefusal(err))
+			return refuse(w, r, apiRefuser.refusal(err, time.Now()), h.metrics.call)
 		}
 		h.metrics.call(callToken)
 		return writeTokenAnswer(w, t, h.tokens.now())
@@ -307,7 +195,7 @@ func (h *APIHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 	answer, outcome, refusal := h.call(r, cleanPath, &signedWith)
 	if refusal != nil {
 		h.logCall(r, refusal.status, refusal.code, start)
-		return h.refuse(w, r, refusal)
+		return refuse(w, r, refusal, h.metrics.call)
 	}
 	defer answer.Body.Close()
 	h.keepRotatedKey(r, cleanPath, signedWith, answer)
@@ -359,18 +247,6 @@ func (h *APIHandler) hostAllowed(r *http.Request) bool {
 	return strings.EqualFold(host, "localhost") || h.allowedHosts[strings.ToLower(host)]
 }
 
-// refuse answers with the documented JSON error, or records 499 when the
-// client has gone, so that the access log reflects the disconnect.
-func (h *APIHandler) refuse(w http.ResponseWriter, r *http.Request, e *jsonRefusal) error {
-	if r.Context().Err() != nil {
-		w.WriteHeader(statusClientClosedRequest)
-		return nil
-	}
-	h.metrics.call(e.code)
-	e.write(w)
-	return nil
-}
-
 // call sends r on to WeChat with the app's token, and once more with a new
 // token if WeChat refuses the first (the refused call did nothing). It
 // returns WeChat's answer and the outcome, or the refusal to send instead;
@@ -395,7 +271,7 @@ func (h *APIHandler) call(r *http.Request, cleanPath string, signedWith *keptSes
 	}
 	t, terr := h.tokens.token(ctx, timeout)
 	if terr != nil {
-		return nil, "", tokenRefusal(terr)
+		return nil, "", apiRefuser.refusal(terr, time.Now())
 	}
 	answer, refusal := h.send(r, body, t)
 	if refusal != nil {
@@ -414,7 +290,7 @@ func (h *APIHandler) call(r *http.Request, cleanPath string, signedWith *keptSes
 	next, terr := h.tokens.replace(ctx, timeout, t, errcode, cleanPath)
 	if terr != nil {
 		answer.Body.Close()
-		return nil, "", tokenRefusal(terr)
+		return nil, "", apiRefuser.refusal(terr, time.Now())
 	}
 	if next.value == t.value {
 		// WeChat takes the token: the API refused something else the call
@@ -463,7 +339,7 @@ func (h *APIHandler) send(r *http.Request, body requestBody, t accessToken) (*ht
 	answer, err := h.client.Do(req)
 	if err != nil {
 		// transportError keeps nothing of the URL, which holds the token.
-		return nil, callRefusal(transportError(ctx, err))
+		return nil, apiRefuser.refusal(transportError(ctx, err), time.Now())
 	}
 	return answer, nil
 }
@@ -598,37 +474,11 @@ func writeTokenAnswer(w http.ResponseWriter, t accessToken, now time.Time) error
 	return writeJSON(w, http.StatusOK, wechatJSONType, body)
 }
 
-// tokenRefusal maps a failure to get a token to the documented refusal.
-func tokenRefusal(err *platformError) *jsonRefusal {
-	switch {
-	case err.kind == kindBadResponse:
-		return newRefusal(http.StatusBadGateway, refusalTokenUnavailable, "WeChat's answer holds no access token the gateway can use")
-	case err.retryable():
-		return callRefusal(err)
-	}
-	e := newRefusal(http.StatusBadGateway, refusalTokenUnavailable, "WeChat gives no access token; the operator has been told")
-	e.errcode, e.hasErrcode = err.errcode, true
-	return e
-}
-
-// callRefusal maps a WeChat call that got no answer, or errcode -1, to the
-// documented refusal.
-func callRefusal(err *platformError) *jsonRefusal {
-	if err.kind == kindTimeout {
-		return newRefusal(http.StatusGatewayTimeout, refusalTimeout, "WeChat did not answer in time")
-	}
-	e := newRefusal(http.StatusServiceUnavailable, refusalUnavailable, "WeChat is unavailable; retry later")
-	e.retryAfter = apiRetryAfter
-	e.errcode, e.hasErrcode = err.errcode, err.hasErrcode
-	return e
-}
-
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*APIHandler)(nil)
 	_ caddy.Validator             = (*APIHandler)(nil)
 	_ caddy.CleanerUpper          = (*APIHandler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*APIHandler)(nil)
-	_ caddyfile.Unmarshaler       = (*APIHandler)(nil)
 	_ caddy.Destructor            = (*tokenManager)(nil)
 )

@@ -173,7 +173,7 @@ func (h *APIHandler) serveGateway(w http.ResponseWriter, r *http.Request, cleanP
 	status, refusal := h.answerGateway(w, r, strings.TrimPrefix(cleanPath, gatewayPathPrefix))
 	if refusal != nil {
 		h.logCall(r, refusal.status, refusal.code, start)
-		return h.refuse(w, r, refusal)
+		return refuse(w, r, refusal, h.metrics.call)
 	}
 	h.metrics.call(callGateway)
 	h.logCall(r, status, callGateway, start)

@@ -395,6 +395,36 @@ func TestClientGoneRecorded499(t *testing.T) {
 	}
 }
 
+// TestAPIRefusalsByKind: wechat_api refuses a failed call to WeChat as
+// docs/wechat-api.md lists it, whatever the kind: no token (502) unless
+// WeChat is away (503, Retry-After) or slow (504), with WeChat's errcode
+// when it gave one.
+func TestAPIRefusalsByKind(t *testing.T) {
+	for _, tc := range []struct {
+		err        *platformError
+		status     int
+		code       string
+		retryAfter time.Duration
+	}{
+		{wechatErrcodes.failure(40125, ""), 502, refusalTokenUnavailable, 0},
+		{wechatErrcodes.failure(40013, ""), 502, refusalTokenUnavailable, 0},
+		{wechatErrcodes.failure(45009, ""), 502, refusalTokenUnavailable, 0},
+		{wechatErrcodes.failure(45011, ""), 502, refusalTokenUnavailable, 0},
+		{wechatErrcodes.failure(40029, ""), 502, refusalTokenUnavailable, 0},
+		{wechatErrcodes.failure(40226, ""), 502, refusalTokenUnavailable, 0},
+		{badResponse("no token"), 502, refusalTokenUnavailable, 0},
+		{wechatErrcodes.failure(-1, ""), 503, refusalUnavailable, apiRetryAfter},
+		{&platformError{kind: kindUnavailable}, 503, refusalUnavailable, apiRetryAfter},
+		{&platformError{kind: kindTimeout}, 504, refusalTimeout, 0},
+	} {
+		e := apiRefuser.refusal(tc.err, time.Now())
+		if e.status != tc.status || e.code != tc.code || e.retryAfter != tc.retryAfter ||
+			e.hasErrcode != tc.err.hasErrcode || e.errcode != tc.err.errcode || strings.Contains(e.message, "{") {
+			t.Errorf("%+v: got %+v", tc.err, e)
+		}
+	}
+}
+
 // TestOnlyTheAppsTokenCanBeRefused: a 40001 from an API that takes a
 // player's credentials (/sns/) does not replace the app's token; a token
 // path in another spelling is answered by the gateway, never sent to WeChat.

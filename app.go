@@ -87,6 +87,7 @@ type loginApp struct {
 	endpoint  string // canonical
 	secret    string // resolved
 	client    *exchangeClient
+	failures  failureRefuser // of client's failed exchanges
 	players   budgetStore
 	codes     codeStore
 	state     *appState
@@ -96,7 +97,7 @@ type loginApp struct {
 	stateKey    string
 	release     func() // ends this app's leases on the shared state
 	fleet       *fleet // nil without a redis block
-	metrics     *appMetrics
+	metrics     *loginMetrics
 	// appIDPlaceholder is appID as the placeholder's value, boxed once
 	// rather than on every request.
 	appIDPlaceholder any
@@ -139,6 +140,7 @@ func (h *Handler) attachApp(ctx caddy.Context, cfg *PlatformApp, secret string) 
 			sleep:      sleepContext,
 		},
 	}
+	app.failures = loginRefuser(p, app.client.retry)
 	app.stateKey = stateKey(app.appID, app.endpoint, secret)
 	value, _, _ := appStates.LoadOrNew(app.stateKey, func() (caddy.Destructor, error) { return newAppState(), nil })
 	app.state = value.(*appState)
@@ -156,7 +158,7 @@ func (h *Handler) attachApp(ctx caddy.Context, cfg *PlatformApp, secret string) 
 	app.players = newMemoryBudget(app.state.players, app.budget, h.now)
 	local := memoryCodes{table: app.state.codes, ttl: cacheTTL, flights: &app.state.flights, now: h.now, players: app.players}
 	app.codes = local
-	metrics, err := newAppMetrics(ctx.GetMetricsRegistry(), app.appID)
+	metrics, err := newLoginMetrics(ctx.GetMetricsRegistry(), app.appID)
 	if err != nil {
 		return app, err
 	}

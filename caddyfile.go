@@ -11,17 +11,25 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
+// The handlers' directives. Identity must be established before anything
+// that authenticates or proxies, and wechat_api is ordered alike, so users
+// need no `order` option.
 func init() {
-	httpcaddyfile.RegisterHandlerDirective("wechat_login", parseCaddyfile)
-	// Identity must be established before anything that authenticates or
-	// proxies, so users need no `order` option.
+	httpcaddyfile.RegisterHandlerDirective("wechat_login", parseHandler[Handler])
 	httpcaddyfile.RegisterDirectiveOrder("wechat_login", httpcaddyfile.Before, "basic_auth")
+	httpcaddyfile.RegisterHandlerDirective("wechat_api", parseHandler[APIHandler])
+	httpcaddyfile.RegisterDirectiveOrder("wechat_api", httpcaddyfile.Before, "basic_auth")
 }
 
-func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	m := new(Handler)
-	err := m.UnmarshalCaddyfile(h.Dispenser)
-	return m, err
+// parseHandler reads a handler's directive with its UnmarshalCaddyfile.
+func parseHandler[H any, P interface {
+	*H
+	caddyhttp.MiddlewareHandler
+	caddyfile.Unmarshaler
+}](h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	handler := P(new(H))
+	err := handler.UnmarshalCaddyfile(h.Dispenser)
+	return handler, err
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Every value
@@ -62,14 +70,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // app_id and app_secret are the WeChat app's; without them the handler
 // serves its app blocks alone.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	directive := *d
-	err := eachSubdirective(d, func(sub string) error {
+	servesAppBlocksAlone := func() bool { return h.AppID == "" && h.AppSecret == "" && len(h.Apps) > 0 }
+	return eachAppSubdirective(d, &h.AppID, &h.AppSecret, servesAppBlocksAlone, func(sub string) error {
 		var err error
 		switch sub {
-		case "app_id":
-			h.AppID, err = stringArg(d, checkAppID)
-		case "app_secret":
-			h.AppSecret, err = stringArg(d, func(s string) error { return checkAppSecret(s, s) })
 		case "app":
 			var app *PlatformApp
 			app, err = parseApp(d)
@@ -107,10 +111,48 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 		return err
 	}, "app")
-	if err != nil || (h.AppID == "" && h.AppSecret == "" && len(h.Apps) > 0) {
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Every value
+// is judged by the check Validate applies to a JSON config, so a bad one is
+// refused here with the same message and its line. Syntax:
+//
+//	wechat_api [<matcher>] {
+//		app_id     <appid>
+//		app_secret <secret>
+//		endpoint   <base-url>
+//		timeout    <duration>
+//		redis      { … }
+//		virtual_payment {
+//			app_key         <key>
+//			sandbox_app_key <key>
+//		}
+//		allow_host <name>...
+//	}
+func (h *APIHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	return eachAppSubdirective(d, &h.AppID, &h.AppSecret, nil, func(sub string) error {
+		var err error
+		switch sub {
+		case "endpoint":
+			h.Endpoint, err = stringArg(d, checkEndpoint)
+		case "timeout":
+			h.Timeout, err = durationArg(d, checkAPITimeout)
+		case "redis":
+			h.Redis, err = parseRedisBlock(d)
+		case "virtual_payment":
+			h.VirtualPayment, err = parseVirtualPaymentBlock(d)
+		case "allow_host":
+			if h.AllowHosts = d.RemainingArgs(); len(h.AllowHosts) == 0 {
+				return d.Errf("allow_host: missing value")
+			}
+			if err = checkAllowHosts(h.AllowHosts); err != nil {
+				err = d.WrapErr(err)
+			}
+		default:
+			err = d.Errf("unrecognized subdirective: %s", sub)
+		}
 		return err
-	}
-	return requireApp(&directive, h.AppID, h.AppSecret)
+	})
 }
 
 // parseApp reads `app <platform> <app_id> { … }`. What needs the
@@ -164,12 +206,13 @@ func parseApp(d *caddyfile.Dispenser) (*PlatformApp, error) {
 	return a, nil
 }
 
-// eachAppSubdirective is eachSubdirective for the block of a handler of
-// one app: it reads app_id and app_secret into appID and appSecret itself,
+// eachAppSubdirective is eachSubdirective for the block of a handler's
+// app: it reads app_id and app_secret into appID and appSecret itself,
 // hands every other subdirective to parse, and refuses a block without
-// them, naming the directive's line. Placeholders in the secret are
-// resolved, and checked, at provision.
-func eachAppSubdirective(d *caddyfile.Dispenser, appID, appSecret *string, parse func(sub string) error) error {
+// them, naming the directive's line, unless appOptional (if given) says
+// the block may name none. Placeholders in the secret are resolved, and
+// checked, at provision.
+func eachAppSubdirective(d *caddyfile.Dispenser, appID, appSecret *string, appOptional func() bool, parse func(sub string) error, repeatable ...string) error {
 	directive := *d
 	err := eachSubdirective(d, func(sub string) error {
 		var err error
@@ -182,21 +225,12 @@ func eachAppSubdirective(d *caddyfile.Dispenser, appID, appSecret *string, parse
 			err = parse(sub)
 		}
 		return err
-	})
-	if err != nil {
+	}, repeatable...)
+	if err != nil || (appOptional != nil && appOptional()) {
 		return err
 	}
-	return requireApp(&directive, *appID, *appSecret)
-}
-
-// requireApp refuses a block without app_id or app_secret, naming the line
-// of directive, a copy of the dispenser taken before the block was read.
-func requireApp(directive *caddyfile.Dispenser, appID, appSecret string) error {
-	directive.Next()
-	if err := checkAppID(appID); err != nil {
-		return directive.WrapErr(err)
-	}
-	if err := checkAppSecret(appSecret, appSecret); err != nil {
+	directive.Next() // the line to name: the directive's
+	if err := firstError(checkAppID(*appID), checkAppSecret(*appSecret, *appSecret)); err != nil {
 		return directive.WrapErr(err)
 	}
 	return nil
@@ -402,5 +436,8 @@ func parseSession(d *caddyfile.Dispenser) (*SessionConfig, error) {
 	return s, nil
 }
 
-// Interface guard
-var _ caddyfile.Unmarshaler = (*Handler)(nil)
+// Interface guards
+var (
+	_ caddyfile.Unmarshaler = (*Handler)(nil)
+	_ caddyfile.Unmarshaler = (*APIHandler)(nil)
+)

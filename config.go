@@ -31,6 +31,8 @@ const (
 	// The player budget: well under WeChat's and QQ's 100 per minute.
 	defaultBudgetEvents = 60
 	defaultBudgetWindow = time.Minute
+	// wechat_api's: a call and its answer, an upload's included.
+	defaultAPITimeout = 5 * time.Second
 )
 
 // Bounds, as documented in docs/configuration.md. Past them a value is a
@@ -51,6 +53,7 @@ const (
 	maxWindow     = 24 * time.Hour
 	maxIPEvents   = 10_000_000
 	maxTableSize  = 10_000_000
+	maxAPITimeout = time.Minute
 )
 
 // RetryConfig bounds how WeChat's transient failures (errcode -1, HTTP 5xx,
@@ -147,7 +150,7 @@ func (h *Handler) resolveSecrets() {
 // Caddyfile parser gives for the same value. It reads the config and the
 // resolved secrets only, so Caddy may call it again at no cost.
 func (h *Handler) Validate() error {
-	for _, err := range []error{
+	return firstError(
 		h.checkApps(),
 		checkCodeField(h.CodeField),
 		checkTimeout(h.Timeout),
@@ -158,12 +161,7 @@ func (h *Handler) Validate() error {
 		checkBudgetSize(h.BudgetSize),
 		checkSession(h.Session, h.resolved.session),
 		checkRedis(h.Redis),
-	} {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	)
 }
 
 // checkApps judges the apps: the top-level WeChat app as v2 did (its
@@ -211,6 +209,39 @@ func firstError(errs ...error) error {
 		}
 	}
 	return nil
+}
+
+// setDefaults fills in what a wechat_api config leaves out.
+func (h *APIHandler) setDefaults() {
+	if h.Endpoint == "" {
+		h.Endpoint = defaultEndpoint
+	}
+	if h.Timeout == 0 {
+		h.Timeout = caddy.Duration(defaultAPITimeout)
+	}
+}
+
+// resolveSecrets resolves the placeholders ({env.X}, {file.PATH}) of the
+// app secret and the virtual payment AppKeys.
+func (h *APIHandler) resolveSecrets() {
+	repl := caddy.NewReplacer()
+	h.secret = repl.ReplaceKnown(h.AppSecret, "")
+	h.appKeys = h.VirtualPayment.appKeys(repl)
+}
+
+// Validate refuses a config that cannot work, with the message the
+// Caddyfile parser gives for the same value. It reads the config and the
+// resolved secrets only, so Caddy may call it again at no cost.
+func (h *APIHandler) Validate() error {
+	return firstError(
+		checkAppID(h.AppID),
+		checkAppSecret(h.AppSecret, h.secret),
+		checkEndpoint(h.Endpoint),
+		checkAPITimeout(h.Timeout),
+		checkRedis(h.Redis),
+		checkVirtualPayment(h.VirtualPayment, h.appKeys),
+		checkAllowHosts(h.AllowHosts),
+	)
 }
 
 // The checks below each judge one value and name it in their message; the
@@ -309,6 +340,25 @@ func checkTimeout(d caddy.Duration) error {
 	return checkDuration("timeout", d, minTimeout, maxTimeout)
 }
 
+// checkAPITimeout judges wechat_api's timeout: positive, a minute at most.
+func checkAPITimeout(timeout caddy.Duration) error {
+	if timeout <= 0 || time.Duration(timeout) > maxAPITimeout {
+		return fmt.Errorf("timeout must be positive and at most %s", maxAPITimeout)
+	}
+	return nil
+}
+
+// checkAllowHosts accepts host names as DNS, /etc/hosts, Docker and
+// Kubernetes spell them: letters, digits, '.', '-' and '_', no port.
+func checkAllowHosts(names []string) error {
+	for _, name := range names {
+		if name == "" || len(name) > 253 || strings.TrimLeft(strings.ToLower(name), "abcdefghijklmnopqrstuvwxyz0123456789.-_") != "" {
+			return fmt.Errorf("allow_host: %q is not a host name (letters, digits, '.', '-' and '_', without a port)", name)
+		}
+	}
+	return nil
+}
+
 func checkAttempts(n int) error { return checkRange("retry: attempts", n, 1, maxAttempts) }
 
 func checkRetryBase(d caddy.Duration) error {
@@ -331,12 +381,7 @@ func checkRetry(r *RetryConfig) error {
 	if r == nil {
 		return nil
 	}
-	for _, err := range []error{checkAttempts(r.Attempts), checkRetryBase(r.Base), checkRetryMax(r.Max), checkBackoffOrder(r.Base, r.Max)} {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	return firstError(checkAttempts(r.Attempts), checkRetryBase(r.Base), checkRetryMax(r.Max), checkBackoffOrder(r.Base, r.Max))
 }
 
 // checkPlayerBudget judges budget for platform p; nil is the default.

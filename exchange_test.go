@@ -151,7 +151,7 @@ func TestExchangeErrorsAreRedacted(t *testing.T) {
 	if perr == nil || perr.kind != kindUnavailable {
 		t.Fatalf("got %v, want unavailable", perr)
 	}
-	refusal := failureRefusal(wechatPlatform, perr, c.retry, time.Now())
+	refusal := loginRefuser(wechatPlatform, c.retry).refusal(perr, time.Now())
 	for _, text := range []string{perr.Error(), refusal.message} {
 		if strings.Contains(text, exchangeSecret) || strings.Contains(text, "alice.secretcode") || strings.Contains(text, "js_code") {
 			t.Errorf("error text leaks the request: %q", text)
@@ -247,7 +247,7 @@ func FuzzReadWechatAnswer(f *testing.F) {
 			}
 		}
 		if err != nil {
-			_ = failureRefusal(wechatPlatform, err, retryPolicy{attempts: 1}, time.Now())
+			_ = loginRefuser(wechatPlatform, retryPolicy{attempts: 1}).refusal(err, time.Now())
 		}
 	})
 }
@@ -304,7 +304,7 @@ func TestLoginErrorFor(t *testing.T) {
 		{&platformError{kind: kindUnavailable}, 503, refusalUnavailable, false, true},
 		{&platformError{kind: kindTimeout}, 504, refusalTimeout, false, false},
 	} {
-		e := failureRefusal(wechatPlatform, tc.err, retry, time.Date(2026, 11, 23, 10, 0, 50, 0, time.UTC))
+		e := loginRefuser(wechatPlatform, retry).refusal(tc.err, time.Date(2026, 11, 23, 10, 0, 50, 0, time.UTC))
 		if e.status != tc.status || e.code != tc.code || e.hasErrcode != tc.errcode || (e.retryAfter > 0) != tc.retryAfter {
 			t.Errorf("%+v: got %d %s errcode=%v retryAfter=%v", tc.err, e.status, e.code, e.hasErrcode, e.retryAfter)
 		}

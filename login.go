@@ -93,16 +93,16 @@ func (h *Handler) authenticateLogin(r *http.Request, app *loginApp, presented pr
 	}
 	switch {
 	case res.failure != nil:
-		return Identity{}, failureRefusal(app.platform, res.failure, app.client.retry, h.now())
+		return Identity{}, app.failures.refusal(res.failure, h.now())
 	case res.budgetWait > 0:
 		return Identity{}, playerRateLimited(res.budgetWait)
 	}
 	return res.id, nil
 }
 
-// clientGone is the refusal recorded when the client hung up before its
-// login was decided: 499, as reverse_proxy records it, so the access log
-// shows the disconnect. Nobody reads the body.
+// clientGone is the decision of a login whose client hung up before it was
+// decided: refuse, which sees the request's context done, records 499 and
+// counts nothing. Nobody reads the body.
 func clientGone() *jsonRefusal {
 	return newRefusal(statusClientClosedRequest, refusalInvalidRequest, "the client went away")
 }
@@ -179,7 +179,7 @@ func playerRateLimited(wait time.Duration) *jsonRefusal {
 func (h *Handler) logExchange(app *loginApp, attempts int, elapsed time.Duration, err *platformError) {
 	level, msg, result := zapcore.DebugLevel, "wechat exchange", loginOK
 	if err != nil {
-		result = failureRefusals[err.kind].code
+		result = app.failures.code(err)
 	}
 	if err != nil && err.kind == kindMisconfigured {
 		level, msg = zapcore.ErrorLevel, app.platform.name+" refused the configured app_id or app_secret"

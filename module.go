@@ -134,8 +134,7 @@ func (h *Handler) Cleanup() error {
 }
 
 // ServeHTTP strips client-sent identity, then serves a login or passes the
-// request on with the identity of its session, if any. Every refusal is
-// written in one place, refuse.
+// request on with the identity of its session, if any.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	presented := stripClientIdentity(r)
 	if app := h.appFor(r.URL.Path); app != nil {
@@ -149,9 +148,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if h.Session.Optional {
 			return next.ServeHTTP(w, r)
 		}
-		h.apps[0].metrics.sessionRejected(sessionRejection(err))
-		h.refuse(w, newRefusal(http.StatusUnauthorized, refusalInvalidSession, "a valid session is required: log in again"))
-		return nil
+		metrics := h.sessions.rejectedApp(r, presented.session, err).metrics
+		return refuse(w, r, newRefusal(http.StatusUnauthorized, refusalInvalidSession, "a valid session is required: log in again"),
+			func(string) { metrics.sessionRejected(sessionRejection(err)) })
 	}
 	h.attachIdentity(r, app, id)
 	return next.ServeHTTP(w, r)
@@ -162,11 +161,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, app *loginApp, presented presentedHeaders) error {
 	id, token, expires, refusal := h.decideLogin(r, app, presented)
 	if refusal != nil {
-		if refusal.status != statusClientClosedRequest {
-			app.metrics.login(refusal.code)
-		}
-		h.refuse(w, refusal)
-		return nil
+		return refuse(w, r, refusal, app.metrics.login)
 	}
 	app.metrics.login(loginOK)
 	dropCode(r, h.CodeField, app.platform)
@@ -178,17 +173,6 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request, next caddyh
 		return respondLogin(w, id, token, expires)
 	}
 	return next.ServeHTTP(newSessionIssuingWriter(w, app.platform.headers.session, token), r)
-}
-
-// refuse answers with the documented JSON error; nothing is forwarded. A
-// client that went away is recorded as 499, as reverse_proxy does, so the
-// access log reflects the disconnect.
-func (h *Handler) refuse(w http.ResponseWriter, refusal *jsonRefusal) {
-	if refusal.status == statusClientClosedRequest {
-		w.WriteHeader(statusClientClosedRequest)
-		return
-	}
-	refusal.write(w)
 }
 
 // respondLogin answers a login at the gateway (session respond mode).

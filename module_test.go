@@ -258,7 +258,7 @@ func TestMisconfigurationIsCountedNotRetried(t *testing.T) {
 	h := newTestHandler(t, endpoint, func(h *Handler) { h.AppSecret = "wrong-secret" })
 	observed, logs := observer.New(zapcore.ErrorLevel)
 	h.logger = zap.New(zapcore.NewTee(h.logger.Core(), observed)) // still written to the scanned output
-	before := counterValue(wechatMetrics.logins.WithLabelValues(testAppID, refusalMisconfigured))
+	before := counterValue(loginCollectors().logins.WithLabelValues(testAppID, refusalMisconfigured))
 	r, _ := newTestRequest(context.Background(), http.MethodGet, "/wx/login?code=alice.m", nil)
 	w := httptest.NewRecorder()
 	_ = h.ServeHTTP(w, r, (&recordingUpstream{}).handler())
@@ -268,7 +268,7 @@ func TestMisconfigurationIsCountedNotRetried(t *testing.T) {
 	if sim.Calls() != 1 {
 		t.Errorf("a misconfiguration was retried: %d calls", sim.Calls())
 	}
-	if got := counterValue(wechatMetrics.logins.WithLabelValues(testAppID, refusalMisconfigured)) - before; got != 1 {
+	if got := counterValue(loginCollectors().logins.WithLabelValues(testAppID, refusalMisconfigured)) - before; got != 1 {
 		t.Errorf("logins_total{result=wechat_misconfigured} grew by %v, want 1", got)
 	}
 	lines := logs.All()

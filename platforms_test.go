@@ -472,7 +472,7 @@ func FuzzReadDouyinAnswer(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		id, err := douyinPlatform.answer.read(body)
 		if err != nil {
-			_ = failureRefusal(douyinPlatform, err, retryPolicy{attempts: 1}, time.Now())
+			_ = loginRefuser(douyinPlatform, retryPolicy{attempts: 1}).refusal(err, time.Now())
 			return
 		}
 		if !id.wellFormed() {

@@ -277,7 +277,7 @@ func TestSessionRejectionReasonsAreCounted(t *testing.T) {
 		{"wrong_audience", signed(fmt.Sprintf(`"exp":%d,"aud":"api"`, now+3600))},
 		{"other_app", issueToken(newTestSessionTokens(clock, "wxanotherapp", sessionSecret), aliceIdentity)},
 	} {
-		counter := wechatMetrics.sessionsRejected.WithLabelValues(testAppID, tc.reason)
+		counter := loginCollectors().sessionsRejected.WithLabelValues(testAppID, tc.reason)
 		before := counterValue(counter)
 		r, _ := newTestRequest(context.Background(), http.MethodGet, "/game/state", nil)
 		if tc.token != "" {
@@ -290,6 +290,36 @@ func TestSessionRejectionReasonsAreCounted(t *testing.T) {
 		}
 		if got := counterValue(counter) - before; got != 1 {
 			t.Errorf("sessions_rejected_total{reason=%q} grew by %v, want 1", tc.reason, got)
+		}
+	}
+}
+
+// With several apps in one handler, a refused session counts under the app
+// its token names when its signature holds, and under the handler's first
+// app when it names none of them: a forged token names nobody.
+func TestSessionRejectionsCountUnderTheTokensApp(t *testing.T) {
+	clock := newTestClock()
+	h := newClockedHandler(t, "http://127.0.0.1:1", clock, withSessions(nil), withPlatformApps("http://127.0.0.1:1"))
+	now := clock.Now().Unix()
+	douyinClaims := func(claims string) string {
+		return fmt.Sprintf(`{"sub":"o1","appid":"ttunittest","platform":"douyin",%s}`, claims)
+	}
+	for _, tc := range []struct{ appID, reason, token string }{
+		{"ttunittest", "expired", signRaw(`{"alg":"HS256"}`, douyinClaims(fmt.Sprintf(`"exp":%d`, now-3600)), sessionSecret)},
+		{"ttunittest", "not_yet_valid", signRaw(`{"alg":"HS256"}`, douyinClaims(fmt.Sprintf(`"exp":%d,"nbf":%d`, now+7200, now+3600)), sessionSecret)},
+		{"ttunittest", "wrong_audience", signRaw(`{"alg":"HS256"}`, douyinClaims(fmt.Sprintf(`"exp":%d,"aud":"api"`, now+3600)), sessionSecret)},
+		{testAppID, "bad_signature", signRaw(`{"alg":"HS256"}`, douyinClaims(fmt.Sprintf(`"exp":%d`, now-3600)), otherSessionSecret)},
+		{testAppID, "missing", ""},
+		{testAppID, "other_app", signRaw(`{"alg":"HS256"}`, fmt.Sprintf(`{"sub":"o1","appid":"ttunittest","exp":%d}`, now+3600), sessionSecret)},
+	} {
+		counter := loginCollectors().sessionsRejected.WithLabelValues(tc.appID, tc.reason)
+		before := counterValue(counter)
+		res := serveAt(h, "/game/state", bearerHeader(tc.token))
+		if res.w.Code != http.StatusUnauthorized {
+			t.Errorf("%s: status %d, want 401", tc.reason, res.w.Code)
+		}
+		if got := counterValue(counter) - before; got != 1 {
+			t.Errorf("sessions_rejected_total{app_id=%q,reason=%q} grew by %v, want 1", tc.appID, tc.reason, got)
 		}
 	}
 }
