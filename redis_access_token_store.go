@@ -109,7 +109,7 @@ const sealedToken = 't'
 // in front sends one caller per gateway to Redis, and keeps the gateway's
 // last token; while Redis is down, it alone serves.
 type redisTokenStore struct {
-	fleet *fleet
+	app   *appRedis
 	local *memoryTokenStore
 	// keys are the token's, the lock's (both for the scripts, in that
 	// order) and the ledger's.
@@ -121,13 +121,13 @@ type redisTokenStore struct {
 }
 
 // tokenStore returns the fleet's tokenStore of the app.
-func (f *fleet) tokenStore() *redisTokenStore {
-	tag := "{" + f.hide([]byte("access token")) + "}"
+func (a *appRedis) tokenStore() *redisTokenStore {
+	tag := "{" + a.hide([]byte("access token")) + "}"
 	return &redisTokenStore{
-		fleet:  f,
+		app:    a,
 		local:  newMemoryTokenStore(),
-		keys:   []string{f.prefix + "access-token:" + tag, f.prefix + "access-token-lock:" + tag},
-		ledger: f.prefix + "forced-refreshes:" + tag,
+		keys:   []string{a.prefix + "access-token:" + tag, a.prefix + "access-token-lock:" + tag},
+		ledger: a.prefix + "forced-refreshes:" + tag,
 	}
 }
 
@@ -144,7 +144,7 @@ func (s *redisTokenStore) refreshShared(ctx context.Context, now time.Time, stal
 	lock := newUniqueID()
 	lockTTL := s.lockTTL(ctx)
 	// held is the fingerprint of the token this gateway will not take.
-	held := s.fleet.hide([]byte(stale.value))
+	held := s.app.hide([]byte(stale.value))
 	for {
 		claim, ok := s.claim(ctx, held, lock, lockTTL)
 		if !ok {
@@ -178,7 +178,7 @@ func (s *redisTokenStore) lockTTL(ctx context.Context) time.Duration {
 	if deadline, ok := ctx.Deadline(); ok {
 		fetchTime = time.Until(deadline)
 	}
-	return max(fetchTime, 0) + s.fleet.redis.timeout
+	return max(fetchTime, 0) + s.app.redis.timeout
 }
 
 // leadForFleet calls stable_token holding the lock, and stores the token
@@ -194,17 +194,17 @@ func (s *redisTokenStore) leadForFleet(ctx context.Context, now time.Time, lock,
 			stored = s.sealToken(t)
 		}
 	}
-	s.fleet.redis.do(ctx, "token_finish", func(ctx context.Context) error {
-		return tokenFinishScript.Run(ctx, s.fleet.redis.client, s.keys, lock, stored, ttl.Milliseconds(), held).Err()
+	s.app.redis.do(ctx, "token_finish", func(ctx context.Context) error {
+		return tokenFinishScript.Run(ctx, s.app.redis.client, s.keys, lock, stored, ttl.Milliseconds(), held).Err()
 	})
 	return t, err
 }
 
 // claim runs tokenClaimScript; ok is false when Redis failed or is down.
 func (s *redisTokenStore) claim(ctx context.Context, held, lock string, lockTTL time.Duration) (claim claimReply, ok bool) {
-	ok = s.fleet.redis.do(ctx, "token_claim", func(ctx context.Context) error {
+	ok = s.app.redis.do(ctx, "token_claim", func(ctx context.Context) error {
 		var err error
-		claim, err = parseClaim(tokenClaimScript.Run(ctx, s.fleet.redis.client, s.keys, held, lock, lockTTL.Milliseconds()), "token")
+		claim, err = parseClaim(tokenClaimScript.Run(ctx, s.app.redis.client, s.keys, held, lock, lockTTL.Milliseconds()), "token")
 		return err
 	})
 	return claim, ok
@@ -218,23 +218,23 @@ type storedToken struct {
 
 // sealToken is t as stored: its fingerprint, then t sealed.
 func (s *redisTokenStore) sealToken(t accessToken) string {
-	sealed := s.fleet.seal(sealedToken, s.keys[0], storedToken{Value: t.value, ExpiresMS: t.expires.UnixMilli()}, t.usableUntil())
-	return s.fleet.hide([]byte(t.value)) + string(sealed)
+	sealed := s.app.seal(sealedToken, s.keys[0], storedToken{Value: t.value, ExpiresMS: t.expires.UnixMilli()}, t.usableUntil())
+	return s.app.hide([]byte(t.value)) + string(sealed)
 }
 
 // openToken reads a stored token; one that does not open (tampered with,
 // or kept past the end of its use), or whose fingerprint is not its own, is
 // not trusted.
 func (s *redisTokenStore) openToken(stored string, now time.Time) (accessToken, error) {
-	fingerprintLen := len(s.fleet.hide(nil))
+	fingerprintLen := len(s.app.hide(nil))
 	if len(stored) <= fingerprintLen || stored[fingerprintLen] != sealedToken {
 		return accessToken{}, errors.New("not a stored token")
 	}
 	var st storedToken
-	if err := s.fleet.open(s.keys[0], stored[fingerprintLen:], &st, now); err != nil {
+	if err := s.app.open(s.keys[0], stored[fingerprintLen:], &st, now); err != nil {
 		return accessToken{}, err
 	}
-	if !isTokenValue(st.Value) || s.fleet.hide([]byte(st.Value)) != stored[:fingerprintLen] {
+	if !isTokenValue(st.Value) || s.app.hide([]byte(st.Value)) != stored[:fingerprintLen] {
 		return accessToken{}, errors.New("a stored token that does not match its fingerprint")
 	}
 	return accessToken{value: st.Value, expires: time.UnixMilli(st.ExpiresMS)}, nil
@@ -242,8 +242,8 @@ func (s *redisTokenStore) openToken(stored string, now time.Time) (accessToken, 
 
 func (s *redisTokenStore) allowForcedRefresh(ctx context.Context, now time.Time) (bool, error) {
 	var allowed bool
-	served := s.fleet.redis.do(ctx, "token_forced_refresh", func(ctx context.Context) error {
-		n, err := forcedRefreshScript.Run(ctx, s.fleet.redis.client, []string{s.ledger},
+	served := s.app.redis.do(ctx, "token_forced_refresh", func(ctx context.Context) error {
+		n, err := forcedRefreshScript.Run(ctx, s.app.redis.client, []string{s.ledger},
 			forcedRefreshSpacing.Milliseconds(), forcedRefreshesPerDay, (24 * time.Hour).Milliseconds(), newUniqueID(), scriptTime(s.scriptClock)).Int()
 		allowed = n == 1
 		return err

@@ -251,7 +251,7 @@ func TestRedisTokenStoreDistrustsWhatDoesNotOpen(t *testing.T) {
 		{"short", "x"},
 		{"garbage", strings.Repeat("f", 32) + "t" + strings.Repeat("0", 64)},
 		// A token sealed for another key: bound to its own.
-		{"moved", b.store.fleet.hide([]byte("80_moved")) + string(b.store.fleet.seal(sealedToken, "elsewhere", storedToken{Value: "80_moved", ExpiresMS: accessTokenEpoch.Add(time.Hour).UnixMilli()}, accessTokenEpoch.Add(time.Hour)))},
+		{"moved", b.store.app.hide([]byte("80_moved")) + string(b.store.app.seal(sealedToken, "elsewhere", storedToken{Value: "80_moved", ExpiresMS: accessTokenEpoch.Add(time.Hour).UnixMilli()}, accessTokenEpoch.Add(time.Hour)))},
 	} {
 		if err := rdb.Set(ctx, a.store.keys[0], tc.stored, time.Hour).Err(); err != nil {
 			t.Fatal(err)

@@ -103,7 +103,7 @@ const minResultTTL = time.Second
 // whichever gateways receive it. The local store in front sends one login
 // per gateway and code to Redis; while Redis is down, it alone serves.
 type redisCodes struct {
-	fleet       *fleet
+	app         *appRedis
 	local       codeStore
 	players     *redisBudget     // charged in the operation that stores a result
 	fresh       string           // what a new login accepts
@@ -118,10 +118,10 @@ type redisCodes struct {
 // codes returns the fleet's codeStore in front of local (the memory store
 // shared across reloads). lockTTL is the longest an exchange can take,
 // retries included: a lock older than that has lost its holder.
-func (f *fleet) codes(local codeStore, players *redisBudget, cacheTTL, lockTTL time.Duration, keepSessionKeys bool) codeStore {
+func (a *appRedis) codes(local codeStore, players *redisBudget, cacheTTL, lockTTL time.Duration, keepSessionKeys bool) codeStore {
 	// The lock outlives the exchange by one Redis operation: storing its result.
-	lockTTL += f.redis.timeout
-	c := &redisCodes{fleet: f, local: local, players: players, fresh: acceptIdentity, identityTTL: cacheTTL, lockTTL: lockTTL, now: time.Now,
+	lockTTL += a.redis.timeout
+	c := &redisCodes{app: a, local: local, players: players, fresh: acceptIdentity, identityTTL: cacheTTL, lockTTL: lockTTL, now: time.Now,
 		keepSessionKeys: keepSessionKeys}
 	if cacheTTL <= 0 {
 		// Stored only for the waiters of the call that made it.
@@ -154,8 +154,8 @@ type codeKeys struct {
 }
 
 func (c *redisCodes) keysFor(key codeKey) codeKeys {
-	h := c.fleet.hide(key[:])
-	k := codeKeys{result: c.fleet.prefix + "code:" + h, lock: c.fleet.prefix + "lock:" + h}
+	h := c.app.hide(key[:])
+	k := codeKeys{result: c.app.prefix + "code:" + h, lock: c.app.prefix + "lock:" + h}
 	k.keys = []string{k.result, k.lock}
 	return k
 }
@@ -184,7 +184,7 @@ func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, exchange exc
 		time.Sleep(pollPause())
 		claim, outcome := c.claim(ctx, k, token, acceptAny)
 		if outcome != redisAnswered {
-			if patience.lost(c.fleet.redis, outcome) {
+			if patience.lost(c.app.redis, outcome) {
 				break
 			}
 			continue // this gateway was busy, or Redis' silence is being confirmed: look again
@@ -213,7 +213,7 @@ func (c *redisCodes) whileBusy(op func() int) bool {
 		if outcome == redisAnswered {
 			return true
 		}
-		if patience.lost(c.fleet.redis, outcome) || time.Now().After(deadline) {
+		if patience.lost(c.app.redis, outcome) || time.Now().After(deadline) {
 			return false
 		}
 		time.Sleep(pollPause())
@@ -249,7 +249,7 @@ func (c *redisCodes) leadForFleet(ctx context.Context, k codeKeys, token string,
 		_, wait, ok := c.players.reserveThrough(ctx, id.player(), "finish", func(ctx context.Context) (budgetAnswer, error) {
 			keys := append(k.keys, c.players.key(id.player()))
 			args := append([]any{token, c.identityTTL.Milliseconds(), c.sealIdentity(k, id, false), c.sealIdentity(k, id, true)}, c.players.scriptArgs(true)...)
-			answer, err := budgetAnswerOf(c.custodyWrite(id).runWith(ctx, c.fleet.redis.client, finishScript, keys, args...))
+			answer, err := budgetAnswerOf(c.custodyWrite(id).runWith(ctx, c.app.redis.client, finishScript, keys, args...))
 			finished = err == nil
 			return answer, err
 		})
@@ -284,14 +284,14 @@ func (c *redisCodes) custodyWrite(id Identity) *sessionKeyWrite {
 	if !c.keepSessionKeys || id.OpenID == "" {
 		return nil
 	}
-	return c.fleet.sessionKeyWrite(id.OpenID, id.SessionKey, time.Now())
+	return c.app.sessionKeyWrite(id.OpenID, id.SessionKey, time.Now())
 }
 
 // claim runs claimScript; outcome is redisClient.try's.
 func (c *redisCodes) claim(ctx context.Context, k codeKeys, token, accept string) (claim claimReply, outcome int) {
-	outcome = c.fleet.redis.try(ctx, "claim", func(ctx context.Context) error {
+	outcome = c.app.redis.try(ctx, "claim", func(ctx context.Context) error {
 		var err error
-		claim, err = parseClaim(claimScript.Run(ctx, c.fleet.redis.client, k.keys, token, c.lockTTL.Milliseconds(), accept), "result")
+		claim, err = parseClaim(claimScript.Run(ctx, c.app.redis.client, k.keys, token, c.lockTTL.Milliseconds(), accept), "result")
 		return err
 	})
 	return claim, outcome
@@ -302,8 +302,8 @@ func (c *redisCodes) claim(ctx context.Context, k codeKeys, token, accept string
 // is safe to repeat.
 func (c *redisCodes) finish(ctx context.Context, k codeKeys, token string, result []byte, ttl time.Duration, custody *sessionKeyWrite) {
 	c.whileBusy(func() int {
-		return c.fleet.redis.try(ctx, "finish", func(ctx context.Context) error {
-			return custody.runWith(ctx, c.fleet.redis.client, finishScript, k.keys, token, ttl.Milliseconds(), result).Err()
+		return c.app.redis.try(ctx, "finish", func(ctx context.Context) error {
+			return custody.runWith(ctx, c.app.redis.client, finishScript, k.keys, token, ttl.Milliseconds(), result).Err()
 		})
 	})
 }
@@ -355,7 +355,7 @@ func (c *redisCodes) sealResult(k codeKeys, res codeResult) []byte {
 			r.Errcode = &res.failure.errcode
 		}
 	}
-	return c.fleet.seal(resultFailure, k.result, r, c.now().Add(c.lockTTL))
+	return c.app.seal(resultFailure, k.result, r, c.now().Add(c.lockTTL))
 }
 
 // sealIdentity seals id until the identity TTL: as 'i', or as 'o' when its
@@ -367,7 +367,7 @@ func (c *redisCodes) sealIdentity(k codeKeys, id Identity, overBudget bool) []by
 		kind = resultIdentityOverBudget
 	}
 	r := storedResult{OpenID: id.OpenID, UnionID: id.UnionID, SessionKey: id.SessionKey, AnonymousOpenID: id.AnonymousOpenID}
-	return c.fleet.seal(kind, k.result, r, c.now().Add(c.identityTTL))
+	return c.app.seal(kind, k.result, r, c.now().Add(c.identityTTL))
 }
 
 // openResult reads a stored result, and whether its identity's player was
@@ -378,7 +378,7 @@ func (c *redisCodes) openResult(k codeKeys, stored string) (res codeResult, over
 		return codeResult{}, false, errors.New("a stored result of a kind this gateway does not know")
 	}
 	var r storedResult
-	if err := c.fleet.open(k.result, stored, &r, c.now()); err != nil {
+	if err := c.app.open(k.result, stored, &r, c.now()); err != nil {
 		return codeResult{}, false, err
 	}
 	res = codeResult{

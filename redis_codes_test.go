@@ -181,7 +181,7 @@ func TestRedisCodesWaiterWhoseClientHangsUpStaysOnRedis(t *testing.T) {
 	}
 	polled := redisCalls(t, rdb, "evalsha")
 	testkit.WaitFor(t, "gateway B looks for the result again", func() bool {
-		return redisCalls(t, rdb, "evalsha") >= polled+2 || b.fleet.redis.down.Load()
+		return redisCalls(t, rdb, "evalsha") >= polled+2 || b.app.redis.down.Load()
 	})
 	close(wechat.release)
 	if got := <-first; !got.proved(fleetIdentity) {
@@ -195,7 +195,7 @@ func TestRedisCodesWaiterWhoseClientHangsUpStaysOnRedis(t *testing.T) {
 	if calls := wechat.calls.Load(); calls != 1 {
 		t.Errorf("%d WeChat calls for one code, want 1", calls)
 	}
-	if b.fleet.redis.down.Load() {
+	if b.app.redis.down.Load() {
 		t.Error("gateway B left Redis after a client hung up")
 	}
 	if got := storeErrorsTotal() - errorsBefore; got != 0 {
@@ -444,8 +444,8 @@ func TestRedisCodesResultKeptPastItsExpiryIsRefused(t *testing.T) {
 		key := newCodeKey(fleetAppID, credentials{code: fleetCode})
 		k := a.keysFor(key)
 		plain, _ := json.Marshal(storedResult{OpenID: "oOlderGateway"})
-		nonce := make([]byte, a.fleet.sealer.NonceSize())
-		older := a.fleet.sealer.Seal(append([]byte{resultIdentity}, nonce...), nonce, plain, append([]byte{resultIdentity}, k.result...))
+		nonce := make([]byte, a.app.sealer.NonceSize())
+		older := a.app.sealer.Seal(append([]byte{resultIdentity}, nonce...), nonce, plain, append([]byte{resultIdentity}, k.result...))
 		rdb.Set(ctx, k.result, older, time.Minute)
 		wechat := released(proving(fleetIdentity))
 		if res, outcome, _ := b.redeem(ctx, key, wechat.exchange); res != proving(fleetIdentity) || outcome != redeemedByCall || wechat.calls.Load() != 1 {

@@ -83,12 +83,12 @@ func TestRotationMovesTheFleetsKey(t *testing.T) {
 	ctx := context.Background()
 	gwA, gwB := newGateway(t, srv.Addr(), 0, nil), newGateway(t, srv.Addr(), 1, nil)
 	issued := time.Now().Add(-time.Minute)
-	rotating := &APIHandler{fleet: gwA.fleet, sessionKeys: newSessionKeyCustody()}
+	rotating := &APIHandler{fleet: gwA.appRedis, sessionKeys: newSessionKeyCustody()}
 	rotating.sessionKeys.keep("oAlice", "old-key", issued)
 	gwA.keepSessionKey(ctx, "oAlice", "old-key", issued.Add(2*time.Millisecond))
 
 	rotating.keepRotation(ctx, "oAlice", "old-key", "new-key")
-	other := &APIHandler{fleet: gwB.fleet, sessionKeys: newSessionKeyCustody()}
+	other := &APIHandler{fleet: gwB.appRedis, sessionKeys: newSessionKeyCustody()}
 	for name, h := range map[string]*APIHandler{"the gateway that rotated": rotating, "another gateway": other} {
 		if key, refusal := h.playerKey(ctx, "oAlice"); key != "new-key" {
 			t.Errorf("%s signs with %q (%v) after the rotation; want the new key", name, key, refusal)
