@@ -11,8 +11,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
-	mathrand "math/rand/v2"
 	"strconv"
 	"time"
 
@@ -148,41 +146,6 @@ func newUniqueID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:]) // crypto/rand never fails
 	return hex.EncodeToString(b[:])
-}
-
-// Waiters (on a code's call, on the fleet's token) poll every 10-25ms,
-// jittered so that gateways do not poll in step.
-const (
-	pollMin = 10 * time.Millisecond
-	pollMax = 25 * time.Millisecond
-)
-
-// pollPause is one waiter's pause between two looks at Redis.
-func pollPause() time.Duration { return pollMin + mathrand.N(pollMax-pollMin) }
-
-// claimReply is what a claim script answers: {found, value} when it found
-// what the caller takes, {"lead"} when the caller took the lock, or
-// {"wait"}.
-type claimReply struct {
-	kind  string
-	value string
-}
-
-// parseClaim reads a claim script's answer, whose kind found carries a
-// value.
-func parseClaim(cmd *redis.Cmd, found string) (claimReply, error) {
-	reply, err := cmd.StringSlice()
-	if err != nil {
-		return claimReply{}, err
-	}
-	if len(reply) == 0 || (reply[0] == found) != (len(reply) == 2) {
-		return claimReply{}, fmt.Errorf("a claim script answered %d values", len(reply))
-	}
-	claim := claimReply{kind: reply[0]}
-	if len(reply) == 2 {
-		claim.value = reply[1]
-	}
-	return claim, nil
 }
 
 // scriptTime is the time a script is to use, in milliseconds: clock's, which

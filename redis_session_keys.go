@@ -69,22 +69,31 @@ func (w *sessionKeyWrite) args() []any {
 	return []any{w.value, w.issued, w.ttl.Milliseconds()}
 }
 
-// runWith runs script (a code's finish) and, when w is not nil, the write,
-// in one round trip, and returns the script's reply. The finish goes by
-// EVALSHA, and again by its own Run should Redis have lost it (a restart);
-// the write, rare and small, always by EVAL.
+// runWith runs script (a claim's finish) and, when w is not nil, the
+// write, in one round trip, and returns the script's reply. Both go by
+// EVALSHA; whichever Redis does not have (after a restart, say) goes again
+// by EVAL, in one more round trip.
 func (w *sessionKeyWrite) runWith(ctx context.Context, client redis.UniversalClient, script *redis.Script, keys []string, args ...any) *redis.Cmd {
 	if w == nil {
 		return script.Run(ctx, client, keys, args...)
 	}
-	var reply *redis.Cmd
+	var reply, write *redis.Cmd
 	_, _ = client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		reply = script.EvalSha(ctx, p, keys, args...)
-		sessionKeyScript.Eval(ctx, p, []string{w.name}, w.args()...)
+		write = sessionKeyScript.EvalSha(ctx, p, []string{w.name}, w.args()...)
 		return nil
 	})
-	if redis.HasErrorPrefix(reply.Err(), "NOSCRIPT") {
-		return script.Run(ctx, client, keys, args...)
+	replyLost, writeLost := redis.HasErrorPrefix(reply.Err(), "NOSCRIPT"), redis.HasErrorPrefix(write.Err(), "NOSCRIPT")
+	if replyLost || writeLost {
+		_, _ = client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			if replyLost {
+				reply = script.Eval(ctx, p, keys, args...)
+			}
+			if writeLost {
+				sessionKeyScript.Eval(ctx, p, []string{w.name}, w.args()...)
+			}
+			return nil
+		})
 	}
 	return reply
 }
