@@ -58,11 +58,8 @@ func TestFleetKeepsTheNewestSessionKey(t *testing.T) {
 // script each time; and Redis not knowing either script (an empty one, or
 // after SCRIPT FLUSH) loses neither the result nor the key.
 func TestFleetKeepsTheSessionKeyByEvalsha(t *testing.T) {
-	srv := testkit.StartRedis(t)
-	rdb := newTestRedisClient(t, srv.Addr())
+	rdb, a, b := twoGateways(t, time.Minute)
 	ctx := context.Background()
-	_, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
-	gwB, b := gatewayCodes(t, srv.Addr(), 1, time.Minute)
 	for n, step := range []string{"a Redis that knows no script", "a Redis that knows the scripts", "a Redis whose scripts were flushed"} {
 		if n == 2 {
 			if err := rdb.ScriptFlush(ctx).Err(); err != nil {
@@ -82,7 +79,7 @@ func TestFleetKeepsTheSessionKeyByEvalsha(t *testing.T) {
 		if n == 1 && redisCalls(t, rdb, "eval") != evals {
 			t.Errorf("%s: a fresh redeem sent a whole script (EVAL)", step)
 		}
-		if kept, found, _ := gwB.lookupSessionKey(ctx, id.OpenID, time.Now()); !found || kept.key != fleetSessionKey {
+		if kept, found, _ := b.app.lookupSessionKey(ctx, id.OpenID, time.Now()); !found || kept.key != fleetSessionKey {
 			t.Errorf("%s: gateway B finds no key for the login at A (found %t)", step, found)
 		}
 		wechat := released(proving(id))
