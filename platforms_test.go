@@ -483,7 +483,7 @@ func FuzzReadDouyinAnswer(f *testing.F) {
 func TestStoredResultsArePlatformNeutral(t *testing.T) {
 	srv := testkit.StartRedis(t)
 	_, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
-	k := a.keysFor(newCodeKey(fleetAppID, credentials{code: fleetCode}))
+	k := a.claimFor(newCodeKey(fleetAppID, credentials{code: fleetCode}))
 	var plain map[string]any
 	open := func(stored []byte) {
 		t.Helper()

@@ -25,8 +25,9 @@ import (
 // stable_token for the fleet, or waits.
 
 // tokenClaims are the claims on the app's token: impatient, as a gateway
-// that fetches a token alone costs no more than a call of the day's
-// allowance.
+// that fetches the token alone gets the one the others have (stable_token
+// hands out the same token while it is valid), and a waiter waits no
+// longer than its caller.
 var tokenClaims = &claimKind{claimScript: tokenClaimScript, finishScript: tokenFinishScript, claimOp: "token_claim", finishOp: "token_finish"}
 
 // tokenClaimScript takes the stored token unless it is the caller's stale
@@ -97,9 +98,10 @@ const sealedToken = 't'
 // in front sends one caller per gateway to Redis, and keeps the gateway's
 // last token; while Redis is down, it alone serves.
 type redisTokenStore struct {
-	// redisClaim is the claim on the token, but for its lockTTL: each
-	// refresh's own (see claimFor).
-	redisClaim
+	app *appRedis
+	// claim is the claim on the token but for its lockTTL, each refresh's
+	// own (see claimFor).
+	claim  redisClaim
 	local  *memoryTokenStore
 	ledger string
 	// scriptClock is nil except in tests, which drive the ledger's clock;
@@ -112,7 +114,7 @@ func (a *appRedis) tokenStore() *redisTokenStore {
 	tag := "{" + a.hide([]byte("access token")) + "}"
 	claim := redisClaim{app: a, kind: tokenClaims, result: a.prefix + "access-token:" + tag, lock: a.prefix + "access-token-lock:" + tag}
 	claim.keys = []string{claim.result, claim.lock}
-	return &redisTokenStore{redisClaim: claim, local: newMemoryTokenStore(), ledger: a.prefix + "forced-refreshes:" + tag}
+	return &redisTokenStore{app: a, claim: claim, local: newMemoryTokenStore(), ledger: a.prefix + "forced-refreshes:" + tag}
 }
 
 func (s *redisTokenStore) refresh(ctx context.Context, now time.Time, stale accessToken, fetch func(context.Context) (accessToken, error)) (accessToken, error) {
@@ -157,7 +159,7 @@ func (s *redisTokenStore) claimFor(ctx context.Context) redisClaim {
 	if deadline, ok := ctx.Deadline(); ok {
 		fetchTime = time.Until(deadline)
 	}
-	claim := s.redisClaim
+	claim := s.claim
 	claim.lockTTL = max(fetchTime, 0) + s.app.redis.timeout
 	return claim
 }
@@ -187,7 +189,7 @@ type storedToken struct {
 
 // sealToken is t as stored: its fingerprint, then t sealed.
 func (s *redisTokenStore) sealToken(t accessToken) string {
-	sealed := s.app.seal(sealedToken, s.result, storedToken{Value: t.value, ExpiresMS: t.expires.UnixMilli()}, t.usableUntil())
+	sealed := s.app.seal(sealedToken, s.claim.result, storedToken{Value: t.value, ExpiresMS: t.expires.UnixMilli()}, t.usableUntil())
 	return s.app.hide([]byte(t.value)) + string(sealed)
 }
 
@@ -200,7 +202,7 @@ func (s *redisTokenStore) openToken(stored string, now time.Time) (accessToken, 
 		return accessToken{}, errors.New("not a stored token")
 	}
 	var st storedToken
-	if err := s.app.open(s.result, stored[fingerprintLen:], &st, now); err != nil {
+	if err := s.app.open(s.claim.result, stored[fingerprintLen:], &st, now); err != nil {
 		return accessToken{}, err
 	}
 	if !isTokenValue(st.Value) || s.app.hide([]byte(st.Value)) != stored[:fingerprintLen] {

@@ -130,7 +130,7 @@ func (c *redisCodes) redeem(ctx context.Context, key codeKey, exchange exchangeF
 }
 
 // keysFor is the claim on the code key.
-func (c *redisCodes) keysFor(key codeKey) redisClaim {
+func (c *redisCodes) claimFor(key codeKey) redisClaim {
 	h := c.app.hide(key[:])
 	k := redisClaim{app: c.app, kind: codeClaims, result: c.app.prefix + "code:" + h, lock: c.app.prefix + "lock:" + h, lockTTL: c.lockTTL}
 	k.keys = []string{k.result, k.lock}
@@ -140,7 +140,7 @@ func (c *redisCodes) keysFor(key codeKey) redisClaim {
 // redeemShared runs on behalf of every login for key at this gateway;
 // charge is the local store's, for a call made without the fleet.
 func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, exchange exchangeFunc, charge chargeFunc) (codeResult, redeemOutcome) {
-	k := c.keysFor(key)
+	k := c.claimFor(key)
 	token := newUniqueID()
 	claim, waited, ok := k.await(ctx, token, func(waiting bool) string {
 		if waiting {

@@ -277,7 +277,7 @@ func TestRedisCodesWaiterTakesOverFromAVanishedHolder(t *testing.T) {
 	rdb := newTestRedisClient(t, srv.Addr())
 	_, b := gatewayCodes(t, srv.Addr(), 1, time.Minute)
 	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
-	k := b.keysFor(key)
+	k := b.claimFor(key)
 	ctx := context.Background()
 	// A gateway took the lock and died.
 	if err := rdb.Set(ctx, k.lock, "a-dead-gateway", time.Minute).Err(); err != nil {
@@ -303,7 +303,7 @@ func TestRedisCodesCodeUsedLooksForAnotherGatewaysResult(t *testing.T) {
 	_, b := gatewayCodes(t, srv.Addr(), 1, time.Minute)
 	rdb := newTestRedisClient(t, srv.Addr())
 	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
-	k := a.keysFor(key)
+	k := a.claimFor(key)
 	// B calls WeChat and hears 40163: gateway A (whose lock had run out)
 	// spent the code and stored the identity meanwhile.
 	usedAtWeChat := func(chargeFunc) codeResult {
@@ -354,7 +354,7 @@ func TestRedisCodesStoredIdentityIsCheckedAsWechatsIs(t *testing.T) {
 	_, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
 	ctx := context.Background()
 	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
-	k := a.keysFor(key)
+	k := a.claimFor(key)
 	rdb.Set(ctx, k.result, a.sealResult(k, proving(Identity{OpenID: "oAlice\r\nX-Wx-Openid: oMallory"})), time.Minute)
 	res, outcome, _ := a.redeem(ctx, key, released(proving(fleetIdentity)).exchange)
 	if res != proving(fleetIdentity) || outcome != redeemedByCall {
@@ -372,8 +372,8 @@ func TestRedisCodesResultIsBoundToItsCode(t *testing.T) {
 	if res, _, _ := a.redeem(ctx, mallory, released(proving(Identity{OpenID: "oMallory"})).exchange); !res.proved() {
 		t.Fatal(res)
 	}
-	stored := rdb.Get(ctx, a.keysFor(mallory).result).Val()
-	rdb.Set(ctx, a.keysFor(alice).result, stored, time.Minute)
+	stored := rdb.Get(ctx, a.claimFor(mallory).result).Val()
+	rdb.Set(ctx, a.claimFor(alice).result, stored, time.Minute)
 	_, b := gatewayCodes(t, srv.Addr(), 1, time.Minute)
 	res, outcome, _ := b.redeem(ctx, alice, released(proving(Identity{OpenID: "oAlice"})).exchange)
 	if res.id.OpenID != "oAlice" || outcome != redeemedByCall {
@@ -411,7 +411,7 @@ func TestRedisCodesResultKeptPastItsExpiryIsRefused(t *testing.T) {
 			}
 			ctx := context.Background()
 			key := newCodeKey(fleetAppID, credentials{code: fleetCode})
-			result := gateways[0].keysFor(key).result
+			result := gateways[0].claimFor(key).result
 			if res, _, _ := gateways[0].redeem(ctx, key, released(proving(fleetIdentity)).exchange); !res.proved() {
 				t.Fatalf("%+v", res)
 			}
@@ -442,7 +442,7 @@ func TestRedisCodesResultKeptPastItsExpiryIsRefused(t *testing.T) {
 		rdb, a, b := twoGateways(t, cacheTTL)
 		ctx := context.Background()
 		key := newCodeKey(fleetAppID, credentials{code: fleetCode})
-		k := a.keysFor(key)
+		k := a.claimFor(key)
 		plain, _ := json.Marshal(storedResult{OpenID: "oOlderGateway"})
 		nonce := make([]byte, a.app.sealer.NonceSize())
 		older := a.app.sealer.Seal(append([]byte{resultIdentity}, nonce...), nonce, plain, append([]byte{resultIdentity}, k.result...))
@@ -596,7 +596,7 @@ func TestRedisCodesRefusalNeverReplacesAnIdentity(t *testing.T) {
 	wechatA := newCountingExchange(proving(fleetIdentity))
 	atA := redeemIn(a, key, wechatA)
 	<-wechatA.started
-	rdb.Del(context.Background(), a.keysFor(key).lock) // its expiry, without waiting for it
+	rdb.Del(context.Background(), a.claimFor(key).lock) // its expiry, without waiting for it
 	wechatB := newCountingExchange(codeResult{failure: &platformError{kind: kindTimeout}})
 	atB := redeemIn(b, key, wechatB)
 	<-wechatB.started
