@@ -112,8 +112,7 @@ type redisTokenStore struct {
 // tokenStore returns the fleet's tokenStore of the app.
 func (a *appRedis) tokenStore() *redisTokenStore {
 	tag := "{" + a.hide([]byte("access token")) + "}"
-	claim := redisClaim{app: a, kind: tokenClaims, result: a.prefix + "access-token:" + tag, lock: a.prefix + "access-token-lock:" + tag}
-	claim.keys = []string{claim.result, claim.lock}
+	claim := a.claim(tokenClaims, a.prefix+"access-token:"+tag, a.prefix+"access-token-lock:"+tag, 0)
 	return &redisTokenStore{app: a, claim: claim, local: newMemoryTokenStore(), ledger: a.prefix + "forced-refreshes:" + tag}
 }
 

@@ -34,6 +34,11 @@ type redisClaim struct {
 	lockTTL time.Duration
 }
 
+// claim is a claim of kind on the keys result and lock.
+func (a *appRedis) claim(kind *claimKind, result, lock string, lockTTL time.Duration) redisClaim {
+	return redisClaim{app: a, kind: kind, result: result, lock: lock, keys: []string{result, lock}, lockTTL: lockTTL}
+}
+
 // claimKind is what differs between kinds of claims: their scripts (each
 // claimLua with its own rules for which stored result a claimer takes and
 // which a finish replaces), the operation names they are measured by, and
@@ -124,12 +129,12 @@ func (c redisClaim) finishWith(ctx context.Context, more []string, also *session
 	return also.runWith(ctx, c.app.redis.client, c.kind.finishScript, keys, args...)
 }
 
-// attempt runs op (a redisClient.try) until Redis answers it; a patient
-// claim's again while this gateway is busy or is confirming that Redis is
-// silent, for up to lockTTL: a caller that works alone instead may do
-// what another gateway is doing (spend a code), and a result left
-// unstored makes the other gateways wait it out. It gives up when Redis
-// is down, or silent again after a PING found it answering.
+// attempt runs op (a redisClient.try) and reports whether Redis answered
+// it. A patient claim runs it again while this gateway is busy or is
+// confirming that Redis is silent, for up to lockTTL: a caller that works
+// alone instead may do what another gateway is doing (spend a code), and
+// a result left unstored makes the other gateways wait it out; it gives up
+// when Redis is down, or silent again after a PING found it answering.
 func (c redisClaim) attempt(op func() int) bool {
 	deadline := time.Now().Add(c.lockTTL)
 	var patience redisPatience

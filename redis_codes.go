@@ -58,7 +58,7 @@ end)
 return answer
 `)
 
-// What a login accepts from the result key, as claimScript's ARGV[3].
+// What a login accepts from the result key, as codeClaimScript's ARGV[3].
 const (
 	acceptAny      = "any"      // a waiter: the answer of the call it waited for
 	acceptIdentity = "identity" // a new login, with the cache on
@@ -129,12 +129,10 @@ func (c *redisCodes) redeem(ctx context.Context, key codeKey, exchange exchangeF
 	return res, outcome, err
 }
 
-// keysFor is the claim on the code key.
+// claimFor is the claim on the code key.
 func (c *redisCodes) claimFor(key codeKey) redisClaim {
 	h := c.app.hide(key[:])
-	k := redisClaim{app: c.app, kind: codeClaims, result: c.app.prefix + "code:" + h, lock: c.app.prefix + "lock:" + h, lockTTL: c.lockTTL}
-	k.keys = []string{k.result, k.lock}
-	return k
+	return c.app.claim(codeClaims, c.app.prefix+"code:"+h, c.app.prefix+"lock:"+h, c.lockTTL)
 }
 
 // redeemShared runs on behalf of every login for key at this gateway;
