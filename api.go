@@ -75,7 +75,7 @@ type APIHandler struct {
 	// timeout and the metrics registry are this handler's.
 	tokens    *tokenManager
 	tokensKey string
-	fleet     *fleet // nil without a redis block
+	fleet     *appRedis // nil without a redis block
 	metrics   *apiMetrics
 	logger    *zap.Logger
 	// appKeys are VirtualPayment's keys by env, resolved.
@@ -121,7 +121,7 @@ func (h *APIHandler) Provision(ctx caddy.Context) error {
 	if h.Redis != nil {
 		// Every handler of the manager holds the client it uses, so that
 		// the client outlives the manager whichever handler goes first.
-		if h.fleet, err = newFleet(ctx, h.Redis, h.AppID, endpoint, h.secret); err != nil {
+		if h.fleet, err = newAppRedis(ctx, h.Redis, h.AppID, endpoint, h.secret); err != nil {
 			return err
 		}
 		// A manager keeps the store it was made with: another Redis (or

@@ -373,7 +373,7 @@ func TestAPIRedisSharesTheClientAndTheToken(t *testing.T) {
 	if err := a.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.tokens.store.(*redisTokenStore).fleet.redis.client.Ping(context.Background()).Err(); err != nil {
+	if err := b.tokens.store.(*redisTokenStore).app.redis.client.Ping(context.Background()).Err(); err != nil {
 		t.Errorf("the token store's client closed while handlers use it: %v", err)
 	}
 }

@@ -95,8 +95,8 @@ type loginApp struct {
 	// wechat_api handlers read; nil where the platform's are not kept.
 	sessionKeys *sessionKeyCustody
 	stateKey    string
-	release     func() // ends this app's leases on the shared state
-	fleet       *fleet // nil without a redis block
+	release     func()    // ends this app's leases on the shared state
+	fleet       *appRedis // nil without a redis block
 	metrics     *loginMetrics
 	// appIDPlaceholder is appID as the placeholder's value, boxed once
 	// rather than on every request.
@@ -166,7 +166,7 @@ func (h *Handler) attachApp(ctx caddy.Context, cfg *PlatformApp, secret string) 
 	if h.Redis == nil {
 		return app, nil
 	}
-	if app.fleet, err = newFleet(ctx, h.Redis, app.appID, app.endpoint, secret); err != nil {
+	if app.fleet, err = newAppRedis(ctx, h.Redis, app.appID, app.endpoint, secret); err != nil {
 		return app, err
 	}
 	players := app.fleet.budget("player", app.budget, app.state.players, h.now)

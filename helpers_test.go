@@ -520,7 +520,7 @@ func init() { testkit.Forbid(fleetSecret) }
 // gateway is one gateway's view of a shared Redis: a fleet attached as
 // Provision would attach it.
 type gateway struct {
-	*fleet
+	*appRedis
 	logs *observer.ObservedLogs
 }
 
@@ -537,7 +537,7 @@ func newGateway(t testing.TB, addr string, n int, configure func(*RedisConfig)) 
 	}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(cancel)
-	f, err := newFleet(ctx, cfg, fleetAppID, fleetEndpoint, fleetSecret)
+	f, err := newAppRedis(ctx, cfg, fleetAppID, fleetEndpoint, fleetSecret)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -549,7 +549,7 @@ func newGateway(t testing.TB, addr string, n int, configure func(*RedisConfig)) 
 	core, logs := observer.New(zapcore.InfoLevel)
 	f.redis.logger = zap.New(core)
 	f.redis.probeEvery = 20 * time.Millisecond
-	return gateway{fleet: f, logs: logs}
+	return gateway{appRedis: f, logs: logs}
 }
 
 // waitDown waits until gw has found its Redis down: a frozen Redis is

@@ -494,12 +494,12 @@ func FuzzReadDouyinAnswer(f *testing.F) {
 func TestStoredResultsArePlatformNeutral(t *testing.T) {
 	srv := testkit.StartRedis(t)
 	_, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
-	k := a.keysFor(newCodeKey(fleetAppID, credentials{code: fleetCode}))
+	k := a.claimFor(newCodeKey(fleetAppID, credentials{code: fleetCode}))
 	var plain map[string]any
 	open := func(stored []byte) {
 		t.Helper()
 		plain = nil
-		if err := a.fleet.open(k.result, string(stored), &plain, time.Now()); err != nil {
+		if err := a.app.open(k.result, string(stored), &plain, time.Now()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -522,7 +522,7 @@ func TestStoredResultsArePlatformNeutral(t *testing.T) {
 
 	// What a gateway before platforms stored for the waiters of a call
 	// WeChat refused.
-	legacy := a.fleet.seal('e', k.result, map[string]any{"status": 401, "code": "invalid_code", "message": "the login code is invalid or expired; call wx.login again", "errcode": 40029}, time.Now().Add(time.Minute))
+	legacy := a.app.seal('e', k.result, map[string]any{"status": 401, "code": "invalid_code", "message": "the login code is invalid or expired; call wx.login again", "errcode": 40029}, time.Now().Add(time.Minute))
 	if _, _, err := a.openResult(k, string(legacy)); err == nil {
 		t.Error("an older gateway's refusal was opened")
 	}

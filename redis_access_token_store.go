@@ -8,8 +8,8 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// How a fleet shares one access token. Per app, three keys that hash to
-// one Cluster slot (the {…} tag):
+// How a fleet shares one access token: a claim (see redisClaim). Per app,
+// three keys that hash to one Cluster slot (the {…} tag):
 //
 //	<prefix>access-token:{t}      the token: its fingerprint (a MAC, so
 //	                              that the scripts can compare tokens
@@ -22,40 +22,29 @@ import (
 //
 // A gateway whose token is stale (absent, expiring or refused) takes a
 // token other than its own from the first key, or takes the lock and calls
-// stable_token for the fleet, or waits: it polls until the key holds
-// another token, or the lock is gone (its holder vanished), in which case
-// it takes the lock itself.
+// stable_token for the fleet, or waits.
 
-// tokenClaimScript, in one round trip, returns the stored token unless it
-// is the caller's stale one (ARGV[1], a fingerprint), or takes the lock
-// (ARGV[2] for ARGV[3] ms), or says to wait.
-var tokenClaimScript = redis.NewScript(`
-local stored = redis.call('GET', KEYS[1])
-if stored and string.sub(stored, 1, #ARGV[1]) ~= ARGV[1] then
-	return {'token', stored}
-end
-if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
-	return {'lead'}
-end
-return {'wait'}
+// tokenClaims are the claims on the app's token: impatient, as a gateway
+// that fetches the token alone gets the one the others have (stable_token
+// hands out the same token while it is valid), and a waiter waits no
+// longer than its caller.
+var tokenClaims = &claimKind{claimScript: tokenClaimScript, finishScript: tokenFinishScript, claimOp: "token_claim", finishOp: "token_finish"}
+
+// tokenClaimScript takes the stored token unless it is the caller's stale
+// one (ARGV[3], a fingerprint).
+var tokenClaimScript = redis.NewScript(claimLua + `
+return claim(function(stored)
+	return string.sub(stored, 1, #ARGV[3]) ~= ARGV[3]
+end, false)
 `)
 
-// tokenFinishScript stores a token (ARGV[2], if any, for ARGV[3] ms) and
-// lets go of the lock if it is still the caller's (ARGV[1]). A caller whose
-// lock ran out replaces only the stale token it set out to replace
-// (ARGV[4], a fingerprint), or none: never one another gateway stored
-// meanwhile.
-var tokenFinishScript = redis.NewScript(`
-local held = redis.call('GET', KEYS[2]) == ARGV[1]
-if ARGV[2] ~= '' then
-	local stored = redis.call('GET', KEYS[1])
-	if held or not stored or string.sub(stored, 1, #ARGV[4]) == ARGV[4] then
-		redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-	end
-end
-if held then
-	redis.call('DEL', KEYS[2])
-end
+// tokenFinishScript stores a token (ARGV[3], if any). A caller whose lock
+// ran out replaces only the stale token it set out to replace (ARGV[4], a
+// fingerprint): never one another gateway stored meanwhile.
+var tokenFinishScript = redis.NewScript(claimLua + `
+finish(ARGV[3], function(stored, held)
+	return held or string.sub(stored, 1, #ARGV[4]) == ARGV[4]
+end)
 return 1
 `)
 
@@ -109,11 +98,11 @@ const sealedToken = 't'
 // in front sends one caller per gateway to Redis, and keeps the gateway's
 // last token; while Redis is down, it alone serves.
 type redisTokenStore struct {
-	fleet *fleet
-	local *memoryTokenStore
-	// keys are the token's, the lock's (both for the scripts, in that
-	// order) and the ledger's.
-	keys   []string
+	app *appRedis
+	// claim is the claim on the token but for its lockTTL, each refresh's
+	// own (see claimFor).
+	claim  redisClaim
+	local  *memoryTokenStore
 	ledger string
 	// scriptClock is nil except in tests, which drive the ledger's clock;
 	// otherwise time is the Redis server's.
@@ -121,14 +110,10 @@ type redisTokenStore struct {
 }
 
 // tokenStore returns the fleet's tokenStore of the app.
-func (f *fleet) tokenStore() *redisTokenStore {
-	tag := "{" + f.hide([]byte("access token")) + "}"
-	return &redisTokenStore{
-		fleet:  f,
-		local:  newMemoryTokenStore(),
-		keys:   []string{f.prefix + "access-token:" + tag, f.prefix + "access-token-lock:" + tag},
-		ledger: f.prefix + "forced-refreshes:" + tag,
-	}
+func (a *appRedis) tokenStore() *redisTokenStore {
+	tag := "{" + a.hide([]byte("access token")) + "}"
+	claim := a.claim(tokenClaims, a.prefix+"access-token:"+tag, a.prefix+"access-token-lock:"+tag, 0)
+	return &redisTokenStore{app: a, claim: claim, local: newMemoryTokenStore(), ledger: a.prefix + "forced-refreshes:" + tag}
 }
 
 func (s *redisTokenStore) refresh(ctx context.Context, now time.Time, stale accessToken, fetch func(context.Context) (accessToken, error)) (accessToken, error) {
@@ -141,50 +126,47 @@ func (s *redisTokenStore) refresh(ctx context.Context, now time.Time, stale acce
 // stale. A waiter waits as long as ctx lets it, which is no longer than the
 // lock it waits on lasts.
 func (s *redisTokenStore) refreshShared(ctx context.Context, now time.Time, stale accessToken, fetch func(context.Context) (accessToken, error)) (accessToken, error) {
+	claim := s.claimFor(ctx)
 	lock := newUniqueID()
-	lockTTL := s.lockTTL(ctx)
 	// held is the fingerprint of the token this gateway will not take.
-	held := s.fleet.hide([]byte(stale.value))
+	held := s.app.hide([]byte(stale.value))
 	for {
-		claim, ok := s.claim(ctx, held, lock, lockTTL)
-		if !ok {
-			return fetch(ctx) // Redis is down: this gateway fetches alone
-		}
-		switch claim.kind {
-		case "token":
-			t, err := s.openToken(claim.value, now)
-			if err == nil && t.usable(now) {
-				return t, nil
-			}
-			// Not usable (expiring, or unreadable): to be replaced like
-			// the caller's own.
-			held = claim.value[:min(len(claim.value), len(held))]
-			continue
-		case "lead":
-			return s.leadForFleet(ctx, now, lock, held, fetch)
-		}
-		select {
-		case <-ctx.Done():
+		reply, _, ok := claim.await(ctx, lock, func(bool) string { return held })
+		switch {
+		case !ok && ctx.Err() != nil:
 			return accessToken{}, &platformError{kind: kindTimeout}
-		case <-time.After(pollPause()):
+		case !ok:
+			return fetch(ctx) // Redis is down: this gateway fetches alone
+		case reply.kind == claimLead:
+			return s.leadForFleet(ctx, claim, now, lock, held, fetch)
 		}
+		t, err := s.openToken(reply.value, now)
+		if err == nil && t.usable(now) {
+			return t, nil
+		}
+		// Not usable (expiring, or unreadable): to be replaced like the
+		// caller's own.
+		held = reply.value[:min(len(reply.value), len(held))]
 	}
 }
 
-// lockTTL bounds the lock by the fetch's deadline, plus one Redis operation
-// to store what it fetched: a lock older than that has lost its holder.
-func (s *redisTokenStore) lockTTL(ctx context.Context) time.Duration {
+// claimFor is the claim of a refresh under ctx: its lock lasts as long as
+// the fetch may, by ctx's deadline, plus one Redis operation to store
+// what it fetched.
+func (s *redisTokenStore) claimFor(ctx context.Context) redisClaim {
 	fetchTime := maxAPITimeout
 	if deadline, ok := ctx.Deadline(); ok {
 		fetchTime = time.Until(deadline)
 	}
-	return max(fetchTime, 0) + s.fleet.redis.timeout
+	claim := s.claim
+	claim.lockTTL = max(fetchTime, 0) + s.app.redis.timeout
+	return claim
 }
 
 // leadForFleet calls stable_token holding the lock, and stores the token
 // for the other gateways. A failure is not stored: each waiter then takes
 // the lock in turn and learns WeChat's answer for itself.
-func (s *redisTokenStore) leadForFleet(ctx context.Context, now time.Time, lock, held string, fetch func(context.Context) (accessToken, error)) (accessToken, error) {
+func (s *redisTokenStore) leadForFleet(ctx context.Context, claim redisClaim, now time.Time, lock, held string, fetch func(context.Context) (accessToken, error)) (accessToken, error) {
 	t, err := fetch(ctx)
 	var stored string
 	var ttl time.Duration
@@ -194,20 +176,8 @@ func (s *redisTokenStore) leadForFleet(ctx context.Context, now time.Time, lock,
 			stored = s.sealToken(t)
 		}
 	}
-	s.fleet.redis.do(ctx, "token_finish", func(ctx context.Context) error {
-		return tokenFinishScript.Run(ctx, s.fleet.redis.client, s.keys, lock, stored, ttl.Milliseconds(), held).Err()
-	})
+	claim.finish(ctx, lock, ttl, stored, nil, held)
 	return t, err
-}
-
-// claim runs tokenClaimScript; ok is false when Redis failed or is down.
-func (s *redisTokenStore) claim(ctx context.Context, held, lock string, lockTTL time.Duration) (claim claimReply, ok bool) {
-	ok = s.fleet.redis.do(ctx, "token_claim", func(ctx context.Context) error {
-		var err error
-		claim, err = parseClaim(tokenClaimScript.Run(ctx, s.fleet.redis.client, s.keys, held, lock, lockTTL.Milliseconds()), "token")
-		return err
-	})
-	return claim, ok
 }
 
 // storedToken is what the token key holds, sealed.
@@ -218,23 +188,23 @@ type storedToken struct {
 
 // sealToken is t as stored: its fingerprint, then t sealed.
 func (s *redisTokenStore) sealToken(t accessToken) string {
-	sealed := s.fleet.seal(sealedToken, s.keys[0], storedToken{Value: t.value, ExpiresMS: t.expires.UnixMilli()}, t.usableUntil())
-	return s.fleet.hide([]byte(t.value)) + string(sealed)
+	sealed := s.app.seal(sealedToken, s.claim.result, storedToken{Value: t.value, ExpiresMS: t.expires.UnixMilli()}, t.usableUntil())
+	return s.app.hide([]byte(t.value)) + string(sealed)
 }
 
 // openToken reads a stored token; one that does not open (tampered with,
 // or kept past the end of its use), or whose fingerprint is not its own, is
 // not trusted.
 func (s *redisTokenStore) openToken(stored string, now time.Time) (accessToken, error) {
-	fingerprintLen := len(s.fleet.hide(nil))
+	fingerprintLen := len(s.app.hide(nil))
 	if len(stored) <= fingerprintLen || stored[fingerprintLen] != sealedToken {
 		return accessToken{}, errors.New("not a stored token")
 	}
 	var st storedToken
-	if err := s.fleet.open(s.keys[0], stored[fingerprintLen:], &st, now); err != nil {
+	if err := s.app.open(s.claim.result, stored[fingerprintLen:], &st, now); err != nil {
 		return accessToken{}, err
 	}
-	if !isTokenValue(st.Value) || s.fleet.hide([]byte(st.Value)) != stored[:fingerprintLen] {
+	if !isTokenValue(st.Value) || s.app.hide([]byte(st.Value)) != stored[:fingerprintLen] {
 		return accessToken{}, errors.New("a stored token that does not match its fingerprint")
 	}
 	return accessToken{value: st.Value, expires: time.UnixMilli(st.ExpiresMS)}, nil
@@ -242,8 +212,8 @@ func (s *redisTokenStore) openToken(stored string, now time.Time) (accessToken, 
 
 func (s *redisTokenStore) allowForcedRefresh(ctx context.Context, now time.Time) (bool, error) {
 	var allowed bool
-	served := s.fleet.redis.do(ctx, "token_forced_refresh", func(ctx context.Context) error {
-		n, err := forcedRefreshScript.Run(ctx, s.fleet.redis.client, []string{s.ledger},
+	served := s.app.redis.do(ctx, "token_forced_refresh", func(ctx context.Context) error {
+		n, err := forcedRefreshScript.Run(ctx, s.app.redis.client, []string{s.ledger},
 			forcedRefreshSpacing.Milliseconds(), forcedRefreshesPerDay, (24 * time.Hour).Milliseconds(), newUniqueID(), scriptTime(s.scriptClock)).Int()
 		allowed = n == 1
 		return err

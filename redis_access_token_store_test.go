@@ -204,7 +204,7 @@ func TestRedisTokenStoreWaiterTakesOverFromAVanishedHolder(t *testing.T) {
 	sim, simURL := newTokenSim(t, clock)
 	rdb, a, _ := twoTokenGateways(t, simURL, clock)
 	// A gateway took the lock and vanished; the lock runs out on its own.
-	if err := rdb.Set(context.Background(), a.store.keys[1], "vanished", 200*time.Millisecond).Err(); err != nil {
+	if err := rdb.Set(context.Background(), a.store.claim.lock, "vanished", 200*time.Millisecond).Err(); err != nil {
 		t.Fatal(err)
 	}
 	tok := a.mustToken(t)
@@ -223,8 +223,8 @@ func TestRedisTokenStoreRefusesATokenKeptPastItsUse(t *testing.T) {
 	rdb, a, b := twoTokenGateways(t, simURL, clock)
 	ctx := context.Background()
 	kept := a.mustToken(t)
-	stored := rdb.Get(ctx, a.store.keys[0]).Val()
-	if err := rdb.Persist(ctx, a.store.keys[0]).Err(); err != nil {
+	stored := rdb.Get(ctx, a.store.claim.result).Val()
+	if err := rdb.Persist(ctx, a.store.claim.result).Err(); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.store.openToken(stored, kept.usableUntil().Add(sealClockSkew-time.Millisecond)); err != nil {
@@ -251,9 +251,9 @@ func TestRedisTokenStoreDistrustsWhatDoesNotOpen(t *testing.T) {
 		{"short", "x"},
 		{"garbage", strings.Repeat("f", 32) + "t" + strings.Repeat("0", 64)},
 		// A token sealed for another key: bound to its own.
-		{"moved", b.store.fleet.hide([]byte("80_moved")) + string(b.store.fleet.seal(sealedToken, "elsewhere", storedToken{Value: "80_moved", ExpiresMS: accessTokenEpoch.Add(time.Hour).UnixMilli()}, accessTokenEpoch.Add(time.Hour)))},
+		{"moved", b.store.app.hide([]byte("80_moved")) + string(b.store.app.seal(sealedToken, "elsewhere", storedToken{Value: "80_moved", ExpiresMS: accessTokenEpoch.Add(time.Hour).UnixMilli()}, accessTokenEpoch.Add(time.Hour)))},
 	} {
-		if err := rdb.Set(ctx, a.store.keys[0], tc.stored, time.Hour).Err(); err != nil {
+		if err := rdb.Set(ctx, a.store.claim.result, tc.stored, time.Hour).Err(); err != nil {
 			t.Fatal(err)
 		}
 		calls := sim.CallsTo(stableTokenPath)

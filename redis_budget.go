@@ -30,7 +30,7 @@ var budgetScript = redis.NewScript(budgetLua + "return chargeBudget(KEYS[1], ARG
 // again, the charges it missed still count at this gateway, so a fallback
 // never lets a player past the limit at one gateway.
 type redisBudget struct {
-	fleet  *fleet
+	app    *appRedis
 	prefix string // of this kind's keys
 	events int
 	slotMS int64
@@ -44,14 +44,14 @@ type redisBudget struct {
 // budget returns the fleet's budgetStore for kind ("player" or "ip") under
 // one handler's limit; table holds this gateway's own charges, shared
 // across reloads like the memory budgets'.
-func (f *fleet) budget(kind string, limit Budget, table *budgetTable, now func() time.Time) *redisBudget {
+func (a *appRedis) budget(kind string, limit Budget, table *budgetTable, now func() time.Time) *redisBudget {
 	return &redisBudget{
-		fleet:  f,
-		prefix: f.prefix + "budget:" + kind + ":",
+		app:    a,
+		prefix: a.prefix + "budget:" + kind + ":",
 		events: limit.Events,
 		slotMS: budgetSlotMillis(time.Duration(limit.Window)),
 		known:  newMemoryBudget(table, limit, now),
-		share:  newMemoryBudget(table, fleetShare(limit, f.size), now),
+		share:  newMemoryBudget(table, fleetShare(limit, a.size), now),
 	}
 }
 
@@ -79,8 +79,8 @@ func (b *redisBudget) check(ctx context.Context, key string) (time.Duration, boo
 		return wait, false
 	}
 	var answer budgetAnswer
-	served := b.fleet.redis.do(ctx, "check", func(ctx context.Context) (err error) {
-		answer, err = budgetAnswerOf(budgetScript.Run(ctx, b.fleet.redis.client, []string{b.key(key)}, b.scriptArgs(false)...))
+	served := b.app.redis.do(ctx, "check", func(ctx context.Context) (err error) {
+		answer, err = budgetAnswerOf(budgetScript.Run(ctx, b.app.redis.client, []string{b.key(key)}, b.scriptArgs(false)...))
 		return err
 	})
 	if !served {
@@ -91,7 +91,7 @@ func (b *redisBudget) check(ctx context.Context, key string) (time.Duration, boo
 
 func (b *redisBudget) reserve(ctx context.Context, key string) (func(), time.Duration, bool) {
 	return b.reserveThrough(ctx, key, "spend", func(ctx context.Context) (budgetAnswer, error) {
-		return budgetAnswerOf(budgetScript.Run(ctx, b.fleet.redis.client, []string{b.key(key)}, b.scriptArgs(true)...))
+		return budgetAnswerOf(budgetScript.Run(ctx, b.app.redis.client, []string{b.key(key)}, b.scriptArgs(true)...))
 	})
 }
 
@@ -106,7 +106,7 @@ func (b *redisBudget) reserveThrough(ctx context.Context, key, operation string,
 		return nil, wait, false
 	}
 	var answer budgetAnswer
-	served := b.fleet.redis.do(ctx, operation, func(ctx context.Context) (err error) {
+	served := b.app.redis.do(ctx, operation, func(ctx context.Context) (err error) {
 		answer, err = op(ctx)
 		return err
 	})
@@ -160,7 +160,7 @@ func budgetAnswerOf(cmd *redis.Cmd) (budgetAnswer, error) {
 	return budgetAnswer{}, fmt.Errorf("a budget script answered %d values", len(reply))
 }
 
-func (b *redisBudget) key(key string) string { return b.prefix + b.fleet.hide([]byte(key)) }
+func (b *redisBudget) key(key string) string { return b.prefix + b.app.hide([]byte(key)) }
 
 // refundScript gives back one charge in a slot, if it is still counted: in
 // the same generation of the budget (Redis did not lose it since) and under
@@ -178,8 +178,8 @@ return 0
 // gone, and a refund that Redis misses only keeps a budget stricter than it
 // needs to be.
 func (b *redisBudget) refund(key string, slot, unitMS, generation int64) {
-	b.fleet.redis.do(context.Background(), "refund", func(ctx context.Context) error {
-		return refundScript.Run(ctx, b.fleet.redis.client, []string{b.key(key)},
+	b.app.redis.do(context.Background(), "refund", func(ctx context.Context) error {
+		return refundScript.Run(ctx, b.app.redis.client, []string{b.key(key)},
 			strconv.FormatInt(slot, 10), strconv.FormatInt(unitMS, 10), strconv.FormatInt(generation, 10)).Err()
 	})
 }

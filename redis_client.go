@@ -246,7 +246,8 @@ func (c *redisClient) judge(start time.Time, err error) int {
 // answers, after an operation got no answer while Redis answered no
 // other: on a machine loaded enough, even a lone operation is read late.
 // A Redis that does not answer that either is down. Meanwhile budgets are
-// served from memory, and codes wait for the answer (see whileBusy).
+// served from memory, and codes wait for the answer (see
+// redisClaim.attempt).
 func (c *redisClient) confirmDown(operation string, cause error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

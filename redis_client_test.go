@@ -25,13 +25,13 @@ func TestGatewaysWithTheSameSettingsShareOneClient(t *testing.T) {
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
 	cfg := &RedisConfig{Address: []string{srv.Addr()}}
-	a, err := newFleet(ctx, cfg, fleetAppID, fleetEndpoint, fleetSecret)
+	a, err := newAppRedis(ctx, cfg, fleetAppID, fleetEndpoint, fleetSecret)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Another app, another key_prefix: the same connections.
 	other := &RedisConfig{Address: []string{"redis://" + srv.Addr()}, KeyPrefix: "other:", FleetSize: 3}
-	b, err := newFleet(ctx, other, "wxanother", fleetEndpoint, "another-secret")
+	b, err := newAppRedis(ctx, other, "wxanother", fleetEndpoint, "another-secret")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +41,7 @@ func TestGatewaysWithTheSameSettingsShareOneClient(t *testing.T) {
 	if a.prefix == b.prefix {
 		t.Error("two apps share a key space")
 	}
-	withPassword, err := newFleet(ctx, &RedisConfig{Address: []string{srv.Addr()}, Password: "x"}, fleetAppID, fleetEndpoint, fleetSecret)
+	withPassword, err := newAppRedis(ctx, &RedisConfig{Address: []string{srv.Addr()}, Password: "x"}, fleetAppID, fleetEndpoint, fleetSecret)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,12 +66,12 @@ func TestStagingAndProductionNeverShareState(t *testing.T) {
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
 	cfg := &RedisConfig{Address: []string{"127.0.0.1:1"}}
-	prod, err := newFleet(ctx, cfg, fleetAppID, fleetEndpoint, fleetSecret)
+	prod, err := newAppRedis(ctx, cfg, fleetAppID, fleetEndpoint, fleetSecret)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer prod.release()
-	staging, err := newFleet(ctx, cfg, fleetAppID, "http://127.0.0.1:8931", fleetSecret)
+	staging, err := newAppRedis(ctx, cfg, fleetAppID, "http://127.0.0.1:8931", fleetSecret)
 	if err != nil {
 		t.Fatal(err)
 	}

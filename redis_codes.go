@@ -9,52 +9,41 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// How a code is redeemed across a fleet. Per code, two keys (in the app's
-// Cluster slot, as every key of the app is, so that one script can also
-// charge the player):
+// How a code is redeemed across a fleet: a claim (see redisClaim), whose
+// keys are in the app's Cluster slot, as every key of the app is, so that
+// one script can also charge the player:
 //
 //	<prefix>code:h  the result: an identity, or for the waiters only, a
 //	                failure; sealed with its expiry inside, and with the
 //	                same expiry on the key
 //	<prefix>lock:h  held, with an expiry, by the gateway calling the platform
 //
-// A gateway that finds the result uses it; one that takes the lock calls
-// the platform, then in one round trip charges the player the call proved,
-// stores the result and lets the lock go; the others poll until the result
-// is there, or the lock is gone without one (its holder vanished), in
-// which case they take it themselves.
+// The gateway that takes the lock calls the platform, then in one round
+// trip charges the player the call proved, stores the result and lets the
+// lock go.
 
-// claimScript, in one round trip, returns a result the caller accepts
-// (ARGV[3]: "any" for a waiter, "identity" for a new login, "none" when the
-// cache is off), or takes the lock (or finds it the caller's already: a
-// claim that ran late), or says to wait. Taking the lock drops
-// an old result (a failure, or with the cache off an identity), so that
-// the new call's waiters never read it.
-var claimScript = redis.NewScript(`
-local result = redis.call('GET', KEYS[1])
-if result then
+// codeClaims are the claims on codes: patient, as a login that calls the
+// platform alone may spend a code another gateway is exchanging.
+var codeClaims = &claimKind{claimScript: codeClaimScript, finishScript: codeFinishScript, claimOp: "claim", finishOp: "finish", patient: true}
+
+// codeClaimScript takes the stored result when ARGV[3] accepts it ("any"
+// for a waiter, "identity" for a new login, "none" when the cache is off).
+// Taking the lock drops the result left there (a failure, or with the
+// cache off an identity).
+var codeClaimScript = redis.NewScript(claimLua + `
+return claim(function(result)
 	local kind = string.sub(result, 1, 1)
-	if ARGV[3] == 'any' or (ARGV[3] == 'identity' and (kind == 'i' or kind == 'o')) then
-		return {'result', result}
-	end
-end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) or redis.call('GET', KEYS[2]) == ARGV[1] then
-	if result then
-		redis.call('DEL', KEYS[1])
-	end
-	return {'lead'}
-end
-return {'wait'}
+	return ARGV[3] == 'any' or (ARGV[3] == 'identity' and (kind == 'i' or kind == 'o'))
+end, true)
 `)
 
-// finishScript ends a call: with a third key, it first charges that
+// codeFinishScript stores ARGV[3]: with a third key, it first charges that
 // player's budget (chargeBudget, with ARGV[5..9]) and answers as
-// chargeBudget does; then it stores the result (ARGV[3], or ARGV[4] when
-// the charge was refused; none when empty) for ARGV[2] ms, and lets go of
-// the lock if it is still the caller's (ARGV[1]). A failure never replaces
-// an identity. Whatever else is to be kept with a call's result is one
-// more key and value at the end.
-var finishScript = redis.NewScript(budgetLua + `
+// chargeBudget does, and stores ARGV[4] instead when the charge was
+// refused. A failure never replaces what is stored (an identity). Whatever
+// else is to be kept with a call's result is one more key and value at the
+// end.
+var codeFinishScript = redis.NewScript(budgetLua + claimLua + `
 local answer, result = {1}, ARGV[3]
 if KEYS[3] then
 	answer = chargeBudget(KEYS[3], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
@@ -62,21 +51,14 @@ if KEYS[3] then
 		result = ARGV[4]
 	end
 end
-if result ~= '' then
-	local kind = string.sub(result, 1, 1)
-	if kind == 'i' or kind == 'o' then
-		redis.call('SET', KEYS[1], result, 'PX', ARGV[2])
-	else
-		redis.call('SET', KEYS[1], result, 'PX', ARGV[2], 'NX')
-	end
-end
-if redis.call('GET', KEYS[2]) == ARGV[1] then
-	redis.call('DEL', KEYS[2])
-end
+local kind = string.sub(result, 1, 1)
+finish(result, function()
+	return kind == 'i' or kind == 'o'
+end)
 return answer
 `)
 
-// What a login accepts from the result key, as claimScript's ARGV[3].
+// What a login accepts from the result key, as codeClaimScript's ARGV[3].
 const (
 	acceptAny      = "any"      // a waiter: the answer of the call it waited for
 	acceptIdentity = "identity" // a new login, with the cache on
@@ -103,7 +85,7 @@ const minResultTTL = time.Second
 // whichever gateways receive it. The local store in front sends one login
 // per gateway and code to Redis; while Redis is down, it alone serves.
 type redisCodes struct {
-	fleet       *fleet
+	app         *appRedis
 	local       codeStore
 	players     *redisBudget     // charged in the operation that stores a result
 	fresh       string           // what a new login accepts
@@ -118,10 +100,10 @@ type redisCodes struct {
 // codes returns the fleet's codeStore in front of local (the memory store
 // shared across reloads). lockTTL is the longest an exchange can take,
 // retries included: a lock older than that has lost its holder.
-func (f *fleet) codes(local codeStore, players *redisBudget, cacheTTL, lockTTL time.Duration, keepSessionKeys bool) codeStore {
+func (a *appRedis) codes(local codeStore, players *redisBudget, cacheTTL, lockTTL time.Duration, keepSessionKeys bool) codeStore {
 	// The lock outlives the exchange by one Redis operation: storing its result.
-	lockTTL += f.redis.timeout
-	c := &redisCodes{fleet: f, local: local, players: players, fresh: acceptIdentity, identityTTL: cacheTTL, lockTTL: lockTTL, now: time.Now,
+	lockTTL += a.redis.timeout
+	c := &redisCodes{app: a, local: local, players: players, fresh: acceptIdentity, identityTTL: cacheTTL, lockTTL: lockTTL, now: time.Now,
 		keepSessionKeys: keepSessionKeys}
 	if cacheTTL <= 0 {
 		// Stored only for the waiters of the call that made it.
@@ -147,91 +129,32 @@ func (c *redisCodes) redeem(ctx context.Context, key codeKey, exchange exchangeF
 	return res, outcome, err
 }
 
-// codeKeys are the Redis keys of one code.
-type codeKeys struct {
-	result, lock string
-	keys         []string // both, for the scripts
-}
-
-func (c *redisCodes) keysFor(key codeKey) codeKeys {
-	h := c.fleet.hide(key[:])
-	k := codeKeys{result: c.fleet.prefix + "code:" + h, lock: c.fleet.prefix + "lock:" + h}
-	k.keys = []string{k.result, k.lock}
-	return k
+// claimFor is the claim on the code key.
+func (c *redisCodes) claimFor(key codeKey) redisClaim {
+	h := c.app.hide(key[:])
+	return c.app.claim(codeClaims, c.app.prefix+"code:"+h, c.app.prefix+"lock:"+h, c.lockTTL)
 }
 
 // redeemShared runs on behalf of every login for key at this gateway;
 // charge is the local store's, for a call made without the fleet.
 func (c *redisCodes) redeemShared(ctx context.Context, key codeKey, exchange exchangeFunc, charge chargeFunc) (codeResult, redeemOutcome) {
-	k := c.keysFor(key)
+	k := c.claimFor(key)
 	token := newUniqueID()
-	var claim claimReply
-	if !c.whileBusy(func() (outcome int) { claim, outcome = c.claim(ctx, k, token, c.fresh); return outcome }) {
+	claim, waited, ok := k.await(ctx, token, func(waiting bool) string {
+		if waiting {
+			return acceptAny
+		}
+		return c.fresh
+	})
+	switch {
+	case !ok:
 		return leadAlone(exchange, charge)
-	}
-	switch claim.kind {
-	case "result":
-		return c.answer(k, claim.value, redeemedFromCache, exchange, charge)
-	case "lead":
+	case claim.kind == claimLead:
 		return c.leadForFleet(ctx, k, token, exchange)
+	case waited:
+		return c.answer(k, claim.value, redeemedByJoining, exchange, charge)
 	}
-	// Another gateway is calling the platform for this code. Its lock
-	// expires by lockTTL; the deadline only guards against a Redis that
-	// misbehaves.
-	deadline := time.Now().Add(2 * c.lockTTL)
-	var patience redisPatience
-	for time.Now().Before(deadline) {
-		time.Sleep(pollPause())
-		claim, outcome := c.claim(ctx, k, token, acceptAny)
-		if outcome != redisAnswered {
-			if patience.lost(c.fleet.redis, outcome) {
-				break
-			}
-			continue // this gateway was busy, or Redis' silence is being confirmed: look again
-		}
-		switch claim.kind {
-		case "result":
-			return c.answer(k, claim.value, redeemedByJoining, exchange, charge)
-		case "lead":
-			return c.leadForFleet(ctx, k, token, exchange)
-		}
-	}
-	return leadAlone(exchange, charge)
-}
-
-// whileBusy runs op (a redisClient.try) until Redis answers it, again
-// while the gateway was busy or is confirming that Redis is silent, for up
-// to lockTTL: a login that leads alone instead may spend a code that
-// another gateway is exchanging, and a result left unstored makes the
-// other gateways' logins wait it out. It gives up when Redis is down, or
-// silent again after a PING found it answering (see redisPatience).
-func (c *redisCodes) whileBusy(op func() int) bool {
-	deadline := time.Now().Add(c.lockTTL)
-	var patience redisPatience
-	for {
-		outcome := op()
-		if outcome == redisAnswered {
-			return true
-		}
-		if patience.lost(c.fleet.redis, outcome) || time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(pollPause())
-	}
-}
-
-// redisPatience is how long one login keeps asking Redis about its code:
-// while this gateway is busy, and through one silence (a stall that a
-// PING finds over), but not through a second: a Redis that answers a PING
-// yet none of the operations within the timeout is slow, not stalled, and
-// would hold every login until the lock ran out.
-type redisPatience struct{ silences int }
-
-func (p *redisPatience) lost(client *redisClient, outcome int) bool {
-	if outcome == redisSilent {
-		p.silences++
-	}
-	return client.down.Load() || p.silences > 1
+	return c.answer(k, claim.value, redeemedFromCache, exchange, charge)
 }
 
 // leadAlone calls the platform without the fleet: Redis is down, or said
@@ -243,13 +166,12 @@ func leadAlone(exchange exchangeFunc, charge chargeFunc) (codeResult, redeemOutc
 // leadForFleet calls the platform holding the lock and stores the result
 // for the other gateways: in the operation that charges the player, when
 // the call proved one to charge.
-func (c *redisCodes) leadForFleet(ctx context.Context, k codeKeys, token string, exchange exchangeFunc) (codeResult, redeemOutcome) {
+func (c *redisCodes) leadForFleet(ctx context.Context, k redisClaim, token string, exchange exchangeFunc) (codeResult, redeemOutcome) {
 	finished := false
 	res := exchange(func(ctx context.Context, id Identity) (time.Duration, bool) {
-		_, wait, ok := c.players.reserveThrough(ctx, id.player(), "finish", func(ctx context.Context) (budgetAnswer, error) {
-			keys := append(k.keys, c.players.key(id.player()))
+		_, wait, ok := c.players.reserveThrough(ctx, id.player(), k.kind.finishOp, func(ctx context.Context) (budgetAnswer, error) {
 			args := append([]any{token, c.identityTTL.Milliseconds(), c.sealIdentity(k, id, false), c.sealIdentity(k, id, true)}, c.players.scriptArgs(true)...)
-			answer, err := budgetAnswerOf(c.custodyWrite(id).runWith(ctx, c.fleet.redis.client, finishScript, keys, args...))
+			answer, err := budgetAnswerOf(k.finishWith(ctx, []string{c.players.key(id.player())}, c.custodyWrite(id), args...))
 			finished = err == nil
 			return answer, err
 		})
@@ -258,9 +180,9 @@ func (c *redisCodes) leadForFleet(ctx context.Context, k codeKeys, token string,
 	if res.failure != nil && res.failure.kind == kindCodeUsed && c.fresh == acceptIdentity {
 		// A gateway whose lock ran out may have spent the code and stored
 		// what it proved.
-		if claim, outcome := c.claim(ctx, k, token, acceptIdentity); outcome == redisAnswered && claim.kind == "result" {
+		if claim, outcome := k.claim(ctx, token, acceptIdentity); outcome == redisAnswered && claim.kind == claimResult {
 			if stored, _, err := c.openResult(k, claim.value); err == nil {
-				c.finish(ctx, k, token, nil, 0, nil)
+				k.finish(ctx, token, 0, nil, nil)
 				return codeResult{id: stored.id}, redeemedFromCache
 			}
 		}
@@ -270,9 +192,9 @@ func (c *redisCodes) leadForFleet(ctx context.Context, k codeKeys, token string,
 	case res.proved():
 		// Stored even for a player over budget: the code is spent at the
 		// platform, and a retry elsewhere must find its result.
-		c.finish(ctx, k, token, c.sealResult(k, res), c.identityTTL, c.custodyWrite(res.id))
+		k.finish(ctx, token, c.identityTTL, c.sealResult(k, res), c.custodyWrite(res.id))
 	default:
-		c.finish(ctx, k, token, c.sealResult(k, res), c.lockTTL, nil)
+		k.finish(ctx, token, c.lockTTL, c.sealResult(k, res), nil)
 	}
 	return res, redeemedByCall
 }
@@ -284,28 +206,7 @@ func (c *redisCodes) custodyWrite(id Identity) *sessionKeyWrite {
 	if !c.keepSessionKeys || id.OpenID == "" {
 		return nil
 	}
-	return c.fleet.sessionKeyWrite(id.OpenID, id.SessionKey, time.Now())
-}
-
-// claim runs claimScript; outcome is redisClient.try's.
-func (c *redisCodes) claim(ctx context.Context, k codeKeys, token, accept string) (claim claimReply, outcome int) {
-	outcome = c.fleet.redis.try(ctx, "claim", func(ctx context.Context) error {
-		var err error
-		claim, err = parseClaim(claimScript.Run(ctx, c.fleet.redis.client, k.keys, token, c.lockTTL.Milliseconds(), accept), "result")
-		return err
-	})
-	return claim, outcome
-}
-
-// finish stores result (none when nil) and releases the lock, charging
-// nobody, and makes the custody write, if any, in the same round trip; it
-// is safe to repeat.
-func (c *redisCodes) finish(ctx context.Context, k codeKeys, token string, result []byte, ttl time.Duration, custody *sessionKeyWrite) {
-	c.whileBusy(func() int {
-		return c.fleet.redis.try(ctx, "finish", func(ctx context.Context) error {
-			return custody.runWith(ctx, c.fleet.redis.client, finishScript, k.keys, token, ttl.Milliseconds(), result).Err()
-		})
-	})
+	return c.app.sessionKeyWrite(id.OpenID, id.SessionKey, time.Now())
 }
 
 // answer turns a stored result into the login's answer; one that does not
@@ -315,7 +216,7 @@ func (c *redisCodes) finish(ctx context.Context, k codeKeys, token string, resul
 // whose player was over budget is answered as from the cache: alone, for
 // the login to check against the budget as it is now (which gives the
 // wait), as every login served from the cache is.
-func (c *redisCodes) answer(k codeKeys, stored string, outcome redeemOutcome, exchange exchangeFunc, charge chargeFunc) (codeResult, redeemOutcome) {
+func (c *redisCodes) answer(k redisClaim, stored string, outcome redeemOutcome, exchange exchangeFunc, charge chargeFunc) (codeResult, redeemOutcome) {
 	res, overBudget, err := c.openResult(k, stored)
 	if err != nil {
 		return leadAlone(exchange, charge)
@@ -344,7 +245,7 @@ type storedResult struct {
 // sealResult seals res for the result key: an identity as sealIdentity
 // does, marked over budget when res has a budgetWait; no identity as 'f',
 // for the call's waiters, until the lock's TTL.
-func (c *redisCodes) sealResult(k codeKeys, res codeResult) []byte {
+func (c *redisCodes) sealResult(k redisClaim, res codeResult) []byte {
 	if res.proved() {
 		return c.sealIdentity(k, res.id, res.budgetWait > 0)
 	}
@@ -355,30 +256,30 @@ func (c *redisCodes) sealResult(k codeKeys, res codeResult) []byte {
 			r.Errcode = &res.failure.errcode
 		}
 	}
-	return c.fleet.seal(resultFailure, k.result, r, c.now().Add(c.lockTTL))
+	return c.app.seal(resultFailure, k.result, r, c.now().Add(c.lockTTL))
 }
 
 // sealIdentity seals id until the identity TTL: as 'i', or as 'o' when its
 // player was over budget (the wait itself is not kept: a login served it
 // asks the budget as it is then).
-func (c *redisCodes) sealIdentity(k codeKeys, id Identity, overBudget bool) []byte {
+func (c *redisCodes) sealIdentity(k redisClaim, id Identity, overBudget bool) []byte {
 	kind := byte(resultIdentity)
 	if overBudget {
 		kind = resultIdentityOverBudget
 	}
 	r := storedResult{OpenID: id.OpenID, UnionID: id.UnionID, SessionKey: id.SessionKey, AnonymousOpenID: id.AnonymousOpenID}
-	return c.fleet.seal(kind, k.result, r, c.now().Add(c.identityTTL))
+	return c.app.seal(kind, k.result, r, c.now().Add(c.identityTTL))
 }
 
 // openResult reads a stored result, and whether its identity's player was
 // over budget, refusing what a gateway of this version cannot have
 // written.
-func (c *redisCodes) openResult(k codeKeys, stored string) (res codeResult, overBudget bool, err error) {
+func (c *redisCodes) openResult(k redisClaim, stored string) (res codeResult, overBudget bool, err error) {
 	if stored == "" || (stored[0] != resultIdentity && stored[0] != resultIdentityOverBudget && stored[0] != resultFailure) {
 		return codeResult{}, false, errors.New("a stored result of a kind this gateway does not know")
 	}
 	var r storedResult
-	if err := c.fleet.open(k.result, stored, &r, c.now()); err != nil {
+	if err := c.app.open(k.result, stored, &r, c.now()); err != nil {
 		return codeResult{}, false, err
 	}
 	res = codeResult{

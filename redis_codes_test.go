@@ -179,7 +179,7 @@ func TestRedisCodesWaiterWhoseClientHangsUpStaysOnRedis(t *testing.T) {
 	}
 	polled := redisCalls(t, rdb, "evalsha")
 	testkit.WaitFor(t, "gateway B looks for the result again", func() bool {
-		return redisCalls(t, rdb, "evalsha") >= polled+2 || b.fleet.redis.down.Load()
+		return redisCalls(t, rdb, "evalsha") >= polled+2 || b.app.redis.down.Load()
 	})
 	close(wechat.release)
 	if got := <-first; !got.proved(fleetIdentity) {
@@ -193,7 +193,7 @@ func TestRedisCodesWaiterWhoseClientHangsUpStaysOnRedis(t *testing.T) {
 	if calls := wechat.calls.Load(); calls != 1 {
 		t.Errorf("%d WeChat calls for one code, want 1", calls)
 	}
-	if b.fleet.redis.down.Load() {
+	if b.app.redis.down.Load() {
 		t.Error("gateway B left Redis after a client hung up")
 	}
 	if got := storeErrorsTotal() - errorsBefore; got != 0 {
@@ -275,7 +275,7 @@ func TestRedisCodesWaiterTakesOverFromAVanishedHolder(t *testing.T) {
 	rdb := newTestRedisClient(t, srv.Addr())
 	_, b := gatewayCodes(t, srv.Addr(), 1, time.Minute)
 	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
-	k := b.keysFor(key)
+	k := b.claimFor(key)
 	ctx := context.Background()
 	// A gateway took the lock and died.
 	if err := rdb.Set(ctx, k.lock, "a-dead-gateway", time.Minute).Err(); err != nil {
@@ -301,7 +301,7 @@ func TestRedisCodesCodeUsedLooksForAnotherGatewaysResult(t *testing.T) {
 	_, b := gatewayCodes(t, srv.Addr(), 1, time.Minute)
 	rdb := newTestRedisClient(t, srv.Addr())
 	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
-	k := a.keysFor(key)
+	k := a.claimFor(key)
 	// B calls WeChat and hears 40163: gateway A (whose lock had run out)
 	// spent the code and stored the identity meanwhile.
 	usedAtWeChat := func(chargeFunc) codeResult {
@@ -352,7 +352,7 @@ func TestRedisCodesStoredIdentityIsCheckedAsWechatsIs(t *testing.T) {
 	_, a := gatewayCodes(t, srv.Addr(), 0, time.Minute)
 	ctx := context.Background()
 	key := newCodeKey(fleetAppID, credentials{code: fleetCode})
-	k := a.keysFor(key)
+	k := a.claimFor(key)
 	rdb.Set(ctx, k.result, a.sealResult(k, proving(Identity{OpenID: "oAlice\r\nX-Wx-Openid: oMallory"})), time.Minute)
 	res, outcome, _ := a.redeem(ctx, key, released(proving(fleetIdentity)).exchange)
 	if res != proving(fleetIdentity) || outcome != redeemedByCall {
@@ -370,8 +370,8 @@ func TestRedisCodesResultIsBoundToItsCode(t *testing.T) {
 	if res, _, _ := a.redeem(ctx, mallory, released(proving(Identity{OpenID: "oMallory"})).exchange); !res.proved() {
 		t.Fatal(res)
 	}
-	stored := rdb.Get(ctx, a.keysFor(mallory).result).Val()
-	rdb.Set(ctx, a.keysFor(alice).result, stored, time.Minute)
+	stored := rdb.Get(ctx, a.claimFor(mallory).result).Val()
+	rdb.Set(ctx, a.claimFor(alice).result, stored, time.Minute)
 	_, b := gatewayCodes(t, srv.Addr(), 1, time.Minute)
 	res, outcome, _ := b.redeem(ctx, alice, released(proving(Identity{OpenID: "oAlice"})).exchange)
 	if res.id.OpenID != "oAlice" || outcome != redeemedByCall {
@@ -409,7 +409,7 @@ func TestRedisCodesResultKeptPastItsExpiryIsRefused(t *testing.T) {
 			}
 			ctx := context.Background()
 			key := newCodeKey(fleetAppID, credentials{code: fleetCode})
-			result := gateways[0].keysFor(key).result
+			result := gateways[0].claimFor(key).result
 			if res, _, _ := gateways[0].redeem(ctx, key, released(proving(fleetIdentity)).exchange); !res.proved() {
 				t.Fatalf("%+v", res)
 			}
@@ -440,10 +440,10 @@ func TestRedisCodesResultKeptPastItsExpiryIsRefused(t *testing.T) {
 		rdb, a, b := twoGateways(t, cacheTTL)
 		ctx := context.Background()
 		key := newCodeKey(fleetAppID, credentials{code: fleetCode})
-		k := a.keysFor(key)
+		k := a.claimFor(key)
 		plain, _ := json.Marshal(storedResult{OpenID: "oOlderGateway"})
-		nonce := make([]byte, a.fleet.sealer.NonceSize())
-		older := a.fleet.sealer.Seal(append([]byte{resultIdentity}, nonce...), nonce, plain, append([]byte{resultIdentity}, k.result...))
+		nonce := make([]byte, a.app.sealer.NonceSize())
+		older := a.app.sealer.Seal(append([]byte{resultIdentity}, nonce...), nonce, plain, append([]byte{resultIdentity}, k.result...))
 		rdb.Set(ctx, k.result, older, time.Minute)
 		wechat := released(proving(fleetIdentity))
 		if res, outcome, _ := b.redeem(ctx, key, wechat.exchange); res != proving(fleetIdentity) || outcome != redeemedByCall || wechat.calls.Load() != 1 {
@@ -594,7 +594,7 @@ func TestRedisCodesRefusalNeverReplacesAnIdentity(t *testing.T) {
 	wechatA := newCountingExchange(proving(fleetIdentity))
 	atA := redeemIn(a, key, wechatA)
 	<-wechatA.started
-	rdb.Del(context.Background(), a.keysFor(key).lock) // its expiry, without waiting for it
+	rdb.Del(context.Background(), a.claimFor(key).lock) // its expiry, without waiting for it
 	wechatB := newCountingExchange(codeResult{failure: &platformError{kind: kindTimeout}})
 	atB := redeemIn(b, key, wechatB)
 	<-wechatB.started

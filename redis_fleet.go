@@ -11,8 +11,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
-	mathrand "math/rand/v2"
 	"strconv"
 	"time"
 
@@ -20,12 +18,12 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// fleet is one app's share of a Redis: its key space, the keys that hide
+// appRedis is one app's share of a Redis: its key space, the keys that hide
 // what it stores, and how many gateways share it. State is shared by the
 // handlers of one (app_id, endpoint, app_secret), as in memory: a staging
 // site pointing at a simulator never meets the production site's state,
 // even in the same Redis under the same key_prefix.
-type fleet struct {
+type appRedis struct {
 	redis   *redisClient
 	poolKey string
 	prefix  string // key_prefix and the app's scope
@@ -34,9 +32,9 @@ type fleet struct {
 	size    int
 }
 
-// newFleet resolves cfg and attaches to the shared client for its settings.
+// newAppRedis resolves cfg and attaches to the shared client for its settings.
 // Release it in Cleanup.
-func newFleet(ctx caddy.Context, cfg *RedisConfig, appID, endpoint, appSecret string) (*fleet, error) {
+func newAppRedis(ctx caddy.Context, cfg *RedisConfig, appID, endpoint, appSecret string) (*appRedis, error) {
 	settings, err := cfg.resolve(caddy.NewReplacer())
 	if err != nil {
 		return nil, err
@@ -59,7 +57,7 @@ func newFleet(ctx caddy.Context, cfg *RedisConfig, appID, endpoint, appSecret st
 	}
 	block, _ := aes.NewCipher(derive("seal", 32)) // a 32-byte key is always valid
 	sealer, _ := cipher.NewGCM(block)
-	return &fleet{
+	return &appRedis{
 		redis:   value.(*redisClient),
 		poolKey: key,
 		// One hash tag per app: every key of the app is in one Cluster
@@ -73,16 +71,16 @@ func newFleet(ctx caddy.Context, cfg *RedisConfig, appID, endpoint, appSecret st
 }
 
 // release lets go of the shared client; the last one closes it.
-func (f *fleet) release() error {
-	_, err := redisClients.Delete(f.poolKey)
+func (a *appRedis) release() error {
+	_, err := redisClients.Delete(a.poolKey)
 	return err
 }
 
 // hide names an id (a player, an address, a code) by a MAC under a key
 // derived from the app secret: nothing in Redis can be read back, nor
 // tested against a guess, without the secret.
-func (f *fleet) hide(id []byte) string {
-	mac := hmac.New(sha256.New, f.nameKey)
+func (a *appRedis) hide(id []byte) string {
+	mac := hmac.New(sha256.New, a.nameKey)
 	mac.Write(id)
 	return hex.EncodeToString(mac.Sum(nil)[:16])
 }
@@ -103,26 +101,26 @@ var errSealExpired = errors.New("a stored value past its expiry")
 // a clear kind byte for the scripts. Redis's own expiry on the key can be
 // removed or renewed by anyone who can write to Redis; the one inside
 // cannot, and open refuses the value once it has passed.
-func (f *fleet) seal(kind byte, name string, v any, expires time.Time) []byte {
+func (a *appRedis) seal(kind byte, name string, v any, expires time.Time) []byte {
 	body, _ := json.Marshal(v) // plain strings and numbers always encode
 	plain := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(body)), uint64(expires.UnixMilli()))
 	plain = append(plain, body...)
-	out := make([]byte, 1+f.sealer.NonceSize(), 1+f.sealer.NonceSize()+len(plain)+f.sealer.Overhead())
+	out := make([]byte, 1+a.sealer.NonceSize(), 1+a.sealer.NonceSize()+len(plain)+a.sealer.Overhead())
 	out[0] = kind
 	nonce := out[1:]
 	_, _ = rand.Read(nonce) // crypto/rand never fails
-	return f.sealer.Seal(out, nonce, plain, sealedFor(kind, name))
+	return a.sealer.Seal(out, nonce, plain, sealedFor(kind, name))
 }
 
 // open reads into v a value seal stored under name, unless it does not
 // open (tampered with, moved, sealed under another secret or by an older
 // gateway) or its expiry is more than sealClockSkew before now.
-func (f *fleet) open(name, stored string, v any, now time.Time) error {
-	if len(stored) < 1+f.sealer.NonceSize() {
+func (a *appRedis) open(name, stored string, v any, now time.Time) error {
+	if len(stored) < 1+a.sealer.NonceSize() {
 		return errors.New("a stored value too short to open")
 	}
-	nonce, sealed := stored[1:1+f.sealer.NonceSize()], stored[1+f.sealer.NonceSize():]
-	plain, err := f.sealer.Open(nil, []byte(nonce), []byte(sealed), sealedFor(stored[0], name))
+	nonce, sealed := stored[1:1+a.sealer.NonceSize()], stored[1+a.sealer.NonceSize():]
+	plain, err := a.sealer.Open(nil, []byte(nonce), []byte(sealed), sealedFor(stored[0], name))
 	if err != nil {
 		return err
 	}
@@ -148,41 +146,6 @@ func newUniqueID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:]) // crypto/rand never fails
 	return hex.EncodeToString(b[:])
-}
-
-// Waiters (on a code's call, on the fleet's token) poll every 10-25ms,
-// jittered so that gateways do not poll in step.
-const (
-	pollMin = 10 * time.Millisecond
-	pollMax = 25 * time.Millisecond
-)
-
-// pollPause is one waiter's pause between two looks at Redis.
-func pollPause() time.Duration { return pollMin + mathrand.N(pollMax-pollMin) }
-
-// claimReply is what a claim script answers: {found, value} when it found
-// what the caller takes, {"lead"} when the caller took the lock, or
-// {"wait"}.
-type claimReply struct {
-	kind  string
-	value string
-}
-
-// parseClaim reads a claim script's answer, whose kind found carries a
-// value.
-func parseClaim(cmd *redis.Cmd, found string) (claimReply, error) {
-	reply, err := cmd.StringSlice()
-	if err != nil {
-		return claimReply{}, err
-	}
-	if len(reply) == 0 || (reply[0] == found) != (len(reply) == 2) {
-		return claimReply{}, fmt.Errorf("a claim script answered %d values", len(reply))
-	}
-	claim := claimReply{kind: reply[0]}
-	if len(reply) == 2 {
-		claim.value = reply[1]
-	}
-	return claim, nil
 }
 
 // scriptTime is the time a script is to use, in milliseconds: clock's, which

@@ -47,20 +47,20 @@ type sessionKeyWrite struct {
 	ttl    time.Duration
 }
 
-func (f *fleet) sessionKeyName(openid string) string {
-	return f.prefix + "skey:" + f.hide([]byte(openid))
+func (a *appRedis) sessionKeyName(openid string) string {
+	return a.prefix + "skey:" + a.hide([]byte(openid))
 }
 
 // sessionKeyWrite seals key, issued at issuedAt, for openid; nil when the
 // key is already past its lifetime.
-func (f *fleet) sessionKeyWrite(openid, key string, issuedAt time.Time) *sessionKeyWrite {
+func (a *appRedis) sessionKeyWrite(openid, key string, issuedAt time.Time) *sessionKeyWrite {
 	expires := issuedAt.Add(sessionKeyLifetime)
 	ttl := time.Until(expires)
 	if key == "" || ttl <= 0 {
 		return nil
 	}
-	name := f.sessionKeyName(openid)
-	sealed := f.seal(sessionKeyKind, name, storedSessionKey{Key: key, IssuedMS: issuedAt.UnixMilli()}, expires)
+	name := a.sessionKeyName(openid)
+	sealed := a.seal(sessionKeyKind, name, storedSessionKey{Key: key, IssuedMS: issuedAt.UnixMilli()}, expires)
 	value := fmt.Appendf(nil, "%c%013d", sessionKeyKind, issuedAt.UnixMilli())
 	return &sessionKeyWrite{name: name, value: append(value, sealed[1:]...), issued: issuedAt.UnixMilli(), ttl: ttl}
 }
@@ -69,46 +69,55 @@ func (w *sessionKeyWrite) args() []any {
 	return []any{w.value, w.issued, w.ttl.Milliseconds()}
 }
 
-// runWith runs script (a code's finish) and, when w is not nil, the write,
-// in one round trip, and returns the script's reply. The finish goes by
-// EVALSHA, and again by its own Run should Redis have lost it (a restart);
-// the write, rare and small, always by EVAL.
+// runWith runs script (a claim's finish) and, when w is not nil, the
+// write, in one round trip, and returns the script's reply. Both go by
+// EVALSHA; whichever Redis does not have (after a restart, say) goes again
+// by EVAL, in one more round trip.
 func (w *sessionKeyWrite) runWith(ctx context.Context, client redis.UniversalClient, script *redis.Script, keys []string, args ...any) *redis.Cmd {
 	if w == nil {
 		return script.Run(ctx, client, keys, args...)
 	}
-	var reply *redis.Cmd
+	var reply, write *redis.Cmd
 	_, _ = client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		reply = script.EvalSha(ctx, p, keys, args...)
-		sessionKeyScript.Eval(ctx, p, []string{w.name}, w.args()...)
+		write = sessionKeyScript.EvalSha(ctx, p, []string{w.name}, w.args()...)
 		return nil
 	})
-	if redis.HasErrorPrefix(reply.Err(), "NOSCRIPT") {
-		return script.Run(ctx, client, keys, args...)
+	replyLost, writeLost := redis.HasErrorPrefix(reply.Err(), "NOSCRIPT"), redis.HasErrorPrefix(write.Err(), "NOSCRIPT")
+	if replyLost || writeLost {
+		_, _ = client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			if replyLost {
+				reply = script.Eval(ctx, p, keys, args...)
+			}
+			if writeLost {
+				sessionKeyScript.Eval(ctx, p, []string{w.name}, w.args()...)
+			}
+			return nil
+		})
 	}
 	return reply
 }
 
 // keepSessionKey stores a key outside a login (a rotation).
-func (f *fleet) keepSessionKey(ctx context.Context, openid, key string, issuedAt time.Time) {
-	w := f.sessionKeyWrite(openid, key, issuedAt)
+func (a *appRedis) keepSessionKey(ctx context.Context, openid, key string, issuedAt time.Time) {
+	w := a.sessionKeyWrite(openid, key, issuedAt)
 	if w == nil {
 		return
 	}
-	f.redis.do(ctx, "session_key_keep", func(ctx context.Context) error {
-		return sessionKeyScript.Run(ctx, f.redis.client, []string{w.name}, w.args()...).Err()
+	a.redis.do(ctx, "session_key_keep", func(ctx context.Context) error {
+		return sessionKeyScript.Run(ctx, a.redis.client, []string{w.name}, w.args()...).Err()
 	})
 }
 
 // lookupSessionKey reads openid's key; served is false when Redis did not
 // answer. A value that does not open, or is past the expiry sealed in it,
 // is not used.
-func (f *fleet) lookupSessionKey(ctx context.Context, openid string, now time.Time) (kept keptSessionKey, found, served bool) {
-	name := f.sessionKeyName(openid)
+func (a *appRedis) lookupSessionKey(ctx context.Context, openid string, now time.Time) (kept keptSessionKey, found, served bool) {
+	name := a.sessionKeyName(openid)
 	var stored string
-	served = f.redis.do(ctx, "session_key_get", func(ctx context.Context) error {
+	served = a.redis.do(ctx, "session_key_get", func(ctx context.Context) error {
 		var err error
-		stored, err = f.redis.client.Get(ctx, name).Result()
+		stored, err = a.redis.client.Get(ctx, name).Result()
 		return err
 	})
 	if !served || len(stored) < 14 || stored[0] != sessionKeyKind {
@@ -116,7 +125,7 @@ func (f *fleet) lookupSessionKey(ctx context.Context, openid string, now time.Ti
 	}
 	issued, err := strconv.ParseInt(stored[1:14], 10, 64)
 	var record storedSessionKey
-	if err != nil || f.open(name, stored[:1]+stored[14:], &record, now) != nil || record.IssuedMS != issued ||
+	if err != nil || a.open(name, stored[:1]+stored[14:], &record, now) != nil || record.IssuedMS != issued ||
 		!isVisibleASCII(record.Key, maxWechatValueLen) {
 		return keptSessionKey{}, false, true
 	}

@@ -61,6 +61,42 @@ func TestFleetKeepsTheNewestSessionKey(t *testing.T) {
 	}
 }
 
+// TestFleetKeepsTheSessionKeyByEvalsha: a login's key goes to Redis by
+// EVALSHA with its code's result, as the result does, not with the whole
+// script each time; and Redis not knowing either script (an empty one, or
+// after SCRIPT FLUSH) loses neither the result nor the key.
+func TestFleetKeepsTheSessionKeyByEvalsha(t *testing.T) {
+	rdb, a, b := twoGateways(t, time.Minute)
+	ctx := context.Background()
+	for n, step := range []string{"a Redis that knows no script", "a Redis that knows the scripts", "a Redis whose scripts were flushed"} {
+		if n == 2 {
+			if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		id := fleetIdentity
+		id.OpenID = fmt.Sprintf("oPlayer%d", n)
+		key := newCodeKey(fleetAppID, credentials{code: fmt.Sprintf("%s-%d", fleetCode, n)})
+		evals, before := redisCalls(t, rdb, "eval"), operationCount()
+		if res, _, _ := a.redeem(ctx, key, released(proving(id)).exchange); !res.proved() {
+			t.Fatalf("%s: %+v", step, res)
+		}
+		if got := operationCount() - before; got != 2 {
+			t.Errorf("%s: a fresh redeem made %v Redis operations; want 2", step, got)
+		}
+		if n == 1 && redisCalls(t, rdb, "eval") != evals {
+			t.Errorf("%s: a fresh redeem sent a whole script (EVAL)", step)
+		}
+		if kept, found, _ := b.app.lookupSessionKey(ctx, id.OpenID, time.Now()); !found || kept.key != fleetSessionKey {
+			t.Errorf("%s: gateway B finds no key for the login at A (found %t)", step, found)
+		}
+		wechat := released(proving(id))
+		if res, _, _ := b.redeem(ctx, key, wechat.exchange); !res.proved() || wechat.calls.Load() != 0 {
+			t.Errorf("%s: gateway B redeems the code with %d calls (%+v); want the result A stored", step, wechat.calls.Load(), res)
+		}
+	}
+}
+
 // TestFleetKeepsOnlyTheSessionKeysItReads: a login of an app whose
 // platform's keys nothing reads (Douyin, QQ…) leaves no key in Redis; a
 // WeChat app's login does, in the same round trip.
@@ -91,7 +127,7 @@ func TestRotationMovesTheFleetsKey(t *testing.T) {
 	ctx := context.Background()
 	gwA, gwB := newGateway(t, srv.Addr(), 0, nil), newGateway(t, srv.Addr(), 1, nil)
 	issued := time.Now().Add(-time.Minute)
-	rotating := &APIHandler{fleet: gwA.fleet, sessionKeys: newSessionKeyCustody()}
+	rotating := &APIHandler{fleet: gwA.appRedis, sessionKeys: newSessionKeyCustody()}
 	rotating.sessionKeys.keep("oAlice", "old-key", issued)
 	gwA.keepSessionKey(ctx, "oAlice", "old-key", issued.Add(2*time.Millisecond))
 
@@ -100,7 +136,7 @@ func TestRotationMovesTheFleetsKey(t *testing.T) {
 		t.Fatalf("the reset is signed with %q (%v)", signedWith.key, refusal)
 	}
 	rotating.keepRotation(ctx, "oAlice", signedWith, "new-key")
-	other := &APIHandler{fleet: gwB.fleet, sessionKeys: newSessionKeyCustody()}
+	other := &APIHandler{fleet: gwB.appRedis, sessionKeys: newSessionKeyCustody()}
 	for name, h := range map[string]*APIHandler{"the gateway that rotated": rotating, "another gateway": other} {
 		if kept, refusal := h.playerKey(ctx, "oAlice"); kept.key != "new-key" {
 			t.Errorf("%s signs with %q (%v) after the rotation; want the new key", name, kept.key, refusal)
