@@ -105,6 +105,7 @@ func (h *APIHandler) Provision(ctx caddy.Context) error {
 	if err := h.Validate(); err != nil {
 		return err
 	}
+	warnIfCleartext(h.logger, h.AppID, h.Endpoint)
 	h.endpoint = strings.TrimSuffix(h.Endpoint, "/")
 	h.allowedHosts = make(map[string]bool, len(h.AllowHosts))
 	for _, name := range h.AllowHosts {

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -189,5 +191,41 @@ func TestValuesThatWouldBreakEveryRequestAreRefused(t *testing.T) {
 			}
 			stillServing(t, strconv.Itoa(i+1))
 		})
+	}
+}
+
+// Both handlers send the app secret to their endpoint, so both warn once at
+// load when it is plain http to a host that is not loopback, naming the host
+// and never the secret.
+func TestCleartextEndpointIsWarnedByBothHandlers(t *testing.T) {
+	const appID, secret = "wxcleartext", "cleartext-secret"
+	warnings := filepath.Join(t.TempDir(), "warnings.log")
+	backend := testkit.NewBackend(t, nil)
+	// 192.0.2.0/24 is reserved for documentation: nothing answers there.
+	const endpoint = "http://192.0.2.10:9"
+	testkit.StartCaddy(t, testkit.GlobalOptions(`log warnings {
+		output file `+warnings+`
+		level WARN
+		include http.handlers.wechat_login http.handlers.wechat_api
+	}`)+testkit.Site(
+		testkit.Handle("api", fmt.Sprintf("wechat_api {\n\t\tapp_id %s\n\t\tapp_secret %s\n\t\tendpoint %s\n\t}", appID, secret, endpoint)),
+		testkit.Handle("", testkit.WechatLogin(appID, secret, endpoint), testkit.ProxyTo(backend))))
+	logged, err := os.ReadFile(warnings)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, handler := range []string{"http.handlers.wechat_login", "http.handlers.wechat_api"} {
+		found := 0
+		for line := range strings.Lines(string(logged)) {
+			if strings.Contains(line, `"logger":"`+handler+`"`) && strings.Contains(line, "plain http") && strings.Contains(line, "192.0.2.10:9") {
+				found++
+			}
+		}
+		if found != 1 {
+			t.Errorf("%s logged %d cleartext warnings, want 1; the log:\n%s", handler, found, testkit.Redact(string(logged)))
+		}
+	}
+	if strings.Contains(string(logged), secret) {
+		t.Error("a warning shows the app secret")
 	}
 }
