@@ -45,9 +45,9 @@ import (
 const maxClockSkew = 60 * time.Second
 
 // tokenHeader is the encoded JOSE header of every token the gateway issues.
-// verify compares a token's header with it as a string first, so that the
+// verify compares a token's header with it as a string, so that the
 // gateway's own tokens never pay for JSON parsing; any other header is read
-// by acceptableHeader.
+// by acceptableHeader, once the signature has proved it a key holder's.
 var tokenHeader = base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`))
 
 // refusedHeaderParams are the JOSE header parameters that would change how
@@ -214,15 +214,16 @@ func appendJSONString(buf []byte, s string) []byte {
 
 // verifyWithin returns the identity a token proves, and its app, accepting
 // it up to expiredFor past its expiry; or why it proves none.
-// It runs on every game request: the header is compared as a string, the
-// signature checked with a pooled hash before anything of the payload is
-// read, and the claims as issue writes them are read without reflection.
+// It runs on every game request: the signature is checked with a pooled
+// hash before anything of the header or the payload is read, the header
+// compared as a string, and the claims as issue writes them read without
+// reflection.
 func (t *sessionTokens) verifyWithin(token string, expiredFor time.Duration) (Identity, *loginApp, error) {
 	if len(token) > maxSessionTokenLen { // refused before any hashing: a huge token costs nothing
 		return Identity{}, nil, errMalformedSession
 	}
 	header, rest, ok := strings.Cut(token, ".")
-	if !ok || (header != tokenHeader && !acceptableHeader(header)) {
+	if !ok {
 		return Identity{}, nil, errMalformedSession
 	}
 	payload, signature, ok := strings.Cut(rest, ".")
@@ -236,6 +237,11 @@ func (t *sessionTokens) verifyWithin(token string, expiredFor time.Duration) (Id
 	}
 	if !t.signedByAKey(token[:len(header)+1+len(payload)], mac[:], want[:0]) {
 		return Identity{}, nil, errSessionSignature
+	}
+	// A header other than the gateway's own is JSON-parsed only now: a
+	// forgery costs the HMAC and nothing more.
+	if header != tokenHeader && !acceptableHeader(header) {
+		return Identity{}, nil, errMalformedSession
 	}
 
 	// A payload as issue writes it is decoded on the stack; others, which

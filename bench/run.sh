@@ -108,7 +108,7 @@ GAME=http://127.0.0.1:$BENCH_GAME_PORT
 
 mkdir -p "$OUT"
 rm -f "$OUT"/wrk-*.txt "$OUT"/profile-* "$OUT"/*.log "$OUT"/results.tsv "$OUT"/memory.tsv "$OUT"/results.md "$OUT"/redis.txt \
-	"$OUT"/instructions.tsv "$OUT"/instructions.md "$OUT"/callgrind.out.*
+	"$OUT"/instructions.tsv "$OUT"/instructions.md "$OUT"/callgrind.out.* "$OUT"/callgrind-*.out
 
 # --- processes -------------------------------------------------------------
 
@@ -552,6 +552,8 @@ count() {
 	callgrind -i off
 	rm -f "$OUT"/callgrind.out.*
 	callgrind -d
+	# Kept for callgrind_annotate (per-function counts) and bench/nogc.sh.
+	cat "$OUT"/callgrind.out.* >"$OUT/callgrind-$2-$1.out"
 	result=$(grep '^RESULT ' "$file" || true)
 	read -r requests _ _ _ non2xx bad sockerr < <(sed 's/[a-z0-9_]*=//g' <<<"${result#RESULT }")
 	if [ -z "$result" ] || [ "$requests" = 0 ] || [ $((non2xx + bad + sockerr)) != 0 ]; then
@@ -559,8 +561,11 @@ count() {
 		exit 1
 	fi
 	ir=$(cat "$OUT"/callgrind.out.* | awk '$1 == "summary:" || $1 == "totals:" { print $2 }' | sort -n | tail -1)
-	printf '%s\t%s\t%s\n' "$2" "$s" $((ir / requests)) >>"$OUT/instructions.tsv"
-	printf '   repeat %s  %-10s %8d instructions/request (%d requests)\n' "$2" "$s" $((ir / requests)) "$requests"
+	# Without the garbage collector's: which 5-s window a collection lands
+	# in is chance, and its length follows the live heap, not the request.
+	ir_nogc=$(bash bench/nogc.sh "$OUT/callgrind-$2-$1.out" | cut -f4)
+	printf '%s\t%s\t%s\t%s\n' "$2" "$s" $((ir / requests)) $((ir_nogc / requests)) >>"$OUT/instructions.tsv"
+	printf '   repeat %s  %-10s %8d instructions/request, %8d without the collector (%d requests)\n' "$2" "$s" $((ir / requests)) $((ir_nogc / requests)) "$requests"
 }
 
 COUNTED=()
@@ -584,13 +589,22 @@ if [ "${#COUNTED[@]}" -gt 0 ]; then
 	# Each scenario's count (the mean of the repeats), and plain's and 1b's
 	# over it.
 	{
-		echo "| scenario | instructions/request | plain's over it | 1b's over it | per repeat |"
-		echo "|---|--:|--:|--:|---|"
+		echo "| scenario | instructions/request | plain's over it | 1b's over it | per repeat | without the collector | plain's over it | 1b's over it | per repeat |"
+		echo "|---|--:|--:|--:|---|--:|--:|--:|---|"
 		for s in "${COUNTED[@]}"; do
 			awk -F'\t' -v s="$s" -v title="${TITLE[$s]}" '
-				{ sum[$2] += $3; n[$2]++; if ($2 == s) each = each sprintf("%s%d", (n[$2] > 1 ? " " : ""), $3) }
-				function over(base) { return (base in n) ? sprintf("%.3f", sum[base] / n[base] / (sum[s] / n[s])) : "—" }
-				END { printf "| %s | %d | %s | %s | %s |\n", title, sum[s] / n[s], over("plain"), over("plainauth"), each }' "$OUT/instructions.tsv"
+				{
+					sum[$2] += $3; nogc[$2] += $4; n[$2]++
+					if ($2 == s) {
+						each = each sprintf("%s%d", (n[$2] > 1 ? " " : ""), $3)
+						each_nogc = each_nogc sprintf("%s%d", (n[$2] > 1 ? " " : ""), $4)
+					}
+				}
+				function over(v, base) { return (base in n) ? sprintf("%.3f", v[base] / n[base] / (v[s] / n[s])) : "—" }
+				END {
+					printf "| %s | %d | %s | %s | %s | %d | %s | %s | %s |\n", title, sum[s] / n[s], over(sum, "plain"), over(sum, "plainauth"), each,
+						nogc[s] / n[s], over(nogc, "plain"), over(nogc, "plainauth"), each_nogc
+				}' "$OUT/instructions.tsv"
 		done
 	} >"$OUT/instructions.md"
 fi
