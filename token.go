@@ -204,13 +204,37 @@ func appendClaims(buf []byte, c sessionClaims) []byte {
 // unionids and app_ids are), through encoding/json otherwise.
 func appendJSONString(buf []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+		if jsonBytes[s[i]]&writtenAsIs == 0 {
 			quoted, _ := json.Marshal(s) // a string always marshals (invalid UTF-8 as U+FFFD)
 			return append(buf, quoted...)
 		}
 	}
 	return append(append(append(buf, '"'), s...), '"')
 }
+
+// jsonBytes classes the bytes of a JSON string, for the loops above and
+// below that run over every byte of a token's claims: a table look-up
+// rather than a chain of comparisons.
+var jsonBytes = func() (classes [256]uint8) {
+	for c := 0x20; c < 0x7f; c++ {
+		if c != '"' && c != '\\' {
+			classes[c] |= readAsIs
+			if c != '<' && c != '>' && c != '&' {
+				classes[c] |= writtenAsIs
+			}
+		}
+	}
+	return classes
+}()
+
+const (
+	// readAsIs: printable ASCII that is not '"' or '\\', which stands for
+	// itself in a JSON string.
+	readAsIs = 1 << iota
+	// writtenAsIs: those of readAsIs that encoding/json writes as they
+	// are (it escapes <, > and & for HTML).
+	writtenAsIs
+)
 
 // verifyWithin returns the identity a token proves, and its app, accepting
 // it up to expiredFor past its expiry; or why it proves none.
@@ -490,15 +514,14 @@ func flatString(b []byte, i int) ([]byte, int, bool) {
 	if i >= len(b) || b[i] != '"' {
 		return nil, i, false
 	}
-	for j := i + 1; j < len(b); j++ {
-		switch c := b[j]; {
-		case c == '"':
-			return b[i+1 : j], j + 1, true
-		case c == '\\' || c < 0x20 || c >= 0x7f: // escapes, control bytes, non-ASCII: encoding/json's job
-			return nil, i, false
-		}
+	j := i + 1
+	for j < len(b) && jsonBytes[b[j]]&readAsIs != 0 {
+		j++
 	}
-	return nil, i, false
+	if j < len(b) && b[j] == '"' {
+		return b[i+1 : j], j + 1, true
+	}
+	return nil, i, false // escapes, control bytes, non-ASCII: encoding/json's job
 }
 
 // flatInt reads a non-negative whole number of at most 15 digits at b[i],
