@@ -37,12 +37,23 @@ type headerFamily struct {
 // contract.
 var headerFamilies []*headerFamily
 
-// registerHeaderFamily adds f to headerFamilies, once.
+// familiesByLetter are headerFamilies by the letter after "x-" in their
+// prefix, so that a header name is compared with one prefix or two, not
+// with all of them.
+var familiesByLetter ['z' - 'a' + 1][]*headerFamily
+
+// registerHeaderFamily adds f to headerFamilies, once. A prefix is "x-", a
+// lower-case letter, and more.
 func registerHeaderFamily(f *headerFamily) {
-	if !slices.Contains(headerFamilies, f) {
-		f.rank = len(headerFamilies)
-		headerFamilies = append(headerFamilies, f)
+	if slices.Contains(headerFamilies, f) {
+		return
 	}
+	if len(f.prefix) < 4 || f.prefix[:2] != "x-" || f.prefix[2] < 'a' || f.prefix[2] > 'z' {
+		panic("header family prefix " + f.prefix + " is not x-<letter>…")
+	}
+	f.rank = len(headerFamilies)
+	headerFamilies = append(headerFamilies, f)
+	familiesByLetter[f.prefix[2]-'a'] = append(familiesByLetter[f.prefix[2]-'a'], f)
 }
 
 // presentedHeaders are the values of the family headers the gateway reads
@@ -190,10 +201,14 @@ func isIdentityHeader(name string) bool {
 // identityFamily is the family of name, as isIdentityHeader reads it, or
 // nil.
 func identityFamily(name string) *headerFamily {
-	if len(name) < 2 || name[0]|0x20 != 'x' { // the usual header is rejected here
+	if len(name) < 3 || name[0]|0x20 != 'x' { // the usual header is rejected here
 		return nil
 	}
-	for _, f := range headerFamilies {
+	letter := name[2] | 0x20 // lower case, if a letter: nothing else lands in a-z
+	if letter < 'a' || letter > 'z' {
+		return nil
+	}
+	for _, f := range familiesByLetter[letter-'a'] {
 		if hasFamilyPrefix(name, f.prefix) {
 			return f
 		}

@@ -187,16 +187,21 @@ func appendClaims(buf []byte, c sessionClaims) []byte {
 		buf = append(buf, ',')
 	}
 	buf = appendJSONString(append(buf, `"appid":`...), c.AppID)
-	for _, claim := range [...]struct{ name, value string }{
-		{`,"platform":`, c.Platform}, {`,"unionid":`, c.UnionID}, {`,"anonymous_openid":`, c.AnonymousOpenID},
-	} {
-		if claim.value != "" {
-			buf = appendJSONString(append(buf, claim.name...), claim.value)
-		}
-	}
+	buf = appendOptionalClaim(buf, `,"platform":`, c.Platform)
+	buf = appendOptionalClaim(buf, `,"unionid":`, c.UnionID)
+	buf = appendOptionalClaim(buf, `,"anonymous_openid":`, c.AnonymousOpenID)
 	buf = strconv.AppendInt(append(buf, `,"iat":`...), c.IssuedAt, 10)
 	buf = strconv.AppendInt(append(buf, `,"exp":`...), c.ExpiresAt, 10)
 	return append(buf, '}')
+}
+
+// appendOptionalClaim appends name and value unless value is empty
+// (omitempty).
+func appendOptionalClaim(buf []byte, name, value string) []byte {
+	if value == "" {
+		return buf
+	}
+	return appendJSONString(append(buf, name...), value)
 }
 
 // appendJSONString appends s as a JSON string the way encoding/json does:
