@@ -31,6 +31,14 @@ const anonymousCodeField = "anonymous_code"
 // read is put back so the upstream receives it byte for byte. A login
 // needs a code, or on Douyin an anonymous code, or both.
 func loginCredentials(r *http.Request, field string, p *platform, presented presentedHeaders) (credentials, *jsonRefusal) {
+	if p.anonymousCodeParam == "" {
+		// The usual login, a code in the query, read without the two
+		// fields' bookkeeping below.
+		if value, found := queryValue(r.URL.RawQuery, field); found {
+			code, refusal := checkCode(value)
+			return credentials{code: code}, refusal
+		}
+	}
 	fields := [2]string{field}
 	if p.anonymousCodeParam != "" {
 		fields[1] = anonymousCodeField

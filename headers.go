@@ -1,9 +1,9 @@
 package wechatlogin
 
 import (
-	"cmp"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 )
 
@@ -25,49 +25,36 @@ type headerFamily struct {
 	// Read from the client, canonical: the login code, an anonymous
 	// player's code, and the session token (also set on a login's answer).
 	code, anonymousCode, session string
+	// rank is the family's place in headerFamilies: when a client sends
+	// one header in two families, the first family's copy is read.
+	rank int
 }
 
-// The families, one per platform's cloud; docs/identity-headers.md is
-// their contract. WeChat's and Douyin's are their clouds' own (WeChat Cloud
-// Hosting, Douyin Cloud); QQ, TapTap and Bilibili have no cloud that sets
-// identity headers, so theirs copy WeChat's under their own prefix.
-var (
-	wechatHeaders = &headerFamily{
-		prefix: "x-wx-",
-		openID: "X-Wx-Openid", unionID: "X-Wx-Unionid", appID: "X-Wx-Appid", sessionKey: "X-Wx-Session-Key",
-		source: "X-Wx-Source", sourceValue: "wx_client",
-		code: "X-Wx-Code", session: "X-Wx-Session",
-	}
-	douyinHeaders = &headerFamily{
-		prefix: "x-tt-",
-		openID: "X-Tt-Openid", unionID: "X-Tt-Unionid", appID: "X-Tt-Appid", sessionKey: "X-Tt-Session-Key",
-		anonymousOpenID: "X-Tt-Anonymous-Openid", source: "X-Tt-Source", sourceValue: "tt_client",
-		code: "X-Tt-Code", anonymousCode: "X-Tt-Anonymous-Code", session: "X-Tt-Session",
-	}
-	qqHeaders = &headerFamily{
-		prefix: "x-qq-",
-		openID: "X-Qq-Openid", unionID: "X-Qq-Unionid", appID: "X-Qq-Appid", sessionKey: "X-Qq-Session-Key",
-		source: "X-Qq-Source", sourceValue: "qq_client",
-		code: "X-Qq-Code", session: "X-Qq-Session",
-	}
-	taptapHeaders = &headerFamily{
-		prefix: "x-tap-",
-		openID: "X-Tap-Openid", unionID: "X-Tap-Unionid", appID: "X-Tap-Appid", sessionKey: "X-Tap-Session-Key",
-		source: "X-Tap-Source", sourceValue: "tap_client",
-		code: "X-Tap-Code", session: "X-Tap-Session",
-	}
-	bilibiliHeaders = &headerFamily{
-		prefix: "x-bili-",
-		openID: "X-Bili-Openid", unionID: "X-Bili-Unionid", appID: "X-Bili-Appid", sessionKey: "X-Bili-Session-Key",
-		source: "X-Bili-Source", sourceValue: "bili_client",
-		code: "X-Bili-Code", session: "X-Bili-Session",
-	}
-)
+// headerFamilies are the families of every registered platform, in the
+// order registered (registerPlatform adds each): all of them are stripped
+// from every client request, whatever platforms are configured, since a
+// backend may trust any of them. docs/identity-headers.md is their
+// contract.
+var headerFamilies []*headerFamily
 
-// headerFamilies are every family the gateway knows: all of them are
-// stripped from every client request, whatever platforms are configured,
-// since a backend may trust any of them.
-var headerFamilies = [...]*headerFamily{wechatHeaders, douyinHeaders, qqHeaders, taptapHeaders, bilibiliHeaders}
+// familiesByLetter are headerFamilies by the letter after "x-" in their
+// prefix, so that a header name is compared with one prefix or two, not
+// with all of them.
+var familiesByLetter ['z' - 'a' + 1][]*headerFamily
+
+// registerHeaderFamily adds f to headerFamilies, once. A prefix is "x-", a
+// lower-case letter, and more.
+func registerHeaderFamily(f *headerFamily) {
+	if slices.Contains(headerFamilies, f) {
+		return
+	}
+	if len(f.prefix) < 4 || f.prefix[:2] != "x-" || f.prefix[2] < 'a' || f.prefix[2] > 'z' {
+		panic("header family prefix " + f.prefix + " is not x-<letter>…")
+	}
+	f.rank = len(headerFamilies)
+	headerFamilies = append(headerFamilies, f)
+	familiesByLetter[f.prefix[2]-'a'] = append(familiesByLetter[f.prefix[2]-'a'], f)
+}
 
 // presentedHeaders are the values of the family headers the gateway reads
 // from a client (each the first value of its canonical spelling, in the
@@ -88,34 +75,36 @@ type presentedHeaders struct {
 // something to remove from the Connection header or the body can carry
 // trailers.
 func stripClientIdentity(r *http.Request) presentedHeaders {
-	var byFamily [len(headerFamilies)]presentedHeaders
+	var presented presentedHeaders
+	var from [3]*headerFamily // the family each of presented's values came from
 	for name, values := range r.Header {
-		if !isIdentityHeader(name) {
+		f := identityFamily(name)
+		if f == nil {
 			continue
 		}
 		if len(values) > 0 {
-			for i, f := range headerFamilies {
-				switch name {
-				case f.code:
-					byFamily[i].code = values[0]
-				case f.anonymousCode:
-					byFamily[i].anonymousCode = values[0]
-				case f.session:
-					byFamily[i].session = values[0]
-				}
+			switch name {
+			case f.code:
+				readFirstFamily(&presented.code, &from[0], f, values[0])
+			case f.anonymousCode:
+				readFirstFamily(&presented.anonymousCode, &from[1], f, values[0])
+			case f.session:
+				readFirstFamily(&presented.session, &from[2], f, values[0])
 			}
 		}
 		delete(r.Header, name)
 	}
 	stripIdentityConnectionTokens(r.Header)
 	stripIdentityTrailers(r)
-	var presented presentedHeaders
-	for _, p := range byFamily {
-		presented.code = cmp.Or(presented.code, p.code)
-		presented.anonymousCode = cmp.Or(presented.anonymousCode, p.anonymousCode)
-		presented.session = cmp.Or(presented.session, p.session)
-	}
 	return presented
+}
+
+// readFirstFamily sets *value to v, read in family f, unless it holds a
+// value of a family before f already.
+func readFirstFamily(value *string, from **headerFamily, f *headerFamily, v string) {
+	if *from == nil || f.rank < (*from).rank {
+		*value, *from = v, f
+	}
 }
 
 // stripIdentityHeaders removes every header of the identity families, in
@@ -206,15 +195,25 @@ func (b *trailerStrippingBody) Read(p []byte) (int, error) {
 // it starts with one of their prefixes ("x-wx-", "x-tt-"…) ignoring case
 // and reading '_' and '.' as '-'.
 func isIdentityHeader(name string) bool {
-	if len(name) < 2 || name[0]|0x20 != 'x' { // the usual header is rejected here
-		return false
+	return identityFamily(name) != nil
+}
+
+// identityFamily is the family of name, as isIdentityHeader reads it, or
+// nil.
+func identityFamily(name string) *headerFamily {
+	if len(name) < 3 || name[0]|0x20 != 'x' { // the usual header is rejected here
+		return nil
 	}
-	for _, f := range headerFamilies {
+	letter := name[2] | 0x20 // lower case, if a letter: nothing else lands in a-z
+	if letter < 'a' || letter > 'z' {
+		return nil
+	}
+	for _, f := range familiesByLetter[letter-'a'] {
 		if hasFamilyPrefix(name, f.prefix) {
-			return true
+			return f
 		}
 	}
-	return false
+	return nil
 }
 
 func hasFamilyPrefix(name, prefix string) bool {

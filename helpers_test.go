@@ -318,7 +318,12 @@ func encodeSegment(s string) string { return base64.RawURLEncoding.EncodeToStrin
 // signRaw signs a header and a payload, both as written, with HS256 and key:
 // a token whatever its JSON, as a holder of the key could make.
 func signRaw(header, payload, key string) string {
-	signed := encodeSegment(header) + "." + encodeSegment(payload)
+	return signSegments(encodeSegment(header), encodeSegment(payload), key)
+}
+
+// signSegments signs two segments, both as encoded, with HS256 and key.
+func signSegments(header, payload, key string) string {
+	signed := header + "." + payload
 	mac := hmac.New(sha256.New, []byte(key))
 	mac.Write([]byte(signed))
 	return signed + "." + base64.RawURLEncoding.EncodeToString(mac.Sum(nil))

@@ -195,7 +195,7 @@ func (h *Handler) attachIdentity(r *http.Request, app *loginApp, id Identity) {
 		repl.Set("http.wechat.openid", id.OpenID)
 		repl.Set("http.wechat.unionid", id.UnionID)
 		repl.Set("http.wechat.appid", app.appIDPlaceholder)
-		repl.Set("http.wechat.platform", app.platform.name)
+		repl.Set("http.wechat.platform", app.platform.namePlaceholder)
 		repl.Set("http.wechat.anonymous_openid", id.AnonymousOpenID)
 	}
 }

@@ -33,6 +33,9 @@ type platform struct {
 	answer answerReader
 	// headers are the identity headers the upstream gets.
 	headers *headerFamily
+	// namePlaceholder is name as {http.wechat.platform}'s value, boxed
+	// once: boxed per request, it would be an allocation.
+	namePlaceholder any
 	// keepsSessionKeys: the gateway keeps the session_keys its logins
 	// prove, per app, for the app's wechat_api (custody); only WeChat's
 	// have a reader.
@@ -48,8 +51,12 @@ type answerReader interface {
 // platforms are the platforms a login app can name, by their name.
 var platforms = map[string]*platform{}
 
+// registerPlatform adds p to platforms, and its header family to those
+// stripped from every request.
 func registerPlatform(p *platform) *platform {
+	p.namePlaceholder = p.name
 	platforms[p.name] = p
+	registerHeaderFamily(p.headers)
 	return p
 }
 

@@ -20,3 +20,12 @@ var bilibiliPlatform = registerPlatform(&platform{
 	}},
 	headers: bilibiliHeaders,
 })
+
+// bilibiliHeaders copy WeChat's under Bilibili's prefix: Bilibili has no
+// cloud that sets identity headers.
+var bilibiliHeaders = &headerFamily{
+	prefix: "x-bili-",
+	openID: "X-Bili-Openid", unionID: "X-Bili-Unionid", appID: "X-Bili-Appid", sessionKey: "X-Bili-Session-Key",
+	source: "X-Bili-Source", sourceValue: "bili_client",
+	code: "X-Bili-Code", session: "X-Bili-Session",
+}

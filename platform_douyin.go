@@ -28,6 +28,15 @@ var douyinPlatform = registerPlatform(&platform{
 	headers: douyinHeaders,
 })
 
+// douyinHeaders are Douyin Cloud's identity headers, so that a backend
+// written for it runs unchanged behind the gateway.
+var douyinHeaders = &headerFamily{
+	prefix: "x-tt-",
+	openID: "X-Tt-Openid", unionID: "X-Tt-Unionid", appID: "X-Tt-Appid", sessionKey: "X-Tt-Session-Key",
+	anonymousOpenID: "X-Tt-Anonymous-Openid", source: "X-Tt-Source", sourceValue: "tt_client",
+	code: "X-Tt-Code", anonymousCode: "X-Tt-Anonymous-Code", session: "X-Tt-Session",
+}
+
 // douyinAnswer reads Douyin's answer: error 0 with openid and session_key
 // (and unionid) for a code, anonymous_openid for an anonymous_code (an
 // anonymous player has no session_key), or a non-zero error with errcode

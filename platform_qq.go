@@ -24,3 +24,12 @@ var qqPlatform = registerPlatform(&platform{
 	}},
 	headers: qqHeaders,
 })
+
+// qqHeaders copy WeChat's under QQ's prefix: QQ has no cloud that sets
+// identity headers.
+var qqHeaders = &headerFamily{
+	prefix: "x-qq-",
+	openID: "X-Qq-Openid", unionID: "X-Qq-Unionid", appID: "X-Qq-Appid", sessionKey: "X-Qq-Session-Key",
+	source: "X-Qq-Source", sourceValue: "qq_client",
+	code: "X-Qq-Code", session: "X-Qq-Session",
+}

@@ -21,3 +21,12 @@ var taptapPlatform = registerPlatform(&platform{
 	}},
 	headers: taptapHeaders,
 })
+
+// taptapHeaders copy WeChat's under TapTap's prefix: TapTap has no cloud
+// that sets identity headers.
+var taptapHeaders = &headerFamily{
+	prefix: "x-tap-",
+	openID: "X-Tap-Openid", unionID: "X-Tap-Unionid", appID: "X-Tap-Appid", sessionKey: "X-Tap-Session-Key",
+	source: "X-Tap-Source", sourceValue: "tap_client",
+	code: "X-Tap-Code", session: "X-Tap-Session",
+}

@@ -39,3 +39,12 @@ var wechatPlatform = registerPlatform(&platform{
 	// wechat_api decrypts, verifies and signs with them.
 	keepsSessionKeys: true,
 })
+
+// wechatHeaders are WeChat Cloud Hosting's identity headers, so that a
+// backend written for it runs unchanged behind the gateway.
+var wechatHeaders = &headerFamily{
+	prefix: "x-wx-",
+	openID: "X-Wx-Openid", unionID: "X-Wx-Unionid", appID: "X-Wx-Appid", sessionKey: "X-Wx-Session-Key",
+	source: "X-Wx-Source", sourceValue: "wx_client",
+	code: "X-Wx-Code", session: "X-Wx-Session",
+}

@@ -45,9 +45,9 @@ import (
 const maxClockSkew = 60 * time.Second
 
 // tokenHeader is the encoded JOSE header of every token the gateway issues.
-// verify compares a token's header with it as a string first, so that the
+// verify compares a token's header with it as a string, so that the
 // gateway's own tokens never pay for JSON parsing; any other header is read
-// by acceptableHeader.
+// by acceptableHeader, once the signature has proved it a key holder's.
 var tokenHeader = base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`))
 
 // refusedHeaderParams are the JOSE header parameters that would change how
@@ -187,16 +187,21 @@ func appendClaims(buf []byte, c sessionClaims) []byte {
 		buf = append(buf, ',')
 	}
 	buf = appendJSONString(append(buf, `"appid":`...), c.AppID)
-	for _, claim := range [...]struct{ name, value string }{
-		{`,"platform":`, c.Platform}, {`,"unionid":`, c.UnionID}, {`,"anonymous_openid":`, c.AnonymousOpenID},
-	} {
-		if claim.value != "" {
-			buf = appendJSONString(append(buf, claim.name...), claim.value)
-		}
-	}
+	buf = appendOptionalClaim(buf, `,"platform":`, c.Platform)
+	buf = appendOptionalClaim(buf, `,"unionid":`, c.UnionID)
+	buf = appendOptionalClaim(buf, `,"anonymous_openid":`, c.AnonymousOpenID)
 	buf = strconv.AppendInt(append(buf, `,"iat":`...), c.IssuedAt, 10)
 	buf = strconv.AppendInt(append(buf, `,"exp":`...), c.ExpiresAt, 10)
 	return append(buf, '}')
+}
+
+// appendOptionalClaim appends name and value unless value is empty
+// (omitempty).
+func appendOptionalClaim(buf []byte, name, value string) []byte {
+	if value == "" {
+		return buf
+	}
+	return appendJSONString(append(buf, name...), value)
 }
 
 // appendJSONString appends s as a JSON string the way encoding/json does:
@@ -204,7 +209,7 @@ func appendClaims(buf []byte, c sessionClaims) []byte {
 // unionids and app_ids are), through encoding/json otherwise.
 func appendJSONString(buf []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+		if jsonBytes[s[i]]&writtenAsIs == 0 {
 			quoted, _ := json.Marshal(s) // a string always marshals (invalid UTF-8 as U+FFFD)
 			return append(buf, quoted...)
 		}
@@ -212,17 +217,42 @@ func appendJSONString(buf []byte, s string) []byte {
 	return append(append(append(buf, '"'), s...), '"')
 }
 
+// jsonBytes classes the bytes of a JSON string, for the loops above and
+// below that run over every byte of a token's claims: a table look-up
+// rather than a chain of comparisons.
+var jsonBytes = func() (classes [256]uint8) {
+	for c := 0x20; c < 0x7f; c++ {
+		if c != '"' && c != '\\' {
+			classes[c] |= readAsIs
+			if c != '<' && c != '>' && c != '&' {
+				classes[c] |= writtenAsIs
+			}
+		}
+	}
+	return classes
+}()
+
+const (
+	// readAsIs: printable ASCII that is not '"' or '\\', which stands for
+	// itself in a JSON string.
+	readAsIs = 1 << iota
+	// writtenAsIs: those of readAsIs that encoding/json writes as they
+	// are (it escapes <, > and & for HTML).
+	writtenAsIs
+)
+
 // verifyWithin returns the identity a token proves, and its app, accepting
 // it up to expiredFor past its expiry; or why it proves none.
-// It runs on every game request: the header is compared as a string, the
-// signature checked with a pooled hash before anything of the payload is
-// read, and the claims as issue writes them are read without reflection.
+// It runs on every game request: the signature is checked with a pooled
+// hash before anything of the header or the payload is read, the header
+// compared as a string, and the claims as issue writes them read without
+// reflection.
 func (t *sessionTokens) verifyWithin(token string, expiredFor time.Duration) (Identity, *loginApp, error) {
 	if len(token) > maxSessionTokenLen { // refused before any hashing: a huge token costs nothing
 		return Identity{}, nil, errMalformedSession
 	}
 	header, rest, ok := strings.Cut(token, ".")
-	if !ok || (header != tokenHeader && !acceptableHeader(header)) {
+	if !ok {
 		return Identity{}, nil, errMalformedSession
 	}
 	payload, signature, ok := strings.Cut(rest, ".")
@@ -236,6 +266,11 @@ func (t *sessionTokens) verifyWithin(token string, expiredFor time.Duration) (Id
 	}
 	if !t.signedByAKey(token[:len(header)+1+len(payload)], mac[:], want[:0]) {
 		return Identity{}, nil, errSessionSignature
+	}
+	// A header other than the gateway's own is JSON-parsed only now: a
+	// forgery costs the HMAC and nothing more.
+	if header != tokenHeader && !acceptableHeader(header) {
+		return Identity{}, nil, errMalformedSession
 	}
 
 	// A payload as issue writes it is decoded on the stack; others, which
@@ -484,15 +519,14 @@ func flatString(b []byte, i int) ([]byte, int, bool) {
 	if i >= len(b) || b[i] != '"' {
 		return nil, i, false
 	}
-	for j := i + 1; j < len(b); j++ {
-		switch c := b[j]; {
-		case c == '"':
-			return b[i+1 : j], j + 1, true
-		case c == '\\' || c < 0x20 || c >= 0x7f: // escapes, control bytes, non-ASCII: encoding/json's job
-			return nil, i, false
-		}
+	j := i + 1
+	for j < len(b) && jsonBytes[b[j]]&readAsIs != 0 {
+		j++
 	}
-	return nil, i, false
+	if j < len(b) && b[j] == '"' {
+		return b[i+1 : j], j + 1, true
+	}
+	return nil, i, false // escapes, control bytes, non-ASCII: encoding/json's job
 }
 
 // flatInt reads a non-negative whole number of at most 15 digits at b[i],

@@ -295,12 +295,17 @@ func TestTokenVerification(t *testing.T) {
 		{name: "header an array", token: signRaw(`["alg","HS256"]`, claimsJSON(""), sessionSecret), reason: "malformed"},
 		{name: "header null", token: signRaw(`null`, claimsJSON(""), sessionSecret), reason: "malformed"},
 		{name: "header with trailing data", token: signRaw(`{"alg":"HS256"}{}`, claimsJSON(""), sessionSecret), reason: "malformed"},
-		{name: "header with padding", token: strings.Replace(signRaw(`{"alg":"HS256"}`, claimsJSON(""), sessionSecret), ".", "=.", 1), reason: "malformed"},
+		{name: "header with padding, signed so", token: signSegments(encodeSegment(`{"alg":"HS256"}`)+"=", encodeSegment(claimsJSON("")), sessionSecret), reason: "malformed"},
+		// The signature is checked before the header is read: an edited
+		// header is a forgery first.
+		{name: "header with padding added", token: strings.Replace(signRaw(`{"alg":"HS256"}`, claimsJSON(""), sessionSecret), ".", "=.", 1), reason: "bad_signature"},
 		{name: "RS256 header with an HMAC signature", token: signRaw(`{"alg":"RS256","typ":"JWT"}`, claimsJSON(""), sessionSecret), reason: "malformed"},
 		{name: "HS384 with the same key", token: signWithLibrary(t, jwt.SigningMethodHS384, valid(nil), nil, sessionSecret), reason: "malformed"},
 		{name: "HS512 with the same key", token: signWithLibrary(t, jwt.SigningMethodHS512, valid(nil), nil, sessionSecret), reason: "malformed"},
 		{name: "alg none", token: signWithLibrary(t, jwt.SigningMethodNone, valid(nil), nil, ""), reason: "malformed"},
-		{name: "alg none with a valid signature", token: encodeSegment(`{"alg":"none","typ":"JWT"}`) + "." + parts[1] + "." + parts[2], reason: "malformed"},
+		{name: "alg none with another header's signature", token: encodeSegment(`{"alg":"none","typ":"JWT"}`) + "." + parts[1] + "." + parts[2], reason: "bad_signature"},
+		{name: "alg none signed with the key", token: signRaw(`{"alg":"none","typ":"JWT"}`, claimsJSON(""), sessionSecret), reason: "malformed"},
+		{name: "unacceptable header, forged", token: signRaw(`{"alg":"RS256","typ":"JWT"}`, claimsJSON(""), otherSessionSecret), reason: "bad_signature"},
 
 		{name: "another key", token: signWithLibrary(t, jwt.SigningMethodHS256, valid(nil), nil, otherSessionSecret), reason: "bad_signature"},
 		{name: "edited payload", token: parts[0] + "." + encodeSegment(strings.Replace(string(decodeSegment(t, parts[1])), aliceIdentity.OpenID, bobIdentity.OpenID, 1)) + "." + parts[2], reason: "bad_signature"},

@@ -9,6 +9,9 @@
 #   1 plain     reverse_proxy alone (the ceiling)
 #   1b plainauth  the same with the Authorization header that 3 sends, to
 #               tell the module's cost from that of the bigger request
+#   1c plainsource  1b's request with X-WX-SOURCE sent by the client, to the
+#               plain reverse_proxy: forwarding the one header more that 3
+#               forwards than v2 did (plus reading it)
 #   2 strip     wechat_login in front, a request that is neither a login nor
 #               carries a session: identity headers stripped, then forwarded
 #   3 session   a game request with a session token, verified
@@ -57,7 +60,7 @@ FLEET=${BENCH_FLEET:-1}
 INSTRUCTIONS=${BENCH_INSTRUCTIONS:-0}
 
 OUT=bench/out
-SCENARIOS=(plain plainauth strip session login cached)
+SCENARIOS=(plain plainauth plainsource strip session login cached)
 if [ "$FLEET" != 0 ]; then
 	SCENARIOS+=(memfleet-login redisfleet-login memfleet-session redisfleet-session)
 fi
@@ -71,6 +74,7 @@ declare -A GOAL=([strip]=0.97 [session]=0.97 [login]=0.50 [cached]=0.90 [redisfl
 declare -A TITLE=(
 	[plain]="1 plain reverse_proxy (ceiling)"
 	[plainauth]="1b plain reverse_proxy, 3's request"
+	[plainsource]="1c 1b with X-WX-SOURCE from the client"
 	[strip]="2 wechat_login, no login, no session"
 	[session]="3 session-verified request"
 	[login]="4 login, distinct codes (WeChat call)"
@@ -80,7 +84,7 @@ declare -A TITLE=(
 	[memfleet-session]="8 fleet of 3, each in memory: 3's requests"
 	[redisfleet-session]="9 fleet of 3 with a redis block: 3's requests"
 )
-declare -A NUMBER=([plain]=1 [plainauth]=1b [strip]=2 [session]=3 [login]=4 [cached]=5
+declare -A NUMBER=([plain]=1 [plainauth]=1b [plainsource]=1c [strip]=2 [session]=3 [login]=4 [cached]=5
 	[memfleet-login]=6 [redisfleet-login]=7 [memfleet-session]=8 [redisfleet-session]=9)
 
 export BENCH_ADMIN_PORT=$PORT_BASE
@@ -108,7 +112,7 @@ GAME=http://127.0.0.1:$BENCH_GAME_PORT
 
 mkdir -p "$OUT"
 rm -f "$OUT"/wrk-*.txt "$OUT"/profile-* "$OUT"/*.log "$OUT"/results.tsv "$OUT"/memory.tsv "$OUT"/results.md "$OUT"/redis.txt \
-	"$OUT"/instructions.tsv "$OUT"/instructions.md "$OUT"/callgrind.out.*
+	"$OUT"/instructions.tsv "$OUT"/instructions.md "$OUT"/callgrind.out.* "$OUT"/callgrind-*.out
 
 # --- processes -------------------------------------------------------------
 
@@ -244,6 +248,7 @@ token() {
 }
 declare -A TOKEN=([session]=$(token "$GAME") [plainauth]=)
 TOKEN[plainauth]=${TOKEN[session]}
+TOKEN[plainsource]=${TOKEN[session]}
 if [ "$FLEET" != 0 ]; then
 	# Issued by gateway 0, verified by all three.
 	TOKEN[memfleet-session]=$(token "http://127.0.0.1:$(gateway_port 0 1)")
@@ -265,7 +270,7 @@ use_cached_codes() {
 
 url_of() {
 	case $1 in
-	plain | plainauth) echo "http://127.0.0.1:$BENCH_PLAIN_PORT/game/state" ;;
+	plain | plainauth | plainsource) echo "http://127.0.0.1:$BENCH_PLAIN_PORT/game/state" ;;
 	strip) echo "http://127.0.0.1:$BENCH_STRIP_PORT/game/state" ;;
 	session) echo "$GAME/game/state" ;;
 	memfleet-session) echo "http://127.0.0.1:$(gateway_port 0 1)/game/state" ;;
@@ -552,6 +557,8 @@ count() {
 	callgrind -i off
 	rm -f "$OUT"/callgrind.out.*
 	callgrind -d
+	# Kept for callgrind_annotate (per-function counts) and bench/nogc.sh.
+	cat "$OUT"/callgrind.out.* >"$OUT/callgrind-$2-$1.out"
 	result=$(grep '^RESULT ' "$file" || true)
 	read -r requests _ _ _ non2xx bad sockerr < <(sed 's/[a-z0-9_]*=//g' <<<"${result#RESULT }")
 	if [ -z "$result" ] || [ "$requests" = 0 ] || [ $((non2xx + bad + sockerr)) != 0 ]; then
@@ -559,8 +566,11 @@ count() {
 		exit 1
 	fi
 	ir=$(cat "$OUT"/callgrind.out.* | awk '$1 == "summary:" || $1 == "totals:" { print $2 }' | sort -n | tail -1)
-	printf '%s\t%s\t%s\n' "$2" "$s" $((ir / requests)) >>"$OUT/instructions.tsv"
-	printf '   repeat %s  %-10s %8d instructions/request (%d requests)\n' "$2" "$s" $((ir / requests)) "$requests"
+	# Without the garbage collector's: which 5-s window a collection lands
+	# in is chance, and its length follows the live heap, not the request.
+	ir_nogc=$(bash bench/nogc.sh "$OUT/callgrind-$2-$1.out" | cut -f4)
+	printf '%s\t%s\t%s\t%s\n' "$2" "$s" $((ir / requests)) $((ir_nogc / requests)) >>"$OUT/instructions.tsv"
+	printf '   repeat %s  %-10s %8d instructions/request, %8d without the collector (%d requests)\n' "$2" "$s" $((ir / requests)) $((ir_nogc / requests)) "$requests"
 }
 
 COUNTED=()
@@ -584,13 +594,22 @@ if [ "${#COUNTED[@]}" -gt 0 ]; then
 	# Each scenario's count (the mean of the repeats), and plain's and 1b's
 	# over it.
 	{
-		echo "| scenario | instructions/request | plain's over it | 1b's over it | per repeat |"
-		echo "|---|--:|--:|--:|---|"
+		echo "| scenario | instructions/request | plain's over it | 1b's over it | per repeat | without the collector | plain's over it | 1b's over it | per repeat |"
+		echo "|---|--:|--:|--:|---|--:|--:|--:|---|"
 		for s in "${COUNTED[@]}"; do
 			awk -F'\t' -v s="$s" -v title="${TITLE[$s]}" '
-				{ sum[$2] += $3; n[$2]++; if ($2 == s) each = each sprintf("%s%d", (n[$2] > 1 ? " " : ""), $3) }
-				function over(base) { return (base in n) ? sprintf("%.3f", sum[base] / n[base] / (sum[s] / n[s])) : "—" }
-				END { printf "| %s | %d | %s | %s | %s |\n", title, sum[s] / n[s], over("plain"), over("plainauth"), each }' "$OUT/instructions.tsv"
+				{
+					sum[$2] += $3; nogc[$2] += $4; n[$2]++
+					if ($2 == s) {
+						each = each sprintf("%s%d", (n[$2] > 1 ? " " : ""), $3)
+						each_nogc = each_nogc sprintf("%s%d", (n[$2] > 1 ? " " : ""), $4)
+					}
+				}
+				function over(v, base) { return (base in n) ? sprintf("%.3f", v[base] / n[base] / (v[s] / n[s])) : "—" }
+				END {
+					printf "| %s | %d | %s | %s | %s | %d | %s | %s | %s |\n", title, sum[s] / n[s], over(sum, "plain"), over(sum, "plainauth"), each,
+						nogc[s] / n[s], over(nogc, "plain"), over(nogc, "plainauth"), each_nogc
+				}' "$OUT/instructions.tsv"
 		done
 	} >"$OUT/instructions.md"
 fi

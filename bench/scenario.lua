@@ -2,6 +2,7 @@
 --   plain, strip  GET /game/state with a spoofed X-WX-OPENID header
 --   session       the same with Authorization: Bearer $BENCH_TOKEN
 --   plainauth     session's request, sent to the plain reverse_proxy
+--   plainsource   plainauth's with X-WX-SOURCE: wx_client added
 --   login         GET /wx/login with a code no other request uses
 --   cached        GET /wx/login cycling through the codes in $BENCH_CODES
 --   fleetlogin, fleetsession  login's and session's requests, to the three
@@ -56,9 +57,12 @@ function init(args)
 	elseif scenario == "strip" then
 		static_request = wrk.format("GET", "/game/state", spoof)
 		expect_body = no_identity
-	elseif scenario == "session" or scenario == "plainauth" then
+	elseif scenario == "session" or scenario == "plainauth" or scenario == "plainsource" then
 		local token = os.getenv("BENCH_TOKEN") or error("BENCH_TOKEN is not set")
 		spoof["Authorization"] = "Bearer " .. token
+		if scenario == "plainsource" then
+			spoof["X-WX-SOURCE"] = "wx_client"
+		end
 		static_request = wrk.format("GET", "/game/state", spoof)
 		if scenario == "session" then
 			expect_body = sim_identity
