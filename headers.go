@@ -25,8 +25,10 @@ type headerFamily struct {
 	// Read from the client, canonical: the login code, an anonymous
 	// player's code, and the session token (also set on a login's answer).
 	code, anonymousCode, session string
-	// rank is the family's place in headerFamilies: when a client sends
-	// one header in two families, the first family's copy is read.
+	// rank orders the families when a client sends one header in two:
+	// the lower rank's copy is read. WeChat's ranks first, as a client
+	// written before the other families were known expects; the others
+	// follow in the order registered.
 	rank int
 }
 
@@ -51,7 +53,10 @@ func registerHeaderFamily(f *headerFamily) {
 	if len(f.prefix) < 4 || f.prefix[:2] != "x-" || f.prefix[2] < 'a' || f.prefix[2] > 'z' {
 		panic("header family prefix " + f.prefix + " is not x-<letter>…")
 	}
-	f.rank = len(headerFamilies)
+	f.rank = len(headerFamilies) + 1
+	if f.prefix == "x-wx-" {
+		f.rank = 0
+	}
 	headerFamilies = append(headerFamilies, f)
 	familiesByLetter[f.prefix[2]-'a'] = append(familiesByLetter[f.prefix[2]-'a'], f)
 }
