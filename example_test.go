@@ -92,16 +92,17 @@ func TestAccessLogFilterHidesCredentials(t *testing.T) {
 		token = "eyJhbGciOiJIUzI1NiJ9.session-token.signature"
 	)
 	req := httptest.NewRequest(http.MethodGet, "/wx/login?code="+code+"&anonymous_code="+code+"&level=3", nil)
-	for _, name := range []string{"X-WX-CODE", "X-TT-CODE", "X-TT-ANONYMOUS-CODE"} {
-		req.Header.Set(name, code)
+	req.Header.Set("X-TT-ANONYMOUS-CODE", code)
+	respHeader := http.Header{}
+	// Every platform's code and session headers: a site that adds an app
+	// block for QQ, TapTap or Bilibili to a shipped file keeps its logs clean.
+	for _, family := range []string{"X-WX-", "X-TT-", "X-QQ-", "X-TAP-", "X-BILI-"} {
+		req.Header.Set(family+"CODE", code)
+		req.Header.Set(family+"SESSION", token)
+		respHeader.Set(family+"SESSION", token)
 	}
-	req.Header.Set("X-WX-SESSION", token)
-	req.Header.Set("X-TT-SESSION", token)
 	req.Header.Set("Authorization", "Bearer "+token)
 	req.Header.Set("User-Agent", "MicroMessenger")
-	respHeader := http.Header{}
-	respHeader.Set("X-WX-SESSION", token)
-	respHeader.Set("X-TT-SESSION", token)
 
 	setExampleSecrets(t)
 	for _, path := range shippedCaddyfiles {

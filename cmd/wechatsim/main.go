@@ -60,7 +60,7 @@ func main() {
 	// -app values are parsed after flag.Parse: the flag package would echo an
 	// invalid value, secret included, in its error.
 	var appSpecs []string
-	flag.Func("app", "register a mini-game as `[platform/]appid:secret[:unionid]` (repeatable); platform is wechat (the default), qq, douyin, taptap or bilibili; a literal third field \"unionid\" makes answers carry unionid", func(v string) error {
+	flag.Func("app", appUsage(), func(v string) error {
 		appSpecs = append(appSpecs, v)
 		return nil
 	})
@@ -114,6 +114,17 @@ func main() {
 	if err := serve(ln, withAdmin(sim), *latency+5*time.Second); err != nil {
 		log.Fatal(err)
 	}
+}
+
+// appUsage is -app's help: it names the demo apps and their secret, which a
+// gateway needs in its config before it can log anyone in.
+func appUsage() string {
+	names := make([]string, len(demoApps))
+	for i, a := range demoApps {
+		names[i] = appName(a)
+	}
+	return "register a mini-game as `[platform/]appid:secret[:unionid]` (repeatable); platform is wechat (the default), qq, douyin, taptap or bilibili; a literal third field \"unionid\" makes answers carry unionid. Without -app: " +
+		strings.Join(names, ", ") + ", each with the secret " + demoSecret + " (and the WeChat one the AppKeys " + demoApp.AppKey + " and " + demoApp.SandboxAppKey + ")"
 }
 
 // parseApps parses -app values. Errors name the platform and appid but

@@ -105,6 +105,22 @@ func TestWithAppKeys(t *testing.T) {
 	}
 }
 
+// -h tells what a gateway's config needs to log in to the demo apps: every
+// appid, the secret, and the WeChat app's AppKeys.
+func TestAppUsageNamesTheDemoApps(t *testing.T) {
+	usage := appUsage()
+	for _, want := range []string{demoSecret, demoApp.AppKey, demoApp.SandboxAppKey} {
+		if !strings.Contains(usage, want) {
+			t.Errorf("-app's help lacks %q: %s", want, usage)
+		}
+	}
+	for _, a := range demoApps {
+		if !strings.Contains(usage, appName(a)) {
+			t.Errorf("-app's help lacks the demo app %s: %s", appName(a), usage)
+		}
+	}
+}
+
 // Without -app, every platform has a demo app to log in to.
 func TestDemoAppsLogInOnEveryPlatform(t *testing.T) {
 	sim := wechatsim.New(wechatsim.Options{Apps: demoApps})
