@@ -104,10 +104,11 @@ func stripClientIdentity(r *http.Request) presentedHeaders {
 	return presented
 }
 
-// readFirstFamily sets *value to v, read in family f, unless it holds a
-// value of a family before f already.
+// readFirstFamily sets *value to v, read in family f, unless v is empty
+// (sent empty, a header is absent) or *value holds a value of a family
+// before f already.
 func readFirstFamily(value *string, from **headerFamily, f *headerFamily, v string) {
-	if *from == nil || f.rank < (*from).rank {
+	if v != "" && (*from == nil || f.rank < (*from).rank) {
 		*value, *from = v, f
 	}
 }

@@ -503,6 +503,35 @@ func TestTokenClaimsFastPathAgreesWithJSON(t *testing.T) {
 	}
 }
 
+// TestTokenClaimsEveryByteAsEncodingJSON puts each of the 256 bytes in a
+// claim's value, and in a key: the fast path reads what encoding/json
+// reads or leaves the claims to it, and issue writes what json.Marshal
+// writes.
+func TestTokenClaimsEveryByteAsEncodingJSON(t *testing.T) {
+	for c := range 256 {
+		value := "o" + string([]byte{byte(c)}) + "x"
+		for _, payload := range []string{
+			`{"sub":"` + value + `","appid":"wx1","exp":1}`,
+			`{"sub":"o1","` + value + `":"v","exp":1}`,
+			`{"su` + string([]byte{byte(c)}) + `":"o1","exp":1}`,
+		} {
+			var fast sessionClaims
+			if !fast.parseFlat([]byte(payload), flatTestApps) {
+				continue
+			}
+			var slow sessionClaims
+			if err := slow.parseJSON([]byte(payload)); err != nil || fast != slow {
+				t.Errorf("%q: fast path read %+v, encoding/json %+v (%v)", payload, fast, slow, err)
+			}
+		}
+		claims := sessionClaims{Subject: value, AppID: "wx1", UnionID: value, IssuedAt: 1, ExpiresAt: 2}
+		want, _ := json.Marshal(claims)
+		if got := appendClaims(nil, claims); string(got) != string(want) {
+			t.Errorf("byte %#x: issue writes %s, encoding/json %s", c, got, want)
+		}
+	}
+}
+
 // flatTestApps are the apps parseFlat is given in its tests: a WeChat app
 // and a Douyin app.
 var flatTestApps = []*loginApp{{platform: wechatPlatform, appID: "wx1"}, {platform: douyinPlatform, appID: "tt1"}}
