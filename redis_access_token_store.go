@@ -52,10 +52,11 @@ return 1
 // the fleet, as forcedRefreshLedger does for one gateway: it returns 1 and
 // records the refresh (as field ARGV[4]) when the last was ARGV[1] ms ago
 // or more and fewer than ARGV[2] were made in the last ARGV[3] ms, 0
-// otherwise. ARGV[5] is the time in ms, given by tests only; otherwise the
-// server's clock, so that the gateways' clocks do not matter. A hash (of at
-// most ARGV[2] fields) rather than a sorted set, so that the commands the
-// budgets need are all it needs.
+// otherwise; an entry that is not a time is dropped as an old one. ARGV[5]
+// is the time in ms, given by tests only; otherwise the server's clock, so
+// that the gateways' clocks do not matter. A hash (of at most ARGV[2]
+// fields) rather than a sorted set, so that the commands the budgets need
+// are all it needs.
 var forcedRefreshScript = redis.NewScript(`
 if redis.replicate_commands then
 	redis.replicate_commands()
@@ -70,7 +71,7 @@ local fields = redis.call('HGETALL', KEYS[1])
 local count, last, old = 0, nil, {}
 for n = 1, #fields, 2 do
 	local at = tonumber(fields[n + 1])
-	if t - at >= day then
+	if not at or t - at >= day then
 		old[#old + 1] = fields[n]
 	else
 		count = count + 1

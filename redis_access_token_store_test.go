@@ -401,3 +401,30 @@ func TestRedisTokenStoreLockLastsTheFetch(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRedisForcedRefreshLedgerDropsWhatItCannotRead: a ledger entry that
+// is not a time (written by hand, or by another program sharing the
+// prefix) is dropped like an old one, rather than making the script fail,
+// which would count as Redis failing and send the gateway to its memory.
+func TestRedisForcedRefreshLedgerDropsWhatItCannotRead(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	rdb := newTestRedisClient(t, srv.Addr())
+	clock := testkit.NewClock(accessTokenEpoch)
+	gw := newGateway(t, srv.Addr(), 0, nil)
+	store := gw.tokenStore()
+	store.scriptClock = clock.Now
+	ctx := context.Background()
+	rdb.HSet(ctx, store.ledger, "by-hand", "not a time")
+	if allowed, err := store.allowForcedRefresh(ctx, clock.Now()); err != nil || !allowed {
+		t.Errorf("over an unreadable entry, a first forced refresh is allowed: %t (%v)", allowed, err)
+	}
+	if gw.redis.down.Load() {
+		t.Fatal("an unreadable ledger entry counts as Redis failing")
+	}
+	if rdb.HExists(ctx, store.ledger, "by-hand").Val() {
+		t.Error("the unreadable entry is kept")
+	}
+	if allowed, _ := store.allowForcedRefresh(ctx, clock.Now()); allowed {
+		t.Error("a second forced refresh at once is allowed: the ledger lost the first")
+	}
+}

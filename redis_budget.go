@@ -167,7 +167,7 @@ func (b *redisBudget) key(key string) string { return b.prefix + b.app.hide([]by
 // the same slot length (a longer window since has moved it).
 var refundScript = redis.NewScript(`
 if redis.call('HGET', KEYS[1], 'gen') == ARGV[3] and redis.call('HGET', KEYS[1], 'slot') == ARGV[2]
-	and tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') > 0 then
+	and (tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '') or 0) > 0 then
 	redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
 end
 return 0

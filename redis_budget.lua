@@ -53,7 +53,7 @@ local function chargeBudget(key, events, want, charge, now, newGen)
 			slot = value
 		elseif name == 'gen' then
 			gen = value
-		else
+		elseif tonumber(name) then -- a field that is no slot counts nothing
 			counts[tonumber(name)] = value
 		end
 	end

@@ -538,3 +538,39 @@ func TestRedisBudgetFallbackNeverPassesTheBudget(t *testing.T) {
 		t.Errorf("back on Redis, %d more of oLater's charges passed after the fallback spent the budget", passed)
 	}
 }
+
+// TestRedisBudgetIgnoresWhatItCannotRead: a budget's field that is not a
+// slot's count (written by hand, or by another program sharing the
+// prefix) counts nothing, rather than making the script fail, which would
+// count as Redis failing and send the gateway to its memory; so does a
+// count that is not a number when a charge is given back.
+func TestRedisBudgetIgnoresWhatItCannotRead(t *testing.T) {
+	gw := newRedisGateway(t)
+	ctx := context.Background()
+	clock := newTestClock()
+	budget := scriptAloneBudget(gw, "player", Budget{Events: 2, Window: caddy.Duration(time.Minute)}, clock.Now)
+	gw.redis.client.HSet(ctx, budget.key("oAlice"), "by-hand", "1")
+	if _, ok := budget.spend(ctx, "oAlice"); !ok {
+		t.Error("over an unreadable field, a fresh budget refused")
+	}
+	if gw.redis.down.Load() {
+		t.Fatal("an unreadable budget field counts as Redis failing")
+	}
+	if _, ok := budget.spend(ctx, "oAlice"); !ok {
+		t.Error("the unreadable field was counted as a charge")
+	}
+	if _, ok := budget.spend(ctx, "oAlice"); ok {
+		t.Error("the budget lost its charges")
+	}
+
+	undo, _, ok := budget.reserve(ctx, "oBob")
+	if !ok {
+		t.Fatal("a fresh budget refused")
+	}
+	fields := gw.redis.client.HGetAll(ctx, budget.key("oBob")).Val()
+	gw.redis.client.HSet(ctx, budget.key("oBob"), fields["last"], "not a count")
+	undo()
+	if gw.redis.down.Load() {
+		t.Fatal("giving back a charge whose count is unreadable counts as Redis failing")
+	}
+}

@@ -23,10 +23,11 @@ const sessionKeyKind = 'k'
 
 // sessionKeyScript stores ARGV[1] (issued at ARGV[2] ms) for ARGV[3] ms
 // unless the stored key was issued later: the newest login wins across
-// the fleet too.
+// the fleet too. A stored value that is not a kept key is replaced.
 var sessionKeyScript = redis.NewScript(`
 local kept = redis.call('GET', KEYS[1])
-if kept and tonumber(string.sub(kept, 2, 14)) > tonumber(ARGV[2]) then
+local keptIssued = kept and string.sub(kept, 1, 1) == 'k' and tonumber(string.sub(kept, 2, 14))
+if keptIssued and keptIssued > tonumber(ARGV[2]) then
 	return 0
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])

@@ -171,3 +171,39 @@ func TestGatewaySignedResetReadsTheKeyOnce(t *testing.T) {
 		t.Error("after the reset, the fleet keeps a key that is not the player's latest")
 	}
 }
+
+// TestFleetReplacesAnUnreadableSessionKey: a value under a player's key
+// name that is not a kept key (written by hand, or by another program
+// sharing the prefix) is replaced by the next key a login or a rotation
+// keeps, rather than making the write fail: a failed script would leave
+// the player's key unknown to the other gateways, and count as Redis
+// failing, sending this gateway to its own memory.
+func TestFleetReplacesAnUnreadableSessionKey(t *testing.T) {
+	srv := testkit.StartRedis(t)
+	rdb := newTestRedisClient(t, srv.Addr())
+	ctx := context.Background()
+	gw, codes := gatewayCodes(t, srv.Addr(), 0, time.Minute)
+	for n, unreadable := range []string{"garbage", "k", "kABCDEFGHIJKLMNOP", "x9999999999999"} {
+		openid := fmt.Sprintf("oPlayer%d", n)
+		name := gw.sessionKeyName(openid)
+		rdb.Set(ctx, name, unreadable, time.Minute)
+		gw.keepSessionKey(ctx, openid, "rotated-key", time.Now())
+		if kept, found, _ := gw.lookupSessionKey(ctx, openid, time.Now()); !found || kept.key != "rotated-key" {
+			t.Errorf("over %q, a rotation keeps %q (found %t); want the rotated key", unreadable, kept.key, found)
+		}
+		if gw.redis.down.Load() {
+			t.Fatalf("over %q, a rotation's write counts as Redis failing", unreadable)
+		}
+
+		rdb.Set(ctx, name, unreadable, time.Minute)
+		id := fleetIdentity
+		id.OpenID = openid
+		key := newCodeKey(fleetAppID, credentials{code: fmt.Sprintf("%s-unreadable-%d", fleetCode, n)})
+		if res, _, _ := codes.redeem(ctx, key, released(proving(id)).exchange); !res.proved() {
+			t.Fatalf("%+v", res)
+		}
+		if kept, found, _ := gw.lookupSessionKey(ctx, openid, time.Now()); !found || kept.key != fleetSessionKey {
+			t.Errorf("over %q, a login keeps %q (found %t); want its key", unreadable, kept.key, found)
+		}
+	}
+}
