@@ -330,8 +330,12 @@ func canonicalEndpoint(endpoint string) string {
 
 func checkEndpoint(endpoint string) error {
 	u, err := url.Parse(endpoint)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
-		return fmt.Errorf("endpoint must be an http or https base URL, got %q", endpoint)
+	if err != nil {
+		return errors.New("endpoint must be an http or https base URL, got something that is not a URL")
+	}
+	if (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		// Scheme and host alone: a query or user:password may hold a secret.
+		return fmt.Errorf("endpoint must be an http or https base URL without a query or fragment, got scheme %q, host %q", u.Scheme, u.Host)
 	}
 	return nil
 }

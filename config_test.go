@@ -36,8 +36,11 @@ var badValues = []struct {
 	{caddyfile: "login_path wx/login", json: `{"login_path":"wx/login"}`, want: `login_path must start with /: "wx/login"`},
 	{caddyfile: "login_path /wx/login?x=1", json: `{"login_path":"/wx/login?x=1"}`, want: `login_path must be a path alone, without ? or #: "/wx/login?x=1"`},
 	{caddyfile: `code_field ""`, want: "code_field must not be empty"},
-	{caddyfile: "endpoint ftp://example.com", json: `{"endpoint":"ftp://example.com"}`, want: `endpoint must be an http or https base URL, got "ftp://example.com"`},
-	{caddyfile: "endpoint https://example.com/?x=1", json: `{"endpoint":"https://example.com/?x=1"}`, want: `endpoint must be an http or https base URL, got "https://example.com/?x=1"`},
+	{caddyfile: "endpoint ftp://example.com", json: `{"endpoint":"ftp://example.com"}`, want: `endpoint must be an http or https base URL without a query or fragment, got scheme "ftp", host "example.com"`},
+	{caddyfile: "endpoint https://example.com/?x=1", json: `{"endpoint":"https://example.com/?x=1"}`, want: `endpoint must be an http or https base URL without a query or fragment, got scheme "https", host "example.com"`},
+	// Neither the query nor user:password is echoed: either may hold a secret.
+	{caddyfile: "endpoint https://me:pa55@example.com/?key=s3cr3t", json: `{"endpoint":"https://me:pa55@example.com/?key=s3cr3t"}`, want: `endpoint must be an http or https base URL without a query or fragment, got scheme "https", host "example.com"`},
+	{caddyfile: "endpoint https://example.com/%zz?key=s3cr3t", json: `{"endpoint":"https://example.com/%zz?key=s3cr3t"}`, want: "endpoint must be an http or https base URL, got something that is not a URL"},
 
 	// A timeout past the bound used to overflow the exchange's deadline:
 	// every login an instant 504.

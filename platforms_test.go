@@ -31,7 +31,7 @@ var badApps = []struct{ caddyfile, json, want string }{
 	{"app douyin tt1 {\n\tapp_secret s\n\tlogin_path tt\n}", `{"apps":[{"platform":"douyin","app_id":"tt1","app_secret":"s","login_path":"tt"}]}`,
 		`app douyin tt1: login_path must start with /: "tt"`},
 	{"app douyin tt1 {\n\tapp_secret s\n\tendpoint ftp://x\n}", `{"apps":[{"platform":"douyin","app_id":"tt1","app_secret":"s","endpoint":"ftp://x"}]}`,
-		`app douyin tt1: endpoint must be an http or https base URL, got "ftp://x"`},
+		`app douyin tt1: endpoint must be an http or https base URL without a query or fragment, got scheme "ftp", host "x"`},
 	// What only the whole configuration shows, Provision judges.
 	{"app douyin tt1 {\n\tapp_secret s\n}\napp douyin tt2 {\n\tapp_secret s\n}",
 		`{"apps":[{"platform":"douyin","app_id":"tt1","app_secret":"s"},{"platform":"douyin","app_id":"tt2","app_secret":"s"}]}`,
