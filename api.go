@@ -75,7 +75,7 @@ type APIHandler struct {
 	// timeout and the metrics registry are this handler's.
 	tokens    *tokenManager
 	tokensKey string
-	fleet     *appRedis // nil without a redis block
+	appRedis  *appRedis // nil without a redis block
 	metrics   *apiMetrics
 	logger    *zap.Logger
 	// appKeys are VirtualPayment's keys by env, resolved.
@@ -122,17 +122,17 @@ func (h *APIHandler) Provision(ctx caddy.Context) error {
 	if h.Redis != nil {
 		// Every handler of the manager holds the client it uses, so that
 		// the client outlives the manager whichever handler goes first.
-		if h.fleet, err = newAppRedis(ctx, h.Redis, h.AppID, endpoint, h.secret); err != nil {
+		if h.appRedis, err = newAppRedis(ctx, h.Redis, h.AppID, endpoint, h.secret); err != nil {
 			return err
 		}
 		// A manager keeps the store it was made with: another Redis (or
 		// none) is another manager.
-		key += "\x00" + h.fleet.poolKey + "\x00" + h.fleet.prefix
+		key += "\x00" + h.appRedis.poolKey + "\x00" + h.appRedis.prefix
 	}
 	manager, _, err := tokenManagers.LoadOrNew(key, func() (caddy.Destructor, error) {
 		m := newTokenManager(h.AppID, h.endpoint, h.secret, h.metrics)
-		if h.fleet != nil {
-			m.store = h.fleet.tokenStore()
+		if h.appRedis != nil {
+			m.store = h.appRedis.tokenStore()
 		}
 		return m, nil
 	})
@@ -153,8 +153,8 @@ func (h *APIHandler) Cleanup() error {
 	if h.tokens != nil { // nil when provision failed before attaching it
 		_, err = tokenManagers.Delete(h.tokensKey)
 	}
-	if h.fleet != nil {
-		err = errors.Join(err, h.fleet.release())
+	if h.appRedis != nil {
+		err = errors.Join(err, h.appRedis.release())
 	}
 	err = errors.Join(err, h.releaseSessionKeys())
 	return err

@@ -145,8 +145,8 @@ func (h *APIHandler) playerKey(ctx context.Context, openid string) (keptSessionK
 	}
 	now := time.Now()
 	kept, ok := h.sessionKeys.lookup(openid, now)
-	if h.fleet != nil {
-		if shared, found, _ := h.fleet.lookupSessionKey(ctx, openid, now); found && (!ok || shared.issuedAt.After(kept.issuedAt)) {
+	if h.appRedis != nil {
+		if shared, found, _ := h.appRedis.lookupSessionKey(ctx, openid, now); found && (!ok || shared.issuedAt.After(kept.issuedAt)) {
 			kept, ok = shared, true
 		}
 	}
@@ -479,7 +479,7 @@ func (h *APIHandler) keepRotatedKey(r *http.Request, cleanPath string, signedWit
 // key wins as always.
 func (h *APIHandler) keepRotation(ctx context.Context, openid string, old keptSessionKey, successor string) {
 	h.sessionKeys.replace(openid, old.key, successor)
-	if h.fleet != nil {
-		h.fleet.keepSessionKey(ctx, openid, successor, old.issuedAt)
+	if h.appRedis != nil {
+		h.appRedis.keepSessionKey(ctx, openid, successor, old.issuedAt)
 	}
 }

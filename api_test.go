@@ -366,7 +366,7 @@ func TestAPIRedisSharesTheClientAndTheToken(t *testing.T) {
 	if alone.tokens == a.tokens || otherPrefix.tokens == a.tokens {
 		t.Error("a handler without redis, or with another key_prefix, shares the fleet's token manager")
 	}
-	if a.fleet.redis != login.apps[0].fleet.redis || otherPrefix.fleet.redis != a.fleet.redis {
+	if a.appRedis.redis != login.apps[0].appRedis.redis || otherPrefix.appRedis.redis != a.appRedis.redis {
 		t.Error("wechat_api and wechat_login with the same redis settings have a client each")
 	}
 	// The client outlives the handler that made the manager.

@@ -96,7 +96,7 @@ type loginApp struct {
 	sessionKeys *sessionKeyCustody
 	stateKey    string
 	release     func()    // ends this app's leases on the shared state
-	fleet       *appRedis // nil without a redis block
+	appRedis    *appRedis // nil without a redis block
 	metrics     *loginMetrics
 	// appIDPlaceholder is appID as the placeholder's value, boxed once
 	// rather than on every request.
@@ -166,12 +166,12 @@ func (h *Handler) attachApp(ctx caddy.Context, cfg *PlatformApp, secret string) 
 	if h.Redis == nil {
 		return app, nil
 	}
-	if app.fleet, err = newAppRedis(ctx, h.Redis, app.appID, app.endpoint, secret); err != nil {
+	if app.appRedis, err = newAppRedis(ctx, h.Redis, app.appID, app.endpoint, secret); err != nil {
 		return app, err
 	}
-	players := app.fleet.budget("player", app.budget, app.state.players, h.now)
+	players := app.appRedis.budget("player", app.budget, app.state.players, h.now)
 	app.players, local.players = players, players
-	app.codes = app.fleet.codes(local, players, cacheTTL, app.client.worstCase(), p.keepsSessionKeys)
+	app.codes = app.appRedis.codes(local, players, cacheTTL, app.client.worstCase(), p.keepsSessionKeys)
 	return app, nil
 }
 
@@ -187,8 +187,8 @@ func (h *Handler) attachIPBudget() {
 	release := first.state.ips.lease(h.BudgetSize)
 	previous := first.release
 	first.release = func() { previous(); release() }
-	if first.fleet != nil {
-		h.ips = first.fleet.budget("ip", *h.IPBudget, first.state.ips, h.now)
+	if first.appRedis != nil {
+		h.ips = first.appRedis.budget("ip", *h.IPBudget, first.state.ips, h.now)
 		return
 	}
 	h.ips = newMemoryBudget(first.state.ips, *h.IPBudget, h.now)
@@ -202,8 +202,8 @@ func (a *loginApp) detach() error {
 	}
 	a.release()
 	_, err := appStates.Delete(a.stateKey)
-	if a.fleet != nil {
-		err = errors.Join(err, a.fleet.release())
+	if a.appRedis != nil {
+		err = errors.Join(err, a.appRedis.release())
 	}
 	return err
 }

@@ -127,7 +127,7 @@ func TestRotationMovesTheFleetsKey(t *testing.T) {
 	ctx := context.Background()
 	gwA, gwB := newGateway(t, srv.Addr(), 0, nil), newGateway(t, srv.Addr(), 1, nil)
 	issued := time.Now().Add(-time.Minute)
-	rotating := &APIHandler{fleet: gwA.appRedis, sessionKeys: newSessionKeyCustody()}
+	rotating := &APIHandler{appRedis: gwA.appRedis, sessionKeys: newSessionKeyCustody()}
 	rotating.sessionKeys.keep("oAlice", "old-key", issued)
 	gwA.keepSessionKey(ctx, "oAlice", "old-key", issued.Add(2*time.Millisecond))
 
@@ -136,7 +136,7 @@ func TestRotationMovesTheFleetsKey(t *testing.T) {
 		t.Fatalf("the reset is signed with %q (%v)", signedWith.key, refusal)
 	}
 	rotating.keepRotation(ctx, "oAlice", signedWith, "new-key")
-	other := &APIHandler{fleet: gwB.appRedis, sessionKeys: newSessionKeyCustody()}
+	other := &APIHandler{appRedis: gwB.appRedis, sessionKeys: newSessionKeyCustody()}
 	for name, h := range map[string]*APIHandler{"the gateway that rotated": rotating, "another gateway": other} {
 		if kept, refusal := h.playerKey(ctx, "oAlice"); kept.key != "new-key" {
 			t.Errorf("%s signs with %q (%v) after the rotation; want the new key", name, kept.key, refusal)
@@ -165,7 +165,7 @@ func TestGatewaySignedResetReadsTheKeyOnce(t *testing.T) {
 	if got := operationsOf("session_key_get") - lookups; got != 1 {
 		t.Errorf("a gateway-signed reset read the key from Redis %d times; want once", got)
 	}
-	kept, found, _ := api.fleet.lookupSessionKey(context.Background(), openid, time.Now())
+	kept, found, _ := api.appRedis.lookupSessionKey(context.Background(), openid, time.Now())
 	sum := sha1.Sum([]byte("raw" + kept.key))
 	if want, _ := sim.SignRawData(openid, "raw"); !found || hex.EncodeToString(sum[:]) != want {
 		t.Error("after the reset, the fleet keeps a key that is not the player's latest")
