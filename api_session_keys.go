@@ -230,7 +230,7 @@ func (h *APIHandler) decrypt(w http.ResponseWriter, req gatewayRequest, key stri
 	}
 	plain, err := ciphertext.decrypt(key)
 	if err != nil {
-		return 0, newRefusal(http.StatusUnprocessableEntity, refusalDecryptFailed, "the data does not decrypt under the player's latest session_key: it was most likely fetched before their latest wx.login")
+		return 0, newRefusal(http.StatusUnprocessableEntity, refusalDecryptFailed, "the data does not decrypt under the player's latest session_key: it was most likely fetched before their latest wx.login or a reset of their session_key")
 	}
 	var data struct {
 		Watermark struct {
