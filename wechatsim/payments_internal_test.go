@@ -2,9 +2,9 @@ package wechatsim
 
 import (
 	"encoding/base64"
-	"encoding/json"
-	"os"
 	"testing"
+
+	"github.com/caddy-wechat-login/caddy-wechat-login/internal/workedexamples"
 )
 
 // TestCryptoMatchesWechatWorkedExamples: the simulator checks signatures and
@@ -13,31 +13,7 @@ import (
 // two cannot agree on a wrong formula. (The simulator makes no rawData, so
 // that example is the gateway's alone.)
 func TestCryptoMatchesWechatWorkedExamples(t *testing.T) {
-	raw, err := os.ReadFile("../testdata/wechat_worked_examples.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var examples struct {
-		PaymentSignatures []struct {
-			Source     string `json:"source"`
-			URI        string `json:"uri"`
-			AppKey     string `json:"app_key"`
-			SessionKey string `json:"session_key"`
-			PostBody   string `json:"post_body"`
-			PaySig     string `json:"pay_sig"`
-			Signature  string `json:"signature"`
-		} `json:"payment_signatures"`
-		OpenData struct {
-			Source        string `json:"source"`
-			SessionKey    string `json:"session_key"`
-			IV            string `json:"iv"`
-			EncryptedData string `json:"encrypted_data"`
-			Plaintext     string `json:"plaintext"`
-		} `json:"open_data"`
-	}
-	if err := json.Unmarshal(raw, &examples); err != nil || len(examples.PaymentSignatures) == 0 {
-		t.Fatalf("the worked examples do not read: %v", err)
-	}
+	examples := workedexamples.Load(t)
 	for _, ex := range examples.PaymentSignatures {
 		if ex.PaySig != "" {
 			if got := hexHMAC(ex.AppKey, []byte(ex.URI+"&"+ex.PostBody)); got != ex.PaySig {
