@@ -7,11 +7,10 @@ import (
 	"github.com/caddy-wechat-login/caddy-wechat-login/internal/workedexamples"
 )
 
-// TestCryptoMatchesWechatWorkedExamples: the simulator checks signatures and
-// encrypts open data exactly as WeChat's own worked examples say. The
-// gateway's test (session_crypto_test.go) reads the same examples, so the
-// two cannot agree on a wrong formula. (The simulator makes no rawData, so
-// that example is the gateway's alone.)
+// TestCryptoMatchesWechatWorkedExamples: the simulator checks signatures,
+// signs rawData and encrypts open data exactly as WeChat's own worked
+// examples say. The gateway's test (session_crypto_test.go) reads the same
+// examples, so the two cannot agree on a wrong formula.
 func TestCryptoMatchesWechatWorkedExamples(t *testing.T) {
 	examples := workedexamples.Load(t)
 	for _, ex := range examples.PaymentSignatures {
@@ -23,6 +22,12 @@ func TestCryptoMatchesWechatWorkedExamples(t *testing.T) {
 		if got := hexHMAC(ex.SessionKey, []byte(ex.PostBody)); got != ex.Signature {
 			t.Errorf("%s: signature %s; WeChat's is %s", ex.Source, got, ex.Signature)
 		}
+	}
+	raw := examples.RawDataSignature
+	s := New(Options{})
+	s.sessionKeys["player"] = raw.SessionKey
+	if got, ok := s.SignRawData("player", raw.RawData); !ok || got != raw.Signature {
+		t.Errorf("%s: rawData signature %s; WeChat's is %s", raw.Source, got, raw.Signature)
 	}
 	open := examples.OpenData
 	key, _ := base64.StdEncoding.DecodeString(open.SessionKey)
