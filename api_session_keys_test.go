@@ -2,8 +2,6 @@ package wechatlogin
 
 import (
 	"context"
-	"crypto/sha1"
-	"encoding/hex"
 	"testing"
 
 	"github.com/caddy-wechat-login/caddy-wechat-login/wechatsim"
@@ -57,8 +55,7 @@ func TestAPIReadsTheLoginsSessionKeys(t *testing.T) {
 		if refusal != nil {
 			t.Fatalf("wechat_api of %s WeChat app: %s", tc.name, refusal.message)
 		}
-		sum := sha1.Sum([]byte("raw" + kept.key))
-		if want, _ := sim.SignRawData(tc.openid, "raw"); hex.EncodeToString(sum[:]) != want {
+		if want, _ := sim.SignRawData(tc.openid, "raw"); rawDataSignature("raw", kept.key) != want {
 			t.Errorf("wechat_api of %s WeChat app reads a key that is not the player's latest", tc.name)
 		}
 	}
