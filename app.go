@@ -84,8 +84,6 @@ type loginApp struct {
 	appID     string
 	loginPath string
 	budget    Budget
-	endpoint  string // canonical
-	secret    string // resolved
 	client    *exchangeClient
 	failures  failureRefuser // of client's failed exchanges
 	players   budgetStore
@@ -123,13 +121,12 @@ func (h *Handler) hasWechatApp() bool { return h.AppID != "" || len(h.Apps) == 0
 // while Redis cannot.
 func (h *Handler) attachApp(ctx caddy.Context, cfg *PlatformApp, secret string) (*loginApp, error) {
 	p := platforms[cfg.Platform]
+	endpoint := canonicalEndpoint(cfg.Endpoint)
 	app := &loginApp{
 		platform:         p,
 		appID:            cfg.AppID,
 		loginPath:        cfg.LoginPath,
 		budget:           *cfg.Budget,
-		endpoint:         canonicalEndpoint(cfg.Endpoint),
-		secret:           secret,
 		appIDPlaceholder: cfg.AppID,
 		client: &exchangeClient{
 			platform:   p,
@@ -141,7 +138,7 @@ func (h *Handler) attachApp(ctx caddy.Context, cfg *PlatformApp, secret string) 
 		},
 	}
 	app.failures = loginRefuser(p, app.client.retry)
-	app.stateKey = stateKey(app.appID, app.endpoint, secret)
+	app.stateKey = stateKey(app.appID, endpoint, secret)
 	value, _, _ := appStates.LoadOrNew(app.stateKey, func() (caddy.Destructor, error) { return newAppState(), nil })
 	app.state = value.(*appState)
 	releases := []func(){app.state.players.lease(h.BudgetSize), app.state.codes.lease(h.CacheSize)}
@@ -166,7 +163,7 @@ func (h *Handler) attachApp(ctx caddy.Context, cfg *PlatformApp, secret string) 
 	if h.Redis == nil {
 		return app, nil
 	}
-	if app.appRedis, err = newAppRedis(ctx, h.Redis, app.appID, app.endpoint, secret); err != nil {
+	if app.appRedis, err = newAppRedis(ctx, h.Redis, app.appID, endpoint, secret); err != nil {
 		return app, err
 	}
 	players := app.appRedis.budget("player", app.budget, app.state.players, h.now)

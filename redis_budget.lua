@@ -115,8 +115,9 @@ local function chargeBudget(key, events, want, charge, now, newGen)
 				redis.call('HDEL', key, unpack(stale))
 			end
 			local field = string.format('%.0f', i)
-			redis.call('HINCRBY', key, field, 1)
-			redis.call('HSET', key, 'last', field, 'slot', slot)
+			-- Set from what was read, not HINCRBY: a count that is not a
+			-- whole number (written by hand) counts as read, not as an error.
+			redis.call('HSET', key, field, math.floor(counts[i] or 0) + 1, 'last', field, 'slot', slot)
 			if not gen then
 				gen = tonumber(newGen)
 				redis.call('HSET', key, 'gen', newGen)

@@ -543,7 +543,7 @@ func TestRedisBudgetFallbackNeverPassesTheBudget(t *testing.T) {
 // slot's count (written by hand, or by another program sharing the
 // prefix) counts nothing, rather than making the script fail, which would
 // count as Redis failing and send the gateway to its memory; so does a
-// count that is not a number when a charge is given back.
+// count that is not a number when a charge is given back or made.
 func TestRedisBudgetIgnoresWhatItCannotRead(t *testing.T) {
 	gw := newRedisGateway(t)
 	ctx := context.Background()
@@ -572,5 +572,8 @@ func TestRedisBudgetIgnoresWhatItCannotRead(t *testing.T) {
 	undo()
 	if gw.redis.down.Load() {
 		t.Fatal("giving back a charge whose count is unreadable counts as Redis failing")
+	}
+	if _, ok := budget.spend(ctx, "oBob"); !ok || gw.redis.down.Load() {
+		t.Errorf("a charge in a slot whose count is unreadable: allowed %v, Redis down %v; want allowed on Redis", ok, gw.redis.down.Load())
 	}
 }
