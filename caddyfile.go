@@ -259,6 +259,8 @@ func eachSubdirective(d *caddyfile.Dispenser, parse func(sub string) error, repe
 	return nil
 }
 
+// oneArg reads a subdirective's one value. The refusal of a second does not
+// repeat it: it may be the rest of a secret written with a space.
 func oneArg(d *caddyfile.Dispenser) (string, error) {
 	sub := d.Val()
 	if !d.NextArg() {
@@ -266,7 +268,7 @@ func oneArg(d *caddyfile.Dispenser) (string, error) {
 	}
 	v := d.Val()
 	if d.NextArg() {
-		return "", d.Errf("%s: one value expected, got another: %s", sub, d.Val())
+		return "", d.Errf("%s: one value expected, got more", sub)
 	}
 	return v, nil
 }

@@ -71,7 +71,7 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		line       int
 	}{
 		{"app_id", "app_id: missing value", 2},
-		{"app_id a b", "app_id: one value expected, got another: b", 2},
+		{"app_id a b", "app_id: one value expected, got more", 2},
 		{"app_id a\napp_id b", "app_id: given more than once", 3},
 		{"appid wx1", "unrecognized subdirective: appid", 2},
 		{"timeout soon", `timeout: bad duration "soon": time: invalid duration "soon"`, 2},
@@ -94,6 +94,27 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		want := fmt.Sprintf("%s, at Testfile:%d", tc.want, tc.line)
 		if err := new(Handler).UnmarshalCaddyfile(d); err == nil || err.Error() != want {
 			t.Errorf("%q:\ngot  %v\nwant %s", tc.body, err, want)
+		}
+	}
+}
+
+// A secret written with a space is refused without its second half in the
+// error, which Caddy logs and prints.
+func TestCaddyfileErrorsRepeatNoSecret(t *testing.T) {
+	for _, tc := range []struct {
+		directive   string
+		unmarshaler caddyfile.Unmarshaler
+		body        string
+	}{
+		{"wechat_login", new(Handler), "app_id wx1\napp_secret first SECRET-HALF"},
+		{"wechat_login", new(Handler), "app douyin tt1 {\n app_secret first SECRET-HALF\n}"},
+		{"wechat_login", new(Handler), "app_id wx1\napp_secret s\nsession {\n secret first SECRET-HALF\n}"},
+		{"wechat_login", new(Handler), "app_id wx1\napp_secret s\nredis {\n address localhost:6379\n password first SECRET-HALF\n}"},
+		{"wechat_api", new(APIHandler), "app_id wx1\napp_secret s\nvirtual_payment {\n app_key first SECRET-HALF\n}"},
+	} {
+		err := tc.unmarshaler.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.directive + " {\n" + tc.body + "\n}"))
+		if err == nil || strings.Contains(err.Error(), "SECRET-HALF") {
+			t.Errorf("%q: got %v, want an error without the secret", tc.body, err)
 		}
 	}
 }

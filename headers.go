@@ -3,7 +3,6 @@ package wechatlogin
 import (
 	"io"
 	"net/http"
-	"slices"
 	"strings"
 )
 
@@ -25,40 +24,37 @@ type headerFamily struct {
 	// Read from the client, canonical: the login code, an anonymous
 	// player's code, and the session token (also set on a login's answer).
 	code, anonymousCode, session string
-	// rank orders the families when a client sends one header in two:
-	// the lower rank's copy is read. WeChat's ranks first, as a client
-	// written before the other families were known expects; the others
-	// follow in the order registered.
+	// rank is the family's place in headerFamilies: when a client sends
+	// one header in two families, the lower rank's copy is read.
 	rank int
 }
 
-// headerFamilies are the families of every registered platform, in the
-// order registered (registerPlatform adds each): all of them are stripped
-// from every client request, whatever platforms are configured, since a
-// backend may trust any of them. docs/identity-headers.md is their
-// contract.
-var headerFamilies []*headerFamily
+// headerFamilies are the families of every platform, in the order a header
+// a client sends in two of them is read: WeChat's first, as a client
+// written before the other families were known expects, then the others by
+// name. All of them are stripped from every client request, whatever
+// platforms are configured, since a backend may trust any of them
+// (registerPlatform refuses a platform whose family is missing here).
+// docs/identity-headers.md is their contract.
+var headerFamilies = []*headerFamily{wechatHeaders, bilibiliHeaders, douyinHeaders, qqHeaders, taptapHeaders}
 
 // familiesByLetter are headerFamilies by the letter after "x-" in their
 // prefix, so that a header name is compared with one prefix or two, not
 // with all of them.
-var familiesByLetter ['z' - 'a' + 1][]*headerFamily
+var familiesByLetter = rankFamilies(headerFamilies)
 
-// registerHeaderFamily adds f to headerFamilies, once. A prefix is "x-", a
+// rankFamilies ranks each of families by its place there, and returns them
+// by the letter after "x-" in their prefix, which must be "x-", a
 // lower-case letter, and more.
-func registerHeaderFamily(f *headerFamily) {
-	if slices.Contains(headerFamilies, f) {
-		return
+func rankFamilies(families []*headerFamily) (byLetter ['z' - 'a' + 1][]*headerFamily) {
+	for i, f := range families {
+		if len(f.prefix) < 4 || f.prefix[:2] != "x-" || f.prefix[2] < 'a' || f.prefix[2] > 'z' {
+			panic("header family prefix " + f.prefix + " is not x-<letter>…")
+		}
+		f.rank = i
+		byLetter[f.prefix[2]-'a'] = append(byLetter[f.prefix[2]-'a'], f)
 	}
-	if len(f.prefix) < 4 || f.prefix[:2] != "x-" || f.prefix[2] < 'a' || f.prefix[2] > 'z' {
-		panic("header family prefix " + f.prefix + " is not x-<letter>…")
-	}
-	f.rank = len(headerFamilies) + 1
-	if f.prefix == "x-wx-" {
-		f.rank = 0
-	}
-	headerFamilies = append(headerFamilies, f)
-	familiesByLetter[f.prefix[2]-'a'] = append(familiesByLetter[f.prefix[2]-'a'], f)
+	return byLetter
 }
 
 // presentedHeaders are the values of the family headers the gateway reads

@@ -7,6 +7,7 @@
 package wechatlogin
 
 import (
+	"cmp"
 	"errors"
 	"net/http"
 	"time"
@@ -148,7 +149,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if h.Session.Optional {
 			return next.ServeHTTP(w, r)
 		}
-		metrics := h.sessions.rejectedApp(r, presented.session, err).metrics
+		// Counted under the app the refused token names, or the first app
+		// when it names none of them (no token, a forged one, another app's).
+		metrics := cmp.Or(app, h.apps[0]).metrics
 		return refuse(w, r, newRefusal(http.StatusUnauthorized, refusalInvalidSession, "a valid session is required: log in again"),
 			func(string) { metrics.sessionRejected(sessionRejection(err)) })
 	}

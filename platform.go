@@ -51,12 +51,15 @@ type answerReader interface {
 // platforms are the platforms a login app can name, by their name.
 var platforms = map[string]*platform{}
 
-// registerPlatform adds p to platforms, and its header family to those
-// stripped from every request.
+// registerPlatform adds p to platforms. Its header family must be one of
+// headerFamilies, those stripped from every request: a family left out
+// would reach a backend as the client sent it.
 func registerPlatform(p *platform) *platform {
+	if !slices.Contains(headerFamilies, p.headers) {
+		panic("platform " + p.name + ": its header family is not in headerFamilies")
+	}
 	p.namePlaceholder = p.name
 	platforms[p.name] = p
-	registerHeaderFamily(p.headers)
 	return p
 }
 

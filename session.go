@@ -143,7 +143,8 @@ func (t *sessionTokens) presentedPlayer(r *http.Request, app *loginApp, session 
 }
 
 // presentedWithin is presentedSession, accepting tokens up to expiredFor
-// past their expiry.
+// past their expiry. With a refusal, the app is the one the refused token
+// names under a valid signature, as verifyWithin reports it, or nil.
 func (t *sessionTokens) presentedWithin(r *http.Request, session string, expiredFor time.Duration) (Identity, *loginApp, error) {
 	bearer := bearerToken(r)
 	if session == "" && bearer == "" {
@@ -164,52 +165,8 @@ func (t *sessionTokens) presentedWithin(r *http.Request, session string, expired
 				id, app, refused = bearerID, bearerApp, nil
 			}
 		case session == "":
-			refused = err
+			app, refused = bearerApp, err
 		}
 	}
-	if refused != nil {
-		return Identity{}, nil, refused
-	}
-	return id, app, nil
-}
-
-// rejectedApp is the app whose metrics count a request refused for its
-// session (refused, as presentedSession found it): the app the refused
-// token names under a valid signature (one that expired, say), or, when it
-// names none of the handler's apps (no token, a malformed or forged one,
-// another app's), the handler's first app.
-func (t *sessionTokens) rejectedApp(r *http.Request, session string, refused error) *loginApp {
-	token := session // presentedSession reports the X-…-SESSION token's refusal when there is one
-	if token == "" {
-		token = bearerToken(r)
-	}
-	switch refused {
-	case errNoSession, errSessionSignature, errForeignSession:
-	default:
-		if app := t.signedApp(token); app != nil {
-			return app
-		}
-	}
-	return t.apps[0]
-}
-
-// signedApp is the app a token's claims name, if its signature holds and
-// the app is one of the handler's; nil otherwise. It does not judge the
-// claims: it serves to label a token verify refused.
-func (t *sessionTokens) signedApp(token string) *loginApp {
-	if len(token) > maxSessionTokenLen {
-		return nil
-	}
-	header, rest, _ := strings.Cut(token, ".")
-	payload, signature, _ := strings.Cut(rest, ".")
-	mac, err := strictRawURL.DecodeString(signature)
-	if err != nil || !t.signedByAKey(token[:min(len(token), len(header)+1+len(payload))], mac, nil) {
-		return nil
-	}
-	raw, err := strictRawURL.DecodeString(payload)
-	var claims sessionClaims
-	if err != nil || claims.parseJSON(raw) != nil {
-		return nil
-	}
-	return t.appOf(claims)
+	return id, app, refused
 }

@@ -255,7 +255,7 @@ func BenchmarkSessionVerifiedRequest(b *testing.B) {
 // sessions: the baseline that verification adds to.
 func BenchmarkSessionlessRequest(b *testing.B) {
 	clock := newTestClock()
-	h := newClockedHandler(b, "http://127.0.0.1:1", clock, nil)
+	h := newClockedHandler(b, "http://127.0.0.1:1", clock)
 	sessBenchmarkGameRequest(b, h, issueToken(newTestSessionTokens(clock, testAppID, sessionSecret), aliceIdentity))
 }
 

@@ -242,7 +242,9 @@ const (
 )
 
 // verifyWithin returns the identity a token proves, and its app, accepting
-// it up to expiredFor past its expiry; or why it proves none.
+// it up to expiredFor past its expiry; or why it proves none, with the app
+// its signed claims name when they name one of the handler's (an expired
+// token's, say: its refusal is counted under that app), else nil.
 // It runs on every game request: the signature is checked with a pooled
 // hash before anything of the header or the payload is read, the header
 // compared as a string, and the claims as issue writes them read without
@@ -299,12 +301,12 @@ func (t *sessionTokens) verifyWithin(token string, expiredFor time.Duration) (Id
 			return Identity{}, nil, err
 		}
 	}
-	id, err := claims.identity(t.now(), expiredFor)
-	if err != nil {
-		return Identity{}, nil, err
-	}
 	app := t.appOf(claims)
-	if app == nil {
+	id, err := claims.identity(t.now(), expiredFor)
+	switch {
+	case err != nil:
+		return Identity{}, app, err
+	case app == nil:
 		return Identity{}, nil, errForeignSession
 	}
 	return id, app, nil
