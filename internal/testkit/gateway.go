@@ -25,6 +25,7 @@ type Gateway struct {
 	httpsPort   int    // unused (auto_https is off): set so that nothing defaults to 443
 	adminSocket string // a unix socket, for the reason adminSocket gives
 	cmd         *exec.Cmd
+	exited      chan struct{} // closed once the process has exited
 	logs        *lockedBuffer
 	dir         string
 }
@@ -97,6 +98,8 @@ func StartGateway(t testing.TB, configure func(g *Gateway) string) *Gateway {
 	if err := g.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	g.exited = make(chan struct{})
+	go func() { _ = g.cmd.Wait(); close(g.exited) }()
 	t.Cleanup(func() { g.stop(t) })
 	g.waitReady(t)
 	return g
@@ -111,15 +114,22 @@ func (g *Gateway) Admin(method, path string, body io.Reader, headers ...string) 
 // waitReady waits until the gateway's admin API answers.
 func (g *Gateway) waitReady(t testing.TB) {
 	t.Helper()
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+	deadline := time.After(30 * time.Second)
+	for {
 		if resp, err := g.Admin(http.MethodGet, "/config/", nil); err == nil && resp.StatusCode == http.StatusOK {
 			return
 		}
-		if g.cmd.ProcessState != nil {
-			break
+		why := ""
+		select {
+		case <-g.exited:
+			why = "exited"
+		case <-deadline:
+			why = "did not answer in 30s"
+		case <-time.After(50 * time.Millisecond):
+			continue
 		}
+		t.Fatalf("the gateway %s:\n%s", why, Redact(g.logs.String()))
 	}
-	t.Fatalf("gateway did not start:\n%s", g.logs.String())
 }
 
 // Reload loads a new configuration into the running gateway through its
@@ -160,16 +170,12 @@ func (g *Gateway) lastReload(t testing.TB) string {
 }
 
 func (g *Gateway) stop(t testing.TB) {
-	if g.cmd.Process != nil {
-		_ = g.cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { _ = g.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = g.cmd.Process.Kill()
-			<-done
-		}
+	_ = g.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-g.exited:
+	case <-time.After(10 * time.Second):
+		_ = g.cmd.Process.Kill()
+		<-g.exited
 	}
 	if leaks := Leaks(g.logs.String()); len(leaks) > 0 {
 		t.Errorf("%d secret(s), code(s) or session_key(s) appeared in a gateway's logs", len(leaks))
