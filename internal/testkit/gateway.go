@@ -2,6 +2,7 @@ package testkit
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -9,10 +10,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Gateway is a Caddy process of its own (cmd/caddy, built once per test
@@ -36,11 +40,16 @@ var (
 	buildErr  error
 )
 
+// buildDirPrefix starts the name of each directory a test binary builds
+// Caddy into, followed by that test binary's pid.
+const buildDirPrefix = "wechat-login-caddy-bin-"
+
 // caddyBinary builds ./cmd/caddy into a temporary directory, once.
 func caddyBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "wechat-login-caddy-")
+		removeExitedBuilds()
+		dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-", buildDirPrefix, os.Getpid()))
 		if err != nil {
 			buildErr = err
 			return
@@ -58,6 +67,20 @@ func caddyBinary(t testing.TB) string {
 		t.Fatal(buildErr)
 	}
 	return caddyBin
+}
+
+// removeExitedBuilds removes the build directories of test binaries that
+// have exited. Nothing of a test binary runs after its last test (most
+// have no TestMain to clean up in), and each directory holds a Caddy of
+// some 90 MB, which would pile up in the temporary directory run after run.
+func removeExitedBuilds() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), buildDirPrefix+"*"))
+	for _, dir := range dirs {
+		pidText, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(dir), buildDirPrefix), "-")
+		if pid, err := strconv.Atoi(pidText); err == nil && errors.Is(unix.Kill(pid, 0), unix.ESRCH) {
+			_ = os.RemoveAll(dir)
+		}
+	}
 }
 
 // globalOptions is the global options block of a gateway: its own ports,

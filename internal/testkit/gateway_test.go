@@ -2,6 +2,8 @@ package testkit
 
 import (
 	"fmt"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 )
@@ -44,4 +46,29 @@ func (f *fatalRecorder) Errorf(format string, args ...any) { f.errors += fmt.Spr
 func (f *fatalRecorder) Fatalf(format string, args ...any) {
 	f.fatal = fmt.Sprintf(format, args...)
 	panic(f)
+}
+
+// A build of Caddy is removed once the test binary that built it has
+// exited, by the next test binary that builds one; a running one's stays.
+func TestBuildsOfExitedTestBinariesAreRemoved(t *testing.T) {
+	t.Setenv("TMPDIR", t.TempDir())
+	exited := exec.Command("true")
+	if err := exited.Run(); err != nil {
+		t.Fatal(err)
+	}
+	builds := map[int]string{exited.Process.Pid: "", os.Getpid(): ""}
+	for pid := range builds {
+		dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-", buildDirPrefix, pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		builds[pid] = dir
+	}
+	removeExitedBuilds()
+	if _, err := os.Stat(builds[exited.Process.Pid]); !os.IsNotExist(err) {
+		t.Errorf("the build of an exited test binary is still there: %v", err)
+	}
+	if _, err := os.Stat(builds[os.Getpid()]); err != nil {
+		t.Errorf("the build of a running test binary was removed: %v", err)
+	}
 }
