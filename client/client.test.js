@@ -197,6 +197,17 @@ test('WeChat busy (503): each attempt waits Retry-After and takes a new code, up
   assert.deepEqual(sleep.waits, [{ ms: retryAfter * 1000, afterRequests: 1 }, { ms: retryAfter * 1000, afterRequests: 2 }]);
 });
 
+test('WeChat timed out (504): each attempt takes a new code, up to maxLoginAttempts, with no wait', async () => {
+  const rt = fakeRuntime({ player: 'slow' });
+  const sleep = recordingSleep(rt);
+  const err = await createClient({ baseURL: gw.respondURL, loginPath: '/timeout/login', runtime: rt, sleep, maxLoginAttempts: 3 })
+    .login().then(() => assert.fail('the login succeeded'), (e) => e);
+  assert.equal(err.code, 'wechat_timeout');
+  assert.equal(err.status, 504);
+  assert.deepEqual(rt.requests.map((r) => new URL(r.url).searchParams.get('code')), ['slow.1', 'slow.2', 'slow.3']);
+  assert.deepEqual(sleep.waits, []);
+});
+
 test('options given as undefined take their defaults: a busy WeChat still ends after maxLoginAttempts\' 3 codes', { timeout: 20000 }, async () => {
   const rt = fakeRuntime({ player: 'busy.defaults' }) // codes busy.defaults.1…: the simulator's busy player;
   const sleep = recordingSleep(rt);

@@ -72,7 +72,8 @@ async function ready(child, url) {
   for (;;) {
     if (child.exitCode !== null) throw new Error(`${child.spawnfile} exited: ${child.output}`);
     try {
-      await fetch(url);
+      // A server that takes the connection and never answers is not ready.
+      await fetch(url, { signal: AbortSignal.timeout(2000) });
       return;
     } catch (e) {
       if (Date.now() > deadline) throw new Error(`${url} did not answer within 60s: ${child.output}`);
@@ -110,7 +111,13 @@ async function startAll() {
   const stop = async () => {
     process.removeListener('exit', killAll);
     for (const child of children) if (child.exitCode === null) child.kill('SIGTERM');
+    // One that has not exited 10 s after SIGTERM (a request it still
+    // waits on) is killed.
+    const late = setTimeout(() => {
+      for (const child of children) if (child.exitCode === null) child.kill('SIGKILL');
+    }, 10000);
     await Promise.all(children.map((c) => c.exited));
+    clearTimeout(late);
     fs.rmSync(home, { recursive: true, force: true });
   };
   try {

@@ -2,6 +2,7 @@ package testkit
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -9,10 +10,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Gateway is a Caddy process of its own (cmd/caddy, built once per test
@@ -25,6 +29,7 @@ type Gateway struct {
 	httpsPort   int    // unused (auto_https is off): set so that nothing defaults to 443
 	adminSocket string // a unix socket, for the reason adminSocket gives
 	cmd         *exec.Cmd
+	exited      chan struct{} // closed once the process has exited
 	logs        *lockedBuffer
 	dir         string
 }
@@ -35,11 +40,16 @@ var (
 	buildErr  error
 )
 
+// buildDirPrefix starts the name of each directory a test binary builds
+// Caddy into, followed by that test binary's pid.
+const buildDirPrefix = "wechat-login-caddy-bin-"
+
 // caddyBinary builds ./cmd/caddy into a temporary directory, once.
 func caddyBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "wechat-login-caddy-")
+		removeExitedBuilds()
+		dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-", buildDirPrefix, os.Getpid()))
 		if err != nil {
 			buildErr = err
 			return
@@ -57,6 +67,20 @@ func caddyBinary(t testing.TB) string {
 		t.Fatal(buildErr)
 	}
 	return caddyBin
+}
+
+// removeExitedBuilds removes the build directories of test binaries that
+// have exited. Nothing of a test binary runs after its last test (most
+// have no TestMain to clean up in), and each directory holds a Caddy of
+// some 90 MB, which would pile up in the temporary directory run after run.
+func removeExitedBuilds() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), buildDirPrefix+"*"))
+	for _, dir := range dirs {
+		pidText, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(dir), buildDirPrefix), "-")
+		if pid, err := strconv.Atoi(pidText); err == nil && errors.Is(unix.Kill(pid, 0), unix.ESRCH) {
+			_ = os.RemoveAll(dir)
+		}
+	}
 }
 
 // globalOptions is the global options block of a gateway: its own ports,
@@ -97,6 +121,8 @@ func StartGateway(t testing.TB, configure func(g *Gateway) string) *Gateway {
 	if err := g.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	g.exited = make(chan struct{})
+	go func() { _ = g.cmd.Wait(); close(g.exited) }()
 	t.Cleanup(func() { g.stop(t) })
 	g.waitReady(t)
 	return g
@@ -111,15 +137,22 @@ func (g *Gateway) Admin(method, path string, body io.Reader, headers ...string) 
 // waitReady waits until the gateway's admin API answers.
 func (g *Gateway) waitReady(t testing.TB) {
 	t.Helper()
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+	deadline := time.After(30 * time.Second)
+	for {
 		if resp, err := g.Admin(http.MethodGet, "/config/", nil); err == nil && resp.StatusCode == http.StatusOK {
 			return
 		}
-		if g.cmd.ProcessState != nil {
-			break
+		why := ""
+		select {
+		case <-g.exited:
+			why = "exited"
+		case <-deadline:
+			why = "did not answer in 30s"
+		case <-time.After(50 * time.Millisecond):
+			continue
 		}
+		t.Fatalf("the gateway %s:\n%s", why, Redact(g.logs.String()))
 	}
-	t.Fatalf("gateway did not start:\n%s", g.logs.String())
 }
 
 // Reload loads a new configuration into the running gateway through its
@@ -160,16 +193,12 @@ func (g *Gateway) lastReload(t testing.TB) string {
 }
 
 func (g *Gateway) stop(t testing.TB) {
-	if g.cmd.Process != nil {
-		_ = g.cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { _ = g.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = g.cmd.Process.Kill()
-			<-done
-		}
+	_ = g.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-g.exited:
+	case <-time.After(10 * time.Second):
+		_ = g.cmd.Process.Kill()
+		<-g.exited
 	}
 	if leaks := Leaks(g.logs.String()); len(leaks) > 0 {
 		t.Errorf("%d secret(s), code(s) or session_key(s) appeared in a gateway's logs", len(leaks))
