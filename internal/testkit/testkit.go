@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -235,6 +236,11 @@ func captureStderr() (func() string, error) {
 		return nil, err
 	}
 	echo := os.NewFile(uintptr(original), "stderr")
+	// A panic exits before the copy below can echo it: the runtime writes
+	// its trace to the real stderr too.
+	if err := debug.SetCrashOutput(echo, debug.CrashOptions{}); err != nil {
+		return nil, err
+	}
 	var buf bytes.Buffer
 	done := make(chan struct{})
 	go func() {
